@@ -1,0 +1,257 @@
+//! Planning a campaign: the checks `campaign create` runs before anything is stored, and the
+//! preview of what recipients will receive.
+//!
+//! A campaign snapshots its template, sender and ad frame when it is created, so a later edit of
+//! the template file or the config cannot change what an already-created campaign sends.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::compliance::find_ad_marker;
+use crate::config::Config;
+use crate::message::{AdFrame, Composed, ComposeError, Composer};
+use crate::phone;
+use crate::sizing::MessageType;
+use crate::store::{NewCampaign, Segment, Store};
+use crate::template::TemplateSource;
+
+/// Members read per page while checking a segment.
+const PAGE: i64 = 5000;
+
+/// What `campaign create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub segment: String,
+    pub template: String,
+    pub gateway: Option<String>,
+    pub no_ad: bool,
+    /// Overrides the template's LMS subject.
+    pub subject: Option<String>,
+}
+
+/// The result of composing every recipient of a segment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    pub recipients: u64,
+    pub sms: u64,
+    pub lms: u64,
+    /// Refused messages by reason code.
+    pub refused: BTreeMap<String, u64>,
+    /// The first few refusals, with the masked number and the full reason.
+    pub examples: Vec<String>,
+    /// Estimated cost in KRW, when `[pricing]` gives both prices.
+    pub estimated_cost_krw: Option<f64>,
+}
+
+impl Plan {
+    pub fn sendable(&self) -> u64 {
+        self.sms + self.lms
+    }
+
+    /// The lines printed on stderr by `campaign create`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} recipients: {} SMS, {} LMS, {} refused",
+            self.recipients,
+            self.sms,
+            self.lms,
+            self.refused.values().sum::<u64>()
+        );
+        for (code, n) in &self.refused {
+            s.push_str(&format!("\n  refused {code}: {n}"));
+        }
+        for e in &self.examples {
+            s.push_str(&format!("\n  e.g. {e}"));
+        }
+        if let Some(c) = self.estimated_cost_krw {
+            s.push_str(&format!("\nestimated cost: {c:.0} KRW (before opt-out suppression)"));
+        }
+        s
+    }
+}
+
+/// Resolves the segment or says which ones exist.
+pub async fn segment(store: &dyn Store, name: &str) -> anyhow::Result<Segment> {
+    match store.segment(name).await? {
+        Some(s) => Ok(s),
+        None => {
+            let names: Vec<String> = store.segments().await?.into_iter().map(|s| s.name).collect();
+            bail!(
+                "no segment named {name:?}; import one with `munja segment import {name} FILE.csv` \
+                 (existing segments: {})",
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )
+        }
+    }
+}
+
+/// The ad frame from config, validated: brand set, opt-out number a free 080 number.
+pub fn ad_frame(cfg: &Config) -> anyhow::Result<AdFrame> {
+    let brand = cfg.sender_value("brand")?.trim().to_string();
+    let optout = cfg.sender_value("optout_number")?;
+    let p = phone::normalize_any(optout).map_err(|e| {
+        anyhow::anyhow!("{}: sender.optout_number {optout:?} is not a phone number: {e}", cfg.file_label())
+    })?;
+    if !phone::is_toll_free_080(&p) {
+        bail!(
+            "{}: sender.optout_number {optout:?} must be a free 080 number (무료수신거부), e.g. \"080-600-5653\"",
+            cfg.file_label()
+        );
+    }
+    Ok(AdFrame {
+        brand,
+        optout_display: phone::format_display(&p),
+    })
+}
+
+/// Loads a template for an ad or informational campaign and refuses a hand-written ad frame.
+pub fn load_template(
+    cfg: &Config,
+    name: &str,
+    ad: bool,
+    subject: Option<&str>,
+) -> anyhow::Result<TemplateSource> {
+    let mut src = TemplateSource::load(&cfg.templates_dir, name)?;
+    if let Some(s) = subject {
+        src.subject = Some(s.to_string());
+    }
+    if ad {
+        if let Some(m) = find_ad_marker(&src.body) {
+            bail!("template {name:?}: {m}");
+        }
+        if let Some(m) = src.subject.as_deref().and_then(find_ad_marker) {
+            bail!("template {name:?} subject: {m}");
+        }
+    }
+    Ok(src)
+}
+
+/// Composes every member of `segment` and counts the outcome (streamed page by page).
+pub async fn plan(
+    store: &dyn Store,
+    cfg: &Config,
+    composer: &Composer,
+    segment: &Segment,
+) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
+    let mut after = 0;
+    loop {
+        let page = store.segment_members(segment.id, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.0;
+        for (_, phone_no, vars, _) in &page {
+            plan.recipients += 1;
+            match composer.compose_json(vars) {
+                Ok(c) if c.kind == MessageType::Sms => plan.sms += 1,
+                Ok(_) => plan.lms += 1,
+                Err(e) => {
+                    *plan.refused.entry(e.code.clone()).or_default() += 1;
+                    if plan.examples.len() < 3 {
+                        plan.examples.push(format!("{}: {}", phone::mask(phone_no), e.message));
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(s), Some(l)) = (cfg.pricing.sms, cfg.pricing.lms) {
+        plan.estimated_cost_krw = Some(plan.sms as f64 * s + plan.lms as f64 * l);
+    }
+    Ok(plan)
+}
+
+/// Checks everything and creates the campaign; returns its id and the plan.
+pub async fn create(
+    store: &dyn Store,
+    cfg: &Config,
+    req: &CreateRequest,
+) -> anyhow::Result<(i64, Plan)> {
+    anyhow::ensure!(!req.name.trim().is_empty(), "--name must not be empty");
+    let segment = segment(store, &req.segment).await?;
+    let gateway = cfg.gateway(req.gateway.as_deref())?.name.clone();
+    let sender = cfg.sender_value("number")?;
+    let sender_number = phone::normalize_any(sender)
+        .map_err(|e| anyhow::anyhow!("{}: sender.number {sender:?}: {e}", cfg.file_label()))?;
+    let ad = if req.no_ad { None } else { Some(ad_frame(cfg)?) };
+    let src = load_template(cfg, &req.template, ad.is_some(), req.subject.as_deref())?;
+    let composer = Composer::new(&src, ad.clone())?.with_columns(segment.columns.clone());
+    let plan = plan(store, cfg, &composer, &segment).await?;
+    if plan.sendable() == 0 {
+        bail!(
+            "no recipient of segment {:?} can be sent this message; nothing was created\n{}",
+            segment.name,
+            plan.summary()
+        );
+    }
+    let id = store
+        .create_campaign(&NewCampaign {
+            name: req.name.clone(),
+            segment_name: segment.name.clone(),
+            template_name: src.name.clone(),
+            template_body: src.body.clone(),
+            template_subject: src.subject.clone(),
+            gateway,
+            ad: ad.is_some(),
+            sender_number: sender_number.as_str().to_string(),
+            brand: ad.as_ref().map(|a| a.brand.clone()),
+            optout_number: ad.as_ref().map(|a| a.optout_display.clone()),
+        })
+        .await
+        .context("storing the campaign")?;
+    Ok((id, plan))
+}
+
+/// One previewed message.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviewRow {
+    pub phone: String,
+    pub result: Result<PreviewText, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviewText {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub bytes: usize,
+    pub subject: Option<String>,
+    pub text: String,
+}
+
+impl From<Composed> for PreviewText {
+    fn from(c: Composed) -> Self {
+        PreviewText {
+            kind: c.kind.as_str().to_string(),
+            bytes: c.bytes,
+            subject: c.subject,
+            text: c.text,
+        }
+    }
+}
+
+/// The final text for the first `limit` members of a segment.
+pub async fn preview(
+    store: &dyn Store,
+    cfg: &Config,
+    template: &str,
+    segment_name: &str,
+    limit: i64,
+    no_ad: bool,
+) -> anyhow::Result<Vec<PreviewRow>> {
+    let segment = segment(store, segment_name).await?;
+    let ad = if no_ad { None } else { Some(ad_frame(cfg)?) };
+    let src = load_template(cfg, template, ad.is_some(), None)?;
+    let composer = Composer::new(&src, ad)?.with_columns(segment.columns.clone());
+    let members = store.segment_members(segment.id, 0, limit).await?;
+    Ok(members
+        .into_iter()
+        .map(|(_, p, vars, _)| PreviewRow {
+            phone: phone::mask(&p),
+            result: composer
+                .compose_json(&vars)
+                .map(PreviewText::from)
+                .map_err(|e: ComposeError| format!("{}: {}", e.code, e.message)),
+        })
+        .collect())
+}

@@ -1,0 +1,609 @@
+//! The command line: argument parsing and printing, nothing else.
+//!
+//! Every command loads the config, opens the store and calls one function of the library;
+//! stdout carries results (ids, tables, JSON) and stderr carries reports and progress.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::audit::{self, Format};
+use crate::campaign::{self, CreateRequest};
+use crate::config::Config;
+use crate::dispatch::{self, RunOptions, RunReport};
+use crate::gateway::sim::{self, SimConfig};
+use crate::import::{self, ImportReport};
+use crate::phone;
+use crate::progress;
+use crate::store::{self, AuditFilter, MessageState, Store};
+
+const ABOUT: &str = "munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.";
+
+const LONG_ABOUT: &str = "\
+munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.
+
+It imports recipient segments and opt-out lists (수신거부) from CSV, renders each message from a
+template with the (광고) header, sender name and free 080 opt-out footer, sizes it as SMS/LMS in
+EUC-KR bytes, sends it through a rate-limited HTTP gateway with retry, and records every message
+and attempt. An interrupted run resumes with no duplicate and no lost message.
+
+Typical workflow:
+  munja init
+  munja optout import optouts.csv
+  munja segment import vip customers.csv
+  munja template preview recruit --segment vip --limit 3
+  ID=$(munja campaign create --name spring-sale --segment vip --template recruit)
+  munja campaign run $ID          # exit 0 completed, 2 stopped (resumable), 1 failed
+  munja campaign status $ID
+  munja audit --campaign $ID --status failed
+
+Try it all at once, with a built-in gateway simulator: munja demo";
+
+#[derive(Debug, Parser)]
+#[command(name = "munja", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Config file (default: $MUNJA_CONFIG, then ./munja.toml, then built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database and run its migrations (harmless to repeat).
+    Init,
+    /// Manage the opt-out list (수신거부).
+    #[command(subcommand)]
+    Optout(OptoutCmd),
+    /// Import and list recipient segments.
+    #[command(subcommand)]
+    Segment(SegmentCmd),
+    /// Check and preview message templates.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// Create, run, stop, cancel and inspect campaigns.
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+    /// One row per message of a campaign: ref, phone, status, attempts, gateway id, error, ...
+    Audit(AuditArgs),
+    /// Delete attempt logs and executions of finished campaigns older than a date.
+    Purge {
+        /// Delete what is older than this date (YYYY-MM-DD, in policy.timezone) or RFC 3339 time.
+        #[arg(long)]
+        before: String,
+        /// Rows deleted per transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: i64,
+    },
+    /// Serve the http-json gateway protocol on loopback, with injectable faults (for tests and demos).
+    GatewaySim(SimArgs),
+    /// Run a whole campaign in a temporary directory against the built-in simulator.
+    Demo(crate::demo::DemoArgs),
+    /// Measure throughput and peak memory with the in-process simulator.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OptoutCmd {
+    /// Import a CSV with a `phone` column (other columns ignored); idempotent.
+    Import { file: PathBuf },
+    /// Add one number.
+    Add { phone: String },
+    /// Remove one number.
+    Remove { phone: String },
+    /// Exit 0 when the number is opted out, 1 when not.
+    Check { phone: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentCmd {
+    /// Import (or atomically replace) segment NAME from a CSV with a `phone` column; every other
+    /// column becomes a template variable; an optional `night_consent` column (true/false, Y/N, 1/0)
+    /// allows ads during quiet hours.
+    Import { name: String, file: PathBuf },
+    /// List segments.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// Check a template's syntax, list the variables it uses and refuse a hand-written ad frame.
+    Check {
+        name: String,
+        /// Informational template: (광고) markers are allowed.
+        #[arg(long)]
+        no_ad: bool,
+    },
+    /// Show the final text for the first recipients of a segment, with type, bytes and violations.
+    Preview {
+        name: String,
+        #[arg(long)]
+        segment: String,
+        #[arg(long, default_value_t = 3)]
+        limit: i64,
+        #[arg(long)]
+        no_ad: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCmd {
+    /// Check the template over the whole segment and create a campaign; prints only its id.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        segment: String,
+        #[arg(long)]
+        template: String,
+        /// Gateway name from munja.toml (default: the first one).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Informational, not an ad: no (광고) header, no opt-out footer, no night rule.
+        #[arg(long)]
+        no_ad: bool,
+        /// LMS subject (overrides the template's).
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED.
+    Run {
+        id: i64,
+        /// Re-queue messages whose attempts ran out on transient errors (never permanent ones).
+        #[arg(long)]
+        retry_failed: bool,
+        /// Print the final summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts per state and every execution.
+    Status {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List campaigns.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running campaign to stop (it finishes in-flight requests, commits and exits 2).
+    Stop { id: i64 },
+    /// Cancel: pending messages become `cancelled` and are never sent; a live run stops.
+    Cancel { id: i64 },
+    /// Delete a campaign with its messages and logs (refused while it runs).
+    Delete { id: i64 },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long)]
+    pub campaign: i64,
+    /// Any form of the number (010-1234-5678, +82 10 1234 5678, ...).
+    #[arg(long)]
+    pub phone: Option<String>,
+    /// pending, sending, sent, failed, suppressed or cancelled.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// table masks numbers; csv and json are full exports.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Share of requests answered 503.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Share of requests answered 429 with Retry-After.
+    #[arg(long, default_value_t = 0.0)]
+    pub throttle_rate: f64,
+    /// Seconds in Retry-After.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after: u64,
+    /// Share of requests accepted and then left unanswered past the client's timeout.
+    #[arg(long, default_value_t = 0.0)]
+    pub timeout_rate: f64,
+    /// How long a timed-out request stalls, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub stall_ms: u64,
+    /// Numbers starting with this are rejected as invalid_number (400).
+    #[arg(long)]
+    pub invalid_prefix: Option<String>,
+    /// Require `Authorization: Bearer KEY` (401 without it).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Added latency per answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Random seed for fault injection.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SimArgs {
+    pub fn sim_config(&self) -> anyhow::Result<SimConfig> {
+        for (name, v) in [
+            ("--fail-rate", self.fail_rate),
+            ("--throttle-rate", self.throttle_rate),
+            ("--timeout-rate", self.timeout_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{name} {v}: expected a share between 0 and 1, e.g. 0.02 for 2%");
+            }
+        }
+        Ok(SimConfig {
+            fail_rate: self.fail_rate,
+            throttle_rate: self.throttle_rate,
+            retry_after_secs: self.retry_after,
+            timeout_rate: self.timeout_rate,
+            stall_ms: self.stall_ms,
+            invalid_prefix: self.invalid_prefix.clone(),
+            api_key: self.api_key.clone(),
+            latency_ms: self.latency_ms,
+            seed: self.seed,
+            ..SimConfig::default()
+        })
+    }
+}
+
+/// Sets up logging on stderr: warnings by default, more with -v, RUST_LOG wins.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "munja=info,warn",
+        _ => "munja=debug,info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::GatewaySim(args) => {
+            sim::serve_until_ctrl_c(args.listen, args.sim_config()?).await?;
+            Ok(0)
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        command => {
+            let cfg = Config::discover(cli.config.as_deref())?;
+            let store = store::open(&cfg.database_url).await.with_context(|| {
+                format!("opening the database {}", cfg.database_url)
+            })?;
+            if !matches!(command, Command::Init) {
+                store.migrate().await.context("preparing the database")?;
+            }
+            run_command(command, &cfg, store).await
+        }
+    }
+}
+
+async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
+    let out = &mut std::io::stdout().lock();
+    match command {
+        Command::Init => {
+            store.migrate().await.context("running the migrations")?;
+            eprintln!("database ready: {}", cfg.database_url);
+        }
+        Command::Optout(cmd) => return optout(cmd, &*store, out).await,
+        Command::Segment(SegmentCmd::Import { name, file }) => {
+            let r = import::segment(&*store, &name, &file).await?;
+            print_import(&r, &file, "merged duplicates");
+            eprintln!("segment {name}: {} recipients", r.imported);
+        }
+        Command::Segment(SegmentCmd::List { json }) => {
+            let segs = store.segments().await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&segs)?)?;
+            } else {
+                for s in segs {
+                    writeln!(
+                        out,
+                        "{:<20} {:>9} recipients  columns: {}  (from {}, {})",
+                        s.name,
+                        s.member_count,
+                        s.columns.join(", "),
+                        s.source,
+                        s.imported_at
+                    )?;
+                }
+            }
+        }
+        Command::Template(TemplateCmd::Check { name, no_ad }) => {
+            let src = campaign::load_template(cfg, &name, !no_ad, None)?;
+            let r = crate::template::Renderer::new(&src)?;
+            let vars: Vec<String> = r.variables().into_iter().collect();
+            writeln!(out, "template {name}: OK")?;
+            writeln!(out, "variables: {}", if vars.is_empty() { "(none)".into() } else { vars.join(", ") })?;
+            if let Some(s) = &src.subject {
+                writeln!(out, "subject: {s}")?;
+            }
+        }
+        Command::Template(TemplateCmd::Preview { name, segment, limit, no_ad }) => {
+            let rows = campaign::preview(&*store, cfg, &name, &segment, limit, no_ad).await?;
+            let mut bad = 0;
+            for r in rows {
+                writeln!(out, "── {} ──", r.phone)?;
+                match r.result {
+                    Ok(t) => {
+                        writeln!(out, "[{} {} bytes]", t.kind, t.bytes)?;
+                        if let Some(s) = t.subject {
+                            writeln!(out, "subject: {s}")?;
+                        }
+                        writeln!(out, "{}", t.text)?;
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        writeln!(out, "REFUSED {e}")?;
+                    }
+                }
+            }
+            return Ok(i32::from(bad > 0));
+        }
+        Command::Campaign(cmd) => return campaign_cmd(cmd, cfg, store, out).await,
+        Command::Audit(a) => {
+            let phone = match &a.phone {
+                Some(p) => Some(
+                    phone::normalize_mobile(p)
+                        .map_err(|e| anyhow::anyhow!("--phone {}: {e}", phone::mask(p)))?
+                        .as_str()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let state = match &a.status {
+                Some(s) => Some(MessageState::parse(s).with_context(|| {
+                    format!("--status {s:?}: expected pending, sending, sent, failed, suppressed or cancelled")
+                })?),
+                None => None,
+            };
+            store.campaign(a.campaign).await?;
+            let filter = AuditFilter {
+                campaign: a.campaign,
+                phone,
+                state,
+                ..Default::default()
+            };
+            let n = audit::write(&*store, filter, a.format, out).await?;
+            if a.format == Format::Table {
+                eprintln!("{n} messages");
+            }
+        }
+        Command::Purge { before, batch } => {
+            let t = parse_date(&before, cfg)?;
+            anyhow::ensure!(batch > 0, "--batch must be at least 1");
+            let r = store.purge(t, batch).await?;
+            eprintln!(
+                "purged {} attempts and {} executions of finished campaigns before {}",
+                r.attempts_deleted,
+                r.executions_deleted,
+                t.to_rfc3339()
+            );
+        }
+        Command::GatewaySim(_) | Command::Demo(_) | Command::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(0)
+}
+
+fn parse_date(s: &str, cfg: &Config) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .with_context(|| format!("--before {s:?}: expected a date YYYY-MM-DD or an RFC 3339 time"))?;
+    let local = d
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(cfg.policy.timezone).earliest())
+        .context("--before: that midnight does not exist in policy.timezone")?;
+    Ok(local.with_timezone(&chrono::Utc))
+}
+
+fn print_import(r: &ImportReport, file: &std::path::Path, dup_label: &str) {
+    for x in &r.rejected_rows {
+        eprintln!("{} line {}: {} ({})", file.display(), x.line, x.reason, x.detail);
+    }
+    if r.rejected > r.rejected_rows.len() as u64 {
+        eprintln!("... and {} more rejected rows", r.rejected - r.rejected_rows.len() as u64);
+    }
+    let dup = if dup_label == "already present" {
+        format!("already present {}", r.already_present)
+    } else {
+        format!("{dup_label} {}", r.already_present)
+    };
+    println!("imported {}, {dup}, rejected {} ({})", r.imported, r.rejected, r.encoding);
+}
+
+async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let parse = |p: &str| {
+        phone::normalize_mobile(p).map_err(|e| anyhow::anyhow!("{}: {e}", phone::mask(p)))
+    };
+    match cmd {
+        OptoutCmd::Import { file } => {
+            let r = import::optouts(store, &file).await?;
+            print_import(&r, &file, "already present");
+        }
+        OptoutCmd::Add { phone } => {
+            let p = parse(&phone)?;
+            let new = store.optout_add(&p, "cli").await?;
+            writeln!(out, "{} {}", p.masked(), if new { "opted out" } else { "was already opted out" })?;
+        }
+        OptoutCmd::Remove { phone } => {
+            let p = parse(&phone)?;
+            let gone = store.optout_remove(&p).await?;
+            writeln!(out, "{} {}", p.masked(), if gone { "removed from the opt-out list" } else { "was not opted out" })?;
+        }
+        OptoutCmd::Check { phone } => {
+            let p = parse(&phone)?;
+            let opted = store.optout_contains(&p).await?;
+            writeln!(out, "{} {}", p.masked(), if opted { "is opted out" } else { "is not opted out" })?;
+            return Ok(if opted { 0 } else { 1 });
+        }
+    }
+    Ok(0)
+}
+
+async fn campaign_cmd(
+    cmd: CampaignCmd,
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    match cmd {
+        CampaignCmd::Create { name, segment, template, gateway, no_ad, subject } => {
+            let req = CreateRequest { name, segment, template, gateway, no_ad, subject };
+            let (id, plan) = campaign::create(&*store, cfg, &req).await?;
+            eprintln!("{}", plan.summary());
+            writeln!(out, "{id}")?;
+        }
+        CampaignCmd::Run { id, retry_failed, json } => {
+            let opts = RunOptions {
+                retry_failed,
+                handle_signals: true,
+                progress: Some(progress::for_stderr(Duration::from_secs(3))),
+            };
+            let report = dispatch::run(store, cfg, id, opts).await?;
+            print_summary(&report);
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&summary_json(&report))?)?;
+            }
+            return Ok(report.status.exit_code());
+        }
+        CampaignCmd::Status { id, json } => {
+            let c = store.campaign(id).await?;
+            let counts = store.counts(id).await?;
+            let execs = store.executions(id).await?;
+            if json {
+                let v = serde_json::json!({
+                    "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
+                    "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
+                    "total": counts.total, "pending": counts.pending, "sending": counts.sending,
+                    "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
+                    "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                writeln!(out, "campaign {} {:?}: {}", c.id, c.name, c.status)?;
+                if let Some(m) = &c.exit_message {
+                    writeln!(out, "  {m}")?;
+                }
+                writeln!(out, "  segment {}, template {}, gateway {}, {}", c.segment_name, c.template_name, c.gateway, if c.ad { "ad" } else { "informational" })?;
+                writeln!(
+                    out,
+                    "  total {}: pending {}, sending {}, sent {}, failed {}, suppressed {}, cancelled {}",
+                    counts.total, counts.pending, counts.sending, counts.sent, counts.failed, counts.suppressed, counts.cancelled
+                )?;
+                if let Some(l) = &c.lease {
+                    writeln!(out, "  running: execution {} on {} pid {}, heartbeat {}", l.execution, l.host, l.pid, l.heartbeat_at.to_rfc3339())?;
+                }
+                writeln!(out, "  executions:")?;
+                for e in execs {
+                    writeln!(
+                        out,
+                        "   #{:<4} {:<10} {} → {}  read {} sent {} failed {} suppressed {} commits {}  {}",
+                        e.id,
+                        e.status,
+                        e.started_at,
+                        e.ended_at.as_deref().unwrap_or("…"),
+                        e.read_count,
+                        e.sent,
+                        e.failed,
+                        e.suppressed,
+                        e.commits,
+                        e.exit_message.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        CampaignCmd::List { json } => {
+            let list = store.campaigns().await?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at}))
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                writeln!(out, "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  CREATED", "ID", "NAME", "STATUS", "SEGMENT", "TEMPLATE", "MESSAGES")?;
+                for c in list {
+                    writeln!(out, "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  {}", c.id, c.name, c.status, c.segment_name, c.template_name, c.total, c.created_at)?;
+                }
+            }
+        }
+        CampaignCmd::Stop { id } => {
+            let c = store.campaign(id).await?;
+            if c.lease.is_none() {
+                eprintln!("campaign {id} is not running (status {})", c.status);
+                return Ok(1);
+            }
+            store.request_stop(id).await?;
+            eprintln!("stop requested: the run finishes its in-flight requests, commits and exits");
+        }
+        CampaignCmd::Cancel { id } => {
+            let n = store.cancel(id).await?;
+            eprintln!("campaign {id} cancelled: {n} pending messages will never be sent");
+        }
+        CampaignCmd::Delete { id } => {
+            let c = store.campaign(id).await?;
+            let expected = match &c.lease {
+                Some(l) => match crate::lease::holder_gone(l, cfg.policy.lease_timeout_secs, &crate::lease::this_host(), chrono::Utc::now()) {
+                    Some(_) => Some(l.execution),
+                    None => bail!("campaign {id} is running (execution {} on {} pid {}); stop it first with `munja campaign stop {id}`", l.execution, l.host, l.pid),
+                },
+                None => None,
+            };
+            store.delete_campaign(id, expected).await?;
+            eprintln!("campaign {id} deleted with its messages and logs");
+        }
+    }
+    Ok(0)
+}
+
+fn summary_json(r: &RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "campaign": r.campaign, "execution": r.execution, "status": r.status.as_str(),
+        "exit_message": r.exit_message, "elapsed_secs": r.elapsed.as_secs_f64(),
+        "sent_this_run": r.sent_now, "counts": r.counts,
+    })
+}
+
+/// The final summary of a run, on stderr.
+pub fn print_summary(r: &RunReport) {
+    let c = &r.counts;
+    let secs = r.elapsed.as_secs_f64().max(0.001);
+    eprintln!(
+        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}, suppressed {}, cancelled {}, pending {}",
+        r.campaign,
+        r.execution,
+        r.status.as_str(),
+        secs,
+        r.sent_now as f64 / secs,
+        r.exit_message,
+        c.total,
+        c.sent,
+        c.failed,
+        c.suppressed,
+        c.cancelled,
+        c.pending + c.sending
+    );
+}

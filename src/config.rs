@@ -1,0 +1,492 @@
+//! Configuration: finding `munja.toml`, parsing it strictly, and validating every value.
+//!
+//! Lookup order: `--config PATH`, then `$MUNJA_CONFIG`, then `./munja.toml`. When none exists the
+//! built-in defaults apply (a SQLite file `munja.db` in the current directory and no gateways),
+//! which is enough for `init` and imports; commands that send say what is missing.
+//!
+//! Every error names the file, the key and the expected form, so the user can fix it in one go.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
+
+/// Environment variable overriding `database_url`.
+pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "MUNJA_CONFIG";
+
+/// A configuration error: which file, which key, what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (`None`: defaults, no file found).
+    pub source: Option<PathBuf>,
+    pub database_url: String,
+    pub templates_dir: PathBuf,
+    pub sender: Sender,
+    pub policy: Policy,
+    pub pricing: Pricing,
+    pub gateways: Vec<GatewayConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sender {
+    /// The registered caller number (발신번호).
+    pub number: Option<String>,
+    /// The sender name shown after `(광고)`.
+    pub brand: Option<String>,
+    /// The free 080 opt-out number printed in the footer.
+    pub optout_number: Option<String>,
+}
+
+/// How many ads one recipient may get in a window, across campaigns.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCap {
+    pub count: u32,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub timezone: chrono_tz::Tz,
+    pub chunk_size: usize,
+    pub quiet_hours: QuietHours,
+    pub lease_timeout_secs: u64,
+    pub max_consecutive_failures: u32,
+    pub max_ads_per_recipient: Option<FrequencyCap>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    /// Price of one SMS, in KRW.
+    pub sms: Option<f64>,
+    /// Price of one LMS, in KRW.
+    pub lms: Option<f64>,
+}
+
+#[derive(Clone)]
+pub struct GatewayConfig {
+    pub name: String,
+    pub kind: String,
+    pub url: String,
+    pub api_key_env: Option<String>,
+    /// The key read from `api_key_env`; never printed.
+    pub api_key: Option<String>,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    pub concurrency: usize,
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+    /// Messages per request; 1 uses the single-message endpoint, more uses `/v1/messages/batch`.
+    pub batch_size: usize,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("api_key_env", &self.api_key_env)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("rate_per_sec", &self.rate_per_sec)
+            .field("burst", &self.burst)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database_url: Option<String>,
+    templates_dir: Option<PathBuf>,
+    #[serde(default)]
+    sender: Sender,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    pricing: Pricing,
+    #[serde(default)]
+    gateways: Vec<RawGateway>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    timezone: Option<String>,
+    chunk_size: Option<i64>,
+    quiet_hours: Option<String>,
+    lease_timeout_secs: Option<i64>,
+    max_consecutive_failures: Option<i64>,
+    max_ads_per_recipient: Option<FrequencyCap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    name: String,
+    kind: String,
+    url: String,
+    api_key_env: Option<String>,
+    rate_per_sec: i64,
+    burst: Option<i64>,
+    concurrency: Option<i64>,
+    timeout_ms: Option<i64>,
+    max_attempts: Option<i64>,
+    batch_size: Option<i64>,
+}
+
+impl Config {
+    /// Finds and loads the configuration (`--config`, `$MUNJA_CONFIG`, `./munja.toml`, defaults).
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => match std::env::var_os(CONFIG_ENV) {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => {
+                    let local = PathBuf::from("munja.toml");
+                    local.exists().then_some(local)
+                }
+            },
+        };
+        match path {
+            Some(p) => Config::load(&p),
+            None => Config::from_toml_str("", None),
+        }
+    }
+
+    /// Loads one file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: "(file)".into(),
+            message: format!(
+                "cannot read the config file: {e}; pass an existing file with --config or \
+                 copy config/munja.example.toml to munja.toml"
+            ),
+        })?;
+        Config::from_toml_str(&text, Some(path))
+    }
+
+    /// Parses and validates config text; `path` locates the file for messages and relative paths.
+    pub fn from_toml_str(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(built-in defaults)".into());
+        let err = |key: &str, message: String| ConfigError {
+            file: file.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let key = msg
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_else(|| "(syntax)".into());
+            let at = e
+                .span()
+                .map(|s| format!(" (line {})", line_of(text, s.start)))
+                .unwrap_or_default();
+            err(&key, format!("{msg}{at}; see config/munja.example.toml for every key"))
+        })?;
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+
+        let database_url = match std::env::var(DATABASE_URL_ENV) {
+            Ok(v) if !v.is_empty() => v,
+            _ => raw.database_url.unwrap_or_else(|| "sqlite://munja.db".into()),
+        };
+        let database_url = resolve_sqlite_url(&database_url, &base)
+            .map_err(|m| err("database_url", m))?;
+        let templates_dir = base.join(raw.templates_dir.unwrap_or_else(|| "templates".into()));
+
+        let p = raw.policy;
+        let timezone: chrono_tz::Tz = p
+            .timezone
+            .as_deref()
+            .unwrap_or("Asia/Seoul")
+            .parse()
+            .map_err(|_| {
+                err(
+                    "policy.timezone",
+                    "expected an IANA time zone name such as \"Asia/Seoul\"".into(),
+                )
+            })?;
+        let quiet_hours: QuietHours = p
+            .quiet_hours
+            .as_deref()
+            .unwrap_or(DEFAULT_QUIET_HOURS)
+            .parse()
+            .map_err(|e| err("policy.quiet_hours", format!("{e}")))?;
+        if let Some(cap) = p.max_ads_per_recipient
+            && (cap.count == 0 || cap.days == 0)
+        {
+            return Err(err(
+                "policy.max_ads_per_recipient",
+                "expected { count = N, days = D } with N and D at least 1".into(),
+            ));
+        }
+        let policy = Policy {
+            timezone,
+            chunk_size: positive(p.chunk_size, 500, 100_000, "policy.chunk_size", &err)? as usize,
+            quiet_hours,
+            lease_timeout_secs: positive(
+                p.lease_timeout_secs,
+                30,
+                86_400,
+                "policy.lease_timeout_secs",
+                &err,
+            )? as u64,
+            max_consecutive_failures: positive(
+                p.max_consecutive_failures,
+                50,
+                1_000_000,
+                "policy.max_consecutive_failures",
+                &err,
+            )? as u32,
+            max_ads_per_recipient: p.max_ads_per_recipient,
+        };
+
+        for (key, price) in [("pricing.sms", raw.pricing.sms), ("pricing.lms", raw.pricing.lms)] {
+            if price.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                return Err(err(key, "expected a price in KRW, zero or more".into()));
+            }
+        }
+
+        let mut gateways = Vec::new();
+        for (i, g) in raw.gateways.into_iter().enumerate() {
+            let key = |k: &str| format!("gateways[{i}].{k}");
+            if g.name.trim().is_empty() {
+                return Err(err(&key("name"), "expected a non-empty name".into()));
+            }
+            if gateways.iter().any(|x: &GatewayConfig| x.name == g.name) {
+                return Err(err(
+                    &key("name"),
+                    format!("gateway name {:?} is used twice; names must be unique", g.name),
+                ));
+            }
+            if g.kind != "http-json" {
+                return Err(err(
+                    &key("kind"),
+                    format!("unknown kind {:?}; expected \"http-json\"", g.kind),
+                ));
+            }
+            if !(g.url.starts_with("http://") || g.url.starts_with("https://")) {
+                return Err(err(
+                    &key("url"),
+                    format!("expected an http:// or https:// URL, got {:?}", g.url),
+                ));
+            }
+            let api_key = match &g.api_key_env {
+                None => None,
+                Some(var) => match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => Some(v),
+                    _ => {
+                        return Err(err(
+                            &key("api_key_env"),
+                            format!(
+                                "names the environment variable {var}, which is not set; \
+                                 export {var}=<your gateway key> or remove api_key_env"
+                            ),
+                        ));
+                    }
+                },
+            };
+            let rate = positive(Some(g.rate_per_sec), 1, 1_000_000, &key("rate_per_sec"), &err)?;
+            let burst = positive(g.burst, rate.min(100), 1_000_000, &key("burst"), &err)?;
+            let batch_size = positive(g.batch_size, 1, 10_000, &key("batch_size"), &err)?;
+            if batch_size > burst {
+                return Err(err(
+                    &key("batch_size"),
+                    format!("batch_size {batch_size} is larger than burst {burst}; a batch must fit in one burst"),
+                ));
+            }
+            gateways.push(GatewayConfig {
+                name: g.name,
+                kind: g.kind,
+                url: g.url.trim_end_matches('/').to_string(),
+                api_key_env: g.api_key_env,
+                api_key,
+                rate_per_sec: rate as u32,
+                burst: burst as u32,
+                concurrency: positive(g.concurrency, 4, 10_000, &key("concurrency"), &err)?
+                    as usize,
+                timeout_ms: positive(g.timeout_ms, 5_000, 600_000, &key("timeout_ms"), &err)?
+                    as u64,
+                max_attempts: positive(g.max_attempts, 5, 100, &key("max_attempts"), &err)? as u32,
+                batch_size: batch_size as usize,
+            });
+        }
+
+        Ok(Config {
+            source: path.map(Path::to_path_buf),
+            database_url,
+            templates_dir,
+            sender: raw.sender,
+            policy,
+            pricing: raw.pricing,
+            gateways,
+        })
+    }
+
+    /// The gateway named `name`, or the first one when `name` is `None`.
+    pub fn gateway(&self, name: Option<&str>) -> Result<&GatewayConfig, ConfigError> {
+        let file = self.file_label();
+        match name {
+            None => self.gateways.first().ok_or_else(|| ConfigError {
+                file,
+                key: "gateways".into(),
+                message: "no [[gateways]] entry; add one (name, kind = \"http-json\", url, \
+                          rate_per_sec) as in config/munja.example.toml"
+                    .into(),
+            }),
+            Some(n) => self.gateways.iter().find(|g| g.name == n).ok_or_else(|| {
+                let names: Vec<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+                ConfigError {
+                    file,
+                    key: "gateways".into(),
+                    message: format!("no gateway named {n:?}; configured: {names:?}"),
+                }
+            }),
+        }
+    }
+
+    /// A required `[sender]` key, or an error saying how to set it.
+    pub fn sender_value(&self, key: &str) -> Result<&str, ConfigError> {
+        let v = match key {
+            "number" => self.sender.number.as_deref(),
+            "brand" => self.sender.brand.as_deref(),
+            _ => self.sender.optout_number.as_deref(),
+        };
+        v.filter(|s| !s.trim().is_empty()).ok_or_else(|| ConfigError {
+            file: self.file_label(),
+            key: format!("sender.{key}"),
+            message: match key {
+                "number" => "missing: set the registered caller number, e.g. number = \"1588-1234\"",
+                "brand" => "missing: an ad must name its sender after (광고); set brand = \"회사명\"",
+                _ => "missing: an ad must end with a free 080 opt-out number; set optout_number = \"080-000-0000\"",
+            }
+            .into(),
+        })
+    }
+
+    pub fn file_label(&self) -> String {
+        self.source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(no config file; built-in defaults)".into())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn positive(
+    v: Option<i64>,
+    default: i64,
+    max: i64,
+    key: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<i64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v < 1 || v > max {
+        return Err(err(key, format!("expected a whole number from 1 to {max}, got {v}")));
+    }
+    Ok(v)
+}
+
+/// Makes a relative `sqlite://` path relative to the config file's directory.
+fn resolve_sqlite_url(url: &str, base: &Path) -> Result<String, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url.to_string());
+    }
+    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+        return Err(format!(
+            "expected sqlite://PATH (or postgres://...), got {url:?}"
+        ));
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Err("expected a file path after sqlite://, e.g. sqlite://munja.db".into());
+    }
+    let p = Path::new(path);
+    let full = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    Ok(match query {
+        Some(q) => format!("sqlite://{}?{q}", full.display()),
+        None => format!("sqlite://{}", full.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let c = Config::from_toml_str("", None).expect("defaults");
+        assert_eq!(c.policy.chunk_size, 500);
+        assert_eq!(c.policy.timezone, chrono_tz::Asia::Seoul);
+        assert!(c.database_url.ends_with("munja.db"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = Config::from_toml_str("[policy]\nchunk_sise = 3\n", Some(Path::new("x/munja.toml")))
+            .expect_err("unknown key");
+        let s = e.to_string();
+        assert!(s.contains("x/munja.toml"), "{s}");
+        assert!(s.contains("chunk_sise"), "{s}");
+        assert!(s.contains("line 2"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_says_expected_form() {
+        let e = Config::from_toml_str("[policy]\nchunk_size = 0\n", None).expect_err("zero");
+        assert_eq!(e.key, "policy.chunk_size");
+        assert!(e.message.contains("from 1 to"));
+    }
+
+    #[test]
+    fn unset_api_key_env_is_an_error() {
+        let t = "[[gateways]]\nname='a'\nkind='http-json'\nurl='http://x'\nrate_per_sec=5\napi_key_env='MUNJA_TEST_SURELY_UNSET_VAR'\n";
+        let e = Config::from_toml_str(t, None).expect_err("unset env");
+        assert_eq!(e.key, "gateways[0].api_key_env");
+        assert!(e.message.contains("MUNJA_TEST_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn missing_required_gateway_key() {
+        let t = "[[gateways]]\nname='a'\nkind='http-json'\nrate_per_sec=5\n";
+        let e = Config::from_toml_str(t, None).expect_err("no url");
+        assert!(e.to_string().contains("url"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = Config::from_toml_str("database_url='sqlite://d.db'\n", Some(Path::new("/etc/m/munja.toml")))
+            .expect("ok");
+        assert_eq!(c.database_url, "sqlite:///etc/m/d.db");
+        assert_eq!(c.templates_dir, PathBuf::from("/etc/m/templates"));
+    }
+}

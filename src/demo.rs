@@ -1,0 +1,206 @@
+//! `munja demo`: the whole workflow in a temporary directory, against the built-in simulator.
+//!
+//! It uses the shipped examples (compiled into the binary, so it works from any directory):
+//! 10,200 customers with invalid rows and duplicates, 600 opt-outs, and the recruiting template.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::audit::{self, Format};
+use crate::campaign::{self, CreateRequest};
+use crate::cli::print_summary;
+use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
+use crate::config::Config;
+use crate::dispatch::{self, RunOptions};
+use crate::gateway::sim::{self, SimConfig};
+use crate::import;
+use crate::progress;
+use crate::store::{self, AuditFilter, MessageState};
+
+const CUSTOMERS: &str = include_str!("../examples/customers.csv");
+const OPTOUTS: &str = include_str!("../examples/optouts.csv");
+const TEMPLATE: &str = include_str!("../templates/recruit.txt");
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Messages per second allowed by the demo gateway.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    /// Keep the demo directory instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn step(n: u32, what: &str) {
+    eprintln!("\n== {n}. {what}");
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    let dir = tempfile::Builder::new()
+        .prefix("munja-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("templates"))?;
+    std::fs::write(root.join("templates/recruit.txt"), TEMPLATE)?;
+    std::fs::write(root.join("customers.csv"), CUSTOMERS)?;
+    std::fs::write(root.join("optouts.csv"), OPTOUTS)?;
+
+    let sim = sim::spawn(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        SimConfig {
+            fail_rate: 0.02,
+            throttle_rate: 0.01,
+            timeout_rate: 0.005,
+            stall_ms: 1500,
+            retry_after_secs: 1,
+            invalid_prefix: Some("0109".into()),
+            ..SimConfig::default()
+        },
+    )
+    .await?;
+    let night: QuietHours = DEFAULT_QUIET_HOURS.parse()?;
+    let quiet_now = night.is_quiet_at(chrono_tz::Asia::Seoul, chrono::Utc::now());
+    let quiet = if quiet_now { "00:00-00:00" } else { "21:00-08:00" };
+    let toml = format!(
+        r#"database_url = "sqlite://munja.db"
+templates_dir = "templates"
+
+[sender]
+number = "1588-1234"
+brand = "토스페이먼츠"
+optout_number = "080-600-5653"
+
+[policy]
+chunk_size = 500
+quiet_hours = "{quiet}"
+
+[pricing]
+sms = 9.9
+lms = 29.0
+
+[[gateways]]
+name = "sim"
+kind = "http-json"
+url = "{url}"
+rate_per_sec = {rate}
+burst = {burst}
+concurrency = 16
+timeout_ms = 1000
+max_attempts = 6
+"#,
+        url = sim.url(),
+        rate = args.rate,
+        burst = (args.rate / 10).max(1),
+    );
+    let cfg_path = root.join("munja.toml");
+    std::fs::write(&cfg_path, toml)?;
+    eprintln!("munja demo in {} (gateway simulator at {})", root.display(), sim.url());
+    eprintln!("simulator faults: 2% 503, 1% 429 Retry-After, 0.5% accepted-then-timeout, numbers 0109… rejected");
+    if quiet_now {
+        eprintln!(
+            "note: it is night in Korea (21:00-08:00): the demo's fictional recipients have the night \
+             rule switched off in its config; a real munja.toml keeps quiet_hours = \"21:00-08:00\""
+        );
+    }
+    let cfg = Config::load(&cfg_path)?;
+
+    step(1, "munja init");
+    let store = store::open(&cfg.database_url).await?;
+    store.migrate().await?;
+    eprintln!("database ready: {}", cfg.database_url);
+
+    step(2, "munja optout import optouts.csv");
+    let r = import::optouts(&*store, &root.join("optouts.csv")).await?;
+    for x in r.rejected_rows.iter().take(5) {
+        eprintln!("  optouts.csv line {}: {} ({})", x.line, x.reason, x.detail);
+    }
+    eprintln!("imported {}, already present {}, rejected {}", r.imported, r.already_present, r.rejected);
+
+    step(3, "munja segment import customers customers.csv");
+    let r = import::segment(&*store, "customers", &root.join("customers.csv")).await?;
+    for x in r.rejected_rows.iter().take(5) {
+        eprintln!("  customers.csv line {}: {} ({})", x.line, x.reason, x.detail);
+    }
+    if r.rejected > 5 {
+        eprintln!("  ... and {} more rejected rows", r.rejected - 5);
+    }
+    eprintln!("imported {}, merged duplicates {}, rejected {}", r.imported, r.already_present, r.rejected);
+
+    step(4, "munja template preview recruit --segment customers --limit 1");
+    for p in campaign::preview(&*store, &cfg, "recruit", "customers", 1, false).await? {
+        match p.result {
+            Ok(t) => eprintln!("to {} [{} {} bytes]\n{}", p.phone, t.kind, t.bytes, t.text),
+            Err(e) => eprintln!("to {}: REFUSED {e}", p.phone),
+        }
+    }
+
+    step(5, "munja campaign create --name demo --segment customers --template recruit");
+    let (id, plan) = campaign::create(
+        &*store,
+        &cfg,
+        &CreateRequest {
+            name: "demo".into(),
+            segment: "customers".into(),
+            template: "recruit".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    eprintln!("{}\ncampaign id: {id}", plan.summary());
+
+    step(6, &format!("munja campaign run {id}"));
+    let report = dispatch::run(
+        store.clone(),
+        &cfg,
+        id,
+        RunOptions {
+            handle_signals: true,
+            progress: Some(progress::for_stderr(Duration::from_secs(2))),
+            ..Default::default()
+        },
+    )
+    .await?;
+    print_summary(&report);
+
+    step(7, &format!("munja audit --campaign {id} (first rows, then failed ones)"));
+    let filter = AuditFilter {
+        campaign: id,
+        limit: 5,
+        ..Default::default()
+    };
+    print_some(&*store, filter.clone(), 5).await?;
+    print_some(
+        &*store,
+        AuditFilter {
+            state: Some(MessageState::Failed),
+            ..filter
+        },
+        3,
+    )
+    .await?;
+
+    step(8, "gateway simulator statistics");
+    let s = sim.stats();
+    eprintln!(
+        "accepted {} distinct messages to {} numbers; {} duplicate replays answered from the idempotency store; \
+         numbers accepted twice: {}; faults injected: {} x 503, {} x 429, {} x timeout",
+        s.accepted, s.distinct_numbers, s.duplicate_replays, s.numbers_accepted_twice, s.faults_503, s.faults_429, s.faults_timeout
+    );
+    if args.keep {
+        let kept = dir.keep();
+        eprintln!("\nkept {}: try `munja --config {}/munja.toml campaign status {id}`", kept.display(), kept.display());
+    }
+    sim.shutdown().await;
+    Ok(report.status.exit_code())
+}
+
+async fn print_some(store: &dyn store::Store, filter: AuditFilter, n: usize) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    audit::write_limited(store, filter, Format::Table, &mut buf, n).await?;
+    eprint!("{}", String::from_utf8_lossy(&buf));
+    Ok(())
+}

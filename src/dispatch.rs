@@ -1,0 +1,834 @@
+//! Running a campaign: one execution of the job, chunk by chunk, crash-safe.
+//!
+//! The loop, per chunk (Spring Batch's commit interval = `policy.chunk_size`):
+//! 1. claim: pending messages become `sending` in one committed transaction, after opt-outs
+//!    (also those added mid-run) and the frequency cap have suppressed whoever they cover;
+//! 2. compose and send, with no transaction open: one rate limiter per gateway checked right before
+//!    each request, at most `concurrency` requests in flight, backoff with jitter (backon) for
+//!    transient outcomes, `Retry-After` honoured;
+//! 3. commit: every outcome, every attempt and the execution's counters in one transaction.
+//!
+//! A crash between 1 and 3 leaves messages `sending`: the next run settles them first by looking
+//! them up on the gateway, and resends the rest under the same `ref`, which the gateway dedupes.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{Config, GatewayConfig};
+use crate::gateway::{Attempt, HttpJsonGateway, Lookup, OutMessage, Outcome};
+use crate::lease;
+use crate::message::{AdFrame, Composer};
+use crate::phone;
+use crate::progress::Progress;
+use crate::store::{
+    AttemptRecord, Campaign, ClaimRequest, ClaimedMessage, Counts, MessageState, MessageUpdate,
+    Store, StoreError,
+};
+use crate::template::TemplateSource;
+
+/// How an execution ended (Spring Batch's BatchStatus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Completed,
+    Stopped,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Completed => "COMPLETED",
+            RunStatus::Stopped => "STOPPED",
+            RunStatus::Failed => "FAILED",
+        }
+    }
+    /// The process exit code of `campaign run`: 0 completed, 2 stopped and resumable, 1 failed.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RunStatus::Completed => 0,
+            RunStatus::Stopped => 2,
+            RunStatus::Failed => 1,
+        }
+    }
+}
+
+/// Why a run stops before every message is final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Requested,
+    Signal(&'static str),
+    Cancelled,
+    QuietHours(String),
+    GatewayUnhealthy(u32),
+    Unauthorized(String),
+    TemplateError(String),
+    LeaseLost,
+}
+
+impl StopReason {
+    fn status(&self) -> RunStatus {
+        match self {
+            StopReason::Unauthorized(_) | StopReason::TemplateError(_) | StopReason::LeaseLost => {
+                RunStatus::Failed
+            }
+            _ => RunStatus::Stopped,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            StopReason::Requested => "stop_requested",
+            StopReason::Signal(_) => "signal",
+            StopReason::Cancelled => "cancelled",
+            StopReason::QuietHours(_) => "quiet_hours",
+            StopReason::GatewayUnhealthy(_) => "gateway_unhealthy",
+            StopReason::Unauthorized(_) => "unauthorized",
+            StopReason::TemplateError(_) => "template_error",
+            StopReason::LeaseLost => "lease_lost",
+        }
+    }
+    fn message(&self) -> String {
+        match self {
+            StopReason::Requested => "stopped by `munja campaign stop`; run it again to resume".into(),
+            StopReason::Signal(s) => format!("stopped by {s}; run it again to resume"),
+            StopReason::Cancelled => "cancelled by `munja campaign cancel`".into(),
+            StopReason::QuietHours(m) => m.clone(),
+            StopReason::GatewayUnhealthy(n) => format!(
+                "gateway_unhealthy: {n} transient failures in a row; paused instead of failing the list. \
+                 Run it again when the gateway is healthy (add --retry-failed to re-send messages whose attempts ran out)"
+            ),
+            StopReason::Unauthorized(m) => format!(
+                "gateway refused the credentials: {m}; check api_key_env of the gateway in munja.toml. No message was marked failed for it"
+            ),
+            StopReason::TemplateError(m) => {
+                format!("every message of the first chunk failed: {m}")
+            }
+            StopReason::LeaseLost => {
+                "another run took over this campaign's lease; this run stopped without writing".into()
+            }
+        }
+    }
+}
+
+/// Shared stop switch of one run: set by heartbeat, signals and the senders.
+#[derive(Default)]
+pub struct Control {
+    reason: Mutex<Option<StopReason>>,
+    notify: Notify,
+}
+
+impl Control {
+    /// Records the first reason to stop (fatal reasons override non-fatal ones).
+    pub fn stop(&self, why: StopReason) {
+        if let Ok(mut r) = self.reason.lock() {
+            let replace = match &*r {
+                None => true,
+                Some(old) => old.status() != RunStatus::Failed && why.status() == RunStatus::Failed,
+            };
+            if replace {
+                *r = Some(why);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+    pub fn stopping(&self) -> bool {
+        self.reason().is_some()
+    }
+    /// Sleeps `d`, waking early when the run is told to stop.
+    async fn sleep(&self, d: Duration) {
+        let notified = self.notify.notified();
+        if self.stopping() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = notified => {}
+        }
+    }
+}
+
+/// Options of `campaign run`.
+#[derive(Default)]
+pub struct RunOptions {
+    pub retry_failed: bool,
+    /// Install SIGINT/SIGTERM handlers that stop the run gracefully.
+    pub handle_signals: bool,
+    pub progress: Option<Box<dyn Progress>>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub campaign: i64,
+    pub execution: i64,
+    pub status: RunStatus,
+    pub exit_message: String,
+    pub counts: Counts,
+    pub elapsed: Duration,
+    /// Messages this execution moved to `sent`.
+    pub sent_now: u64,
+}
+
+/// Everything the senders of one run share.
+struct SendCtx {
+    gateway: HttpJsonGateway,
+    limiter: DefaultDirectRateLimiter,
+    in_flight: Semaphore,
+    /// `Retry-After` slows the whole gateway: nobody sends before this instant.
+    pause_until: Mutex<Option<Instant>>,
+    consecutive_failures: AtomicU32,
+    max_consecutive_failures: u32,
+    max_attempts: u32,
+    batch_size: usize,
+    ctl: Arc<Control>,
+    quiet: Option<QuietRule>,
+}
+
+#[derive(Clone, Copy)]
+struct QuietRule {
+    hours: crate::compliance::QuietHours,
+    tz: chrono_tz::Tz,
+}
+
+impl QuietRule {
+    fn now(&self) -> bool {
+        self.hours.is_quiet_at(self.tz, Utc::now())
+    }
+}
+
+/// One message on its way: its composed wire form and what happened to it so far.
+struct Item {
+    id: i64,
+    night_consent: bool,
+    out: OutMessage,
+    kind: String,
+    bytes: i64,
+    attempts: Vec<AttemptRecord>,
+    backoff: backon::ExponentialBackoff,
+    wait: Duration,
+}
+
+/// Runs campaign `id` until every message is final or the run is stopped.
+pub async fn run(
+    store: Arc<dyn Store>,
+    cfg: &Config,
+    id: i64,
+    mut opts: RunOptions,
+) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let campaign = store.campaign(id).await?;
+    match campaign.status.as_str() {
+        "COMPLETED" => bail!(
+            "campaign {id} ({}) is COMPLETED: a completed campaign cannot run again; \
+             create a new campaign to send again",
+            campaign.name
+        ),
+        "CANCELLED" => bail!("campaign {id} ({}) was cancelled and cannot run", campaign.name),
+        _ => {}
+    }
+    let gw_cfg = cfg.gateway(Some(&campaign.gateway))?.clone();
+    let composer = composer_for(&campaign)?;
+    let execution = acquire(&*store, cfg, &campaign).await?;
+    let span = info_span!("run", campaign = id, execution);
+    async move {
+        info!(gateway = %gw_cfg.name, "execution started");
+        let ctl = Arc::new(Control::default());
+        let heartbeat = spawn_heartbeat(store.clone(), id, execution, cfg, ctl.clone());
+        let signals = opts.handle_signals.then(|| spawn_signal_handler(ctl.clone()));
+        let mut runner = Runner {
+            store: store.clone(),
+            campaign: &campaign,
+            execution,
+            chunk_size: cfg.policy.chunk_size,
+            cap: cfg.policy.max_ads_per_recipient,
+            composer,
+            ctx: Arc::new(send_ctx(&gw_cfg, cfg, &campaign, ctl.clone())?),
+            progress: opts.progress.take(),
+            sent_now: 0,
+        };
+        let outcome = runner.drive(opts.retry_failed).await;
+        heartbeat.abort();
+        if let Some(s) = signals {
+            s.abort();
+        }
+        let counts = store.counts(id).await.unwrap_or_default();
+        if let Some(p) = runner.progress.as_mut() {
+            p.finish(&counts);
+        }
+        let (status, campaign_status, exit_code, message) = match outcome {
+            Err(e) => {
+                if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::LeaseLost { .. })) {
+                    warn!("lease lost; leaving the campaign to its new holder");
+                    return Ok(RunReport {
+                        campaign: id,
+                        execution,
+                        status: RunStatus::Failed,
+                        exit_message: StopReason::LeaseLost.message(),
+                        counts,
+                        elapsed: started.elapsed(),
+                        sent_now: runner.sent_now,
+                    });
+                }
+                let m = format!("{e:#}");
+                (RunStatus::Failed, "FAILED", "FAILED".to_string(), m)
+            }
+            Ok(None) if counts.all_final() => (
+                RunStatus::Completed,
+                "COMPLETED",
+                "COMPLETED".into(),
+                format!(
+                    "all {} messages final: {} sent, {} failed, {} suppressed, {} cancelled",
+                    counts.total, counts.sent, counts.failed, counts.suppressed, counts.cancelled
+                ),
+            ),
+            Ok(None) => (
+                RunStatus::Stopped,
+                "STOPPED",
+                "STOPPED".into(),
+                format!("{} messages still pending", counts.pending + counts.sending),
+            ),
+            Ok(Some(StopReason::Cancelled)) => {
+                store.cancel(id).await?;
+                (RunStatus::Stopped, "CANCELLED", "CANCELLED".into(), StopReason::Cancelled.message())
+            }
+            Ok(Some(why)) => {
+                let status = why.status();
+                (status, status.as_str(), why.code().to_uppercase(), why.message())
+            }
+        };
+        store
+            .finish_execution(id, execution, status.as_str(), &exit_code, &message, campaign_status)
+            .await
+            .context("recording the end of the execution")?;
+        let counts = store.counts(id).await?;
+        info!(status = status.as_str(), %message, "execution ended");
+        Ok(RunReport {
+            campaign: id,
+            execution,
+            status,
+            exit_message: message,
+            counts,
+            elapsed: started.elapsed(),
+            sent_now: runner.sent_now,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// The composer of a campaign, from its template snapshot and its ad frame.
+pub fn composer_for(c: &Campaign) -> anyhow::Result<Composer> {
+    let src = TemplateSource {
+        name: c.template_name.clone(),
+        body: c.template_body.clone(),
+        subject: c.template_subject.clone(),
+    };
+    let ad = if c.ad {
+        Some(AdFrame {
+            brand: c.brand.clone().context("ad campaign without a brand")?,
+            optout_display: c.optout_number.clone().context("ad campaign without an opt-out number")?,
+        })
+    } else {
+        None
+    };
+    Ok(Composer::new(&src, ad)?)
+}
+
+/// Takes the campaign's lease: refuses while a live run holds it, takes over a dead one.
+async fn acquire(store: &dyn Store, cfg: &Config, c: &Campaign) -> anyhow::Result<i64> {
+    let host = lease::this_host();
+    let pid = i64::from(std::process::id());
+    let (expected, abandon) = match &c.lease {
+        None => (None, String::new()),
+        Some(l) => match lease::holder_gone(l, cfg.policy.lease_timeout_secs, &host, Utc::now()) {
+            Some(why) => {
+                warn!(previous = l.execution, "{why}; taking over");
+                (Some(l.execution), why)
+            }
+            None => bail!(
+                "campaign {} is already running: execution {} on {} (pid {}), last heartbeat {}; \
+                 stop it with `munja campaign stop {}` or wait for it to finish",
+                c.id,
+                l.execution,
+                l.host,
+                l.pid,
+                l.heartbeat_at.to_rfc3339(),
+                c.id
+            ),
+        },
+    };
+    Ok(store.start_execution(c.id, expected, &host, pid, &abandon).await?)
+}
+
+fn spawn_heartbeat(
+    store: Arc<dyn Store>,
+    campaign: i64,
+    execution: i64,
+    cfg: &Config,
+    ctl: Arc<Control>,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_millis((cfg.policy.lease_timeout_secs * 1000 / 6).clamp(200, 5000));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match store.heartbeat(campaign, execution).await {
+                Ok((_, true)) => ctl.stop(StopReason::Cancelled),
+                Ok((true, false)) => ctl.stop(StopReason::Requested),
+                Ok(_) => {}
+                Err(StoreError::LeaseLost { .. }) => ctl.stop(StopReason::LeaseLost),
+                Err(e) => warn!("heartbeat failed: {e}"),
+            }
+        }
+    })
+}
+
+fn spawn_signal_handler(ctl: Arc<Control>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        warn!("{name} received: finishing in-flight requests, then stopping");
+        ctl.stop(StopReason::Signal(name));
+    })
+}
+
+fn send_ctx(
+    g: &GatewayConfig,
+    cfg: &Config,
+    c: &Campaign,
+    ctl: Arc<Control>,
+) -> anyhow::Result<SendCtx> {
+    let rate = NonZeroU32::new(g.rate_per_sec).context("rate_per_sec must be at least 1")?;
+    let burst = NonZeroU32::new(g.burst).context("burst must be at least 1")?;
+    Ok(SendCtx {
+        gateway: HttpJsonGateway::new(
+            &g.name,
+            &g.url,
+            g.api_key.clone(),
+            Duration::from_millis(g.timeout_ms),
+            g.concurrency,
+        )?,
+        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        in_flight: Semaphore::new(g.concurrency),
+        pause_until: Mutex::new(None),
+        consecutive_failures: AtomicU32::new(0),
+        max_consecutive_failures: cfg.policy.max_consecutive_failures,
+        max_attempts: g.max_attempts,
+        batch_size: g.batch_size,
+        ctl,
+        quiet: c.ad.then_some(QuietRule {
+            hours: cfg.policy.quiet_hours,
+            tz: cfg.policy.timezone,
+        }),
+    })
+}
+
+struct Runner<'a> {
+    store: Arc<dyn Store>,
+    campaign: &'a Campaign,
+    execution: i64,
+    chunk_size: usize,
+    cap: Option<crate::config::FrequencyCap>,
+    composer: Composer,
+    ctx: Arc<SendCtx>,
+    progress: Option<Box<dyn Progress>>,
+    sent_now: u64,
+}
+
+impl Runner<'_> {
+    /// Returns `None` when the queue ran dry, or why it stopped early.
+    async fn drive(&mut self, retry_failed: bool) -> anyhow::Result<Option<StopReason>> {
+        let (id, exec) = (self.campaign.id, self.execution);
+        let total = self.store.snapshot(id, exec).await.context("snapshotting the segment")?;
+        if total > 0 {
+            info!(messages = total, "segment snapshotted");
+        }
+        if retry_failed {
+            let n = self.store.requeue_retryable(id).await?;
+            info!(messages = n, "re-queued messages whose attempts ran out on transient errors");
+        }
+        self.settle_in_doubt().await?;
+        let mut counts = self.store.counts(id).await?;
+        if let Some(p) = self.progress.as_mut() {
+            p.start(&counts);
+        }
+        let mut first_chunk = true;
+        loop {
+            if let Some(why) = self.ctx.ctl.reason() {
+                return Ok(Some(why));
+            }
+            let quiet = self.ctx.quiet.filter(|q| q.now());
+            let cap = self.cap.map(|c| {
+                (c.count, Utc::now() - chrono::Duration::days(i64::from(c.days)))
+            });
+            let claim = self
+                .store
+                .claim_chunk(ClaimRequest {
+                    campaign: id,
+                    execution: exec,
+                    limit: self.chunk_size,
+                    night_only: quiet.is_some(),
+                    cap,
+                })
+                .await?;
+            let suppressed = claim.suppressed_opted_out + claim.suppressed_capped;
+            counts.suppressed += suppressed as i64;
+            counts.pending -= suppressed as i64;
+            if claim.suppressed_opted_out > 0 {
+                info!(messages = claim.suppressed_opted_out, "suppressed: opted out during the run");
+            }
+            if claim.messages.is_empty() {
+                if suppressed > 0 {
+                    continue;
+                }
+                if let Some(q) = quiet
+                    && self.store.has_pending_without_consent(id).await?
+                {
+                    let opens = q.hours.next_open(q.tz, Utc::now());
+                    return Ok(Some(StopReason::QuietHours(format!(
+                        "quiet_hours: ads cannot be sent to recipients without night consent during {} ({}); \
+                         the rest wait. Run again after {}",
+                        q.hours,
+                        q.tz,
+                        opens.with_timezone(&q.tz).format("%Y-%m-%d %H:%M %Z")
+                    ))));
+                }
+                return Ok(None);
+            }
+            let n = claim.messages.len();
+            let (updates, first_error) = self.send_chunk(claim.messages).await;
+            let unsendable = updates
+                .iter()
+                .filter(|u| u.attempts.is_empty() && u.state == MessageState::Failed)
+                .count();
+            if first_chunk && unsendable == n {
+                let first = first_error.unwrap_or_default();
+                // Nothing was sent: put the chunk back so a fixed campaign loses nothing.
+                let back: Vec<MessageUpdate> = updates
+                    .into_iter()
+                    .map(|mut u| {
+                        u.state = MessageState::Pending;
+                        u
+                    })
+                    .collect();
+                self.store.commit_chunk(id, exec, &back).await?;
+                return Ok(Some(StopReason::TemplateError(first)));
+            }
+            first_chunk = false;
+            for u in &updates {
+                match u.state {
+                    MessageState::Sent => {
+                        counts.sent += 1;
+                        counts.pending -= 1;
+                        self.sent_now += 1;
+                    }
+                    MessageState::Failed => {
+                        counts.failed += 1;
+                        counts.pending -= 1;
+                    }
+                    _ => {}
+                }
+            }
+            self.store.commit_chunk(id, exec, &updates).await?;
+            debug!(messages = n, "chunk committed");
+            if let Some(p) = self.progress.as_mut() {
+                p.update(&counts);
+            }
+        }
+    }
+
+    /// Settles messages an earlier execution left `sending`: found on the gateway means sent;
+    /// anything else goes back to pending, to be resent under the same ref.
+    async fn settle_in_doubt(&mut self) -> anyhow::Result<()> {
+        let mut after = 0;
+        loop {
+            let batch = self
+                .store
+                .in_doubt(self.campaign.id, after, self.chunk_size as i64)
+                .await?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            after = last.id;
+            info!(messages = batch.len(), "settling in-doubt messages by lookup");
+            let mut set = tokio::task::JoinSet::new();
+            for m in batch {
+                let ctx = self.ctx.clone();
+                set.spawn(async move {
+                    let _permit = ctx.in_flight.acquire().await;
+                    let t0 = Instant::now();
+                    let at = Utc::now();
+                    let found = ctx.gateway.lookup(&m.msg_ref).await;
+                    (m, found, at, t0.elapsed())
+                });
+            }
+            let mut updates = Vec::new();
+            while let Some(joined) = set.join_next().await {
+                let (m, found, at, took) = joined.context("lookup task panicked")?;
+                let (state, outcome, gateway_id, error) = match found {
+                    Lookup::Found { gateway_id, .. } => {
+                        (MessageState::Sent, "lookup_found", Some(gateway_id), None)
+                    }
+                    Lookup::NotFound => (MessageState::Pending, "lookup_missing", None, None),
+                    Lookup::Unavailable { reason } => {
+                        (MessageState::Pending, "lookup_unavailable", None, Some(reason))
+                    }
+                };
+                if state == MessageState::Sent {
+                    self.sent_now += 1;
+                }
+                updates.push(MessageUpdate {
+                    id: m.id,
+                    state,
+                    reason: None,
+                    retryable: false,
+                    gateway_id: gateway_id.clone(),
+                    kind: None,
+                    bytes: None,
+                    attempts: vec![AttemptRecord {
+                        at,
+                        outcome: outcome.into(),
+                        http_status: None,
+                        gateway_id,
+                        error,
+                        latency_ms: took.as_millis() as i64,
+                    }],
+                });
+            }
+            self.store.commit_chunk(self.campaign.id, self.execution, &updates).await?;
+        }
+    }
+
+    /// Composes and sends one claimed chunk; returns one update per message, and the first
+    /// reason a message could not be composed.
+    async fn send_chunk(
+        &mut self,
+        messages: Vec<ClaimedMessage>,
+    ) -> (Vec<MessageUpdate>, Option<String>) {
+        let c = self.campaign;
+        let mut first_error = None;
+        let mut updates = Vec::with_capacity(messages.len());
+        let mut items = Vec::with_capacity(messages.len());
+        for m in messages {
+            match self.composer.compose_json(&m.vars) {
+                Err(e) => {
+                    warn!(msg_ref = %m.msg_ref, phone = %phone::mask(&m.phone), code = %e.code, "message cannot be sent: {e}");
+                    updates.push(MessageUpdate {
+                        id: m.id,
+                        state: MessageState::Failed,
+                        reason: Some(e.code.clone()),
+                        retryable: false,
+                        gateway_id: None,
+                        kind: None,
+                        bytes: None,
+                        attempts: Vec::new(),
+                    });
+                    first_error.get_or_insert(e.message);
+                }
+                Ok(composed) => items.push(Item {
+                    id: m.id,
+                    night_consent: m.night_consent,
+                    kind: composed.kind.as_str().to_string(),
+                    bytes: composed.bytes as i64,
+                    out: OutMessage {
+                        msg_ref: m.msg_ref,
+                        to: m.phone,
+                        from: c.sender_number.clone(),
+                        kind: composed.kind.as_str().to_string(),
+                        subject: composed.subject,
+                        text: composed.text,
+                        ad: c.ad,
+                        campaign: c.uid.clone(),
+                    },
+                    attempts: Vec::new(),
+                    backoff: backoff_policy(self.ctx.max_attempts),
+                    wait: Duration::ZERO,
+                }),
+            }
+        }
+        let batch = self.ctx.batch_size;
+        let mut set = tokio::task::JoinSet::new();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let group: Vec<Item> = items.by_ref().take(batch).collect();
+            let ctx = self.ctx.clone();
+            set.spawn(
+                async move { send_group(ctx, group).await }
+                    .instrument(tracing::Span::current()),
+            );
+        }
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(mut u) => updates.append(&mut u),
+                Err(e) => warn!("send task failed: {e}"),
+            }
+        }
+        (updates, first_error)
+    }
+}
+
+/// Exponential backoff with jitter: 200 ms doubling to 10 s, `max_attempts` tries in all.
+fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .with_max_times(max_attempts.saturating_sub(1) as usize)
+        .build()
+}
+
+fn update_for(item: &Item, state: MessageState, reason: Option<String>, retryable: bool, gateway_id: Option<String>) -> MessageUpdate {
+    MessageUpdate {
+        id: item.id,
+        state,
+        reason,
+        retryable,
+        gateway_id,
+        kind: Some(item.kind.clone()),
+        bytes: Some(item.bytes),
+        attempts: item.attempts.clone(),
+    }
+}
+
+/// Sends one group (one request: a single message, or a batch) until every item is final or
+/// the run stops; unattempted or still-retryable items go back to `pending`.
+async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdate> {
+    let mut done = Vec::with_capacity(items.len());
+    while !items.is_empty() {
+        let wait = items.iter().map(|i| i.wait).max().unwrap_or_default();
+        if !wait.is_zero() {
+            ctx.ctl.sleep(wait).await;
+        }
+        if ctx.ctl.stopping() {
+            break;
+        }
+        // The night rule is checked at the moment of sending.
+        if let Some(q) = ctx.quiet
+            && items.iter().any(|i| !i.night_consent)
+            && q.now()
+        {
+            let (wait_for_day, keep): (Vec<Item>, Vec<Item>) =
+                items.into_iter().partition(|i| !i.night_consent);
+            done.extend(wait_for_day.iter().map(|i| update_for(i, MessageState::Pending, Some("quiet_hours".into()), false, None)));
+            items = keep;
+            if items.is_empty() {
+                break;
+            }
+        }
+        let pause = ctx.pause_until.lock().ok().and_then(|p| *p);
+        if let Some(until) = pause {
+            let now = Instant::now();
+            if until > now {
+                ctx.ctl.sleep(until - now).await;
+                if ctx.ctl.stopping() {
+                    break;
+                }
+            }
+        }
+        let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
+        if ctx.limiter.until_n_ready(n).await.is_err() {
+            // Cannot happen: config guarantees batch_size <= burst. Fall back to one at a time.
+            for _ in 0..n.get() {
+                ctx.limiter.until_ready().await;
+            }
+        }
+        let attempts: Vec<Attempt> = {
+            let _permit = ctx.in_flight.acquire().await;
+            if items.len() == 1 {
+                vec![ctx.gateway.send(&items[0].out).await]
+            } else {
+                let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
+                ctx.gateway.send_batch(&outs).await
+            }
+        };
+        let mut again = Vec::new();
+        for (mut item, a) in items.into_iter().zip(attempts) {
+            let gateway_id = match &a.outcome {
+                Outcome::Accepted { gateway_id, .. } => Some(gateway_id.clone()),
+                _ => None,
+            };
+            item.attempts.push(AttemptRecord {
+                at: a.at,
+                outcome: a.outcome.code().to_string(),
+                http_status: a.http_status,
+                gateway_id: gateway_id.clone(),
+                error: match &a.outcome {
+                    Outcome::Rejected { message, .. } | Outcome::Unauthorized { message } => {
+                        Some(message.clone())
+                    }
+                    _ => None,
+                },
+                latency_ms: a.latency.as_millis() as i64,
+            });
+            let span = tracing::debug_span!("message", msg_ref = %item.out.msg_ref, phone = %phone::mask(&item.out.to));
+            let _g = span.enter();
+            match a.outcome {
+                Outcome::Accepted { .. } => {
+                    ctx.consecutive_failures.store(0, Ordering::Relaxed);
+                    done.push(update_for(&item, MessageState::Sent, None, false, gateway_id));
+                }
+                Outcome::Rejected { code, message } => {
+                    ctx.consecutive_failures.store(0, Ordering::Relaxed);
+                    debug!(%code, "rejected: {message}");
+                    done.push(update_for(&item, MessageState::Failed, Some(code), false, None));
+                }
+                Outcome::Unauthorized { message } => {
+                    ctx.ctl.stop(StopReason::Unauthorized(message));
+                    done.push(update_for(&item, MessageState::Pending, None, false, None));
+                }
+                transient => {
+                    let n = ctx.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n >= ctx.max_consecutive_failures {
+                        ctx.ctl.stop(StopReason::GatewayUnhealthy(n));
+                    }
+                    let retry_after = match &transient {
+                        Outcome::Throttled { retry_after } => *retry_after,
+                        _ => None,
+                    };
+                    if let Some(ra) = retry_after
+                        && let Ok(mut p) = ctx.pause_until.lock()
+                    {
+                        let until = Instant::now() + ra;
+                        if p.is_none_or(|old| old < until) {
+                            *p = Some(until);
+                        }
+                    }
+                    match item.backoff.next() {
+                        Some(d) => {
+                            item.wait = d.max(retry_after.unwrap_or_default());
+                            debug!(code = transient.code(), "transient; retrying in {:?}", item.wait);
+                            again.push(item);
+                        }
+                        None => {
+                            debug!(code = transient.code(), "attempts exhausted");
+                            done.push(update_for(&item, MessageState::Failed, Some(transient.code().to_string()), true, None));
+                        }
+                    }
+                }
+            }
+        }
+        items = again;
+    }
+    // Stopped: whatever is left goes back to the queue under the same ref.
+    done.extend(items.iter().map(|i| update_for(i, MessageState::Pending, None, false, None)));
+    done
+}

@@ -1,0 +1,983 @@
+//! Client for one `http-json` gateway (see `docs/gateway-http-json.md`): single, batch and
+//! lookup requests, each made exactly once, with every HTTP answer or transport failure
+//! classified into an [`Outcome`]. Retries, backoff and rate limiting belong to the dispatcher.
+//!
+//! The API key is only ever held inside a sensitive [`HeaderValue`]; it never appears in
+//! `Debug` output, error strings or log lines.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the message's stable key on single sends.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Longest gateway-supplied text kept in a rejection or authorization message.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// One message as it goes on the wire (`POST /v1/messages`, or one item of a batch).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutMessage {
+    /// Stable key of this (campaign, recipient) message; the same on every attempt.
+    #[serde(rename = "ref")]
+    pub msg_ref: String,
+    /// Recipient number, digits only.
+    pub to: String,
+    /// Registered sender number.
+    pub from: String,
+    /// `"SMS"` or `"LMS"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// LMS subject, if any.
+    pub subject: Option<String>,
+    /// Rendered message text.
+    pub text: String,
+    /// Whether this is an advertising message.
+    pub ad: bool,
+    /// Campaign name.
+    pub campaign: String,
+}
+
+/// How one attempt to hand a message to the gateway ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The gateway has the message (`duplicate`: it had it already from an earlier attempt).
+    Accepted { gateway_id: String, duplicate: bool },
+    /// 400/422: permanent for this message, never retry.
+    Rejected { code: String, message: String },
+    /// 401/403: credentials or account problem; stop the whole campaign.
+    Unauthorized { message: String },
+    /// 429: retry the same ref no sooner than `retry_after` (when the gateway said).
+    Throttled { retry_after: Option<Duration> },
+    /// 5xx, connection refused/reset, unreadable answer: retry with backoff.
+    Transient { code: String },
+    /// Timed out after the request may have been written: it may have been accepted.
+    InDoubt { code: String },
+}
+
+impl Outcome {
+    /// Short machine-readable code: `"accepted"`, `"duplicate"`, the rejection code,
+    /// `"unauthorized"`, `"throttled"`, or the transient / in-doubt code.
+    pub fn code(&self) -> &str {
+        match self {
+            Outcome::Accepted {
+                duplicate: false, ..
+            } => "accepted",
+            Outcome::Accepted {
+                duplicate: true, ..
+            } => "duplicate",
+            Outcome::Rejected { code, .. } => code,
+            Outcome::Unauthorized { .. } => "unauthorized",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Transient { code } | Outcome::InDoubt { code } => code,
+        }
+    }
+
+    /// The message is settled for good: accepted (or duplicate) or permanently rejected.
+    /// `Unauthorized` is not final: the message was not looked at and must be sent later.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Outcome::Accepted { .. } | Outcome::Rejected { .. })
+    }
+
+    /// Worth retrying with the same ref: `Throttled`, `Transient` or `InDoubt`.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Throttled { .. } | Outcome::Transient { .. } | Outcome::InDoubt { .. }
+        )
+    }
+}
+
+/// The result of one attempt, with what is needed for the audit log.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    /// HTTP status of the answer, `None` when no answer arrived.
+    pub http_status: Option<u16>,
+    /// Wall time from sending the request to classifying the answer.
+    pub latency: Duration,
+    /// When the attempt started.
+    pub at: DateTime<Utc>,
+}
+
+/// What `GET /v1/messages/{ref}` said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The gateway has this ref; `status` is `accepted`, `delivered` or `failed`.
+    Found { gateway_id: String, status: String },
+    /// 404: the gateway never received this ref.
+    NotFound,
+    /// No usable answer (network error, 5xx, 401, bad body): the question stays open.
+    Unavailable { reason: String },
+}
+
+/// One `http-json` gateway. Cheap to clone: all clones share one connection pool.
+#[derive(Clone)]
+pub struct HttpJsonGateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    base_url: String,
+    send_url: Url,
+    batch_url: Url,
+    lookup_base: Url,
+    /// `Bearer <key>`, marked sensitive.
+    auth: Option<HeaderValue>,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for HttpJsonGateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpJsonGateway")
+            .field("name", &self.inner.name)
+            .field("base_url", &self.inner.base_url)
+            .field("api_key", &self.inner.auth.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct BatchRequest<'a> {
+    messages: &'a [OutMessage],
+}
+
+#[derive(Deserialize)]
+struct AcceptedBody {
+    gateway_id: String,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BatchResponse {
+    results: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+struct BatchItem {
+    #[serde(rename = "ref")]
+    msg_ref: String,
+    status: String,
+    #[serde(default)]
+    gateway_id: Option<String>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LookupBody {
+    gateway_id: String,
+    status: String,
+}
+
+/// A whole request that did not produce a readable 2xx answer: the classified outcome
+/// (applies to every message of the request) and the HTTP status, if one arrived.
+type Failed = (Outcome, Option<u16>);
+
+impl HttpJsonGateway {
+    /// Builds the client for the gateway at `base_url` (`http://host:port`, optionally with a
+    /// path prefix). `timeout` bounds every request, connect included; `max_idle_per_host`
+    /// keep-alive connections are kept in the pool.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        max_idle_per_host: usize,
+    ) -> anyhow::Result<Self> {
+        let base = Url::parse(base_url)
+            .with_context(|| format!("gateway {name}: invalid base URL {base_url:?}"))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            bail!(
+                "gateway {name}: base URL {base_url:?} must use http or https, not {}",
+                base.scheme()
+            );
+        }
+        let send_url = join(&base, &["v1", "messages"])
+            .with_context(|| format!("gateway {name}: base URL {base_url:?} cannot take a path"))?;
+        let batch_url = join(&base, &["v1", "messages", "batch"])
+            .with_context(|| format!("gateway {name}: base URL {base_url:?} cannot take a path"))?;
+        let auth = match api_key {
+            None => None,
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    anyhow::anyhow!(
+                        "gateway {name}: the API key contains characters not allowed in an HTTP header"
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        let mut default_headers = HeaderMap::new();
+        default_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(max_idle_per_host)
+            .tcp_nodelay(true)
+            .user_agent(concat!("munja/", env!("CARGO_PKG_VERSION")))
+            .default_headers(default_headers)
+            .build()
+            .with_context(|| format!("gateway {name}: building the HTTP client"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                lookup_base: send_url.clone(),
+                send_url,
+                batch_url,
+                auth,
+                timeout,
+                client,
+            }),
+        })
+    }
+
+    /// The gateway's configured name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// `POST {url}/v1/messages` once, with `Idempotency-Key: {ref}`.
+    pub async fn send(&self, msg: &OutMessage) -> Attempt {
+        let at = Utc::now();
+        let started = Instant::now();
+        let (outcome, http_status) = self.send_once(msg).await;
+        Attempt {
+            outcome,
+            http_status,
+            latency: started.elapsed(),
+            at,
+        }
+    }
+
+    async fn send_once(&self, msg: &OutMessage) -> (Outcome, Option<u16>) {
+        let Ok(key) = HeaderValue::from_str(&msg.msg_ref) else {
+            return (
+                Outcome::Rejected {
+                    code: "invalid_request".into(),
+                    message: "ref is not a valid HTTP header value".into(),
+                },
+                None,
+            );
+        };
+        let body = match serde_json::to_vec(msg) {
+            Ok(body) => body,
+            Err(e) => return (self.unserialisable(&e), None),
+        };
+        let request = self
+            .inner
+            .client
+            .post(self.inner.send_url.clone())
+            .header(IDEMPOTENCY_KEY, key)
+            .body(body);
+        match self.exchange::<AcceptedBody>(request, "send").await {
+            Err(failed) => failed,
+            Ok((b, status)) => (
+                Outcome::Accepted {
+                    gateway_id: b.gateway_id,
+                    duplicate: b.duplicate,
+                },
+                Some(status),
+            ),
+        }
+    }
+
+    /// `POST {url}/v1/messages/batch` once. Returns one attempt per input message, in input
+    /// order. A whole-request answer (401/403, 400/422, 429, 5xx, timeout, network error,
+    /// unreadable body) applies to every message. An empty slice sends nothing.
+    pub async fn send_batch(&self, msgs: &[OutMessage]) -> Vec<Attempt> {
+        if msgs.is_empty() {
+            return Vec::new();
+        }
+        let at = Utc::now();
+        let started = Instant::now();
+        let (outcomes, http_status) = self.send_batch_once(msgs).await;
+        let latency = started.elapsed();
+        outcomes
+            .into_iter()
+            .map(|outcome| Attempt {
+                outcome,
+                http_status,
+                latency,
+                at,
+            })
+            .collect()
+    }
+
+    async fn send_batch_once(&self, msgs: &[OutMessage]) -> (Vec<Outcome>, Option<u16>) {
+        let all = |outcome: Outcome| vec![outcome; msgs.len()];
+        let body = match serde_json::to_vec(&BatchRequest { messages: msgs }) {
+            Ok(body) => body,
+            Err(e) => return (all(self.unserialisable(&e)), None),
+        };
+        let request = self
+            .inner
+            .client
+            .post(self.inner.batch_url.clone())
+            .body(body);
+        match self.exchange::<BatchResponse>(request, "batch").await {
+            Err((outcome, status)) => (all(outcome), status),
+            Ok((parsed, status)) => (self.match_results(msgs, parsed.results), Some(status)),
+        }
+    }
+
+    /// Puts per-item results in input order: positionally when the refs line up (the normal
+    /// case), by ref otherwise. A message without a result is `Transient("bad_response")`.
+    fn match_results(&self, msgs: &[OutMessage], results: Vec<BatchItem>) -> Vec<Outcome> {
+        let aligned = results.len() == msgs.len()
+            && results
+                .iter()
+                .zip(msgs)
+                .all(|(r, m)| r.msg_ref == m.msg_ref);
+        if aligned {
+            return results.into_iter().map(|r| self.item_outcome(&r)).collect();
+        }
+        tracing::warn!(
+            gateway = %self.inner.name,
+            sent = msgs.len(),
+            results = results.len(),
+            "batch results do not line up with the request; matching them by ref"
+        );
+        let by_ref: HashMap<&str, &BatchItem> =
+            results.iter().map(|r| (r.msg_ref.as_str(), r)).collect();
+        msgs.iter()
+            .map(|m| match by_ref.get(m.msg_ref.as_str()) {
+                Some(r) => self.item_outcome(r),
+                None => Outcome::Transient {
+                    code: "bad_response".into(),
+                },
+            })
+            .collect()
+    }
+
+    fn item_outcome(&self, item: &BatchItem) -> Outcome {
+        match item.status.as_str() {
+            "accepted" => match &item.gateway_id {
+                Some(id) => Outcome::Accepted {
+                    gateway_id: id.clone(),
+                    duplicate: item.duplicate,
+                },
+                None => Outcome::Transient {
+                    code: "bad_response".into(),
+                },
+            },
+            "rejected" => {
+                let code = item
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "invalid_request".into());
+                let message = item.message.clone().unwrap_or_else(|| code.clone());
+                Outcome::Rejected {
+                    code,
+                    message: self.scrub(&message),
+                }
+            }
+            _ => Outcome::Transient {
+                code: "bad_response".into(),
+            },
+        }
+    }
+
+    /// `GET {url}/v1/messages/{ref}` once, to settle an in-doubt message.
+    pub async fn lookup(&self, msg_ref: &str) -> Lookup {
+        let mut url = self.inner.lookup_base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(msg_ref);
+        }
+        let mut request = self.inner.client.get(url);
+        if let Some(auth) = &self.inner.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return self.lookup_failed(&e),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return self.lookup_failed(&e),
+        };
+        if status == StatusCode::NOT_FOUND {
+            return Lookup::NotFound;
+        }
+        if !status.is_success() {
+            return Lookup::Unavailable {
+                reason: format!("gateway {} answered HTTP {status}", self.inner.name),
+            };
+        }
+        match serde_json::from_slice::<LookupBody>(&body) {
+            Ok(b) => Lookup::Found {
+                gateway_id: b.gateway_id,
+                status: b.status,
+            },
+            Err(e) => Lookup::Unavailable {
+                reason: format!("gateway {}: unreadable lookup answer: {e}", self.inner.name),
+            },
+        }
+    }
+
+    fn lookup_failed(&self, e: &reqwest::Error) -> Lookup {
+        Lookup::Unavailable {
+            reason: format!(
+                "gateway {}: {}: {}",
+                self.inner.name,
+                classify_error(e).code(),
+                error_chain(e)
+            ),
+        }
+    }
+
+    /// Sends a POST (adding the bearer key), reads the answer and decodes a 2xx body as `T`;
+    /// everything else is classified here.
+    async fn exchange<T: serde::de::DeserializeOwned>(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(T, u16), Failed> {
+        if let Some(auth) = &self.inner.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Err((self.transport_failure(&e), None)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Err((self.transport_failure(&e), Some(status.as_u16()))),
+        };
+        if !status.is_success() {
+            let outcome = self.classify_status(status, &body, retry_after);
+            return Err((outcome, Some(status.as_u16())));
+        }
+        match serde_json::from_slice::<T>(&body) {
+            Ok(parsed) => Ok((parsed, status.as_u16())),
+            Err(e) => Err((self.bad_response(what, &e), Some(status.as_u16()))),
+        }
+    }
+
+    fn classify_status(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> Outcome {
+        let code = status.as_u16();
+        match code {
+            400 | 422 => {
+                let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+                let code = parsed.error.unwrap_or_else(|| {
+                    if code == 400 {
+                        "invalid_request".into()
+                    } else {
+                        format!("http_{code}")
+                    }
+                });
+                let message = parsed.message.unwrap_or_else(|| body_excerpt(body, status));
+                Outcome::Rejected {
+                    code,
+                    message: self.scrub(&message),
+                }
+            }
+            401 | 403 => {
+                let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+                let detail = parsed
+                    .message
+                    .or(parsed.error)
+                    .unwrap_or_else(|| body_excerpt(body, status));
+                Outcome::Unauthorized {
+                    message: self.scrub(&format!(
+                        "gateway {} refused the credentials (HTTP {status}): {detail}",
+                        self.inner.name
+                    )),
+                }
+            }
+            429 => Outcome::Throttled { retry_after },
+            // 5xx and anything unexpected (404 from a wrong URL, 413, ...) are retried with
+            // backoff; the dispatcher's attempt limit bounds them.
+            _ => {
+                tracing::debug!(gateway = %self.inner.name, %status, "transient HTTP answer");
+                Outcome::Transient {
+                    code: format!("http_{code}"),
+                }
+            }
+        }
+    }
+
+    fn transport_failure(&self, e: &reqwest::Error) -> Outcome {
+        let outcome = classify_error(e);
+        tracing::debug!(
+            gateway = %self.inner.name,
+            code = outcome.code(),
+            error = %error_chain(e),
+            "request failed"
+        );
+        outcome
+    }
+
+    fn bad_response(&self, what: &str, e: &serde_json::Error) -> Outcome {
+        tracing::warn!(gateway = %self.inner.name, error = %e, "unreadable {what} answer");
+        Outcome::Transient {
+            code: "bad_response".into(),
+        }
+    }
+
+    fn unserialisable(&self, e: &serde_json::Error) -> Outcome {
+        Outcome::Rejected {
+            code: "invalid_request".into(),
+            message: format!("message cannot be encoded as JSON: {e}"),
+        }
+    }
+
+    /// Removes the API key from gateway-supplied text, in case a gateway echoes headers.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        if let Some(key) = self
+            .inner
+            .auth
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .filter(|k| !k.is_empty())
+        {
+            out = out.replace(key, "<redacted>");
+        }
+        out
+    }
+}
+
+/// Appends path segments to a base URL (which may carry its own path prefix).
+fn join(base: &Url, segments: &[&str]) -> anyhow::Result<Url> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("URL cannot be a base"))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+/// Classifies a transport error. A connect failure (refused, reset or timed out while
+/// connecting) means the request was never written, so it is `Transient` even when it was
+/// a timeout; any other timeout may have hit after the request went out, so it is `InDoubt`.
+pub fn classify_error(e: &reqwest::Error) -> Outcome {
+    if e.is_connect() {
+        Outcome::Transient {
+            code: "connect_error".into(),
+        }
+    } else if e.is_timeout() {
+        Outcome::InDoubt {
+            code: "timeout".into(),
+        }
+    } else {
+        Outcome::Transient {
+            code: "network_error".into(),
+        }
+    }
+}
+
+/// The error and its sources, `: `-separated (reqwest's own Display hides the cause).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn body_excerpt(body: &[u8], status: StatusCode) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        text.chars().take(MAX_MESSAGE_CHARS).collect()
+    }
+}
+
+/// Parses a `Retry-After` value: delay seconds, or an HTTP date (a date in the past gives
+/// zero). Anything else gives `None`.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = DateTime::parse_from_rfc2822(value).ok()?;
+    let delta = when.with_timezone(&Utc) - now;
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn gateway(url: &str, key: Option<&str>, timeout_ms: u64) -> HttpJsonGateway {
+        HttpJsonGateway::new(
+            "test",
+            url,
+            key.map(str::to_owned),
+            Duration::from_millis(timeout_ms),
+            4,
+        )
+        .unwrap()
+    }
+
+    fn msg(r: &str) -> OutMessage {
+        OutMessage {
+            msg_ref: r.into(),
+            to: "01012345678".into(),
+            from: "15881234".into(),
+            kind: "SMS".into(),
+            subject: None,
+            text: "(광고) 안녕하세요".into(),
+            ad: true,
+            campaign: "c1".into(),
+        }
+    }
+
+    #[test]
+    fn wire_format_uses_protocol_keys() {
+        let v = serde_json::to_value(msg("r1")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ref": "r1", "to": "01012345678", "from": "15881234",
+                "type": "SMS", "subject": null, "text": "(광고) 안녕하세요", "ad": true,
+                "campaign": "c1"})
+        );
+    }
+
+    #[test]
+    fn outcome_codes_and_classes() {
+        let acc = Outcome::Accepted {
+            gateway_id: "g".into(),
+            duplicate: false,
+        };
+        let dup = Outcome::Accepted {
+            gateway_id: "g".into(),
+            duplicate: true,
+        };
+        let rej = Outcome::Rejected {
+            code: "invalid_number".into(),
+            message: "m".into(),
+        };
+        let unauth = Outcome::Unauthorized {
+            message: "m".into(),
+        };
+        let thr = Outcome::Throttled { retry_after: None };
+        let tra = Outcome::Transient {
+            code: "http_503".into(),
+        };
+        let ind = Outcome::InDoubt {
+            code: "timeout".into(),
+        };
+        let codes: Vec<_> = [&acc, &dup, &rej, &unauth, &thr, &tra, &ind]
+            .iter()
+            .map(|o| o.code().to_owned())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "accepted",
+                "duplicate",
+                "invalid_number",
+                "unauthorized",
+                "throttled",
+                "http_503",
+                "timeout"
+            ]
+        );
+        assert!(acc.is_final() && dup.is_final() && rej.is_final());
+        assert!(!unauth.is_final() && !unauth.is_transient());
+        assert!(thr.is_transient() && tra.is_transient() && ind.is_transient());
+        assert!(!thr.is_final() && !acc.is_transient());
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = Utc.with_ymd_and_hms(2015, 10, 21, 7, 28, 0).unwrap();
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn api_key_never_in_debug() {
+        let g = gateway("http://127.0.0.1:9", Some("s3cr3t-key"), 100);
+        let dbg = format!("{g:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+        assert!(dbg.contains("http://127.0.0.1:9"));
+    }
+
+    #[test]
+    fn bad_configuration_is_reported_without_the_key() {
+        let err = HttpJsonGateway::new("gw", "not a url", None, Duration::from_secs(1), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gw") && err.contains("not a url"), "{err}");
+        let err = HttpJsonGateway::new(
+            "gw",
+            "http://localhost",
+            Some("bad\nkey-s3cr3t".into()),
+            Duration::from_secs(1),
+            1,
+        )
+        .unwrap_err();
+        let text = format!("{err:#} {err:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(HttpJsonGateway::new("gw", "ftp://x", None, Duration::from_secs(1), 1).is_err());
+    }
+
+    #[test]
+    fn urls_keep_a_path_prefix() {
+        let g = gateway("http://example.com/api/", None, 100);
+        assert_eq!(
+            g.inner.send_url.as_str(),
+            "http://example.com/api/v1/messages"
+        );
+        assert_eq!(
+            g.inner.batch_url.as_str(),
+            "http://example.com/api/v1/messages/batch"
+        );
+        assert_eq!(g.base_url(), "http://example.com/api");
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_transient() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let g = gateway(&format!("http://{addr}"), Some("k"), 2000);
+        let a = g.send(&msg("r1")).await;
+        assert_eq!(
+            a.outcome,
+            Outcome::Transient {
+                code: "connect_error".into()
+            }
+        );
+        assert_eq!(a.http_status, None);
+        let b = g.send_batch(&[msg("r1"), msg("r2")]).await;
+        assert_eq!(b.len(), 2);
+        assert!(b.iter().all(|a| a.outcome.code() == "connect_error"));
+        match g.lookup("r1").await {
+            Lookup::Unavailable { reason } => assert!(reason.contains("connect_error"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(g.send_batch(&[]).await.is_empty());
+    }
+
+    /// A one-route server answering every request with a fixed status, headers and body.
+    async fn canned(
+        status: u16,
+        headers: Vec<(&'static str, &'static str)>,
+        body: &'static str,
+    ) -> String {
+        use axum::response::IntoResponse;
+        let app = axum::Router::new().fallback(move || {
+            let headers = headers.clone();
+            async move {
+                let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
+                for (k, v) in headers {
+                    resp.headers_mut().insert(k, HeaderValue::from_static(v));
+                }
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn status_classification() {
+        type Case = (
+            u16,
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            Outcome,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                201,
+                vec![],
+                r#"{"gateway_id":"x1","status":"accepted"}"#,
+                Outcome::Accepted {
+                    gateway_id: "x1".into(),
+                    duplicate: false,
+                },
+            ),
+            (
+                200,
+                vec![],
+                "<html>oops</html>",
+                Outcome::Transient {
+                    code: "bad_response".into(),
+                },
+            ),
+            (
+                422,
+                vec![],
+                r#"{"error":"content_rejected","message":"spam"}"#,
+                Outcome::Rejected {
+                    code: "content_rejected".into(),
+                    message: "spam".into(),
+                },
+            ),
+            (
+                400,
+                vec![],
+                "nope",
+                Outcome::Rejected {
+                    code: "invalid_request".into(),
+                    message: "nope".into(),
+                },
+            ),
+            (
+                422,
+                vec![],
+                "",
+                Outcome::Rejected {
+                    code: "http_422".into(),
+                    message: "HTTP 422 Unprocessable Entity".into(),
+                },
+            ),
+            (
+                429,
+                vec![("retry-after", "7")],
+                "",
+                Outcome::Throttled {
+                    retry_after: Some(Duration::from_secs(7)),
+                },
+            ),
+            (429, vec![], "", Outcome::Throttled { retry_after: None }),
+            (
+                502,
+                vec![],
+                "",
+                Outcome::Transient {
+                    code: "http_502".into(),
+                },
+            ),
+            (
+                404,
+                vec![],
+                "",
+                Outcome::Transient {
+                    code: "http_404".into(),
+                },
+            ),
+        ];
+        for (status, headers, body, want) in cases {
+            let url = canned(status, headers, body).await;
+            let a = gateway(&url, None, 2000).send(&msg("r1")).await;
+            assert_eq!(a.outcome, want, "status {status} body {body:?}");
+            assert_eq!(a.http_status, Some(status));
+        }
+    }
+
+    #[tokio::test]
+    async fn unauthorized_message_is_clear_and_keyless() {
+        let url = canned(
+            403,
+            vec![],
+            r#"{"error":"forbidden","message":"key k-s3cr3t is suspended"}"#,
+        )
+        .await;
+        let g = gateway(&url, Some("k-s3cr3t"), 2000);
+        let a = g.send(&msg("r1")).await;
+        match &a.outcome {
+            Outcome::Unauthorized { message } => {
+                assert!(message.contains("HTTP 403"), "{message}");
+                assert!(message.contains("test"), "{message}");
+                assert!(!message.contains("s3cr3t"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = g.send_batch(&[msg("r1"), msg("r2")]).await;
+        assert!(b.iter().all(|a| a.outcome.code() == "unauthorized"));
+        assert!(matches!(g.lookup("r1").await, Lookup::Unavailable { .. }));
+    }
+
+    #[tokio::test]
+    async fn batch_results_matched_by_ref_when_out_of_order() {
+        let url = canned(
+            200,
+            vec![],
+            r#"{"results":[
+                {"ref":"b","status":"rejected","gateway_id":null,"duplicate":false,"error":"blocked_number"},
+                {"ref":"a","status":"accepted","gateway_id":"ga","duplicate":true,"error":null}]}"#,
+        )
+        .await;
+        let g = gateway(&url, None, 2000);
+        let out: Vec<_> = g
+            .send_batch(&[msg("a"), msg("b"), msg("c")])
+            .await
+            .into_iter()
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(
+            out,
+            vec![
+                Outcome::Accepted {
+                    gateway_id: "ga".into(),
+                    duplicate: true
+                },
+                Outcome::Rejected {
+                    code: "blocked_number".into(),
+                    message: "blocked_number".into()
+                },
+                Outcome::Transient {
+                    code: "bad_response".into()
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! munja (문자): crash-safe advertising SMS campaigns for Korea.
+//!
+//! munja reads recipient segments and opt-out lists (수신거부) into a database, renders each
+//! message from a template into a lawful Korean ad (`(광고)` header, sender name, free 080 opt-out
+//! footer, the night rule, SMS/LMS sizing in EUC-KR bytes), sends it through a rate-limited HTTP
+//! gateway with retry, and records every message and every attempt so each one can be audited
+//! and an interrupted run resumes with no duplicate and no lost message.
+//!
+//! Where things live:
+//! - [`config`]: `munja.toml`, found and validated;
+//! - [`phone`], [`sizing`], [`compliance`], [`template`], [`message`]: the domain rules;
+//! - [`csvin`], [`import`]: reading user CSV files (UTF-8 or CP949) into segments and opt-outs;
+//! - [`campaign`]: the checks before a campaign is created, and previews;
+//! - [`store`]: the job repository (SQLite), the only place with SQL;
+//! - [`lease`]: one runner per campaign, takeover of dead runs;
+//! - [`gateway`]: the `http-json` client and the simulator;
+//! - [`dispatch`]: running a campaign chunk by chunk;
+//! - [`audit`], [`progress`]: what the operator reads;
+//! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive it end to end.
+pub mod audit;
+pub mod bench;
+pub mod campaign;
+pub mod cli;
+pub mod compliance;
+pub mod config;
+pub mod csvin;
+pub mod demo;
+pub mod dispatch;
+pub mod gateway;
+pub mod import;
+pub mod lease;
+pub mod message;
+pub mod phone;
+pub mod progress;
+pub mod sizing;
+pub mod store;
+pub mod template;

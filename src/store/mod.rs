@@ -1,0 +1,388 @@
+//! The job repository: the one seam between munja and its database.
+//!
+//! [`Store`] is what the rest of munja sees; [`sqlite::SqliteStore`] is the embedded default.
+//! A PostgreSQL implementation (several workers on several machines) implements the same trait.
+//! All SQL lives behind this seam; the rules (what to claim, when a lease is dead, what a
+//! suppressed message means) live in `dispatch`, `lease` and the domain modules.
+//!
+//! Crash safety rests on three promises every implementation keeps:
+//! - a segment snapshot is all-or-nothing (one transaction);
+//! - `claim_chunk` moves messages to `sending` and commits before any HTTP request is made;
+//! - `commit_chunk` writes every message's outcome, its attempts and the execution counters in
+//!   one transaction, and only while the caller still holds the campaign's lease (fencing).
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::phone::Phone;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller's execution no longer holds the campaign's lease: it must stop at once.
+    #[error("execution {execution} lost the lease of campaign {campaign}: another run took over")]
+    LeaseLost { campaign: i64, execution: i64 },
+}
+
+/// Opens the store named by a database URL.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::NotFound(format!(
+            "database_url {url:?}: only sqlite:// is supported in this version (PostgreSQL is planned); \
+             set database_url = \"sqlite://munja.db\""
+        )))
+    }
+}
+
+/// The states of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+    Suppressed,
+    Cancelled,
+}
+
+impl MessageState {
+    pub const ALL: [MessageState; 6] = [
+        MessageState::Pending,
+        MessageState::Sending,
+        MessageState::Sent,
+        MessageState::Failed,
+        MessageState::Suppressed,
+        MessageState::Cancelled,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Pending => "pending",
+            MessageState::Sending => "sending",
+            MessageState::Sent => "sent",
+            MessageState::Failed => "failed",
+            MessageState::Suppressed => "suppressed",
+            MessageState::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<MessageState> {
+        MessageState::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// One recipient of a segment, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    pub phone: Phone,
+    /// JSON object text of the template variables.
+    pub vars: String,
+    pub night_consent: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Segment {
+    pub id: i64,
+    pub name: String,
+    pub source: String,
+    pub columns: Vec<String>,
+    pub member_count: i64,
+    pub imported_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCampaign {
+    pub name: String,
+    pub segment_name: String,
+    pub template_name: String,
+    pub template_body: String,
+    pub template_subject: Option<String>,
+    pub gateway: String,
+    pub ad: bool,
+    pub sender_number: String,
+    pub brand: Option<String>,
+    pub optout_number: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Campaign {
+    pub id: i64,
+    pub uid: String,
+    pub name: String,
+    pub segment_name: String,
+    pub template_name: String,
+    pub template_body: String,
+    pub template_subject: Option<String>,
+    pub gateway: String,
+    pub ad: bool,
+    pub sender_number: String,
+    pub brand: Option<String>,
+    pub optout_number: Option<String>,
+    pub status: String,
+    pub exit_message: Option<String>,
+    pub created_at: String,
+    pub snapshot_at: Option<String>,
+    pub total: i64,
+    pub stop_requested: bool,
+    pub cancel_requested: bool,
+    pub lease: Option<Lease>,
+}
+
+/// Who holds a campaign's run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub execution: i64,
+    pub host: String,
+    pub pid: i64,
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Execution {
+    pub id: i64,
+    pub campaign_id: i64,
+    pub status: String,
+    pub exit_code: Option<String>,
+    pub exit_message: Option<String>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub host: String,
+    pub pid: i64,
+    pub read_count: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub commits: i64,
+}
+
+/// Messages per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: i64,
+    pub pending: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub cancelled: i64,
+}
+
+impl Counts {
+    /// Every message is in a final state.
+    pub fn all_final(&self) -> bool {
+        self.pending == 0 && self.sending == 0
+    }
+}
+
+/// A message claimed for sending (now in state `sending`).
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    pub id: i64,
+    pub msg_ref: String,
+    pub phone: String,
+    pub vars: String,
+    pub night_consent: bool,
+    pub attempts: i64,
+}
+
+/// What `claim_chunk` should do.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest {
+    pub campaign: i64,
+    pub execution: i64,
+    pub limit: usize,
+    /// Quiet hours: claim only recipients with night consent.
+    pub night_only: bool,
+    /// Frequency cap: suppress recipients with `count` ad messages sent since `since`.
+    pub cap: Option<(u32, DateTime<Utc>)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub messages: Vec<ClaimedMessage>,
+    pub suppressed_opted_out: u64,
+    pub suppressed_capped: u64,
+}
+
+/// One recorded request (or lookup) for a message.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub at: DateTime<Utc>,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub gateway_id: Option<String>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+}
+
+/// The outcome of one message in a chunk, written by `commit_chunk`.
+#[derive(Debug, Clone)]
+pub struct MessageUpdate {
+    pub id: i64,
+    /// `Pending` returns the message to the queue (not attempted, or still retryable after a stop).
+    pub state: MessageState,
+    pub reason: Option<String>,
+    pub retryable: bool,
+    pub gateway_id: Option<String>,
+    pub kind: Option<String>,
+    pub bytes: Option<i64>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Filters of `audit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub campaign: i64,
+    pub phone: Option<String>,
+    pub state: Option<MessageState>,
+    /// Keyset pagination: rows with message id greater than this.
+    pub after_id: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    #[serde(skip)]
+    pub id: i64,
+    #[serde(rename = "ref")]
+    pub msg_ref: String,
+    pub phone: String,
+    pub status: String,
+    pub attempts: i64,
+    pub gateway_id: Option<String>,
+    pub error: Option<String>,
+    pub last_attempt_at: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeReport {
+    pub attempts_deleted: u64,
+    pub executions_deleted: u64,
+}
+
+/// Outcome of an opt-out or segment import batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportCounts {
+    pub inserted: u64,
+    pub already_present: u64,
+}
+
+/// An open import: batches go into one transaction, visible only after `commit`.
+#[async_trait]
+pub trait Import: Send {
+    async fn add_optouts(&mut self, phones: &[Phone]) -> Result<ImportCounts>;
+    async fn add_members(&mut self, members: &[NewMember]) -> Result<ImportCounts>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The job repository.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Creates the schema or brings it up to date; harmless to repeat.
+    async fn migrate(&self) -> Result<()>;
+
+    // Opt-outs (수신거부).
+    async fn begin_optout_import(&self, source: &str) -> Result<Box<dyn Import>>;
+    /// Returns `true` when the number was newly added.
+    async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool>;
+    async fn optout_remove(&self, phone: &Phone) -> Result<bool>;
+    async fn optout_contains(&self, phone: &Phone) -> Result<bool>;
+    async fn optout_count(&self) -> Result<i64>;
+
+    // Segments.
+    /// Starts replacing segment `name`; the old members stay visible until commit.
+    async fn begin_segment_import(
+        &self,
+        name: &str,
+        source: &str,
+        columns: &[String],
+    ) -> Result<Box<dyn Import>>;
+    async fn segment(&self, name: &str) -> Result<Option<Segment>>;
+    async fn segments(&self) -> Result<Vec<Segment>>;
+    /// Members in file order, `after_seq` exclusive, at most `limit`: (seq, phone, vars, night_consent).
+    async fn segment_members(
+        &self,
+        segment_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, bool)>>;
+
+    // Campaigns (job instances).
+    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64>;
+    async fn campaign(&self, id: i64) -> Result<Campaign>;
+    async fn campaigns(&self) -> Result<Vec<Campaign>>;
+    async fn counts(&self, campaign: i64) -> Result<Counts>;
+    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>>;
+    async fn request_stop(&self, campaign: i64) -> Result<()>;
+    /// Pending messages become `cancelled`; a live run is asked to stop.
+    async fn cancel(&self, campaign: i64) -> Result<u64>;
+    /// Deletes a campaign with all its messages; refused while a lease other than
+    /// `expected_lease` (a dead holder the caller has checked) is held.
+    async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()>;
+
+    // Executions and the lease.
+    /// Starts a new execution holding the lease, if the lease is still `expected` (compare and
+    /// swap). A previous holder's execution, if any, is closed as ABANDONED with `abandon_message`.
+    async fn start_execution(
+        &self,
+        campaign: i64,
+        expected: Option<i64>,
+        host: &str,
+        pid: i64,
+        abandon_message: &str,
+    ) -> Result<i64>;
+    /// Refreshes the heartbeat; returns (stop_requested, cancel_requested).
+    async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)>;
+    /// Snapshots the segment into messages, all or nothing; returns the total (0 if done before).
+    async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64>;
+    /// Messages left `sending` by an earlier execution (in doubt), at most `limit`, id > after.
+    async fn in_doubt(&self, campaign: i64, after_id: i64, limit: i64)
+    -> Result<Vec<ClaimedMessage>>;
+    async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim>;
+    async fn commit_chunk(
+        &self,
+        campaign: i64,
+        execution: i64,
+        updates: &[MessageUpdate],
+    ) -> Result<()>;
+    /// Whether pending messages without night consent remain.
+    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
+    /// Failed messages whose attempts ran out on transient errors go back to `pending`.
+    async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
+    async fn finish_execution(
+        &self,
+        campaign: i64,
+        execution: i64,
+        status: &str,
+        exit_code: &str,
+        exit_message: &str,
+        campaign_status: &str,
+    ) -> Result<()>;
+
+    // Audit and retention.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
+}
+
+/// RFC 3339 text of a time, as stored.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

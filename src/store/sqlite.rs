@@ -1,0 +1,909 @@
+//! The embedded default store: one SQLite file in WAL mode through sqlx.
+//!
+//! Every write transaction starts with `BEGIN IMMEDIATE`, so it takes SQLite's single write lock
+//! up front (waiting up to the busy timeout) instead of failing half-way when another process,
+//! such as `munja campaign stop`, wrote in between.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::*;
+
+/// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters).
+const INSERT_BATCH: usize = 1000;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true)
+            .pragma("cache_size", "-8000");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn now() -> String {
+    ts(Utc::now())
+}
+
+/// Fails with `LeaseLost` unless `execution` holds the campaign's lease.
+async fn fence(tx: &mut Transaction<'static, Sqlite>, campaign: i64, execution: i64) -> Result<()> {
+    let holder: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
+            .bind(campaign)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if holder.flatten() != Some(execution) {
+        return Err(StoreError::LeaseLost {
+            campaign,
+            execution,
+        });
+    }
+    Ok(())
+}
+
+fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
+    let lease = match r.try_get::<Option<i64>, _>("lease_execution")? {
+        Some(execution) => Some(Lease {
+            execution,
+            host: r.try_get::<Option<String>, _>("lease_host")?.unwrap_or_default(),
+            pid: r.try_get::<Option<i64>, _>("lease_pid")?.unwrap_or_default(),
+            heartbeat_at: r
+                .try_get::<Option<String>, _>("lease_heartbeat_at")?
+                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(Utc::now),
+        }),
+        None => None,
+    };
+    Ok(Campaign {
+        id: r.try_get("id")?,
+        uid: r.try_get("uid")?,
+        name: r.try_get("name")?,
+        segment_name: r.try_get("segment_name")?,
+        template_name: r.try_get("template_name")?,
+        template_body: r.try_get("template_body")?,
+        template_subject: r.try_get("template_subject")?,
+        gateway: r.try_get("gateway")?,
+        ad: r.try_get("ad")?,
+        sender_number: r.try_get("sender_number")?,
+        brand: r.try_get("brand")?,
+        optout_number: r.try_get("optout_number")?,
+        status: r.try_get("status")?,
+        exit_message: r.try_get("exit_message")?,
+        created_at: r.try_get("created_at")?,
+        snapshot_at: r.try_get("snapshot_at")?,
+        total: r.try_get("total")?,
+        stop_requested: r.try_get("stop_requested")?,
+        cancel_requested: r.try_get("cancel_requested")?,
+        lease,
+    })
+}
+
+fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
+    Ok(ClaimedMessage {
+        id: r.try_get("id")?,
+        msg_ref: r.try_get("ref")?,
+        phone: r.try_get("phone")?,
+        vars: r.try_get("vars")?,
+        night_consent: r.try_get("night_consent")?,
+        attempts: r.try_get("attempts")?,
+    })
+}
+
+struct SqliteImport {
+    tx: Transaction<'static, Sqlite>,
+    segment_id: Option<i64>,
+    next_seq: i64,
+    total: i64,
+}
+
+#[async_trait]
+impl Import for SqliteImport {
+    async fn add_optouts(&mut self, phones: &[Phone]) -> Result<ImportCounts> {
+        let mut counts = ImportCounts::default();
+        let at = now();
+        for batch in phones.chunks(INSERT_BATCH) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO optouts (phone, source, created_at) ");
+            qb.push_values(batch, |mut b, p| {
+                b.push_bind(p.as_str().to_string())
+                    .push_bind("import")
+                    .push_bind(at.clone());
+            });
+            qb.push(" ON CONFLICT(phone) DO NOTHING");
+            let n = qb.build().execute(&mut *self.tx).await?.rows_affected();
+            counts.inserted += n;
+            counts.already_present += batch.len() as u64 - n;
+        }
+        Ok(counts)
+    }
+
+    async fn add_members(&mut self, members: &[NewMember]) -> Result<ImportCounts> {
+        let segment = self
+            .segment_id
+            .ok_or_else(|| StoreError::Conflict("not a segment import".into()))?;
+        let mut counts = ImportCounts::default();
+        for batch in members.chunks(INSERT_BATCH) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT OR IGNORE INTO segment_members (segment_id, seq, phone, vars, night_consent) ",
+            );
+            let start = self.next_seq;
+            qb.push_values(batch.iter().enumerate(), |mut b, (i, m)| {
+                b.push_bind(segment)
+                    .push_bind(start + i as i64)
+                    .push_bind(m.phone.as_str().to_string())
+                    .push_bind(m.vars.clone())
+                    .push_bind(m.night_consent);
+            });
+            self.next_seq += batch.len() as i64;
+            let n = qb.build().execute(&mut *self.tx).await?.rows_affected();
+            counts.inserted += n;
+            counts.already_present += batch.len() as u64 - n;
+            self.total += n as i64;
+        }
+        Ok(counts)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if let Some(id) = self.segment_id {
+            sqlx::query("UPDATE segments SET member_count = ? WHERE id = ?")
+                .bind(self.total)
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
+        Ok(Box::new(SqliteImport {
+            tx: self.write_tx().await?,
+            segment_id: None,
+            next_seq: 0,
+            total: 0,
+        }))
+    }
+
+    async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO optouts (phone, source, created_at) VALUES (?, ?, ?) ON CONFLICT(phone) DO NOTHING",
+        )
+        .bind(phone.as_str())
+        .bind(source)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn optout_remove(&self, phone: &Phone) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM optouts WHERE phone = ?")
+            .bind(phone.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM optouts WHERE phone = ?")
+            .bind(phone.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn optout_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM optouts")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn begin_segment_import(
+        &self,
+        name: &str,
+        source: &str,
+        columns: &[String],
+    ) -> Result<Box<dyn Import>> {
+        let mut tx = self.write_tx().await?;
+        let cols = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
+        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM segments WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let id = match existing {
+            Some(id) => {
+                sqlx::query("DELETE FROM segment_members WHERE segment_id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE segments SET source = ?, columns = ?, imported_at = ?, member_count = 0 WHERE id = ?",
+                )
+                .bind(source)
+                .bind(&cols)
+                .bind(now())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                id
+            }
+            None => sqlx::query_scalar(
+                "INSERT INTO segments (name, source, columns, member_count, imported_at) VALUES (?, ?, ?, 0, ?) RETURNING id",
+            )
+            .bind(name)
+            .bind(source)
+            .bind(&cols)
+            .bind(now())
+            .fetch_one(&mut *tx)
+            .await?,
+        };
+        Ok(Box::new(SqliteImport {
+            tx,
+            segment_id: Some(id),
+            next_seq: 1,
+            total: 0,
+        }))
+    }
+
+    async fn segment(&self, name: &str) -> Result<Option<Segment>> {
+        Ok(self
+            .segments()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name))
+    }
+
+    async fn segments(&self) -> Result<Vec<Segment>> {
+        let rows = sqlx::query(
+            "SELECT id, name, source, columns, member_count, imported_at FROM segments ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let cols: String = r.try_get("columns")?;
+                Ok(Segment {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    source: r.try_get("source")?,
+                    columns: serde_json::from_str(&cols).unwrap_or_default(),
+                    member_count: r.try_get("member_count")?,
+                    imported_at: r.try_get("imported_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn segment_members(
+        &self,
+        segment_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, bool)>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, phone, vars, night_consent FROM segment_members \
+             WHERE segment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(segment_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
+        let uid = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        Ok(sqlx::query_scalar(
+            "INSERT INTO campaigns (uid, name, segment_name, template_name, template_body, template_subject, \
+             gateway, ad, sender_number, brand, optout_number, status, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?) RETURNING id",
+        )
+        .bind(uid)
+        .bind(&c.name)
+        .bind(&c.segment_name)
+        .bind(&c.template_name)
+        .bind(&c.template_body)
+        .bind(&c.template_subject)
+        .bind(&c.gateway)
+        .bind(c.ad)
+        .bind(&c.sender_number)
+        .bind(&c.brand)
+        .bind(&c.optout_number)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn campaign(&self, id: i64) -> Result<Campaign> {
+        let row = sqlx::query("SELECT * FROM campaigns WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "no campaign with id {id}; `munja campaign list` shows the existing ones"
+                ))
+            })?;
+        campaign_from_row(&row)
+    }
+
+    async fn campaigns(&self) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query("SELECT * FROM campaigns ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(campaign_from_row).collect()
+    }
+
+    async fn counts(&self, campaign: i64) -> Result<Counts> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = ? GROUP BY state",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut c = Counts::default();
+        for (state, n) in rows {
+            c.total += n;
+            match MessageState::parse(&state) {
+                Some(MessageState::Pending) => c.pending = n,
+                Some(MessageState::Sending) => c.sending = n,
+                Some(MessageState::Sent) => c.sent = n,
+                Some(MessageState::Failed) => c.failed = n,
+                Some(MessageState::Suppressed) => c.suppressed = n,
+                Some(MessageState::Cancelled) => c.cancelled = n,
+                None => {}
+            }
+        }
+        Ok(c)
+    }
+
+    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
+        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = ? ORDER BY id")
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Execution {
+                    id: r.try_get("id")?,
+                    campaign_id: r.try_get("campaign_id")?,
+                    status: r.try_get("status")?,
+                    exit_code: r.try_get("exit_code")?,
+                    exit_message: r.try_get("exit_message")?,
+                    started_at: r.try_get("started_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    read_count: r.try_get("read_count")?,
+                    sent: r.try_get("sent")?,
+                    failed: r.try_get("failed")?,
+                    suppressed: r.try_get("suppressed")?,
+                    commits: r.try_get("commits")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn request_stop(&self, campaign: i64) -> Result<()> {
+        self.campaign(campaign).await?;
+        sqlx::query("UPDATE campaigns SET stop_requested = 1 WHERE id = ? AND lease_execution IS NOT NULL")
+            .bind(campaign)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn cancel(&self, campaign: i64) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'cancelled', reason = 'cancelled' WHERE campaign_id = ? AND state = 'pending'",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE campaigns SET cancel_requested = 1, stop_requested = 1, \
+             status = CASE WHEN lease_execution IS NULL THEN 'CANCELLED' ELSE status END, \
+             exit_message = CASE WHEN lease_execution IS NULL THEN 'cancelled by operator' ELSE exit_message END \
+             WHERE id = ?",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let holder: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
+                .bind(campaign)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(holder) = holder else {
+            return Err(StoreError::NotFound(format!("no campaign with id {campaign}")));
+        };
+        if holder.is_some() && holder != expected_lease {
+            return Err(StoreError::Conflict(format!(
+                "campaign {campaign} is running (execution {}); stop it first with `munja campaign stop {campaign}`",
+                holder.unwrap_or_default()
+            )));
+        }
+        for sql in [
+            "DELETE FROM attempts WHERE campaign_id = ?",
+            "DELETE FROM messages WHERE campaign_id = ?",
+            "DELETE FROM executions WHERE campaign_id = ?",
+            "DELETE FROM campaigns WHERE id = ?",
+        ] {
+            sqlx::query(sql).bind(campaign).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn start_execution(
+        &self,
+        campaign: i64,
+        expected: Option<i64>,
+        host: &str,
+        pid: i64,
+        abandon_message: &str,
+    ) -> Result<i64> {
+        let mut tx = self.write_tx().await?;
+        let holder: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
+                .bind(campaign)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(holder) = holder else {
+            return Err(StoreError::NotFound(format!("no campaign with id {campaign}")));
+        };
+        if holder != expected {
+            return Err(StoreError::Conflict(format!(
+                "campaign {campaign} was just started by another run (execution {})",
+                holder.unwrap_or_default()
+            )));
+        }
+        let at = now();
+        // Close whatever an earlier holder left STARTED: a dead run is never left STARTED.
+        sqlx::query(
+            "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', exit_message = ?, ended_at = ? \
+             WHERE campaign_id = ? AND status = 'STARTED'",
+        )
+        .bind(abandon_message)
+        .bind(&at)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO executions (campaign_id, status, started_at, host, pid) VALUES (?, 'STARTED', ?, ?, ?) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(&at)
+        .bind(host)
+        .bind(pid)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET lease_execution = ?, lease_host = ?, lease_pid = ?, lease_heartbeat_at = ?, \
+             status = 'STARTED', stop_requested = 0, exit_message = NULL WHERE id = ?",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(pid)
+        .bind(&at)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)> {
+        let row: Option<(bool, bool)> = sqlx::query_as(
+            "UPDATE campaigns SET lease_heartbeat_at = ? WHERE id = ? AND lease_execution = ? \
+             RETURNING stop_requested, cancel_requested",
+        )
+        .bind(now())
+        .bind(campaign)
+        .bind(execution)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or(StoreError::LeaseLost {
+            campaign,
+            execution,
+        })
+    }
+
+    async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, campaign, execution).await?;
+        let (uid, segment, done): (String, String, Option<String>) =
+            sqlx::query_as("SELECT uid, segment_name, snapshot_at FROM campaigns WHERE id = ?")
+                .bind(campaign)
+                .fetch_one(&mut *tx)
+                .await?;
+        if done.is_some() {
+            return Ok(0);
+        }
+        let segment_id: Option<i64> = sqlx::query_scalar("SELECT id FROM segments WHERE name = ?")
+            .bind(&segment)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(segment_id) = segment_id else {
+            return Err(StoreError::NotFound(format!(
+                "segment {segment:?} of campaign {campaign} does not exist any more; import it again with \
+                 `munja segment import {segment} FILE`"
+            )));
+        };
+        // A half-written snapshot cannot exist (this is one transaction), but be explicit.
+        sqlx::query("DELETE FROM messages WHERE campaign_id = ?")
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        let total = sqlx::query(
+            "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) \
+             SELECT ?1, m.seq, ?2 || '-' || m.seq, m.phone, m.vars, m.night_consent, \
+                    CASE WHEN o.phone IS NULL THEN 'pending' ELSE 'suppressed' END, \
+                    CASE WHEN o.phone IS NULL THEN NULL ELSE 'opted_out' END \
+             FROM segment_members m LEFT JOIN optouts o ON o.phone = m.phone \
+             WHERE m.segment_id = ?3 ORDER BY m.seq",
+        )
+        .bind(campaign)
+        .bind(&uid)
+        .bind(segment_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let suppressed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE campaign_id = ? AND state = 'suppressed'",
+        )
+        .bind(campaign)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE campaigns SET snapshot_at = ?, total = ? WHERE id = ?")
+            .bind(now())
+            .bind(total as i64)
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE executions SET suppressed = suppressed + ?, read_count = read_count + ? WHERE id = ?")
+            .bind(suppressed)
+            .bind(suppressed)
+            .bind(execution)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    async fn in_doubt(
+        &self,
+        campaign: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
+             WHERE campaign_id = ? AND state = 'sending' AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(campaign)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(claimed_from_row).collect()
+    }
+
+    async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, req.campaign, req.execution).await?;
+        let sql = format!(
+            "SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
+                    (o.phone IS NOT NULL) AS opted_out \
+             FROM messages m LEFT JOIN optouts o ON o.phone = m.phone \
+             WHERE m.campaign_id = ? AND m.state = 'pending' {} ORDER BY m.id LIMIT ?",
+            if req.night_only { "AND m.night_consent = 1" } else { "" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(req.campaign)
+            .bind(req.limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claim = Claim::default();
+        let mut opted = Vec::new();
+        for r in &rows {
+            if r.try_get::<bool, _>("opted_out")? {
+                opted.push(r.try_get::<i64, _>("id")?);
+            } else {
+                claim.messages.push(claimed_from_row(r)?);
+            }
+        }
+        let mut capped = Vec::new();
+        if let (Some((count, since)), false) = (req.cap, claim.messages.is_empty()) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT m.phone, COUNT(*) FROM messages m JOIN campaigns c ON c.id = m.campaign_id \
+                 WHERE c.ad = 1 AND m.state = 'sent' AND m.sent_at >= ",
+            );
+            qb.push_bind(ts(since)).push(" AND m.phone IN (");
+            let mut sep = qb.separated(", ");
+            for m in &claim.messages {
+                sep.push_bind(m.phone.clone());
+            }
+            qb.push(") GROUP BY m.phone");
+            let over: std::collections::HashSet<String> = qb
+                .build_query_as::<(String, i64)>()
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .filter(|(_, n)| *n >= i64::from(count))
+                .map(|(p, _)| p)
+                .collect();
+            if !over.is_empty() {
+                claim.messages.retain(|m| {
+                    if over.contains(&m.phone) {
+                        capped.push(m.id);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        for (ids, reason) in [(&opted, "opted_out_during_run"), (&capped, "frequency_cap")] {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = 'suppressed', reason = ");
+            qb.push_bind(reason).push(" WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await?;
+        }
+        if !claim.messages.is_empty() {
+            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = 'sending', execution_id = ");
+            qb.push_bind(req.execution).push(" WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for m in &claim.messages {
+                sep.push_bind(m.id);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await?;
+        }
+        claim.suppressed_opted_out = opted.len() as u64;
+        claim.suppressed_capped = capped.len() as u64;
+        let suppressed = (opted.len() + capped.len()) as i64;
+        sqlx::query("UPDATE executions SET read_count = read_count + ?, suppressed = suppressed + ? WHERE id = ?")
+            .bind(rows.len() as i64)
+            .bind(suppressed)
+            .bind(req.execution)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    async fn commit_chunk(
+        &self,
+        campaign: i64,
+        execution: i64,
+        updates: &[MessageUpdate],
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, campaign, execution).await?;
+        let (mut sent, mut failed) = (0i64, 0i64);
+        for u in updates {
+            let last = u.attempts.last();
+            let state = u.state.as_str();
+            match u.state {
+                MessageState::Sent => sent += 1,
+                MessageState::Failed => failed += 1,
+                _ => {}
+            }
+            sqlx::query(
+                "UPDATE messages SET state = ?1, reason = ?2, retryable = ?3, \
+                 gateway_id = COALESCE(?4, gateway_id), type = COALESCE(?5, type), bytes = COALESCE(?6, bytes), \
+                 attempts = attempts + ?7, last_attempt_at = COALESCE(?8, last_attempt_at), \
+                 sent_at = CASE WHEN ?1 = 'sent' THEN COALESCE(?8, ?9) ELSE sent_at END \
+                 WHERE id = ?10",
+            )
+            .bind(state)
+            .bind(&u.reason)
+            .bind(u.retryable)
+            .bind(&u.gateway_id)
+            .bind(&u.kind)
+            .bind(u.bytes)
+            .bind(u.attempts.iter().filter(|a| !a.outcome.starts_with("lookup")).count() as i64)
+            .bind(last.map(|a| ts(a.at)))
+            .bind(now())
+            .bind(u.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let attempts: Vec<(i64, &AttemptRecord)> = updates
+            .iter()
+            .flat_map(|u| u.attempts.iter().map(move |a| (u.id, a)))
+            .collect();
+        for batch in attempts.chunks(INSERT_BATCH) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO attempts (message_id, campaign_id, execution_id, at, outcome, http_status, gateway_id, error, latency_ms) ",
+            );
+            qb.push_values(batch, |mut b, (id, a)| {
+                b.push_bind(*id)
+                    .push_bind(campaign)
+                    .push_bind(execution)
+                    .push_bind(ts(a.at))
+                    .push_bind(a.outcome.clone())
+                    .push_bind(a.http_status.map(i64::from))
+                    .push_bind(a.gateway_id.clone())
+                    .push_bind(a.error.clone())
+                    .push_bind(a.latency_ms);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "UPDATE executions SET sent = sent + ?, failed = failed + ?, commits = commits + 1 WHERE id = ?",
+        )
+        .bind(sent)
+        .bind(failed)
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM messages WHERE campaign_id = ? AND state = 'pending' AND night_consent = 0 LIMIT 1",
+        )
+        .bind(campaign)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(n.is_some())
+    }
+
+    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE messages SET state = 'pending', retryable = 0 \
+             WHERE campaign_id = ? AND state = 'failed' AND retryable = 1",
+        )
+        .bind(campaign)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn finish_execution(
+        &self,
+        campaign: i64,
+        execution: i64,
+        status: &str,
+        exit_code: &str,
+        exit_message: &str,
+        campaign_status: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, campaign, execution).await?;
+        sqlx::query(
+            "UPDATE executions SET status = ?, exit_code = ?, exit_message = ?, ended_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(exit_message)
+        .bind(now())
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET status = ?, exit_message = ?, lease_execution = NULL, lease_host = NULL, \
+             lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
+        )
+        .bind(campaign_status)
+        .bind(exit_message)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT id, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
+             FROM messages WHERE campaign_id = ",
+        );
+        qb.push_bind(f.campaign).push(" AND id > ").push_bind(f.after_id);
+        if let Some(p) = &f.phone {
+            qb.push(" AND phone = ").push_bind(p.clone());
+        }
+        if let Some(s) = f.state {
+            qb.push(" AND state = ").push_bind(s.as_str());
+        }
+        qb.push(" ORDER BY id LIMIT ").push_bind(f.limit);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get("id")?,
+                    msg_ref: r.try_get("ref")?,
+                    phone: r.try_get("phone")?,
+                    status: r.try_get("state")?,
+                    attempts: r.try_get("attempts")?,
+                    gateway_id: r.try_get("gateway_id")?,
+                    error: r.try_get("reason")?,
+                    last_attempt_at: r.try_get("last_attempt_at")?,
+                    kind: r.try_get("type")?,
+                    bytes: r.try_get("bytes")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
+        let before = ts(before);
+        let mut report = PurgeReport::default();
+        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a JOIN campaigns c ON c.id = a.campaign_id \
+                 WHERE c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL AND a.at < ? LIMIT ?)",
+            )
+            .bind(&before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.attempts_deleted += n;
+            if n == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        report.executions_deleted = sqlx::query(
+            "DELETE FROM executions WHERE ended_at IS NOT NULL AND ended_at < ? AND campaign_id IN \
+             (SELECT id FROM campaigns WHERE status IN ('COMPLETED', 'CANCELLED') AND lease_execution IS NULL)",
+        )
+        .bind(&before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(report)
+    }
+}
