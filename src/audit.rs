@@ -44,7 +44,15 @@ pub async fn write_limited(
         Format::Table => writeln!(
             out,
             "{:<22} {:<15} {:<10} {:>3} {:<20} {:<24} {:<24} {:<4} {:>5}",
-            "REF", "PHONE", "STATUS", "TRY", "GATEWAY_ID", "ERROR", "LAST_ATTEMPT_AT", "TYPE", "BYTES"
+            "REF",
+            "PHONE",
+            "STATUS",
+            "TRY",
+            "GATEWAY_ID",
+            "ERROR",
+            "LAST_ATTEMPT_AT",
+            "TYPE",
+            "BYTES"
         )?,
         Format::Json => write!(out, "[")?,
         Format::Csv => writeln!(

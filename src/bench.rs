@@ -132,7 +132,13 @@ batch_size = {batch}
         let mut w = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
         writeln!(w, "phone,name")?;
         for i in 0..args.recipients {
-            writeln!(w, "010-{:04}-{:04},고객{}", 1000 + i / 10_000, i % 10_000, i)?;
+            writeln!(
+                w,
+                "010-{:04}-{:04},고객{}",
+                1000 + i / 10_000,
+                i % 10_000,
+                i
+            )?;
         }
         w.flush()?;
     }
@@ -143,7 +149,12 @@ batch_size = {batch}
     let t = Instant::now();
     let r = import::segment(&*store, "bench", &csv_path).await?;
     let imported = t.elapsed();
-    anyhow::ensure!(r.imported == args.recipients, "imported {} of {}", r.imported, args.recipients);
+    anyhow::ensure!(
+        r.imported == args.recipients,
+        "imported {} of {}",
+        r.imported,
+        args.recipients
+    );
 
     let t = Instant::now();
     let (id, _) = campaign::create(

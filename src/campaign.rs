@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::compliance::find_ad_marker;
 use crate::config::Config;
-use crate::message::{AdFrame, Composed, ComposeError, Composer};
+use crate::message::{AdFrame, ComposeError, Composed, Composer};
 use crate::phone;
 use crate::sizing::MessageType;
 use crate::store::{NewCampaign, Segment, Store};
@@ -67,7 +67,9 @@ impl Plan {
             s.push_str(&format!("\n  e.g. {e}"));
         }
         if let Some(c) = self.estimated_cost_krw {
-            s.push_str(&format!("\nestimated cost: {c:.0} KRW (before opt-out suppression)"));
+            s.push_str(&format!(
+                "\nestimated cost: {c:.0} KRW (before opt-out suppression)"
+            ));
         }
         s
     }
@@ -78,11 +80,20 @@ pub async fn segment(store: &dyn Store, name: &str) -> anyhow::Result<Segment> {
     match store.segment(name).await? {
         Some(s) => Ok(s),
         None => {
-            let names: Vec<String> = store.segments().await?.into_iter().map(|s| s.name).collect();
+            let names: Vec<String> = store
+                .segments()
+                .await?
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
             bail!(
                 "no segment named {name:?}; import one with `munja segment import {name} FILE.csv` \
                  (existing segments: {})",
-                if names.is_empty() { "none".into() } else { names.join(", ") }
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
             )
         }
     }
@@ -93,7 +104,10 @@ pub fn ad_frame(cfg: &Config) -> anyhow::Result<AdFrame> {
     let brand = cfg.sender_value("brand")?.trim().to_string();
     let optout = cfg.sender_value("optout_number")?;
     let p = phone::normalize_any(optout).map_err(|e| {
-        anyhow::anyhow!("{}: sender.optout_number {optout:?} is not a phone number: {e}", cfg.file_label())
+        anyhow::anyhow!(
+            "{}: sender.optout_number {optout:?} is not a phone number: {e}",
+            cfg.file_label()
+        )
     })?;
     if !phone::is_toll_free_080(&p) {
         bail!(
@@ -150,7 +164,8 @@ pub async fn plan(
                 Err(e) => {
                     *plan.refused.entry(e.code.clone()).or_default() += 1;
                     if plan.examples.len() < 3 {
-                        plan.examples.push(format!("{}: {}", phone::mask(phone_no), e.message));
+                        plan.examples
+                            .push(format!("{}: {}", phone::mask(phone_no), e.message));
                     }
                 }
             }
@@ -170,11 +185,15 @@ pub async fn create(
 ) -> anyhow::Result<(i64, Plan)> {
     anyhow::ensure!(!req.name.trim().is_empty(), "--name must not be empty");
     let segment = segment(store, &req.segment).await?;
-    let gateway = cfg.gateway(req.gateway.as_deref())?.name.clone();
+    let gateway = cfg.gateway(req.gateway.as_deref())?.name;
     let sender = cfg.sender_value("number")?;
     let sender_number = phone::normalize_any(sender)
         .map_err(|e| anyhow::anyhow!("{}: sender.number {sender:?}: {e}", cfg.file_label()))?;
-    let ad = if req.no_ad { None } else { Some(ad_frame(cfg)?) };
+    let ad = if req.no_ad {
+        None
+    } else {
+        Some(ad_frame(cfg)?)
+    };
     let src = load_template(cfg, &req.template, ad.is_some(), req.subject.as_deref())?;
     let composer = Composer::new(&src, ad.clone())?.with_columns(segment.columns.clone());
     let plan = plan(store, cfg, &composer, &segment).await?;
@@ -247,7 +266,7 @@ pub async fn preview(
     Ok(members
         .into_iter()
         .map(|(_, p, vars, _)| PreviewRow {
-            phone: phone::mask(&p),
+            phone: crate::audit::masked(&p),
             result: composer
                 .compose_json(&vars)
                 .map(PreviewText::from)

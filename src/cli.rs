@@ -22,7 +22,8 @@ use crate::phone;
 use crate::progress;
 use crate::store::{self, AuditFilter, MessageState, Store};
 
-const ABOUT: &str = "munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.";
+const ABOUT: &str =
+    "munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.";
 
 const LONG_ABOUT: &str = "\
 munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.
@@ -288,9 +289,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(args) => crate::bench::run(args).await,
         command => {
             let cfg = Config::discover(cli.config.as_deref())?;
-            let store = store::open(&cfg.database_url).await.with_context(|| {
-                format!("opening the database {}", cfg.database_url)
-            })?;
+            let store = store::open(&cfg.database_url)
+                .await
+                .with_context(|| format!("opening the database {}", cfg.database_url))?;
             if !matches!(command, Command::Init) {
                 store.migrate().await.context("preparing the database")?;
             }
@@ -335,12 +336,25 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             let r = crate::template::Renderer::new(&src)?;
             let vars: Vec<String> = r.variables().into_iter().collect();
             writeln!(out, "template {name}: OK")?;
-            writeln!(out, "variables: {}", if vars.is_empty() { "(none)".into() } else { vars.join(", ") })?;
+            writeln!(
+                out,
+                "variables: {}",
+                if vars.is_empty() {
+                    "(none)".into()
+                } else {
+                    vars.join(", ")
+                }
+            )?;
             if let Some(s) = &src.subject {
                 writeln!(out, "subject: {s}")?;
             }
         }
-        Command::Template(TemplateCmd::Preview { name, segment, limit, no_ad }) => {
+        Command::Template(TemplateCmd::Preview {
+            name,
+            segment,
+            limit,
+            no_ad,
+        }) => {
             let rows = campaign::preview(&*store, cfg, &name, &segment, limit, no_ad).await?;
             let mut bad = 0;
             for r in rows {
@@ -401,7 +415,9 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
                 t.to_rfc3339()
             );
         }
-        Command::GatewaySim(_) | Command::Demo(_) | Command::Bench(_) => unreachable!("handled above"),
+        Command::GatewaySim(_) | Command::Demo(_) | Command::Bench(_) => {
+            unreachable!("handled above")
+        }
     }
     Ok(0)
 }
@@ -410,8 +426,9 @@ fn parse_date(s: &str, cfg: &Config) -> anyhow::Result<chrono::DateTime<chrono::
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .with_context(|| format!("--before {s:?}: expected a date YYYY-MM-DD or an RFC 3339 time"))?;
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").with_context(|| {
+        format!("--before {s:?}: expected a date YYYY-MM-DD or an RFC 3339 time")
+    })?;
     let local = d
         .and_hms_opt(0, 0, 0)
         .and_then(|t| t.and_local_timezone(cfg.policy.timezone).earliest())
@@ -421,17 +438,29 @@ fn parse_date(s: &str, cfg: &Config) -> anyhow::Result<chrono::DateTime<chrono::
 
 fn print_import(r: &ImportReport, file: &std::path::Path, dup_label: &str) {
     for x in &r.rejected_rows {
-        eprintln!("{} line {}: {} ({})", file.display(), x.line, x.reason, x.detail);
+        eprintln!(
+            "{} line {}: {} ({})",
+            file.display(),
+            x.line,
+            x.reason,
+            x.detail
+        );
     }
     if r.rejected > r.rejected_rows.len() as u64 {
-        eprintln!("... and {} more rejected rows", r.rejected - r.rejected_rows.len() as u64);
+        eprintln!(
+            "... and {} more rejected rows",
+            r.rejected - r.rejected_rows.len() as u64
+        );
     }
     let dup = if dup_label == "already present" {
         format!("already present {}", r.already_present)
     } else {
         format!("{dup_label} {}", r.already_present)
     };
-    println!("imported {}, {dup}, rejected {} ({})", r.imported, r.rejected, r.encoding);
+    println!(
+        "imported {}, {dup}, rejected {} ({})",
+        r.imported, r.rejected, r.encoding
+    );
 }
 
 async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyhow::Result<i32> {
@@ -446,17 +475,44 @@ async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyho
         OptoutCmd::Add { phone } => {
             let p = parse(&phone)?;
             let new = store.optout_add(&p, "cli").await?;
-            writeln!(out, "{} {}", p.masked(), if new { "opted out" } else { "was already opted out" })?;
+            writeln!(
+                out,
+                "{} {}",
+                p.masked(),
+                if new {
+                    "opted out"
+                } else {
+                    "was already opted out"
+                }
+            )?;
         }
         OptoutCmd::Remove { phone } => {
             let p = parse(&phone)?;
             let gone = store.optout_remove(&p).await?;
-            writeln!(out, "{} {}", p.masked(), if gone { "removed from the opt-out list" } else { "was not opted out" })?;
+            writeln!(
+                out,
+                "{} {}",
+                p.masked(),
+                if gone {
+                    "removed from the opt-out list"
+                } else {
+                    "was not opted out"
+                }
+            )?;
         }
         OptoutCmd::Check { phone } => {
             let p = parse(&phone)?;
             let opted = store.optout_contains(&p).await?;
-            writeln!(out, "{} {}", p.masked(), if opted { "is opted out" } else { "is not opted out" })?;
+            writeln!(
+                out,
+                "{} {}",
+                p.masked(),
+                if opted {
+                    "is opted out"
+                } else {
+                    "is not opted out"
+                }
+            )?;
             return Ok(if opted { 0 } else { 1 });
         }
     }
@@ -470,13 +526,31 @@ async fn campaign_cmd(
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     match cmd {
-        CampaignCmd::Create { name, segment, template, gateway, no_ad, subject } => {
-            let req = CreateRequest { name, segment, template, gateway, no_ad, subject };
+        CampaignCmd::Create {
+            name,
+            segment,
+            template,
+            gateway,
+            no_ad,
+            subject,
+        } => {
+            let req = CreateRequest {
+                name,
+                segment,
+                template,
+                gateway,
+                no_ad,
+                subject,
+            };
             let (id, plan) = campaign::create(&*store, cfg, &req).await?;
             eprintln!("{}", plan.summary());
             writeln!(out, "{id}")?;
         }
-        CampaignCmd::Run { id, retry_failed, json } => {
+        CampaignCmd::Run {
+            id,
+            retry_failed,
+            json,
+        } => {
             let opts = RunOptions {
                 retry_failed,
                 handle_signals: true,
@@ -485,7 +559,11 @@ async fn campaign_cmd(
             let report = dispatch::run(store, cfg, id, opts).await?;
             print_summary(&report);
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&summary_json(&report))?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&summary_json(&report))?
+                )?;
             }
             return Ok(report.status.exit_code());
         }
@@ -507,14 +585,34 @@ async fn campaign_cmd(
                 if let Some(m) = &c.exit_message {
                     writeln!(out, "  {m}")?;
                 }
-                writeln!(out, "  segment {}, template {}, gateway {}, {}", c.segment_name, c.template_name, c.gateway, if c.ad { "ad" } else { "informational" })?;
+                writeln!(
+                    out,
+                    "  segment {}, template {}, gateway {}, {}",
+                    c.segment_name,
+                    c.template_name,
+                    c.gateway,
+                    if c.ad { "ad" } else { "informational" }
+                )?;
                 writeln!(
                     out,
                     "  total {}: pending {}, sending {}, sent {}, failed {}, suppressed {}, cancelled {}",
-                    counts.total, counts.pending, counts.sending, counts.sent, counts.failed, counts.suppressed, counts.cancelled
+                    counts.total,
+                    counts.pending,
+                    counts.sending,
+                    counts.sent,
+                    counts.failed,
+                    counts.suppressed,
+                    counts.cancelled
                 )?;
                 if let Some(l) = &c.lease {
-                    writeln!(out, "  running: execution {} on {} pid {}, heartbeat {}", l.execution, l.host, l.pid, l.heartbeat_at.to_rfc3339())?;
+                    writeln!(
+                        out,
+                        "  running: execution {} on {} pid {}, heartbeat {}",
+                        l.execution,
+                        l.host,
+                        l.pid,
+                        l.heartbeat_at.to_rfc3339()
+                    )?;
                 }
                 writeln!(out, "  executions:")?;
                 for e in execs {
@@ -544,9 +642,23 @@ async fn campaign_cmd(
                     .collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
-                writeln!(out, "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  CREATED", "ID", "NAME", "STATUS", "SEGMENT", "TEMPLATE", "MESSAGES")?;
+                writeln!(
+                    out,
+                    "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  CREATED",
+                    "ID", "NAME", "STATUS", "SEGMENT", "TEMPLATE", "MESSAGES"
+                )?;
                 for c in list {
-                    writeln!(out, "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  {}", c.id, c.name, c.status, c.segment_name, c.template_name, c.total, c.created_at)?;
+                    writeln!(
+                        out,
+                        "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  {}",
+                        c.id,
+                        c.name,
+                        c.status,
+                        c.segment_name,
+                        c.template_name,
+                        c.total,
+                        c.created_at
+                    )?;
                 }
             }
         }
@@ -566,9 +678,19 @@ async fn campaign_cmd(
         CampaignCmd::Delete { id } => {
             let c = store.campaign(id).await?;
             let expected = match &c.lease {
-                Some(l) => match crate::lease::holder_gone(l, cfg.policy.lease_timeout_secs, &crate::lease::this_host(), chrono::Utc::now()) {
+                Some(l) => match crate::lease::holder_gone(
+                    l,
+                    cfg.policy.lease_timeout_secs,
+                    &crate::lease::this_host(),
+                    chrono::Utc::now(),
+                ) {
                     Some(_) => Some(l.execution),
-                    None => bail!("campaign {id} is running (execution {} on {} pid {}); stop it first with `munja campaign stop {id}`", l.execution, l.host, l.pid),
+                    None => bail!(
+                        "campaign {id} is running (execution {} on {} pid {}); stop it first with `munja campaign stop {id}`",
+                        l.execution,
+                        l.host,
+                        l.pid
+                    ),
                 },
                 None => None,
             };

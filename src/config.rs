@@ -83,7 +83,7 @@ pub struct GatewayConfig {
     pub kind: String,
     pub url: String,
     pub api_key_env: Option<String>,
-    /// The key read from `api_key_env`; never printed.
+    /// The key read from `api_key_env` by [`Config::gateway`]; never printed.
     pub api_key: Option<String>,
     pub rate_per_sec: u32,
     pub burst: u32,
@@ -202,7 +202,10 @@ impl Config {
                 .span()
                 .map(|s| format!(" (line {})", line_of(text, s.start)))
                 .unwrap_or_default();
-            err(&key, format!("{msg}{at}; see config/munja.example.toml for every key"))
+            err(
+                &key,
+                format!("{msg}{at}; see config/munja.example.toml for every key"),
+            )
         })?;
         let base = path
             .and_then(Path::parent)
@@ -211,10 +214,12 @@ impl Config {
 
         let database_url = match std::env::var(DATABASE_URL_ENV) {
             Ok(v) if !v.is_empty() => v,
-            _ => raw.database_url.unwrap_or_else(|| "sqlite://munja.db".into()),
+            _ => raw
+                .database_url
+                .unwrap_or_else(|| "sqlite://munja.db".into()),
         };
-        let database_url = resolve_sqlite_url(&database_url, &base)
-            .map_err(|m| err("database_url", m))?;
+        let database_url =
+            resolve_sqlite_url(&database_url, &base).map_err(|m| err("database_url", m))?;
         let templates_dir = base.join(raw.templates_dir.unwrap_or_else(|| "templates".into()));
 
         let p = raw.policy;
@@ -264,7 +269,10 @@ impl Config {
             max_ads_per_recipient: p.max_ads_per_recipient,
         };
 
-        for (key, price) in [("pricing.sms", raw.pricing.sms), ("pricing.lms", raw.pricing.lms)] {
+        for (key, price) in [
+            ("pricing.sms", raw.pricing.sms),
+            ("pricing.lms", raw.pricing.lms),
+        ] {
             if price.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
                 return Err(err(key, "expected a price in KRW, zero or more".into()));
             }
@@ -279,7 +287,10 @@ impl Config {
             if gateways.iter().any(|x: &GatewayConfig| x.name == g.name) {
                 return Err(err(
                     &key("name"),
-                    format!("gateway name {:?} is used twice; names must be unique", g.name),
+                    format!(
+                        "gateway name {:?} is used twice; names must be unique",
+                        g.name
+                    ),
                 ));
             }
             if g.kind != "http-json" {
@@ -294,28 +305,21 @@ impl Config {
                     format!("expected an http:// or https:// URL, got {:?}", g.url),
                 ));
             }
-            let api_key = match &g.api_key_env {
-                None => None,
-                Some(var) => match std::env::var(var) {
-                    Ok(v) if !v.is_empty() => Some(v),
-                    _ => {
-                        return Err(err(
-                            &key("api_key_env"),
-                            format!(
-                                "names the environment variable {var}, which is not set; \
-                                 export {var}=<your gateway key> or remove api_key_env"
-                            ),
-                        ));
-                    }
-                },
-            };
-            let rate = positive(Some(g.rate_per_sec), 1, 1_000_000, &key("rate_per_sec"), &err)?;
+            let rate = positive(
+                Some(g.rate_per_sec),
+                1,
+                1_000_000,
+                &key("rate_per_sec"),
+                &err,
+            )?;
             let burst = positive(g.burst, rate.min(100), 1_000_000, &key("burst"), &err)?;
             let batch_size = positive(g.batch_size, 1, 10_000, &key("batch_size"), &err)?;
             if batch_size > burst {
                 return Err(err(
                     &key("batch_size"),
-                    format!("batch_size {batch_size} is larger than burst {burst}; a batch must fit in one burst"),
+                    format!(
+                        "batch_size {batch_size} is larger than burst {burst}; a batch must fit in one burst"
+                    ),
                 ));
             }
             gateways.push(GatewayConfig {
@@ -323,7 +327,7 @@ impl Config {
                 kind: g.kind,
                 url: g.url.trim_end_matches('/').to_string(),
                 api_key_env: g.api_key_env,
-                api_key,
+                api_key: None,
                 rate_per_sec: rate as u32,
                 burst: burst as u32,
                 concurrency: positive(g.concurrency, 4, 10_000, &key("concurrency"), &err)?
@@ -346,26 +350,55 @@ impl Config {
         })
     }
 
-    /// The gateway named `name`, or the first one when `name` is `None`.
-    pub fn gateway(&self, name: Option<&str>) -> Result<&GatewayConfig, ConfigError> {
+    /// The gateway named `name` (the first one when `None`), with its API key read from the
+    /// environment. The key is read only here, when a gateway is about to be used, so that
+    /// `status` or `audit` work on a machine without it.
+    pub fn gateway(&self, name: Option<&str>) -> Result<GatewayConfig, ConfigError> {
         let file = self.file_label();
-        match name {
-            None => self.gateways.first().ok_or_else(|| ConfigError {
-                file,
-                key: "gateways".into(),
-                message: "no [[gateways]] entry; add one (name, kind = \"http-json\", url, \
-                          rate_per_sec) as in config/munja.example.toml"
-                    .into(),
-            }),
-            Some(n) => self.gateways.iter().find(|g| g.name == n).ok_or_else(|| {
-                let names: Vec<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
-                ConfigError {
-                    file,
+        let (i, g) = match name {
+            None => self
+                .gateways
+                .iter()
+                .enumerate()
+                .next()
+                .ok_or_else(|| ConfigError {
+                    file: file.clone(),
                     key: "gateways".into(),
-                    message: format!("no gateway named {n:?}; configured: {names:?}"),
+                    message: "no [[gateways]] entry; add one (name, kind = \"http-json\", url, \
+                          rate_per_sec) as in config/munja.example.toml"
+                        .into(),
+                })?,
+            Some(n) => self
+                .gateways
+                .iter()
+                .enumerate()
+                .find(|(_, g)| g.name == n)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+                    ConfigError {
+                        file: file.clone(),
+                        key: "gateways".into(),
+                        message: format!("no gateway named {n:?}; configured: {names:?}"),
+                    }
+                })?,
+        };
+        let mut g = g.clone();
+        if let Some(var) = &g.api_key_env {
+            match std::env::var(var) {
+                Ok(v) if !v.is_empty() => g.api_key = Some(v),
+                _ => {
+                    return Err(ConfigError {
+                        file,
+                        key: format!("gateways[{i}].api_key_env"),
+                        message: format!(
+                            "names the environment variable {var}, which is not set; \
+                             export {var}=<your gateway key> or remove api_key_env"
+                        ),
+                    });
                 }
-            }),
+            }
         }
+        Ok(g)
     }
 
     /// A required `[sender]` key, or an error saying how to set it.
@@ -408,7 +441,10 @@ fn positive(
 ) -> Result<i64, ConfigError> {
     let v = v.unwrap_or(default);
     if v < 1 || v > max {
-        return Err(err(key, format!("expected a whole number from 1 to {max}, got {v}")));
+        return Err(err(
+            key,
+            format!("expected a whole number from 1 to {max}, got {v}"),
+        ));
     }
     Ok(v)
 }
@@ -418,7 +454,10 @@ fn resolve_sqlite_url(url: &str, base: &Path) -> Result<String, String> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(url.to_string());
     }
-    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
         return Err(format!(
             "expected sqlite://PATH (or postgres://...), got {url:?}"
         ));
@@ -431,7 +470,11 @@ fn resolve_sqlite_url(url: &str, base: &Path) -> Result<String, String> {
         return Err("expected a file path after sqlite://, e.g. sqlite://munja.db".into());
     }
     let p = Path::new(path);
-    let full = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     Ok(match query {
         Some(q) => format!("sqlite://{}?{q}", full.display()),
         None => format!("sqlite://{}", full.display()),
@@ -452,8 +495,11 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let e = Config::from_toml_str("[policy]\nchunk_sise = 3\n", Some(Path::new("x/munja.toml")))
-            .expect_err("unknown key");
+        let e = Config::from_toml_str(
+            "[policy]\nchunk_sise = 3\n",
+            Some(Path::new("x/munja.toml")),
+        )
+        .expect_err("unknown key");
         let s = e.to_string();
         assert!(s.contains("x/munja.toml"), "{s}");
         assert!(s.contains("chunk_sise"), "{s}");
@@ -470,7 +516,8 @@ mod tests {
     #[test]
     fn unset_api_key_env_is_an_error() {
         let t = "[[gateways]]\nname='a'\nkind='http-json'\nurl='http://x'\nrate_per_sec=5\napi_key_env='MUNJA_TEST_SURELY_UNSET_VAR'\n";
-        let e = Config::from_toml_str(t, None).expect_err("unset env");
+        let c = Config::from_toml_str(t, None).expect("parsed; the key is read on use");
+        let e = c.gateway(None).expect_err("unset env");
         assert_eq!(e.key, "gateways[0].api_key_env");
         assert!(e.message.contains("MUNJA_TEST_SURELY_UNSET_VAR"));
     }
@@ -484,8 +531,11 @@ mod tests {
 
     #[test]
     fn relative_paths_follow_the_config_file() {
-        let c = Config::from_toml_str("database_url='sqlite://d.db'\n", Some(Path::new("/etc/m/munja.toml")))
-            .expect("ok");
+        let c = Config::from_toml_str(
+            "database_url='sqlite://d.db'\n",
+            Some(Path::new("/etc/m/munja.toml")),
+        )
+        .expect("ok");
         assert_eq!(c.database_url, "sqlite:///etc/m/d.db");
         assert_eq!(c.templates_dir, PathBuf::from("/etc/m/templates"));
     }

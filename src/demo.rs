@@ -57,14 +57,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             timeout_rate: 0.005,
             stall_ms: 1500,
             retry_after_secs: 1,
-            invalid_prefix: Some("0109".into()),
+            invalid_prefix: Some("01099".into()),
             ..SimConfig::default()
         },
     )
     .await?;
     let night: QuietHours = DEFAULT_QUIET_HOURS.parse()?;
     let quiet_now = night.is_quiet_at(chrono_tz::Asia::Seoul, chrono::Utc::now());
-    let quiet = if quiet_now { "00:00-00:00" } else { "21:00-08:00" };
+    let quiet = if quiet_now {
+        "00:00-00:00"
+    } else {
+        "21:00-08:00"
+    };
     let toml = format!(
         r#"database_url = "sqlite://munja.db"
 templates_dir = "templates"
@@ -98,8 +102,14 @@ max_attempts = 6
     );
     let cfg_path = root.join("munja.toml");
     std::fs::write(&cfg_path, toml)?;
-    eprintln!("munja demo in {} (gateway simulator at {})", root.display(), sim.url());
-    eprintln!("simulator faults: 2% 503, 1% 429 Retry-After, 0.5% accepted-then-timeout, numbers 0109… rejected");
+    eprintln!(
+        "munja demo in {} (gateway simulator at {})",
+        root.display(),
+        sim.url()
+    );
+    eprintln!(
+        "simulator faults: 2% 503, 1% 429 Retry-After, 0.5% accepted-then-timeout, numbers 01099… rejected as invalid"
+    );
     if quiet_now {
         eprintln!(
             "note: it is night in Korea (21:00-08:00): the demo's fictional recipients have the night \
@@ -118,19 +128,31 @@ max_attempts = 6
     for x in r.rejected_rows.iter().take(5) {
         eprintln!("  optouts.csv line {}: {} ({})", x.line, x.reason, x.detail);
     }
-    eprintln!("imported {}, already present {}, rejected {}", r.imported, r.already_present, r.rejected);
+    eprintln!(
+        "imported {}, already present {}, rejected {}",
+        r.imported, r.already_present, r.rejected
+    );
 
     step(3, "munja segment import customers customers.csv");
     let r = import::segment(&*store, "customers", &root.join("customers.csv")).await?;
     for x in r.rejected_rows.iter().take(5) {
-        eprintln!("  customers.csv line {}: {} ({})", x.line, x.reason, x.detail);
+        eprintln!(
+            "  customers.csv line {}: {} ({})",
+            x.line, x.reason, x.detail
+        );
     }
     if r.rejected > 5 {
         eprintln!("  ... and {} more rejected rows", r.rejected - 5);
     }
-    eprintln!("imported {}, merged duplicates {}, rejected {}", r.imported, r.already_present, r.rejected);
+    eprintln!(
+        "imported {}, merged duplicates {}, rejected {}",
+        r.imported, r.already_present, r.rejected
+    );
 
-    step(4, "munja template preview recruit --segment customers --limit 1");
+    step(
+        4,
+        "munja template preview recruit --segment customers --limit 1",
+    );
     for p in campaign::preview(&*store, &cfg, "recruit", "customers", 1, false).await? {
         match p.result {
             Ok(t) => eprintln!("to {} [{} {} bytes]\n{}", p.phone, t.kind, t.bytes, t.text),
@@ -138,7 +160,10 @@ max_attempts = 6
         }
     }
 
-    step(5, "munja campaign create --name demo --segment customers --template recruit");
+    step(
+        5,
+        "munja campaign create --name demo --segment customers --template recruit",
+    );
     let (id, plan) = campaign::create(
         &*store,
         &cfg,
@@ -166,7 +191,10 @@ max_attempts = 6
     .await?;
     print_summary(&report);
 
-    step(7, &format!("munja audit --campaign {id} (first rows, then failed ones)"));
+    step(
+        7,
+        &format!("munja audit --campaign {id} (first rows, then failed ones)"),
+    );
     let filter = AuditFilter {
         campaign: id,
         limit: 5,
@@ -188,11 +216,21 @@ max_attempts = 6
     eprintln!(
         "accepted {} distinct messages to {} numbers; {} duplicate replays answered from the idempotency store; \
          numbers accepted twice: {}; faults injected: {} x 503, {} x 429, {} x timeout",
-        s.accepted, s.distinct_numbers, s.duplicate_replays, s.numbers_accepted_twice, s.faults_503, s.faults_429, s.faults_timeout
+        s.accepted,
+        s.distinct_numbers,
+        s.duplicate_replays,
+        s.numbers_accepted_twice,
+        s.faults_503,
+        s.faults_429,
+        s.faults_timeout
     );
     if args.keep {
         let kept = dir.keep();
-        eprintln!("\nkept {}: try `munja --config {}/munja.toml campaign status {id}`", kept.display(), kept.display());
+        eprintln!(
+            "\nkept {}: try `munja --config {}/munja.toml campaign status {id}`",
+            kept.display(),
+            kept.display()
+        );
     }
     sim.shutdown().await;
     Ok(report.status.exit_code())

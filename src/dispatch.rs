@@ -97,7 +97,9 @@ impl StopReason {
     }
     fn message(&self) -> String {
         match self {
-            StopReason::Requested => "stopped by `munja campaign stop`; run it again to resume".into(),
+            StopReason::Requested => {
+                "stopped by `munja campaign stop`; run it again to resume".into()
+            }
             StopReason::Signal(s) => format!("stopped by {s}; run it again to resume"),
             StopReason::Cancelled => "cancelled by `munja campaign cancel`".into(),
             StopReason::QuietHours(m) => m.clone(),
@@ -112,7 +114,8 @@ impl StopReason {
                 format!("every message of the first chunk failed: {m}")
             }
             StopReason::LeaseLost => {
-                "another run took over this campaign's lease; this run stopped without writing".into()
+                "another run took over this campaign's lease; this run stopped without writing"
+                    .into()
             }
         }
     }
@@ -191,6 +194,9 @@ struct SendCtx {
     max_consecutive_failures: u32,
     max_attempts: u32,
     batch_size: usize,
+    from: String,
+    ad: bool,
+    campaign_uid: String,
     ctl: Arc<Control>,
     quiet: Option<QuietRule>,
 }
@@ -206,6 +212,9 @@ impl QuietRule {
         self.hours.is_quiet_at(self.tz, Utc::now())
     }
 }
+
+/// Chunks in flight at once after the first.
+const PIPELINE: usize = 4;
 
 /// One message on its way: its composed wire form and what happened to it so far.
 struct Item {
@@ -234,10 +243,13 @@ pub async fn run(
              create a new campaign to send again",
             campaign.name
         ),
-        "CANCELLED" => bail!("campaign {id} ({}) was cancelled and cannot run", campaign.name),
+        "CANCELLED" => bail!(
+            "campaign {id} ({}) was cancelled and cannot run",
+            campaign.name
+        ),
         _ => {}
     }
-    let gw_cfg = cfg.gateway(Some(&campaign.gateway))?.clone();
+    let gw_cfg = cfg.gateway(Some(&campaign.gateway))?;
     let composer = composer_for(&campaign)?;
     let execution = acquire(&*store, cfg, &campaign).await?;
     let span = info_span!("run", campaign = id, execution);
@@ -245,14 +257,16 @@ pub async fn run(
         info!(gateway = %gw_cfg.name, "execution started");
         let ctl = Arc::new(Control::default());
         let heartbeat = spawn_heartbeat(store.clone(), id, execution, cfg, ctl.clone());
-        let signals = opts.handle_signals.then(|| spawn_signal_handler(ctl.clone()));
+        let signals = opts
+            .handle_signals
+            .then(|| spawn_signal_handler(ctl.clone()));
         let mut runner = Runner {
             store: store.clone(),
             campaign: &campaign,
             execution,
             chunk_size: cfg.policy.chunk_size,
             cap: cfg.policy.max_ads_per_recipient,
-            composer,
+            composer: Arc::new(composer),
             ctx: Arc::new(send_ctx(&gw_cfg, cfg, &campaign, ctl.clone())?),
             progress: opts.progress.take(),
             sent_now: 0,
@@ -268,7 +282,10 @@ pub async fn run(
         }
         let (status, campaign_status, exit_code, message) = match outcome {
             Err(e) => {
-                if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::LeaseLost { .. })) {
+                if matches!(
+                    e.downcast_ref::<StoreError>(),
+                    Some(StoreError::LeaseLost { .. })
+                ) {
                     warn!("lease lost; leaving the campaign to its new holder");
                     return Ok(RunReport {
                         campaign: id,
@@ -300,15 +317,32 @@ pub async fn run(
             ),
             Ok(Some(StopReason::Cancelled)) => {
                 store.cancel(id).await?;
-                (RunStatus::Stopped, "CANCELLED", "CANCELLED".into(), StopReason::Cancelled.message())
+                (
+                    RunStatus::Stopped,
+                    "CANCELLED",
+                    "CANCELLED".into(),
+                    StopReason::Cancelled.message(),
+                )
             }
             Ok(Some(why)) => {
                 let status = why.status();
-                (status, status.as_str(), why.code().to_uppercase(), why.message())
+                (
+                    status,
+                    status.as_str(),
+                    why.code().to_uppercase(),
+                    why.message(),
+                )
             }
         };
         store
-            .finish_execution(id, execution, status.as_str(), &exit_code, &message, campaign_status)
+            .finish_execution(
+                id,
+                execution,
+                status.as_str(),
+                &exit_code,
+                &message,
+                campaign_status,
+            )
             .await
             .context("recording the end of the execution")?;
         let counts = store.counts(id).await?;
@@ -337,7 +371,10 @@ pub fn composer_for(c: &Campaign) -> anyhow::Result<Composer> {
     let ad = if c.ad {
         Some(AdFrame {
             brand: c.brand.clone().context("ad campaign without a brand")?,
-            optout_display: c.optout_number.clone().context("ad campaign without an opt-out number")?,
+            optout_display: c
+                .optout_number
+                .clone()
+                .context("ad campaign without an opt-out number")?,
         })
     } else {
         None
@@ -368,7 +405,9 @@ async fn acquire(store: &dyn Store, cfg: &Config, c: &Campaign) -> anyhow::Resul
             ),
         },
     };
-    Ok(store.start_execution(c.id, expected, &host, pid, &abandon).await?)
+    Ok(store
+        .start_execution(c.id, expected, &host, pid, &abandon)
+        .await?)
 }
 
 fn spawn_heartbeat(
@@ -434,6 +473,9 @@ fn send_ctx(
         max_consecutive_failures: cfg.policy.max_consecutive_failures,
         max_attempts: g.max_attempts,
         batch_size: g.batch_size,
+        from: c.sender_number.clone(),
+        ad: c.ad,
+        campaign_uid: c.uid.clone(),
         ctl,
         quiet: c.ad.then_some(QuietRule {
             hours: cfg.policy.quiet_hours,
@@ -448,7 +490,7 @@ struct Runner<'a> {
     execution: i64,
     chunk_size: usize,
     cap: Option<crate::config::FrequencyCap>,
-    composer: Composer,
+    composer: Arc<Composer>,
     ctx: Arc<SendCtx>,
     progress: Option<Box<dyn Progress>>,
     sent_now: u64,
@@ -456,15 +498,26 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     /// Returns `None` when the queue ran dry, or why it stopped early.
+    ///
+    /// Up to [`PIPELINE`] chunks are in flight at once (claimed and committed separately), so one
+    /// slow message does not idle the gateway; the first chunk runs alone, so that a template
+    /// that fails every message stops the run before more is claimed.
     async fn drive(&mut self, retry_failed: bool) -> anyhow::Result<Option<StopReason>> {
         let (id, exec) = (self.campaign.id, self.execution);
-        let total = self.store.snapshot(id, exec).await.context("snapshotting the segment")?;
+        let total = self
+            .store
+            .snapshot(id, exec)
+            .await
+            .context("snapshotting the segment")?;
         if total > 0 {
             info!(messages = total, "segment snapshotted");
         }
         if retry_failed {
             let n = self.store.requeue_retryable(id).await?;
-            info!(messages = n, "re-queued messages whose attempts ran out on transient errors");
+            info!(
+                messages = n,
+                "re-queued messages whose attempts ran out on transient errors"
+            );
         }
         self.settle_in_doubt().await?;
         let mut counts = self.store.counts(id).await?;
@@ -472,61 +525,78 @@ impl Runner<'_> {
             p.start(&counts);
         }
         let mut first_chunk = true;
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
-            if let Some(why) = self.ctx.ctl.reason() {
-                return Ok(Some(why));
-            }
-            let quiet = self.ctx.quiet.filter(|q| q.now());
-            let cap = self.cap.map(|c| {
-                (c.count, Utc::now() - chrono::Duration::days(i64::from(c.days)))
-            });
-            let claim = self
-                .store
-                .claim_chunk(ClaimRequest {
-                    campaign: id,
-                    execution: exec,
-                    limit: self.chunk_size,
-                    night_only: quiet.is_some(),
-                    cap,
-                })
-                .await?;
-            let suppressed = claim.suppressed_opted_out + claim.suppressed_capped;
-            counts.suppressed += suppressed as i64;
-            counts.pending -= suppressed as i64;
-            if claim.suppressed_opted_out > 0 {
-                info!(messages = claim.suppressed_opted_out, "suppressed: opted out during the run");
-            }
-            if claim.messages.is_empty() {
-                if suppressed > 0 {
-                    continue;
+            // Claim while there is room and no reason to stop.
+            let mut dry = false;
+            while in_flight.len() < if first_chunk { 1 } else { PIPELINE }
+                && !self.ctx.ctl.stopping()
+            {
+                let quiet = self.ctx.quiet.filter(|q| q.now());
+                let cap = self.cap.map(|c| {
+                    (
+                        c.count,
+                        Utc::now() - chrono::Duration::days(i64::from(c.days)),
+                    )
+                });
+                let claim = self
+                    .store
+                    .claim_chunk(ClaimRequest {
+                        campaign: id,
+                        execution: exec,
+                        limit: self.chunk_size,
+                        night_only: quiet.is_some(),
+                        cap,
+                    })
+                    .await?;
+                let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
+                counts.suppressed += suppressed;
+                counts.pending -= suppressed;
+                if claim.suppressed_opted_out > 0 {
+                    info!(
+                        messages = claim.suppressed_opted_out,
+                        "suppressed: opted out during the run"
+                    );
                 }
-                if let Some(q) = quiet
-                    && self.store.has_pending_without_consent(id).await?
-                {
-                    let opens = q.hours.next_open(q.tz, Utc::now());
-                    return Ok(Some(StopReason::QuietHours(format!(
-                        "quiet_hours: ads cannot be sent to recipients without night consent during {} ({}); \
-                         the rest wait. Run again after {}",
-                        q.hours,
-                        q.tz,
-                        opens.with_timezone(&q.tz).format("%Y-%m-%d %H:%M %Z")
-                    ))));
+                if claim.messages.is_empty() {
+                    if suppressed > 0 {
+                        continue;
+                    }
+                    if in_flight.is_empty() {
+                        if let Some(q) = quiet
+                            && self.store.has_pending_without_consent(id).await?
+                        {
+                            return Ok(Some(quiet_stop(q)));
+                        }
+                        return Ok(None);
+                    }
+                    dry = true;
+                    break;
                 }
-                return Ok(None);
+                let ctx = self.ctx.clone();
+                let composer = self.composer.clone();
+                in_flight.spawn(
+                    async move { send_chunk(ctx, composer, claim.messages).await }
+                        .instrument(tracing::Span::current()),
+                );
             }
-            let n = claim.messages.len();
-            let (updates, first_error) = self.send_chunk(claim.messages).await;
+            let Some(joined) = in_flight.join_next().await else {
+                // Nothing in flight and told to stop.
+                return Ok(self.ctx.ctl.reason());
+            };
+            let (updates, first_error) = joined.context("a send task panicked")?;
             let unsendable = updates
                 .iter()
                 .filter(|u| u.attempts.is_empty() && u.state == MessageState::Failed)
                 .count();
-            if first_chunk && unsendable == n {
+            if first_chunk && unsendable == updates.len() && !updates.is_empty() {
                 let first = first_error.unwrap_or_default();
-                // Nothing was sent: put the chunk back so a fixed campaign loses nothing.
+                // Nothing was sent: put the chunk back so that nothing is lost.
                 let back: Vec<MessageUpdate> = updates
                     .into_iter()
                     .map(|mut u| {
                         u.state = MessageState::Pending;
+                        u.reason = None;
                         u
                     })
                     .collect();
@@ -549,7 +619,7 @@ impl Runner<'_> {
                 }
             }
             self.store.commit_chunk(id, exec, &updates).await?;
-            debug!(messages = n, "chunk committed");
+            debug!(messages = updates.len(), dry, "chunk committed");
             if let Some(p) = self.progress.as_mut() {
                 p.update(&counts);
             }
@@ -569,7 +639,10 @@ impl Runner<'_> {
                 return Ok(());
             };
             after = last.id;
-            info!(messages = batch.len(), "settling in-doubt messages by lookup");
+            info!(
+                messages = batch.len(),
+                "settling in-doubt messages by lookup"
+            );
             let mut set = tokio::task::JoinSet::new();
             for m in batch {
                 let ctx = self.ctx.clone();
@@ -589,9 +662,12 @@ impl Runner<'_> {
                         (MessageState::Sent, "lookup_found", Some(gateway_id), None)
                     }
                     Lookup::NotFound => (MessageState::Pending, "lookup_missing", None, None),
-                    Lookup::Unavailable { reason } => {
-                        (MessageState::Pending, "lookup_unavailable", None, Some(reason))
-                    }
+                    Lookup::Unavailable { reason } => (
+                        MessageState::Pending,
+                        "lookup_unavailable",
+                        None,
+                        Some(reason),
+                    ),
                 };
                 if state == MessageState::Sent {
                     self.sent_now += 1;
@@ -614,76 +690,84 @@ impl Runner<'_> {
                     }],
                 });
             }
-            self.store.commit_chunk(self.campaign.id, self.execution, &updates).await?;
+            self.store
+                .commit_chunk(self.campaign.id, self.execution, &updates)
+                .await?;
         }
     }
+}
 
-    /// Composes and sends one claimed chunk; returns one update per message, and the first
-    /// reason a message could not be composed.
-    async fn send_chunk(
-        &mut self,
-        messages: Vec<ClaimedMessage>,
-    ) -> (Vec<MessageUpdate>, Option<String>) {
-        let c = self.campaign;
-        let mut first_error = None;
-        let mut updates = Vec::with_capacity(messages.len());
-        let mut items = Vec::with_capacity(messages.len());
-        for m in messages {
-            match self.composer.compose_json(&m.vars) {
-                Err(e) => {
-                    warn!(msg_ref = %m.msg_ref, phone = %phone::mask(&m.phone), code = %e.code, "message cannot be sent: {e}");
-                    updates.push(MessageUpdate {
-                        id: m.id,
-                        state: MessageState::Failed,
-                        reason: Some(e.code.clone()),
-                        retryable: false,
-                        gateway_id: None,
-                        kind: None,
-                        bytes: None,
-                        attempts: Vec::new(),
-                    });
-                    first_error.get_or_insert(e.message);
-                }
-                Ok(composed) => items.push(Item {
+/// Composes and sends one claimed chunk; returns one update per message, and the first
+/// reason a message could not be composed.
+async fn send_chunk(
+    ctx: Arc<SendCtx>,
+    composer: Arc<Composer>,
+    messages: Vec<ClaimedMessage>,
+) -> (Vec<MessageUpdate>, Option<String>) {
+    let mut first_error = None;
+    let mut updates = Vec::with_capacity(messages.len());
+    let mut items = Vec::with_capacity(messages.len());
+    for m in messages {
+        match composer.compose_json(&m.vars) {
+            Err(e) => {
+                warn!(msg_ref = %m.msg_ref, phone = %phone::mask(&m.phone), code = %e.code, "message cannot be sent: {e}");
+                updates.push(MessageUpdate {
                     id: m.id,
-                    night_consent: m.night_consent,
-                    kind: composed.kind.as_str().to_string(),
-                    bytes: composed.bytes as i64,
-                    out: OutMessage {
-                        msg_ref: m.msg_ref,
-                        to: m.phone,
-                        from: c.sender_number.clone(),
-                        kind: composed.kind.as_str().to_string(),
-                        subject: composed.subject,
-                        text: composed.text,
-                        ad: c.ad,
-                        campaign: c.uid.clone(),
-                    },
+                    state: MessageState::Failed,
+                    reason: Some(e.code.clone()),
+                    retryable: false,
+                    gateway_id: None,
+                    kind: None,
+                    bytes: None,
                     attempts: Vec::new(),
-                    backoff: backoff_policy(self.ctx.max_attempts),
-                    wait: Duration::ZERO,
-                }),
+                });
+                first_error.get_or_insert(e.message);
             }
+            Ok(composed) => items.push(Item {
+                id: m.id,
+                night_consent: m.night_consent,
+                kind: composed.kind.as_str().to_string(),
+                bytes: composed.bytes as i64,
+                out: OutMessage {
+                    msg_ref: m.msg_ref,
+                    to: m.phone,
+                    from: ctx.from.clone(),
+                    kind: composed.kind.as_str().to_string(),
+                    subject: composed.subject,
+                    text: composed.text,
+                    ad: ctx.ad,
+                    campaign: ctx.campaign_uid.clone(),
+                },
+                attempts: Vec::new(),
+                backoff: backoff_policy(ctx.max_attempts),
+                wait: Duration::ZERO,
+            }),
         }
-        let batch = self.ctx.batch_size;
-        let mut set = tokio::task::JoinSet::new();
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            let group: Vec<Item> = items.by_ref().take(batch).collect();
-            let ctx = self.ctx.clone();
-            set.spawn(
-                async move { send_group(ctx, group).await }
-                    .instrument(tracing::Span::current()),
-            );
-        }
-        while let Some(done) = set.join_next().await {
-            match done {
-                Ok(mut u) => updates.append(&mut u),
-                Err(e) => warn!("send task failed: {e}"),
-            }
-        }
-        (updates, first_error)
     }
+    let mut set = tokio::task::JoinSet::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let group: Vec<Item> = items.by_ref().take(ctx.batch_size).collect();
+        set.spawn(send_group(ctx.clone(), group).instrument(tracing::Span::current()));
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(mut u) => updates.append(&mut u),
+            Err(e) => warn!("send task failed: {e}"),
+        }
+    }
+    (updates, first_error)
+}
+
+fn quiet_stop(q: QuietRule) -> StopReason {
+    let opens = q.hours.next_open(q.tz, Utc::now());
+    StopReason::QuietHours(format!(
+        "quiet_hours: ads cannot be sent to recipients without night consent during {} ({}); \
+         they wait. Run again after {}",
+        q.hours,
+        q.tz,
+        opens.with_timezone(&q.tz).format("%Y-%m-%d %H:%M %Z")
+    ))
 }
 
 /// Exponential backoff with jitter: 200 ms doubling to 10 s, `max_attempts` tries in all.
@@ -696,7 +780,13 @@ fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
         .build()
 }
 
-fn update_for(item: &Item, state: MessageState, reason: Option<String>, retryable: bool, gateway_id: Option<String>) -> MessageUpdate {
+fn update_for(
+    item: &Item,
+    state: MessageState,
+    reason: Option<String>,
+    retryable: bool,
+    gateway_id: Option<String>,
+) -> MessageUpdate {
     MessageUpdate {
         id: item.id,
         state,
@@ -728,7 +818,15 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         {
             let (wait_for_day, keep): (Vec<Item>, Vec<Item>) =
                 items.into_iter().partition(|i| !i.night_consent);
-            done.extend(wait_for_day.iter().map(|i| update_for(i, MessageState::Pending, Some("quiet_hours".into()), false, None)));
+            done.extend(wait_for_day.iter().map(|i| {
+                update_for(
+                    i,
+                    MessageState::Pending,
+                    Some("quiet_hours".into()),
+                    false,
+                    None,
+                )
+            }));
             items = keep;
             if items.is_empty() {
                 break;
@@ -760,6 +858,15 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                 ctx.gateway.send_batch(&outs).await
             }
         };
+        // The health counter counts requests: a failed batch is one failure, not fifty.
+        if attempts.iter().all(|a| a.outcome.is_transient()) {
+            let n = ctx.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= ctx.max_consecutive_failures {
+                ctx.ctl.stop(StopReason::GatewayUnhealthy(n));
+            }
+        } else if attempts.iter().any(|a| a.outcome.is_final()) {
+            ctx.consecutive_failures.store(0, Ordering::Relaxed);
+        }
         let mut again = Vec::new();
         for (mut item, a) in items.into_iter().zip(attempts) {
             let gateway_id = match &a.outcome {
@@ -783,23 +890,29 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
             let _g = span.enter();
             match a.outcome {
                 Outcome::Accepted { .. } => {
-                    ctx.consecutive_failures.store(0, Ordering::Relaxed);
-                    done.push(update_for(&item, MessageState::Sent, None, false, gateway_id));
+                    done.push(update_for(
+                        &item,
+                        MessageState::Sent,
+                        None,
+                        false,
+                        gateway_id,
+                    ));
                 }
                 Outcome::Rejected { code, message } => {
-                    ctx.consecutive_failures.store(0, Ordering::Relaxed);
                     debug!(%code, "rejected: {message}");
-                    done.push(update_for(&item, MessageState::Failed, Some(code), false, None));
+                    done.push(update_for(
+                        &item,
+                        MessageState::Failed,
+                        Some(code),
+                        false,
+                        None,
+                    ));
                 }
                 Outcome::Unauthorized { message } => {
                     ctx.ctl.stop(StopReason::Unauthorized(message));
                     done.push(update_for(&item, MessageState::Pending, None, false, None));
                 }
                 transient => {
-                    let n = ctx.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n >= ctx.max_consecutive_failures {
-                        ctx.ctl.stop(StopReason::GatewayUnhealthy(n));
-                    }
                     let retry_after = match &transient {
                         Outcome::Throttled { retry_after } => *retry_after,
                         _ => None,
@@ -815,12 +928,21 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                     match item.backoff.next() {
                         Some(d) => {
                             item.wait = d.max(retry_after.unwrap_or_default());
-                            debug!(code = transient.code(), "transient; retrying in {:?}", item.wait);
+                            debug!(
+                                code = transient.code(),
+                                "transient; retrying in {:?}", item.wait
+                            );
                             again.push(item);
                         }
                         None => {
                             debug!(code = transient.code(), "attempts exhausted");
-                            done.push(update_for(&item, MessageState::Failed, Some(transient.code().to_string()), true, None));
+                            done.push(update_for(
+                                &item,
+                                MessageState::Failed,
+                                Some(transient.code().to_string()),
+                                true,
+                                None,
+                            ));
                         }
                     }
                 }
@@ -829,6 +951,10 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         items = again;
     }
     // Stopped: whatever is left goes back to the queue under the same ref.
-    done.extend(items.iter().map(|i| update_for(i, MessageState::Pending, None, false, None)));
+    done.extend(
+        items
+            .iter()
+            .map(|i| update_for(i, MessageState::Pending, None, false, None)),
+    );
     done
 }

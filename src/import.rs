@@ -64,14 +64,24 @@ pub async fn optouts(store: &dyn Store, path: &Path) -> anyhow::Result<ImportRep
         encoding: encoding_name(src.encoding()),
         ..Default::default()
     };
-    let mut import = store.begin_optout_import(&path.display().to_string()).await?;
+    let mut import = store
+        .begin_optout_import(&path.display().to_string())
+        .await?;
     let mut batch: Vec<Phone> = Vec::with_capacity(BATCH);
     for row in src.rows() {
         match row? {
-            RowResult::Rejected { line, reason, detail } => report.reject(line, &reason, detail),
+            RowResult::Rejected {
+                line,
+                reason,
+                detail,
+            } => report.reject(line, &reason, detail),
             RowResult::Ok(row) => match phone::normalize_mobile(&row.phone) {
                 Ok(p) => batch.push(p),
-                Err(e) => report.reject(row.line, e.code(), format!("{}: {e}", phone::mask(&row.phone))),
+                Err(e) => report.reject(
+                    row.line,
+                    e.code(),
+                    format!("{}: {e}", phone::mask(&row.phone)),
+                ),
             },
         }
         if batch.len() >= BATCH {
@@ -84,14 +94,20 @@ pub async fn optouts(store: &dyn Store, path: &Path) -> anyhow::Result<ImportRep
     let c = import.add_optouts(&batch).await?;
     report.imported += c.inserted;
     report.already_present += c.already_present;
-    import.commit().await.context("committing the opt-out import")?;
+    import
+        .commit()
+        .await
+        .context("committing the opt-out import")?;
     Ok(report)
 }
 
 /// Imports (or atomically replaces) segment `name` from a CSV with a `phone` column.
 pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Result<ImportReport> {
     anyhow::ensure!(
-        !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_'),
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_'),
         "segment name {name:?} is not valid: use letters, digits, '-' and '_'"
     );
     let src = CsvSource::open(path)?;
@@ -112,7 +128,11 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
     let mut batch: Vec<NewMember> = Vec::with_capacity(BATCH);
     for row in src.rows() {
         let row = match row? {
-            RowResult::Rejected { line, reason, detail } => {
+            RowResult::Rejected {
+                line,
+                reason,
+                detail,
+            } => {
                 report.reject(line, &reason, detail);
                 continue;
             }
@@ -121,7 +141,11 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
         let phone = match phone::normalize_mobile(&row.phone) {
             Ok(p) => p,
             Err(e) => {
-                report.reject(row.line, e.code(), format!("{}: {e}", phone::mask(&row.phone)));
+                report.reject(
+                    row.line,
+                    e.code(),
+                    format!("{}: {e}", phone::mask(&row.phone)),
+                );
                 continue;
             }
         };
@@ -157,6 +181,9 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
     let c = import.add_members(&batch).await?;
     report.imported += c.inserted;
     report.already_present += c.already_present;
-    import.commit().await.context("committing the segment import")?;
+    import
+        .commit()
+        .await
+        .context("committing the segment import")?;
     Ok(report)
 }

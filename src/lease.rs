@@ -27,7 +27,12 @@ pub fn process_exists(pid: i64) -> bool {
 }
 
 /// `Some(reason)` when the holder of `lease` is gone and the lease may be taken over.
-pub fn holder_gone(lease: &Lease, timeout_secs: u64, host: &str, now: DateTime<Utc>) -> Option<String> {
+pub fn holder_gone(
+    lease: &Lease,
+    timeout_secs: u64,
+    host: &str,
+    now: DateTime<Utc>,
+) -> Option<String> {
     if lease.host == host && !process_exists(lease.pid) {
         return Some(format!(
             "execution {} was abandoned: its process {} on {} no longer exists",
@@ -60,12 +65,17 @@ mod tests {
     #[test]
     fn live_local_process_with_fresh_heartbeat_holds() {
         let me = std::process::id() as i64;
-        assert_eq!(holder_gone(&lease(&this_host(), me, 1), 30, &this_host(), Utc::now()), None);
+        assert_eq!(
+            holder_gone(&lease(&this_host(), me, 1), 30, &this_host(), Utc::now()),
+            None
+        );
     }
 
     #[test]
     fn dead_local_process_is_gone_at_once() {
-        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
         let pid = child.id() as i64;
         child.wait().expect("wait");
         let why = holder_gone(&lease(&this_host(), pid, 0), 30, &this_host(), Utc::now());
@@ -74,7 +84,10 @@ mod tests {
 
     #[test]
     fn remote_holder_is_gone_only_after_the_timeout() {
-        assert_eq!(holder_gone(&lease("elsewhere", 1, 10), 30, "here", Utc::now()), None);
+        assert_eq!(
+            holder_gone(&lease("elsewhere", 1, 10), 30, "here", Utc::now()),
+            None
+        );
         let why = holder_gone(&lease("elsewhere", 1, 31), 30, "here", Utc::now());
         assert!(why.expect("gone").contains("no heartbeat"));
     }

@@ -76,7 +76,11 @@ impl Composer {
 
     pub fn compose(&self, vars: &Map<String, Value>) -> Result<Composed, ComposeError> {
         let rendered = self.renderer.render(vars).map_err(|e| {
-            let e = if self.columns.is_empty() { e } else { e.with_columns(&self.columns) };
+            let e = if self.columns.is_empty() {
+                e
+            } else {
+                e.with_columns(&self.columns)
+            };
             ComposeError {
                 code: e.code().into(),
                 message: e.to_string(),
@@ -95,10 +99,11 @@ impl Composer {
             }
             None => rendered.body,
         };
-        let sized = sizing::classify(&text, rendered.subject.as_deref()).map_err(|e| ComposeError {
-            code: e.code().into(),
-            message: e.to_string(),
-        })?;
+        let sized =
+            sizing::classify(&text, rendered.subject.as_deref()).map_err(|e| ComposeError {
+                code: e.code().into(),
+                message: e.to_string(),
+            })?;
         let subject = match sized.kind {
             MessageType::Lms => rendered.subject,
             MessageType::Sms => None,

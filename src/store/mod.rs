@@ -354,8 +354,12 @@ pub trait Store: Send + Sync {
     /// Snapshots the segment into messages, all or nothing; returns the total (0 if done before).
     async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64>;
     /// Messages left `sending` by an earlier execution (in doubt), at most `limit`, id > after.
-    async fn in_doubt(&self, campaign: i64, after_id: i64, limit: i64)
-    -> Result<Vec<ClaimedMessage>>;
+    async fn in_doubt(
+        &self,
+        campaign: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>>;
     async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim>;
     async fn commit_chunk(
         &self,

@@ -68,8 +68,12 @@ fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
     let lease = match r.try_get::<Option<i64>, _>("lease_execution")? {
         Some(execution) => Some(Lease {
             execution,
-            host: r.try_get::<Option<String>, _>("lease_host")?.unwrap_or_default(),
-            pid: r.try_get::<Option<i64>, _>("lease_pid")?.unwrap_or_default(),
+            host: r
+                .try_get::<Option<String>, _>("lease_host")?
+                .unwrap_or_default(),
+            pid: r
+                .try_get::<Option<i64>, _>("lease_pid")?
+                .unwrap_or_default(),
             heartbeat_at: r
                 .try_get::<Option<String>, _>("lease_heartbeat_at")?
                 .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
@@ -126,7 +130,8 @@ impl Import for SqliteImport {
         let mut counts = ImportCounts::default();
         let at = now();
         for batch in phones.chunks(INSERT_BATCH) {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO optouts (phone, source, created_at) ");
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO optouts (phone, source, created_at) ");
             qb.push_values(batch, |mut b, p| {
                 b.push_bind(p.as_str().to_string())
                     .push_bind("import")
@@ -277,11 +282,7 @@ impl Store for SqliteStore {
     }
 
     async fn segment(&self, name: &str) -> Result<Option<Segment>> {
-        Ok(self
-            .segments()
-            .await?
-            .into_iter()
-            .find(|s| s.name == name))
+        Ok(self.segments().await?.into_iter().find(|s| s.name == name))
     }
 
     async fn segments(&self) -> Result<Vec<Segment>> {
@@ -417,10 +418,12 @@ impl Store for SqliteStore {
 
     async fn request_stop(&self, campaign: i64) -> Result<()> {
         self.campaign(campaign).await?;
-        sqlx::query("UPDATE campaigns SET stop_requested = 1 WHERE id = ? AND lease_execution IS NOT NULL")
-            .bind(campaign)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE campaigns SET stop_requested = 1 WHERE id = ? AND lease_execution IS NOT NULL",
+        )
+        .bind(campaign)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -454,7 +457,9 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(holder) = holder else {
-            return Err(StoreError::NotFound(format!("no campaign with id {campaign}")));
+            return Err(StoreError::NotFound(format!(
+                "no campaign with id {campaign}"
+            )));
         };
         if holder.is_some() && holder != expected_lease {
             return Err(StoreError::Conflict(format!(
@@ -489,7 +494,9 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(holder) = holder else {
-            return Err(StoreError::NotFound(format!("no campaign with id {campaign}")));
+            return Err(StoreError::NotFound(format!(
+                "no campaign with id {campaign}"
+            )));
         };
         if holder != expected {
             return Err(StoreError::Conflict(format!(
@@ -636,7 +643,11 @@ impl Store for SqliteStore {
                     (o.phone IS NOT NULL) AS opted_out \
              FROM messages m LEFT JOIN optouts o ON o.phone = m.phone \
              WHERE m.campaign_id = ? AND m.state = 'pending' {} ORDER BY m.id LIMIT ?",
-            if req.night_only { "AND m.night_consent = 1" } else { "" }
+            if req.night_only {
+                "AND m.night_consent = 1"
+            } else {
+                ""
+            }
         );
         let rows = sqlx::query(&sql)
             .bind(req.campaign)
@@ -687,7 +698,8 @@ impl Store for SqliteStore {
             if ids.is_empty() {
                 continue;
             }
-            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = 'suppressed', reason = ");
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("UPDATE messages SET state = 'suppressed', reason = ");
             qb.push_bind(reason).push(" WHERE id IN (");
             let mut sep = qb.separated(", ");
             for id in ids {
@@ -697,7 +709,9 @@ impl Store for SqliteStore {
             qb.build().execute(&mut *tx).await?;
         }
         if !claim.messages.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = 'sending', execution_id = ");
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "UPDATE messages SET state = 'sending', execution_id = ",
+            );
             qb.push_bind(req.execution).push(" WHERE id IN (");
             let mut sep = qb.separated(", ");
             for m in &claim.messages {
@@ -849,7 +863,9 @@ impl Store for SqliteStore {
             "SELECT id, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
              FROM messages WHERE campaign_id = ",
         );
-        qb.push_bind(f.campaign).push(" AND id > ").push_bind(f.after_id);
+        qb.push_bind(f.campaign)
+            .push(" AND id > ")
+            .push_bind(f.after_id);
         if let Some(p) = &f.phone {
             qb.push(" AND phone = ").push_bind(p.clone());
         }

@@ -1,0 +1,233 @@
+//! Test harness: a temp directory with munja.toml, templates and CSVs, the real `munja` binary,
+//! and the real gateway simulator on loopback (in this process, so tests can read its stats).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use munja::gateway::sim::{self, SimConfig, SimHandle};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_munja");
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub sim: SimHandle,
+}
+
+/// Gateway settings written into munja.toml.
+#[derive(Clone)]
+pub struct Gw {
+    pub rate: u32,
+    pub burst: u32,
+    pub concurrency: usize,
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+    pub batch_size: usize,
+    pub api_key_env: Option<String>,
+}
+
+impl Default for Gw {
+    fn default() -> Self {
+        Gw {
+            rate: 5000,
+            burst: 500,
+            concurrency: 16,
+            timeout_ms: 2000,
+            max_attempts: 6,
+            batch_size: 1,
+            api_key_env: None,
+        }
+    }
+}
+
+impl Env {
+    pub async fn new(sim_cfg: SimConfig) -> Env {
+        Env::with(sim_cfg, Gw::default(), "").await
+    }
+
+    /// `policy`: extra lines for the [policy] table. Quiet hours are off unless `policy` sets
+    /// them, so that tests do not depend on the time of day in Korea.
+    pub async fn with(sim_cfg: SimConfig, gw: Gw, policy: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), sim_cfg)
+            .await
+            .expect("simulator");
+        let env = Env { dir, sim };
+        std::fs::create_dir_all(env.path("templates")).expect("templates dir");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/templates/recruit.txt"),
+            env.path("templates/recruit.txt"),
+        )
+        .expect("copy template");
+        env.write("templates/hello.txt", "{{ name }}님 안녕하세요");
+        env.write_config(&gw, policy);
+        env
+    }
+
+    pub fn write_config(&self, gw: &Gw, policy: &str) {
+        let policy = if policy.contains("quiet_hours") {
+            policy.to_string()
+        } else {
+            format!("quiet_hours = \"00:00-00:00\"\n{policy}")
+        };
+        let key = gw
+            .api_key_env
+            .as_ref()
+            .map(|k| format!("api_key_env = \"{k}\"\n"))
+            .unwrap_or_default();
+        self.write(
+            "munja.toml",
+            &format!(
+                r#"database_url = "sqlite://munja.db"
+
+[sender]
+number = "1588-1234"
+brand = "토스페이먼츠"
+optout_number = "080-600-5653"
+
+[policy]
+chunk_size = 200
+lease_timeout_secs = 5
+{policy}
+
+[pricing]
+sms = 9.9
+lms = 29.0
+
+[[gateways]]
+name = "sim"
+kind = "http-json"
+url = "{url}"
+rate_per_sec = {rate}
+burst = {burst}
+concurrency = {conc}
+timeout_ms = {timeout}
+max_attempts = {attempts}
+batch_size = {batch}
+{key}"#,
+                url = self.sim.url(),
+                rate = gw.rate,
+                burst = gw.burst,
+                conc = gw.concurrency,
+                timeout = gw.timeout_ms,
+                attempts = gw.max_attempts,
+                batch = gw.batch_size,
+            ),
+        );
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+
+    /// A command for the real binary, configured for this environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("MUNJA_CONFIG", self.path("munja.toml"))
+            .env_remove("MUNJA_DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the binary to completion off the async runtime's threads.
+    pub async fn run(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd(args);
+        let out = tokio::task::spawn_blocking(move || c.output())
+            .await
+            .expect("join")
+            .expect("spawn munja");
+        Out::from(out)
+    }
+
+    /// Runs and insists on exit code 0.
+    pub async fn ok(&self, args: &[&str]) -> Out {
+        let o = self.run(args).await;
+        assert_eq!(o.code, 0, "munja {args:?} failed:\n{}", o.all());
+        o
+    }
+
+    /// Writes a segment CSV with `n` distinct mobile numbers starting at `start`.
+    pub fn segment_csv(&self, rel: &str, start: u64, n: u64) -> PathBuf {
+        let mut s = String::from("phone,name\n");
+        for i in start..start + n {
+            s.push_str(&format!("{},고객{i}\n", number(i)));
+        }
+        self.write(rel, &s)
+    }
+
+    /// init + segment import + campaign create; returns the campaign id.
+    pub async fn campaign(&self, segment_file: &Path, template: &str, extra: &[&str]) -> String {
+        self.ok(&["init"]).await;
+        let f = segment_file.to_str().expect("utf-8 path");
+        self.ok(&["segment", "import", "seg", f]).await;
+        let mut args = vec![
+            "campaign",
+            "create",
+            "--name",
+            "t",
+            "--segment",
+            "seg",
+            "--template",
+            template,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args).await.stdout.trim().to_string()
+    }
+
+    pub async fn status(&self, id: &str) -> serde_json::Value {
+        let o = self.ok(&["campaign", "status", id, "--json"]).await;
+        serde_json::from_str(&o.stdout).expect("status json")
+    }
+
+    pub async fn audit_json(&self, id: &str) -> Vec<serde_json::Value> {
+        let o = self
+            .ok(&["audit", "--campaign", id, "--format", "json"])
+            .await;
+        serde_json::from_str(&o.stdout).expect("audit json")
+    }
+}
+
+/// The i-th test number, canonical form: 010 + 8 digits.
+pub fn number(i: u64) -> String {
+    format!("010{:08}", 20_000_000 + i)
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn all(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn n(v: &serde_json::Value, k: &str) -> i64 {
+    v[k].as_i64()
+        .unwrap_or_else(|| panic!("no integer {k} in {v}"))
+}

@@ -1,0 +1,488 @@
+//! The core workflow through the real binary, the real simulator on loopback and real SQLite files.
+
+mod common;
+
+use common::{Env, Gw, n, number};
+use munja::gateway::sim::SimConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_workflow_suppresses_optouts_merges_duplicates_and_reports_bad_rows() {
+    let env = Env::new(SimConfig::default()).await;
+    // 300 customers, 5 of them listed twice in another format, 3 bad rows.
+    let mut seg = String::from("phone,name,grade\n");
+    for i in 0..300 {
+        seg.push_str(&format!("{},고객{i},VIP\n", number(i)));
+    }
+    for i in 0..5 {
+        let p = number(i);
+        seg.push_str(&format!(
+            "+82 {}-{}-{},중복{i},VIP\n",
+            &p[1..3],
+            &p[3..7],
+            &p[7..]
+        ));
+    }
+    seg.push_str("02-123-4567,서울,VIP\nabc,쓰레기,VIP\n070-1234-5678,인터넷,VIP\n");
+    let seg_file = env.write("customers.csv", &seg);
+    let mut opt = String::from("phone,when\n");
+    for i in 0..20 {
+        let p = number(i * 10);
+        opt.push_str(&format!("{}-{}-{},today\n", &p[..3], &p[3..7], &p[7..]));
+    }
+    opt.push_str("not a number,today\n");
+    let opt_file = env.write("optouts.csv", &opt);
+
+    env.ok(&["init"]).await;
+    env.ok(&["init"]).await; // harmless twice
+    let o = env
+        .ok(&["optout", "import", opt_file.to_str().unwrap()])
+        .await;
+    assert!(
+        o.stdout
+            .contains("imported 20, already present 0, rejected 1"),
+        "{}",
+        o.all()
+    );
+    assert!(o.stderr.contains("line 22: invalid_number"), "{}", o.all());
+    let o = env
+        .ok(&["optout", "import", opt_file.to_str().unwrap()])
+        .await;
+    assert!(
+        o.stdout
+            .contains("imported 0, already present 20, rejected 1"),
+        "{}",
+        o.all()
+    );
+
+    let o = env
+        .ok(&["segment", "import", "vip", seg_file.to_str().unwrap()])
+        .await;
+    assert!(
+        o.stdout
+            .contains("imported 300, merged duplicates 5, rejected 3"),
+        "{}",
+        o.all()
+    );
+    assert!(o.stderr.contains("line 307: not_mobile"), "{}", o.all());
+    assert!(o.stderr.contains("line 308: invalid_number"), "{}", o.all());
+    assert!(o.stderr.contains("line 309: not_mobile"), "{}", o.all());
+
+    let o = env
+        .ok(&[
+            "campaign",
+            "create",
+            "--name",
+            "spring",
+            "--segment",
+            "vip",
+            "--template",
+            "recruit",
+        ])
+        .await;
+    let id = o.stdout.trim().to_string();
+    assert!(
+        id.parse::<i64>().is_ok(),
+        "stdout must be the id alone: {:?}",
+        o.stdout
+    );
+    assert!(
+        o.stderr
+            .contains("300 recipients: 0 SMS, 300 LMS, 0 refused"),
+        "{}",
+        o.all()
+    );
+    assert!(o.stderr.contains("estimated cost: 8700 KRW"), "{}", o.all());
+
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stderr.contains("COMPLETED"), "{}", o.all());
+
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "COMPLETED");
+    assert_eq!(
+        (
+            n(&st, "total"),
+            n(&st, "sent"),
+            n(&st, "suppressed"),
+            n(&st, "failed")
+        ),
+        (300, 280, 20, 0)
+    );
+    assert_eq!((n(&st, "pending"), n(&st, "sending")), (0, 0));
+    let stats = env.sim.stats();
+    assert_eq!(stats.accepted, 280);
+    assert_eq!(stats.numbers_accepted_twice, 0);
+
+    let rows = env.audit_json(&id).await;
+    assert_eq!(rows.len(), 300);
+    for r in &rows {
+        match r["status"].as_str() {
+            Some("sent") => {
+                assert!(r["gateway_id"].is_string());
+                assert_eq!(r["type"], "LMS");
+                assert!(r["bytes"].as_i64().unwrap() > 90);
+            }
+            Some("suppressed") => assert_eq!(r["error"], "opted_out"),
+            other => panic!("unexpected status {other:?} in {r}"),
+        }
+    }
+    // The table masks numbers; csv is a full export; --phone takes any form.
+    let table = env.ok(&["audit", "--campaign", &id]).await.stdout;
+    assert!(!table.contains(&number(1)), "table must mask numbers");
+    assert!(table.contains("010-****-0001"), "{table}");
+    let csv = env
+        .ok(&["audit", "--campaign", &id, "--format", "csv"])
+        .await
+        .stdout;
+    assert!(csv.contains(&number(1)));
+    let p = number(7);
+    let one = env
+        .ok(&[
+            "audit",
+            "--campaign",
+            &id,
+            "--phone",
+            &format!("+82 {}-{}-{}", &p[1..3], &p[3..7], &p[7..]),
+            "--format",
+            "json",
+        ])
+        .await;
+    let one: Vec<serde_json::Value> = serde_json::from_str(&one.stdout).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["phone"], p);
+    let failed = env
+        .ok(&[
+            "audit",
+            "--campaign",
+            &id,
+            "--status",
+            "suppressed",
+            "--format",
+            "json",
+        ])
+        .await;
+    let failed: Vec<serde_json::Value> = serde_json::from_str(&failed.stdout).unwrap();
+    assert_eq!(failed.len(), 20);
+
+    // opt-out check exit codes
+    assert_eq!(env.run(&["optout", "check", &number(10)]).await.code, 0);
+    assert_eq!(env.run(&["optout", "check", &number(11)]).await.code, 1);
+    env.ok(&["optout", "add", "010-2000-0011"]).await;
+    assert_eq!(env.run(&["optout", "check", "+821020000011"]).await.code, 0);
+    env.ok(&["optout", "remove", &number(11)]).await;
+    assert_eq!(env.run(&["optout", "check", &number(11)]).await.code, 1);
+
+    // A completed campaign cannot run again.
+    let again = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("COMPLETED"), "{}", again.all());
+    assert_eq!(env.sim.stats().accepted, 280);
+
+    let list = env.ok(&["campaign", "list", "--json"]).await;
+    assert!(list.stdout.contains("\"spring\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_503_429_and_timeouts_every_number_is_accepted_exactly_once() {
+    let sim = SimConfig {
+        fail_rate: 0.10,
+        throttle_rate: 0.02,
+        retry_after_secs: 1,
+        timeout_rate: 0.05,
+        stall_ms: 700,
+        seed: Some(7),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 300,
+        max_attempts: 12,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 1000").await;
+    let seg = env.segment_csv("seg.csv", 0, 600);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let s = env.sim.stats();
+    assert!(
+        s.faults_503 > 0 && s.faults_429 > 0 && s.faults_timeout > 0,
+        "faults were injected: {s:?}"
+    );
+    assert_eq!(s.accepted, 600, "every number accepted");
+    assert_eq!(s.distinct_numbers, 600);
+    assert_eq!(s.numbers_accepted_twice, 0, "no number accepted twice");
+    let st = env.status(&id).await;
+    assert_eq!(n(&st, "sent"), 600);
+    // Every attempt is in the log: retried messages show more than one attempt.
+    let rows = env.audit_json(&id).await;
+    assert!(rows.iter().any(|r| r["attempts"].as_i64().unwrap() > 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_requests_reach_the_same_result() {
+    let sim = SimConfig {
+        fail_rate: 0.1,
+        seed: Some(3),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        batch_size: 50,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 1000);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let s = env.sim.stats();
+    assert_eq!((s.accepted, s.numbers_accepted_twice), (1000, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_stops_the_campaign_without_failing_messages() {
+    let sim = SimConfig {
+        api_key: Some("right-key".into()),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        api_key_env: Some("MUNJA_TEST_GW_KEY".into()),
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 100);
+    let mut c = env.cmd(&["init"]);
+    c.env("MUNJA_TEST_GW_KEY", "wrong-key-s3cr3t");
+    assert!(c.status().unwrap().success());
+    let mut c = env.cmd(&["segment", "import", "seg", seg.to_str().unwrap()]);
+    assert!(
+        c.env("MUNJA_TEST_GW_KEY", "wrong-key-s3cr3t")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut c = env.cmd(&[
+        "campaign",
+        "create",
+        "--name",
+        "x",
+        "--segment",
+        "seg",
+        "--template",
+        "hello",
+    ]);
+    let id = String::from_utf8(
+        c.env("MUNJA_TEST_GW_KEY", "wrong-key-s3cr3t")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let id = id.trim();
+    let mut c = env.cmd(&["-vv", "campaign", "run", id]);
+    c.env("MUNJA_TEST_GW_KEY", "wrong-key-s3cr3t");
+    let o: common::Out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+        .into();
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("credentials"), "{}", o.all());
+    assert!(
+        !o.stderr.contains("wrong-key-s3cr3t"),
+        "the key must never be printed"
+    );
+    let st = env.status(id).await;
+    assert_eq!(st["status"], "FAILED");
+    assert_eq!(
+        n(&st, "failed"),
+        0,
+        "no message is failed for a credentials problem"
+    );
+    assert_eq!(n(&st, "sent"), 0);
+    assert_eq!(n(&st, "pending"), 100);
+    // Unset variable: a config error naming the key, as soon as the gateway is needed.
+    let o = env.run(&["campaign", "run", id]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("api_key_env") && o.stderr.contains("MUNJA_TEST_GW_KEY"),
+        "{}",
+        o.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_errors_name_template_line_and_variable() {
+    let env = Env::new(SimConfig::default()).await;
+    env.write("templates/coupon.txt", "{{ name }}님\n쿠폰 {{ coupon }}");
+    let seg = env.segment_csv("seg.csv", 0, 10);
+    env.ok(&["init"]).await;
+    env.ok(&["segment", "import", "seg", seg.to_str().unwrap()])
+        .await;
+    let o = env
+        .run(&[
+            "campaign",
+            "create",
+            "--name",
+            "c",
+            "--segment",
+            "seg",
+            "--template",
+            "coupon",
+        ])
+        .await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(
+        o.stderr.contains("coupon") && o.stderr.contains("line 2"),
+        "{}",
+        o.all()
+    );
+    assert!(o.stderr.contains("template_error: 10"), "{}", o.all());
+    assert!(o.stdout.is_empty(), "nothing created, no id printed");
+
+    // A per-recipient error fails that message only.
+    env.write(
+        "templates/ratio.txt",
+        "{{ name }}님 {{ 100 // (n|int) }}% 할인",
+    );
+    env.write(
+        "ratio.csv",
+        &format!(
+            "phone,name,n\n{},a,4\n{},b,0\n{},c,5\n",
+            number(1),
+            number(2),
+            number(3)
+        ),
+    );
+    env.ok(&[
+        "segment",
+        "import",
+        "ratio",
+        env.path("ratio.csv").to_str().unwrap(),
+    ])
+    .await;
+    let o = env
+        .ok(&[
+            "campaign",
+            "create",
+            "--name",
+            "r",
+            "--segment",
+            "ratio",
+            "--template",
+            "ratio",
+        ])
+        .await;
+    assert!(
+        o.stderr.contains("refused template_error: 1"),
+        "{}",
+        o.all()
+    );
+    let id = o.stdout.trim().to_string();
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!((n(&st, "sent"), n(&st, "failed")), (2, 1));
+    let failed = env
+        .ok(&[
+            "audit",
+            "--campaign",
+            &id,
+            "--status",
+            "failed",
+            "--format",
+            "json",
+        ])
+        .await;
+    let failed: Vec<serde_json::Value> = serde_json::from_str(&failed.stdout).unwrap();
+    assert_eq!(failed[0]["error"], "template_error");
+    assert_eq!(failed[0]["phone"], number(2));
+
+    // Syntax errors are found by `template check`.
+    env.write("templates/broken.txt", "안녕\n{{ name }");
+    let o = env.run(&["template", "check", "broken"]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("broken") && o.stderr.contains("line 2"),
+        "{}",
+        o.all()
+    );
+    let o = env.ok(&["template", "check", "coupon"]).await;
+    assert!(o.stdout.contains("coupon, name"), "{}", o.all());
+}
+
+/// `h` Hangul syllables and `a` ASCII letters.
+fn text(h: usize, a: usize) -> String {
+    "가".repeat(h) + &"a".repeat(a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_and_lms_are_sized_at_the_byte_edges() {
+    let env = Env::new(SimConfig::default()).await;
+    env.write("templates/raw.txt", "{{ body }}");
+    // Informational (--no-ad): the text is exactly the body.
+    let cases = [
+        (text(44, 2), Some(("SMS", 90))),
+        (text(45, 1), Some(("LMS", 91))),
+        (text(999, 2), Some(("LMS", 2000))),
+        (text(1000, 1), None),
+    ];
+    let mut csv = String::from("phone,body\n");
+    for (i, (t, _)) in cases.iter().enumerate() {
+        csv.push_str(&format!("{},{t}\n", number(i as u64)));
+    }
+    let seg = env.write("sizes.csv", &csv);
+    let id = env.campaign(&seg, "raw", &["--no-ad"]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let rows = env.audit_json(&id).await;
+    for (i, (_, want)) in cases.iter().enumerate() {
+        let r = &rows[i];
+        match want {
+            Some((kind, bytes)) => {
+                assert_eq!(r["status"], "sent", "{r}");
+                assert_eq!(r["type"], *kind, "{r}");
+                assert_eq!(r["bytes"], *bytes, "{r}");
+            }
+            None => {
+                assert_eq!(r["status"], "failed", "{r}");
+                assert_eq!(r["error"], "too_long", "{r}");
+            }
+        }
+    }
+    assert_eq!(env.sim.stats().accepted, 3);
+
+    // With the ad frame: "(광고) 토스페이먼츠\n" + body + "\n무료수신거부 080-600-5653" adds 46 bytes.
+    let csv = format!(
+        "phone,body\n{},{}\n{},{}\n",
+        number(10),
+        text(22, 0),
+        number(11),
+        text(22, 1)
+    );
+    let f = env.write("ad.csv", &csv);
+    env.ok(&["segment", "import", "ad", f.to_str().unwrap()])
+        .await;
+    let id = env
+        .ok(&[
+            "campaign",
+            "create",
+            "--name",
+            "ad",
+            "--segment",
+            "ad",
+            "--template",
+            "raw",
+        ])
+        .await
+        .stdout;
+    let id = id.trim();
+    env.ok(&["campaign", "run", id]).await;
+    let rows = env.audit_json(id).await;
+    assert_eq!(
+        (rows[0]["type"].as_str(), rows[0]["bytes"].as_i64()),
+        (Some("SMS"), Some(90))
+    );
+    assert_eq!(
+        (rows[1]["type"].as_str(), rows[1]["bytes"].as_i64()),
+        (Some("LMS"), Some(91))
+    );
+}
