@@ -238,9 +238,12 @@ pub async fn run(
     let started = Instant::now();
     let campaign = store.campaign(id).await?;
     match campaign.status.as_str() {
+        // --retry-failed is how a completed campaign re-sends what the gateway never took.
+        "COMPLETED" if opts.retry_failed => {}
         "COMPLETED" => bail!(
             "campaign {id} ({}) is COMPLETED: a completed campaign cannot run again; \
-             create a new campaign to send again",
+             use --retry-failed to re-send messages whose attempts ran out on transient errors, \
+             or create a new campaign",
             campaign.name
         ),
         "CANCELLED" => bail!(

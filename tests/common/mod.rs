@@ -71,6 +71,11 @@ impl Env {
         } else {
             format!("quiet_hours = \"00:00-00:00\"\n{policy}")
         };
+        let policy = if policy.contains("chunk_size") {
+            policy
+        } else {
+            format!("chunk_size = 200\n{policy}")
+        };
         let key = gw
             .api_key_env
             .as_ref()
@@ -87,7 +92,6 @@ brand = "토스페이먼츠"
 optout_number = "080-600-5653"
 
 [policy]
-chunk_size = 200
 lease_timeout_secs = 5
 {policy}
 

@@ -1,0 +1,483 @@
+//! Crash safety: kill -9 and resume, in-doubt settling, the lease, stop, cancel, mid-run
+//! opt-outs, auto-pause and --retry-failed. Real binary, real simulator, real SQLite file.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, Gw, Out, n, number};
+use munja::gateway::sim::SimConfig;
+use rand::Rng;
+use sqlx::sqlite::SqlitePool;
+
+fn spawn_run(env: &Env, id: &str, extra: &[&str]) -> Child {
+    let mut args = vec!["campaign", "run", id];
+    args.extend_from_slice(extra);
+    env.cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn munja")
+}
+
+async fn wait(child: Child) -> Out {
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait")
+        .into()
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+async fn db(env: &Env) -> SqlitePool {
+    let url = format!("sqlite://{}", env.path("munja.db").display());
+    SqlitePool::connect(&url)
+        .await
+        .expect("open the test database")
+}
+
+async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+/// The acceptance test of resume: SIGKILL at random moments, one during the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    let sim = SimConfig {
+        fail_rate: 0.01,
+        timeout_rate: 0.01,
+        stall_ms: 800,
+        seed: Some(seed),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        rate: 4000,
+        burst: 400,
+        timeout_ms: 300,
+        max_attempts: 10,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let seg = env.segment_csv("seg.csv", 0, 20_000);
+    let mut opt = String::from("phone\n");
+    for i in (0..20_000).step_by(100) {
+        opt.push_str(&format!("{}\n", number(i)));
+    }
+    env.write("opt.csv", &opt);
+    env.ok(&["init"]).await;
+    env.ok(&["optout", "import", env.path("opt.csv").to_str().unwrap()])
+        .await;
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let pool = db(&env).await;
+
+    // 1. During the snapshot: the execution has started but the snapshot is not committed.
+    let child = spawn_run(&env, &id, &[]);
+    let t0 = Instant::now();
+    loop {
+        let started = scalar(&pool, "SELECT COUNT(*) FROM executions").await;
+        let snap = scalar(
+            &pool,
+            "SELECT COUNT(*) FROM campaigns WHERE snapshot_at IS NOT NULL",
+        )
+        .await;
+        if started > 0 && snap == 0 {
+            signal(&child, libc::SIGKILL);
+            break;
+        }
+        assert!(
+            snap == 0 && t0.elapsed() < Duration::from_secs(20),
+            "missed the snapshot window"
+        );
+        tokio::time::sleep(Duration::from_micros(300)).await;
+    }
+    let o = wait(child).await;
+    assert_eq!(o.code, -1, "killed by a signal: {}", o.all());
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM campaigns WHERE snapshot_at IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT COUNT(*) FROM messages").await,
+        0,
+        "no half-snapshot left behind"
+    );
+
+    // 2. Kill while sending, at random moments, and resume each time.
+    let mut rng = rand::rng();
+    let mut kills = 1;
+    for _ in 0..6 {
+        let child = spawn_run(&env, &id, &[]);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        signal(&child, libc::SIGKILL);
+        let o = wait(child).await;
+        if o.code == -1 {
+            kills += 1;
+        } else {
+            assert_eq!(o.code, 0, "{}", o.all());
+            break;
+        }
+    }
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed before the campaign completed"
+    );
+    // The final resume completes it.
+    let st = env.status(&id).await;
+    if st["status"] != "COMPLETED" {
+        let o = env.run(&["campaign", "run", &id]).await;
+        assert_eq!(o.code, 0, "{}", o.all());
+    }
+    let st = env.status(&id).await;
+    let stats = env.sim.stats();
+    assert_eq!(st["status"], "COMPLETED");
+    assert_eq!(n(&st, "suppressed"), 200);
+    assert_eq!(n(&st, "sent"), 19_800, "0 lost");
+    assert_eq!(n(&st, "failed"), 0);
+    assert_eq!(
+        stats.accepted, 19_800,
+        "the simulator accepted every eligible number"
+    );
+    assert_eq!(stats.distinct_numbers, 19_800);
+    assert_eq!(stats.numbers_accepted_twice, 0, "0 duplicate");
+    // Every killed execution was closed, none left STARTED.
+    let execs = st["executions"].as_array().unwrap();
+    assert!(execs.len() >= 6);
+    assert!(execs.iter().all(|e| e["status"] != "STARTED"), "{execs:?}");
+    let abandoned = execs.iter().filter(|e| e["status"] == "ABANDONED").count();
+    assert_eq!(
+        abandoned, kills,
+        "each killed execution is closed as ABANDONED"
+    );
+    assert!(
+        execs[0]["exit_message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer exists")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_doubt_messages_are_settled_by_lookup_not_resent() {
+    // Every request is accepted and then stalls: the run has messages in flight, in doubt.
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 60_000,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 30_000,
+        concurrency: 8,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    let t0 = Instant::now();
+    while env.sim.stats().accepted < 8 {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, libc::SIGKILL);
+    wait(child).await;
+    let accepted_before = env.sim.stats().accepted;
+    let st = env.status(&id).await;
+    assert!(
+        n(&st, "sending") >= accepted_before as i64,
+        "claimed messages are left in doubt: {st}"
+    );
+
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let stats = env.sim.stats();
+    assert_eq!(stats.accepted, 300);
+    assert_eq!(
+        stats.duplicate_replays, 0,
+        "found by lookup, so never sent again"
+    );
+    let pool = db(&env).await;
+    let found = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_found'",
+    )
+    .await;
+    assert_eq!(found, accepted_before as i64);
+    let missing = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_missing'",
+    )
+    .await;
+    assert!(
+        missing > 0,
+        "claimed but never sent: looked up, not found, resent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_timeout() {
+    let gw = Gw {
+        rate: 50,
+        burst: 5,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 400);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let first = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t = Instant::now();
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("already running"), "{}", o.all());
+    assert!(t.elapsed() < Duration::from_secs(3), "fails at once");
+
+    // Freeze the holder: its process exists but its heartbeat stops.
+    signal(&first, libc::SIGSTOP);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 1, "a fresh heartbeat still holds: {}", o.all());
+    tokio::time::sleep(Duration::from_secs(6)).await; // lease_timeout_secs = 5
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "taken over after the lease timeout: {}", o.all());
+    signal(&first, libc::SIGKILL);
+    wait(first).await;
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "COMPLETED");
+    let execs = st["executions"].as_array().unwrap();
+    assert_eq!(execs[0]["status"], "ABANDONED");
+    assert!(
+        execs[0]["exit_message"]
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat"),
+        "{execs:?}"
+    );
+    let s = env.sim.stats();
+    assert_eq!((s.accepted, s.numbers_accepted_twice), (400, 0));
+}
+
+async fn stop_with(how: &str) {
+    let gw = Gw {
+        rate: 100,
+        burst: 10,
+        timeout_ms: 1000,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 1000);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    match how {
+        "stop" => {
+            env.ok(&["campaign", "stop", &id]).await;
+        }
+        "SIGTERM" => signal(&child, libc::SIGTERM),
+        _ => signal(&child, libc::SIGINT),
+    }
+    let o = wait(child).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(
+        t.elapsed() < Duration::from_secs(2 + 2),
+        "within twice the gateway timeout (plus the heartbeat)"
+    );
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "STOPPED", "{st}");
+    assert_eq!(
+        n(&st, "sending"),
+        0,
+        "in-flight requests finished and were committed"
+    );
+    assert!(n(&st, "pending") > 0);
+    assert_eq!(
+        n(&st, "sent") as u64,
+        env.sim.stats().accepted,
+        "status agrees with the gateway"
+    );
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "a STOPPED campaign restarts: {}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["executions"].as_array().unwrap().len(), 2);
+    let s = env.sim.stats();
+    assert_eq!((s.accepted, s.numbers_accepted_twice), (1000, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_stop_from_another_process_stops_and_resumes() {
+    stop_with("stop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully() {
+    stop_with("SIGTERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_never_sends_the_pending_messages() {
+    let gw = Gw {
+        rate: 100,
+        burst: 10,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 1000);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.ok(&["campaign", "cancel", &id]).await;
+    let o = wait(child).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "CANCELLED");
+    assert_eq!((n(&st, "pending"), n(&st, "sending")), (0, 0));
+    assert!(n(&st, "cancelled") > 500, "{st}");
+    let accepted = env.sim.stats().accepted;
+    assert_eq!(n(&st, "sent") as u64, accepted);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("cancelled"), "{}", o.all());
+    assert_eq!(env.sim.stats().accepted, accepted, "nothing more was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optout_added_mid_run_suppresses_the_rest() {
+    let gw = Gw {
+        rate: 200,
+        burst: 10,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "chunk_size = 20").await;
+    let seg = env.segment_csv("seg.csv", 0, 600);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let late = number(599);
+    env.ok(&["optout", "add", &late]).await;
+    let o = wait(child).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let rows = env.audit_json(&id).await;
+    let row = rows.iter().find(|r| r["phone"] == late.as_str()).unwrap();
+    assert_eq!(row["status"], "suppressed");
+    assert_eq!(row["error"], "opted_out_during_run");
+    let s = env.sim.stats();
+    assert_eq!(s.accepted, 599);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sick_gateway_pauses_the_run_and_retry_failed_resends_only_transient_failures() {
+    // 1. Every request fails: the run stops after 50 failures in a row instead of failing the list.
+    let sim = SimConfig {
+        fail_rate: 1.0,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        max_attempts: 3,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw.clone(), "").await;
+    let seg = env.segment_csv("seg.csv", 0, 500);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(o.stderr.contains("gateway_unhealthy"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "STOPPED");
+    assert!(n(&st, "pending") > 300, "the list was not walked: {st}");
+
+    // 2. A flaky gateway and a permanent rejection: attempts run out on some messages.
+    env.sim.set_faults(0.6, 0.0, 0.0);
+    env.write_config(
+        &Gw {
+            max_attempts: 1,
+            ..gw
+        },
+        "quiet_hours = \"00:00-00:00\"\nmax_consecutive_failures = 100000",
+    );
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    let failed = n(&st, "failed");
+    assert!(failed > 50, "{st}");
+
+    // 3. Healed: --retry-failed re-sends exactly the transient failures.
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let o = env.run(&["campaign", "run", &id, "--retry-failed"]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!((n(&st, "sent"), n(&st, "failed")), (500, 0));
+    let s = env.sim.stats();
+    assert_eq!((s.accepted, s.numbers_accepted_twice), (500, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_never_resends_permanent_rejections() {
+    let sim = SimConfig {
+        invalid_prefix: Some("0102000001".into()),
+        ..SimConfig::default()
+    };
+    let env = Env::new(sim).await;
+    let seg = env.segment_csv("seg.csv", 0, 50);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    env.ok(&["campaign", "run", &id]).await;
+    let st = env.status(&id).await;
+    assert_eq!(n(&st, "failed"), 10);
+    let rejected = env.sim.stats().rejected;
+    env.ok(&["campaign", "run", &id, "--retry-failed"]).await;
+    assert_eq!(
+        env.sim.stats().rejected,
+        rejected,
+        "invalid_number is never retried"
+    );
+    assert_eq!(n(&env.status(&id).await, "failed"), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_keeps_final_states_and_delete_is_refused_while_running() {
+    let gw = Gw {
+        rate: 100,
+        burst: 10,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let o = env.run(&["campaign", "delete", &id]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("running"), "{}", o.all());
+    assert_eq!(wait(child).await.code, 0);
+    let pool = db(&env).await;
+    assert!(scalar(&pool, "SELECT COUNT(*) FROM attempts").await >= 300);
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let o = env
+        .ok(&["purge", "--before", &tomorrow, "--batch", "50"])
+        .await;
+    assert!(o.stderr.contains("purged"), "{}", o.all());
+    assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM attempts").await, 0);
+    let rows = env.audit_json(&id).await;
+    assert_eq!(rows.len(), 300);
+    assert!(
+        rows.iter().all(|r| r["status"] == "sent"),
+        "final states stay"
+    );
+    env.ok(&["campaign", "delete", &id]).await;
+    assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM messages").await, 0);
+    assert_eq!(env.run(&["campaign", "status", &id]).await.code, 1);
+}
