@@ -102,7 +102,7 @@ optout_number = "080-600-5653"
 [policy]
 chunk_size = {chunk}
 quiet_hours = "00:00-00:00"
-lease_timeout_secs = 30
+lease_timeout_secs = 3
 [[gateways]]
 name = "sim"
 kind = "http-json"

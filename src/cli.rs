@@ -265,9 +265,9 @@ impl SimArgs {
 /// Sets up logging on stderr: warnings by default, more with -v, RUST_LOG wins.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "munja=info,warn",
-        _ => "munja=debug,info",
+        0 => "warn,sqlx=error",
+        1 => "munja=info,warn,sqlx=error",
+        _ => "munja=debug,info,sqlx=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

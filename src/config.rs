@@ -486,6 +486,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../config/munja.example.toml");
+        let c = Config::from_toml_str(text, Some(Path::new("config/munja.example.toml")))
+            .expect("example config");
+        assert_eq!(c.gateways.len(), 1);
+        assert_eq!(c.policy.chunk_size, 500);
+        assert_eq!(c.sender.brand.as_deref(), Some("토스페이먼츠"));
+    }
+
+    #[test]
     fn defaults_apply_without_a_file() {
         let c = Config::from_toml_str("", None).expect("defaults");
         assert_eq!(c.policy.chunk_size, 500);

@@ -420,7 +420,7 @@ fn spawn_heartbeat(
     cfg: &Config,
     ctl: Arc<Control>,
 ) -> tokio::task::JoinHandle<()> {
-    let every = Duration::from_millis((cfg.policy.lease_timeout_secs * 1000 / 6).clamp(200, 5000));
+    let every = Duration::from_millis((cfg.policy.lease_timeout_secs * 1000 / 6).clamp(200, 1000));
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
