@@ -486,3 +486,19 @@ async fn sms_and_lms_are_sized_at_the_byte_edges() {
         (Some("LMS"), Some(91))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_never_sees_more_than_the_configured_rate() {
+    let gw = Gw { rate: 200, burst: 20, concurrency: 32, ..Gw::default() };
+    let env = Env::with(SimConfig::default(), gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 1000);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let t = std::time::Instant::now();
+    env.ok(&["campaign", "run", &id]).await;
+    let took = t.elapsed().as_secs_f64();
+    let s = env.sim.stats();
+    assert_eq!(s.accepted, 1000);
+    // GCRA: after the first burst of 20, one message every 5 ms.
+    assert!(took >= (1000.0 - 20.0) / 200.0, "sent 1000 in {took:.2}s, faster than 200/s");
+    assert!(s.max_per_second <= 200 + 20, "a calendar second saw {} requests", s.max_per_second);
+}
