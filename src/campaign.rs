@@ -15,7 +15,7 @@ use crate::message::{AdFrame, ComposeError, Composed, Composer};
 use crate::phone;
 use crate::sizing::MessageType;
 use crate::store::{NewCampaign, Segment, Store};
-use crate::template::TemplateSource;
+use crate::template::{FRONT_MATTER_LINES, SUBJECT_LINE, TemplateSource};
 
 /// Members read per page while checking a segment.
 const PAGE: i64 = 5000;
@@ -129,16 +129,28 @@ pub fn load_template(
     subject: Option<&str>,
 ) -> anyhow::Result<TemplateSource> {
     let mut src = TemplateSource::load(&cfg.templates_dir, name)?;
-    if let Some(s) = subject {
-        src.subject = Some(s.to_string());
-    }
     if ad {
-        if let Some(m) = find_ad_marker(&src.body) {
+        if let Some(mut m) = find_ad_marker(&src.body) {
+            // Body lines are file lines shifted by the front matter.
+            if src.subject.is_some() {
+                m.line += FRONT_MATTER_LINES;
+            }
             bail!("template {name:?}: {m}");
         }
-        if let Some(m) = src.subject.as_deref().and_then(find_ad_marker) {
+        if let Some(mut m) = src.subject.as_deref().and_then(find_ad_marker) {
+            m.line = SUBJECT_LINE;
             bail!("template {name:?} subject: {m}");
         }
+        if let Some(m) = subject.and_then(find_ad_marker) {
+            bail!(
+                "--subject writes its own ad marker {:?}: munja adds the \"(광고) <brand>\" \
+                 header and the \"무료수신거부 080-…\" footer itself; remove it",
+                m.found
+            );
+        }
+    }
+    if let Some(s) = subject {
+        src.subject = Some(s.to_string());
     }
     Ok(src)
 }
@@ -164,8 +176,11 @@ pub async fn plan(
                 Err(e) => {
                     *plan.refused.entry(e.code.clone()).or_default() += 1;
                     if plan.examples.len() < 3 {
-                        plan.examples
-                            .push(format!("{}: {}", phone::mask(phone_no), e.message));
+                        plan.examples.push(format!(
+                            "{}: {}",
+                            crate::audit::masked(phone_no),
+                            e.message
+                        ));
                     }
                 }
             }

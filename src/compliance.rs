@@ -22,18 +22,24 @@ pub fn ad_footer(optout_display: &str) -> String {
 /// The lawful ad: `(광고) {brand}`, the body without surrounding blank lines,
 /// and the opt-out footer.
 pub fn frame_ad(body: &str, brand: &str, optout_display: &str) -> String {
+    format!(
+        "{AD_HEADER} {}\n{}\n{}",
+        brand.trim(),
+        trim_blank_lines(body),
+        ad_footer(optout_display)
+    )
+}
+
+/// `body` without leading blank lines and trailing whitespace; the indentation of its first
+/// line of content is kept.
+pub fn trim_blank_lines(body: &str) -> &str {
     let body = body.trim_end();
     let first_content = body
         .char_indices()
         .find(|(_, c)| !c.is_whitespace())
         .map_or(body.len(), |(i, _)| i);
     let body_start = body[..first_content].rfind('\n').map_or(0, |i| i + 1);
-    format!(
-        "{AD_HEADER} {}\n{}\n{}",
-        brand.trim(),
-        &body[body_start..],
-        ad_footer(optout_display)
-    )
+    &body[body_start..]
 }
 
 /// What kind of ad boilerplate a template wrote itself.
@@ -297,6 +303,8 @@ mod tests {
         );
         assert_eq!(check_rendered_ad(&ad, "토스", OPTOUT), Ok(()));
         assert_eq!(ad_footer(OPTOUT), "무료수신거부 080-600-5653");
+        assert_eq!(trim_blank_lines("\r\n \n  본문\n끝 \n\n"), "  본문\n끝");
+        assert_eq!(trim_blank_lines(" \n\t\n"), "");
         assert_eq!(
             check_rendered_ad(&format!("{ad}\n \n"), "토스", OPTOUT),
             Ok(())

@@ -53,7 +53,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         SocketAddr::from(([127, 0, 0, 1], 0)),
         SimConfig {
             fail_rate: 0.02,
-            throttle_rate: 0.01,
+            throttle_rate: 0.001,
             timeout_rate: 0.005,
             stall_ms: 1500,
             retry_after_secs: 1,
@@ -108,7 +108,7 @@ max_attempts = 6
         sim.url()
     );
     eprintln!(
-        "simulator faults: 2% 503, 1% 429 Retry-After, 0.5% accepted-then-timeout, numbers 01099… rejected as invalid"
+        "simulator faults: 2% 503, 0.1% 429 Retry-After (pauses the whole gateway), 0.5% accepted-then-timeout, numbers 01099… rejected as invalid"
     );
     if quiet_now {
         eprintln!(

@@ -94,6 +94,43 @@ pub fn mask(raw: &str) -> String {
         .collect()
 }
 
+/// Masks every number-like run of free text (9 or more digits, possibly written with spaces,
+/// `-`, `.`, `(`, `)` and a leading `+`) with [`mask`], leaving the rest as it is. For text
+/// munja does not control, such as a gateway's error message that echoes the recipient
+/// (`recipient "01012345678" does not exist`), before it is logged or shown.
+pub fn mask_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit() || c == '+') {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        // The run ends at its last digit; separators after it are not part of it.
+        let mut end = 0;
+        for (i, c) in tail.char_indices() {
+            if c.is_ascii_digit() {
+                end = i + 1;
+            } else if !(i == 0 && c == '+' || " -.()".contains(c)) {
+                break;
+            }
+        }
+        if end == 0 {
+            // A '+' without digits.
+            out.push('+');
+            rest = &tail[1..];
+            continue;
+        }
+        let run = &tail[..end];
+        if run.chars().filter(char::is_ascii_digit).count() >= 9 {
+            out.push_str(&mask(run));
+        } else {
+            out.push_str(run);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses a mobile number (a campaign recipient).
 pub fn normalize_mobile(input: &str) -> Result<Phone, PhoneError> {
     match parse_kr(input)? {
@@ -364,6 +401,31 @@ mod tests {
     }
 
     #[test]
+    fn mask_numbers_inside_text() {
+        let cases = [
+            (
+                "recipient \"01012345678\" does not exist",
+                "recipient \"010****5678\" does not exist",
+            ),
+            ("to +82 10-1234-5678.", "to +82 1*-****-5678."),
+            ("번호 010 1234 5678 없음", "번호 010 **** 5678 없음"),
+            (
+                "(010)1234-5678, 011-123-4567",
+                "(010)****-5678, 011-***-4567",
+            ),
+            (
+                "batch of 50 at 12:00, ref c4b1-123, 2026-11-25",
+                "batch of 50 at 12:00, ref c4b1-123, 2026-11-25",
+            ),
+            ("1 + 1 = 2 +", "1 + 1 = 2 +"),
+            ("", ""),
+        ];
+        for (text, masked) in cases {
+            assert_eq!(mask_in_text(text), masked, "{text}");
+        }
+    }
+
+    #[test]
     fn error_codes_and_messages() {
         assert_eq!(PhoneError::InvalidNumber.code(), "invalid_number");
         assert_eq!(PhoneError::NotMobile.code(), "not_mobile");
@@ -401,6 +463,73 @@ mod tests {
             let _ = normalize_mobile(&s);
             let _ = normalize_any(&s);
             let _ = mask(&s);
+            let _ = mask_in_text(&s);
+        }
+
+        #[test]
+        fn legacy_variants_normalise_alike(
+            prefix in prop::sample::select(vec!["011", "016", "017", "018", "019"]),
+            mid in "[0-9]{3,4}",
+            last in "[0-9]{4}",
+            variant in 0usize..7,
+        ) {
+            let expected = format!("{prefix}{mid}{last}");
+            let p = &prefix[1..];
+            let input = match variant {
+                0 => format!("{prefix}-{mid}-{last}"),
+                1 => expected.clone(),
+                2 => format!("{prefix} {mid} {last}"),
+                3 => format!("+82 {p}-{mid}-{last}"),
+                4 => format!("+82{p}{mid}{last}"),
+                5 => format!("82-{p}-{mid}-{last}"),
+                _ => format!("{p}{mid}{last}"), // leading 0 lost by a spreadsheet
+            };
+            let phone = normalize_mobile(&input).unwrap();
+            prop_assert_eq!(phone.as_str(), expected.as_str());
+        }
+
+        #[test]
+        fn non_mobile_numbers_are_not_mobile_in_every_form(
+            national in prop::sample::select(vec![
+                "0212345678", "021234567", "0311234567", "0512345678", "07012345678",
+                "0806005653", "15881234", "16441234", "18001234",
+            ]),
+            variant in 0usize..4,
+        ) {
+            let intl = national.strip_prefix('0').unwrap_or(national);
+            let input = match variant {
+                0 => national.to_string(),
+                1 => format!("+82 {intl}"),
+                2 => format!("82-{intl}"),
+                _ => format_display(&normalize_any(national).unwrap()),
+            };
+            prop_assert_eq!(normalize_mobile(&input), Err(PhoneError::NotMobile), "{}", input);
+            let any = normalize_any(&input).unwrap();
+            prop_assert_eq!(any.as_str(), national);
+        }
+
+        #[test]
+        fn numbers_in_text_never_show_their_middle_digits(
+            mid in "[0-9]{4}",
+            last in "[0-9]{4}",
+            variant in 0usize..5,
+            before in "[a-z가-힣 :\"]{0,8}",
+            after in "[a-z가-힣 :\".]{0,8}",
+        ) {
+            let number = match variant {
+                0 => format!("010{mid}{last}"),
+                1 => format!("010-{mid}-{last}"),
+                2 => format!("+82 10 {mid} {last}"),
+                3 => format!("+8210{mid}{last}"),
+                _ => format!("(010) {mid}.{last}"),
+            };
+            let text = format!("{before}{number}{after}");
+            let masked = mask_in_text(&text);
+            prop_assert!(masked.starts_with(&before) && masked.ends_with(&after), "{}", masked);
+            prop_assert!(!masked.contains(&format!("{mid}{last}")), "{}", masked);
+            let digits: String = masked.chars().filter(char::is_ascii_digit).collect();
+            prop_assert!(digits.ends_with(&last), "{}", masked);
+            prop_assert_eq!(masked.matches('*').count(), 4 + usize::from(variant >= 2), "{}", masked);
         }
 
         #[test]

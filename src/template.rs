@@ -37,9 +37,9 @@ const SUBJECT: &str = "subject";
 /// The line that opens and closes the front matter.
 const FENCE: &str = "---";
 /// File line of the `subject:` line (front matter is always `---`, `subject: ...`, `---`).
-const SUBJECT_LINE: usize = 2;
+pub const SUBJECT_LINE: usize = 2;
 /// Number of file lines taken by the front matter when a template has a subject.
-const FRONT_MATTER_LINES: usize = 3;
+pub const FRONT_MATTER_LINES: usize = 3;
 
 /// A template as written by the user: its name, the body text and the optional LMS
 /// subject (itself a template). Serializable so a campaign can snapshot exactly what

@@ -489,7 +489,12 @@ async fn sms_and_lms_are_sized_at_the_byte_edges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_never_sees_more_than_the_configured_rate() {
-    let gw = Gw { rate: 200, burst: 20, concurrency: 32, ..Gw::default() };
+    let gw = Gw {
+        rate: 200,
+        burst: 20,
+        concurrency: 32,
+        ..Gw::default()
+    };
     let env = Env::with(SimConfig::default(), gw, "").await;
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
@@ -499,6 +504,42 @@ async fn the_gateway_never_sees_more_than_the_configured_rate() {
     let s = env.sim.stats();
     assert_eq!(s.accepted, 1000);
     // GCRA: after the first burst of 20, one message every 5 ms.
-    assert!(took >= (1000.0 - 20.0) / 200.0, "sent 1000 in {took:.2}s, faster than 200/s");
-    assert!(s.max_per_second <= 200 + 20, "a calendar second saw {} requests", s.max_per_second);
+    assert!(
+        took >= (1000.0 - 20.0) / 200.0,
+        "sent 1000 in {took:.2}s, faster than 200/s"
+    );
+    assert!(
+        s.max_per_second <= 200 + 20,
+        "a calendar second saw {} requests",
+        s.max_per_second
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_no_sooner_than_retry_after() {
+    let sim = SimConfig {
+        throttle_rate: 1.0,
+        retry_after_secs: 2,
+        ..SimConfig::default()
+    };
+    let env = Env::new(sim).await;
+    let seg = env.segment_csv("seg.csv", 0, 1);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let t = std::time::Instant::now();
+    let heal = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        env.sim.set_faults(0.0, 0.0, 0.0);
+    };
+    let args = ["campaign", "run", id.as_str()];
+    let (o, _) = tokio::join!(env.run(&args), heal);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        t.elapsed().as_secs_f64() >= 2.0,
+        "retried after {:?}, before Retry-After",
+        t.elapsed()
+    );
+    let s = env.sim.stats();
+    assert_eq!((s.faults_429, s.accepted), (1, 1));
+    let rows = env.audit_json(&id).await;
+    assert_eq!(rows[0]["attempts"], 2);
 }
