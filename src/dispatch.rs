@@ -148,6 +148,18 @@ impl Control {
     pub fn stopping(&self) -> bool {
         self.reason().is_some()
     }
+    /// Runs `f` unless the run is told to stop first (then `None`).
+    async fn until<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        let notified = self.notify.notified();
+        if self.stopping() {
+            return None;
+        }
+        tokio::select! {
+            v = f => Some(v),
+            _ = notified => None,
+        }
+    }
+
     /// Sleeps `d`, waking early when the run is told to stop.
     async fn sleep(&self, d: Duration) {
         let notified = self.notify.notified();
@@ -845,22 +857,30 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                 }
             }
         }
+        // A request slot first, then the rate limiter, then the request at once: the limiter is
+        // the last thing checked before sending. Both waits end early when the run stops.
+        let Some(Ok(permit)) = ctx.ctl.until(ctx.in_flight.acquire()).await else {
+            break;
+        };
         let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
-        if ctx.limiter.until_n_ready(n).await.is_err() {
-            // Cannot happen: config guarantees batch_size <= burst. Fall back to one at a time.
-            for _ in 0..n.get() {
-                ctx.limiter.until_ready().await;
-            }
-        }
-        let attempts: Vec<Attempt> = {
-            let _permit = ctx.in_flight.acquire().await;
-            if items.len() == 1 {
-                vec![ctx.gateway.send(&items[0].out).await]
-            } else {
-                let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
-                ctx.gateway.send_batch(&outs).await
+        let limiter = async {
+            if ctx.limiter.until_n_ready(n).await.is_err() {
+                // Cannot happen: config guarantees batch_size <= burst. One at a time, then.
+                for _ in 0..n.get() {
+                    ctx.limiter.until_ready().await;
+                }
             }
         };
+        if ctx.ctl.until(limiter).await.is_none() {
+            break;
+        }
+        let attempts: Vec<Attempt> = if items.len() == 1 {
+            vec![ctx.gateway.send(&items[0].out).await]
+        } else {
+            let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
+            ctx.gateway.send_batch(&outs).await
+        };
+        drop(permit);
         // The health counter counts requests: a failed batch is one failure, not fifty.
         if attempts.iter().all(|a| a.outcome.is_transient()) {
             let n = ctx.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
