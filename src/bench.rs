@@ -82,6 +82,34 @@ impl Progress for Probe {
     fn finish(&mut self, _c: &Counts) {}
 }
 
+/// Runs the campaign with a [`Probe`]; returns the report and when the first chunk committed.
+async fn run_probed(
+    store: Arc<dyn store::Store>,
+    cfg: &Config,
+    id: i64,
+    stop_at: Option<(i64, Arc<dyn store::Store>, i64)>,
+) -> anyhow::Result<(dispatch::RunReport, Option<Duration>)> {
+    let first = Arc::new(Mutex::new(None));
+    let probe = Probe {
+        started: Instant::now(),
+        first_commit: first.clone(),
+        stop_at,
+        stop_sent: false,
+    };
+    let report = dispatch::run(
+        store,
+        cfg,
+        id,
+        RunOptions {
+            progress: Some(Box::new(probe)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let to_first = first.lock().ok().and_then(|f| *f);
+    Ok((report, to_first))
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let dir = tempfile::Builder::new().prefix("munja-bench-").tempdir()?;
     let root = dir.path();
@@ -170,25 +198,11 @@ batch_size = {batch}
     .await?;
     let planned = t.elapsed();
 
-    let first = Arc::new(Mutex::new(None));
     let t = Instant::now();
-    let probe = Probe {
-        started: t,
-        first_commit: first.clone(),
-        stop_at: args.resume_at.map(|n| (n, store.clone(), id)),
-        stop_sent: false,
-    };
-    let report = dispatch::run(
-        store.clone(),
-        &cfg,
-        id,
-        RunOptions {
-            progress: Some(Box::new(probe)),
-            ..Default::default()
-        },
-    )
-    .await
-    .context("running the bench campaign")?;
+    let stop_at = args.resume_at.map(|n| (n, store.clone(), id));
+    let (report, _) = run_probed(store.clone(), &cfg, id, stop_at)
+        .await
+        .context("running the bench campaign")?;
     let secs = t.elapsed().as_secs_f64();
     let attempts = sim.stats();
     println!("recipients:           {}", args.recipients);
@@ -208,25 +222,8 @@ batch_size = {batch}
     );
 
     if args.resume_at.is_some() && report.status == RunStatus::Stopped {
-        let first = Arc::new(Mutex::new(None));
         let t = Instant::now();
-        let probe = Probe {
-            started: t,
-            first_commit: first.clone(),
-            stop_at: None,
-            stop_sent: false,
-        };
-        let resumed = dispatch::run(
-            store.clone(),
-            &cfg,
-            id,
-            RunOptions {
-                progress: Some(Box::new(probe)),
-                ..Default::default()
-            },
-        )
-        .await?;
-        let to_first = first.lock().ok().and_then(|f| *f);
+        let (resumed, to_first) = run_probed(store.clone(), &cfg, id, None).await?;
         println!(
             "resume:               stopped with {} sent of {}; the resumed run committed its first chunk after {} and ended {} in {:.2}s",
             report.counts.sent,

@@ -295,23 +295,28 @@ pub async fn run(
         if let Some(p) = runner.progress.as_mut() {
             p.finish(&counts);
         }
+        let lease_lost = match &outcome {
+            Err(e) => matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::LeaseLost { .. })
+            ),
+            Ok(why) => why.as_ref() == Some(&StopReason::LeaseLost),
+        };
+        if lease_lost {
+            // Another execution holds the campaign now: write nothing more.
+            warn!("lease lost; leaving the campaign to its new holder");
+            return Ok(RunReport {
+                campaign: id,
+                execution,
+                status: RunStatus::Failed,
+                exit_message: StopReason::LeaseLost.message(),
+                counts,
+                elapsed: started.elapsed(),
+                sent_now: runner.sent_now,
+            });
+        }
         let (status, campaign_status, exit_code, message) = match outcome {
             Err(e) => {
-                if matches!(
-                    e.downcast_ref::<StoreError>(),
-                    Some(StoreError::LeaseLost { .. })
-                ) {
-                    warn!("lease lost; leaving the campaign to its new holder");
-                    return Ok(RunReport {
-                        campaign: id,
-                        execution,
-                        status: RunStatus::Failed,
-                        exit_message: StopReason::LeaseLost.message(),
-                        counts,
-                        elapsed: started.elapsed(),
-                        sent_now: runner.sent_now,
-                    });
-                }
                 let m = format!("{e:#}");
                 (RunStatus::Failed, "FAILED", "FAILED".to_string(), m)
             }
