@@ -273,6 +273,7 @@ pub async fn preview(
     limit: i64,
     no_ad: bool,
 ) -> anyhow::Result<Vec<PreviewRow>> {
+    anyhow::ensure!(limit >= 1, "--limit must be at least 1, got {limit}");
     let segment = segment(store, segment_name).await?;
     let ad = if no_ad { None } else { Some(ad_frame(cfg)?) };
     let src = load_template(cfg, template, ad.is_some(), None)?;

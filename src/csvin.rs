@@ -1,7 +1,8 @@
 //! Reading user CSV files (segments and opt-out lists), streamed row by row.
 //!
 //! This module owns: detecting the text encoding (UTF-8 with or without BOM, or
-//! CP949/EUC-KR as exported by Korean Excel) from the first 64 KiB, the header (a
+//! CP949/EUC-KR as exported by Korean Excel) from the first 64 KiB (or, when those are
+//! plain ASCII, from the first line that is not), the header (a
 //! `phone` column is required, matched case-insensitively), and turning each record
 //! into a [`Row`] with its physical line number, or a rejected row for per-row
 //! problems (wrong number of fields). Fatal problems (I/O, bytes that are not text in
@@ -120,9 +121,9 @@ pub enum CsvError {
         /// What was found.
         problem: String,
     },
-    /// A field is not valid text in the encoding detected from the start of the file.
+    /// A field is not valid text in the encoding detected earlier in the file.
     #[error(
-        "{} line {line}: {column} is not valid {encoding} text (the file was detected as {encoding} from its first 64 KiB); {SAVE_AS_UTF8}",
+        "{} line {line}: {column} is not valid {encoding} text (the file was detected as {encoding} {basis}); {SAVE_AS_UTF8}",
         path.display()
     )]
     Undecodable {
@@ -134,6 +135,8 @@ pub enum CsvError {
         column: String,
         /// The detected encoding.
         encoding: TextEncoding,
+        /// Where it was detected, e.g. `from its first 64 KiB`.
+        basis: String,
     },
     /// The file has no header line.
     #[error("{}: the file is empty; it needs a header line naming its columns, one of them 'phone'", path.display())]
@@ -176,6 +179,7 @@ fn line_suffix(line: &Option<u64>) -> String {
 pub struct CsvSource {
     path: PathBuf,
     encoding: TextEncoding,
+    basis: Basis,
     columns: Vec<String>,
     phone_index: usize,
     lines: LineTracker,
@@ -190,6 +194,28 @@ impl fmt::Debug for CsvSource {
             .field("columns", &self.columns)
             .field("phone_index", &self.phone_index)
             .finish_non_exhaustive()
+    }
+}
+
+/// What the encoding was decided from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// The first 64 KiB (or the whole file) had non-ASCII text, or were the whole file.
+    Sniff,
+    /// The first 64 KiB were plain ASCII, which reads the same in UTF-8 and CP949: the
+    /// first line that is not decides.
+    Open,
+    /// Decided by this line, the first one with non-ASCII text.
+    Line(u64),
+}
+
+impl fmt::Display for Basis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Basis::Sniff => f.write_str("from its first 64 KiB"),
+            Basis::Open => f.write_str("from its plain ASCII start"),
+            Basis::Line(l) => write!(f, "from line {l}, its first line that is not plain ASCII"),
+        }
     }
 }
 
@@ -231,7 +257,13 @@ impl CsvSource {
             .take(SNIFF_LEN as u64)
             .read_to_end(&mut sniff)
             .map_err(io_err)?;
-        let encoding = detect_encoding(path, &sniff, sniff.len() as u64 >= file_len)?;
+        let complete = sniff.len() as u64 >= file_len;
+        let encoding = detect_encoding(path, &sniff, complete)?;
+        let basis = if !complete && sniff.is_ascii() {
+            Basis::Open
+        } else {
+            Basis::Sniff
+        };
 
         let ends_with_newline = if file_len == 0 {
             false
@@ -255,6 +287,7 @@ impl CsvSource {
         let mut source = CsvSource {
             path: path.to_path_buf(),
             encoding,
+            basis,
             columns: Vec::new(),
             phone_index: 0,
             lines: LineTracker {
@@ -298,6 +331,7 @@ impl CsvSource {
                         line,
                         column: format!("header column {}", i + 1),
                         encoding: self.encoding,
+                        basis: self.basis.to_string(),
                     })?;
                 columns.push(name.trim().to_string());
             }
@@ -378,9 +412,29 @@ impl CsvSource {
         &self.path
     }
 
-    /// The detected encoding.
+    /// The encoding detected so far: when the first 64 KiB are plain ASCII, the first
+    /// line that is not may still turn it from UTF-8 to CP949 (see [`Rows::encoding`]).
     pub fn encoding(&self) -> TextEncoding {
         self.encoding
+    }
+
+    /// Decides the encoding from the first record with non-ASCII bytes: UTF-8 when every
+    /// field is UTF-8, else CP949 when every field is CP949, else the line is refused.
+    fn settle(&mut self, record: &csv::ByteRecord, line: u64) -> Result<(), CsvError> {
+        let all = |e: TextEncoding| record.iter().all(|f| e.decode(f).is_some());
+        self.encoding = if all(TextEncoding::Utf8) {
+            TextEncoding::Utf8
+        } else if all(TextEncoding::Cp949) {
+            TextEncoding::Cp949
+        } else {
+            return Err(CsvError::NotText {
+                path: self.path.clone(),
+                line: Some(line),
+                problem: "this line is neither UTF-8 nor CP949 (EUC-KR) text".to_string(),
+            });
+        };
+        self.basis = Basis::Line(line);
+        Ok(())
     }
 
     /// All header names (trimmed, BOM stripped), in file order, `phone` included.
@@ -395,7 +449,7 @@ impl CsvSource {
 
     /// Stream the data rows. Yields `Err` only for fatal problems (I/O, undecodable
     /// bytes), after which the iterator ends.
-    pub fn rows(self) -> impl Iterator<Item = Result<RowResult, CsvError>> {
+    pub fn rows(self) -> Rows {
         Rows {
             source: self,
             record: csv::ByteRecord::new(),
@@ -404,14 +458,19 @@ impl CsvSource {
     }
 }
 
-/// Iterator behind [`CsvSource::rows`].
-struct Rows {
+/// The data rows of a [`CsvSource`], streamed.
+pub struct Rows {
     source: CsvSource,
     record: csv::ByteRecord,
     done: bool,
 }
 
 impl Rows {
+    /// The file's encoding, final once the rows have been read.
+    pub fn encoding(&self) -> TextEncoding {
+        self.source.encoding
+    }
+
     /// Read the next non-blank record; `Ok(None)` at end of file.
     fn next_row(&mut self) -> Result<Option<RowResult>, CsvError> {
         let src = &mut self.source;
@@ -428,6 +487,9 @@ impl Rows {
                 return Ok(None);
             }
             let line = src.lines.start_line(&self.record, src.reader.position());
+            if src.basis == Basis::Open && !self.record.as_slice().is_ascii() {
+                src.settle(&self.record, line)?;
+            }
 
             let mut values = Vec::with_capacity(self.record.len());
             for (i, raw) in self.record.iter().enumerate() {
@@ -442,6 +504,7 @@ impl Rows {
                             None => format!("field {}", i + 1),
                         },
                         encoding: src.encoding,
+                        basis: src.basis.to_string(),
                     })?;
                 values.push(value.trim().to_string());
             }
@@ -889,20 +952,19 @@ mod tests {
         assert_eq!(lines, [4, 7]);
     }
 
-    #[test]
-    fn undecodable_later_field_is_fatal_with_line() {
-        // The first 64 KiB are plain ASCII, so the file is taken as UTF-8.
-        let mut bytes = b"phone,name\n".to_vec();
-        let mut n = 1;
+    /// `header`, then ASCII rows past the 64 KiB sniff window; returns the bytes and the
+    /// number of the next line.
+    fn ascii_start(header: &str) -> (Vec<u8>, u64) {
+        let mut bytes = header.as_bytes().to_vec();
+        let mut line = 2;
         while bytes.len() < SNIFF_LEN + 100 {
-            bytes.extend_from_slice(format!("010{n:08},kim\n").as_bytes());
-            n += 1;
+            bytes.extend_from_slice(format!("010{line:08},kim\n").as_bytes());
+            line += 1;
         }
-        bytes.extend_from_slice(&cp949("01099999999,김민수\n"));
-        bytes.extend_from_slice(b"01088888888,lee\n");
-        let f = write_file(&bytes);
-        let src = CsvSource::open(f.path()).unwrap();
-        assert_eq!(src.encoding(), TextEncoding::Utf8);
+        (bytes, line)
+    }
+
+    fn first_error(src: CsvSource) -> (usize, CsvError, Rows) {
         let mut rows = src.rows();
         let mut ok = 0;
         let err = loop {
@@ -912,22 +974,91 @@ mod tests {
                 None => panic!("expected an error"),
             }
         };
-        assert_eq!(ok, n - 1);
+        (ok, err, rows)
+    }
+
+    #[test]
+    fn plain_ascii_start_leaves_the_encoding_to_the_first_non_ascii_line() {
+        for encoding in [TextEncoding::Cp949, TextEncoding::Utf8] {
+            let (mut bytes, line) = ascii_start("phone,name\n");
+            let late = "01099999999,김민수\n01088888888,똠방\n";
+            match encoding {
+                TextEncoding::Cp949 => bytes.extend_from_slice(&cp949(late)),
+                TextEncoding::Utf8 => bytes.extend_from_slice(late.as_bytes()),
+            }
+            let f = write_file(&bytes);
+            let src = CsvSource::open(f.path()).unwrap();
+            let mut rows = src.rows();
+            let all: Vec<RowResult> = rows.by_ref().collect::<Result<_, _>>().unwrap();
+            assert_eq!(rows.encoding(), encoding);
+            let ok = ok_rows(&all);
+            assert_eq!(ok.len() as u64, line, "{encoding}");
+            assert_eq!(ok[ok.len() - 2].line, line);
+            assert_eq!(ok[ok.len() - 2].fields, fields(&[("name", "김민수")]));
+            assert_eq!(ok[ok.len() - 1].fields, fields(&[("name", "똠방")]));
+        }
+    }
+
+    #[test]
+    fn a_later_line_in_the_other_encoding_is_fatal_with_its_line() {
+        // Decided as UTF-8 by the sniff window (Hangul on line 2), CP949 much later.
+        let mut bytes = "phone,name\n01000000000,김민수\n".as_bytes().to_vec();
+        let (rest, _) = ascii_start("");
+        bytes.extend_from_slice(&rest);
+        let line = bytes.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        bytes.extend_from_slice(&cp949("01099999999,김민수\n"));
+        bytes.extend_from_slice(b"01088888888,lee\n");
+        let f = write_file(&bytes);
+        let src = CsvSource::open(f.path()).unwrap();
+        assert_eq!(src.encoding(), TextEncoding::Utf8);
+        let (ok, err, mut rows) = first_error(src);
+        assert_eq!(ok as u64, line - 2);
         let msg = err.to_string();
-        let line = n as u64 + 1;
         assert!(
             matches!(err, CsvError::Undecodable { line: l, .. } if l == line),
             "{msg}"
         );
         assert!(
             msg.starts_with(&format!(
-                "{} line {line}: column 'name'",
+                "{} line {line}: column 'name' is not valid UTF-8 text (the file was detected \
+                 as UTF-8 from its first 64 KiB)",
                 f.path().display()
             )),
             "{msg}"
         );
         assert!(msg.contains("CSV UTF-8"), "{msg}");
         assert!(rows.next().is_none(), "iteration stops after a fatal error");
+
+        // Decided as CP949 by a line after an ASCII start, UTF-8 later.
+        let (mut bytes, line) = ascii_start("phone,name\n");
+        bytes.extend_from_slice(&cp949("01099999999,김민수\n"));
+        bytes.extend_from_slice("01088888888,이영희\n".as_bytes());
+        let f = write_file(&bytes);
+        let (_, err, _) = first_error(CsvSource::open(f.path()).unwrap());
+        let msg = err.to_string();
+        let next = line + 1;
+        assert!(
+            msg.contains(&format!(
+                "line {next}: column 'name' is not valid CP949 text (the file was detected as \
+                 CP949 from line {line}, its first line that is not plain ASCII)"
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_late_line_in_neither_encoding_is_refused_with_its_line() {
+        let (mut bytes, line) = ascii_start("phone,name\n");
+        bytes.extend_from_slice(b"01099999999,Jos\xe9\n");
+        let f = write_file(&bytes);
+        let (ok, err, _) = first_error(CsvSource::open(f.path()).unwrap());
+        assert_eq!(ok as u64, line - 2);
+        let msg = err.to_string();
+        assert!(
+            matches!(err, CsvError::NotText { line: Some(l), .. } if l == line),
+            "{msg}"
+        );
+        assert!(msg.contains("neither UTF-8 nor CP949"), "{msg}");
     }
 
     #[test]

@@ -280,7 +280,8 @@ pub async fn run(
             campaign: &campaign,
             execution,
             chunk_size: cfg.policy.chunk_size,
-            cap: cfg.policy.max_ads_per_recipient,
+            // The frequency cap counts and limits ads only.
+            cap: cfg.policy.max_ads_per_recipient.filter(|_| campaign.ad),
             composer: Arc::new(composer),
             ctx: Arc::new(send_ctx(&gw_cfg, cfg, &campaign, ctl.clone())?),
             progress: opts.progress.take(),
@@ -831,27 +832,6 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         if ctx.ctl.stopping() {
             break;
         }
-        // The night rule is checked at the moment of sending.
-        if let Some(q) = ctx.quiet
-            && items.iter().any(|i| !i.night_consent)
-            && q.now()
-        {
-            let (wait_for_day, keep): (Vec<Item>, Vec<Item>) =
-                items.into_iter().partition(|i| !i.night_consent);
-            done.extend(wait_for_day.iter().map(|i| {
-                update_for(
-                    i,
-                    MessageState::Pending,
-                    Some("quiet_hours".into()),
-                    false,
-                    None,
-                )
-            }));
-            items = keep;
-            if items.is_empty() {
-                break;
-            }
-        }
         let pause = ctx.pause_until.lock().ok().and_then(|p| *p);
         if let Some(until) = pause {
             let now = Instant::now();
@@ -878,6 +858,28 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         };
         if ctx.ctl.until(limiter).await.is_none() {
             break;
+        }
+        // The night rule is checked at the moment of sending.
+        if let Some(q) = ctx.quiet
+            && items.iter().any(|i| !i.night_consent)
+            && q.now()
+        {
+            let (wait_for_day, keep): (Vec<Item>, Vec<Item>) =
+                items.into_iter().partition(|i| !i.night_consent);
+            done.extend(wait_for_day.iter().map(|i| {
+                update_for(
+                    i,
+                    MessageState::Pending,
+                    Some("quiet_hours".into()),
+                    false,
+                    None,
+                )
+            }));
+            items = keep;
+            if items.is_empty() {
+                drop(permit);
+                break;
+            }
         }
         let attempts: Vec<Attempt> = if items.len() == 1 {
             vec![ctx.gateway.send(&items[0].out).await]
@@ -927,7 +929,7 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                     ));
                 }
                 Outcome::Rejected { code, message } => {
-                    debug!(%code, "rejected: {message}");
+                    debug!(%code, "rejected: {}", phone::mask_in_text(&message));
                     done.push(update_for(
                         &item,
                         MessageState::Failed,

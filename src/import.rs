@@ -60,15 +60,13 @@ fn encoding_name(e: TextEncoding) -> String {
 /// Imports an opt-out list (a CSV with a `phone` column); idempotent.
 pub async fn optouts(store: &dyn Store, path: &Path) -> anyhow::Result<ImportReport> {
     let src = CsvSource::open(path)?;
-    let mut report = ImportReport {
-        encoding: encoding_name(src.encoding()),
-        ..Default::default()
-    };
+    let mut report = ImportReport::default();
     let mut import = store
         .begin_optout_import(&path.display().to_string())
         .await?;
     let mut batch: Vec<Phone> = Vec::with_capacity(BATCH);
-    for row in src.rows() {
+    let mut rows = src.rows();
+    for row in rows.by_ref() {
         match row? {
             RowResult::Rejected {
                 line,
@@ -94,6 +92,7 @@ pub async fn optouts(store: &dyn Store, path: &Path) -> anyhow::Result<ImportRep
     let c = import.add_optouts(&batch).await?;
     report.imported += c.inserted;
     report.already_present += c.already_present;
+    report.encoding = encoding_name(rows.encoding());
     import
         .commit()
         .await
@@ -111,10 +110,7 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
         "segment name {name:?} is not valid: use letters, digits, '-' and '_'"
     );
     let src = CsvSource::open(path)?;
-    let mut report = ImportReport {
-        encoding: encoding_name(src.encoding()),
-        ..Default::default()
-    };
+    let mut report = ImportReport::default();
     let phone_col = src.phone_column().to_string();
     let columns: Vec<String> = src
         .columns()
@@ -126,7 +122,8 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
         .begin_segment_import(name, &path.display().to_string(), &columns)
         .await?;
     let mut batch: Vec<NewMember> = Vec::with_capacity(BATCH);
-    for row in src.rows() {
+    let mut rows = src.rows();
+    for row in rows.by_ref() {
         let row = match row? {
             RowResult::Rejected {
                 line,
@@ -181,6 +178,7 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
     let c = import.add_members(&batch).await?;
     report.imported += c.inserted;
     report.already_present += c.already_present;
+    report.encoding = encoding_name(rows.encoding());
     import
         .commit()
         .await

@@ -292,6 +292,9 @@ async fn unencodable_characters_are_refused_naming_character_and_position() {
     );
 }
 
+/// Sent as (type, bytes), or refused with a reason.
+type Want = Result<(&'static str, i64), &'static str>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lms_text_and_subject_limits_hold_at_the_byte_edges_with_the_ad_frame() {
     let env = Env::new(SimConfig::default()).await;
@@ -302,7 +305,7 @@ async fn lms_text_and_subject_limits_hold_at_the_byte_edges_with_the_ad_frame() 
     );
     env.ok(&["init"]).await;
     // The ad frame adds 46 bytes: "(광고) 토스페이먼츠\n" (20) and "\n무료수신거부 080-600-5653" (26).
-    let cases: [(String, String, Result<(&str, i64), &str>); 8] = [
+    let cases: [(String, String, Want); 8] = [
         (mixed(44), mixed(41), Ok(("SMS", 90))), // an SMS has no subject to check
         (mixed(45), mixed(40), Ok(("LMS", 91))),
         (mixed(1954), mixed(40), Ok(("LMS", 2000))),
@@ -676,9 +679,6 @@ async fn at_night_ads_go_only_to_night_consent_and_the_rest_wait_for_the_morning
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: dispatch::send_group checks quiet hours before waiting for the rate limiter, \
-            so a chunk checked before the window is sent to everyone after it begins; see the \
-            issue-4 report"]
 async fn quiet_hours_beginning_mid_run_stop_sends_to_recipients_without_night_consent() {
     let gw = Gw {
         rate: 20,
@@ -839,6 +839,17 @@ async fn check_preview_and_create_report_what_will_be_sent() {
         ])
         .await;
     assert_eq!(o.stdout.matches("── 010-****-").count(), 1, "{}", o.all());
+    for bad in ["--limit=0", "--limit=-1"] {
+        let o = env
+            .run(&["template", "preview", "offer", "--segment", "seg", bad])
+            .await;
+        assert_eq!(o.code, 1, "{bad}: {}", o.all());
+        assert!(
+            o.stderr.contains("--limit must be at least 1"),
+            "{}",
+            o.all()
+        );
+    }
     let o = env
         .run(&["template", "preview", "offer", "--segment", "nope"])
         .await;
@@ -1132,9 +1143,6 @@ async fn no_command_prints_a_full_number_or_the_gateway_key_even_with_debug_logs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a gateway rejection that echoes the number (\"recipient \\\"010...\\\" does not \
-            exist\") is logged in full by dispatch::send_group at debug level; see the issue-4 \
-            report"]
 async fn gateway_rejections_do_not_leak_the_number_into_debug_logs() {
     let sim = SimConfig {
         invalid_prefix: Some(number(3)),
@@ -1243,8 +1251,6 @@ async fn frequency_cap_suppresses_recipients_who_had_enough_ads_in_the_window() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: dispatch::run applies policy.max_ads_per_recipient to --no-ad campaigns too; \
-            see the issue-4 report"]
 async fn informational_messages_are_neither_capped_nor_counted_as_ads() {
     let env = Env::with(
         SimConfig::default(),
@@ -1269,4 +1275,66 @@ async fn informational_messages_are_neither_capped_nor_counted_as_ads() {
     env.ok(&["campaign", "run", &ad2]).await;
     let st = env.status(&ad2).await;
     assert_eq!((n(&st, "sent"), n(&st, "suppressed")), (0, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cp949_file_whose_hangul_starts_after_the_first_64_kib_is_read_as_cp949() {
+    let env = Env::new(SimConfig::default()).await;
+    env.write("templates/raw.txt", "{{ name }}");
+    env.ok(&["init"]).await;
+    // An Excel export whose first 4,500 rows are ASCII: the encoding shows only at the end.
+    let mut text = String::from("phone,name\n");
+    for i in 0..4500 {
+        text.push_str(&format!("{},VIP\n", number(i)));
+    }
+    text.push_str(&format!("{},김민수\n", number(4500)));
+    let f = env.path("late.csv");
+    std::fs::write(&f, encoding_rs::EUC_KR.encode(&text).0).unwrap();
+    let o = env
+        .run(&["segment", "import", "late", f.to_str().unwrap()])
+        .await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        o.stdout
+            .contains("imported 4501, merged duplicates 0, rejected 0 (CP949)"),
+        "{}",
+        o.all()
+    );
+    let id = id_of(&create(&env, "late", "raw", &["--no-ad"]).await);
+    env.ok(&["campaign", "run", &id]).await;
+    let one = env
+        .ok(&[
+            "audit",
+            "--campaign",
+            &id,
+            "--phone",
+            &number(4500),
+            "--format",
+            "json",
+        ])
+        .await;
+    let one: Vec<Value> = serde_json::from_str(&one.stdout).unwrap();
+    assert_eq!(
+        (&one[0]["status"], &one[0]["bytes"]),
+        (&Value::from("sent"), &Value::from(6))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangul_column_names_are_template_variables() {
+    let env = Env::new(SimConfig::default()).await;
+    env.write("templates/ko.txt", "{{ 이름 }}님, {{ 등급 }} 혜택");
+    let o = env.ok(&["template", "check", "ko"]).await;
+    assert!(o.stdout.contains("variables: 등급, 이름"), "{}", o.all());
+    env.ok(&["init"]).await;
+    import(
+        &env,
+        "ko",
+        &format!("phone,이름,등급\n{},김민수,VIP\n", number(0)),
+    )
+    .await;
+    let o = env
+        .ok(&["template", "preview", "ko", "--segment", "ko"])
+        .await;
+    assert!(o.stdout.contains("\n김민수님, VIP 혜택\n"), "{}", o.all());
 }
