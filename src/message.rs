@@ -99,6 +99,13 @@ impl Composer {
         }
         let text = match &self.ad {
             Some(ad) => {
+                // A marker can also arrive through a recipient's data, not only the template.
+                if let Some(m) = compliance::find_ad_marker(&rendered.body) {
+                    return Err(ComposeError {
+                        code: "ad_marker_in_text".into(),
+                        message: format!("the rendered text (from the recipient's data): {m}"),
+                    });
+                }
                 let t = compliance::frame_ad(&rendered.body, &ad.brand, &ad.optout_display);
                 compliance::check_rendered_ad(&t, &ad.brand, &ad.optout_display).map_err(|e| {
                     ComposeError {
@@ -204,5 +211,23 @@ mod tests {
         assert_eq!(e.code, "template_error");
         let e = c.compose_json("[1]").unwrap_err();
         assert_eq!(e.code, "invalid_vars");
+    }
+
+    #[test]
+    fn an_ad_marker_arriving_through_recipient_data_is_refused() {
+        let src = TemplateSource::parse("t", "{{ name }}님 안녕하세요").expect("template");
+        let c = Composer::new(
+            &src,
+            Some(AdFrame {
+                brand: "munja".into(),
+                optout_display: "080-600-5653".into(),
+            }),
+        )
+        .expect("composer");
+        let e = c
+            .compose_json(r#"{"name": "[광고] 김"}"#)
+            .expect_err("marker in data");
+        assert_eq!(e.code, "ad_marker_in_text");
+        assert!(c.compose_json(r#"{"name": "김민수"}"#).is_ok());
     }
 }
