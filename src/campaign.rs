@@ -223,6 +223,7 @@ pub async fn create(
         .create_campaign(&NewCampaign {
             name: req.name.clone(),
             segment_name: segment.name.clone(),
+            segment_imported_at: segment.imported_at.clone(),
             template_name: src.name.clone(),
             template_body: src.body.clone(),
             template_subject: src.subject.clone(),

@@ -501,7 +501,14 @@ async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyho
             )?;
         }
         OptoutCmd::Check { phone } => {
-            let p = parse(&phone)?;
+            // Exit 1 means "not opted out": bad input must not look like that to a script.
+            let p = match parse(&phone) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(2);
+                }
+            };
             let opted = store.optout_contains(&p).await?;
             writeln!(
                 out,
@@ -605,13 +612,24 @@ async fn campaign_cmd(
                     counts.cancelled
                 )?;
                 if let Some(l) = &c.lease {
+                    let gone = crate::lease::holder_gone(
+                        l,
+                        cfg.policy.lease_timeout_secs,
+                        &crate::lease::this_host(),
+                        chrono::Utc::now(),
+                    );
                     writeln!(
                         out,
-                        "  running: execution {} on {} pid {}, heartbeat {}",
+                        "  running: execution {} on {} pid {}, heartbeat {}{}",
                         l.execution,
                         l.host,
                         l.pid,
-                        l.heartbeat_at.to_rfc3339()
+                        l.heartbeat_at.to_rfc3339(),
+                        if gone.is_some() {
+                            " (holder gone: `munja campaign run` takes over)"
+                        } else {
+                            ""
+                        }
                     )?;
                 }
                 writeln!(out, "  executions:")?;
@@ -672,7 +690,17 @@ async fn campaign_cmd(
             eprintln!("stop requested: the run finishes its in-flight requests, commits and exits");
         }
         CampaignCmd::Cancel { id } => {
-            let n = store.cancel(id).await?;
+            let c = store.campaign(id).await?;
+            let dead = c.lease.as_ref().and_then(|l| {
+                crate::lease::holder_gone(
+                    l,
+                    cfg.policy.lease_timeout_secs,
+                    &crate::lease::this_host(),
+                    chrono::Utc::now(),
+                )
+                .map(|_| l.execution)
+            });
+            let n = store.cancel(id, dead).await?;
             eprintln!("campaign {id} cancelled: {n} pending messages will never be sent");
         }
         CampaignCmd::Delete { id } => {

@@ -11,9 +11,10 @@
 //! A crash between 1 and 3 leaves messages `sending`: the next run settles them first by looking
 //! them up on the gateway, and resends the rest under the same `ref`, which the gateway dedupes.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -211,7 +212,12 @@ struct SendCtx {
     campaign_uid: String,
     ctl: Arc<Control>,
     quiet: Option<QuietRule>,
+    /// Opt-outs added since the run started, refreshed with every heartbeat: checked right
+    /// before each request, so a chunk claimed earlier cannot send to them.
+    fresh_optouts: FreshOptouts,
 }
+
+type FreshOptouts = Arc<RwLock<HashSet<String>>>;
 
 #[derive(Clone, Copy)]
 struct QuietRule {
@@ -258,6 +264,10 @@ pub async fn run(
              or create a new campaign",
             campaign.name
         ),
+        _ if campaign.cancel_requested => bail!(
+            "campaign {id} ({}) was cancelled and cannot run",
+            campaign.name
+        ),
         "CANCELLED" => bail!(
             "campaign {id} ({}) was cancelled and cannot run",
             campaign.name
@@ -271,7 +281,15 @@ pub async fn run(
     async move {
         info!(gateway = %gw_cfg.name, "execution started");
         let ctl = Arc::new(Control::default());
-        let heartbeat = spawn_heartbeat(store.clone(), id, execution, cfg, ctl.clone());
+        let fresh: FreshOptouts = Arc::default();
+        let heartbeat = spawn_heartbeat(
+            store.clone(),
+            id,
+            execution,
+            cfg,
+            ctl.clone(),
+            fresh.clone(),
+        );
         let signals = opts
             .handle_signals
             .then(|| spawn_signal_handler(ctl.clone()));
@@ -283,7 +301,7 @@ pub async fn run(
             // The frequency cap counts and limits ads only.
             cap: cfg.policy.max_ads_per_recipient.filter(|_| campaign.ad),
             composer: Arc::new(composer),
-            ctx: Arc::new(send_ctx(&gw_cfg, cfg, &campaign, ctl.clone())?),
+            ctx: Arc::new(send_ctx(&gw_cfg, cfg, &campaign, ctl.clone(), fresh)?),
             progress: opts.progress.take(),
             sent_now: 0,
         };
@@ -337,7 +355,7 @@ pub async fn run(
                 format!("{} messages still pending", counts.pending + counts.sending),
             ),
             Ok(Some(StopReason::Cancelled)) => {
-                store.cancel(id).await?;
+                store.cancel(id, None).await?;
                 (
                     RunStatus::Stopped,
                     "CANCELLED",
@@ -437,11 +455,22 @@ fn spawn_heartbeat(
     execution: i64,
     cfg: &Config,
     ctl: Arc<Control>,
+    fresh: FreshOptouts,
 ) -> tokio::task::JoinHandle<()> {
     let every = Duration::from_millis((cfg.policy.lease_timeout_secs * 1000 / 6).clamp(200, 1000));
+    // A margin for clocks of other hosts that add opt-outs; older ones were checked at claim.
+    let since = Utc::now() - chrono::Duration::seconds(60);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
+            match store.optouts_since(since).await {
+                Ok(list) => {
+                    if let Ok(mut set) = fresh.write() {
+                        set.extend(list);
+                    }
+                }
+                Err(e) => warn!("reading new opt-outs failed: {e}"),
+            }
             match store.heartbeat(campaign, execution).await {
                 Ok((_, true)) => ctl.stop(StopReason::Cancelled),
                 Ok((true, false)) => ctl.stop(StopReason::Requested),
@@ -476,6 +505,7 @@ fn send_ctx(
     cfg: &Config,
     c: &Campaign,
     ctl: Arc<Control>,
+    fresh_optouts: FreshOptouts,
 ) -> anyhow::Result<SendCtx> {
     let rate = NonZeroU32::new(g.rate_per_sec).context("rate_per_sec must be at least 1")?;
     let burst = NonZeroU32::new(g.burst).context("burst must be at least 1")?;
@@ -502,6 +532,7 @@ fn send_ctx(
             hours: cfg.policy.quiet_hours,
             tz: cfg.policy.timezone,
         }),
+        fresh_optouts,
     })
 }
 
@@ -606,11 +637,21 @@ impl Runner<'_> {
                 return Ok(self.ctx.ctl.reason());
             };
             let (updates, first_error) = joined.context("a send task panicked")?;
-            let unsendable = updates
+            let template_failures = updates
+                .iter()
+                .filter(|u| u.reason.as_deref() == Some("template_error"))
+                .count();
+            let refused = updates
                 .iter()
                 .filter(|u| u.attempts.is_empty() && u.state == MessageState::Failed)
                 .count();
-            if first_chunk && unsendable == updates.len() && !updates.is_empty() {
+            if refused > 0 {
+                info!(
+                    messages = refused,
+                    "refused before sending (see audit --status failed)"
+                );
+            }
+            if first_chunk && template_failures == updates.len() && !updates.is_empty() {
                 let first = first_error.unwrap_or_default();
                 // Nothing was sent: put the chunk back so that nothing is lost.
                 let back: Vec<MessageUpdate> = updates
@@ -636,6 +677,10 @@ impl Runner<'_> {
                         counts.failed += 1;
                         counts.pending -= 1;
                     }
+                    MessageState::Suppressed => {
+                        counts.suppressed += 1;
+                        counts.pending -= 1;
+                    }
                     _ => {}
                 }
             }
@@ -659,6 +704,10 @@ impl Runner<'_> {
             let Some(last) = batch.last() else {
                 return Ok(());
             };
+            if self.ctx.ctl.stopping() {
+                // Unsettled messages stay `sending`; the next run settles them.
+                return Ok(());
+            }
             after = last.id;
             info!(
                 messages = batch.len(),
@@ -668,16 +717,19 @@ impl Runner<'_> {
             for m in batch {
                 let ctx = self.ctx.clone();
                 set.spawn(async move {
-                    let _permit = ctx.in_flight.acquire().await;
+                    let _permit = ctx.ctl.until(ctx.in_flight.acquire()).await?;
                     let t0 = Instant::now();
                     let at = Utc::now();
-                    let found = ctx.gateway.lookup(&m.msg_ref).await;
-                    (m, found, at, t0.elapsed())
+                    let found = ctx.ctl.until(ctx.gateway.lookup(&m.msg_ref)).await?;
+                    Some((m, found, at, t0.elapsed()))
                 });
             }
             let mut updates = Vec::new();
             while let Some(joined) = set.join_next().await {
-                let (m, found, at, took) = joined.context("lookup task panicked")?;
+                // A lookup cut short by a stop leaves its message `sending`, still in doubt.
+                let Some((m, found, at, took)) = joined.context("lookup task panicked")? else {
+                    continue;
+                };
                 let (state, outcome, gateway_id, error) = match found {
                     Lookup::Found { gateway_id, .. } => {
                         (MessageState::Sent, "lookup_found", Some(gateway_id), None)
@@ -731,7 +783,7 @@ async fn send_chunk(
     for m in messages {
         match composer.compose_json(&m.vars) {
             Err(e) => {
-                warn!(msg_ref = %m.msg_ref, phone = %phone::mask(&m.phone), code = %e.code, "message cannot be sent: {e}");
+                debug!(msg_ref = %m.msg_ref, phone = %phone::mask(&m.phone), code = %e.code, "message cannot be sent: {e}");
                 updates.push(MessageUpdate {
                     id: m.id,
                     state: MessageState::Failed,
@@ -880,6 +932,28 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                 drop(permit);
                 break;
             }
+        }
+        // Opt-outs that arrived after this chunk was claimed.
+        if let Ok(fresh) = ctx.fresh_optouts.read()
+            && !fresh.is_empty()
+            && items.iter().any(|i| fresh.contains(&i.out.to))
+        {
+            let (opted, keep): (Vec<Item>, Vec<Item>) =
+                items.into_iter().partition(|i| fresh.contains(&i.out.to));
+            done.extend(opted.iter().map(|i| {
+                update_for(
+                    i,
+                    MessageState::Suppressed,
+                    Some("opted_out_during_run".into()),
+                    false,
+                    None,
+                )
+            }));
+            items = keep;
+        }
+        if items.is_empty() {
+            drop(permit);
+            break;
         }
         let attempts: Vec<Attempt> = if items.len() == 1 {
             vec![ctx.gateway.send(&items[0].out).await]

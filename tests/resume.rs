@@ -360,7 +360,9 @@ async fn an_optout_added_mid_run_suppresses_the_rest() {
         burst: 10,
         ..Gw::default()
     };
-    let env = Env::with(SimConfig::default(), gw, "chunk_size = 20").await;
+    // With chunks of 200 and four chunks in flight, every message is claimed at once: the
+    // opt-out must still be honoured right before sending.
+    let env = Env::with(SimConfig::default(), gw, "").await;
     let seg = env.segment_csv("seg.csv", 0, 600);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);
@@ -480,4 +482,108 @@ async fn purge_keeps_final_states_and_delete_is_refused_while_running() {
     env.ok(&["campaign", "delete", &id]).await;
     assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM messages").await, 0);
     assert_eq!(env.run(&["campaign", "status", &id]).await.code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
+    let gw = Gw {
+        rate: 200,
+        burst: 10,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 1000);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    signal(&child, libc::SIGKILL);
+    wait(child).await;
+    let o = env.ok(&["campaign", "cancel", &id]).await;
+    assert!(o.stderr.contains("cancelled"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "CANCELLED", "{st}");
+    assert!(
+        st["lease"].is_null(),
+        "the dead run's lease is released: {st}"
+    );
+    let execs = st["executions"].as_array().unwrap();
+    assert_eq!(execs[0]["status"], "ABANDONED");
+    let accepted = env.sim.stats().accepted;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("cancelled"), "{}", o.all());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        env.sim.stats().accepted,
+        accepted,
+        "nothing is sent after a cancel"
+    );
+    // Cancelling again, or an unknown or completed campaign, is refused and changes nothing.
+    assert_eq!(env.run(&["campaign", "cancel", &id]).await.code, 1);
+    assert_eq!(env.run(&["campaign", "cancel", "999"]).await.code, 1);
+    let seg2 = env.segment_csv("seg2.csv", 5000, 10);
+    env.ok(&["segment", "import", "small", seg2.to_str().unwrap()])
+        .await;
+    let done = env
+        .ok(&[
+            "campaign",
+            "create",
+            "--name",
+            "d",
+            "--segment",
+            "small",
+            "--template",
+            "hello",
+        ])
+        .await
+        .stdout;
+    let done = done.trim();
+    env.ok(&["campaign", "run", done]).await;
+    let o = env.run(&["campaign", "cancel", done]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert_eq!(env.status(done).await["status"], "COMPLETED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_recipients_in_the_first_chunk_do_not_block_the_rest() {
+    let env = Env::new(SimConfig::default()).await;
+    let mut csv = String::from("phone,name\n");
+    for i in 0..250 {
+        csv.push_str(&format!("{},김😀{i}\n", number(i)));
+    }
+    for i in 250..260 {
+        csv.push_str(&format!("{},김민수\n", number(i)));
+    }
+    let seg = env.write("emoji.csv", &csv);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!((n(&st, "sent"), n(&st, "failed")), (10, 250));
+    let rows = env.audit_json(&id).await;
+    assert_eq!(rows[0]["error"], "unencodable_char");
+    assert!(
+        o.stderr.lines().count() < 20,
+        "no line per refused message: {}",
+        o.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_reimported_after_create_is_refused_at_run() {
+    let env = Env::new(SimConfig::default()).await;
+    let seg = env.segment_csv("seg.csv", 0, 20);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let other = env.segment_csv("other.csv", 100, 5);
+    env.ok(&["segment", "import", "seg", other.to_str().unwrap()])
+        .await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("re-imported"), "{}", o.all());
+    assert_eq!(env.sim.stats().accepted, 0);
+    assert_eq!(
+        n(&env.status(&id).await, "total"),
+        0,
+        "nothing was snapshotted"
+    );
 }

@@ -109,6 +109,8 @@ pub struct Segment {
 pub struct NewCampaign {
     pub name: String,
     pub segment_name: String,
+    /// `imported_at` of the segment that `campaign create` checked.
+    pub segment_imported_at: String,
     pub template_name: String,
     pub template_body: String,
     pub template_subject: Option<String>,
@@ -306,6 +308,8 @@ pub trait Store: Send + Sync {
     async fn optout_remove(&self, phone: &Phone) -> Result<bool>;
     async fn optout_contains(&self, phone: &Phone) -> Result<bool>;
     async fn optout_count(&self) -> Result<i64>;
+    /// Numbers opted out at or after `since` (for the check right before sending).
+    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>>;
 
     // Segments.
     /// Starts replacing segment `name`; the old members stay visible until commit.
@@ -332,8 +336,10 @@ pub trait Store: Send + Sync {
     async fn counts(&self, campaign: i64) -> Result<Counts>;
     async fn executions(&self, campaign: i64) -> Result<Vec<Execution>>;
     async fn request_stop(&self, campaign: i64) -> Result<()>;
-    /// Pending messages become `cancelled`; a live run is asked to stop.
-    async fn cancel(&self, campaign: i64) -> Result<u64>;
+    /// Pending messages become `cancelled`. A live run is asked to stop; a dead holder's
+    /// execution (`dead_lease`, checked by the caller) is closed as ABANDONED. Refused for
+    /// COMPLETED and CANCELLED campaigns.
+    async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64>;
     /// Deletes a campaign with all its messages; refused while a lease other than
     /// `expected_lease` (a dead holder the caller has checked) is held.
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()>;

@@ -234,6 +234,15 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT phone FROM optouts WHERE created_at >= ?")
+                .bind(ts(since))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn begin_segment_import(
         &self,
         name: &str,
@@ -326,13 +335,14 @@ impl Store for SqliteStore {
     async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
         let uid = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         Ok(sqlx::query_scalar(
-            "INSERT INTO campaigns (uid, name, segment_name, template_name, template_body, template_subject, \
-             gateway, ad, sender_number, brand, optout_number, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?) RETURNING id",
+            "INSERT INTO campaigns (uid, name, segment_name, segment_imported_at, template_name, template_body, \
+             template_subject, gateway, ad, sender_number, brand, optout_number, status, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?) RETURNING id",
         )
         .bind(uid)
         .bind(&c.name)
         .bind(&c.segment_name)
+        .bind(&c.segment_imported_at)
         .bind(&c.template_name)
         .bind(&c.template_body)
         .bind(&c.template_subject)
@@ -427,8 +437,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn cancel(&self, campaign: i64) -> Result<u64> {
+    async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
         let mut tx = self.write_tx().await?;
+        let row: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT status, lease_execution FROM campaigns WHERE id = ?")
+                .bind(campaign)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((status, holder)) = row else {
+            return Err(StoreError::NotFound(format!(
+                "no campaign with id {campaign}; `munja campaign list` shows the existing ones"
+            )));
+        };
+        if status == "COMPLETED" || status == "CANCELLED" {
+            return Err(StoreError::Conflict(format!(
+                "campaign {campaign} is {status}: there is nothing left to cancel"
+            )));
+        }
         let n = sqlx::query(
             "UPDATE messages SET state = 'cancelled', reason = 'cancelled' WHERE campaign_id = ? AND state = 'pending'",
         )
@@ -436,13 +461,31 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let at = now();
+        if holder.is_some() && holder == dead_lease {
+            sqlx::query(
+                "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = ?, \
+                 exit_message = 'its process was gone when the campaign was cancelled' \
+                 WHERE campaign_id = ? AND status = 'STARTED'",
+            )
+            .bind(&at)
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let live = holder.is_some() && holder != dead_lease;
         sqlx::query(
-            "UPDATE campaigns SET cancel_requested = 1, stop_requested = 1, \
-             status = CASE WHEN lease_execution IS NULL THEN 'CANCELLED' ELSE status END, \
-             exit_message = CASE WHEN lease_execution IS NULL THEN 'cancelled by operator' ELSE exit_message END \
-             WHERE id = ?",
+            "UPDATE campaigns SET cancel_requested = 1, stop_requested = ?2, \
+             status = CASE WHEN ?2 THEN status ELSE 'CANCELLED' END, \
+             exit_message = CASE WHEN ?2 THEN exit_message ELSE 'cancelled by operator' END, \
+             lease_execution = CASE WHEN ?2 THEN lease_execution END, \
+             lease_host = CASE WHEN ?2 THEN lease_host END, \
+             lease_pid = CASE WHEN ?2 THEN lease_pid END, \
+             lease_heartbeat_at = CASE WHEN ?2 THEN lease_heartbeat_at END \
+             WHERE id = ?1",
         )
         .bind(campaign)
+        .bind(live)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -566,10 +609,25 @@ impl Store for SqliteStore {
         if done.is_some() {
             return Ok(0);
         }
-        let segment_id: Option<i64> = sqlx::query_scalar("SELECT id FROM segments WHERE name = ?")
-            .bind(&segment)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let checked: Option<String> =
+            sqlx::query_scalar("SELECT segment_imported_at FROM campaigns WHERE id = ?")
+                .bind(campaign)
+                .fetch_one(&mut *tx)
+                .await?;
+        let found: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, imported_at FROM segments WHERE name = ?")
+                .bind(&segment)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let (Some(checked), Some((_, imported))) = (&checked, &found)
+            && checked != imported
+        {
+            return Err(StoreError::Conflict(format!(
+                "segment {segment:?} was re-imported at {imported}, after campaign {campaign} was created \
+                 (its checks and estimate covered the import of {checked}); create a new campaign for the new list"
+            )));
+        }
+        let segment_id = found.map(|(id, _)| id);
         let Some(segment_id) = segment_id else {
             return Err(StoreError::NotFound(format!(
                 "segment {segment:?} of campaign {campaign} does not exist any more; import it again with \
@@ -741,13 +799,14 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         fence(&mut tx, campaign, execution).await?;
-        let (mut sent, mut failed) = (0i64, 0i64);
+        let (mut sent, mut failed, mut suppressed) = (0i64, 0i64, 0i64);
         for u in updates {
             let last = u.attempts.last();
             let state = u.state.as_str();
             match u.state {
                 MessageState::Sent => sent += 1,
                 MessageState::Failed => failed += 1,
+                MessageState::Suppressed => suppressed += 1,
                 _ => {}
             }
             sqlx::query(
@@ -792,10 +851,12 @@ impl Store for SqliteStore {
             qb.build().execute(&mut *tx).await?;
         }
         sqlx::query(
-            "UPDATE executions SET sent = sent + ?, failed = failed + ?, commits = commits + 1 WHERE id = ?",
+            "UPDATE executions SET sent = sent + ?, failed = failed + ?, suppressed = suppressed + ?, \
+             commits = commits + 1 WHERE id = ?",
         )
         .bind(sent)
         .bind(failed)
+        .bind(suppressed)
         .bind(execution)
         .execute(&mut *tx)
         .await?;
