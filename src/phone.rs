@@ -207,7 +207,8 @@ fn kr_type(national: &str) -> Option<Type> {
 /// trunk `0` was kept (`+82 010…`). A mobile number whose leading 0 was
 /// dropped by a spreadsheet (`1012345678`) gets it back.
 fn national_digits(input: &str) -> Option<String> {
-    let s = input.trim();
+    let folded = fold_width(input);
+    let s = folded.trim();
     let (plus, rest) = match s.strip_prefix('+') {
         Some(r) => (true, r),
         None => (false, s),
@@ -237,6 +238,26 @@ fn national_digits(input: &str) -> Option<String> {
     len_ok.then_some(national)
 }
 
+/// Full-width digits and signs (from Korean IMEs) and Unicode dashes become their ASCII forms.
+fn fold_width(input: &str) -> std::borrow::Cow<'_, str> {
+    if input.is_ascii() {
+        return std::borrow::Cow::Borrowed(input);
+    }
+    input
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from(b'0' + (c as u32 - '０' as u32) as u8),
+            '＋' => '+',
+            '（' => '(',
+            '）' => ')',
+            '．' => '.',
+            '\u{2010}'..='\u{2015}' | '\u{2212}' | '－' => '-',
+            '\u{3000}' => ' ',
+            c => c,
+        })
+        .collect()
+}
+
 /// `1[016789]…`: a mobile number that lost its leading 0.
 fn is_mobile_prefix(digits: &str) -> bool {
     let b = digits.as_bytes();
@@ -246,6 +267,19 @@ fn is_mobile_prefix(digits: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_width_digits_and_unicode_dashes_are_the_same_number() {
+        let want = normalize_mobile("010-1234-5678").expect("plain");
+        for raw in [
+            "０１０－１２３４－５６７８",
+            "010–1234–5678",
+            "＋８２ １０ １２３４ ５６７８",
+            "010‐1234‐5678",
+        ] {
+            assert_eq!(normalize_mobile(raw).expect(raw), want, "{raw}");
+        }
+    }
     use proptest::prelude::*;
 
     fn ok(input: &str) -> String {

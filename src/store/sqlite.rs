@@ -973,14 +973,23 @@ impl Store for SqliteStore {
             }
             tokio::task::yield_now().await;
         }
-        report.executions_deleted = sqlx::query(
-            "DELETE FROM executions WHERE ended_at IS NOT NULL AND ended_at < ? AND campaign_id IN \
-             (SELECT id FROM campaigns WHERE status IN ('COMPLETED', 'CANCELLED') AND lease_execution IS NULL)",
-        )
-        .bind(&before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e JOIN campaigns c ON c.id = e.campaign_id \
+                 WHERE c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL \
+                 AND e.ended_at IS NOT NULL AND e.ended_at < ? LIMIT ?)",
+            )
+            .bind(&before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.executions_deleted += n;
+            if n == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         Ok(report)
     }
 }
