@@ -175,7 +175,7 @@ batch_size = {batch}
     let store = store::open(&cfg.database_url).await?;
     store.migrate().await?;
     let t = Instant::now();
-    let r = import::segment(&*store, "bench", &csv_path).await?;
+    let r = import::segment(&*store, "bench", &csv_path, &mut |_| {}).await?;
     let imported = t.elapsed();
     anyhow::ensure!(
         r.imported == args.recipients,

@@ -309,8 +309,8 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
         }
         Command::Optout(cmd) => return optout(cmd, &*store, out).await,
         Command::Segment(SegmentCmd::Import { name, file }) => {
-            let r = import::segment(&*store, &name, &file).await?;
-            print_import(&r, &file, "merged duplicates");
+            let r = import::segment(&*store, &name, &file, &mut print_rejected(&file)).await?;
+            print_import(&r, "merged duplicates");
             eprintln!("segment {name}: {} recipients", r.imported);
         }
         Command::Segment(SegmentCmd::List { json }) => {
@@ -436,31 +436,24 @@ fn parse_date(s: &str, cfg: &Config) -> anyhow::Result<chrono::DateTime<chrono::
     Ok(local.with_timezone(&chrono::Utc))
 }
 
-fn print_import(r: &ImportReport, file: &std::path::Path, dup_label: &str) {
-    for x in &r.rejected_rows {
+fn print_import(r: &ImportReport, dup_label: &str) {
+    println!(
+        "imported {}, {dup_label} {}, rejected {} ({})",
+        r.imported, r.already_present, r.rejected, r.encoding
+    );
+}
+
+/// Prints one rejected row of `file` on stderr, as the import meets it.
+fn print_rejected(file: &std::path::Path) -> impl FnMut(&import::Rejected) + '_ {
+    move |x| {
         eprintln!(
             "{} line {}: {} ({})",
             file.display(),
             x.line,
             x.reason,
             x.detail
-        );
+        )
     }
-    if r.rejected > r.rejected_rows.len() as u64 {
-        eprintln!(
-            "... and {} more rejected rows",
-            r.rejected - r.rejected_rows.len() as u64
-        );
-    }
-    let dup = if dup_label == "already present" {
-        format!("already present {}", r.already_present)
-    } else {
-        format!("{dup_label} {}", r.already_present)
-    };
-    println!(
-        "imported {}, {dup}, rejected {} ({})",
-        r.imported, r.rejected, r.encoding
-    );
 }
 
 async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyhow::Result<i32> {
@@ -469,8 +462,8 @@ async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyho
     };
     match cmd {
         OptoutCmd::Import { file } => {
-            let r = import::optouts(store, &file).await?;
-            print_import(&r, &file, "already present");
+            let r = import::optouts(store, &file, &mut print_rejected(&file)).await?;
+            print_import(&r, "already present");
         }
         OptoutCmd::Add { phone } => {
             let p = parse(&phone)?;

@@ -191,22 +191,14 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            let key = msg
-                .split('`')
-                .nth(1)
-                .map(str::to_string)
-                .unwrap_or_else(|| "(syntax)".into());
-            let at = e
-                .span()
-                .map(|s| format!(" (line {})", line_of(text, s.start)))
-                .unwrap_or_default();
-            err(
-                &key,
-                format!("{msg}{at}; see config/munja.example.toml for every key"),
-            )
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let (key, message) = describe_parse_error(text, &e);
+                err(
+                    &key,
+                    format!("{message}; see config/munja.example.toml for every key"),
+                )
+            })?;
         let base = path
             .and_then(Path::parent)
             .map(Path::to_path_buf)
@@ -250,7 +242,7 @@ impl Config {
         }
         let policy = Policy {
             timezone,
-            chunk_size: positive(p.chunk_size, 500, 100_000, "policy.chunk_size", &err)? as usize,
+            chunk_size: positive(p.chunk_size, 500, 10_000, "policy.chunk_size", &err)? as usize,
             quiet_hours,
             lease_timeout_secs: positive(
                 p.lease_timeout_secs,
@@ -428,6 +420,143 @@ impl Config {
     }
 }
 
+/// Turns a parse error into (dotted key, plain message with the line when known).
+fn describe_parse_error(
+    text: &str,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> (String, String) {
+    let mut path = String::new();
+    for segment in e.path() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => push_key(&mut path, key),
+            serde_path_to_error::Segment::Unknown => push_key(&mut path, "?"),
+        }
+    }
+    let inner = e.inner();
+    let msg = inner.message().trim();
+    let at = inner
+        .span()
+        .map(|s| format!(" (line {})", line_of(text, s.start)))
+        .unwrap_or_default();
+
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (name, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let key = with_leaf(&path, name);
+        let allowed = match tail
+            .strip_prefix(", expected one of ")
+            .or_else(|| tail.strip_prefix(", expected "))
+        {
+            Some(list) => format!("the keys allowed here are {list}"),
+            None => "no keys are allowed here".to_string(),
+        };
+        return (key, format!("unknown key{at}; {allowed}"));
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let name = rest.split_once('`').map_or(rest, |(n, _)| n);
+        let key = with_leaf(&path, name);
+        let form = match required_form(name) {
+            Some(form) => format!("; add it as {name} = {form}"),
+            None => String::new(),
+        };
+        return (key, format!("required key is missing{at}{form}"));
+    }
+    let key = if path.is_empty() {
+        "(syntax)".to_string()
+    } else {
+        path
+    };
+    let typed = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.rsplit_once(", expected "));
+    match typed {
+        Some((got, expected)) => (
+            key,
+            format!(
+                "expected {}, got {}{at}",
+                plain_expected(expected),
+                plain_got(got)
+            ),
+        ),
+        None => {
+            let msg: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            (key, format!("{}{at}", msg.join("; ")))
+        }
+    }
+}
+
+fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+fn with_leaf(path: &str, leaf: &str) -> String {
+    let mut key = path.to_string();
+    // The path may already end at the offending key; do not repeat it.
+    if !(key == leaf || key.ends_with(&format!(".{leaf}"))) {
+        push_key(&mut key, leaf);
+    }
+    key
+}
+
+/// The form of a required key, for the "missing" message.
+fn required_form(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "name" => "a text in quotes, e.g. \"main\"",
+        "kind" => "\"http-json\"",
+        "url" => "a text in quotes, e.g. \"http://127.0.0.1:8080\"",
+        "rate_per_sec" | "count" | "days" => "a whole number",
+        _ => return None,
+    })
+}
+
+/// serde's name of an expected type, in plain words.
+fn plain_expected(expected: &str) -> String {
+    match expected.trim() {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "integer" | "an integer" => {
+            "a whole number".into()
+        }
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, zero or more".into(),
+        "f32" | "f64" | "a float" | "float" => "a number".into(),
+        "a string" | "string" | "path string" | "a borrowed string" => "a text in quotes".into(),
+        "a boolean" | "bool" | "boolean" => "true or false".into(),
+        "a sequence" | "sequence" => "a list".into(),
+        "struct FrequencyCap" => "{ count = N, days = D }".into(),
+        "a map" | "map" => "a table".into(),
+        e if e.starts_with("struct ") => "a table".into(),
+        e => e.to_string(),
+    }
+}
+
+/// serde's description of the value found, in plain words.
+fn plain_got(got: &str) -> String {
+    let got = got.trim();
+    let quoted = |s: &str| s.trim_matches('`').to_string();
+    if let Some(s) = got.strip_prefix("string ") {
+        format!("the text {s}")
+    } else if let Some(n) = got.strip_prefix("integer ") {
+        quoted(n)
+    } else if let Some(n) = got.strip_prefix("floating point ") {
+        quoted(n)
+    } else if let Some(b) = got.strip_prefix("boolean ") {
+        quoted(b)
+    } else {
+        match got {
+            "sequence" => "a list".into(),
+            "map" => "a table".into(),
+            g => g.to_string(),
+        }
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -537,6 +666,78 @@ mod tests {
         let t = "[[gateways]]\nname='a'\nkind='http-json'\nrate_per_sec=5\n";
         let e = Config::from_toml_str(t, None).expect_err("no url");
         assert!(e.to_string().contains("url"), "{e}");
+    }
+
+    const GATEWAY: &str = "[[gateways]]\nname='a'\nkind='http-json'\nurl='http://x'\n";
+
+    fn parse_err(text: &str) -> ConfigError {
+        Config::from_toml_str(text, Some(Path::new("conf/munja.toml"))).expect_err("invalid")
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_and_a_plain_form() {
+        let e = parse_err(&format!("{GATEWAY}rate_per_sec = \"fast\"\n"));
+        assert_eq!(e.key, "gateways[0].rate_per_sec", "{e}");
+        let s = e.to_string();
+        assert!(s.contains("conf/munja.toml"), "{s}");
+        assert!(s.contains("expected a whole number"), "{s}");
+        assert!(s.contains("\"fast\""), "{s}");
+        assert!(s.contains("line 5"), "{s}");
+        assert!(!s.contains("i64"), "{s}");
+    }
+
+    #[test]
+    fn frequency_cap_given_as_a_number() {
+        let e = parse_err("[policy]\nmax_ads_per_recipient = 3\n");
+        assert_eq!(e.key, "policy.max_ads_per_recipient", "{e}");
+        let s = e.to_string();
+        assert!(s.contains("conf/munja.toml"), "{s}");
+        assert!(s.contains("{ count = N, days = D }"), "{s}");
+        assert!(!s.contains("struct"), "{s}");
+    }
+
+    #[test]
+    fn unknown_key_gets_its_full_dotted_name() {
+        let e = parse_err("[sender]\nbrnd = \"x\"\n");
+        assert_eq!(e.key, "sender.brnd", "{e}");
+        let s = e.to_string();
+        assert!(s.contains("conf/munja.toml"), "{s}");
+        assert!(s.contains("unknown key"), "{s}");
+        assert!(s.contains("`brand`"), "{s}");
+        assert!(s.contains("line 2"), "{s}");
+    }
+
+    #[test]
+    fn missing_key_gets_its_full_dotted_name() {
+        let e = parse_err("[[gateways]]\nname='a'\nkind='http-json'\nrate_per_sec=5\n");
+        assert_eq!(e.key, "gateways[0].url", "{e}");
+        let s = e.to_string();
+        assert!(s.contains("conf/munja.toml"), "{s}");
+        assert!(s.contains("missing"), "{s}");
+        assert!(s.contains("a text in quotes"), "{s}");
+    }
+
+    #[test]
+    fn other_plain_forms() {
+        let e = parse_err("[pricing]\nsms = \"cheap\"\n");
+        assert_eq!(e.key, "pricing.sms", "{e}");
+        assert!(e.message.contains("expected a number"), "{e}");
+        let e = parse_err("[sender]\nbrand = 3\n");
+        assert_eq!(e.key, "sender.brand", "{e}");
+        assert!(
+            e.message.contains("expected a text in quotes, got 3"),
+            "{e}"
+        );
+        let e = parse_err("gateways = 3\n");
+        assert_eq!(e.key, "gateways", "{e}");
+        assert!(e.message.contains("expected a list"), "{e}");
+        let e = parse_err("[policy]\nmax_ads_per_recipient = { count = 2, days = 7, weeks = 1 }\n");
+        assert_eq!(e.key, "policy.max_ads_per_recipient.weeks", "{e}");
+        let e = parse_err("chunk_size = 3\n");
+        assert_eq!(e.key, "chunk_size", "{e}");
+        let e = parse_err("[policy\n");
+        assert_eq!(e.key, "(syntax)", "{e}");
+        assert!(e.message.contains("line 1"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! plain ASCII, from the first line that is not), the header (a
 //! `phone` column is required, matched case-insensitively), and turning each record
 //! into a [`Row`] with its physical line number, or a rejected row for per-row
-//! problems (wrong number of fields). Fatal problems (I/O, bytes that are not text in
+//! problems (wrong number of fields, unless [`CsvSource::lenient_fields`] is set and
+//! the phone field is present). Fatal problems (I/O, bytes that are not text in
 //! the detected encoding) are [`CsvError`]s naming the file and line and saying how to
 //! fix them; the caller aborts the whole import on them.
 //!
@@ -182,6 +183,9 @@ pub struct CsvSource {
     basis: Basis,
     columns: Vec<String>,
     phone_index: usize,
+    /// Accept rows whose field count differs from the header when their phone field is
+    /// present (see [`CsvSource::lenient_fields`]).
+    lenient: bool,
     lines: LineTracker,
     reader: csv::Reader<File>,
 }
@@ -193,6 +197,7 @@ impl fmt::Debug for CsvSource {
             .field("encoding", &self.encoding)
             .field("columns", &self.columns)
             .field("phone_index", &self.phone_index)
+            .field("lenient", &self.lenient)
             .finish_non_exhaustive()
     }
 }
@@ -290,6 +295,7 @@ impl CsvSource {
             basis,
             columns: Vec::new(),
             phone_index: 0,
+            lenient: false,
             lines: LineTracker {
                 file_len,
                 ends_with_newline,
@@ -447,6 +453,16 @@ impl CsvSource {
         &self.columns[self.phone_index]
     }
 
+    /// Accept rows whose number of fields differs from the header, as long as their phone
+    /// field (at the header's phone position) is present and not empty: for files where only
+    /// the phone matters (opt-out lists), a stray comma in another column must not lose the
+    /// row. Such rows keep the columns they have (missing ones empty, extra values dropped).
+    /// By default (segments) they are rejected as `wrong_field_count`.
+    pub fn lenient_fields(mut self) -> Self {
+        self.lenient = true;
+        self
+    }
+
     /// Stream the data rows. Yields `Err` only for fatal problems (I/O, undecodable
     /// bytes), after which the iterator ends.
     pub fn rows(self) -> Rows {
@@ -511,7 +527,8 @@ impl Rows {
             if values.iter().all(String::is_empty) {
                 continue;
             }
-            if values.len() != src.columns.len() {
+            let has_phone = values.get(src.phone_index).is_some_and(|v| !v.is_empty());
+            if values.len() != src.columns.len() && !(src.lenient && has_phone) {
                 return Ok(Some(RowResult::Rejected {
                     line,
                     reason: "wrong_field_count".to_string(),
@@ -524,6 +541,7 @@ impl Rows {
             }
             let mut phone = String::new();
             let mut fields = Vec::with_capacity(values.len().saturating_sub(1));
+            values.resize(src.columns.len(), String::new());
             for (i, (value, name)) in values.into_iter().zip(&src.columns).enumerate() {
                 if i == src.phone_index {
                     phone = value;
@@ -910,6 +928,52 @@ mod tests {
                 if reason == "wrong_field_count" && detail.contains("found 4")
         ));
         assert!(matches!(&rows[3], RowResult::Ok(Row { line: 5, .. })));
+    }
+
+    #[test]
+    fn lenient_fields_keeps_rows_with_a_phone() {
+        let text = "name,phone,memo\n\
+                    a,010-1,고객 요청, 전화\n\
+                    b,010-2\n\
+                    c\n\
+                    d,,x,y\n\
+                    e,010-5,ok\n";
+        let f = write_file(text.as_bytes());
+        let rows = all_rows(CsvSource::open(f.path()).unwrap().lenient_fields());
+        assert_eq!(
+            rows[..2],
+            [
+                RowResult::Ok(Row {
+                    line: 2,
+                    phone: "010-1".into(),
+                    fields: fields(&[("name", "a"), ("memo", "고객 요청")]),
+                }),
+                RowResult::Ok(Row {
+                    line: 3,
+                    phone: "010-2".into(),
+                    fields: fields(&[("name", "b"), ("memo", "")]),
+                }),
+            ]
+        );
+        // No phone field, or an empty one: still rejected.
+        assert!(matches!(
+            &rows[2],
+            RowResult::Rejected { line: 4, reason, .. } if reason == "wrong_field_count"
+        ));
+        assert!(matches!(
+            &rows[3],
+            RowResult::Rejected { line: 5, reason, .. } if reason == "wrong_field_count"
+        ));
+        assert!(matches!(&rows[4], RowResult::Ok(Row { line: 6, .. })));
+        assert_eq!(rows.len(), 5);
+
+        // The default (segments) rejects both rows with a phone.
+        let rows = all_rows(CsvSource::open(f.path()).unwrap());
+        let rejected = rows
+            .iter()
+            .filter(|r| matches!(r, RowResult::Rejected { .. }))
+            .count();
+        assert_eq!(rejected, 4);
     }
 
     #[test]

@@ -34,6 +34,17 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
+/// Prints the first five rejected rows of a file.
+fn first_five(file: &'static str) -> impl FnMut(&import::Rejected) {
+    let mut shown = 0;
+    move |x| {
+        shown += 1;
+        if shown <= 5 {
+            eprintln!("  {file} line {}: {} ({})", x.line, x.reason, x.detail);
+        }
+    }
+}
+
 fn step(n: u32, what: &str) {
     eprintln!("\n== {n}. {what}");
 }
@@ -124,23 +135,25 @@ max_attempts = 6
     eprintln!("database ready: {}", cfg.database_url);
 
     step(2, "munja optout import optouts.csv");
-    let r = import::optouts(&*store, &root.join("optouts.csv")).await?;
-    for x in r.rejected_rows.iter().take(5) {
-        eprintln!("  optouts.csv line {}: {} ({})", x.line, x.reason, x.detail);
-    }
+    let r = import::optouts(
+        &*store,
+        &root.join("optouts.csv"),
+        &mut first_five("optouts.csv"),
+    )
+    .await?;
     eprintln!(
         "imported {}, already present {}, rejected {}",
         r.imported, r.already_present, r.rejected
     );
 
     step(3, "munja segment import customers customers.csv");
-    let r = import::segment(&*store, "customers", &root.join("customers.csv")).await?;
-    for x in r.rejected_rows.iter().take(5) {
-        eprintln!(
-            "  customers.csv line {}: {} ({})",
-            x.line, x.reason, x.detail
-        );
-    }
+    let r = import::segment(
+        &*store,
+        "customers",
+        &root.join("customers.csv"),
+        &mut first_five("customers.csv"),
+    )
+    .await?;
     if r.rejected > 5 {
         eprintln!("  ... and {} more rejected rows", r.rejected - 5);
     }

@@ -17,8 +17,6 @@ use crate::store::{NewMember, Store};
 
 /// Rows sent to the store per batch.
 const BATCH: usize = 2000;
-/// Rejected rows kept for the report; more are counted only.
-const MAX_LISTED: usize = 1000;
 
 /// The column that carries the night-consent flag of a segment.
 pub const NIGHT_CONSENT_COLUMN: &str = "night_consent";
@@ -36,20 +34,19 @@ pub struct ImportReport {
     /// Opt-outs: already in the list. Segments: duplicate numbers merged into their first row.
     pub already_present: u64,
     pub rejected: u64,
-    pub rejected_rows: Vec<Rejected>,
     pub encoding: String,
 }
 
 impl ImportReport {
-    fn reject(&mut self, line: u64, reason: &str, detail: String) {
+    /// Counts a rejected row and hands it to the caller's sink (printed as it comes, so a
+    /// file with many bad rows is reported in full without holding them in memory).
+    fn reject(&mut self, sink: &mut dyn FnMut(&Rejected), line: u64, reason: &str, detail: String) {
         self.rejected += 1;
-        if self.rejected_rows.len() < MAX_LISTED {
-            self.rejected_rows.push(Rejected {
-                line,
-                reason: reason.to_string(),
-                detail,
-            });
-        }
+        sink(&Rejected {
+            line,
+            reason: reason.to_string(),
+            detail,
+        });
     }
 }
 
@@ -58,8 +55,17 @@ fn encoding_name(e: TextEncoding) -> String {
 }
 
 /// Imports an opt-out list (a CSV with a `phone` column); idempotent.
-pub async fn optouts(store: &dyn Store, path: &Path) -> anyhow::Result<ImportReport> {
-    let src = CsvSource::open(path)?;
+///
+/// Only the phone column is used, so a row whose field count differs from the header (a stray
+/// comma in a memo column, a missing trailing column) is still imported when its phone field is
+/// present: losing an opt-out over a column we ignore would be the worse error.
+/// `on_reject` receives each rejected row with its line number and reason.
+pub async fn optouts(
+    store: &dyn Store,
+    path: &Path,
+    on_reject: &mut dyn FnMut(&Rejected),
+) -> anyhow::Result<ImportReport> {
+    let src = CsvSource::open(path)?.lenient_fields();
     let mut report = ImportReport::default();
     let mut import = store
         .begin_optout_import(&path.display().to_string())
@@ -72,10 +78,11 @@ pub async fn optouts(store: &dyn Store, path: &Path) -> anyhow::Result<ImportRep
                 line,
                 reason,
                 detail,
-            } => report.reject(line, &reason, detail),
+            } => report.reject(on_reject, line, &reason, detail),
             RowResult::Ok(row) => match phone::normalize_mobile(&row.phone) {
                 Ok(p) => batch.push(p),
                 Err(e) => report.reject(
+                    on_reject,
                     row.line,
                     e.code(),
                     format!("{}: {e}", phone::mask(&row.phone)),
@@ -101,7 +108,13 @@ pub async fn optouts(store: &dyn Store, path: &Path) -> anyhow::Result<ImportRep
 }
 
 /// Imports (or atomically replaces) segment `name` from a CSV with a `phone` column.
-pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Result<ImportReport> {
+/// `on_reject` receives each rejected row with its line number and reason.
+pub async fn segment(
+    store: &dyn Store,
+    name: &str,
+    path: &Path,
+    on_reject: &mut dyn FnMut(&Rejected),
+) -> anyhow::Result<ImportReport> {
     anyhow::ensure!(
         !name.is_empty()
             && name
@@ -130,7 +143,7 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
                 reason,
                 detail,
             } => {
-                report.reject(line, &reason, detail);
+                report.reject(on_reject, line, &reason, detail);
                 continue;
             }
             RowResult::Ok(row) => row,
@@ -139,6 +152,7 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
             Ok(p) => p,
             Err(e) => {
                 report.reject(
+                    on_reject,
                     row.line,
                     e.code(),
                     format!("{}: {e}", phone::mask(&row.phone)),
@@ -160,7 +174,7 @@ pub async fn segment(store: &dyn Store, name: &str, path: &Path) -> anyhow::Resu
             }
         }
         if let Some(e) = bad_consent {
-            report.reject(row.line, "invalid_night_consent", e);
+            report.reject(on_reject, row.line, "invalid_night_consent", e);
             continue;
         }
         batch.push(NewMember {

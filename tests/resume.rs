@@ -587,3 +587,60 @@ async fn a_segment_reimported_after_create_is_refused_at_run() {
         "nothing was snapshotted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cuts_the_in_doubt_lookups_short() {
+    // Leave 8+ messages in doubt, as in the lookup test.
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 60_000,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 30_000,
+        concurrency: 8,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    let t0 = Instant::now();
+    while env.sim.stats().accepted < 8 {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, libc::SIGKILL);
+    wait(child).await;
+    // Now the gateway hangs: it accepts connections and never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("http://{}", hole.local_addr().unwrap());
+    let _held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hole.incoming().flatten() {
+            conns.push(c);
+        }
+    });
+    let cfg = std::fs::read_to_string(env.path("munja.toml")).unwrap();
+    let cfg = cfg
+        .replace(&env.sim.url(), &hole_url)
+        .replace("timeout_ms = 30000", "timeout_ms = 1000");
+    env.write("munja.toml", &cfg);
+    let child = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let o = wait(child).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stopped after {:?}",
+        t.elapsed()
+    );
+    let st = env.status(&id).await;
+    assert!(
+        n(&st, "sending") > 0,
+        "unsettled messages stay in doubt: {st}"
+    );
+    assert_eq!(st["status"], "STOPPED");
+}

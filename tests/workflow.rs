@@ -543,3 +543,39 @@ async fn a_429_is_retried_no_sooner_than_retry_after() {
     let rows = env.audit_json(&id).await;
     assert_eq!(rows[0]["attempts"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optout_rows_with_stray_commas_in_ignored_columns_are_imported() {
+    let env = Env::new(SimConfig::default()).await;
+    env.ok(&["init"]).await;
+    let opt = env.write(
+        "optouts.csv",
+        "phone,memo\n010-1111-2222,고객 요청, 전화\n010-1111-3333\n,only a memo, here\n",
+    );
+    let o = env.ok(&["optout", "import", opt.to_str().unwrap()]).await;
+    assert!(
+        o.stdout
+            .contains("imported 2, already present 0, rejected 1"),
+        "{}",
+        o.all()
+    );
+    assert!(
+        o.stderr.contains("line 4: wrong_field_count"),
+        "{}",
+        o.all()
+    );
+    assert_eq!(env.run(&["optout", "check", "010-1111-2222"]).await.code, 0);
+    assert_eq!(env.run(&["optout", "check", "010-1111-3333"]).await.code, 0);
+    assert_eq!(env.run(&["optout", "check", "010-1111-4444"]).await.code, 1);
+
+    // Segments still refuse such rows: their other columns are used.
+    let seg = env.write(
+        "seg.csv",
+        "phone,name\n010-1111-5555,김, 민수\n010-1111-6666\n010-1111-7777,이영희\n",
+    );
+    let o = env
+        .ok(&["segment", "import", "s", seg.to_str().unwrap()])
+        .await;
+    assert!(o.stdout.contains("imported 1"), "{}", o.all());
+    assert!(o.stdout.contains("rejected 2"), "{}", o.all());
+}
