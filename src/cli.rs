@@ -675,8 +675,22 @@ async fn campaign_cmd(
         }
         CampaignCmd::Stop { id } => {
             let c = store.campaign(id).await?;
-            if c.lease.is_none() {
+            let Some(l) = &c.lease else {
                 eprintln!("campaign {id} is not running (status {})", c.status);
+                return Ok(1);
+            };
+            if crate::lease::holder_gone(
+                l,
+                cfg.policy.lease_timeout_secs,
+                &crate::lease::this_host(),
+                chrono::Utc::now(),
+            )
+            .is_some()
+            {
+                eprintln!(
+                    "campaign {id} is not running: its process is gone. `munja campaign run {id}` \
+                     resumes it; `munja campaign cancel {id}` cancels it"
+                );
                 return Ok(1);
             }
             store.request_stop(id).await?;

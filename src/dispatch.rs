@@ -255,24 +255,33 @@ pub async fn run(
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let campaign = store.campaign(id).await?;
-    match campaign.status.as_str() {
-        // --retry-failed is how a completed campaign re-sends what the gateway never took.
-        "COMPLETED" if opts.retry_failed => {}
-        "COMPLETED" => bail!(
-            "campaign {id} ({}) is COMPLETED: a completed campaign cannot run again; \
-             use --retry-failed to re-send messages whose attempts ran out on transient errors, \
-             or create a new campaign",
-            campaign.name
-        ),
-        _ if campaign.cancel_requested => bail!(
-            "campaign {id} ({}) was cancelled and cannot run",
-            campaign.name
-        ),
-        "CANCELLED" => bail!(
-            "campaign {id} ({}) was cancelled and cannot run",
-            campaign.name
-        ),
-        _ => {}
+    // A cancelled campaign sends nothing more; it may only settle messages a crashed run left
+    // in doubt, so that its audit says which of them went out.
+    let settle_only = campaign.cancel_requested || campaign.status == "CANCELLED";
+    if settle_only {
+        let in_doubt = store.counts(id).await?.sending;
+        if in_doubt == 0 {
+            bail!(
+                "campaign {id} ({}) was cancelled and cannot run",
+                campaign.name
+            );
+        }
+        warn!(
+            messages = in_doubt,
+            "campaign was cancelled: only settling messages left in doubt by a crashed run"
+        );
+    } else {
+        match campaign.status.as_str() {
+            // --retry-failed is how a completed campaign re-sends what the gateway never took.
+            "COMPLETED" if opts.retry_failed => {}
+            "COMPLETED" => bail!(
+                "campaign {id} ({}) is COMPLETED: a completed campaign cannot run again; \
+                 use --retry-failed to re-send messages whose attempts ran out on transient errors, \
+                 or create a new campaign",
+                campaign.name
+            ),
+            _ => {}
+        }
     }
     let gw_cfg = cfg.gateway(Some(&campaign.gateway))?;
     let composer = composer_for(&campaign)?;
@@ -305,7 +314,14 @@ pub async fn run(
             progress: opts.progress.take(),
             sent_now: 0,
         };
-        let outcome = runner.drive(opts.retry_failed).await;
+        let outcome = runner.drive(opts.retry_failed, settle_only).await;
+        // A cancel that emptied the queue before the heartbeat saw it is still a cancel.
+        let outcome = match outcome {
+            Ok(None) if store.campaign(id).await.is_ok_and(|c| c.cancel_requested) => {
+                Ok(Some(StopReason::Cancelled))
+            }
+            o => o,
+        };
         heartbeat.abort();
         if let Some(s) = signals {
             s.abort();
@@ -355,7 +371,10 @@ pub async fn run(
                 format!("{} messages still pending", counts.pending + counts.sending),
             ),
             Ok(Some(StopReason::Cancelled)) => {
-                store.cancel(id, None).await?;
+                match store.cancel(id, None).await {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 (
                     RunStatus::Stopped,
                     "CANCELLED",
@@ -554,8 +573,16 @@ impl Runner<'_> {
     /// Up to [`PIPELINE`] chunks are in flight at once (claimed and committed separately), so one
     /// slow message does not idle the gateway; the first chunk runs alone, so that a template
     /// that fails every message stops the run before more is claimed.
-    async fn drive(&mut self, retry_failed: bool) -> anyhow::Result<Option<StopReason>> {
+    async fn drive(
+        &mut self,
+        retry_failed: bool,
+        settle_only: bool,
+    ) -> anyhow::Result<Option<StopReason>> {
         let (id, exec) = (self.campaign.id, self.execution);
+        if settle_only {
+            self.settle_in_doubt(true).await?;
+            return Ok(Some(StopReason::Cancelled));
+        }
         let total = self
             .store
             .snapshot(id, exec)
@@ -571,7 +598,7 @@ impl Runner<'_> {
                 "re-queued messages whose attempts ran out on transient errors"
             );
         }
-        self.settle_in_doubt().await?;
+        self.settle_in_doubt(false).await?;
         let mut counts = self.store.counts(id).await?;
         if let Some(p) = self.progress.as_mut() {
             p.start(&counts);
@@ -694,7 +721,8 @@ impl Runner<'_> {
 
     /// Settles messages an earlier execution left `sending`: found on the gateway means sent;
     /// anything else goes back to pending, to be resent under the same ref.
-    async fn settle_in_doubt(&mut self) -> anyhow::Result<()> {
+    /// With `cancelled`, a message the gateway never received becomes `cancelled`.
+    async fn settle_in_doubt(&mut self, cancelled: bool) -> anyhow::Result<()> {
         let mut after = 0;
         loop {
             let batch = self
@@ -734,6 +762,9 @@ impl Runner<'_> {
                     Lookup::Found { gateway_id, .. } => {
                         (MessageState::Sent, "lookup_found", Some(gateway_id), None)
                     }
+                    Lookup::NotFound if cancelled => {
+                        (MessageState::Cancelled, "lookup_missing", None, None)
+                    }
                     Lookup::NotFound => (MessageState::Pending, "lookup_missing", None, None),
                     Lookup::Unavailable { reason } => (
                         MessageState::Pending,
@@ -745,14 +776,16 @@ impl Runner<'_> {
                 if state == MessageState::Sent {
                     self.sent_now += 1;
                 }
+                // The audit row of a message found on the gateway shows what was sent.
+                let composed = self.composer.compose_json(&m.vars).ok();
                 updates.push(MessageUpdate {
                     id: m.id,
                     state,
                     reason: None,
                     retryable: false,
                     gateway_id: gateway_id.clone(),
-                    kind: None,
-                    bytes: None,
+                    kind: composed.as_ref().map(|c| c.kind.as_str().to_string()),
+                    bytes: composed.as_ref().map(|c| c.bytes as i64),
                     attempts: vec![AttemptRecord {
                         at,
                         outcome: outcome.into(),

@@ -156,6 +156,16 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let execs = st["executions"].as_array().unwrap();
     assert!(execs.len() >= 6);
     assert!(execs.iter().all(|e| e["status"] != "STARTED"), "{execs:?}");
+    // Each execution's counters add up, and together they count every message once.
+    for e in execs {
+        assert_eq!(
+            n(e, "read_count"),
+            n(e, "sent") + n(e, "failed") + n(e, "suppressed"),
+            "{e}"
+        );
+    }
+    let sent: i64 = execs.iter().map(|e| n(e, "sent")).sum();
+    assert_eq!(sent, 19_800, "{execs:?}");
     let abandoned = execs.iter().filter(|e| e["status"] == "ABANDONED").count();
     assert_eq!(
         abandoned, kills,
@@ -509,6 +519,21 @@ async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
     let execs = st["executions"].as_array().unwrap();
     assert_eq!(execs[0]["status"], "ABANDONED");
     let accepted = env.sim.stats().accepted;
+    // The crashed run left claimed messages in doubt: a run only settles them, sends nothing.
+    assert!(n(&st, "sending") > 0, "{st}");
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(
+        (st["status"].as_str(), n(&st, "sending")),
+        (Some("CANCELLED"), 0),
+        "{st}"
+    );
+    assert_eq!(
+        n(&st, "sent") as u64,
+        accepted,
+        "found by lookup = what the gateway took"
+    );
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stderr.contains("cancelled"), "{}", o.all());
@@ -643,4 +668,31 @@ async fn a_stop_cuts_the_in_doubt_lookups_short() {
         "unsettled messages stay in doubt: {st}"
     );
     assert_eq!(st["status"], "STOPPED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_empties_the_queue_before_the_heartbeat_still_ends_cancelled() {
+    let gw = Gw {
+        rate: 1000,
+        burst: 50,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "chunk_size = 20").await;
+    let seg = env.segment_csv("seg.csv", 0, 2000);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.ok(&["campaign", "cancel", &id]).await;
+    let o = wait(child).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "CANCELLED", "{st}");
+    assert!(n(&st, "cancelled") > 0);
+    assert_eq!(n(&st, "sent") as u64, env.sim.stats().accepted);
+    assert_eq!(
+        env.run(&["campaign", "run", &id, "--retry-failed"])
+            .await
+            .code,
+        1
+    );
 }

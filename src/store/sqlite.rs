@@ -781,8 +781,9 @@ impl Store for SqliteStore {
         claim.suppressed_opted_out = opted.len() as u64;
         claim.suppressed_capped = capped.len() as u64;
         let suppressed = (opted.len() + capped.len()) as i64;
+        // Read = made final by this execution; claimed messages count when committed.
         sqlx::query("UPDATE executions SET read_count = read_count + ?, suppressed = suppressed + ? WHERE id = ?")
-            .bind(rows.len() as i64)
+            .bind(suppressed)
             .bind(suppressed)
             .bind(req.execution)
             .execute(&mut *tx)
@@ -822,7 +823,13 @@ impl Store for SqliteStore {
             .bind(&u.gateway_id)
             .bind(&u.kind)
             .bind(u.bytes)
-            .bind(u.attempts.iter().filter(|a| !a.outcome.starts_with("lookup")).count() as i64)
+            // A lookup is not a send, except one that finds the crashed run's send.
+            .bind(
+                u.attempts
+                    .iter()
+                    .filter(|a| !a.outcome.starts_with("lookup") || a.outcome == "lookup_found")
+                    .count() as i64,
+            )
             .bind(last.map(|a| ts(a.at)))
             .bind(now())
             .bind(u.id)
@@ -851,9 +858,10 @@ impl Store for SqliteStore {
             qb.build().execute(&mut *tx).await?;
         }
         sqlx::query(
-            "UPDATE executions SET sent = sent + ?, failed = failed + ?, suppressed = suppressed + ?, \
-             commits = commits + 1 WHERE id = ?",
+            "UPDATE executions SET read_count = read_count + ?, sent = sent + ?, failed = failed + ?, \
+             suppressed = suppressed + ?, commits = commits + 1 WHERE id = ?",
         )
+        .bind(sent + failed + suppressed)
         .bind(sent)
         .bind(failed)
         .bind(suppressed)
