@@ -905,6 +905,23 @@ fn update_for(
     }
 }
 
+/// Moves the items matching `aside` out of the request, recording them with `state` and `reason`;
+/// returns the rest.
+fn set_aside(
+    items: Vec<Item>,
+    aside: impl Fn(&Item) -> bool,
+    state: MessageState,
+    reason: &str,
+    done: &mut Vec<MessageUpdate>,
+) -> Vec<Item> {
+    let (out, keep): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| aside(i));
+    done.extend(
+        out.iter()
+            .map(|i| update_for(i, state, Some(reason.to_string()), false, None)),
+    );
+    keep
+}
+
 /// Sends one group (one request: a single message, or a batch) until every item is final or
 /// the run stops; unattempted or still-retryable items go back to `pending`.
 async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdate> {
@@ -944,45 +961,29 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         if ctx.ctl.until(limiter).await.is_none() {
             break;
         }
-        // The night rule is checked at the moment of sending.
+        // The night rule and opt-outs that arrived after the claim, at the moment of sending.
         if let Some(q) = ctx.quiet
             && items.iter().any(|i| !i.night_consent)
             && q.now()
         {
-            let (wait_for_day, keep): (Vec<Item>, Vec<Item>) =
-                items.into_iter().partition(|i| !i.night_consent);
-            done.extend(wait_for_day.iter().map(|i| {
-                update_for(
-                    i,
-                    MessageState::Pending,
-                    Some("quiet_hours".into()),
-                    false,
-                    None,
-                )
-            }));
-            items = keep;
-            if items.is_empty() {
-                drop(permit);
-                break;
-            }
+            items = set_aside(
+                items,
+                |i| !i.night_consent,
+                MessageState::Pending,
+                "quiet_hours",
+                &mut done,
+            );
         }
-        // Opt-outs that arrived after this chunk was claimed.
         if let Ok(fresh) = ctx.fresh_optouts.read()
             && !fresh.is_empty()
-            && items.iter().any(|i| fresh.contains(&i.out.to))
         {
-            let (opted, keep): (Vec<Item>, Vec<Item>) =
-                items.into_iter().partition(|i| fresh.contains(&i.out.to));
-            done.extend(opted.iter().map(|i| {
-                update_for(
-                    i,
-                    MessageState::Suppressed,
-                    Some("opted_out_during_run".into()),
-                    false,
-                    None,
-                )
-            }));
-            items = keep;
+            items = set_aside(
+                items,
+                |i| fresh.contains(&i.out.to),
+                MessageState::Suppressed,
+                "opted_out_during_run",
+                &mut done,
+            );
         }
         if items.is_empty() {
             drop(permit);

@@ -47,6 +47,33 @@ async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
 }
 
+/// A campaign of 300 whose run was killed while its first requests were accepted by the
+/// gateway but not yet answered: those messages are left `sending`, in doubt.
+async fn leave_in_doubt() -> (Env, String) {
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 60_000,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 30_000,
+        concurrency: 8,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    let t0 = Instant::now();
+    while env.sim.stats().accepted < 8 {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, libc::SIGKILL);
+    wait(child).await;
+    (env, id)
+}
+
 /// The acceptance test of resume: SIGKILL at random moments, one during the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
@@ -182,27 +209,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_doubt_messages_are_settled_by_lookup_not_resent() {
     // Every request is accepted and then stalls: the run has messages in flight, in doubt.
-    let sim = SimConfig {
-        timeout_rate: 1.0,
-        stall_ms: 60_000,
-        ..SimConfig::default()
-    };
-    let gw = Gw {
-        timeout_ms: 30_000,
-        concurrency: 8,
-        ..Gw::default()
-    };
-    let env = Env::with(sim, gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 300);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    let t0 = Instant::now();
-    while env.sim.stats().accepted < 8 {
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    signal(&child, libc::SIGKILL);
-    wait(child).await;
+    let (env, id) = leave_in_doubt().await;
     let accepted_before = env.sim.stats().accepted;
     let st = env.status(&id).await;
     assert!(
@@ -616,27 +623,7 @@ async fn a_segment_reimported_after_create_is_refused_at_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_cuts_the_in_doubt_lookups_short() {
     // Leave 8+ messages in doubt, as in the lookup test.
-    let sim = SimConfig {
-        timeout_rate: 1.0,
-        stall_ms: 60_000,
-        ..SimConfig::default()
-    };
-    let gw = Gw {
-        timeout_ms: 30_000,
-        concurrency: 8,
-        ..Gw::default()
-    };
-    let env = Env::with(sim, gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 300);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    let t0 = Instant::now();
-    while env.sim.stats().accepted < 8 {
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    signal(&child, libc::SIGKILL);
-    wait(child).await;
+    let (env, id) = leave_in_doubt().await;
     // Now the gateway hangs: it accepts connections and never answers.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hole_url = format!("http://{}", hole.local_addr().unwrap());

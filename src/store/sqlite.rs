@@ -39,6 +39,24 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Runs a `DELETE ... WHERE id IN (SELECT ... < ? LIMIT ?)` until it deletes nothing.
+    async fn delete_in_batches(&self, sql: &str, before: &str, batch: i64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(sql)
+                .bind(before)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
@@ -965,39 +983,29 @@ impl Store for SqliteStore {
         let before = ts(before);
         let mut report = PurgeReport::default();
         // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a JOIN campaigns c ON c.id = a.campaign_id \
-                 WHERE c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL AND a.at < ? LIMIT ?)",
+        const FINISHED: &str =
+            "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
+        report.attempts_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
+                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < ? LIMIT ?)"
+                ),
+                &before,
+                batch,
             )
-            .bind(&before)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.attempts_deleted += n;
-            if n == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e JOIN campaigns c ON c.id = e.campaign_id \
-                 WHERE c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL \
-                 AND e.ended_at IS NOT NULL AND e.ended_at < ? LIMIT ?)",
+            .await?;
+        report.executions_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
+                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
+                     AND e.ended_at IS NOT NULL AND e.ended_at < ? LIMIT ?)"
+                ),
+                &before,
+                batch,
             )
-            .bind(&before)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.executions_deleted += n;
-            if n == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+            .await?;
         Ok(report)
     }
 }
