@@ -66,20 +66,26 @@ fn now() -> String {
     ts(Utc::now())
 }
 
-/// Fails with `LeaseLost` unless `execution` holds the campaign's lease.
-async fn fence(tx: &mut Transaction<'static, Sqlite>, campaign: i64, execution: i64) -> Result<()> {
+/// The execution holding the campaign's lease, if any; `NotFound` for an unknown campaign.
+async fn lease_holder(tx: &mut Transaction<'static, Sqlite>, campaign: i64) -> Result<Option<i64>> {
     let holder: Option<Option<i64>> =
         sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
             .bind(campaign)
             .fetch_optional(&mut **tx)
             .await?;
-    if holder.flatten() != Some(execution) {
-        return Err(StoreError::LeaseLost {
+    holder.ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))
+}
+
+/// Fails with `LeaseLost` unless `execution` holds the campaign's lease.
+async fn fence(tx: &mut Transaction<'static, Sqlite>, campaign: i64, execution: i64) -> Result<()> {
+    match lease_holder(tx, campaign).await {
+        Ok(Some(holder)) if holder == execution => Ok(()),
+        Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::LeaseLost {
             campaign,
             execution,
-        });
+        }),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
@@ -512,16 +518,7 @@ impl Store for SqliteStore {
 
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let holder: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
-                .bind(campaign)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(holder) = holder else {
-            return Err(StoreError::NotFound(format!(
-                "no campaign with id {campaign}"
-            )));
-        };
+        let holder = lease_holder(&mut tx, campaign).await?;
         if holder.is_some() && holder != expected_lease {
             return Err(StoreError::Conflict(format!(
                 "campaign {campaign} is running (execution {}); stop it first with `munja campaign stop {campaign}`",
@@ -549,16 +546,7 @@ impl Store for SqliteStore {
         abandon_message: &str,
     ) -> Result<i64> {
         let mut tx = self.write_tx().await?;
-        let holder: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
-                .bind(campaign)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(holder) = holder else {
-            return Err(StoreError::NotFound(format!(
-                "no campaign with id {campaign}"
-            )));
-        };
+        let holder = lease_holder(&mut tx, campaign).await?;
         if holder != expected {
             return Err(StoreError::Conflict(format!(
                 "campaign {campaign} was just started by another run (execution {})",
