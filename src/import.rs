@@ -32,8 +32,9 @@ pub const NIGHT_CONSENT_COLUMN: &str = "night_consent";
 /// How many swallowed ranges a refused opt-out import names.
 const NAMED_SPANS: usize = 5;
 
-/// Characters that separate numbers in one field ("010-…; 010-…", "010-…/010-…").
-const NUMBER_SEPARATORS: &[char] = &[';', ',', '/', '|', '&', '\t', '\n', '\r'];
+/// Characters that separate numbers in one field ("010-…; 010-…", "010-…/010-…"). Numbers
+/// separated by spaces or line breaks are found by their digit count.
+const NUMBER_SEPARATORS: &[char] = &[';', ',', '/', '|', '&'];
 
 /// A Korean number has at most 13 digits even written with the country code and the trunk
 /// zero (`+82 010 1234 5678`); two numbers have at least 20.
@@ -104,6 +105,11 @@ impl ImportReport {
         self.lines = counts.lines;
         self.header_lines = counts.header;
         self.blank_lines = counts.blank;
+        self.check_lines(path)
+    }
+
+    /// Every line of the file is accounted for, or the import is refused.
+    fn check_lines(&self, path: &Path) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.accounted_lines() == self.lines,
             "{}: refused, nothing imported: the file has {} lines but the import accounts for \
@@ -335,4 +341,90 @@ fn new_member(row: Row) -> Result<NewMember, Rejected> {
         vars: Value::Object(vars).to_string(),
         night_consent,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(phone: &str) -> Row {
+        Row {
+            line: 7,
+            phone: phone.to_string(),
+            fields: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_phone_field_with_two_numbers_is_rejected_not_merged() {
+        for field in [
+            "010-1234-5678 010-2345-6789",
+            "01012345678 01023456789",
+            "010-1234-5678;010-2345-6789",
+            "010-1234-5678, 010-2345-6789",
+            "010-1234-5678/010-2345-6789",
+            "010-1234-5678 | 010-2345-6789",
+            "010 1234 5678 010 2345 6789",
+            "010-1234-5678\n010-2345-6789",
+        ] {
+            let r = row_phone(&row(field)).expect_err(field);
+            assert_eq!((r.line, r.end_line), (7, 7), "{field}");
+            assert_eq!(r.reason, "multiple_numbers", "{field}");
+            assert!(
+                r.detail.ends_with(
+                    "the phone field holds more than one number; put each number on its own row"
+                ),
+                "{}",
+                r.detail
+            );
+            assert!(!r.detail.contains("1234"), "masked: {}", r.detail);
+            assert!(!r.detail.contains('\n'), "one line: {}", r.detail);
+        }
+    }
+
+    #[test]
+    fn a_phone_field_with_a_line_break_is_rejected() {
+        let r = row_phone(&row("010-1234-\r5678")).unwrap_err();
+        assert_eq!(r.reason, "line_break_in_phone");
+        assert!(r.detail.starts_with("010-****-\\r5678: "), "{}", r.detail);
+    }
+
+    #[test]
+    fn one_number_in_any_form_is_accepted() {
+        for field in [
+            "010-1234-5678",
+            "+82 10 1234 5678",
+            "+82 010 1234 5678",
+            "82-10-1234-5678",
+            "(010) 1234.5678",
+        ] {
+            let p = row_phone(&row(field)).expect(field);
+            assert_eq!(p.as_str(), "01012345678", "{field}");
+        }
+        let r = row_phone(&row("02-123-4567")).unwrap_err();
+        assert_eq!(r.reason, "not_mobile");
+    }
+
+    #[test]
+    fn an_import_whose_lines_do_not_add_up_is_refused() {
+        let mut r = ImportReport {
+            imported: 5,
+            already_present: 1,
+            rejected: 1,
+            rejected_lines: 3,
+            header_lines: 1,
+            blank_lines: 2,
+            lines: 12,
+            ..ImportReport::default()
+        };
+        r.check_lines(Path::new("x.csv")).unwrap();
+        r.lines = 13;
+        let msg = r.check_lines(Path::new("x.csv")).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "x.csv: refused, nothing imported: the file has 13 lines but the import accounts \
+             for 12 (1 header + 5 imported + 1 already present + 3 rejected + 2 blank); this is \
+             a bug in munja, please report it"
+        );
+    }
 }
