@@ -22,16 +22,19 @@
 //! Rules: fields are trimmed; rows whose fields are all empty (blank lines, `,,,`) are
 //! skipped as blank; LF and CRLF line endings are accepted (CR-only files are refused).
 
+mod header;
 mod raw;
+mod sniff;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 
+use header::check_header;
 use raw::{RawReader, RawRecord};
+use sniff::detect_encoding;
 
 /// How many bytes are inspected to detect the encoding.
 const SNIFF_LEN: usize = 64 * 1024;
@@ -592,162 +595,6 @@ impl Iterator for Rows {
     }
 }
 
-/// Checks the header's column names (every one named, no name twice, exactly one `phone`
-/// ignoring case) and returns the index of the phone column. Linear in the number of
-/// columns: duplicates are found with a map from name to first position.
-fn check_header(path: &Path, line: u64, columns: &[String]) -> Result<usize, CsvError> {
-    let header_error = |problem: String| CsvError::Header {
-        path: path.to_path_buf(),
-        line,
-        problem,
-    };
-    if let Some(i) = columns.iter().position(String::is_empty) {
-        return Err(header_error(format!(
-            "header column {} has no name (header: {}); give every column a name, \
-             or delete the empty columns",
-            i + 1,
-            columns.join(", ")
-        )));
-    }
-    if let Some((first, i)) = first_duplicate(columns) {
-        return Err(header_error(format!(
-            "columns {} and {} are both named '{}'; rename one so every header name is unique",
-            first + 1,
-            i + 1,
-            columns[i]
-        )));
-    }
-    let phone_error = |problem: &str, hint: &str| CsvError::PhoneColumn {
-        path: path.to_path_buf(),
-        line,
-        problem: problem.to_string(),
-        columns: columns.to_vec(),
-        hint: hint.to_string(),
-    };
-    let mut phones = columns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.eq_ignore_ascii_case(PHONE))
-        .map(|(i, _)| i);
-    match (phones.next(), phones.next()) {
-        (Some(i), None) => Ok(i),
-        (None, _) => {
-            let hint = if columns.len() == 1 && columns[0].contains([';', '\t']) {
-                " (the file seems to use ';' or tab separators; munja reads comma-separated files)"
-            } else {
-                " (rename the column that holds the mobile numbers, e.g. '휴대폰번호', to 'phone')"
-            };
-            Err(phone_error("a 'phone' column is required", hint))
-        }
-        (Some(_), Some(_)) => Err(phone_error(
-            "more than one column is named 'phone' (names are matched ignoring case)",
-            " (keep one 'phone' column and rename the others)",
-        )),
-    }
-}
-
-/// The first name that repeats an earlier one, as (index of the earlier, index of the
-/// repeat), in one pass over the names.
-fn first_duplicate(names: &[String]) -> Option<(usize, usize)> {
-    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        if let Some(&first) = seen.get(name.as_str()) {
-            return Some((first, i));
-        }
-        seen.insert(name, i);
-    }
-    None
-}
-
-/// Decide the encoding from the first bytes of the file. `complete` is true when
-/// `sniff` holds the whole file.
-fn detect_encoding(path: &Path, sniff: &[u8], complete: bool) -> Result<TextEncoding, CsvError> {
-    let not_text = |line: Option<u64>, problem: &str| CsvError::NotText {
-        path: path.to_path_buf(),
-        line,
-        problem: problem.to_string(),
-    };
-    if sniff.starts_with(UTF8_BOM) {
-        return Ok(TextEncoding::Utf8);
-    }
-    if sniff.starts_with(b"\xFF\xFE") || sniff.starts_with(b"\xFE\xFF") {
-        return Err(not_text(
-            None,
-            "the file is UTF-16 text (Excel \"Unicode Text\"), not a UTF-8 or CP949 CSV file",
-        ));
-    }
-    if sniff.starts_with(b"PK\x03\x04") {
-        return Err(not_text(
-            None,
-            "the file is an Excel workbook (.xlsx), not a CSV file",
-        ));
-    }
-    if let Some(pos) = sniff.iter().position(|&b| b == 0) {
-        return Err(not_text(
-            Some(line_of(sniff, pos)),
-            "the file contains NUL bytes, so it is not a CSV text file (a spreadsheet or UTF-16 file?)",
-        ));
-    }
-    if !sniff.contains(&b'\n') && sniff.contains(&b'\r') {
-        return Err(not_text(
-            None,
-            "the file uses old Macintosh line endings (CR only); munja reads LF or CRLF line endings",
-        ));
-    }
-
-    // Only judge complete lines: cut a partial last line off a full window.
-    let window = if complete {
-        sniff
-    } else {
-        match sniff.iter().rposition(|&b| b == b'\n') {
-            Some(pos) => &sniff[..=pos],
-            None => sniff,
-        }
-    };
-    match std::str::from_utf8(window) {
-        Ok(_) => return Ok(TextEncoding::Utf8),
-        // A multi-byte character cut by the end of the sniff window is fine.
-        Err(e) if e.error_len().is_none() && !complete => return Ok(TextEncoding::Utf8),
-        Err(_) => {}
-    }
-    if TextEncoding::Cp949.decode(window).is_some() {
-        return Ok(TextEncoding::Cp949);
-    }
-
-    // Neither: name the first line that is neither, or explain a mix of both.
-    let mut first_not_utf8 = None;
-    let mut first_not_cp949 = None;
-    for (i, line) in window.split(|&b| b == b'\n').enumerate() {
-        let n = i as u64 + 1;
-        let utf8 = TextEncoding::Utf8.decode(line).is_some();
-        let cp949 = TextEncoding::Cp949.decode(line).is_some();
-        if !utf8 && !cp949 {
-            return Err(not_text(
-                Some(n),
-                "this line is neither UTF-8 nor CP949 (EUC-KR) text",
-            ));
-        }
-        if !utf8 {
-            first_not_utf8.get_or_insert(n);
-        }
-        if !cp949 {
-            first_not_cp949.get_or_insert(n);
-        }
-    }
-    let problem = match (first_not_utf8, first_not_cp949) {
-        (Some(a), Some(b)) => {
-            format!("the file mixes encodings: line {a} is CP949 (EUC-KR) but line {b} is UTF-8")
-        }
-        _ => "the file is neither UTF-8 nor CP949 (EUC-KR) text".to_string(),
-    };
-    Err(not_text(None, &problem))
-}
-
-/// 1-based line of byte offset `pos` in `bytes`.
-fn line_of(bytes: &[u8], pos: usize) -> u64 {
-    bytes[..pos].iter().filter(|&&b| b == b'\n').count() as u64 + 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1233,9 +1080,9 @@ mod tests {
     #[test]
     fn duplicate_header_names_are_found_in_one_pass_over_100000_columns() {
         let mut names: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
-        assert_eq!(first_duplicate(&names), None);
+        assert_eq!(header::first_duplicate(&names), None);
         names.push("c0".to_string());
-        assert_eq!(first_duplicate(&names), Some((0, 100_000)));
+        assert_eq!(header::first_duplicate(&names), Some((0, 100_000)));
 
         let mut header = String::from("phone");
         for i in 1..100_000 {
