@@ -14,6 +14,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 
+use super::UTF8_BOM;
+
 /// Largest record whose content is kept.
 pub const MAX_RECORD_BYTES: usize = 8 << 20;
 /// Most fields of a record whose content is kept.
@@ -102,43 +104,51 @@ impl RawRecord {
 /// Reads records from a file, counting its lines.
 pub struct RawReader {
     input: BufReader<File>,
+    /// The parser; its line counter counts the `\n` bytes consumed.
     core: csv_core::Reader,
-    /// `\n` bytes consumed so far.
-    newlines: u64,
     /// Whether the last byte consumed was `\n` (true before any byte: no open line).
     at_line_start: bool,
+    /// Whether any byte has been looked at (a BOM is only skipped at the start).
+    started: bool,
     eof: bool,
 }
 
 impl RawReader {
-    /// Reads `file` from its current position, buffering `capacity` bytes at a time.
+    /// Reads `file` from its current position, buffering `capacity` bytes at a time (at least
+    /// 3, for a BOM at the start of the file to be skipped).
     pub fn new(file: File, capacity: usize) -> RawReader {
         RawReader {
             input: BufReader::with_capacity(capacity, file),
             core: csv_core::ReaderBuilder::new()
                 .terminator(csv_core::Terminator::Any(b'\n'))
                 .build(),
-            newlines: 0,
             at_line_start: true,
+            started: false,
             eof: false,
         }
     }
 
+    /// `\n` bytes consumed so far.
+    fn newlines(&self) -> u64 {
+        self.core.line() - 1
+    }
+
     /// Physical lines consumed so far; at the end of the file, the file's line count.
     pub fn lines(&self) -> u64 {
-        self.newlines + u64::from(!self.at_line_start)
+        self.newlines() + u64::from(!self.at_line_start)
     }
 
     /// The line being read (1-based), for error messages.
     pub fn line(&self) -> u64 {
-        self.newlines + 1
+        self.core.line()
     }
 
     /// Reads the next record into `rec`; `Ok(false)` at the end of the file. Empty lines are
     /// skipped (they lie between one record's `end` and the next one's `start`).
     pub fn read(&mut self, rec: &mut RawRecord) -> io::Result<bool> {
         rec.clear();
-        let mut inner_newlines = 0u64;
+        // Line of the record's first byte, once it is known.
+        let mut start = None;
         loop {
             rec.make_room();
             let input = if self.eof {
@@ -148,14 +158,21 @@ impl RawReader {
             };
             let at_eof = input.is_empty();
             self.eof = at_eof;
+            if start.is_none() && !at_eof {
+                // Empty lines (and a BOM) before a record are skipped here rather than by the
+                // parser, so that the record's first line is known.
+                let skip = skip_before_record(&mut self.core, &mut self.started, input);
+                if skip > 0 {
+                    self.at_line_start = input[skip - 1] == b'\n';
+                    self.input.consume(skip);
+                    continue;
+                }
+                start = Some(self.core.line());
+            }
             let (res, nin, nout, nend) =
                 self.core
                     .read_record(input, &mut rec.data[rec.len..], &mut rec.ends[rec.nends..]);
-            let out = &rec.data[rec.len..rec.len + nout];
-            inner_newlines += count_newlines(out);
-            let consumed = &input[..nin];
-            self.newlines += count_newlines(consumed);
-            if let Some(&last) = consumed.last() {
+            if let Some(&last) = input[..nin].last() {
                 self.at_line_start = last == b'\n';
             }
             self.input.consume(nin);
@@ -164,13 +181,13 @@ impl RawReader {
             match res {
                 csv_core::ReadRecordResult::Record => {
                     // A record read from input ended on its `\n`; one completed at the end
-                    // of the file (no terminator) ends on the file's last line. The newlines
-                    // consumed are those before the record, inside it and its terminator.
-                    let terminated = u64::from(!at_eof);
-                    rec.end = if at_eof { self.lines() } else { self.newlines };
-                    rec.start = (self.newlines + 1)
-                        .saturating_sub(inner_newlines + terminated)
-                        .max(1);
+                    // of the file (no terminator) ends on the file's last line.
+                    rec.end = if at_eof {
+                        self.lines()
+                    } else {
+                        self.newlines()
+                    };
+                    rec.start = start.unwrap_or(rec.end);
                     return Ok(true);
                 }
                 csv_core::ReadRecordResult::End => return Ok(false),
@@ -183,8 +200,19 @@ impl RawReader {
     }
 }
 
-fn count_newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+/// How many bytes at the start of `input` come before the next record: a UTF-8 BOM at the
+/// start of the file (`started` false), then `\n` bytes (empty lines), which are added to
+/// `core`'s line count.
+fn skip_before_record(core: &mut csv_core::Reader, started: &mut bool, input: &[u8]) -> usize {
+    let bom = if !*started && input.starts_with(UTF8_BOM) {
+        UTF8_BOM.len()
+    } else {
+        0
+    };
+    *started = true;
+    let empty = input[bom..].iter().take_while(|&&b| b == b'\n').count();
+    core.set_line(core.line() + empty as u64);
+    bom + empty
 }
 
 #[cfg(test)]
