@@ -1068,6 +1068,25 @@ mod tests {
     }
 
     #[test]
+    fn a_line_too_long_to_hold_is_one_rejected_row() {
+        let mut bytes = b"phone,memo\n010-1,".to_vec();
+        bytes.resize(bytes.len() + raw::MAX_RECORD_BYTES + 1, b'x');
+        bytes.extend_from_slice(b"\n010-2,ok\n");
+        let f = write_file(&bytes);
+        let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
+        assert_eq!(counts.lines, 3);
+        assert!(
+            matches!(
+                &rows[0],
+                RowResult::Rejected { line: 2, end_line: 2, reason, .. } if reason == "line_too_long"
+            ),
+            "{:?}",
+            rows[0]
+        );
+        assert!(matches!(&rows[1], RowResult::Ok(Row { line: 3, .. })));
+    }
+
+    #[test]
     fn a_header_spanning_lines_is_refused() {
         let f = write_file(b"phone,\"name\n010-1,a\n010-2,\"b\"\n");
         let err = CsvSource::open(f.path()).unwrap_err();

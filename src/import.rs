@@ -169,12 +169,21 @@ fn row_phone(row: &Row) -> Result<Phone, Rejected> {
     phone::normalize_mobile(raw).map_err(|e| reject(e.code(), format!("{}: {e}", masked())))
 }
 
-/// Lines `a-b` (or `a` alone) for messages.
-fn span(line: u64, end_line: u64) -> String {
-    if line == end_line {
-        format!("line {line}")
-    } else {
-        format!("lines {line}-{end_line}")
+/// The data row, or the row csvin rejected.
+fn data_row(row: RowResult) -> Result<Row, Rejected> {
+    match row {
+        RowResult::Ok(row) => Ok(row),
+        RowResult::Rejected {
+            line,
+            end_line,
+            reason,
+            detail,
+        } => Err(Rejected {
+            line,
+            end_line,
+            reason,
+            detail,
+        }),
     }
 }
 
@@ -200,27 +209,13 @@ pub async fn optouts(
     let mut spanning = 0u64;
     let mut rows = src.rows();
     for row in rows.by_ref() {
-        let phone = match row? {
-            RowResult::Rejected {
-                line,
-                end_line,
-                reason,
-                detail,
-            } => Err(Rejected {
-                line,
-                end_line,
-                reason,
-                detail,
-            }),
-            RowResult::Ok(row) => row_phone(&row),
-        };
-        match phone {
+        match data_row(row?).and_then(|row| row_phone(&row)) {
             Ok(p) => batch.push(p),
             Err(r) => {
                 if r.end_line != r.line {
                     spanning += 1;
                     if spans.len() < NAMED_SPANS {
-                        spans.push(span(r.line, r.end_line));
+                        spans.push(format!("lines {}-{}", r.line, r.end_line));
                     }
                 }
                 report.reject(on_reject, r);
@@ -285,21 +280,7 @@ pub async fn segment(
     let mut batch: Vec<NewMember> = Vec::with_capacity(BATCH);
     let mut rows = src.rows();
     for row in rows.by_ref() {
-        let member = match row? {
-            RowResult::Rejected {
-                line,
-                end_line,
-                reason,
-                detail,
-            } => Err(Rejected {
-                line,
-                end_line,
-                reason,
-                detail,
-            }),
-            RowResult::Ok(row) => new_member(row),
-        };
-        match member {
+        match data_row(row?).and_then(new_member) {
             Ok(m) => batch.push(m),
             Err(r) => report.reject(on_reject, r),
         }

@@ -618,6 +618,33 @@ async fn an_optout_list_with_an_unbalanced_quote_is_refused_whole() {
         assert_eq!(env.run(&["optout", "check", &p]).await.code, 1, "{p}");
     }
 
+    // Many such rows: the first five ranges are named.
+    let mut many = String::from("phone,memo\n");
+    for i in 0..7 {
+        many.push_str(&format!(
+            "010-3100-000{i},\"open\n010-3200-000{i},\"closed\"\n"
+        ));
+    }
+    let f = env.write("many.csv", &many);
+    let o = env.run(&["optout", "import", f.to_str().unwrap()]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(
+        o.stderr.contains(
+            "7 row(s) run over more than one line, so some lines of this opt-out list cannot \
+             be read as one number each: lines 2-3, lines 4-5, lines 6-7, lines 8-9, lines \
+             10-11 and 2 more."
+        ),
+        "{}",
+        o.all()
+    );
+    assert_eq!(
+        o.stderr.matches("multiline_record").count(),
+        7,
+        "{}",
+        o.all()
+    );
+    assert_eq!(env.run(&["optout", "check", "010-3100-0000"]).await.code, 1);
+
     // Fixed, the same list imports all six, every line accounted for.
     let opt = env.write("optouts.csv", &text.replace("\"web form\n", "web form\n"));
     let o = env.ok(&["optout", "import", opt.to_str().unwrap()]).await;
