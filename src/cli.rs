@@ -436,10 +436,15 @@ fn parse_date(s: &str, cfg: &Config) -> anyhow::Result<chrono::DateTime<chrono::
     Ok(local.with_timezone(&chrono::Utc))
 }
 
+/// Prints what an import did, and how every line of the file was used.
 fn print_import(r: &ImportReport, dup_label: &str) {
     println!(
         "imported {}, {dup_label} {}, rejected {} ({})",
         r.imported, r.already_present, r.rejected, r.encoding
+    );
+    println!(
+        "{} lines: {} header, {} imported, {} {dup_label}, {} rejected, {} blank",
+        r.lines, r.header_lines, r.imported, r.already_present, r.rejected_lines, r.blank_lines
     );
 }
 

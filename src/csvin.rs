@@ -10,17 +10,31 @@
 //! the detected encoding) are [`CsvError`]s naming the file and line and saying how to
 //! fix them; the caller aborts the whole import on them.
 //!
+//! Every physical line of the file is accounted for ([`LineCounts`]): it is the header, a
+//! blank line, or part of exactly one data row ([`RowResult`]). A record that spans more than
+//! one line (a quoted field holding a line break, nearly always an unbalanced quote that
+//! swallowed the lines after it) is a rejected row (`multiline_record`) covering all of those
+//! lines, never a row whose fields hold other rows.
+//!
 //! Memory stays bounded whatever the file size: only the 64 KiB sniff window and one
-//! record at a time are held.
+//! record at a time (at most [`raw::MAX_RECORD_BYTES`]) are held.
 //!
 //! Rules: fields are trimmed; rows whose fields are all empty (blank lines, `,,,`) are
-//! skipped; LF and CRLF line endings are accepted (CR-only files are refused).
+//! skipped as blank; LF and CRLF line endings are accepted (CR-only files are refused).
+
+mod header;
+mod raw;
+mod sniff;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
+
+use header::check_header;
+use raw::{RawReader, RawRecord};
+use sniff::detect_encoding;
 
 /// How many bytes are inspected to detect the encoding.
 const SNIFF_LEN: usize = 64 * 1024;
@@ -61,10 +75,10 @@ impl TextEncoding {
     }
 }
 
-/// One data row of the file.
+/// One data row of the file: always exactly one physical line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
-    /// 1-based physical line where the record starts (the header is normally line 1).
+    /// 1-based physical line of the row (the header is normally line 1).
     pub line: u64,
     /// The `phone` column, trimmed, not yet normalised.
     pub phone: String,
@@ -78,15 +92,30 @@ pub enum RowResult {
     /// A usable row.
     Ok(Row),
     /// A row that was skipped, with a machine-readable `reason` (e.g.
-    /// `"wrong_field_count"`) and a human `detail`.
+    /// `"wrong_field_count"`, `"multiline_record"`) and a human `detail`.
     Rejected {
         /// 1-based physical line where the record starts.
         line: u64,
+        /// Last physical line of the record (`line` unless it spans lines).
+        end_line: u64,
         /// Machine-readable reason code.
         reason: String,
         /// What is wrong with the row.
         detail: String,
     },
+}
+
+/// How the physical lines of a file were used, once all its rows have been read: `lines`
+/// = `header` + `blank` + the lines of every row yielded (one per [`Row`], `end_line - line
+/// + 1` per rejected row).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineCounts {
+    /// Physical lines in the file (a last line without a final newline counts).
+    pub lines: u64,
+    /// Lines of the header (1).
+    pub header: u64,
+    /// Empty lines and lines whose fields are all empty, before or after the header.
+    pub blank: u64,
 }
 
 /// A fatal problem with a CSV file. Messages read `path line N: what (how to fix)`.
@@ -110,7 +139,7 @@ pub enum CsvError {
         line: u64,
         /// The underlying error.
         #[source]
-        source: csv::Error,
+        source: io::Error,
     },
     /// The file is not text in a supported encoding, or not a CSV file at all.
     #[error("{}{}: {problem}; {SAVE_AS_UTF8}", path.display(), line_suffix(.line))]
@@ -186,8 +215,11 @@ pub struct CsvSource {
     /// Accept rows whose field count differs from the header when their phone field is
     /// present (see [`CsvSource::lenient_fields`]).
     lenient: bool,
-    lines: LineTracker,
-    reader: csv::Reader<File>,
+    reader: RawReader,
+    /// Last line covered by the header or a record read so far.
+    covered: u64,
+    /// Blank lines met so far.
+    blank: u64,
 }
 
 impl fmt::Debug for CsvSource {
@@ -224,29 +256,6 @@ impl fmt::Display for Basis {
     }
 }
 
-/// Computes the physical start line of each record.
-///
-/// The reader uses `\n` as the only terminator, so a record consumes its own `\n`; the
-/// start line is the line count after the record minus the newlines inside quoted
-/// fields minus the terminating newline (absent only for a last line without `\n`).
-/// Blank lines skipped before a record are therefore accounted for.
-#[derive(Debug, Clone, Copy)]
-struct LineTracker {
-    file_len: u64,
-    ends_with_newline: bool,
-}
-
-impl LineTracker {
-    fn start_line(&self, record: &csv::ByteRecord, after: &csv::Position) -> u64 {
-        let inner = record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
-        let terminated = after.byte() < self.file_len || self.ends_with_newline;
-        after
-            .line()
-            .saturating_sub(inner + u64::from(terminated))
-            .max(1)
-    }
-}
-
 impl CsvSource {
     /// Open `path`, detect its encoding and read its header.
     pub fn open(path: &Path) -> Result<CsvSource, CsvError> {
@@ -269,26 +278,9 @@ impl CsvSource {
         } else {
             Basis::Sniff
         };
-
-        let ends_with_newline = if file_len == 0 {
-            false
-        } else if sniff.len() as u64 >= file_len {
-            sniff.last() == Some(&b'\n')
-        } else {
-            let mut last = [0u8; 1];
-            file.seek(SeekFrom::End(-1)).map_err(io_err)?;
-            file.read_exact(&mut last).map_err(io_err)?;
-            last[0] == b'\n'
-        };
         file.rewind().map_err(io_err)?;
         drop(sniff);
 
-        let reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .terminator(csv::Terminator::Any(b'\n'))
-            .buffer_capacity(SNIFF_LEN)
-            .from_reader(file);
         let mut source = CsvSource {
             path: path.to_path_buf(),
             encoding,
@@ -296,34 +288,69 @@ impl CsvSource {
             columns: Vec::new(),
             phone_index: 0,
             lenient: false,
-            lines: LineTracker {
-                file_len,
-                ends_with_newline,
-            },
-            reader,
+            reader: RawReader::new(file, SNIFF_LEN),
+            covered: 0,
+            blank: 0,
         };
-        source.read_header()?;
+        let mut record = RawRecord::default();
+        let (line, columns) = source.read_header(&mut record)?;
+        source.phone_index = check_header(&source.path, line, &columns)?;
+        source.columns = columns;
         Ok(source)
     }
 
-    fn read_header(&mut self) -> Result<(), CsvError> {
-        let path = self.path.clone();
-        let mut record = csv::ByteRecord::new();
-        let (line, columns) = loop {
-            let more = self
-                .reader
-                .read_byte_record(&mut record)
-                .map_err(|source| CsvError::Read {
-                    path: path.clone(),
-                    line: self.reader.position().line(),
-                    source,
-                })?;
-            if !more {
-                return Err(CsvError::Empty { path });
+    /// Reads the next record, counting the empty lines skipped before it; `Ok(false)` at the
+    /// end of the file, where the lines after the last record are counted as blank.
+    fn read_record(&mut self, record: &mut RawRecord) -> Result<bool, CsvError> {
+        let more = self.reader.read(record).map_err(|source| CsvError::Read {
+            path: self.path.clone(),
+            line: self.reader.line(),
+            source,
+        })?;
+        let (start, end) = if more {
+            (record.start, record.end)
+        } else {
+            let lines = self.reader.lines();
+            (lines + 1, lines)
+        };
+        self.blank += start.saturating_sub(self.covered + 1);
+        self.covered = self.covered.max(end);
+        Ok(more)
+    }
+
+    /// Reads the header record (skipping blank lines) and decodes its column names.
+    fn read_header(&mut self, record: &mut RawRecord) -> Result<(u64, Vec<String>), CsvError> {
+        let header_error = |path: &Path, line, problem: String| CsvError::Header {
+            path: path.to_path_buf(),
+            line,
+            problem,
+        };
+        loop {
+            if !self.read_record(record)? {
+                return Err(CsvError::Empty {
+                    path: self.path.clone(),
+                });
             }
-            let line = self.lines.start_line(&record, self.reader.position());
+            let line = record.start;
+            if record.spans_lines() {
+                let problem = format!(
+                    "the header runs on to line {}: a quoted column name is not closed; check \
+                     the header for an unbalanced quote (\")",
+                    record.end
+                );
+                return Err(header_error(&self.path, line, problem));
+            }
+            if record.oversized {
+                let problem = format!(
+                    "the header line is longer than {} MiB or has more than {} columns; \
+                     check that this is the right file",
+                    raw::MAX_RECORD_BYTES >> 20,
+                    raw::MAX_FIELDS
+                );
+                return Err(header_error(&self.path, line, problem));
+            }
             let mut columns = Vec::with_capacity(record.len());
-            for (i, raw) in record.iter().enumerate() {
+            for (i, raw) in record.fields().enumerate() {
                 let raw = if i == 0 {
                     raw.strip_prefix(UTF8_BOM).unwrap_or(raw)
                 } else {
@@ -333,7 +360,7 @@ impl CsvSource {
                     .encoding
                     .decode(raw)
                     .ok_or_else(|| CsvError::Undecodable {
-                        path: path.clone(),
+                        path: self.path.clone(),
                         line,
                         column: format!("header column {}", i + 1),
                         encoding: self.encoding,
@@ -343,74 +370,10 @@ impl CsvSource {
             }
             // A line of only whitespace (e.g. "\r" of a CRLF blank line) is not the header.
             if columns.iter().any(|c| !c.is_empty()) {
-                break (line, columns);
+                return Ok((line, columns));
             }
-        };
-
-        if let Some(i) = columns.iter().position(String::is_empty) {
-            return Err(CsvError::Header {
-                path,
-                line,
-                problem: format!(
-                    "header column {} has no name (header: {}); give every column a name, \
-                     or delete the empty columns",
-                    i + 1,
-                    columns.join(", ")
-                ),
-            });
+            self.blank += 1;
         }
-        for (i, name) in columns.iter().enumerate() {
-            if let Some(j) = columns[..i].iter().position(|c| c == name) {
-                return Err(CsvError::Header {
-                    path,
-                    line,
-                    problem: format!(
-                        "columns {} and {} are both named '{name}'; rename one so every \
-                         header name is unique",
-                        j + 1,
-                        i + 1
-                    ),
-                });
-            }
-        }
-        let phones: Vec<usize> = columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.eq_ignore_ascii_case(PHONE))
-            .map(|(i, _)| i)
-            .collect();
-        match phones.as_slice() {
-            [i] => self.phone_index = *i,
-            [] => {
-                let hint = if columns.len() == 1 && columns[0].contains([';', '\t']) {
-                    " (the file seems to use ';' or tab separators; munja reads comma-separated files)"
-                        .to_string()
-                } else {
-                    " (rename the column that holds the mobile numbers, e.g. '휴대폰번호', to 'phone')"
-                        .to_string()
-                };
-                return Err(CsvError::PhoneColumn {
-                    path,
-                    line,
-                    problem: "a 'phone' column is required".to_string(),
-                    columns,
-                    hint,
-                });
-            }
-            _ => {
-                return Err(CsvError::PhoneColumn {
-                    path,
-                    line,
-                    problem: "more than one column is named 'phone' (names are matched \
-                              ignoring case)"
-                        .to_string(),
-                    columns,
-                    hint: " (keep one 'phone' column and rename the others)".to_string(),
-                });
-            }
-        }
-        self.columns = columns;
-        Ok(())
     }
 
     /// The file this source reads.
@@ -426,8 +389,8 @@ impl CsvSource {
 
     /// Decides the encoding from the first record with non-ASCII bytes: UTF-8 when every
     /// field is UTF-8, else CP949 when every field is CP949, else the line is refused.
-    fn settle(&mut self, record: &csv::ByteRecord, line: u64) -> Result<(), CsvError> {
-        let all = |e: TextEncoding| record.iter().all(|f| e.decode(f).is_some());
+    fn settle(&mut self, record: &RawRecord, line: u64) -> Result<(), CsvError> {
+        let all = |e: TextEncoding| record.fields().all(|f| e.decode(f).is_some());
         self.encoding = if all(TextEncoding::Utf8) {
             TextEncoding::Utf8
         } else if all(TextEncoding::Cp949) {
@@ -468,17 +431,106 @@ impl CsvSource {
     pub fn rows(self) -> Rows {
         Rows {
             source: self,
-            record: csv::ByteRecord::new(),
+            record: RawRecord::default(),
             done: false,
+            counts: None,
         }
+    }
+
+    /// A record that cannot be one row of one line: it spans lines, or is too large to hold.
+    fn structural_reject(&self, record: &RawRecord) -> Option<RowResult> {
+        let (line, end_line) = (record.start, record.end);
+        let (reason, detail) = if record.spans_lines() {
+            (
+                "multiline_record",
+                format!(
+                    "a quoted field opened on line {line} runs to line {end_line}, so lines \
+                     {line}-{end_line} read as one row: check line {line} for an unbalanced \
+                     quote (\"); none of these lines was used"
+                ),
+            )
+        } else if record.oversized {
+            (
+                "line_too_long",
+                format!(
+                    "the line is longer than {} MiB or has more than {} fields",
+                    raw::MAX_RECORD_BYTES >> 20,
+                    raw::MAX_FIELDS
+                ),
+            )
+        } else {
+            return None;
+        };
+        Some(RowResult::Rejected {
+            line,
+            end_line,
+            reason: reason.to_string(),
+            detail,
+        })
+    }
+
+    /// The trimmed text of every field of a one-line record.
+    fn decode(&self, record: &RawRecord) -> Result<Vec<String>, CsvError> {
+        let line = record.start;
+        let mut values = Vec::with_capacity(record.len());
+        for (i, raw) in record.fields().enumerate() {
+            let value = self
+                .encoding
+                .decode(raw)
+                .ok_or_else(|| CsvError::Undecodable {
+                    path: self.path.clone(),
+                    line,
+                    column: match self.columns.get(i) {
+                        Some(name) => format!("column '{name}'"),
+                        None => format!("field {}", i + 1),
+                    },
+                    encoding: self.encoding,
+                    basis: self.basis.to_string(),
+                })?;
+            values.push(value.trim().to_string());
+        }
+        Ok(values)
+    }
+
+    /// The row of line `line` from its (non-blank) field values.
+    fn to_row(&self, line: u64, mut values: Vec<String>) -> RowResult {
+        let has_phone = values.get(self.phone_index).is_some_and(|v| !v.is_empty());
+        if values.len() != self.columns.len() && !(self.lenient && has_phone) {
+            return RowResult::Rejected {
+                line,
+                end_line: line,
+                reason: "wrong_field_count".to_string(),
+                detail: format!(
+                    "expected {} fields (as in the header), found {}",
+                    self.columns.len(),
+                    values.len()
+                ),
+            };
+        }
+        let mut phone = String::new();
+        let mut fields = Vec::with_capacity(values.len().saturating_sub(1));
+        values.resize(self.columns.len(), String::new());
+        for (i, (value, name)) in values.into_iter().zip(&self.columns).enumerate() {
+            if i == self.phone_index {
+                phone = value;
+            } else {
+                fields.push((name.clone(), value));
+            }
+        }
+        RowResult::Ok(Row {
+            line,
+            phone,
+            fields,
+        })
     }
 }
 
 /// The data rows of a [`CsvSource`], streamed.
 pub struct Rows {
     source: CsvSource,
-    record: csv::ByteRecord,
+    record: RawRecord,
     done: bool,
+    counts: Option<LineCounts>,
 }
 
 impl Rows {
@@ -487,73 +539,37 @@ impl Rows {
         self.source.encoding
     }
 
+    /// How the file's lines were used; `None` until every row has been read.
+    pub fn line_counts(&self) -> Option<LineCounts> {
+        self.counts
+    }
+
     /// Read the next non-blank record; `Ok(None)` at end of file.
     fn next_row(&mut self) -> Result<Option<RowResult>, CsvError> {
         let src = &mut self.source;
+        let record = &mut self.record;
         loop {
-            let more = src
-                .reader
-                .read_byte_record(&mut self.record)
-                .map_err(|source| CsvError::Read {
-                    path: src.path.clone(),
-                    line: src.reader.position().line(),
-                    source,
-                })?;
-            if !more {
+            if !src.read_record(record)? {
+                self.counts = Some(LineCounts {
+                    lines: src.reader.lines(),
+                    header: 1,
+                    blank: src.blank,
+                });
                 return Ok(None);
             }
-            let line = src.lines.start_line(&self.record, src.reader.position());
-            if src.basis == Basis::Open && !self.record.as_slice().is_ascii() {
-                src.settle(&self.record, line)?;
+            if let Some(rejected) = src.structural_reject(record) {
+                return Ok(Some(rejected));
             }
-
-            let mut values = Vec::with_capacity(self.record.len());
-            for (i, raw) in self.record.iter().enumerate() {
-                let value = src
-                    .encoding
-                    .decode(raw)
-                    .ok_or_else(|| CsvError::Undecodable {
-                        path: src.path.clone(),
-                        line,
-                        column: match src.columns.get(i) {
-                            Some(name) => format!("column '{name}'"),
-                            None => format!("field {}", i + 1),
-                        },
-                        encoding: src.encoding,
-                        basis: src.basis.to_string(),
-                    })?;
-                values.push(value.trim().to_string());
+            let line = record.start;
+            if src.basis == Basis::Open && !record.bytes().is_ascii() {
+                src.settle(record, line)?;
             }
+            let values = src.decode(record)?;
             if values.iter().all(String::is_empty) {
+                src.blank += 1;
                 continue;
             }
-            let has_phone = values.get(src.phone_index).is_some_and(|v| !v.is_empty());
-            if values.len() != src.columns.len() && !(src.lenient && has_phone) {
-                return Ok(Some(RowResult::Rejected {
-                    line,
-                    reason: "wrong_field_count".to_string(),
-                    detail: format!(
-                        "expected {} fields (as in the header), found {}",
-                        src.columns.len(),
-                        values.len()
-                    ),
-                }));
-            }
-            let mut phone = String::new();
-            let mut fields = Vec::with_capacity(values.len().saturating_sub(1));
-            values.resize(src.columns.len(), String::new());
-            for (i, (value, name)) in values.into_iter().zip(&src.columns).enumerate() {
-                if i == src.phone_index {
-                    phone = value;
-                } else {
-                    fields.push((name.clone(), value));
-                }
-            }
-            return Ok(Some(RowResult::Ok(Row {
-                line,
-                phone,
-                fields,
-            })));
+            return Ok(Some(src.to_row(line, values)));
         }
     }
 }
@@ -577,95 +593,6 @@ impl Iterator for Rows {
             }
         }
     }
-}
-
-/// Decide the encoding from the first bytes of the file. `complete` is true when
-/// `sniff` holds the whole file.
-fn detect_encoding(path: &Path, sniff: &[u8], complete: bool) -> Result<TextEncoding, CsvError> {
-    let not_text = |line: Option<u64>, problem: &str| CsvError::NotText {
-        path: path.to_path_buf(),
-        line,
-        problem: problem.to_string(),
-    };
-    if sniff.starts_with(UTF8_BOM) {
-        return Ok(TextEncoding::Utf8);
-    }
-    if sniff.starts_with(b"\xFF\xFE") || sniff.starts_with(b"\xFE\xFF") {
-        return Err(not_text(
-            None,
-            "the file is UTF-16 text (Excel \"Unicode Text\"), not a UTF-8 or CP949 CSV file",
-        ));
-    }
-    if sniff.starts_with(b"PK\x03\x04") {
-        return Err(not_text(
-            None,
-            "the file is an Excel workbook (.xlsx), not a CSV file",
-        ));
-    }
-    if let Some(pos) = sniff.iter().position(|&b| b == 0) {
-        return Err(not_text(
-            Some(line_of(sniff, pos)),
-            "the file contains NUL bytes, so it is not a CSV text file (a spreadsheet or UTF-16 file?)",
-        ));
-    }
-    if !sniff.contains(&b'\n') && sniff.contains(&b'\r') {
-        return Err(not_text(
-            None,
-            "the file uses old Macintosh line endings (CR only); munja reads LF or CRLF line endings",
-        ));
-    }
-
-    // Only judge complete lines: cut a partial last line off a full window.
-    let window = if complete {
-        sniff
-    } else {
-        match sniff.iter().rposition(|&b| b == b'\n') {
-            Some(pos) => &sniff[..=pos],
-            None => sniff,
-        }
-    };
-    match std::str::from_utf8(window) {
-        Ok(_) => return Ok(TextEncoding::Utf8),
-        // A multi-byte character cut by the end of the sniff window is fine.
-        Err(e) if e.error_len().is_none() && !complete => return Ok(TextEncoding::Utf8),
-        Err(_) => {}
-    }
-    if TextEncoding::Cp949.decode(window).is_some() {
-        return Ok(TextEncoding::Cp949);
-    }
-
-    // Neither: name the first line that is neither, or explain a mix of both.
-    let mut first_not_utf8 = None;
-    let mut first_not_cp949 = None;
-    for (i, line) in window.split(|&b| b == b'\n').enumerate() {
-        let n = i as u64 + 1;
-        let utf8 = TextEncoding::Utf8.decode(line).is_some();
-        let cp949 = TextEncoding::Cp949.decode(line).is_some();
-        if !utf8 && !cp949 {
-            return Err(not_text(
-                Some(n),
-                "this line is neither UTF-8 nor CP949 (EUC-KR) text",
-            ));
-        }
-        if !utf8 {
-            first_not_utf8.get_or_insert(n);
-        }
-        if !cp949 {
-            first_not_cp949.get_or_insert(n);
-        }
-    }
-    let problem = match (first_not_utf8, first_not_cp949) {
-        (Some(a), Some(b)) => {
-            format!("the file mixes encodings: line {a} is CP949 (EUC-KR) but line {b} is UTF-8")
-        }
-        _ => "the file is neither UTF-8 nor CP949 (EUC-KR) text".to_string(),
-    };
-    Err(not_text(None, &problem))
-}
-
-/// 1-based line of byte offset `pos` in `bytes`.
-fn line_of(bytes: &[u8], pos: usize) -> u64 {
-    bytes[..pos].iter().filter(|&&b| b == b'\n').count() as u64 + 1
 }
 
 #[cfg(test)]
@@ -918,13 +845,14 @@ mod tests {
             rows[1],
             RowResult::Rejected {
                 line: 3,
+                end_line: 3,
                 reason: "wrong_field_count".into(),
                 detail: "expected 3 fields (as in the header), found 2".into(),
             }
         );
         assert!(matches!(
             &rows[2],
-            RowResult::Rejected { line: 4, reason, detail }
+            RowResult::Rejected { line: 4, end_line: 4, reason, detail }
                 if reason == "wrong_field_count" && detail.contains("found 4")
         ));
         assert!(matches!(&rows[3], RowResult::Ok(Row { line: 5, .. })));
@@ -976,8 +904,34 @@ mod tests {
         assert_eq!(rejected, 4);
     }
 
+    /// Every row and the line counts of `f`; asserts that the counts add up.
+    fn read_all(src: CsvSource) -> (Vec<RowResult>, LineCounts) {
+        let mut rows = src.rows();
+        let all: Vec<RowResult> = rows.by_ref().collect::<Result<_, _>>().expect("rows");
+        let counts = rows.line_counts().expect("read to the end");
+        let row_lines: u64 = all
+            .iter()
+            .map(|r| match r {
+                RowResult::Ok(_) => 1,
+                RowResult::Rejected { line, end_line, .. } => end_line - line + 1,
+            })
+            .sum();
+        assert_eq!(
+            counts.header + counts.blank + row_lines,
+            counts.lines,
+            "{counts:?} {all:?}"
+        );
+        (all, counts)
+    }
+
+    /// Physical lines of `bytes`, counted independently of the reader.
+    fn physical_lines(bytes: &[u8]) -> u64 {
+        let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        newlines + u64::from(!bytes.is_empty() && !bytes.ends_with(b"\n"))
+    }
+
     #[test]
-    fn quoted_fields_with_commas_and_newlines_keep_line_numbers() {
+    fn quoted_commas_are_fields_and_a_record_spanning_lines_is_one_rejected_row() {
         let text = "phone,memo\n\
                     010-1,\"a, b\"\n\
                     010-2,\"line one\nline two\n\nline four\"\n\
@@ -991,19 +945,177 @@ mod tests {
                 text.to_string()
             };
             let f = write_file(text.as_bytes());
-            let rows = all_rows(CsvSource::open(f.path()).unwrap());
-            let rows = ok_rows(&rows);
-            let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
-            assert_eq!(lines, [2, 3, 8, 9], "crlf={crlf}");
-            assert_eq!(rows[0].fields, fields(&[("memo", "a, b")]));
-            let nl = if crlf { "\r\n" } else { "\n" };
+            let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
             assert_eq!(
-                rows[1].fields,
-                fields(&[("memo", &format!("line one{nl}line two{nl}{nl}line four"))])
+                counts,
+                LineCounts {
+                    lines: 9,
+                    header: 1,
+                    blank: 1
+                },
+                "crlf={crlf}"
             );
-            assert_eq!(rows[2].fields, fields(&[("memo", "say \"hi\"")]));
-            assert_eq!(rows[3].phone, "010-4");
+            let ok = ok_rows(&rows);
+            let lines: Vec<u64> = ok.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [2, 8, 9], "crlf={crlf}");
+            assert_eq!(ok[0].fields, fields(&[("memo", "a, b")]));
+            assert_eq!(ok[1].fields, fields(&[("memo", "say \"hi\"")]));
+            assert_eq!(ok[2].phone, "010-4");
+            let RowResult::Rejected {
+                line,
+                end_line,
+                reason,
+                detail,
+            } = &rows[1]
+            else {
+                panic!("{:?}", rows[1]);
+            };
+            assert_eq!(
+                (*line, *end_line, reason.as_str()),
+                (3, 6, "multiline_record")
+            );
+            assert_eq!(
+                detail,
+                "a quoted field opened on line 3 runs to line 6, so lines 3-6 read as one row: \
+                 check line 3 for an unbalanced quote (\"); none of these lines was used"
+            );
         }
+    }
+
+    #[test]
+    fn an_unbalanced_quote_swallows_lines_into_one_rejected_row_not_into_a_field() {
+        // Line 3 opens a quote; the quote on line 7 closes it. Lines 4-6 would otherwise be
+        // three numbers inside row 3's memo, and line 7 the rest of the same row.
+        let text = "phone,memo\n\
+                    010-1000-0001,ok\n\
+                    010-1000-0002,\"web form\n\
+                    010-1000-0003,a\n\
+                    010-1000-0004,b\n\
+                    010-1000-0005,c\n\
+                    010-1000-0006,\"d\"\n\
+                    010-1000-0007,e\n";
+        let f = write_file(text.as_bytes());
+        let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
+        assert_eq!(counts.lines, 8);
+        let ok = ok_rows(&rows);
+        let phones: Vec<&str> = ok.iter().map(|r| r.phone.as_str()).collect();
+        assert_eq!(phones, ["010-1000-0001", "010-1000-0007"]);
+        assert!(ok.iter().all(|r| !r.fields[0].1.contains("010")), "{ok:?}");
+        assert!(matches!(
+            &rows[1],
+            RowResult::Rejected { line: 3, end_line: 7, reason, .. } if reason == "multiline_record"
+        ));
+
+        // A quote never closed runs to the end of the file, with or without a final newline.
+        for tail in ["", "\n"] {
+            let f = write_file(format!("phone\n010-1\n\"010-2\n010-3\n010-4{tail}").as_bytes());
+            let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
+            assert_eq!(counts.lines, 5);
+            assert!(matches!(
+                &rows[1],
+                RowResult::Rejected {
+                    line: 3,
+                    end_line: 5,
+                    ..
+                }
+            ));
+            assert_eq!(rows.len(), 2);
+        }
+    }
+
+    #[test]
+    fn line_counts_add_up_with_any_line_ending_blank_lines_and_bom() {
+        let bodies = [
+            "phone,name\n010-1,a\n010-2,b\n",
+            "phone,name\n010-1,a\n010-2,b",
+            "\n\nphone,name\n\n010-1,a\n,\n  ,  \n010-2,b\n\n\n",
+            "phone,name\n010-1,a\n010-2,b\n\n",
+            "phone,name\n010-1,a,extra\n010-2\n",
+            "phone,name\n010-1,\"a\nb\"\n010-2,b",
+        ];
+        for body in bodies {
+            for crlf in [false, true] {
+                for bom in [false, true] {
+                    let mut bytes = if bom { UTF8_BOM.to_vec() } else { Vec::new() };
+                    if crlf {
+                        bytes.extend_from_slice(body.replace('\n', "\r\n").as_bytes());
+                    } else {
+                        bytes.extend_from_slice(body.as_bytes());
+                    }
+                    let f = write_file(&bytes);
+                    let src = CsvSource::open(f.path()).unwrap();
+                    assert_eq!(src.columns(), ["phone", "name"]);
+                    let (_, counts) = read_all(src);
+                    assert_eq!(
+                        counts.lines,
+                        physical_lines(&bytes),
+                        "{body:?} crlf={crlf} bom={bom}"
+                    );
+                }
+            }
+        }
+        let f = write_file(b"\n\nphone\n\n010-1\n,\n\n");
+        let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            counts,
+            LineCounts {
+                lines: 7,
+                header: 1,
+                blank: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_line_too_long_to_hold_is_one_rejected_row() {
+        let mut bytes = b"phone,memo\n010-1,".to_vec();
+        bytes.resize(bytes.len() + raw::MAX_RECORD_BYTES + 1, b'x');
+        bytes.extend_from_slice(b"\n010-2,ok\n");
+        let f = write_file(&bytes);
+        let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
+        assert_eq!(counts.lines, 3);
+        assert!(
+            matches!(
+                &rows[0],
+                RowResult::Rejected { line: 2, end_line: 2, reason, .. } if reason == "line_too_long"
+            ),
+            "{:?}",
+            rows[0]
+        );
+        assert!(matches!(&rows[1], RowResult::Ok(Row { line: 3, .. })));
+    }
+
+    #[test]
+    fn a_header_spanning_lines_is_refused() {
+        let f = write_file(b"phone,\"name\n010-1,a\n010-2,\"b\"\n");
+        let err = CsvSource::open(f.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, CsvError::Header { line: 1, .. }), "{msg}");
+        assert!(msg.contains("the header runs on to line 3"), "{msg}");
+        assert!(msg.contains("unbalanced quote"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_header_names_are_found_in_one_pass_over_100000_columns() {
+        let mut names: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
+        assert_eq!(header::first_duplicate(&names), None);
+        names.push("c0".to_string());
+        assert_eq!(header::first_duplicate(&names), Some((0, 100_000)));
+
+        let mut header = String::from("phone");
+        for i in 1..100_000 {
+            header.push_str(&format!(",c{i}"));
+        }
+        let f = write_file(format!("{header}\n010-1{}\n", ",x".repeat(99_999)).as_bytes());
+        let src = CsvSource::open(f.path()).unwrap();
+        assert_eq!(src.columns().len(), 100_000);
+        let f = write_file(format!("{header},c1\n").as_bytes());
+        let msg = CsvSource::open(f.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("columns 2 and 100001 are both named 'c1'"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1128,12 +1240,22 @@ mod tests {
     #[test]
     fn last_line_without_newline() {
         let f = write_file(b"phone\n010-1\n010-2");
-        let rows = all_rows(CsvSource::open(f.path()).unwrap());
+        let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
         let lines: Vec<u64> = ok_rows(&rows).iter().map(|r| r.line).collect();
         assert_eq!(lines, [2, 3]);
+        assert_eq!(counts.lines, 3);
         let f = write_file(b"phone\n010-1\n\"010\n-2\"");
-        let rows = all_rows(CsvSource::open(f.path()).unwrap());
+        let (rows, counts) = read_all(CsvSource::open(f.path()).unwrap());
         let lines: Vec<u64> = ok_rows(&rows).iter().map(|r| r.line).collect();
-        assert_eq!(lines, [2, 3]);
+        assert_eq!(lines, [2]);
+        assert!(matches!(
+            &rows[1],
+            RowResult::Rejected {
+                line: 3,
+                end_line: 4,
+                ..
+            }
+        ));
+        assert_eq!(counts.lines, 4);
     }
 }

@@ -579,3 +579,251 @@ async fn optout_rows_with_stray_commas_in_ignored_columns_are_imported() {
     assert!(o.stdout.contains("imported 1"), "{}", o.all());
     assert!(o.stdout.contains("rejected 2"), "{}", o.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optout_list_with_an_unbalanced_quote_is_refused_whole() {
+    let env = Env::new(SimConfig::default()).await;
+    env.ok(&["init"]).await;
+    // The quote opened on line 3 closes on line 6: read as CSV, lines 3-6 are one row whose
+    // memo holds three other numbers.
+    let text = "phone,memo\n\
+                010-3000-0001,web form\n\
+                010-3000-0002,\"web form\n\
+                010-3000-0003,phone call\n\
+                010-3000-0004,phone call\n\
+                010-3000-0005,\"store\"\n\
+                010-3000-0006,web form\n";
+    let opt = env.write("optouts.csv", text);
+    let o = env.run(&["optout", "import", opt.to_str().unwrap()]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(!o.stdout.contains("imported"), "{}", o.all());
+    assert!(
+        o.stderr.contains(
+            "refused, nothing imported: 1 row(s) run over more than one line, so some lines of \
+             this opt-out list cannot be read as one number each: lines 3-6."
+        ),
+        "{}",
+        o.all()
+    );
+    assert!(
+        o.stderr.contains(
+            "line 3: multiline_record (a quoted field opened on line 3 runs to line 6, so lines \
+             3-6 read as one row: check line 3 for an unbalanced quote"
+        ),
+        "{}",
+        o.all()
+    );
+    for i in 1..=6 {
+        let p = format!("010-3000-000{i}");
+        assert_eq!(env.run(&["optout", "check", &p]).await.code, 1, "{p}");
+    }
+
+    // Many such rows: the first five ranges are named.
+    let mut many = String::from("phone,memo\n");
+    for i in 0..7 {
+        many.push_str(&format!(
+            "010-3100-000{i},\"open\n010-3200-000{i},\"closed\"\n"
+        ));
+    }
+    let f = env.write("many.csv", &many);
+    let o = env.run(&["optout", "import", f.to_str().unwrap()]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(
+        o.stderr.contains(
+            "7 row(s) run over more than one line, so some lines of this opt-out list cannot \
+             be read as one number each: lines 2-3, lines 4-5, lines 6-7, lines 8-9, lines \
+             10-11 and 2 more."
+        ),
+        "{}",
+        o.all()
+    );
+    assert_eq!(
+        o.stderr.matches("multiline_record").count(),
+        7,
+        "{}",
+        o.all()
+    );
+    assert_eq!(env.run(&["optout", "check", "010-3100-0000"]).await.code, 1);
+
+    // Fixed, the same list imports all six, every line accounted for.
+    let opt = env.write("optouts.csv", &text.replace("\"web form\n", "web form\n"));
+    let o = env.ok(&["optout", "import", opt.to_str().unwrap()]).await;
+    assert!(
+        o.stdout.contains(
+            "imported 6, already present 0, rejected 0 (UTF-8)\n\
+             7 lines: 1 header, 6 imported, 0 already present, 0 rejected, 0 blank\n"
+        ),
+        "{}",
+        o.all()
+    );
+    for i in 1..=6 {
+        let p = format!("010-3000-000{i}");
+        assert_eq!(env.run(&["optout", "check", &p]).await.code, 0, "{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_with_an_unbalanced_quote_accounts_for_every_line() {
+    let env = Env::new(SimConfig::default()).await;
+    env.ok(&["init"]).await;
+    env.write("templates/memo.txt", "{{ name }}: {{ memo }}");
+    // 1,000 rows on lines 2-1001; line 12 opens a quote that line 21 closes.
+    let mut seg = String::from("phone,name,memo\n");
+    for i in 0..1000u64 {
+        let line = i + 2;
+        let memo = match line {
+            12 => "\"web form".to_string(),
+            21 => "\"VIP\"".to_string(),
+            _ => format!("memo{line}"),
+        };
+        seg.push_str(&format!("{},고객{i},{memo}\n", number(i)));
+    }
+    let f = env.write("customers.csv", &seg);
+    let o = env
+        .ok(&["segment", "import", "s", f.to_str().unwrap()])
+        .await;
+    assert!(
+        o.stdout.contains(
+            "imported 990, merged duplicates 0, rejected 1 (UTF-8)\n\
+             1001 lines: 1 header, 990 imported, 0 merged duplicates, 10 rejected, 0 blank\n"
+        ),
+        "{}",
+        o.all()
+    );
+    assert!(
+        o.stderr.contains(
+            "customers.csv line 12: multiline_record (a quoted field opened on line 12 runs to \
+             line 21, so lines 12-21 read as one row"
+        ),
+        "{}",
+        o.all()
+    );
+    assert!(
+        o.stderr.contains("segment s: 990 recipients"),
+        "{}",
+        o.all()
+    );
+
+    // No recipient's fields hold another customer's row.
+    let o = env
+        .ok(&[
+            "template",
+            "preview",
+            "memo",
+            "--segment",
+            "s",
+            "--limit",
+            "2000",
+            "--no-ad",
+        ])
+        .await;
+    let bodies: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("──") && !l.starts_with('['))
+        .collect();
+    assert_eq!(bodies.len(), 990, "{}", o.stdout);
+    for body in &bodies {
+        let (name, memo) = body.split_once(": ").expect("name: memo");
+        assert!(name.starts_with("고객") && !name.contains(','), "{body}");
+        assert!(memo.starts_with("memo") && !memo.contains("010"), "{body}");
+    }
+    for i in 10..20 {
+        assert!(!bodies.contains(&format!("고객{i}: memo{}", i + 2).as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_summaries_count_every_line_with_bom_crlf_and_blank_lines() {
+    let env = Env::new(SimConfig::default()).await;
+    env.ok(&["init"]).await;
+    // BOM, CRLF, blank lines before and after the header and between rows, a duplicate,
+    // a bad row, and no final newline.
+    let text = "\u{feff}\r\nphone,name\r\n\r\n010-4000-0001,a\r\n,\r\n010-4000-0002,b\r\n\
+                +82 10-4000-0001,dup\r\nabc,bad\r\n\r\n010-4000-0003,c";
+    let f = env.write("seg.csv", text);
+    let o = env
+        .ok(&["segment", "import", "s", f.to_str().unwrap()])
+        .await;
+    assert!(
+        o.stdout.contains(
+            "imported 3, merged duplicates 1, rejected 1 (UTF-8)\n\
+             10 lines: 1 header, 3 imported, 1 merged duplicates, 1 rejected, 4 blank\n"
+        ),
+        "{}",
+        o.all()
+    );
+    assert!(
+        o.stderr.contains("seg.csv line 8: invalid_number"),
+        "{}",
+        o.all()
+    );
+
+    let f = env.write("opt.csv", &format!("{text}\r\n\r\n"));
+    let o = env.ok(&["optout", "import", f.to_str().unwrap()]).await;
+    assert!(
+        o.stdout.contains(
+            "imported 3, already present 1, rejected 1 (UTF-8)\n\
+             11 lines: 1 header, 3 imported, 1 already present, 1 rejected, 5 blank\n"
+        ),
+        "{}",
+        o.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_field_with_two_numbers_is_a_rejected_row() {
+    let env = Env::new(SimConfig::default()).await;
+    env.ok(&["init"]).await;
+    let text = "phone,memo\n\
+                010-5000-0001 010-5000-0002,space\n\
+                010-5000-0003;010-5000-0004,semicolon\n\
+                \"010-5000-0005,010-5000-0006\",comma\n\
+                010-5000-0007/010-5000-0008,slash\n\
+                010-5000-0009,one\n";
+    let f = env.write("opt.csv", text);
+    let o = env.ok(&["optout", "import", f.to_str().unwrap()]).await;
+    assert!(
+        o.stdout.contains(
+            "imported 1, already present 0, rejected 4 (UTF-8)\n\
+             6 lines: 1 header, 1 imported, 0 already present, 4 rejected, 0 blank\n"
+        ),
+        "{}",
+        o.all()
+    );
+    for line in 2..=5 {
+        assert!(
+            o.stderr
+                .contains(&format!("opt.csv line {line}: multiple_numbers (010-****-")),
+            "{}",
+            o.all()
+        );
+    }
+    assert!(
+        !o.stderr.contains("5000-000"),
+        "numbers masked: {}",
+        o.all()
+    );
+    for i in 1..=8 {
+        let p = format!("010-5000-000{i}");
+        assert_eq!(env.run(&["optout", "check", &p]).await.code, 1, "{p}");
+    }
+    assert_eq!(env.run(&["optout", "check", "010-5000-0009"]).await.code, 0);
+
+    let f = env.write("seg.csv", text);
+    let o = env
+        .ok(&["segment", "import", "s", f.to_str().unwrap()])
+        .await;
+    assert!(
+        o.stdout
+            .contains("imported 1, merged duplicates 0, rejected 4 (UTF-8)"),
+        "{}",
+        o.all()
+    );
+    assert_eq!(
+        o.stderr.matches("multiple_numbers").count(),
+        4,
+        "{}",
+        o.all()
+    );
+}

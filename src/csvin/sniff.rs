@@ -1,0 +1,99 @@
+//! Detecting the text encoding of a CSV file from its first bytes, and refusing files that
+//! are not CSV text (UTF-16, Excel workbooks, NUL bytes, CR-only line endings).
+
+use std::path::Path;
+
+use super::{CsvError, TextEncoding, UTF8_BOM};
+
+/// Decide the encoding from the first bytes of the file. `complete` is true when
+/// `sniff` holds the whole file.
+pub(super) fn detect_encoding(
+    path: &Path,
+    sniff: &[u8],
+    complete: bool,
+) -> Result<TextEncoding, CsvError> {
+    let not_text = |line: Option<u64>, problem: &str| CsvError::NotText {
+        path: path.to_path_buf(),
+        line,
+        problem: problem.to_string(),
+    };
+    if sniff.starts_with(UTF8_BOM) {
+        return Ok(TextEncoding::Utf8);
+    }
+    if sniff.starts_with(b"\xFF\xFE") || sniff.starts_with(b"\xFE\xFF") {
+        return Err(not_text(
+            None,
+            "the file is UTF-16 text (Excel \"Unicode Text\"), not a UTF-8 or CP949 CSV file",
+        ));
+    }
+    if sniff.starts_with(b"PK\x03\x04") {
+        return Err(not_text(
+            None,
+            "the file is an Excel workbook (.xlsx), not a CSV file",
+        ));
+    }
+    if let Some(pos) = sniff.iter().position(|&b| b == 0) {
+        return Err(not_text(
+            Some(line_of(sniff, pos)),
+            "the file contains NUL bytes, so it is not a CSV text file (a spreadsheet or UTF-16 file?)",
+        ));
+    }
+    if !sniff.contains(&b'\n') && sniff.contains(&b'\r') {
+        return Err(not_text(
+            None,
+            "the file uses old Macintosh line endings (CR only); munja reads LF or CRLF line endings",
+        ));
+    }
+
+    // Only judge complete lines: cut a partial last line off a full window.
+    let window = if complete {
+        sniff
+    } else {
+        match sniff.iter().rposition(|&b| b == b'\n') {
+            Some(pos) => &sniff[..=pos],
+            None => sniff,
+        }
+    };
+    match std::str::from_utf8(window) {
+        Ok(_) => return Ok(TextEncoding::Utf8),
+        // A multi-byte character cut by the end of the sniff window is fine.
+        Err(e) if e.error_len().is_none() && !complete => return Ok(TextEncoding::Utf8),
+        Err(_) => {}
+    }
+    if TextEncoding::Cp949.decode(window).is_some() {
+        return Ok(TextEncoding::Cp949);
+    }
+
+    // Neither: name the first line that is neither, or explain a mix of both.
+    let mut first_not_utf8 = None;
+    let mut first_not_cp949 = None;
+    for (i, line) in window.split(|&b| b == b'\n').enumerate() {
+        let n = i as u64 + 1;
+        let utf8 = TextEncoding::Utf8.decode(line).is_some();
+        let cp949 = TextEncoding::Cp949.decode(line).is_some();
+        if !utf8 && !cp949 {
+            return Err(not_text(
+                Some(n),
+                "this line is neither UTF-8 nor CP949 (EUC-KR) text",
+            ));
+        }
+        if !utf8 {
+            first_not_utf8.get_or_insert(n);
+        }
+        if !cp949 {
+            first_not_cp949.get_or_insert(n);
+        }
+    }
+    let problem = match (first_not_utf8, first_not_cp949) {
+        (Some(a), Some(b)) => {
+            format!("the file mixes encodings: line {a} is CP949 (EUC-KR) but line {b} is UTF-8")
+        }
+        _ => "the file is neither UTF-8 nor CP949 (EUC-KR) text".to_string(),
+    };
+    Err(not_text(None, &problem))
+}
+
+/// 1-based line of byte offset `pos` in `bytes`.
+fn line_of(bytes: &[u8], pos: usize) -> u64 {
+    bytes[..pos].iter().filter(|&&b| b == b'\n').count() as u64 + 1
+}
