@@ -1,7 +1,8 @@
 //! The job repository: the one seam between munja and its database.
 //!
-//! [`Store`] is what the rest of munja sees; [`sqlite::SqliteStore`] is the embedded default.
-//! A PostgreSQL implementation (several workers on several machines) implements the same trait.
+//! [`Store`] is what the rest of munja sees; [`sqlite::SqliteStore`] is the embedded default,
+//! [`postgres::PgStore`] the server one (`database_url = "postgres://…"`), with the same
+//! semantics: the conformance suite (`conformance`, tests only) runs every operation on both.
 //! All SQL lives behind this seam; the rules (what to claim, when a lease is dead, what a
 //! suppressed message means) live in `dispatch`, `lease` and the domain modules.
 //!
@@ -11,6 +12,9 @@
 //! - `commit_chunk` writes every message's outcome, its attempts and the execution counters in
 //!   one transaction, and only while the caller still holds the campaign's lease (fencing).
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -33,20 +37,47 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The database server cannot be reached or refuses the connection (names host and port,
+    /// never a password).
+    #[error("{0}")]
+    Unreachable(String),
     /// The caller's execution no longer holds the campaign's lease: it must stop at once.
     #[error("execution {execution} lost the lease of campaign {campaign}: another run took over")]
     LeaseLost { campaign: i64, execution: i64 },
 }
 
-/// Opens the store named by a database URL.
+/// Opens the store named by a database URL: `sqlite://PATH` or `postgres://…` (also
+/// `postgresql://…`; the PostgreSQL database must exist, `migrate` creates the tables).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if is_postgres(url) {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(StoreError::NotFound(format!(
-            "database_url {url:?}: only sqlite:// is supported in this version (PostgreSQL is planned); \
-             set database_url = \"sqlite://munja.db\""
+            "database_url {:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE; \
+             set database_url = \"sqlite://munja.db\" for the embedded default",
+            redact(url)
         )))
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A database URL fit for messages and logs: the password of a `scheme://user:password@host`
+/// URL is replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
     }
 }
 
