@@ -427,3 +427,31 @@ pub trait Store: Send + Sync {
 pub fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://munja:s3cret@db:5432/jobs"),
+            "postgres://munja:***@db:5432/jobs"
+        );
+        assert_eq!(
+            redact("postgres://munja@db/jobs"),
+            "postgres://munja@db/jobs"
+        );
+        assert_eq!(redact("sqlite:///var/m.db"), "sqlite:///var/m.db");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_scheme_is_refused_without_the_password() {
+        let e = match open("mysql://u:s3cret@h/db").await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("opened mysql"),
+        };
+        assert!(e.contains("expected sqlite://PATH or postgres://"), "{e}");
+        assert!(e.contains("u:***@h") && !e.contains("s3cret"), "{e}");
+    }
+}

@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row, Transaction};
 
 use super::*;
 
@@ -63,19 +63,27 @@ impl PgStore {
             ))
         })?;
         let server = server_name(&opts);
+        let unreachable = |e: sqlx::Error| {
+            StoreError::Unreachable(format!(
+                "cannot connect to PostgreSQL at {server}: {}; check that the server runs \
+                 and accepts this user, and that the database exists (createdb), or fix \
+                 database_url / MUNJA_DATABASE_URL",
+                connect_reason(&e)
+            ))
+        };
+        // One direct connection first: the pool would retry a refused connection until its
+        // timeout and then report only the timeout.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, opts.connect())
+            .await
+            .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
+            .map_err(unreachable)?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(opts)
             .await
-            .map_err(|e| {
-                StoreError::Unreachable(format!(
-                    "cannot connect to PostgreSQL at {server}: {}; check that the server runs \
-                     and accepts this user, and that the database exists (createdb), or fix \
-                     database_url / MUNJA_DATABASE_URL",
-                    connect_reason(&e)
-                ))
-            })?;
+            .map_err(unreachable)?;
         Ok(PgStore { pool })
     }
 
@@ -697,5 +705,36 @@ impl Store for PgStore {
             attempts_deleted,
             executions_deleted,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_named_without_the_password() {
+        // Port 1 on loopback: nothing listens there.
+        let e = match open("postgres://munja:s3cret@127.0.0.1:1/jobs").await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("connected to 127.0.0.1:1"),
+        };
+        assert!(
+            e.contains("cannot connect to PostgreSQL at 127.0.0.1:1/jobs"),
+            "{e}"
+        );
+        assert!(e.contains("database_url / MUNJA_DATABASE_URL"), "{e}");
+        assert!(e.contains("refused"), "the cause is named: {e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_without_echoing_it() {
+        let e = match open("postgres://munja:s3cret@127.0.0.1:notaport/jobs").await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("opened a malformed URL"),
+        };
+        assert!(e.contains("not a valid PostgreSQL URL"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }
