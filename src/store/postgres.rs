@@ -117,6 +117,12 @@ fn connect_reason(e: &sqlx::Error) -> String {
     }
 }
 
+/// A `LIMIT` value: a negative limit means none, as in SQLite (PostgreSQL refuses it; `LIMIT
+/// NULL` is its "no limit").
+fn row_limit(limit: i64) -> Option<i64> {
+    (limit >= 0).then_some(limit)
+}
+
 /// RFC 3339 text of an optional stored time.
 fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(ts)
@@ -456,7 +462,7 @@ impl Store for PgStore {
         )
         .bind(segment_id)
         .bind(after_seq)
-        .bind(limit)
+        .bind(row_limit(limit))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -578,7 +584,7 @@ impl Store for PgStore {
         )
         .bind(campaign)
         .bind(after_id)
-        .bind(limit)
+        .bind(row_limit(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(claimed_from_row).collect()
@@ -671,7 +677,7 @@ impl Store for PgStore {
         if let Some(s) = f.state {
             qb.push(" AND state = ").push_bind(s.as_str());
         }
-        qb.push(" ORDER BY id LIMIT ").push_bind(f.limit);
+        qb.push(" ORDER BY id LIMIT ").push_bind(row_limit(f.limit));
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(audit_from_row).collect()
     }

@@ -489,6 +489,15 @@ async fn audit_filters_and_pages(s: Arc<dyn Store>) {
     let phones: Vec<String> = [p1, p2, p3].concat().into_iter().map(|r| r.phone).collect();
     let want: Vec<String> = (0..5).map(|i| phone(i).as_str().to_string()).collect();
     assert_eq!(phones, want);
+    // A negative limit is no limit (SQLite's rule).
+    let unlimited = s
+        .audit(&AuditFilter {
+            limit: -1,
+            ..all.clone()
+        })
+        .await
+        .expect("no limit");
+    assert_eq!(unlimited.len(), 5);
     let by_phone = s
         .audit(&AuditFilter {
             phone: Some(phone(3).as_str().into()),
