@@ -12,6 +12,7 @@ conformance!(
     claim_and_commit_keep_the_counters,
     claim_applies_optouts_night_consent_and_the_cap,
     stale_execution_is_fenced_off,
+    a_commit_racing_a_takeover_is_all_or_nothing,
     cancel_live_and_dead_runs,
     in_doubt_pages_through_sending_messages,
     requeue_retryable_returns_only_retryable_failures,
@@ -359,6 +360,43 @@ async fn stale_execution_is_fenced_off(s: Arc<dyn Store>) {
         .await
         .expect("holder commit");
     assert_eq!(s.counts(c).await.expect("counts").sent, 1);
+}
+
+/// A commit and a takeover at the same moment: either the commit lands whole before the
+/// takeover, or it is refused and writes nothing; never a half.
+async fn a_commit_racing_a_takeover_is_all_or_nothing(s: Arc<dyn Store>) {
+    for round in 0..8 {
+        let seg = format!("seg{round}");
+        let (c, stale) = running(&*s, &seg, 40).await;
+        let got = claim(&*s, c, stale, 40).await;
+        let updates: Vec<_> = got
+            .iter()
+            .map(|m| update(m.id, MessageState::Sent, vec![attempt("accepted", 0)]))
+            .collect();
+        let committer = {
+            let s = s.clone();
+            tokio::spawn(async move { s.commit_chunk(c, stale, &updates).await })
+        };
+        let taker = {
+            let s = s.clone();
+            tokio::spawn(async move { s.start_execution(c, Some(stale), "b", 2, "taken").await })
+        };
+        let committed = committer.await.expect("join commit");
+        taker.await.expect("join takeover").expect("takeover");
+        let n = s.counts(c).await.expect("counts");
+        let ex = &s.executions(c).await.expect("executions")[0];
+        match committed {
+            Ok(()) => {
+                assert_eq!((n.sent, n.sending), (40, 0), "round {round}");
+                assert_eq!((ex.sent, ex.commits), (40, 1), "round {round}");
+            }
+            Err(StoreError::LeaseLost { .. }) => {
+                assert_eq!((n.sent, n.sending), (0, 40), "round {round}");
+                assert_eq!((ex.sent, ex.commits), (0, 0), "round {round}");
+            }
+            Err(e) => panic!("round {round}: commit failed with {e:?}"),
+        }
+    }
 }
 
 async fn cancel_live_and_dead_runs(s: Arc<dyn Store>) {
