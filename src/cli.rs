@@ -195,7 +195,7 @@ pub struct AuditArgs {
     /// Any form of the number (010-1234-5678, +82 10 1234 5678, ...).
     #[arg(long)]
     pub phone: Option<String>,
-    /// pending, sending, sent, failed, suppressed or cancelled.
+    /// pending, sending, in_doubt, sent, failed, suppressed or cancelled.
     #[arg(long)]
     pub status: Option<String>,
     /// table masks numbers; csv and json are full exports.
@@ -388,7 +388,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             };
             let state = match &a.status {
                 Some(s) => Some(MessageState::parse(s).with_context(|| {
-                    format!("--status {s:?}: expected pending, sending, sent, failed, suppressed or cancelled")
+                    format!("--status {s:?}: expected pending, sending, in_doubt, sent, failed, suppressed or cancelled")
                 })?),
                 None => None,
             };
@@ -576,6 +576,7 @@ async fn campaign_cmd(
                     "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
                     "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
                     "total": counts.total, "pending": counts.pending, "sending": counts.sending,
+                    "in_doubt": counts.in_doubt,
                     "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
                     "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
                 });
@@ -595,10 +596,11 @@ async fn campaign_cmd(
                 )?;
                 writeln!(
                     out,
-                    "  total {}: pending {}, sending {}, sent {}, failed {}, suppressed {}, cancelled {}",
+                    "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",
                     counts.total,
                     counts.pending,
                     counts.sending,
+                    counts.in_doubt,
                     counts.sent,
                     counts.failed,
                     counts.suppressed,
@@ -741,15 +743,22 @@ fn summary_json(r: &RunReport) -> serde_json::Value {
         "campaign": r.campaign, "execution": r.execution, "status": r.status.as_str(),
         "exit_message": r.exit_message, "elapsed_secs": r.elapsed.as_secs_f64(),
         "sent_this_run": r.sent_now, "counts": r.counts,
+        "failure_reasons": r.failure_reasons,
     })
 }
 
-/// The final summary of a run, on stderr.
+/// The final summary of a run, on stderr. Messages in doubt (the gateway may have them) are
+/// counted apart from pending ones; after a run, `sending` ones were left by a crash.
 pub fn print_summary(r: &RunReport) {
     let c = &r.counts;
     let secs = r.elapsed.as_secs_f64().max(0.001);
+    let reasons = if r.failure_reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", dispatch::reasons_text(&r.failure_reasons))
+    };
     eprintln!(
-        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}, suppressed {}, cancelled {}, pending {}",
+        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}{}, suppressed {}, cancelled {}, pending {}, in doubt {}",
         r.campaign,
         r.execution,
         r.status.as_str(),
@@ -759,8 +768,10 @@ pub fn print_summary(r: &RunReport) {
         c.total,
         c.sent,
         c.failed,
+        reasons,
         c.suppressed,
         c.cancelled,
-        c.pending + c.sending
+        c.pending,
+        c.in_doubt + c.sending
     );
 }

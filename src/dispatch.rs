@@ -70,7 +70,13 @@ pub enum StopReason {
     Cancelled,
     QuietHours(String),
     GatewayUnhealthy(u32),
-    Unauthorized(String),
+    /// The same recipient-level rejection for `n` messages in a row: likely not about them.
+    RepeatedRejection { code: String, n: u32 },
+    /// An answer that applies to every message (credentials, redirect, sender, request size):
+    /// the gateway's words, with what to fix in munja.toml.
+    GatewayRefused(String),
+    /// A second Ctrl-C / SIGTERM: in-flight requests were abandoned, their messages in doubt.
+    Aborted(&'static str),
     TemplateError(String),
     LeaseLost,
 }
@@ -78,9 +84,9 @@ pub enum StopReason {
 impl StopReason {
     fn status(&self) -> RunStatus {
         match self {
-            StopReason::Unauthorized(_) | StopReason::TemplateError(_) | StopReason::LeaseLost => {
-                RunStatus::Failed
-            }
+            StopReason::GatewayRefused(_)
+            | StopReason::TemplateError(_)
+            | StopReason::LeaseLost => RunStatus::Failed,
             _ => RunStatus::Stopped,
         }
     }
@@ -91,7 +97,9 @@ impl StopReason {
             StopReason::Cancelled => "cancelled",
             StopReason::QuietHours(_) => "quiet_hours",
             StopReason::GatewayUnhealthy(_) => "gateway_unhealthy",
-            StopReason::Unauthorized(_) => "unauthorized",
+            StopReason::RepeatedRejection { .. } => "repeated_rejection",
+            StopReason::GatewayRefused(_) => "gateway_refused",
+            StopReason::Aborted(_) => "aborted",
             StopReason::TemplateError(_) => "template_error",
             StopReason::LeaseLost => "lease_lost",
         }
@@ -108,8 +116,17 @@ impl StopReason {
                 "gateway_unhealthy: {n} transient failures in a row; paused instead of failing the list. \
                  Run it again when the gateway is healthy (add --retry-failed to re-send messages whose attempts ran out)"
             ),
-            StopReason::Unauthorized(m) => format!(
-                "gateway refused the credentials: {m}; check api_key_env of the gateway in munja.toml. No message was marked failed for it"
+            StopReason::RepeatedRejection { code, n } => format!(
+                "repeated_rejection: the gateway rejected {n} messages in a row with {code}; paused \
+                 instead of failing the list (see audit --status failed). Run it again once the \
+                 cause is understood"
+            ),
+            StopReason::GatewayRefused(m) => format!(
+                "{m}. The campaign stopped: no message was marked failed for it; run it again once fixed"
+            ),
+            StopReason::Aborted(s) => format!(
+                "aborted by a second {s}: in-flight requests were abandoned and their messages are \
+                 in doubt; run it again to settle them by lookup and resume"
             ),
             StopReason::TemplateError(m) => {
                 format!("every message of the first chunk failed: {m}")
@@ -123,10 +140,21 @@ impl StopReason {
 }
 
 /// Shared stop switch of one run: set by heartbeat, signals and the senders.
-#[derive(Default)]
 pub struct Control {
     reason: Mutex<Option<StopReason>>,
     notify: Notify,
+    /// Set by a second signal: in-flight requests are abandoned at once.
+    abort: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            reason: Mutex::default(),
+            notify: Notify::new(),
+            abort: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl Control {
@@ -148,6 +176,28 @@ impl Control {
     }
     pub fn stopping(&self) -> bool {
         self.reason().is_some()
+    }
+
+    /// Stops the run and abandons its in-flight requests (their messages stay in doubt).
+    pub fn abort(&self, why: StopReason) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = Some(why);
+        }
+        self.abort.send_replace(true);
+        self.notify.notify_waiters();
+    }
+
+    /// Runs `f` (a request) unless the run is aborted first (then `None`). A plain stop lets
+    /// it finish.
+    async fn unless_aborted<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        let mut rx = self.abort.subscribe();
+        if *rx.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            v = f => Some(v),
+            _ = rx.wait_for(|a| *a) => None,
+        }
     }
     /// Runs `f` unless the run is told to stop first (then `None`).
     async fn until<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
@@ -194,6 +244,17 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Messages this execution moved to `sent`.
     pub sent_now: u64,
+    /// The most frequent reasons of failed messages, most frequent first: (reason, count).
+    pub failure_reasons: Vec<(String, i64)>,
+}
+
+/// `invalid_number 20, timeout 3`.
+pub fn reasons_text(reasons: &[(String, i64)]) -> String {
+    reasons
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Everything the senders of one run share.
@@ -204,6 +265,8 @@ struct SendCtx {
     /// `Retry-After` slows the whole gateway: nobody sends before this instant.
     pause_until: Mutex<Option<Instant>>,
     consecutive_failures: AtomicU32,
+    /// The last recipient-level rejection code and how many messages in a row got it.
+    rejections: Mutex<(String, u32)>,
     max_consecutive_failures: u32,
     max_attempts: u32,
     batch_size: usize,
@@ -244,6 +307,9 @@ struct Item {
     attempts: Vec<AttemptRecord>,
     backoff: backon::ExponentialBackoff,
     wait: Duration,
+    /// The code of the last attempt that may have been accepted (timeout, reset, unreadable
+    /// 2xx, ...), until a definitive answer (accepted, rejected) clears it: a later 503 does not.
+    doubt: Option<String>,
 }
 
 /// Runs campaign `id` until every message is final or the run is stopped.
@@ -259,7 +325,8 @@ pub async fn run(
     // in doubt, so that its audit says which of them went out.
     let settle_only = campaign.cancel_requested || campaign.status == "CANCELLED";
     if settle_only {
-        let in_doubt = store.counts(id).await?.sending;
+        let counts = store.counts(id).await?;
+        let in_doubt = counts.sending + counts.in_doubt;
         if in_doubt == 0 {
             bail!(
                 "campaign {id} ({}) was cancelled and cannot run",
@@ -268,7 +335,7 @@ pub async fn run(
         }
         warn!(
             messages = in_doubt,
-            "campaign was cancelled: only settling messages left in doubt by a crashed run"
+            "campaign was cancelled: only settling messages left in doubt"
         );
     } else {
         match campaign.status.as_str() {
@@ -348,13 +415,36 @@ pub async fn run(
                 counts,
                 elapsed: started.elapsed(),
                 sent_now: runner.sent_now,
+                failure_reasons: Vec::new(),
             });
         }
+        let failure_reasons = store.failure_reasons(id, 3).await.unwrap_or_default();
+        // After a run, a message still `sending` was left by a crash: it is in doubt too.
+        let in_doubt = counts.in_doubt + counts.sending;
+        let settle_note = if in_doubt > 0 {
+            format!(
+                "; {in_doubt} messages are in doubt (the gateway may have them): \
+                 `munja campaign run {id}` settles them by lookup before anything else"
+            )
+        } else {
+            String::new()
+        };
         let (status, campaign_status, exit_code, message) = match outcome {
             Err(e) => {
                 let m = format!("{e:#}");
                 (RunStatus::Failed, "FAILED", "FAILED".to_string(), m)
             }
+            // Nothing went out: say so, and why, with a non-zero exit.
+            Ok(None) if counts.all_final() && counts.sent == 0 && counts.failed > 0 => (
+                RunStatus::Failed,
+                "FAILED",
+                "ALL_FAILED".into(),
+                format!(
+                    "no message was sent: {} failed (leading reasons: {}); see `munja audit --campaign {id} --status failed`",
+                    counts.failed,
+                    reasons_text(&failure_reasons)
+                ),
+            ),
             Ok(None) if counts.all_final() => (
                 RunStatus::Completed,
                 "COMPLETED",
@@ -364,11 +454,20 @@ pub async fn run(
                     counts.total, counts.sent, counts.failed, counts.suppressed, counts.cancelled
                 ),
             ),
+            Ok(None) if counts.pending == 0 => (
+                RunStatus::Stopped,
+                "STOPPED",
+                "IN_DOUBT".into(),
+                format!(
+                    "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
+                     them; run it again to settle them by lookup"
+                ),
+            ),
             Ok(None) => (
                 RunStatus::Stopped,
                 "STOPPED",
                 "STOPPED".into(),
-                format!("{} messages still pending", counts.pending + counts.sending),
+                format!("{} messages still pending{settle_note}", counts.pending),
             ),
             Ok(Some(StopReason::Cancelled)) => {
                 match store.cancel(id, None).await {
@@ -379,7 +478,7 @@ pub async fn run(
                     RunStatus::Stopped,
                     "CANCELLED",
                     "CANCELLED".into(),
-                    StopReason::Cancelled.message(),
+                    format!("{}{settle_note}", StopReason::Cancelled.message()),
                 )
             }
             Ok(Some(why)) => {
@@ -388,7 +487,7 @@ pub async fn run(
                     status,
                     status.as_str(),
                     why.code().to_uppercase(),
-                    why.message(),
+                    format!("{}{settle_note}", why.message()),
                 )
             }
         };
@@ -413,6 +512,7 @@ pub async fn run(
             counts,
             elapsed: started.elapsed(),
             sent_now: runner.sent_now,
+            failure_reasons,
         })
     }
     .instrument(span)
@@ -510,12 +610,25 @@ fn spawn_signal_handler(ctl: Arc<Control>) -> tokio::task::JoinHandle<()> {
         ) else {
             return;
         };
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
-        warn!("{name} received: finishing in-flight requests, then stopping");
-        ctl.stop(StopReason::Signal(name));
+        let mut first = true;
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            if first {
+                warn!(
+                    "{name} received: finishing in-flight requests, then stopping (send it again to abort them)"
+                );
+                ctl.stop(StopReason::Signal(name));
+                first = false;
+            } else {
+                warn!(
+                    "second {name} received: abandoning in-flight requests; their messages stay in doubt and the next run settles them"
+                );
+                ctl.abort(StopReason::Aborted(name));
+            }
+        }
     })
 }
 
@@ -540,6 +653,7 @@ fn send_ctx(
         in_flight: Semaphore::new(g.concurrency),
         pause_until: Mutex::new(None),
         consecutive_failures: AtomicU32::new(0),
+        rejections: Mutex::default(),
         max_consecutive_failures: cfg.policy.max_consecutive_failures,
         max_attempts: g.max_attempts,
         batch_size: g.batch_size,
@@ -708,6 +822,10 @@ impl Runner<'_> {
                         counts.suppressed += 1;
                         counts.pending -= 1;
                     }
+                    MessageState::InDoubt => {
+                        counts.in_doubt += 1;
+                        counts.pending -= 1;
+                    }
                     _ => {}
                 }
             }
@@ -719,9 +837,9 @@ impl Runner<'_> {
         }
     }
 
-    /// Settles messages an earlier execution left `sending`: found on the gateway means sent;
-    /// anything else goes back to pending, to be resent under the same ref.
-    /// With `cancelled`, a message the gateway never received becomes `cancelled`.
+    /// Settles messages in doubt (and those an earlier execution left `sending`) by lookup:
+    /// found on the gateway means sent; not found goes back to pending, to be resent under the
+    /// same ref, or becomes `cancelled` with `cancelled`; no answer leaves it in doubt.
     async fn settle_in_doubt(&mut self, cancelled: bool) -> anyhow::Result<()> {
         let mut after = 0;
         loop {
@@ -766,8 +884,9 @@ impl Runner<'_> {
                         (MessageState::Cancelled, "lookup_missing", None, None)
                     }
                     Lookup::NotFound => (MessageState::Pending, "lookup_missing", None, None),
+                    // Still in doubt: neither resent nor cancelled until the gateway answers.
                     Lookup::Unavailable { reason } => (
-                        MessageState::Pending,
+                        MessageState::InDoubt,
                         "lookup_unavailable",
                         None,
                         Some(reason),
@@ -781,7 +900,7 @@ impl Runner<'_> {
                 updates.push(MessageUpdate {
                     id: m.id,
                     state,
-                    reason: None,
+                    reason: (state == MessageState::InDoubt).then(|| outcome.to_string()),
                     retryable: false,
                     gateway_id: gateway_id.clone(),
                     kind: composed.as_ref().map(|c| c.kind.as_str().to_string()),
@@ -847,6 +966,7 @@ async fn send_chunk(
                 attempts: Vec::new(),
                 backoff: backoff_policy(ctx.max_attempts),
                 wait: Duration::ZERO,
+                doubt: None,
             }),
         }
     }
@@ -989,11 +1109,18 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
             drop(permit);
             break;
         }
-        let attempts: Vec<Attempt> = if items.len() == 1 {
-            vec![ctx.gateway.send(&items[0].out).await]
-        } else {
-            let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
-            ctx.gateway.send_batch(&outs).await
+        let t0 = Instant::now();
+        let request = async {
+            if items.len() == 1 {
+                vec![ctx.gateway.send(&items[0].out).await]
+            } else {
+                let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
+                ctx.gateway.send_batch(&outs).await
+            }
+        };
+        let Some(attempts): Option<Vec<Attempt>> = ctx.ctl.unless_aborted(request).await else {
+            mark_aborted(&mut items, t0);
+            break;
         };
         drop(permit);
         // The health counter counts requests: a failed batch is one failure, not fifty.
@@ -1005,6 +1132,7 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         } else if attempts.iter().any(|a| a.outcome.is_final()) {
             ctx.consecutive_failures.store(0, Ordering::Relaxed);
         }
+        note_rejections(&ctx, &attempts);
         let mut again = Vec::new();
         for (mut item, a) in items.into_iter().zip(attempts) {
             let gateway_id = match &a.outcome {
@@ -1017,13 +1145,16 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                 http_status: a.http_status,
                 gateway_id: gateway_id.clone(),
                 error: match &a.outcome {
-                    Outcome::Rejected { message, .. } | Outcome::Unauthorized { message } => {
+                    Outcome::Rejected { message, .. } | Outcome::Halt { message, .. } => {
                         Some(message.clone())
                     }
                     _ => None,
                 },
                 latency_ms: a.latency.as_millis() as i64,
             });
+            if let Outcome::InDoubt { code } = &a.outcome {
+                item.doubt = Some(code.clone());
+            }
             let span = tracing::debug_span!("message", msg_ref = %item.out.msg_ref, phone = %phone::mask(&item.out.to));
             let _g = span.enter();
             match a.outcome {
@@ -1046,9 +1177,9 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                         None,
                     ));
                 }
-                Outcome::Unauthorized { message } => {
-                    ctx.ctl.stop(StopReason::Unauthorized(message));
-                    done.push(update_for(&item, MessageState::Pending, None, false, None));
+                Outcome::Halt { message, .. } => {
+                    ctx.ctl.stop(StopReason::GatewayRefused(message));
+                    done.push(leftover(&item));
                 }
                 transient => {
                     let retry_after = match &transient {
@@ -1072,6 +1203,10 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                             );
                             again.push(item);
                         }
+                        None if item.doubt.is_some() => {
+                            debug!(code = transient.code(), "attempts exhausted in doubt");
+                            done.push(look_up_exhausted(&ctx, item, transient.code()).await);
+                        }
                         None => {
                             debug!(code = transient.code(), "attempts exhausted");
                             done.push(update_for(
@@ -1088,11 +1223,99 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         }
         items = again;
     }
-    // Stopped: whatever is left goes back to the queue under the same ref.
-    done.extend(
-        items
-            .iter()
-            .map(|i| update_for(i, MessageState::Pending, None, false, None)),
-    );
+    // Stopped: whatever is left goes back to the queue under the same ref, or stays in doubt.
+    done.extend(items.iter().map(leftover));
     done
+}
+
+/// A message left unfinished by a stop: `in_doubt` when the gateway may have it, else `pending`.
+fn leftover(item: &Item) -> MessageUpdate {
+    match &item.doubt {
+        Some(code) => update_for(item, MessageState::InDoubt, Some(code.clone()), false, None),
+        None => update_for(item, MessageState::Pending, None, false, None),
+    }
+}
+
+/// A request abandoned by an abort may have been written: its messages are in doubt.
+fn mark_aborted(items: &mut [Item], t0: Instant) {
+    let at = Utc::now() - chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
+    for item in items {
+        item.doubt = Some("aborted".into());
+        item.attempts.push(AttemptRecord {
+            at,
+            outcome: "aborted".into(),
+            http_status: None,
+            gateway_id: None,
+            error: None,
+            latency_ms: t0.elapsed().as_millis() as i64,
+        });
+    }
+}
+
+/// Attempts ran out while the gateway may have the message: ask it. Found is `sent`; not found
+/// is a retryable failure (the gateway does not have it); no answer leaves it in doubt.
+async fn look_up_exhausted(ctx: &SendCtx, mut item: Item, last_code: &str) -> MessageUpdate {
+    let at = Utc::now();
+    let t0 = Instant::now();
+    let lookup = async {
+        let _permit = ctx.in_flight.acquire().await.ok()?;
+        Some(ctx.gateway.lookup(&item.out.msg_ref).await)
+    };
+    let found = ctx.ctl.unless_aborted(lookup).await.flatten();
+    let (state, outcome, gateway_id, error) = match found {
+        None => return leftover(&item),
+        Some(Lookup::Found { gateway_id, .. }) => {
+            (MessageState::Sent, "lookup_found", Some(gateway_id), None)
+        }
+        Some(Lookup::NotFound) => (MessageState::Failed, "lookup_missing", None, None),
+        Some(Lookup::Unavailable { reason }) => (
+            MessageState::InDoubt,
+            "lookup_unavailable",
+            None,
+            Some(reason),
+        ),
+    };
+    debug!(outcome, "looked up after the last attempt");
+    item.attempts.push(AttemptRecord {
+        at,
+        outcome: outcome.into(),
+        http_status: None,
+        gateway_id: gateway_id.clone(),
+        error,
+        latency_ms: t0.elapsed().as_millis() as i64,
+    });
+    let reason = match state {
+        MessageState::Sent => None,
+        MessageState::Failed => Some(last_code.to_string()),
+        _ => item.doubt.clone(),
+    };
+    let retryable = state == MessageState::Failed;
+    update_for(&item, state, reason, retryable, gateway_id)
+}
+
+/// Counts recipient-level rejections with the same code in a row; at
+/// `max_consecutive_failures` the run pauses (STOPPED) instead of walking the list.
+fn note_rejections(ctx: &SendCtx, attempts: &[Attempt]) {
+    let Ok(mut streak) = ctx.rejections.lock() else {
+        return;
+    };
+    for a in attempts {
+        match &a.outcome {
+            Outcome::Rejected { code, .. } => {
+                if streak.0 == *code {
+                    streak.1 += 1;
+                } else {
+                    *streak = (code.clone(), 1);
+                }
+                if streak.1 >= ctx.max_consecutive_failures {
+                    ctx.ctl.stop(StopReason::RepeatedRejection {
+                        code: code.clone(),
+                        n: streak.1,
+                    });
+                }
+            }
+            Outcome::Accepted { .. } => *streak = (String::new(), 0),
+            _ => {}
+        }
+    }
 }
