@@ -71,7 +71,10 @@ pub enum StopReason {
     QuietHours(String),
     GatewayUnhealthy(u32),
     /// The same recipient-level rejection for `n` messages in a row: likely not about them.
-    RepeatedRejection { code: String, n: u32 },
+    RepeatedRejection {
+        code: String,
+        n: u32,
+    },
     /// An answer that applies to every message (credentials, redirect, sender, request size):
     /// the gateway's words, with what to fix in munja.toml.
     GatewayRefused(String),
@@ -1035,10 +1038,11 @@ fn set_aside(
     done: &mut Vec<MessageUpdate>,
 ) -> Vec<Item> {
     let (out, keep): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| aside(i));
-    done.extend(
-        out.iter()
-            .map(|i| update_for(i, state, Some(reason.to_string()), false, None)),
-    );
+    // One the gateway may already have stays in doubt: the next run settles it by lookup.
+    done.extend(out.iter().map(|i| match i.doubt {
+        Some(_) => leftover(i),
+        None => update_for(i, state, Some(reason.to_string()), false, None),
+    }));
     keep
 }
 

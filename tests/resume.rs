@@ -683,3 +683,246 @@ async fn a_cancel_that_empties_the_queue_before_the_heartbeat_still_ends_cancell
         1
     );
 }
+
+/// The simulator's seed for a test, printed so that a failure can be replayed.
+fn seeded(seed: u64) -> u64 {
+    eprintln!("simulator seed {seed}");
+    seed
+}
+
+/// Waits for `cond`, polling, up to `bound`.
+async fn until(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < bound, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
+    // Half the requests are accepted and then time out; two attempts per message.
+    let sim = SimConfig {
+        timeout_rate: 0.5,
+        stall_ms: 1500,
+        seed: Some(seeded(11)),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 200,
+        max_attempts: 2,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "COMPLETED", "{st}");
+    assert_eq!((n(&st, "sent"), n(&st, "failed")), (300, 0), "{st}");
+    assert_eq!(env.sim.stats().accepted, 300);
+    let pool = db(&env).await;
+    assert!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_found'"
+        )
+        .await
+            > 0,
+        "some messages timed out twice and were found by lookup"
+    );
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_broken_or_missing_answers_are_never_failures() {
+    // Accepted, then a proxy's error page or a connection broken off mid-answer (single sends);
+    // accepted and left out of the results (batches).
+    let cases = [
+        (
+            SimConfig {
+                garble_rate: 0.3,
+                reset_rate: 0.3,
+                seed: Some(seeded(5)),
+                ..SimConfig::default()
+            },
+            1,
+        ),
+        (
+            SimConfig {
+                omit_rate: 0.3,
+                seed: Some(seeded(6)),
+                ..SimConfig::default()
+            },
+            20,
+        ),
+    ];
+    for (sim, batch_size) in cases {
+        let gw = Gw {
+            max_attempts: 2,
+            batch_size,
+            ..Gw::default()
+        };
+        let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+        let seg = env.segment_csv("seg.csv", 0, 200);
+        let id = env.campaign(&seg, "hello", &[]).await;
+        let o = env.run(&["campaign", "run", &id]).await;
+        assert_eq!(o.code, 0, "batch {batch_size}: {}", o.all());
+        let st = env.status(&id).await;
+        assert_eq!((n(&st, "sent"), n(&st, "failed")), (200, 0), "{st}");
+        common::agree::assert_agrees(&env, &id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settles_it() {
+    // Every request is accepted and then times out: every message sent so far is in doubt.
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 5000,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 300,
+        max_attempts: 50,
+        concurrency: 8,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    until(Duration::from_secs(20), "20 accepted", || {
+        env.sim.stats().accepted >= 20
+    })
+    .await;
+    env.ok(&["campaign", "cancel", &id]).await;
+    let o = wait(child).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "CANCELLED", "{st}");
+    let in_doubt = n(&st, "in_doubt");
+    assert!(in_doubt >= 20, "{st}");
+    assert!(
+        o.stderr.contains(&format!("in doubt {in_doubt}")),
+        "the summary counts them apart: {}",
+        o.all()
+    );
+    let listed = env
+        .ok(&[
+            "audit",
+            "--campaign",
+            &id,
+            "--status",
+            "in_doubt",
+            "--format",
+            "json",
+        ])
+        .await;
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed.len() as i64, in_doubt);
+    let view = common::agree::gateway_view(&env, &id).await;
+    assert_eq!(
+        view["cancelled"].0, 0,
+        "nothing the gateway took is cancelled: {view:?}"
+    );
+    assert_eq!(
+        view["in_doubt"].0,
+        env.sim.stats().accepted,
+        "what it took is in doubt, not cancelled: {view:?}"
+    );
+
+    // The next run only settles them: found means sent, not found means cancelled.
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let accepted = env.sim.stats().accepted;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "CANCELLED", "{st}");
+    assert_eq!((n(&st, "in_doubt"), n(&st, "pending")), (0, 0), "{st}");
+    assert_eq!(env.sim.stats().accepted, accepted, "nothing more was sent");
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() {
+    let (env, id) = {
+        let sim = SimConfig {
+            timeout_rate: 1.0,
+            stall_ms: 60_000,
+            ..SimConfig::default()
+        };
+        let gw = Gw {
+            timeout_ms: 30_000,
+            concurrency: 8,
+            ..Gw::default()
+        };
+        let env = Env::with(sim, gw, "").await;
+        let seg = env.segment_csv("seg.csv", 0, 300);
+        let id = env.campaign(&seg, "hello", &[]).await;
+        (env, id)
+    };
+    let mut child = spawn_run(&env, &id, &[]);
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    until(Duration::from_secs(20), "8 accepted", || {
+        env.sim.stats().accepted >= 8
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    // The second signal must come after the first was handled (two could merge into one).
+    let t0 = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first SIGTERM is acknowledged on stderr");
+        if line.contains("SIGTERM received") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("exits well before the 30 s gateway timeout")
+    .expect("join")
+    .expect("wait");
+    let took = t.elapsed();
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    assert!(stderr.contains("aborted"), "{stderr}");
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "STOPPED", "{st}");
+    assert_eq!(n(&st, "sending"), 0, "{st}");
+    assert!(
+        n(&st, "in_doubt") as u64 >= env.sim.stats().accepted,
+        "abandoned requests are in doubt: {st}"
+    );
+
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let s = env.sim.stats();
+    assert_eq!((s.accepted, s.numbers_accepted_twice), (300, 0));
+    assert_eq!(s.duplicate_replays, 0, "found by lookup, never resent");
+    common::agree::assert_agrees(&env, &id).await;
+}

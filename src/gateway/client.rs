@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use reqwest::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER,
-};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
@@ -791,7 +789,8 @@ mod tests {
             code: "invalid_number".into(),
             message: "m".into(),
         };
-        let unauth = Outcome::Unauthorized {
+        let unauth = Outcome::Halt {
+            code: "unauthorized".into(),
             message: "m".into(),
         };
         let thr = Outcome::Throttled { retry_after: None };
@@ -951,7 +950,15 @@ mod tests {
                 200,
                 vec![],
                 "<html>oops</html>",
-                Outcome::Transient {
+                Outcome::InDoubt {
+                    code: "bad_response".into(),
+                },
+            ),
+            (
+                202,
+                vec![],
+                r#"{"status":"accepted"}"#,
+                Outcome::InDoubt {
                     code: "bad_response".into(),
                 },
             ),
@@ -967,10 +974,10 @@ mod tests {
             (
                 400,
                 vec![],
-                "nope",
+                r#"{"error":"blocked_number"}"#,
                 Outcome::Rejected {
-                    code: "invalid_request".into(),
-                    message: "nope".into(),
+                    code: "blocked_number".into(),
+                    message: r#"{"error":"blocked_number"}"#.into(),
                 },
             ),
             (
@@ -1027,8 +1034,10 @@ mod tests {
         let g = gateway(&url, Some("k-s3cr3t"), 2000);
         let a = g.send(&msg("r1")).await;
         match &a.outcome {
-            Outcome::Unauthorized { message } => {
+            Outcome::Halt { code, message } => {
+                assert_eq!(code, "unauthorized");
                 assert!(message.contains("HTTP 403"), "{message}");
+                assert!(message.contains("api_key_env"), "{message}");
                 assert!(message.contains("test"), "{message}");
                 assert!(!message.contains("s3cr3t"), "{message}");
             }
@@ -1067,10 +1076,99 @@ mod tests {
                     code: "blocked_number".into(),
                     message: "blocked_number".into()
                 },
-                Outcome::Transient {
-                    code: "bad_response".into()
+                Outcome::InDoubt {
+                    code: "missing_result".into()
                 },
             ]
         );
+    }
+
+    /// Answers about the account, the sender or the request apply to every message: they halt
+    /// the campaign with the cause and the fix, and a redirect is never followed.
+    #[tokio::test]
+    async fn account_level_answers_halt_and_redirects_are_not_followed() {
+        let cases: Vec<(
+            u16,
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            &str,
+            &str,
+        )> = vec![
+            (
+                302,
+                vec![("location", "http://elsewhere.example/v1/messages")],
+                "",
+                "redirect",
+                "http://elsewhere.example/v1/messages",
+            ),
+            (
+                307,
+                vec![("location", "http://elsewhere.example/x")],
+                "",
+                "redirect",
+                "set url of gateway test",
+            ),
+            (308, vec![], "", "redirect", "no Location header"),
+            (
+                413,
+                vec![],
+                "too big",
+                "payload_too_large",
+                "batch_size of gateway test",
+            ),
+            (
+                400,
+                vec![],
+                r#"{"error":"invalid_sender","message":"sender 15881234 is not registered"}"#,
+                "invalid_sender",
+                "[sender]",
+            ),
+            (400, vec![], "nope", "invalid_request", "batch_size"),
+            (401, vec![], "", "unauthorized", "api_key_env"),
+        ];
+        for (status, headers, body, want_code, want_text) in cases {
+            let url = canned(status, headers, body).await;
+            let g = gateway(&url, None, 2000);
+            let outcomes = [
+                g.send(&msg("r1")).await.outcome,
+                g.send_batch(&[msg("r1"), msg("r2")]).await[1]
+                    .outcome
+                    .clone(),
+            ];
+            for outcome in outcomes {
+                match &outcome {
+                    Outcome::Halt { code, message } => {
+                        assert_eq!(code, want_code, "{status}: {message}");
+                        assert!(message.contains(want_text), "{status}: {message}");
+                        assert!(message.contains("munja.toml"), "{status}: {message}");
+                    }
+                    other => panic!("HTTP {status}: {other:?}"),
+                }
+                assert!(!outcome.is_final() && !outcome.is_transient());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn batch_items_with_unknown_status_or_no_gateway_id_are_in_doubt() {
+        let url = canned(
+            200,
+            vec![],
+            r#"{"results":[
+                {"ref":"a","status":"queued","gateway_id":"ga"},
+                {"ref":"b","status":"accepted","gateway_id":null},
+                {"ref":"c","status":"rejected","error":"invalid_sender"}]}"#,
+        )
+        .await;
+        let out: Vec<_> = gateway(&url, None, 2000)
+            .send_batch(&[msg("a"), msg("b"), msg("c")])
+            .await
+            .into_iter()
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(out[0].code(), "bad_response");
+        assert!(matches!(out[0], Outcome::InDoubt { .. }));
+        assert!(matches!(out[1], Outcome::InDoubt { .. }));
+        assert!(matches!(&out[2], Outcome::Halt { code, .. } if code == "invalid_sender"));
     }
 }
