@@ -1087,13 +1087,15 @@ mod tests {
     /// the campaign with the cause and the fix, and a redirect is never followed.
     #[tokio::test]
     async fn account_level_answers_halt_and_redirects_are_not_followed() {
-        let cases: Vec<(
+        /// (status, headers, body, halt code, text the message must contain)
+        type Case = (
             u16,
             Vec<(&'static str, &'static str)>,
             &'static str,
-            &str,
-            &str,
-        )> = vec![
+            &'static str,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
             (
                 302,
                 vec![("location", "http://elsewhere.example/v1/messages")],
