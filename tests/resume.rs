@@ -926,3 +926,53 @@ async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() 
     assert_eq!(s.duplicate_replays, 0, "found by lookup, never resent");
     common::agree::assert_agrees(&env, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until_it_can() {
+    // Every request is accepted and then times out, and lookups answer 503.
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 1000,
+        lookups_unavailable: true,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 200,
+        max_attempts: 2,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let seg = env.segment_csv("seg.csv", 0, 100);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(o.stderr.contains("run it again to settle"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "STOPPED", "{st}");
+    assert_eq!((n(&st, "in_doubt"), n(&st, "failed")), (100, 0), "{st}");
+    let human = env.ok(&["campaign", "status", &id]).await;
+    assert!(human.stdout.contains("in doubt 100"), "{}", human.all());
+    // Still unreachable: they stay in doubt, nothing is resent.
+    let requests = env.sim.stats().requests;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert_eq!(n(&env.status(&id).await, "in_doubt"), 100);
+    assert_eq!(
+        env.sim.stats().requests,
+        requests + 100,
+        "one lookup each, nothing resent"
+    );
+    let replays = env.sim.stats().duplicate_replays;
+
+    env.sim.set_lookups(true);
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.status(&id).await["status"], "COMPLETED");
+    assert_eq!(
+        env.sim.stats().duplicate_replays,
+        replays,
+        "found by lookup, not resent"
+    );
+    common::agree::assert_agrees(&env, &id).await;
+}

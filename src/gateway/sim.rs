@@ -72,6 +72,8 @@ pub struct SimConfig {
     pub omit_rate: f64,
     /// When set, every send and batch request gets this answer and nothing is accepted.
     pub fixed_answer: Option<FixedAnswer>,
+    /// Lookups answer 503 (the gateway cannot be asked); see [`SimHandle::set_lookups`].
+    pub lookups_unavailable: bool,
 }
 
 /// One answer given to every send and batch request (see [`SimConfig::fixed_answer`]).
@@ -101,6 +103,7 @@ impl Default for SimConfig {
             reset_rate: 0.0,
             omit_rate: 0.0,
             fixed_answer: None,
+            lookups_unavailable: false,
         }
     }
 }
@@ -122,6 +125,7 @@ impl fmt::Debug for SimConfig {
             .field("reset_rate", &self.reset_rate)
             .field("omit_rate", &self.omit_rate)
             .field("fixed_answer", &self.fixed_answer)
+            .field("lookups_unavailable", &self.lookups_unavailable)
             .finish()
     }
 }
@@ -196,6 +200,13 @@ impl SimHandle {
         self.shared
             .faults
             .set(fail_rate, throttle_rate, timeout_rate);
+    }
+
+    /// Makes later lookups answer normally (`true`) or 503 (`false`).
+    pub fn set_lookups(&self, available: bool) {
+        self.shared
+            .lookups_unavailable
+            .store(!available, Ordering::Relaxed);
     }
 
     /// Changes (or removes) the required bearer key for later requests.
@@ -369,6 +380,7 @@ struct Shared {
     max_batch: usize,
     omit_rate: f64,
     fixed_answer: Option<FixedAnswer>,
+    lookups_unavailable: std::sync::atomic::AtomicBool,
     faults: Faults,
     api_key: RwLock<Option<String>>,
     rng: Mutex<StdRng>,
@@ -400,6 +412,7 @@ impl Shared {
             max_batch: cfg.max_batch,
             omit_rate: cfg.omit_rate,
             fixed_answer: cfg.fixed_answer,
+            lookups_unavailable: std::sync::atomic::AtomicBool::new(cfg.lookups_unavailable),
             faults,
             api_key: RwLock::new(cfg.api_key),
             rng: Mutex::new(rng),
@@ -855,6 +868,11 @@ async fn lookup(
 ) -> Response {
     let resp = match sh.check_auth(&headers) {
         Some(resp) => resp,
+        None if sh.lookups_unavailable.load(Ordering::Relaxed) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "simulated lookup outage",
+        ),
         None => {
             let ref_hash = hash_ref(&msg_ref);
             if sh.store().refs.contains(ref_hash) {
