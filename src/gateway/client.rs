@@ -905,6 +905,35 @@ mod tests {
         assert!(g.send_batch(&[]).await.is_empty());
     }
 
+    /// A connection closed after the request was read may follow an acceptance: in doubt,
+    /// not a transient failure that would be retried and then marked failed.
+    #[tokio::test]
+    async fn a_connection_closed_after_the_request_is_in_doubt() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                drop(sock);
+            }
+        });
+        let g = gateway(&format!("http://{addr}"), None, 2000);
+        let a = g.send(&msg("r1")).await;
+        assert_eq!(
+            a.outcome,
+            Outcome::InDoubt {
+                code: "connection_lost".into()
+            }
+        );
+        let b = g.send_batch(&[msg("r1"), msg("r2")]).await;
+        assert!(b.iter().all(|a| a.outcome.code() == "connection_lost"));
+    }
+
     /// A one-route server answering every request with a fixed status, headers and body.
     async fn canned(
         status: u16,
