@@ -422,78 +422,8 @@ pub async fn run(
             });
         }
         let failure_reasons = store.failure_reasons(id, 3).await.unwrap_or_default();
-        // After a run, a message still `sending` was left by a crash: it is in doubt too.
-        let in_doubt = counts.in_doubt + counts.sending;
-        let settle_note = if in_doubt > 0 {
-            format!(
-                "; {in_doubt} messages are in doubt (the gateway may have them): \
-                 `munja campaign run {id}` settles them by lookup before anything else"
-            )
-        } else {
-            String::new()
-        };
-        let (status, campaign_status, exit_code, message) = match outcome {
-            Err(e) => {
-                let m = format!("{e:#}");
-                (RunStatus::Failed, "FAILED", "FAILED".to_string(), m)
-            }
-            // Nothing went out: say so, and why, with a non-zero exit.
-            Ok(None) if counts.all_final() && counts.sent == 0 && counts.failed > 0 => (
-                RunStatus::Failed,
-                "FAILED",
-                "ALL_FAILED".into(),
-                format!(
-                    "no message was sent: {} failed (leading reasons: {}); see `munja audit --campaign {id} --status failed`",
-                    counts.failed,
-                    reasons_text(&failure_reasons)
-                ),
-            ),
-            Ok(None) if counts.all_final() => (
-                RunStatus::Completed,
-                "COMPLETED",
-                "COMPLETED".into(),
-                format!(
-                    "all {} messages final: {} sent, {} failed, {} suppressed, {} cancelled",
-                    counts.total, counts.sent, counts.failed, counts.suppressed, counts.cancelled
-                ),
-            ),
-            Ok(None) if counts.pending == 0 => (
-                RunStatus::Stopped,
-                "STOPPED",
-                "IN_DOUBT".into(),
-                format!(
-                    "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
-                     them; run it again to settle them by lookup"
-                ),
-            ),
-            Ok(None) => (
-                RunStatus::Stopped,
-                "STOPPED",
-                "STOPPED".into(),
-                format!("{} messages still pending{settle_note}", counts.pending),
-            ),
-            Ok(Some(StopReason::Cancelled)) => {
-                match store.cancel(id, None).await {
-                    Ok(_) | Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                (
-                    RunStatus::Stopped,
-                    "CANCELLED",
-                    "CANCELLED".into(),
-                    format!("{}{settle_note}", StopReason::Cancelled.message()),
-                )
-            }
-            Ok(Some(why)) => {
-                let status = why.status();
-                (
-                    status,
-                    status.as_str(),
-                    why.code().to_uppercase(),
-                    format!("{}{settle_note}", why.message()),
-                )
-            }
-        };
+        let (status, campaign_status, exit_code, message) =
+            conclude(&*store, id, outcome, &counts, &failure_reasons).await?;
         store
             .finish_execution(
                 id,
@@ -520,6 +450,89 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// How a run ends, from why its loop ended and the final counts: (status, campaign status,
+/// exit code, exit message). A cancel is applied to the store here.
+async fn conclude(
+    store: &dyn Store,
+    id: i64,
+    outcome: anyhow::Result<Option<StopReason>>,
+    counts: &Counts,
+    failure_reasons: &[(String, i64)],
+) -> anyhow::Result<(RunStatus, &'static str, String, String)> {
+    // After a run, a message still `sending` was left by a crash: it is in doubt too.
+    let in_doubt = counts.in_doubt + counts.sending;
+    let settle_note = if in_doubt > 0 {
+        format!(
+            "; {in_doubt} messages are in doubt (the gateway may have them): \
+             `munja campaign run {id}` settles them by lookup before anything else"
+        )
+    } else {
+        String::new()
+    };
+    Ok(match outcome {
+        Err(e) => {
+            let m = format!("{e:#}");
+            (RunStatus::Failed, "FAILED", "FAILED".to_string(), m)
+        }
+        // Nothing went out: say so, and why, with a non-zero exit.
+        Ok(None) if counts.all_final() && counts.sent == 0 && counts.failed > 0 => (
+            RunStatus::Failed,
+            "FAILED",
+            "ALL_FAILED".into(),
+            format!(
+                "no message was sent: {} failed (leading reasons: {}); see `munja audit --campaign {id} --status failed`",
+                counts.failed,
+                reasons_text(failure_reasons)
+            ),
+        ),
+        Ok(None) if counts.all_final() => (
+            RunStatus::Completed,
+            "COMPLETED",
+            "COMPLETED".into(),
+            format!(
+                "all {} messages final: {} sent, {} failed, {} suppressed, {} cancelled",
+                counts.total, counts.sent, counts.failed, counts.suppressed, counts.cancelled
+            ),
+        ),
+        Ok(None) if counts.pending == 0 => (
+            RunStatus::Stopped,
+            "STOPPED",
+            "IN_DOUBT".into(),
+            format!(
+                "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
+                 them; run it again to settle them by lookup"
+            ),
+        ),
+        Ok(None) => (
+            RunStatus::Stopped,
+            "STOPPED",
+            "STOPPED".into(),
+            format!("{} messages still pending{settle_note}", counts.pending),
+        ),
+        Ok(Some(StopReason::Cancelled)) => {
+            match store.cancel(id, None).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            (
+                RunStatus::Stopped,
+                "CANCELLED",
+                "CANCELLED".into(),
+                format!("{}{settle_note}", StopReason::Cancelled.message()),
+            )
+        }
+        Ok(Some(why)) => {
+            let status = why.status();
+            (
+                status,
+                status.as_str(),
+                why.code().to_uppercase(),
+                format!("{}{settle_note}", why.message()),
+            )
+        }
+    })
 }
 
 /// The composer of a campaign, from its template snapshot and its ad frame.
