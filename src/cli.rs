@@ -183,6 +183,7 @@ pub enum CampaignCmd {
     /// Ask a running campaign to stop (it finishes in-flight requests, commits and exits 2).
     Stop { id: i64 },
     /// Cancel: pending messages become `cancelled` and are never sent; a live run stops.
+    /// Messages in doubt stay in doubt until `campaign run` settles them by lookup.
     Cancel { id: i64 },
     /// Delete a campaign with its messages and logs (refused while it runs).
     Delete { id: i64 },
@@ -711,6 +712,14 @@ async fn campaign_cmd(
             });
             let n = store.cancel(id, dead).await?;
             eprintln!("campaign {id} cancelled: {n} pending messages will never be sent");
+            let counts = store.counts(id).await?;
+            let in_doubt = counts.in_doubt + if dead.is_some() { counts.sending } else { 0 };
+            if in_doubt > 0 {
+                eprintln!(
+                    "{in_doubt} messages are in doubt (the gateway may have them): `munja campaign run {id}` \
+                     looks them up and records them as sent or cancelled; it sends nothing"
+                );
+            }
         }
         CampaignCmd::Delete { id } => {
             let c = store.campaign(id).await?;

@@ -528,6 +528,12 @@ async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
     let accepted = env.sim.stats().accepted;
     // The crashed run left claimed messages in doubt: a run only settles them, sends nothing.
     assert!(n(&st, "sending") > 0, "{st}");
+    assert!(
+        o.stderr
+            .contains(&format!("{} messages are in doubt", n(&st, "sending"))),
+        "cancel says what is left to settle: {}",
+        o.all()
+    );
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 2, "{}", o.all());
     let st = env.status(&id).await;
