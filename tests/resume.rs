@@ -707,9 +707,11 @@ async fn until(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
-    // Half the requests are accepted and then time out; two attempts per message.
+    // Many requests are accepted and then time out, some answer 503; two attempts per message.
+    // A timeout then a 503 is still in doubt: the 503 says nothing about the first attempt.
     let sim = SimConfig {
         timeout_rate: 0.5,
+        fail_rate: 0.2,
         stall_ms: 1500,
         seed: Some(seeded(11)),
         ..SimConfig::default()
@@ -726,9 +728,35 @@ async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
     assert_eq!(o.code, 0, "{}", o.all());
     let st = env.status(&id).await;
     assert_eq!(st["status"], "COMPLETED", "{st}");
-    assert_eq!((n(&st, "sent"), n(&st, "failed")), (300, 0), "{st}");
-    assert_eq!(env.sim.stats().accepted, 300);
+    let failed = n(&st, "failed");
+    assert_eq!(n(&st, "sent") + failed, 300, "{st}");
+    assert_eq!(env.sim.stats().accepted, 300 - failed as u64);
     let pool = db(&env).await;
+    let missing = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_missing'",
+    )
+    .await;
+    // Only messages that were never in doubt (503 twice) or that the gateway was asked about
+    // and does not have may fail.
+    let never_in_doubt = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM messages m WHERE m.state = 'failed' AND m.reason = 'http_503' \
+         AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.outcome = 'timeout')",
+    )
+    .await;
+    assert_eq!(failed, missing + never_in_doubt, "{st}");
+    assert!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM messages m WHERE m.state = 'sent' AND EXISTS \
+             (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.outcome = 'http_503' \
+              AND a.id = (SELECT MAX(id) FROM attempts WHERE message_id = m.id AND outcome <> 'lookup_found'))",
+        )
+        .await
+            > 0,
+        "some messages timed out, then got a 503, and were found sent"
+    );
     assert!(
         scalar(
             &pool,
