@@ -1010,3 +1010,92 @@ async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until
     );
     common::agree::assert_agrees(&env, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_keeps_what_the_gateway_may_have_in_doubt_not_pending() {
+    const KEY_ENV: &str = "MUNJA_TEST_HALT_KEY";
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 1000,
+        api_key: Some("k-right".into()),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 200,
+        max_attempts: 50,
+        concurrency: 4,
+        api_key_env: Some(KEY_ENV.into()),
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let with_key = |args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env(KEY_ENV, "k-right");
+        c
+    };
+    let seg = env.segment_csv("seg.csv", 0, 200);
+    env.ok(&["init"]).await;
+    env.ok(&["segment", "import", "seg", seg.to_str().unwrap()])
+        .await;
+    let mut create = with_key(&[
+        "campaign",
+        "create",
+        "--name",
+        "h",
+        "--segment",
+        "seg",
+        "--template",
+        "hello",
+    ]);
+    let out = tokio::task::spawn_blocking(move || create.output())
+        .await
+        .expect("join")
+        .expect("campaign create");
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let child = with_key(&["campaign", "run", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn munja");
+    until(Duration::from_secs(20), "20 accepted", || {
+        env.sim.stats().accepted >= 20
+    })
+    .await;
+    // The account is suspended mid-run: every later answer is 401.
+    env.sim.set_api_key(Some("k-rotated".into()));
+    let o = wait(child).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("credentials"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "FAILED", "{st}");
+    assert_eq!(n(&st, "failed"), 0, "{st}");
+    env.sim.set_api_key(None);
+    let view = common::agree::gateway_view(&env, &id).await;
+    assert_eq!(
+        view["pending"].0, 0,
+        "no pending message is on the gateway: {view:?}"
+    );
+    assert_eq!(
+        view["in_doubt"].0,
+        env.sim.stats().accepted,
+        "every message it took is in doubt: {view:?}"
+    );
+
+    // Restored: the next run finds them by lookup and sends the rest.
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let replays = env.sim.stats().duplicate_replays;
+    let mut rerun = with_key(&["campaign", "run", &id]);
+    let o: Out = tokio::task::spawn_blocking(move || rerun.output())
+        .await
+        .expect("join")
+        .expect("run")
+        .into();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(
+        env.sim.stats().duplicate_replays,
+        replays,
+        "found by lookup, not resent"
+    );
+    common::agree::assert_agrees(&env, &id).await;
+}
