@@ -218,6 +218,7 @@ async fn through_503_429_and_timeouts_every_number_is_accepted_exactly_once() {
     // Every attempt is in the log: retried messages show more than one attempt.
     let rows = env.audit_json(&id).await;
     assert!(rows.iter().any(|r| r["attempts"].as_i64().unwrap() > 1));
+    common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,6 +615,7 @@ async fn redirects_are_never_followed_and_fail_the_campaign_naming_the_location(
             "{status}: nothing reached the other host"
         );
         assert!(env.sim.stats().requests < 50, "the list was not walked");
+        common::agree::assert_agrees(&env, &id).await;
         elsewhere.shutdown().await;
     }
 }
@@ -668,6 +670,7 @@ async fn account_level_rejections_stop_the_campaign_and_keep_messages_pending() 
         let st = env.status(&id).await;
         assert_eq!(st["status"], "FAILED", "{st}");
         assert_eq!((n(&st, "pending"), n(&st, "failed")), (300, 0), "{st}");
+        common::agree::assert_agrees(&env, &id).await;
         if cause == "invalid_request" {
             // Fixed in munja.toml: the same campaign now goes out whole.
             env.write_config(
@@ -709,6 +712,7 @@ async fn the_same_rejection_for_many_recipients_in_a_row_pauses_the_run() {
     assert_eq!(st["status"], "STOPPED", "{st}");
     assert!(n(&st, "failed") >= 20, "{st}");
     assert!(n(&st, "pending") > 200, "the list was not walked: {st}");
+    common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -735,6 +739,7 @@ async fn a_run_that_sends_nothing_exits_non_zero_naming_the_leading_reasons() {
     );
     let st = env.status(&id).await;
     assert_eq!((n(&st, "sent"), n(&st, "failed")), (0, 30), "{st}");
+    common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
