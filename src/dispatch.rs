@@ -188,7 +188,10 @@ impl Control {
 
     /// Stops the run and abandons its in-flight requests (their messages stay in doubt).
     pub fn abort(&self, why: StopReason) {
-        if let Ok(mut r) = self.reason.lock() {
+        if let Ok(mut r) = self.reason.lock()
+            && r.as_ref()
+                .is_none_or(|old| old.status() != RunStatus::Failed)
+        {
             *r = Some(why);
         }
         self.abort.send_replace(true);

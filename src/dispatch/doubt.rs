@@ -27,7 +27,7 @@ impl Runner<'_> {
                 return Ok(());
             };
             if self.ctx.ctl.stopping() {
-                // Unsettled messages stay `sending`; the next run settles them.
+                // Unsettled messages stay as they are (`sending` or `in_doubt`): still in doubt.
                 return Ok(());
             }
             after = last.id;
