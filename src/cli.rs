@@ -183,6 +183,7 @@ pub enum CampaignCmd {
     /// Ask a running campaign to stop (it finishes in-flight requests, commits and exits 2).
     Stop { id: i64 },
     /// Cancel: pending messages become `cancelled` and are never sent; a live run stops.
+    /// Messages in doubt stay in doubt until `campaign run` settles them by lookup.
     Cancel { id: i64 },
     /// Delete a campaign with its messages and logs (refused while it runs).
     Delete { id: i64 },
@@ -195,7 +196,7 @@ pub struct AuditArgs {
     /// Any form of the number (010-1234-5678, +82 10 1234 5678, ...).
     #[arg(long)]
     pub phone: Option<String>,
-    /// pending, sending, sent, failed, suppressed or cancelled.
+    /// pending, sending, in_doubt, sent, failed, suppressed or cancelled.
     #[arg(long)]
     pub status: Option<String>,
     /// table masks numbers; csv and json are full exports.
@@ -388,7 +389,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             };
             let state = match &a.status {
                 Some(s) => Some(MessageState::parse(s).with_context(|| {
-                    format!("--status {s:?}: expected pending, sending, sent, failed, suppressed or cancelled")
+                    format!("--status {s:?}: expected pending, sending, in_doubt, sent, failed, suppressed or cancelled")
                 })?),
                 None => None,
             };
@@ -581,6 +582,7 @@ async fn campaign_cmd(
                     "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
                     "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
                     "total": counts.total, "pending": counts.pending, "sending": counts.sending,
+                    "in_doubt": counts.in_doubt,
                     "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
                     "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
                 });
@@ -600,10 +602,11 @@ async fn campaign_cmd(
                 )?;
                 writeln!(
                     out,
-                    "  total {}: pending {}, sending {}, sent {}, failed {}, suppressed {}, cancelled {}",
+                    "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",
                     counts.total,
                     counts.pending,
                     counts.sending,
+                    counts.in_doubt,
                     counts.sent,
                     counts.failed,
                     counts.suppressed,
@@ -714,6 +717,14 @@ async fn campaign_cmd(
             });
             let n = store.cancel(id, dead).await?;
             eprintln!("campaign {id} cancelled: {n} pending messages will never be sent");
+            let counts = store.counts(id).await?;
+            let in_doubt = counts.in_doubt + if dead.is_some() { counts.sending } else { 0 };
+            if in_doubt > 0 {
+                eprintln!(
+                    "{in_doubt} messages are in doubt (the gateway may have them): `munja campaign run {id}` \
+                     looks them up and records them as sent or cancelled; it sends nothing"
+                );
+            }
         }
         CampaignCmd::Delete { id } => {
             let c = store.campaign(id).await?;
@@ -746,15 +757,22 @@ fn summary_json(r: &RunReport) -> serde_json::Value {
         "campaign": r.campaign, "execution": r.execution, "status": r.status.as_str(),
         "exit_message": r.exit_message, "elapsed_secs": r.elapsed.as_secs_f64(),
         "sent_this_run": r.sent_now, "counts": r.counts,
+        "failure_reasons": r.failure_reasons,
     })
 }
 
-/// The final summary of a run, on stderr.
+/// The final summary of a run, on stderr. Messages in doubt (the gateway may have them) are
+/// counted apart from pending ones; after a run, `sending` ones were left by a crash.
 pub fn print_summary(r: &RunReport) {
     let c = &r.counts;
     let secs = r.elapsed.as_secs_f64().max(0.001);
+    let reasons = if r.failure_reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", dispatch::reasons_text(&r.failure_reasons))
+    };
     eprintln!(
-        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}, suppressed {}, cancelled {}, pending {}",
+        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}{}, suppressed {}, cancelled {}, pending {}, in doubt {}",
         r.campaign,
         r.execution,
         r.status.as_str(),
@@ -764,8 +782,10 @@ pub fn print_summary(r: &RunReport) {
         c.total,
         c.sent,
         c.failed,
+        reasons,
         c.suppressed,
         c.cancelled,
-        c.pending + c.sending
+        c.pending,
+        c.in_doubt + c.sending
     );
 }

@@ -31,11 +31,12 @@ fn done(c: &Counts) -> u64 {
 
 fn tally(c: &Counts) -> String {
     format!(
-        "sent {} · failed {} · suppressed {} · pending {}",
+        "sent {} · failed {} · suppressed {} · pending {} · in doubt {}",
         c.sent,
         c.failed,
         c.suppressed,
-        c.pending + c.sending
+        c.pending + c.sending,
+        c.in_doubt
     )
 }
 

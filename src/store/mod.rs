@@ -52,10 +52,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// The states of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum MessageState {
     Pending,
     Sending,
+    /// The gateway may have accepted it (a timeout, a reset, an unreadable answer, a run cut
+    /// short): never failed, cancelled or resent until a lookup settles it.
+    InDoubt,
     Sent,
     Failed,
     Suppressed,
@@ -63,9 +66,10 @@ pub enum MessageState {
 }
 
 impl MessageState {
-    pub const ALL: [MessageState; 6] = [
+    pub const ALL: [MessageState; 7] = [
         MessageState::Pending,
         MessageState::Sending,
+        MessageState::InDoubt,
         MessageState::Sent,
         MessageState::Failed,
         MessageState::Suppressed,
@@ -75,6 +79,7 @@ impl MessageState {
         match self {
             MessageState::Pending => "pending",
             MessageState::Sending => "sending",
+            MessageState::InDoubt => "in_doubt",
             MessageState::Sent => "sent",
             MessageState::Failed => "failed",
             MessageState::Suppressed => "suppressed",
@@ -178,6 +183,8 @@ pub struct Counts {
     pub total: i64,
     pub pending: i64,
     pub sending: i64,
+    /// Messages the gateway may or may not have: settled by lookup on the next run.
+    pub in_doubt: i64,
     pub sent: i64,
     pub failed: i64,
     pub suppressed: i64,
@@ -185,9 +192,9 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Every message is in a final state.
+    /// Every message is in a final state (nothing pending, sending or in doubt).
     pub fn all_final(&self) -> bool {
-        self.pending == 0 && self.sending == 0
+        self.pending == 0 && self.sending == 0 && self.in_doubt == 0
     }
 }
 
@@ -236,7 +243,8 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone)]
 pub struct MessageUpdate {
     pub id: i64,
-    /// `Pending` returns the message to the queue (not attempted, or still retryable after a stop).
+    /// `Pending` returns the message to the queue (not attempted, or still retryable after a stop);
+    /// `InDoubt` keeps it out of the queue until a lookup settles it.
     pub state: MessageState,
     pub reason: Option<String>,
     pub retryable: bool,
@@ -359,7 +367,8 @@ pub trait Store: Send + Sync {
     async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)>;
     /// Snapshots the segment into messages, all or nothing; returns the total (0 if done before).
     async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64>;
-    /// Messages left `sending` by an earlier execution (in doubt), at most `limit`, id > after.
+    /// Messages to settle by lookup before anything is sent or cancelled: `in_doubt` ones and
+    /// those an earlier execution left `sending` (it crashed), at most `limit`, id > after.
     async fn in_doubt(
         &self,
         campaign: i64,
@@ -375,6 +384,8 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// Whether pending messages without night consent remain.
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
+    /// The most frequent reasons of failed messages, most frequent first: (reason, count).
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>>;
     /// Failed messages whose attempts ran out on transient errors go back to `pending`.
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
     async fn finish_execution(

@@ -413,6 +413,7 @@ impl Store for SqliteStore {
             match MessageState::parse(&state) {
                 Some(MessageState::Pending) => c.pending = n,
                 Some(MessageState::Sending) => c.sending = n,
+                Some(MessageState::InDoubt) => c.in_doubt = n,
                 Some(MessageState::Sent) => c.sent = n,
                 Some(MessageState::Failed) => c.failed = n,
                 Some(MessageState::Suppressed) => c.suppressed = n,
@@ -689,7 +690,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ClaimedMessage>> {
         let rows = sqlx::query(
             "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
-             WHERE campaign_id = ? AND state = 'sending' AND id > ? ORDER BY id LIMIT ?",
+             WHERE campaign_id = ? AND state IN ('sending', 'in_doubt') AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(campaign)
         .bind(after_id)
@@ -886,6 +887,17 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(n.is_some())
+    }
+
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
+             WHERE campaign_id = ? AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
+        )
+        .bind(campaign)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {

@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 
 use munja::gateway::sim::{self, SimConfig, SimHandle};
 
+pub mod agree;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_munja");
 
 pub struct Env {
