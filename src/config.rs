@@ -18,6 +18,8 @@ pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
 pub const CONFIG_ENV: &str = "MUNJA_CONFIG";
 /// Default of `[[gateways]] max_retry_after_secs`: the longest `Retry-After` pause honoured.
 pub const DEFAULT_MAX_RETRY_AFTER_SECS: u64 = 300;
+/// Longest window of `max_ads_per_recipient` (ten years): dates before it stay computable.
+const MAX_CAP_DAYS: u32 = 3650;
 
 /// A configuration error: which file, which key, what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -239,11 +241,15 @@ impl Config {
             .parse()
             .map_err(|e| err("policy.quiet_hours", format!("{e}")))?;
         if let Some(cap) = p.max_ads_per_recipient
-            && (cap.count == 0 || cap.days == 0)
+            && (cap.count == 0 || cap.days == 0 || cap.days > MAX_CAP_DAYS)
         {
             return Err(err(
                 "policy.max_ads_per_recipient",
-                "expected { count = N, days = D } with N and D at least 1".into(),
+                format!(
+                    "expected {{ count = N, days = D }} with N at least 1 and D from 1 to \
+                     {MAX_CAP_DAYS}, got count = {}, days = {}",
+                    cap.count, cap.days
+                ),
             ));
         }
         let policy = Policy {
@@ -775,6 +781,19 @@ mod tests {
         assert!(c.policy.quiet_hours.is_off());
         let c = Config::from_toml_str("", None).expect("defaults");
         assert_eq!(c.policy.quiet_hours.to_string(), DEFAULT_QUIET_HOURS);
+    }
+
+    #[test]
+    fn a_frequency_cap_window_too_long_for_the_calendar_is_refused() {
+        let e = parse_err("[policy]\nmax_ads_per_recipient = { count = 1, days = 4294967295 }\n");
+        assert_eq!(e.key, "policy.max_ads_per_recipient", "{e}");
+        assert!(e.message.contains("from 1 to 3650"), "{e}");
+        let c = Config::from_toml_str(
+            "[policy]\nmax_ads_per_recipient = { count = 1, days = 3650 }\n",
+            None,
+        )
+        .expect("ten years");
+        assert_eq!(c.policy.max_ads_per_recipient.map(|c| c.days), Some(3650));
     }
 
     #[test]
