@@ -29,10 +29,10 @@ pub enum StoreError {
     Db(sqlx::Error),
     /// SQLite's `SQLITE_FULL`: the disk, or the database's page limit, is full.
     #[error(
-        "database or disk is full ({0}): free disk space (or move database_url to a disk with \
-         room) and try again; the failed write was rolled back, earlier commits are kept"
+        "database or disk is full: free disk space (or move database_url to a disk with room) \
+         and try again; the failed write was rolled back, earlier commits are kept"
     )]
-    Full(String),
+    Full,
     /// No database where the config points; only `munja init` creates one.
     #[error(
         "no database at {0}: run `munja init` first (or point database_url, --config or \
@@ -60,9 +60,7 @@ impl From<sqlx::Error> for StoreError {
     /// A full disk is named as such; everything else stays a database error.
     fn from(e: sqlx::Error) -> StoreError {
         match e.as_database_error() {
-            Some(d) if d.code().as_deref() == Some(SQLITE_FULL) => {
-                StoreError::Full(d.message().to_string())
-            }
+            Some(d) if d.code().as_deref() == Some(SQLITE_FULL) => StoreError::Full,
             _ => StoreError::Db(e),
         }
     }

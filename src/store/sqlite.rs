@@ -1053,7 +1053,7 @@ impl Store for SqliteStore {
                 )
                 .await;
             match r {
-                Err(e @ (StoreError::Db(_) | StoreError::Full(_))) if tries < FINISH_TRIES => {
+                Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
                     tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
                     tokio::time::sleep(wait).await;
                     wait = wait.saturating_mul(2);
