@@ -64,9 +64,9 @@ fn last_execution(status: &serde_json::Value) -> serde_json::Value {
 /// Runs 40 messages against a gateway that answers every request with `Retry-After: asked`
 /// until munja has logged that it cut the pause; then the gateway heals. Returns the run's
 /// output and how long it took.
-async fn run_against_retry_after(sim: SimConfig, asked: u64) -> (Out, Duration, Env) {
+async fn run_against_retry_after(sim: SimConfig, asked: u64, max: u64) -> (Out, Duration, Env) {
     let env = Env::with(sim, Gw::default(), "max_consecutive_failures = 100000").await;
-    add_gateway_keys(&env, "max_retry_after_secs = 1");
+    add_gateway_keys(&env, &format!("max_retry_after_secs = {max}"));
     let seg = env.segment_csv("seg.csv", 0, 40);
     let id = env.campaign(&seg, "hello", &[]).await;
     let t0 = Instant::now();
@@ -94,19 +94,19 @@ async fn run_against_retry_after(sim: SimConfig, asked: u64) -> (Out, Duration, 
     (out, t0.elapsed(), env)
 }
 
-fn assert_cut_and_shown(out: &Out, asked: u64) {
+fn assert_cut_and_shown(out: &Out, asked: u64, max: u64) {
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(!out.stderr.contains("panicked"), "{}", out.all());
     assert!(
         out.stderr.contains(&format!(
-            "the gateway asked to wait {asked}s (Retry-After: {asked}); waiting 1s, its max_retry_after_secs"
+            "the gateway asked to wait {asked}s (Retry-After: {asked}); waiting {max}s, its max_retry_after_secs"
         )),
         "the cut is logged at default verbosity:\n{}",
         out.all()
     );
     assert!(
         out.stderr
-            .contains("progress: waiting 1s for gateway Retry-After"),
+            .contains(&format!("progress: waiting {max}s for gateway Retry-After")),
         "the pause is in the progress output:\n{}",
         out.all()
     );
@@ -120,8 +120,8 @@ async fn a_429_asking_for_u64_max_seconds_is_cut_to_the_maximum_and_shown() {
         seed: Some(7),
         ..SimConfig::default()
     };
-    let (out, took, env) = run_against_retry_after(sim, u64::MAX).await;
-    assert_cut_and_shown(&out, u64::MAX);
+    let (out, took, env) = run_against_retry_after(sim, u64::MAX, 1).await;
+    assert_cut_and_shown(&out, u64::MAX, 1);
     assert!(took < Duration::from_secs(60), "no long sleep: {took:?}");
     let s = env.sim.stats();
     assert_eq!((s.accepted, s.numbers_accepted_twice), (40, 0));
@@ -136,8 +136,14 @@ async fn a_503_with_retry_after_pauses_the_gateway_and_is_cut_too() {
         seed: Some(8),
         ..SimConfig::default()
     };
-    let (out, took, env) = run_against_retry_after(sim, 999_999).await;
-    assert_cut_and_shown(&out, 999_999);
+    let (out, took, env) = run_against_retry_after(sim, 999_999, 5).await;
+    assert_cut_and_shown(&out, 999_999, 5);
+    assert!(
+        out.stderr
+            .contains("gateway Retry-After: pausing all sends for 5s"),
+        "a long pause is logged at default verbosity:\n{}",
+        out.all()
+    );
     assert!(
         took < Duration::from_secs(60),
         "no multi-day sleep: {took:?}"
