@@ -47,6 +47,9 @@ pub const FRONT_MATTER_LINES: usize = 3;
 /// Engine steps one message may take (minijinja fuel). A real message template takes a few
 /// hundred; a loop of a thousand short iterations takes some ten thousand.
 pub const FUEL: u64 = 100_000;
+/// How an out-of-[`FUEL`] error begins (after any "in the subject: "), so that callers can
+/// tell a runaway template from a problem with one recipient's values.
+pub const TOO_MUCH_WORK: &str = "the template does too much work for one message";
 
 /// A template as written by the user: its name, the body text and the optional LMS
 /// subject (itself a template). Serializable so a campaign can snapshot exactly what
@@ -585,8 +588,8 @@ impl Renderer {
                 &self.name,
                 line,
                 format!(
-                    "{where_}the template does too much work for one message (more than {FUEL} \
-                     steps): a loop runs too long, e.g. nested range() loops; make its loops shorter"
+                    "{where_}{TOO_MUCH_WORK} (more than {FUEL} steps): a loop runs too long, \
+                     e.g. nested range() loops; make its loops shorter"
                 ),
             ),
             ErrorKind::SyntaxError => {

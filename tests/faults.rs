@@ -200,6 +200,46 @@ async fn a_runaway_template_is_an_error_naming_it_in_check_preview_and_create() 
     assert_eq!(o.stdout.trim(), "[]", "nothing was created");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_stops_at_the_first_recipient_whose_values_make_the_template_run_away() {
+    let env = Env::new(SimConfig::default()).await;
+    env.write(
+        "templates/rows.txt",
+        "{% for i in range(n|int) %}{% for j in range(n|int) %}*{% endfor %}{% endfor %}",
+    );
+    let csv = env.write(
+        "seg.csv",
+        "phone,n\n010-2000-0001,3\n010-2000-0002,100000\n010-2000-0003,2\n",
+    );
+    env.ok(&["init"]).await;
+    env.ok(&["segment", "import", "seg", csv.to_str().expect("utf-8")])
+        .await;
+    let o = env
+        .run(&[
+            "campaign",
+            "create",
+            "--name",
+            "x",
+            "--segment",
+            "seg",
+            "--template",
+            "rows",
+        ])
+        .await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(
+        o.stderr.contains("template 'rows' line 1")
+            && o.stderr.contains("too much work")
+            && o.stderr.contains("010-****-0002")
+            && o.stderr.contains("nothing was created"),
+        "{}",
+        o.all()
+    );
+    assert!(!o.stderr.contains("010-2000-0002"), "masked: {}", o.all());
+    let o = env.ok(&["campaign", "list", "--json"]).await;
+    assert_eq!(o.stdout.trim(), "[]");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Storage
 
