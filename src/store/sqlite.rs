@@ -3,9 +3,13 @@
 //! Every write transaction starts with `BEGIN IMMEDIATE`, so it takes SQLite's single write lock
 //! up front (waiting up to the busy timeout) instead of failing half-way when another process,
 //! such as `munja campaign stop`, wrote in between.
+//!
+//! Only `init` (and the demo and bench) create the file. Every write first checks the file is
+//! still the one opened ([`file_identity`]); a transaction SQLite rolled back by itself (a full
+//! disk) never leaves its pooled connection looking busy, so the next write reports the real
+//! error.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,6 +21,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::*;
+use file_identity::FileIdentity;
+
+mod file_identity;
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters).
 const INSERT_BATCH: usize = 1000;
@@ -32,42 +39,6 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file as opened; every write checks it is still the same file.
     file: Option<FileIdentity>,
-}
-
-/// Which file the store opened: its path, device and inode.
-struct FileIdentity {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl FileIdentity {
-    fn of(path: &Path) -> std::io::Result<FileIdentity> {
-        let m = std::fs::metadata(path)?;
-        Ok(FileIdentity {
-            path: path.to_path_buf(),
-            dev: m.dev(),
-            ino: m.ino(),
-        })
-    }
-
-    /// An error when the path no longer names the file that was opened: a run that went on
-    /// would write into a deleted file, or report progress the database at the path never saw.
-    fn check(&self) -> Result<()> {
-        let path = self.path.display();
-        let changed = |what: String| {
-            Err(StoreError::FileChanged(format!(
-                "the database file {path} {what} while munja had it open; writes since then \
-                 are not in {path}. Restore the file (or `munja init` a new one) and run again"
-            )))
-        };
-        match std::fs::metadata(&self.path) {
-            Ok(m) if (m.dev(), m.ino()) == (self.dev, self.ino) => Ok(()),
-            Ok(_) => changed("was replaced by another file".into()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => changed("was deleted".into()),
-            Err(e) => changed(format!("can no longer be checked ({e})")),
-        }
-    }
 }
 
 impl SqliteStore {
