@@ -5,7 +5,7 @@
 //! such as `munja campaign stop`, wrote in between.
 //!
 //! Only `init` (and the demo and bench) create the file. Every write first checks the file is
-//! still the one opened ([`file_identity`]); a transaction SQLite rolled back by itself (a full
+//! still the one opened (`file_identity`); a transaction SQLite rolled back by itself (a full
 //! disk) never leaves its pooled connection looking busy, so the next write reports the real
 //! error.
 
