@@ -60,7 +60,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the database and run its migrations (harmless to repeat).
+    /// Create the database and run its migrations (harmless to repeat); no other command creates it.
     Init,
     /// Manage the opt-out list (수신거부).
     #[command(subcommand)]

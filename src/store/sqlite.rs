@@ -1026,6 +1026,13 @@ impl Store for SqliteStore {
             match r {
                 Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
                     tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
+                    if matches!(e, StoreError::Full) {
+                        // Copy the WAL into the database and start it over, so that the retry
+                        // reuses the WAL file's space instead of growing it on a full disk.
+                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                            .execute(&self.pool)
+                            .await;
+                    }
                     tokio::time::sleep(wait).await;
                     wait = wait.saturating_mul(2);
                     tries += 1;
