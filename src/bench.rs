@@ -129,7 +129,7 @@ brand = "munja"
 optout_number = "080-600-5653"
 [policy]
 chunk_size = {chunk}
-quiet_hours = "00:00-00:00"
+quiet_hours = "off"
 lease_timeout_secs = 3
 [[gateways]]
 name = "sim"

@@ -60,7 +60,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the database and run its migrations (harmless to repeat).
+    /// Create the database and run its migrations (harmless to repeat); no other command creates it.
     Init,
     /// Manage the opt-out list (수신거부).
     #[command(subcommand)]
@@ -290,15 +290,50 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(args) => crate::bench::run(args).await,
         command => {
             let cfg = Config::discover(cli.config.as_deref())?;
-            let store = store::open(&cfg.database_url)
-                .await
-                .with_context(|| format!("opening the database {}", cfg.database_url))?;
+            if let Command::Template(TemplateCmd::Check { name, no_ad }) = command {
+                // Checking a template needs no database.
+                template_check(&cfg, &name, no_ad, &mut std::io::stdout().lock())?;
+                return Ok(0);
+            }
+            // Only `init` creates the database; every other command needs it to exist.
+            let store = if matches!(command, Command::Init) {
+                store::open(&cfg.database_url).await
+            } else {
+                store::open_existing(&cfg.database_url).await
+            }
+            .with_context(|| format!("opening the database {}", cfg.database_url))?;
             if !matches!(command, Command::Init) {
                 store.migrate().await.context("preparing the database")?;
             }
             run_command(command, &cfg, store).await
         }
     }
+}
+
+/// `munja template check`: syntax, variables, ad markers and the work budget.
+fn template_check(
+    cfg: &Config,
+    name: &str,
+    no_ad: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let src = campaign::load_template(cfg, name, !no_ad, None)?;
+    let r = crate::template::Renderer::new(&src)?;
+    let vars: Vec<String> = r.variables().into_iter().collect();
+    writeln!(out, "template {name}: OK")?;
+    writeln!(
+        out,
+        "variables: {}",
+        if vars.is_empty() {
+            "(none)".into()
+        } else {
+            vars.join(", ")
+        }
+    )?;
+    if let Some(s) = &src.subject {
+        writeln!(out, "subject: {s}")?;
+    }
+    Ok(())
 }
 
 async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
@@ -333,22 +368,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             }
         }
         Command::Template(TemplateCmd::Check { name, no_ad }) => {
-            let src = campaign::load_template(cfg, &name, !no_ad, None)?;
-            let r = crate::template::Renderer::new(&src)?;
-            let vars: Vec<String> = r.variables().into_iter().collect();
-            writeln!(out, "template {name}: OK")?;
-            writeln!(
-                out,
-                "variables: {}",
-                if vars.is_empty() {
-                    "(none)".into()
-                } else {
-                    vars.join(", ")
-                }
-            )?;
-            if let Some(s) = &src.subject {
-                writeln!(out, "subject: {s}")?;
-            }
+            template_check(cfg, &name, no_ad, out)?;
         }
         Command::Template(TemplateCmd::Preview {
             name,

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,7 +31,7 @@ use crate::gateway::{Attempt, HttpJsonGateway, OutMessage, Outcome};
 use crate::lease;
 use crate::message::{AdFrame, Composer};
 use crate::phone;
-use crate::progress::Progress;
+use crate::progress::{PauseNotice, Progress};
 use crate::store::{
     AttemptRecord, Campaign, ClaimRequest, ClaimedMessage, Counts, MessageState, MessageUpdate,
     Store, StoreError,
@@ -275,6 +275,8 @@ struct SendCtx {
     in_flight: Semaphore,
     /// `Retry-After` slows the whole gateway: nobody sends before this instant.
     pause_until: Mutex<Option<Instant>>,
+    /// Shows a gateway pause in the progress display.
+    pause_notice: Option<PauseNotice>,
     consecutive_failures: AtomicU32,
     /// The last recipient-level rejection code and how many messages in a row got it.
     rejections: Mutex<(String, u32)>,
@@ -388,7 +390,10 @@ pub async fn run(
             // The frequency cap counts and limits ads only.
             cap: cfg.policy.max_ads_per_recipient.filter(|_| campaign.ad),
             composer: Arc::new(composer),
-            ctx: Arc::new(send_ctx(&gw_cfg, cfg, &campaign, ctl.clone(), fresh)?),
+            ctx: Arc::new(SendCtx {
+                pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
+                ..send_ctx(&gw_cfg, cfg, &campaign, ctl.clone(), fresh)?
+            }),
             progress: opts.progress.take(),
             sent_now: 0,
         };
@@ -672,10 +677,12 @@ fn send_ctx(
             g.api_key.clone(),
             Duration::from_millis(g.timeout_ms),
             g.concurrency,
-        )?,
+        )?
+        .with_max_retry_after(Duration::from_secs(g.max_retry_after_secs)),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         in_flight: Semaphore::new(g.concurrency),
         pause_until: Mutex::new(None),
+        pause_notice: None,
         consecutive_failures: AtomicU32::new(0),
         rejections: Mutex::default(),
         max_consecutive_failures: cfg.policy.max_consecutive_failures,
@@ -925,6 +932,42 @@ async fn send_chunk(
     (updates, first_error)
 }
 
+/// A `Retry-After` pause at least this long is logged at default verbosity.
+const LONG_PAUSE: Duration = Duration::from_secs(5);
+
+/// Pauses the whole gateway for `wait` (a `Retry-After`, already cut to the gateway's
+/// `max_retry_after_secs`). A pause that begins is shown in the progress display, and logged
+/// when long. Cannot overflow or poison: a wait too long for the clock is no pause extension.
+fn pause_gateway(ctx: &SendCtx, wait: Duration) {
+    let now = Instant::now();
+    let Some(until) = now.checked_add(wait) else {
+        return;
+    };
+    let begins = {
+        let mut p = ctx
+            .pause_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let begins = p.is_none_or(|old| old <= now);
+        if p.is_none_or(|old| old < until) {
+            *p = Some(until);
+        }
+        begins
+    };
+    if begins && !wait.is_zero() {
+        if wait >= LONG_PAUSE {
+            warn!(
+                gateway = ctx.gateway.name(),
+                "gateway Retry-After: pausing all sends for {}s",
+                wait.as_secs()
+            );
+        }
+        if let Some(notice) = &ctx.pause_notice {
+            notice(wait);
+        }
+    }
+}
+
 fn quiet_stop(q: QuietRule) -> StopReason {
     let opens = q.hours.next_open(q.tz, Utc::now());
     StopReason::QuietHours(format!(
@@ -995,7 +1038,10 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         if ctx.ctl.stopping() {
             break;
         }
-        let pause = ctx.pause_until.lock().ok().and_then(|p| *p);
+        let pause = *ctx
+            .pause_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(until) = pause {
             let now = Instant::now();
             if until > now {
@@ -1127,13 +1173,8 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                         Outcome::Throttled { retry_after } => *retry_after,
                         _ => None,
                     };
-                    if let Some(ra) = retry_after
-                        && let Ok(mut p) = ctx.pause_until.lock()
-                    {
-                        let until = Instant::now() + ra;
-                        if p.is_none_or(|old| old < until) {
-                            *p = Some(until);
-                        }
+                    if let Some(ra) = retry_after {
+                        pause_gateway(&ctx, ra);
                     }
                     match item.backoff.next() {
                         Some(d) => {

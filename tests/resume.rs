@@ -424,7 +424,7 @@ async fn a_sick_gateway_pauses_the_run_and_retry_failed_resends_only_transient_f
             max_attempts: 1,
             ..gw
         },
-        "quiet_hours = \"00:00-00:00\"\nmax_consecutive_failures = 100000",
+        "quiet_hours = \"off\"\nmax_consecutive_failures = 100000",
     );
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 0, "{}", o.all());

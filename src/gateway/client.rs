@@ -56,7 +56,8 @@ pub enum Outcome {
     /// the list: 401/403 (credentials), a 3xx redirect, 400 `invalid_sender` /
     /// `invalid_request`, 413. `message` names the gateway, the cause and what to fix.
     Halt { code: String, message: String },
-    /// 429: retry the same ref no sooner than `retry_after` (when the gateway said).
+    /// 429, or 503 with a `Retry-After`: retry the same ref no sooner than `retry_after` (when
+    /// the gateway said; cut to the gateway's `max_retry_after_secs`).
     Throttled { retry_after: Option<Duration> },
     /// 5xx, or a connection that failed before the request was written: retry with backoff.
     Transient { code: String },
@@ -126,7 +127,13 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct HttpJsonGateway {
     inner: Arc<Inner>,
+    /// Longest `Retry-After` honoured; longer ones are cut to this (and logged).
+    max_retry_after: Duration,
 }
+
+/// `max_retry_after` until [`HttpJsonGateway::with_max_retry_after`] sets it.
+const DEFAULT_MAX_RETRY_AFTER: Duration =
+    Duration::from_secs(crate::config::DEFAULT_MAX_RETRY_AFTER_SECS);
 
 struct Inner {
     name: String,
@@ -264,7 +271,30 @@ impl HttpJsonGateway {
                 client,
                 warned: Throttle::default(),
             }),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         })
+    }
+
+    /// Cuts every `Retry-After` to at most `max` (the gateway's `max_retry_after_secs`).
+    pub fn with_max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// The pause a `Retry-After` header asks for, cut to the configured maximum; a cut is
+    /// logged at default verbosity, since the gateway asked for more than munja will wait.
+    pub fn retry_after(&self, value: &str) -> Option<Duration> {
+        let asked = parse_retry_after(value, Utc::now())?;
+        if asked > self.max_retry_after {
+            tracing::warn!(
+                gateway = %self.inner.name,
+                "the gateway asked to wait {}s (Retry-After: {}); waiting {}s, its max_retry_after_secs",
+                asked.as_secs(),
+                value.trim().chars().take(40).collect::<String>(),
+                self.max_retry_after.as_secs()
+            );
+        }
+        Some(asked.min(self.max_retry_after))
     }
 
     /// The gateway's configured name.
@@ -484,7 +514,7 @@ impl HttpJsonGateway {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, Utc::now()));
+            .and_then(|v| self.retry_after(v));
         let location = response
             .headers()
             .get(LOCATION)
@@ -572,6 +602,8 @@ impl HttpJsonGateway {
                 }
             }
             429 => Outcome::Throttled { retry_after },
+            // A 503 that says when to come back pauses the gateway like a 429.
+            503 if retry_after.is_some() => Outcome::Throttled { retry_after },
             // 5xx and anything unexpected (404 from a wrong URL, ...) are retried with
             // backoff; the dispatcher's attempt limit bounds them.
             _ => {
@@ -724,11 +756,14 @@ fn body_excerpt(body: &[u8], status: StatusCode) -> String {
 }
 
 /// Parses a `Retry-After` value: delay seconds, or an HTTP date (a date in the past gives
-/// zero). Anything else gives `None`.
+/// zero). Anything else gives `None`. Never overflows: more seconds than fit in a `u64` give
+/// `u64::MAX` seconds; callers cut the result to their maximum.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let when = DateTime::parse_from_rfc2822(value).ok()?;
     let delta = when.with_timezone(&Utc) - now;
@@ -837,6 +872,43 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn huge_retry_after_values_saturate_and_are_cut_to_the_maximum() {
+        let now = Utc::now();
+        let max = Duration::from_secs(u64::MAX);
+        assert_eq!(parse_retry_after("18446744073709551615", now), Some(max));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(max)
+        );
+        assert_eq!(
+            parse_retry_after("999999", now),
+            Some(Duration::from_secs(999_999))
+        );
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+        assert!(far > Duration::from_secs(7000 * 365 * 86_400), "{far:?}");
+
+        let g = gateway("http://127.0.0.1:9", None, 100);
+        let five_min = Duration::from_secs(300);
+        for v in [
+            "18446744073709551615",
+            "99999999999999999999999999",
+            "999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(g.retry_after(v), Some(five_min), "default max, {v}");
+        }
+        assert_eq!(g.retry_after("7"), Some(Duration::from_secs(7)));
+        let g = g.with_max_retry_after(Duration::from_secs(2));
+        assert_eq!(
+            g.retry_after("18446744073709551615"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(g.retry_after("1"), Some(Duration::from_secs(1)));
+        assert_eq!(g.retry_after("later"), None);
     }
 
     #[test]
@@ -1027,6 +1099,30 @@ mod tests {
                 },
             ),
             (429, vec![], "", Outcome::Throttled { retry_after: None }),
+            (
+                429,
+                vec![("retry-after", "18446744073709551615")],
+                "",
+                Outcome::Throttled {
+                    retry_after: Some(Duration::from_secs(300)),
+                },
+            ),
+            (
+                503,
+                vec![("retry-after", "9")],
+                "",
+                Outcome::Throttled {
+                    retry_after: Some(Duration::from_secs(9)),
+                },
+            ),
+            (
+                503,
+                vec![],
+                "",
+                Outcome::Transient {
+                    code: "http_503".into(),
+                },
+            ),
             (
                 502,
                 vec![],

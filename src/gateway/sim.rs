@@ -48,6 +48,8 @@ pub struct SimConfig {
     /// Share of requests answered 429 with `Retry-After: retry_after_secs`.
     pub throttle_rate: f64,
     pub retry_after_secs: u64,
+    /// The 503 answers carry `Retry-After: retry_after_secs` too.
+    pub retry_after_on_503: bool,
     /// Share of requests whose messages are accepted and recorded, then answered only after
     /// `stall_ms` (so the client times out "in doubt").
     pub timeout_rate: f64,
@@ -92,6 +94,7 @@ impl Default for SimConfig {
             fail_rate: 0.0,
             throttle_rate: 0.0,
             retry_after_secs: 1,
+            retry_after_on_503: false,
             timeout_rate: 0.0,
             stall_ms: 30_000,
             invalid_prefix: None,
@@ -114,6 +117,7 @@ impl fmt::Debug for SimConfig {
             .field("fail_rate", &self.fail_rate)
             .field("throttle_rate", &self.throttle_rate)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("retry_after_on_503", &self.retry_after_on_503)
             .field("timeout_rate", &self.timeout_rate)
             .field("stall_ms", &self.stall_ms)
             .field("invalid_prefix", &self.invalid_prefix)
@@ -374,6 +378,7 @@ fn bump(counter: &AtomicU64, n: u64) {
 
 struct Shared {
     retry_after_secs: u64,
+    retry_after_on_503: bool,
     stall: Duration,
     latency: Duration,
     invalid_prefix: Option<String>,
@@ -406,6 +411,7 @@ impl Shared {
         faults.set(cfg.fail_rate, cfg.throttle_rate, cfg.timeout_rate);
         Self {
             retry_after_secs: cfg.retry_after_secs,
+            retry_after_on_503: cfg.retry_after_on_503,
             stall: Duration::from_millis(cfg.stall_ms),
             latency: Duration::from_millis(cfg.latency_ms),
             invalid_prefix: cfg.invalid_prefix.filter(|p| !p.is_empty()),
@@ -506,11 +512,18 @@ impl Shared {
         match fault {
             Fault::Unavailable => {
                 bump(&self.counters.faults_503, 1);
-                Some(error_response(
+                let mut resp = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "simulated outage",
-                ))
+                );
+                if self.retry_after_on_503 {
+                    resp.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(self.retry_after_secs),
+                    );
+                }
+                Some(resp)
             }
             Fault::Throttle => {
                 bump(&self.counters.faults_429, 1);

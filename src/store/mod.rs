@@ -26,7 +26,22 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+    /// SQLite's `SQLITE_FULL`: the disk, or the database's page limit, is full.
+    #[error(
+        "database or disk is full: free disk space (or move database_url to a disk with room) \
+         and try again; the failed write was rolled back, earlier commits are kept"
+    )]
+    Full,
+    /// No database where the config points; only `munja init` creates one.
+    #[error(
+        "no database at {0}: run `munja init` first (or point database_url, --config or \
+         MUNJA_DATABASE_URL at the right file)"
+    )]
+    NoDatabase(String),
+    /// The database file was deleted or replaced while munja had it open.
+    #[error("{0}")]
+    FileChanged(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
@@ -38,10 +53,33 @@ pub enum StoreError {
     LeaseLost { campaign: i64, execution: i64 },
 }
 
-/// Opens the store named by a database URL.
+/// SQLite's primary result code for a full disk or database.
+const SQLITE_FULL: &str = "13";
+
+impl From<sqlx::Error> for StoreError {
+    /// A full disk is named as such; everything else stays a database error.
+    fn from(e: sqlx::Error) -> StoreError {
+        match e.as_database_error() {
+            Some(d) if d.code().as_deref() == Some(SQLITE_FULL) => StoreError::Full,
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+/// Opens the store named by a database URL, creating the database when it does not exist
+/// (`munja init`, the demo and the bench).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, true).await
+}
+
+/// Opens an existing store; a missing database is [`StoreError::NoDatabase`], never created.
+pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, false).await
+}
+
+async fn open_with(url: &str, create: bool) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+        Ok(Arc::new(sqlite::SqliteStore::open(url, create).await?))
     } else {
         Err(StoreError::NotFound(format!(
             "database_url {url:?}: only sqlite:// is supported in this version (PostgreSQL is planned); \

@@ -3,7 +3,13 @@
 //! Every write transaction starts with `BEGIN IMMEDIATE`, so it takes SQLite's single write lock
 //! up front (waiting up to the busy timeout) instead of failing half-way when another process,
 //! such as `munja campaign stop`, wrote in between.
+//!
+//! Only `init` (and the demo and bench) create the file. Every write first checks the file is
+//! still the one opened (`file_identity`); a transaction SQLite rolled back by itself (a full
+//! disk) never leaves its pooled connection looking busy, so the next write reports the real
+//! error.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,31 +18,121 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::*;
+use file_identity::FileIdentity;
+
+mod file_identity;
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters).
 const INSERT_BATCH: usize = 1000;
 
+/// Test and diagnostic knob: caps the database at this many pages (`PRAGMA max_page_count`),
+/// so that "disk full" can be reproduced without filling a disk.
+pub const MAX_PAGE_COUNT_ENV: &str = "MUNJA_SQLITE_MAX_PAGE_COUNT";
+
+/// Attempts at recording the end of an execution.
+const FINISH_TRIES: u32 = 5;
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file as opened; every write checks it is still the same file.
+    file: Option<FileIdentity>,
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> Result<SqliteStore> {
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+    /// Opens the database at `url`; `create` makes it when it does not exist (only `init`, the
+    /// demo and the bench do), otherwise a missing file is [`StoreError::NoDatabase`].
+    pub async fn open(url: &str, create: bool) -> Result<SqliteStore> {
+        let mut opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true)
             .pragma("cache_size", "-8000");
+        if let Some(v) = std::env::var_os(MAX_PAGE_COUNT_ENV) {
+            let pages = v
+                .to_str()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "{MAX_PAGE_COUNT_ENV}={v:?}: expected a whole number of pages, or unset it"
+                    ))
+                })?;
+            opts = opts.pragma("max_page_count", pages.to_string());
+        }
+        let path = opts.get_filename().to_path_buf();
+        let on_disk = !path.as_os_str().is_empty()
+            && path != Path::new(":memory:")
+            && !path.to_string_lossy().starts_with("file:");
+        if on_disk && !create && !path.exists() {
+            return Err(StoreError::NoDatabase(path.display().to_string()));
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // A transaction SQLite ended by itself (it rolls back on SQLITE_FULL) stays
+                    // open in sqlx's count, and the next BEGIN on this connection would fail
+                    // with a transaction-depth error hiding the real one: run the rollback that
+                    // a dropped transaction queued, and close the connection if still unsure.
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool })
+        let file = if on_disk {
+            let id = FileIdentity::of(&path).map_err(|e| {
+                StoreError::NotFound(format!("cannot read {}: {e}", path.display()))
+            })?;
+            Some(id)
+        } else {
+            None
+        };
+        Ok(SqliteStore { pool, file })
+    }
+
+    /// One attempt of [`Store::finish_execution`].
+    async fn finish_once(
+        &self,
+        campaign: i64,
+        execution: i64,
+        status: &str,
+        exit_code: &str,
+        exit_message: &str,
+        campaign_status: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, campaign, execution).await?;
+        sqlx::query(
+            "UPDATE executions SET status = ?, exit_code = ?, exit_message = ?, ended_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(exit_message)
+        .bind(now())
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET status = ?, exit_message = ?, lease_execution = NULL, lease_host = NULL, \
+             lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
+        )
+        .bind(campaign_status)
+        .bind(exit_message)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Fails when the database file was deleted or replaced since it was opened.
+    fn check_file(&self) -> Result<()> {
+        self.file.as_ref().map_or(Ok(()), FileIdentity::check)
     }
 
     /// Runs a `DELETE ... WHERE id IN (SELECT ... < ? LIMIT ?)` until it deletes nothing.
@@ -57,7 +153,9 @@ impl SqliteStore {
         }
     }
 
+    /// Every write transaction starts here, after checking the file is still the one opened.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.check_file()?;
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
@@ -590,6 +688,7 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)> {
+        self.check_file()?;
         let row: Option<(bool, bool)> = sqlx::query_as(
             "UPDATE campaigns SET lease_heartbeat_at = ? WHERE id = ? AND lease_execution = ? \
              RETURNING stop_requested, cancel_requested",
@@ -920,29 +1019,39 @@ impl Store for SqliteStore {
         exit_message: &str,
         campaign_status: &str,
     ) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, campaign, execution).await?;
-        sqlx::query(
-            "UPDATE executions SET status = ?, exit_code = ?, exit_message = ?, ended_at = ? WHERE id = ?",
-        )
-        .bind(status)
-        .bind(exit_code)
-        .bind(exit_message)
-        .bind(now())
-        .bind(execution)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE campaigns SET status = ?, exit_message = ?, lease_execution = NULL, lease_host = NULL, \
-             lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
-        )
-        .bind(campaign_status)
-        .bind(exit_message)
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        // The end of a run is a small in-place update, and a run that cannot record it would
+        // stay STARTED: retry what may pass (a full disk that a checkpoint or cleanup relieves,
+        // a busy database), never a lost lease or a replaced file.
+        let mut wait = Duration::from_millis(100);
+        let mut tries = 1;
+        loop {
+            let r = self
+                .finish_once(
+                    campaign,
+                    execution,
+                    status,
+                    exit_code,
+                    exit_message,
+                    campaign_status,
+                )
+                .await;
+            match r {
+                Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
+                    tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
+                    if matches!(e, StoreError::Full) {
+                        // Copy the WAL into the database and start it over, so that the retry
+                        // reuses the WAL file's space instead of growing it on a full disk.
+                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                            .execute(&self.pool)
+                            .await;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {

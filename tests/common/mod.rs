@@ -71,7 +71,7 @@ impl Env {
         let policy = if policy.contains("quiet_hours") {
             policy.to_string()
         } else {
-            format!("quiet_hours = \"00:00-00:00\"\n{policy}")
+            format!("quiet_hours = \"off\"\n{policy}")
         };
         let policy = if policy.contains("chunk_size") {
             policy
