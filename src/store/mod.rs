@@ -252,8 +252,10 @@ pub struct AuditFilter {
     pub campaign: i64,
     pub phone: Option<String>,
     pub state: Option<MessageState>,
-    /// Keyset pagination: rows with message id greater than this.
+    /// Keyset pagination: rows after the last row of the previous page, given by its id and
+    /// its seq (the store walks whichever its index for these filters is ordered by).
     pub after_id: i64,
+    pub after_seq: i64,
     pub limit: i64,
 }
 
@@ -261,6 +263,8 @@ pub struct AuditFilter {
 pub struct AuditRow {
     #[serde(skip)]
     pub id: i64,
+    #[serde(skip)]
+    pub seq: i64,
     #[serde(rename = "ref")]
     pub msg_ref: String,
     pub phone: String,
@@ -308,8 +312,14 @@ pub trait Store: Send + Sync {
     async fn optout_remove(&self, phone: &Phone) -> Result<bool>;
     async fn optout_contains(&self, phone: &Phone) -> Result<bool>;
     async fn optout_count(&self) -> Result<i64>;
-    /// Numbers opted out at or after `since` (for the check right before sending).
-    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>>;
+    /// Numbers of the campaign's claimed (`sending`) messages that were opted out at or after
+    /// `since`: the check right before sending. Bounded by the messages in flight, never by the
+    /// length of the list (opt-outs older than a claim were suppressed by the claim itself).
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
 
     // Segments.
     /// Starts replacing segment `name`; the old members stay visible until commit.

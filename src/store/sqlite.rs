@@ -141,6 +141,52 @@ fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
     })
 }
 
+/// One page of the audit, each filter combination walking an index in output order, so a page
+/// costs its own rows and never a sort of the whole campaign (ids and seqs of a campaign grow
+/// together: its messages are inserted in seq order by one snapshot).
+/// - `--phone`: the `(phone, sent_at)` index (the unary `+` keeps SQLite off the campaign
+///   indexes), a handful of rows sorted;
+/// - `--status`: the `(campaign_id, state, id)` index;
+/// - neither: the `(campaign_id, seq)` unique index.
+fn audit_query(f: &AuditFilter) -> QueryBuilder<'_, Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
+         FROM messages WHERE ",
+    );
+    match (&f.phone, f.state) {
+        (Some(p), state) => {
+            qb.push("phone = ")
+                .push_bind(p.as_str())
+                .push(" AND +campaign_id = ")
+                .push_bind(f.campaign);
+            if let Some(s) = state {
+                qb.push(" AND +state = ").push_bind(s.as_str());
+            }
+            qb.push(" AND seq > ")
+                .push_bind(f.after_seq)
+                .push(" ORDER BY seq");
+        }
+        (None, Some(s)) => {
+            qb.push("campaign_id = ")
+                .push_bind(f.campaign)
+                .push(" AND state = ")
+                .push_bind(s.as_str())
+                .push(" AND id > ")
+                .push_bind(f.after_id)
+                .push(" ORDER BY id");
+        }
+        (None, None) => {
+            qb.push("campaign_id = ")
+                .push_bind(f.campaign)
+                .push(" AND seq > ")
+                .push_bind(f.after_seq)
+                .push(" ORDER BY seq");
+        }
+    }
+    qb.push(" LIMIT ").push_bind(f.limit);
+    qb
+}
+
 struct SqliteImport {
     tx: Transaction<'static, Sqlite>,
     segment_id: Option<i64>,
@@ -258,13 +304,22 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT phone FROM optouts WHERE created_at >= ?")
-                .bind(ts(since))
-                .fetch_all(&self.pool)
-                .await?,
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        // CROSS JOIN keeps the claimed messages as the outer loop: a walk of the
+        // (campaign_id, state) index, one primary-key probe of the list each, however long the
+        // list or however many numbers were just imported into it.
+        Ok(sqlx::query_scalar(
+            "SELECT m.phone FROM messages m CROSS JOIN optouts o ON o.phone = m.phone \
+             WHERE m.campaign_id = ? AND m.state = 'sending' AND o.created_at >= ?",
         )
+        .bind(campaign)
+        .bind(ts(since))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn begin_segment_import(
@@ -934,25 +989,12 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT id, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
-             FROM messages WHERE campaign_id = ",
-        );
-        qb.push_bind(f.campaign)
-            .push(" AND id > ")
-            .push_bind(f.after_id);
-        if let Some(p) = &f.phone {
-            qb.push(" AND phone = ").push_bind(p.clone());
-        }
-        if let Some(s) = f.state {
-            qb.push(" AND state = ").push_bind(s.as_str());
-        }
-        qb.push(" ORDER BY id LIMIT ").push_bind(f.limit);
-        let rows = qb.build().fetch_all(&self.pool).await?;
+        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditRow {
                     id: r.try_get("id")?,
+                    seq: r.try_get("seq")?,
                     msg_ref: r.try_get("ref")?,
                     phone: r.try_get("phone")?,
                     status: r.try_get("state")?,
