@@ -282,6 +282,10 @@ pub struct AuditRow {
 pub struct PurgeReport {
     pub attempts_deleted: u64,
     pub executions_deleted: u64,
+    /// Size of the database after the purge, in bytes.
+    pub db_bytes: u64,
+    /// Bytes of the database that are free for new rows (the file does not shrink by itself).
+    pub free_bytes: u64,
 }
 
 /// Outcome of an opt-out or segment import batch.

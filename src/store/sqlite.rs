@@ -1036,6 +1036,17 @@ impl Store for SqliteStore {
                 batch,
             )
             .await?;
+        let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&self.pool)
+            .await?;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.pool)
+            .await?;
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&self.pool)
+            .await?;
+        report.db_bytes = u64::try_from(page * pages).unwrap_or(0);
+        report.free_bytes = u64::try_from(page * free).unwrap_or(0);
         Ok(report)
     }
 }
