@@ -141,6 +141,15 @@ fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
     })
 }
 
+/// One primary-key probe of the opt-out list.
+const OPTOUT_CONTAINS: &str = "SELECT COUNT(*) FROM optouts WHERE phone = ?";
+
+/// CROSS JOIN keeps the claimed messages as the outer loop: a walk of the (campaign_id, state)
+/// index, one primary-key probe of the list each, however long the list or however many numbers
+/// were just imported into it.
+const FRESH_OPTOUTS_IN_FLIGHT: &str = "SELECT m.phone FROM messages m CROSS JOIN optouts o ON o.phone = m.phone \
+     WHERE m.campaign_id = ? AND m.state = 'sending' AND o.created_at >= ?";
+
 /// One page of the audit, each filter combination walking an index in output order, so a page
 /// costs its own rows and never a sort of the whole campaign (ids and seqs of a campaign grow
 /// together: its messages are inserted in seq order by one snapshot).
@@ -291,7 +300,7 @@ impl Store for SqliteStore {
     }
 
     async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM optouts WHERE phone = ?")
+        let n: i64 = sqlx::query_scalar(OPTOUT_CONTAINS)
             .bind(phone.as_str())
             .fetch_one(&self.pool)
             .await?;
@@ -309,17 +318,11 @@ impl Store for SqliteStore {
         campaign: i64,
         since: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        // CROSS JOIN keeps the claimed messages as the outer loop: a walk of the
-        // (campaign_id, state) index, one primary-key probe of the list each, however long the
-        // list or however many numbers were just imported into it.
-        Ok(sqlx::query_scalar(
-            "SELECT m.phone FROM messages m CROSS JOIN optouts o ON o.phone = m.phone \
-             WHERE m.campaign_id = ? AND m.state = 'sending' AND o.created_at >= ?",
-        )
-        .bind(campaign)
-        .bind(ts(since))
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(FRESH_OPTOUTS_IN_FLIGHT)
+            .bind(campaign)
+            .bind(ts(since))
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn begin_segment_import(
@@ -1050,3 +1053,7 @@ impl Store for SqliteStore {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;
