@@ -288,6 +288,14 @@ pub struct PurgeReport {
     pub free_bytes: u64,
 }
 
+/// How large the database is, as its pages count (a write-ahead log not included).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DiskUsage {
+    pub db_bytes: u64,
+    /// Pages freed by deletes, reused by new rows before the file grows.
+    pub free_bytes: u64,
+}
+
 /// Outcome of an opt-out or segment import batch.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ImportCounts {
@@ -404,6 +412,7 @@ pub trait Store: Send + Sync {
     // Audit and retention.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
+    async fn disk_usage(&self) -> Result<DiskUsage>;
 }
 
 /// RFC 3339 text of a time, as stored.

@@ -1039,18 +1039,27 @@ impl Store for SqliteStore {
                 batch,
             )
             .await?;
-        let page: i64 = sqlx::query_scalar("PRAGMA page_size")
-            .fetch_one(&self.pool)
-            .await?;
-        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-            .fetch_one(&self.pool)
-            .await?;
-        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&self.pool)
-            .await?;
-        report.db_bytes = u64::try_from(page * pages).unwrap_or(0);
-        report.free_bytes = u64::try_from(page * free).unwrap_or(0);
+        let usage = self.disk_usage().await?;
+        report.db_bytes = usage.db_bytes;
+        report.free_bytes = usage.free_bytes;
         Ok(report)
+    }
+
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        let mut conn = self.pool.acquire().await?;
+        let mut pragma = async |name: &str| -> Result<u64> {
+            let v: i64 = sqlx::query_scalar(&format!("PRAGMA {name}"))
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        let page = pragma("page_size").await?;
+        let pages = pragma("page_count").await?;
+        let free = pragma("freelist_count").await?;
+        Ok(DiskUsage {
+            db_bytes: page * pages,
+            free_bytes: page * free,
+        })
     }
 }
 
