@@ -16,8 +16,15 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::*;
 
+/// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
+const FINISHED: &str = "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
+
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters).
 const INSERT_BATCH: usize = 1000;
+
+/// Rows per statement of a large UPDATE or DELETE inside one transaction: a single statement
+/// over a whole campaign collects every rowid it changes in memory first.
+const TX_BATCH: i64 = 10_000;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -55,6 +62,48 @@ impl SqliteStore {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Deletes the attempts of finished campaigns older than `before`, walking each campaign's
+    /// attempts once through the `(campaign_id, id)` index, `batch` ids per transaction (a scan
+    /// of the table per batch would re-read every attempt that stays, batch after batch).
+    async fn purge_attempts(&self, before: &str, batch: i64) -> Result<u64> {
+        let finished: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT c.id FROM campaigns c WHERE {FINISHED} ORDER BY c.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let delete = format!(
+            "DELETE FROM attempts WHERE campaign_id = ?1 AND id > ?2 AND id <= ?3 AND at < ?4 \
+             AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = ?1 AND {FINISHED})"
+        );
+        let mut total = 0;
+        for campaign in finished {
+            let mut after = 0i64;
+            loop {
+                let upto: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(id) FROM (SELECT id FROM attempts WHERE campaign_id = ? AND id > ? \
+                     ORDER BY id LIMIT ?)",
+                )
+                .bind(campaign)
+                .bind(after)
+                .bind(batch)
+                .fetch_one(&self.pool)
+                .await?;
+                let Some(upto) = upto else { break };
+                total += sqlx::query(&delete)
+                    .bind(campaign)
+                    .bind(after)
+                    .bind(upto)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                after = upto;
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(total)
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -536,13 +585,22 @@ impl Store for SqliteStore {
                 "campaign {campaign} is {status}: there is nothing left to cancel"
             )));
         }
-        let n = sqlx::query(
-            "UPDATE messages SET state = 'cancelled', reason = 'cancelled' WHERE campaign_id = ? AND state = 'pending'",
-        )
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let mut n = 0;
+        loop {
+            let batch = sqlx::query(
+                "UPDATE messages SET state = 'cancelled', reason = 'cancelled' WHERE id IN \
+                 (SELECT id FROM messages WHERE campaign_id = ? AND state = 'pending' LIMIT ?)",
+            )
+            .bind(campaign)
+            .bind(TX_BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            n += batch;
+            if batch == 0 {
+                break;
+            }
+        }
         let at = now();
         if holder.is_some() && holder == dead_lease {
             sqlx::query(
@@ -583,9 +641,24 @@ impl Store for SqliteStore {
                 holder.unwrap_or_default()
             )));
         }
+        // Still one transaction, but in batches: one DELETE of ten million rows first gathers
+        // every rowid it will delete, in memory.
         for sql in [
-            "DELETE FROM attempts WHERE campaign_id = ?",
-            "DELETE FROM messages WHERE campaign_id = ?",
+            "DELETE FROM attempts WHERE id IN \
+             (SELECT id FROM attempts WHERE campaign_id = ?1 LIMIT ?2)",
+            "DELETE FROM messages WHERE id IN \
+             (SELECT id FROM messages WHERE campaign_id = ?1 LIMIT ?2)",
+        ] {
+            while sqlx::query(sql)
+                .bind(campaign)
+                .bind(TX_BATCH)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0
+            {}
+        }
+        for sql in [
             "DELETE FROM executions WHERE campaign_id = ?",
             "DELETE FROM campaigns WHERE id = ?",
         ] {
@@ -1016,18 +1089,7 @@ impl Store for SqliteStore {
         let before = ts(before);
         let mut report = PurgeReport::default();
         // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        const FINISHED: &str =
-            "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
-        report.attempts_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
-                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < ? LIMIT ?)"
-                ),
-                &before,
-                batch,
-            )
-            .await?;
+        report.attempts_deleted = self.purge_attempts(&before, batch).await?;
         report.executions_deleted = self
             .delete_in_batches(
                 &format!(
