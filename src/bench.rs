@@ -60,9 +60,9 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Waits for the child process `pid` (spawned, not yet waited for); returns its exit status and
+/// Waits for `child` (spawned, not yet waited for); returns its exit status and
 /// its peak RSS in KiB (`ru_maxrss` of `wait4`: that process alone, not its siblings).
-pub fn wait_with_peak_rss(child: &std::process::Child) -> std::io::Result<(ExitStatus, u64)> {
+pub fn wait_with_peak_rss(child: std::process::Child) -> std::io::Result<(ExitStatus, u64)> {
     use std::os::unix::process::ExitStatusExt;
     let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
     let mut status: libc::c_int = 0;
@@ -151,7 +151,7 @@ impl Bench {
                 }
             }
         }
-        let (status, peak_kib) = wait_with_peak_rss(&child)?;
+        let (status, peak_kib) = wait_with_peak_rss(child)?;
         Ok(ChildRun {
             status,
             secs: started.elapsed().as_secs_f64(),

@@ -32,7 +32,7 @@ async fn measured(env: &Env, args: &[&str]) -> (i32, u64, u64) {
             }
             lines += buf[..k].iter().filter(|b| **b == b'\n').count() as u64;
         }
-        let (status, kib) = wait_with_peak_rss(&child).expect("wait4");
+        let (status, kib) = wait_with_peak_rss(child).expect("wait4");
         (status.code().unwrap_or(-1), lines, kib / 1024)
     })
     .await

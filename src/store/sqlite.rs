@@ -1087,10 +1087,9 @@ impl Store for SqliteStore {
 
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
         let before = ts(before);
-        let mut report = PurgeReport::default();
         // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        report.attempts_deleted = self.purge_attempts(&before, batch).await?;
-        report.executions_deleted = self
+        let attempts_deleted = self.purge_attempts(&before, batch).await?;
+        let executions_deleted = self
             .delete_in_batches(
                 &format!(
                     "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
@@ -1102,8 +1101,12 @@ impl Store for SqliteStore {
             )
             .await?;
         let usage = self.disk_usage().await?;
-        report.db_bytes = usage.db_bytes;
-        report.free_bytes = usage.free_bytes;
+        let report = PurgeReport {
+            attempts_deleted,
+            executions_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        };
         Ok(report)
     }
 
