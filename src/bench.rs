@@ -437,7 +437,11 @@ async fn run_phases(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> an
             let (p, run) = b
                 .phase("campaign run (stopped)", &run_args, Stdout::Keep, &[0, 2])
                 .await?;
-            stopper.abort();
+            if stopper.is_finished() {
+                stopper.await?.context("asking the run to stop")?;
+            } else {
+                stopper.abort();
+            }
             if run.status.code() != Some(2) {
                 eprintln!(
                     "bench: the run completed before it could be stopped at {at} sent: no resume measured"

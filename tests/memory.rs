@@ -70,6 +70,7 @@ async fn audit_exports_of_200000_messages_stream_in_bounded_memory() {
         let mut all = vec!["audit", "--campaign", &id];
         all.extend(args.iter().copied());
         let (code, lines, peak) = measured(&env, &all).await;
+        eprintln!("munja {all:?}: {lines} lines, peak RSS {peak} MiB");
         assert_eq!(code, 0, "munja {all:?}");
         assert_eq!(lines, rows, "munja {all:?}");
         assert!(
