@@ -111,6 +111,7 @@ struct ChildRun {
 }
 
 /// Where the bench keeps its files and how it runs `munja`.
+#[derive(Clone)]
 struct Bench {
     exe: PathBuf,
     root: PathBuf,
@@ -169,11 +170,7 @@ impl Bench {
         stdout: Stdout,
         ok: &[i32],
     ) -> anyhow::Result<(Phase, ChildRun)> {
-        let this = Bench {
-            exe: self.exe.clone(),
-            root: self.root.clone(),
-            config: self.config.clone(),
-        };
+        let this = self.clone();
         let (n, a): (String, Vec<String>) =
             (name.into(), args.iter().map(|s| s.to_string()).collect());
         let run = tokio::task::spawn_blocking(move || {
@@ -218,8 +215,8 @@ fn number(i: u64) -> String {
 /// Writes the segment (and opt-out) CSVs; returns how many opt-outs are in the segment.
 fn generate(root: &Path, recipients: u64, optouts: u64) -> anyhow::Result<u64> {
     anyhow::ensure!(
-        recipients <= 10_000_000 && optouts <= 80_000_000,
-        "the bench generates at most 10,000,000 recipients and 80,000,000 opt-outs"
+        recipients <= 10_000_000 && optouts <= 70_000_000,
+        "the bench generates at most 10,000,000 recipients and 70,000,000 opt-outs"
     );
     let mut w = std::io::BufWriter::new(std::fs::File::create(root.join("segment.csv"))?);
     writeln!(w, "phone,name")?;
