@@ -84,6 +84,9 @@ pub enum Command {
         /// Rows deleted per transaction.
         #[arg(long, default_value_t = 5000)]
         batch: i64,
+        /// Print what was deleted and the database's free space as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the http-json gateway protocol on loopback, with injectable faults (for tests and demos).
     GatewaySim(SimArgs),
@@ -425,16 +428,26 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
                 eprintln!("{n} messages");
             }
         }
-        Command::Purge { before, batch } => {
+        Command::Purge {
+            before,
+            batch,
+            json,
+        } => {
             let t = parse_date(&before, cfg)?;
             anyhow::ensure!(batch > 0, "--batch must be at least 1");
             let r = store.purge(t, batch).await?;
             eprintln!(
-                "purged {} attempts and {} executions of finished campaigns before {}",
+                "purged {} attempts and {} executions of finished campaigns before {}; \
+                 {:.1} MB of the {:.1} MB database are free for new campaigns (VACUUM shrinks the file)",
                 r.attempts_deleted,
                 r.executions_deleted,
-                t.to_rfc3339()
+                t.to_rfc3339(),
+                r.free_bytes as f64 / 1e6,
+                r.db_bytes as f64 / 1e6
             );
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+            }
         }
         Command::GatewaySim(_) | Command::Demo(_) | Command::Bench(_) => {
             unreachable!("handled above")

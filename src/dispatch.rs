@@ -288,8 +288,9 @@ struct SendCtx {
     campaign_uid: String,
     ctl: Arc<Control>,
     quiet: Option<QuietRule>,
-    /// Opt-outs added since the run started, refreshed with every heartbeat: checked right
-    /// before each request, so a chunk claimed earlier cannot send to them.
+    /// Numbers of this run's claimed messages opted out since the run started, replaced with
+    /// every heartbeat: checked right before each request, so a chunk claimed earlier cannot
+    /// send to them.
     fresh_optouts: FreshOptouts,
 }
 
@@ -611,10 +612,10 @@ fn spawn_heartbeat(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            match store.optouts_since(since).await {
+            match store.fresh_optouts_in_flight(campaign, since).await {
                 Ok(list) => {
                     if let Ok(mut set) = fresh.write() {
-                        set.extend(list);
+                        *set = list.into_iter().collect();
                     }
                 }
                 Err(e) => warn!("reading new opt-outs failed: {e}"),

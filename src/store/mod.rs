@@ -298,8 +298,10 @@ pub struct AuditFilter {
     pub campaign: i64,
     pub phone: Option<String>,
     pub state: Option<MessageState>,
-    /// Keyset pagination: rows with message id greater than this.
+    /// Keyset pagination: rows after the last row of the previous page, given by its id and
+    /// its seq (the store walks whichever its index for these filters is ordered by).
     pub after_id: i64,
+    pub after_seq: i64,
     pub limit: i64,
 }
 
@@ -307,6 +309,8 @@ pub struct AuditFilter {
 pub struct AuditRow {
     #[serde(skip)]
     pub id: i64,
+    #[serde(skip)]
+    pub seq: i64,
     #[serde(rename = "ref")]
     pub msg_ref: String,
     pub phone: String,
@@ -324,6 +328,18 @@ pub struct AuditRow {
 pub struct PurgeReport {
     pub attempts_deleted: u64,
     pub executions_deleted: u64,
+    /// Size of the database after the purge, in bytes.
+    pub db_bytes: u64,
+    /// Bytes of the database that are free for new rows (the file does not shrink by itself).
+    pub free_bytes: u64,
+}
+
+/// How large the database is, as its pages count (a write-ahead log not included).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DiskUsage {
+    pub db_bytes: u64,
+    /// Pages freed by deletes, reused by new rows before the file grows.
+    pub free_bytes: u64,
 }
 
 /// Outcome of an opt-out or segment import batch.
@@ -354,8 +370,14 @@ pub trait Store: Send + Sync {
     async fn optout_remove(&self, phone: &Phone) -> Result<bool>;
     async fn optout_contains(&self, phone: &Phone) -> Result<bool>;
     async fn optout_count(&self) -> Result<i64>;
-    /// Numbers opted out at or after `since` (for the check right before sending).
-    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>>;
+    /// Numbers of the campaign's claimed (`sending`) messages that were opted out at or after
+    /// `since`: the check right before sending. Bounded by the messages in flight, never by the
+    /// length of the list (opt-outs older than a claim were suppressed by the claim itself).
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
 
     // Segments.
     /// Starts replacing segment `name`; the old members stay visible until commit.
@@ -439,6 +461,7 @@ pub trait Store: Send + Sync {
     // Audit and retention.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
+    async fn disk_usage(&self) -> Result<DiskUsage>;
 }
 
 /// RFC 3339 text of a time, as stored.
