@@ -1,32 +1,37 @@
-//! `munja bench`: throughput, peak memory and resume latency, measured end to end.
+//! `munja bench`: throughput, peak memory per phase and resume latency, measured end to end.
 //!
-//! It generates a segment CSV (streamed to disk), imports it, creates a campaign, runs it against
-//! the in-process simulator with the rate limit out of the way, and prints messages per second
-//! (with the full per-message log: every message row and every attempt row is written) and the
-//! process's peak RSS. With `--resume-at`, the run is stopped once that many messages are sent,
-//! and the bench measures how long a resume takes to commit its first chunk.
+//! It generates a segment CSV and, with `--optouts N`, an opt-out list of N numbers (every tenth
+//! recipient is on it, the rest of the list are other numbers), both streamed to disk. Each phase
+//! then runs as its own `munja` process, exactly the command an operator types (segment import,
+//! opt-out import, campaign create, campaign run, status, audit export, audit of one number,
+//! opt-out check, purge, delete), against the in-process gateway simulator with the rate limit
+//! out of the way; the bench waits for each with `wait4` and reports its wall time and its peak
+//! RSS (`ru_maxrss`), so every figure is that command's alone, the simulator excluded.
+//! With `--resume-at`, the run is stopped once that many messages are sent, and the bench
+//! measures how long a resumed run takes to commit its first chunk.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
+use serde::Serialize;
 
-use crate::campaign::{self, CreateRequest};
 use crate::config::Config;
-use crate::dispatch::{self, RunOptions, RunStatus};
 use crate::gateway::sim::{self, SimConfig};
-use crate::import;
-use crate::progress::Progress;
-use crate::store::{self, Counts};
+use crate::store;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Recipients in the generated segment.
     #[arg(long, default_value_t = 100_000)]
     pub recipients: u64,
+    /// Numbers on the opt-out list: every tenth recipient (up to N), the rest other numbers.
+    #[arg(long, default_value_t = 0)]
+    pub optouts: u64,
     /// Messages per gateway request (1 = the single-message endpoint).
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
@@ -39,6 +44,9 @@ pub struct BenchArgs {
     /// Stop the run after this many messages are sent, then measure the resume.
     #[arg(long)]
     pub resume_at: Option<i64>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
     /// Keep the bench directory.
     #[arg(long)]
     pub keep: bool,
@@ -52,76 +60,194 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Records when the first chunk of a run was committed; asks for a stop at a sent count.
-struct Probe {
-    started: Instant,
-    first_commit: Arc<Mutex<Option<Duration>>>,
-    stop_at: Option<(i64, Arc<dyn store::Store>, i64)>,
-    stop_sent: bool,
-}
-
-impl Progress for Probe {
-    fn start(&mut self, _c: &Counts) {}
-    fn update(&mut self, c: &Counts) {
-        if let Ok(mut f) = self.first_commit.lock()
-            && f.is_none()
-        {
-            *f = Some(self.started.elapsed());
+/// Waits for `child` (spawned, not yet waited for); returns its exit status and
+/// its peak RSS in KiB (`ru_maxrss` of `wait4`: that process alone, not its siblings).
+pub fn wait_with_peak_rss(child: std::process::Child) -> std::io::Result<(ExitStatus, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid for writes; `pid` is our unwaited child.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            let kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
+            return Ok((ExitStatus::from_raw(status), kib));
         }
-        if let Some((at, store, id)) = &self.stop_at
-            && c.sent >= *at
-            && !self.stop_sent
-        {
-            self.stop_sent = true;
-            let (store, id) = (store.clone(), *id);
-            tokio::spawn(async move {
-                let _ = store.request_stop(id).await;
-            });
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
-    fn finish(&mut self, _c: &Counts) {}
 }
 
-/// Runs the campaign with a [`Probe`]; returns the report and when the first chunk committed.
-async fn run_probed(
-    store: Arc<dyn store::Store>,
-    cfg: &Config,
-    id: i64,
-    stop_at: Option<(i64, Arc<dyn store::Store>, i64)>,
-) -> anyhow::Result<(dispatch::RunReport, Option<Duration>)> {
-    let first = Arc::new(Mutex::new(None));
-    let probe = Probe {
-        started: Instant::now(),
-        first_commit: first.clone(),
-        stop_at,
-        stop_sent: false,
-    };
-    let report = dispatch::run(
-        store,
-        cfg,
-        id,
-        RunOptions {
-            progress: Some(Box::new(probe)),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let to_first = first.lock().ok().and_then(|f| *f);
-    Ok((report, to_first))
+/// One measured command.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub secs: f64,
+    pub peak_rss_mib: f64,
+    /// Rows or messages the phase handled, when it has a count.
+    pub rows: Option<u64>,
+    /// `rows / secs`.
+    pub per_sec: Option<f64>,
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
-    let dir = tempfile::Builder::new().prefix("munja-bench-").tempdir()?;
-    let root = dir.path();
+/// What the child's stdout is used for.
+enum Stdout {
+    /// Kept (ids, JSON summaries: small).
+    Keep,
+    /// Counted line by line and dropped (exports: large).
+    CountLines,
+}
+
+struct ChildRun {
+    status: ExitStatus,
+    secs: f64,
+    peak_kib: u64,
+    stdout: String,
+    lines: u64,
+}
+
+/// Where the bench keeps its files and how it runs `munja`.
+#[derive(Clone)]
+struct Bench {
+    exe: PathBuf,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+impl Bench {
+    /// Runs `munja --config munja.toml ARGS` and measures it; stderr goes to `NAME.log`.
+    fn child(&self, name: &str, args: &[&str], stdout: Stdout) -> anyhow::Result<ChildRun> {
+        let log_path = self.root.join(format!("{}.log", name.replace(' ', "-")));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let started = Instant::now();
+        let mut child = Command::new(&self.exe)
+            .current_dir(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        let mut out = child.stdout.take().context("child stdout")?;
+        let (mut text, mut lines) = (String::new(), 0u64);
+        match stdout {
+            Stdout::Keep => {
+                out.read_to_string(&mut text)?;
+            }
+            Stdout::CountLines => {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = out.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+                }
+            }
+        }
+        let (status, peak_kib) = wait_with_peak_rss(child)?;
+        Ok(ChildRun {
+            status,
+            secs: started.elapsed().as_secs_f64(),
+            peak_kib,
+            stdout: text,
+            lines,
+        })
+    }
+
+    /// Like [`Bench::child`], failing with the end of its log unless it exits with one of `ok`.
+    async fn phase(
+        &self,
+        name: &str,
+        args: &[&str],
+        stdout: Stdout,
+        ok: &[i32],
+    ) -> anyhow::Result<(Phase, ChildRun)> {
+        let this = self.clone();
+        let (n, a): (String, Vec<String>) =
+            (name.into(), args.iter().map(|s| s.to_string()).collect());
+        let run = tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            this.child(&n, &a, stdout)
+        })
+        .await??;
+        let code = run.status.code().unwrap_or(-1);
+        if !ok.contains(&code) {
+            let log =
+                std::fs::read_to_string(self.root.join(format!("{}.log", name.replace(' ', "-"))))
+                    .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            bail!(
+                "bench phase {name:?} (munja {}) exited with {code}:\n{}",
+                args.join(" "),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        let phase = Phase {
+            name: name.into(),
+            secs: run.secs,
+            peak_rss_mib: run.peak_kib as f64 / 1024.0,
+            rows: None,
+            per_sec: None,
+        };
+        Ok((phase, run))
+    }
+}
+
+fn with_rows(mut p: Phase, rows: u64, secs: f64) -> Phase {
+    p.rows = Some(rows);
+    p.per_sec = Some(rows as f64 / secs.max(1e-9));
+    p
+}
+
+/// The national form of generated number `i` (recipients from 0, other numbers from 10^7).
+fn number(i: u64) -> String {
+    format!("010-{:04}-{:04}", 1000 + i / 10_000, i % 10_000)
+}
+
+/// Writes the segment (and opt-out) CSVs; returns how many opt-outs are in the segment.
+fn generate(root: &Path, recipients: u64, optouts: u64) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        recipients <= 10_000_000 && optouts <= 70_000_000,
+        "the bench generates at most 10,000,000 recipients and 70,000,000 opt-outs"
+    );
+    let mut w = std::io::BufWriter::new(std::fs::File::create(root.join("segment.csv"))?);
+    writeln!(w, "phone,name")?;
+    for i in 0..recipients {
+        writeln!(w, "{},고객{i}", number(i))?;
+    }
+    w.flush()?;
+    let inside = optouts.min(recipients.div_ceil(10));
+    if optouts > 0 {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(root.join("optouts.csv"))?);
+        writeln!(w, "phone")?;
+        for k in 0..inside {
+            writeln!(w, "{}", number(k * 10))?;
+        }
+        for k in 0..optouts - inside {
+            writeln!(w, "{}", number(10_000_000 + k))?;
+        }
+        w.flush()?;
+    }
+    Ok(inside)
+}
+
+fn write_config(root: &Path, args: &BenchArgs, url: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(root.join("templates"))?;
     std::fs::write(
         root.join("templates/bench.txt"),
         "{{ name }}님, 이번 주 회원 전용 할인 쿠폰이 도착했어요.",
     )?;
-    let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;
-    let cfg_path = root.join("munja.toml");
+    let path = root.join("munja.toml");
     std::fs::write(
-        &cfg_path,
+        &path,
         format!(
             r#"[sender]
 number = "1588-1234"
@@ -129,7 +255,7 @@ brand = "munja"
 optout_number = "080-600-5653"
 [policy]
 chunk_size = {chunk}
-quiet_hours = "00:00-00:00"
+quiet_hours = "off"
 lease_timeout_secs = 3
 [[gateways]]
 name = "sim"
@@ -143,111 +269,368 @@ max_attempts = 5
 batch_size = {batch}
 "#,
             chunk = args.chunk_size,
-            url = sim.url(),
             conc = args.concurrency,
             batch = args.batch_size,
         ),
     )?;
-    let cfg = Config::load(&cfg_path)?;
-    eprintln!(
-        "bench: {} recipients, batch {}, chunk {}, concurrency {}, SQLite at {}",
-        args.recipients, args.batch_size, args.chunk_size, args.concurrency, cfg.database_url
-    );
+    Ok(path)
+}
 
-    let t = Instant::now();
-    let csv_path = root.join("segment.csv");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
-        writeln!(w, "phone,name")?;
-        for i in 0..args.recipients {
-            writeln!(
-                w,
-                "010-{:04}-{:04},고객{}",
-                1000 + i / 10_000,
-                i % 10_000,
-                i
-            )?;
-        }
-        w.flush()?;
-    }
-    let generated = t.elapsed();
-
+/// Size of the database in bytes, as its pages count (free pages included).
+async fn db_bytes(b: &Bench) -> anyhow::Result<u64> {
+    let cfg = Config::load(&b.config)?;
     let store = store::open(&cfg.database_url).await?;
-    store.migrate().await?;
-    let t = Instant::now();
-    let r = import::segment(&*store, "bench", &csv_path, &mut |_| {}).await?;
-    let imported = t.elapsed();
-    anyhow::ensure!(
-        r.imported == args.recipients,
-        "imported {} of {}",
-        r.imported,
-        args.recipients
-    );
+    Ok(store.disk_usage().await?.db_bytes)
+}
 
-    let t = Instant::now();
-    let (id, _) = campaign::create(
-        &*store,
-        &cfg,
-        &CreateRequest {
-            name: "bench".into(),
-            segment: "bench".into(),
-            template: "bench".into(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let planned = t.elapsed();
+/// The whole report.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub recipients: u64,
+    pub optouts: u64,
+    pub optouts_in_segment: u64,
+    pub batch_size: usize,
+    pub chunk_size: usize,
+    pub concurrency: usize,
+    pub phases: Vec<Phase>,
+    /// Sent per second of the run, as the run reports it (snapshot included).
+    pub run_sent_per_sec: f64,
+    pub sent: i64,
+    pub suppressed: i64,
+    pub accepted_at_gateway: u64,
+    pub numbers_accepted_twice: u64,
+    /// Seconds from starting the resumed run to its first committed chunk.
+    pub resume_first_commit_secs: Option<f64>,
+    /// Database after the imports: the segment and the opt-out list.
+    pub db_bytes_after_imports: u64,
+    pub db_bytes_after_run: u64,
+    /// What the run added (message rows, attempt rows, indexes), per million messages.
+    pub db_bytes_per_million_messages: f64,
+    pub purge_freed_bytes: Option<u64>,
+    /// Peak RSS of the bench process itself (the gateway simulator), in MiB.
+    pub bench_process_peak_rss_mib: Option<f64>,
+}
 
-    let t = Instant::now();
-    let stop_at = args.resume_at.map(|n| (n, store.clone(), id));
-    let (report, _) = run_probed(store.clone(), &cfg, id, stop_at)
-        .await
-        .context("running the bench campaign")?;
-    let secs = t.elapsed().as_secs_f64();
-    let attempts = sim.stats();
-    println!("recipients:           {}", args.recipients);
-    println!("csv generated:        {:.2}s", generated.as_secs_f64());
-    println!(
-        "segment import:       {:.2}s ({:.0} rows/s)",
-        imported.as_secs_f64(),
-        args.recipients as f64 / imported.as_secs_f64()
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let dir = tempfile::Builder::new().prefix("munja-bench-").tempdir()?;
+    let root = dir.path().to_path_buf();
+    let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;
+    let config = write_config(&root, &args, &sim.url())?;
+    let bench = Bench {
+        exe: std::env::current_exe().context("finding the munja executable")?,
+        root: root.clone(),
+        config,
+    };
+    eprintln!(
+        "bench: {} recipients, {} opt-outs, batch {}, chunk {}, concurrency {}, in {}",
+        args.recipients,
+        args.optouts,
+        args.batch_size,
+        args.chunk_size,
+        args.concurrency,
+        root.display()
     );
-    println!("create (full check):  {:.2}s", planned.as_secs_f64());
-    println!(
-        "run:                  {} in {:.2}s (snapshot included): {:.0} messages/s sent, {} accepted at the gateway",
-        report.status.as_str(),
-        secs,
-        report.sent_now as f64 / secs,
-        attempts.accepted
-    );
-
-    if args.resume_at.is_some() && report.status == RunStatus::Stopped {
-        let t = Instant::now();
-        let (resumed, to_first) = run_probed(store.clone(), &cfg, id, None).await?;
-        println!(
-            "resume:               stopped with {} sent of {}; the resumed run committed its first chunk after {} and ended {} in {:.2}s",
-            report.counts.sent,
-            report.counts.total,
-            to_first
-                .map(|d| format!("{:.3}s", d.as_secs_f64()))
-                .unwrap_or_else(|| "-".into()),
-            resumed.status.as_str(),
-            t.elapsed().as_secs_f64()
-        );
-    }
+    let inside = generate(&root, args.recipients, args.optouts)?;
+    let mut report = Report {
+        recipients: args.recipients,
+        optouts: args.optouts,
+        optouts_in_segment: inside,
+        batch_size: args.batch_size,
+        chunk_size: args.chunk_size,
+        concurrency: args.concurrency,
+        ..Default::default()
+    };
+    let result = phases(&bench, &args, &mut report).await;
     let s = sim.stats();
-    println!(
-        "gateway:              accepted {}, numbers accepted twice {}",
-        s.accepted, s.numbers_accepted_twice
-    );
-    match peak_rss_mib() {
-        Some(m) => println!("peak RSS:             {m:.1} MiB (whole process, simulator included)"),
-        None => println!("peak RSS:             unavailable (no /proc/self/status)"),
-    }
+    report.accepted_at_gateway = s.accepted;
+    report.numbers_accepted_twice = s.numbers_accepted_twice;
+    report.bench_process_peak_rss_mib = peak_rss_mib();
+    sim.shutdown().await;
     if args.keep {
         let kept = dir.keep();
         eprintln!("kept {}", kept.display());
     }
-    sim.shutdown().await;
+    result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
     Ok(0)
+}
+
+/// Runs every phase in order, filling `report`.
+async fn phases(b: &Bench, args: &BenchArgs, r: &mut Report) -> anyhow::Result<()> {
+    let n = args.recipients;
+    let (p, _) = b.phase("init", &["init"], Stdout::Keep, &[0]).await?;
+    r.phases.push(p);
+    let (p, run) = b
+        .phase(
+            "segment import",
+            &["segment", "import", "bench", "segment.csv"],
+            Stdout::Keep,
+            &[0],
+        )
+        .await?;
+    r.phases.push(with_rows(p, n, run.secs));
+    if args.optouts > 0 {
+        let (p, run) = b
+            .phase(
+                "opt-out import",
+                &["optout", "import", "optouts.csv"],
+                Stdout::Keep,
+                &[0],
+            )
+            .await?;
+        r.phases.push(with_rows(p, args.optouts, run.secs));
+    }
+    r.db_bytes_after_imports = db_bytes(b).await?;
+    let create = [
+        "campaign",
+        "create",
+        "--name",
+        "bench",
+        "--segment",
+        "bench",
+        "--template",
+        "bench",
+    ];
+    let (p, run) = b
+        .phase("campaign create", &create, Stdout::Keep, &[0])
+        .await?;
+    r.phases.push(with_rows(p, n, run.secs));
+    let id = run.stdout.trim().to_string();
+    id.parse::<i64>()
+        .with_context(|| format!("campaign create printed {id:?}, not an id"))?;
+    run_phases(b, args, r, &id).await?;
+    r.db_bytes_after_run = db_bytes(b).await?;
+    r.db_bytes_per_million_messages = r
+        .db_bytes_after_run
+        .saturating_sub(r.db_bytes_after_imports) as f64
+        * 1e6
+        / n.max(1) as f64;
+    read_phases(b, args, r, &id).await?;
+    Ok(())
+}
+
+/// The run (and, with `--resume-at`, the stop and the resume).
+async fn run_phases(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> anyhow::Result<()> {
+    let run_args = ["campaign", "run", id, "--json"];
+    let (p, run, resumed) = match args.resume_at {
+        None => {
+            let (p, run) = b
+                .phase("campaign run", &run_args, Stdout::Keep, &[0])
+                .await?;
+            (p, run, None)
+        }
+        Some(at) => {
+            let cfg = Config::load(&b.config)?;
+            let store = store::open(&cfg.database_url).await?;
+            let campaign: i64 = id.parse()?;
+            let stopper = {
+                let store = store.clone();
+                tokio::spawn(async move { stop_when_sent(&*store, campaign, at).await })
+            };
+            let (p, run) = b
+                .phase("campaign run (stopped)", &run_args, Stdout::Keep, &[0, 2])
+                .await?;
+            if stopper.is_finished() {
+                stopper.await?.context("asking the run to stop")?;
+            } else {
+                stopper.abort();
+            }
+            if run.status.code() != Some(2) {
+                eprintln!(
+                    "bench: the run completed before it could be stopped at {at} sent: no resume measured"
+                );
+                return finish_run(b, r, id, p, run, None).await;
+            }
+            let before = store.executions(campaign).await?.len();
+            let watch = {
+                let store = store.clone();
+                tokio::spawn(async move { first_commit(&*store, campaign, before).await })
+            };
+            let (rp, _) = b
+                .phase("campaign run (resumed)", &run_args, Stdout::Keep, &[0])
+                .await?;
+            let first = watch.await??;
+            r.resume_first_commit_secs = Some(first.as_secs_f64());
+            (p, run, Some(rp))
+        }
+    };
+    finish_run(b, r, id, p, run, resumed).await
+}
+
+/// Records the run's throughput and the campaign's final counts.
+async fn finish_run(
+    b: &Bench,
+    r: &mut Report,
+    id: &str,
+    p: Phase,
+    run: ChildRun,
+    resumed: Option<Phase>,
+) -> anyhow::Result<()> {
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout)
+        .with_context(|| format!("campaign run --json printed {:?}", run.stdout))?;
+    let sent_now = summary["sent_this_run"].as_u64().unwrap_or(0);
+    let elapsed = summary["elapsed_secs"].as_f64().unwrap_or(run.secs);
+    r.run_sent_per_sec = sent_now as f64 / elapsed.max(1e-9);
+    r.phases.push(with_rows(p, sent_now, elapsed));
+    r.phases.extend(resumed);
+    let (p, run) = b
+        .phase(
+            "campaign status",
+            &["campaign", "status", id, "--json"],
+            Stdout::Keep,
+            &[0],
+        )
+        .await?;
+    let st: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    r.sent = st["sent"].as_i64().unwrap_or(0);
+    r.suppressed = st["suppressed"].as_i64().unwrap_or(0);
+    r.phases.push(p);
+    Ok(())
+}
+
+/// Audit export, one-number lookups, purge and delete.
+async fn read_phases(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> anyhow::Result<()> {
+    let n = args.recipients;
+    let (p, run) = b
+        .phase(
+            "audit --format csv",
+            &["audit", "--campaign", id, "--format", "csv"],
+            Stdout::CountLines,
+            &[0],
+        )
+        .await?;
+    anyhow::ensure!(
+        run.lines == n + 1,
+        "the audit export has {} lines, expected {} rows and a header",
+        run.lines,
+        n
+    );
+    r.phases.push(with_rows(p, n, run.secs));
+    let last = number(n.saturating_sub(1));
+    let (p, _) = b
+        .phase(
+            "audit --phone",
+            &["audit", "--campaign", id, "--phone", &last],
+            Stdout::Keep,
+            &[0],
+        )
+        .await?;
+    r.phases.push(p);
+    let (p, _) = b
+        .phase(
+            "optout check",
+            &["optout", "check", &last],
+            Stdout::Keep,
+            &[0, 1],
+        )
+        .await?;
+    r.phases.push(p);
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let (p, run) = b
+        .phase(
+            "purge",
+            &["purge", "--before", &tomorrow, "--json"],
+            Stdout::Keep,
+            &[0],
+        )
+        .await?;
+    let purged: serde_json::Value = serde_json::from_str(&run.stdout)
+        .with_context(|| format!("purge --json printed {:?}", run.stdout))?;
+    r.purge_freed_bytes = purged["free_bytes"].as_u64();
+    r.phases.push(p);
+    let (p, _) = b
+        .phase(
+            "campaign delete",
+            &["campaign", "delete", id],
+            Stdout::Keep,
+            &[0],
+        )
+        .await?;
+    r.phases.push(p);
+    Ok(())
+}
+
+/// Asks the run to stop once `at` messages are sent.
+async fn stop_when_sent(store: &dyn store::Store, campaign: i64, at: i64) -> anyhow::Result<()> {
+    loop {
+        let sent: i64 = store
+            .executions(campaign)
+            .await?
+            .iter()
+            .map(|e| e.sent)
+            .sum();
+        if sent >= at {
+            store.request_stop(campaign).await?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Time until an execution after the first `before` ones has committed a chunk.
+async fn first_commit(
+    store: &dyn store::Store,
+    campaign: i64,
+    before: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let execs = store.executions(campaign).await?;
+        if execs.iter().skip(before).any(|e| e.commits > 0) {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the resumed run committed nothing in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{} recipients, {} opt-outs ({} of them in the segment); batch {}, chunk {}, concurrency {}",
+        r.recipients, r.optouts, r.optouts_in_segment, r.batch_size, r.chunk_size, r.concurrency
+    );
+    println!(
+        "{:<24} {:>9} {:>14} {:>14}",
+        "phase", "seconds", "peak RSS MiB", "rows/s"
+    );
+    for p in &r.phases {
+        println!(
+            "{:<24} {:>9.2} {:>14.1} {:>14}",
+            p.name,
+            p.secs,
+            p.peak_rss_mib,
+            p.per_sec
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    println!(
+        "run: {:.0} messages/s sent (snapshot included); {} sent, {} suppressed; gateway accepted {}, numbers accepted twice {}",
+        r.run_sent_per_sec, r.sent, r.suppressed, r.accepted_at_gateway, r.numbers_accepted_twice
+    );
+    if let Some(s) = r.resume_first_commit_secs {
+        println!("resume: first chunk committed {s:.3}s after the resumed run started");
+    }
+    println!(
+        "database: {:.1} MiB after the imports, {:.1} MiB after the run: {:.0} MiB per million messages",
+        r.db_bytes_after_imports as f64 / 1048576.0,
+        r.db_bytes_after_run as f64 / 1048576.0,
+        r.db_bytes_per_million_messages / 1048576.0
+    );
+    if let Some(f) = r.purge_freed_bytes {
+        println!(
+            "purge: {:.1} MiB of the file free for new campaigns (the file keeps its size; VACUUM shrinks it)",
+            f as f64 / 1048576.0
+        );
+    }
+    if let Some(m) = r.bench_process_peak_rss_mib {
+        println!("bench process (gateway simulator): peak RSS {m:.1} MiB");
+    }
 }

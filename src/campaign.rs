@@ -15,7 +15,7 @@ use crate::message::{AdFrame, ComposeError, Composed, Composer};
 use crate::phone;
 use crate::sizing::MessageType;
 use crate::store::{NewCampaign, Segment, Store};
-use crate::template::{FRONT_MATTER_LINES, SUBJECT_LINE, TemplateSource};
+use crate::template::{FRONT_MATTER_LINES, SUBJECT_LINE, TOO_MUCH_WORK, TemplateSource};
 
 /// Members read per page while checking a segment.
 const PAGE: i64 = 5000;
@@ -173,6 +173,15 @@ pub async fn plan(
             match composer.compose_json(vars) {
                 Ok(c) if c.kind == MessageType::Sms => plan.sms += 1,
                 Ok(_) => plan.lms += 1,
+                // A runaway template is the template's fault, not the recipient's: checking
+                // the rest of a large segment would only repeat it, slowly.
+                Err(e) if e.code == "template_error" && e.message.contains(TOO_MUCH_WORK) => {
+                    bail!(
+                        "{} (for recipient {}); nothing was created",
+                        e.message,
+                        crate::audit::masked(phone_no)
+                    );
+                }
                 Err(e) => {
                     *plan.refused.entry(e.code.clone()).or_default() += 1;
                     if plan.examples.len() < 3 {

@@ -60,7 +60,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the database and run its migrations (harmless to repeat).
+    /// Create the database and run its migrations (harmless to repeat); no other command creates it.
     Init,
     /// Manage the opt-out list (수신거부).
     #[command(subcommand)]
@@ -84,6 +84,9 @@ pub enum Command {
         /// Rows deleted per transaction.
         #[arg(long, default_value_t = 5000)]
         batch: i64,
+        /// Print what was deleted and the database's free space as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the http-json gateway protocol on loopback, with injectable faults (for tests and demos).
     GatewaySim(SimArgs),
@@ -183,6 +186,7 @@ pub enum CampaignCmd {
     /// Ask a running campaign to stop (it finishes in-flight requests, commits and exits 2).
     Stop { id: i64 },
     /// Cancel: pending messages become `cancelled` and are never sent; a live run stops.
+    /// Messages in doubt stay in doubt until `campaign run` settles them by lookup.
     Cancel { id: i64 },
     /// Delete a campaign with its messages and logs (refused while it runs).
     Delete { id: i64 },
@@ -195,7 +199,7 @@ pub struct AuditArgs {
     /// Any form of the number (010-1234-5678, +82 10 1234 5678, ...).
     #[arg(long)]
     pub phone: Option<String>,
-    /// pending, sending, sent, failed, suppressed or cancelled.
+    /// pending, sending, in_doubt, sent, failed, suppressed or cancelled.
     #[arg(long)]
     pub status: Option<String>,
     /// table masks numbers; csv and json are full exports.
@@ -289,15 +293,50 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(args) => crate::bench::run(args).await,
         command => {
             let cfg = Config::discover(cli.config.as_deref())?;
-            let store = store::open(&cfg.database_url)
-                .await
-                .with_context(|| format!("opening the database {}", cfg.database_url))?;
+            if let Command::Template(TemplateCmd::Check { name, no_ad }) = command {
+                // Checking a template needs no database.
+                template_check(&cfg, &name, no_ad, &mut std::io::stdout().lock())?;
+                return Ok(0);
+            }
+            // Only `init` creates the database; every other command needs it to exist.
+            let store = if matches!(command, Command::Init) {
+                store::open(&cfg.database_url).await
+            } else {
+                store::open_existing(&cfg.database_url).await
+            }
+            .with_context(|| format!("opening the database {}", cfg.database_url))?;
             if !matches!(command, Command::Init) {
                 store.migrate().await.context("preparing the database")?;
             }
             run_command(command, &cfg, store).await
         }
     }
+}
+
+/// `munja template check`: syntax, variables, ad markers and the work budget.
+fn template_check(
+    cfg: &Config,
+    name: &str,
+    no_ad: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let src = campaign::load_template(cfg, name, !no_ad, None)?;
+    let r = crate::template::Renderer::new(&src)?;
+    let vars: Vec<String> = r.variables().into_iter().collect();
+    writeln!(out, "template {name}: OK")?;
+    writeln!(
+        out,
+        "variables: {}",
+        if vars.is_empty() {
+            "(none)".into()
+        } else {
+            vars.join(", ")
+        }
+    )?;
+    if let Some(s) = &src.subject {
+        writeln!(out, "subject: {s}")?;
+    }
+    Ok(())
 }
 
 async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
@@ -332,22 +371,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             }
         }
         Command::Template(TemplateCmd::Check { name, no_ad }) => {
-            let src = campaign::load_template(cfg, &name, !no_ad, None)?;
-            let r = crate::template::Renderer::new(&src)?;
-            let vars: Vec<String> = r.variables().into_iter().collect();
-            writeln!(out, "template {name}: OK")?;
-            writeln!(
-                out,
-                "variables: {}",
-                if vars.is_empty() {
-                    "(none)".into()
-                } else {
-                    vars.join(", ")
-                }
-            )?;
-            if let Some(s) = &src.subject {
-                writeln!(out, "subject: {s}")?;
-            }
+            template_check(cfg, &name, no_ad, out)?;
         }
         Command::Template(TemplateCmd::Preview {
             name,
@@ -388,7 +412,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             };
             let state = match &a.status {
                 Some(s) => Some(MessageState::parse(s).with_context(|| {
-                    format!("--status {s:?}: expected pending, sending, sent, failed, suppressed or cancelled")
+                    format!("--status {s:?}: expected pending, sending, in_doubt, sent, failed, suppressed or cancelled")
                 })?),
                 None => None,
             };
@@ -404,16 +428,26 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
                 eprintln!("{n} messages");
             }
         }
-        Command::Purge { before, batch } => {
+        Command::Purge {
+            before,
+            batch,
+            json,
+        } => {
             let t = parse_date(&before, cfg)?;
             anyhow::ensure!(batch > 0, "--batch must be at least 1");
             let r = store.purge(t, batch).await?;
             eprintln!(
-                "purged {} attempts and {} executions of finished campaigns before {}",
+                "purged {} attempts and {} executions of finished campaigns before {}; \
+                 {:.1} MB of the {:.1} MB database are free for new campaigns (VACUUM shrinks the file)",
                 r.attempts_deleted,
                 r.executions_deleted,
-                t.to_rfc3339()
+                t.to_rfc3339(),
+                r.free_bytes as f64 / 1e6,
+                r.db_bytes as f64 / 1e6
             );
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+            }
         }
         Command::GatewaySim(_) | Command::Demo(_) | Command::Bench(_) => {
             unreachable!("handled above")
@@ -581,6 +615,7 @@ async fn campaign_cmd(
                     "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
                     "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
                     "total": counts.total, "pending": counts.pending, "sending": counts.sending,
+                    "in_doubt": counts.in_doubt,
                     "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
                     "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
                 });
@@ -600,10 +635,11 @@ async fn campaign_cmd(
                 )?;
                 writeln!(
                     out,
-                    "  total {}: pending {}, sending {}, sent {}, failed {}, suppressed {}, cancelled {}",
+                    "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",
                     counts.total,
                     counts.pending,
                     counts.sending,
+                    counts.in_doubt,
                     counts.sent,
                     counts.failed,
                     counts.suppressed,
@@ -714,6 +750,14 @@ async fn campaign_cmd(
             });
             let n = store.cancel(id, dead).await?;
             eprintln!("campaign {id} cancelled: {n} pending messages will never be sent");
+            let counts = store.counts(id).await?;
+            let in_doubt = counts.in_doubt + if dead.is_some() { counts.sending } else { 0 };
+            if in_doubt > 0 {
+                eprintln!(
+                    "{in_doubt} messages are in doubt (the gateway may have them): `munja campaign run {id}` \
+                     looks them up and records them as sent or cancelled; it sends nothing"
+                );
+            }
         }
         CampaignCmd::Delete { id } => {
             let c = store.campaign(id).await?;
@@ -746,15 +790,22 @@ fn summary_json(r: &RunReport) -> serde_json::Value {
         "campaign": r.campaign, "execution": r.execution, "status": r.status.as_str(),
         "exit_message": r.exit_message, "elapsed_secs": r.elapsed.as_secs_f64(),
         "sent_this_run": r.sent_now, "counts": r.counts,
+        "failure_reasons": r.failure_reasons,
     })
 }
 
-/// The final summary of a run, on stderr.
+/// The final summary of a run, on stderr. Messages in doubt (the gateway may have them) are
+/// counted apart from pending ones; after a run, `sending` ones were left by a crash.
 pub fn print_summary(r: &RunReport) {
     let c = &r.counts;
     let secs = r.elapsed.as_secs_f64().max(0.001);
+    let reasons = if r.failure_reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", dispatch::reasons_text(&r.failure_reasons))
+    };
     eprintln!(
-        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}, suppressed {}, cancelled {}, pending {}",
+        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}{}, suppressed {}, cancelled {}, pending {}, in doubt {}",
         r.campaign,
         r.execution,
         r.status.as_str(),
@@ -764,8 +815,10 @@ pub fn print_summary(r: &RunReport) {
         c.total,
         c.sent,
         c.failed,
+        reasons,
         c.suppressed,
         c.cancelled,
-        c.pending + c.sending
+        c.pending,
+        c.in_doubt + c.sending
     );
 }

@@ -194,27 +194,39 @@ pub fn check_rendered_ad(
 }
 
 /// A daily window of local time in which ads are held; it may wrap midnight.
-/// `start` is inclusive, `end` exclusive; `start == end` is an empty window.
+/// `start` is inclusive, `end` exclusive. The rule is switched off only by writing `off`
+/// ([`QuietHours::OFF`], an empty window); a window that starts and ends at the same time is
+/// refused, because it reads like a rule but holds nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuietHours {
     pub start: NaiveTime,
     pub end: NaiveTime,
 }
 
-/// A quiet-hours string that is not `HH:MM-HH:MM`.
+/// A quiet-hours string that is neither `HH:MM-HH:MM` nor `off`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid quiet hours {0:?}: expected HH:MM-HH:MM (24-hour clock, Korea time), \
-     e.g. 21:00-08:00"
-)]
-pub struct QuietHoursParseError(pub String);
+pub enum QuietHoursParseError {
+    #[error(
+        "invalid quiet hours {0:?}: expected HH:MM-HH:MM (24-hour clock, Korea time), \
+         e.g. 21:00-08:00, or \"off\" to turn the night rule off"
+    )]
+    Invalid(String),
+    #[error(
+        "quiet hours {0:?} start and end at the same time, which is no night rule at all; \
+         write \"off\" to turn the night rule off, or a real window such as \"21:00-08:00\""
+    )]
+    Empty(String),
+}
 
 impl FromStr for QuietHours {
     type Err = QuietHoursParseError;
 
-    /// `HH:MM-HH:MM` or `HH:MM:SS-HH:MM:SS`.
+    /// `HH:MM-HH:MM`, `HH:MM:SS-HH:MM:SS`, or `off` (any case).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || QuietHoursParseError(s.to_string());
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(QuietHours::OFF);
+        }
+        let err = || QuietHoursParseError::Invalid(s.to_string());
         let time = |t: &str| {
             let t = t.trim();
             NaiveTime::parse_from_str(t, "%H:%M:%S")
@@ -222,15 +234,19 @@ impl FromStr for QuietHours {
                 .map_err(|_| err())
         };
         let (start, end) = s.split_once('-').ok_or_else(err)?;
-        Ok(QuietHours {
-            start: time(start)?,
-            end: time(end)?,
-        })
+        let (start, end) = (time(start)?, time(end)?);
+        if start == end {
+            return Err(QuietHoursParseError::Empty(s.to_string()));
+        }
+        Ok(QuietHours { start, end })
     }
 }
 
 impl fmt::Display for QuietHours {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_off() {
+            return f.write_str("off");
+        }
         let show = |t: NaiveTime| match t.second() {
             0 => t.format("%H:%M"),
             _ => t.format("%H:%M:%S"),
@@ -240,6 +256,17 @@ impl fmt::Display for QuietHours {
 }
 
 impl QuietHours {
+    /// No night rule (`quiet_hours = "off"`): the empty window.
+    pub const OFF: QuietHours = QuietHours {
+        start: NaiveTime::MIN,
+        end: NaiveTime::MIN,
+    };
+
+    /// Whether this is [`QuietHours::OFF`].
+    pub fn is_off(&self) -> bool {
+        self.start == self.end
+    }
+
     /// Whether the local time `t` falls in the window.
     pub fn contains(&self, t: NaiveTime) -> bool {
         if self.start <= self.end {
@@ -452,6 +479,27 @@ mod tests {
     }
 
     #[test]
+    fn equal_start_and_end_is_refused_and_off_turns_the_rule_off() {
+        for same in ["21:00-21:00", "00:00-00:00", "08:00:00-08:00"] {
+            let err = same.parse::<QuietHours>().unwrap_err().to_string();
+            assert!(
+                err.contains("same time") && err.contains("\"off\""),
+                "{same}: {err}"
+            );
+        }
+        for off in ["off", " OFF ", "Off"] {
+            let q: QuietHours = off.parse().unwrap();
+            assert_eq!(q, QuietHours::OFF);
+            assert_eq!(q.to_string(), "off");
+            assert_eq!(q.to_string().parse(), Ok(q));
+        }
+        let seoul = chrono_tz::Asia::Seoul;
+        let now = utc("2026-03-08T14:00:00Z");
+        assert!(!QuietHours::OFF.is_quiet_at(seoul, now));
+        assert_eq!(QuietHours::OFF.next_open(seoul, now), now);
+    }
+
+    #[test]
     fn contains_handles_wrap_and_empty() {
         let t = |s: &str| NaiveTime::parse_from_str(s, "%H:%M:%S").unwrap();
         let night: QuietHours = "21:00-08:00".parse().unwrap();
@@ -462,8 +510,9 @@ mod tests {
         assert!(!night.contains(t("20:59:59")));
         let day: QuietHours = "13:00-14:00".parse().unwrap();
         assert!(day.contains(t("13:00:00")) && !day.contains(t("14:00:00")));
-        let empty: QuietHours = "08:00-08:00".parse().unwrap();
-        assert!(!empty.contains(t("08:00:00")) && !empty.contains(t("23:00:00")));
+        let off: QuietHours = "off".parse().unwrap();
+        assert!(off.is_off() && !night.is_off());
+        assert!(!off.contains(t("00:00:00")) && !off.contains(t("23:00:00")));
     }
 
     #[test]

@@ -16,6 +16,10 @@ use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
 pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
 /// Environment variable naming the config file.
 pub const CONFIG_ENV: &str = "MUNJA_CONFIG";
+/// Default of `[[gateways]] max_retry_after_secs`: the longest `Retry-After` pause honoured.
+pub const DEFAULT_MAX_RETRY_AFTER_SECS: u64 = 300;
+/// Longest window of `max_ads_per_recipient` (ten years): dates before it stay computable.
+const MAX_CAP_DAYS: u32 = 3650;
 
 /// A configuration error: which file, which key, what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,8 @@ pub struct GatewayConfig {
     pub max_attempts: u32,
     /// Messages per request; 1 uses the single-message endpoint, more uses `/v1/messages/batch`.
     pub batch_size: usize,
+    /// Longest pause a `Retry-After` answer may impose; longer requests are cut to this.
+    pub max_retry_after_secs: u64,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -104,6 +110,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("rate_per_sec", &self.rate_per_sec)
             .field("burst", &self.burst)
             .field("concurrency", &self.concurrency)
+            .field("max_retry_after_secs", &self.max_retry_after_secs)
             .finish()
     }
 }
@@ -147,6 +154,7 @@ struct RawGateway {
     timeout_ms: Option<i64>,
     max_attempts: Option<i64>,
     batch_size: Option<i64>,
+    max_retry_after_secs: Option<i64>,
 }
 
 impl Config {
@@ -233,11 +241,15 @@ impl Config {
             .parse()
             .map_err(|e| err("policy.quiet_hours", format!("{e}")))?;
         if let Some(cap) = p.max_ads_per_recipient
-            && (cap.count == 0 || cap.days == 0)
+            && (cap.count == 0 || cap.days == 0 || cap.days > MAX_CAP_DAYS)
         {
             return Err(err(
                 "policy.max_ads_per_recipient",
-                "expected { count = N, days = D } with N and D at least 1".into(),
+                format!(
+                    "expected {{ count = N, days = D }} with N at least 1 and D from 1 to \
+                     {MAX_CAP_DAYS}, got count = {}, days = {}",
+                    cap.count, cap.days
+                ),
             ));
         }
         let policy = Policy {
@@ -328,6 +340,13 @@ impl Config {
                     as u64,
                 max_attempts: positive(g.max_attempts, 5, 100, &key("max_attempts"), &err)? as u32,
                 batch_size: batch_size as usize,
+                max_retry_after_secs: positive(
+                    g.max_retry_after_secs,
+                    DEFAULT_MAX_RETRY_AFTER_SECS as i64,
+                    86_400,
+                    &key("max_retry_after_secs"),
+                    &err,
+                )? as u64,
             });
         }
 
@@ -749,5 +768,53 @@ mod tests {
         .expect("ok");
         assert_eq!(c.database_url, "sqlite:///etc/m/d.db");
         assert_eq!(c.templates_dir, PathBuf::from("/etc/m/templates"));
+    }
+
+    #[test]
+    fn quiet_hours_with_equal_start_and_end_is_refused_and_off_is_accepted() {
+        let e = parse_err("[policy]\nquiet_hours = \"21:00-21:00\"\n");
+        assert_eq!(e.key, "policy.quiet_hours", "{e}");
+        let s = e.to_string();
+        assert!(s.contains("conf/munja.toml"), "{s}");
+        assert!(s.contains("\"off\""), "how to turn the rule off: {s}");
+        let c = Config::from_toml_str("[policy]\nquiet_hours = \"off\"\n", None).expect("off");
+        assert!(c.policy.quiet_hours.is_off());
+        let c = Config::from_toml_str("", None).expect("defaults");
+        assert_eq!(c.policy.quiet_hours.to_string(), DEFAULT_QUIET_HOURS);
+    }
+
+    #[test]
+    fn a_frequency_cap_window_too_long_for_the_calendar_is_refused() {
+        let e = parse_err("[policy]\nmax_ads_per_recipient = { count = 1, days = 4294967295 }\n");
+        assert_eq!(e.key, "policy.max_ads_per_recipient", "{e}");
+        assert!(e.message.contains("from 1 to 3650"), "{e}");
+        let c = Config::from_toml_str(
+            "[policy]\nmax_ads_per_recipient = { count = 1, days = 3650 }\n",
+            None,
+        )
+        .expect("ten years");
+        assert_eq!(c.policy.max_ads_per_recipient.map(|c| c.days), Some(3650));
+    }
+
+    #[test]
+    fn max_retry_after_secs_defaults_and_is_validated() {
+        let c = Config::from_toml_str(&format!("{GATEWAY}rate_per_sec = 5\n"), None).expect("ok");
+        assert_eq!(
+            c.gateways[0].max_retry_after_secs,
+            DEFAULT_MAX_RETRY_AFTER_SECS
+        );
+        let c = Config::from_toml_str(
+            &format!("{GATEWAY}rate_per_sec = 5\nmax_retry_after_secs = 2\n"),
+            None,
+        )
+        .expect("ok");
+        assert_eq!(c.gateways[0].max_retry_after_secs, 2);
+        for bad in ["0", "-1", "86401"] {
+            let e = parse_err(&format!(
+                "{GATEWAY}rate_per_sec = 5\nmax_retry_after_secs = {bad}\n"
+            ));
+            assert_eq!(e.key, "gateways[0].max_retry_after_secs", "{e}");
+            assert!(e.message.contains("from 1 to 86400"), "{e}");
+        }
     }
 }

@@ -75,11 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     .await?;
     let night: QuietHours = DEFAULT_QUIET_HOURS.parse()?;
     let quiet_now = night.is_quiet_at(chrono_tz::Asia::Seoul, chrono::Utc::now());
-    let quiet = if quiet_now {
-        "00:00-00:00"
-    } else {
-        "21:00-08:00"
-    };
+    let quiet = if quiet_now { "off" } else { "21:00-08:00" };
     let toml = format!(
         r#"database_url = "sqlite://munja.db"
 templates_dir = "templates"

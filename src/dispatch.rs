@@ -10,11 +10,13 @@
 //!
 //! A crash between 1 and 3 leaves messages `sending`: the next run settles them first by looking
 //! them up on the gateway, and resends the rest under the same `ref`, which the gateway dedupes.
+//! An answer that may mean "accepted" makes a message `in_doubt` instead of failed: [`doubt`]
+//! settles those by lookup.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,16 +27,19 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{Config, GatewayConfig};
-use crate::gateway::{Attempt, HttpJsonGateway, Lookup, OutMessage, Outcome};
+use crate::gateway::{Attempt, HttpJsonGateway, OutMessage, Outcome};
 use crate::lease;
 use crate::message::{AdFrame, Composer};
 use crate::phone;
-use crate::progress::Progress;
+use crate::progress::{PauseNotice, Progress};
 use crate::store::{
     AttemptRecord, Campaign, ClaimRequest, ClaimedMessage, Counts, MessageState, MessageUpdate,
     Store, StoreError,
 };
 use crate::template::TemplateSource;
+
+mod doubt;
+use doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections};
 
 /// How an execution ended (Spring Batch's BatchStatus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +75,16 @@ pub enum StopReason {
     Cancelled,
     QuietHours(String),
     GatewayUnhealthy(u32),
-    Unauthorized(String),
+    /// The same recipient-level rejection for `n` messages in a row: likely not about them.
+    RepeatedRejection {
+        code: String,
+        n: u32,
+    },
+    /// An answer that applies to every message (credentials, redirect, sender, request size):
+    /// the gateway's words, with what to fix in munja.toml.
+    GatewayRefused(String),
+    /// A second Ctrl-C / SIGTERM: in-flight requests were abandoned, their messages in doubt.
+    Aborted(&'static str),
     TemplateError(String),
     LeaseLost,
 }
@@ -78,9 +92,9 @@ pub enum StopReason {
 impl StopReason {
     fn status(&self) -> RunStatus {
         match self {
-            StopReason::Unauthorized(_) | StopReason::TemplateError(_) | StopReason::LeaseLost => {
-                RunStatus::Failed
-            }
+            StopReason::GatewayRefused(_)
+            | StopReason::TemplateError(_)
+            | StopReason::LeaseLost => RunStatus::Failed,
             _ => RunStatus::Stopped,
         }
     }
@@ -91,7 +105,9 @@ impl StopReason {
             StopReason::Cancelled => "cancelled",
             StopReason::QuietHours(_) => "quiet_hours",
             StopReason::GatewayUnhealthy(_) => "gateway_unhealthy",
-            StopReason::Unauthorized(_) => "unauthorized",
+            StopReason::RepeatedRejection { .. } => "repeated_rejection",
+            StopReason::GatewayRefused(_) => "gateway_refused",
+            StopReason::Aborted(_) => "aborted",
             StopReason::TemplateError(_) => "template_error",
             StopReason::LeaseLost => "lease_lost",
         }
@@ -108,8 +124,17 @@ impl StopReason {
                 "gateway_unhealthy: {n} transient failures in a row; paused instead of failing the list. \
                  Run it again when the gateway is healthy (add --retry-failed to re-send messages whose attempts ran out)"
             ),
-            StopReason::Unauthorized(m) => format!(
-                "gateway refused the credentials: {m}; check api_key_env of the gateway in munja.toml. No message was marked failed for it"
+            StopReason::RepeatedRejection { code, n } => format!(
+                "repeated_rejection: the gateway rejected {n} messages in a row with {code}; paused \
+                 instead of failing the list (see audit --status failed). Run it again once the \
+                 cause is understood"
+            ),
+            StopReason::GatewayRefused(m) => format!(
+                "{m}. The campaign stopped: no message was marked failed for it; run it again once fixed"
+            ),
+            StopReason::Aborted(s) => format!(
+                "aborted by a second {s}: in-flight requests were abandoned and their messages are \
+                 in doubt; run it again to settle them by lookup and resume"
             ),
             StopReason::TemplateError(m) => {
                 format!("every message of the first chunk failed: {m}")
@@ -123,10 +148,21 @@ impl StopReason {
 }
 
 /// Shared stop switch of one run: set by heartbeat, signals and the senders.
-#[derive(Default)]
 pub struct Control {
     reason: Mutex<Option<StopReason>>,
     notify: Notify,
+    /// Set by a second signal: in-flight requests are abandoned at once.
+    abort: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            reason: Mutex::default(),
+            notify: Notify::new(),
+            abort: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl Control {
@@ -148,6 +184,31 @@ impl Control {
     }
     pub fn stopping(&self) -> bool {
         self.reason().is_some()
+    }
+
+    /// Stops the run and abandons its in-flight requests (their messages stay in doubt).
+    pub fn abort(&self, why: StopReason) {
+        if let Ok(mut r) = self.reason.lock()
+            && r.as_ref()
+                .is_none_or(|old| old.status() != RunStatus::Failed)
+        {
+            *r = Some(why);
+        }
+        self.abort.send_replace(true);
+        self.notify.notify_waiters();
+    }
+
+    /// Runs `f` (a request) unless the run is aborted first (then `None`). A plain stop lets
+    /// it finish.
+    async fn unless_aborted<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        let mut rx = self.abort.subscribe();
+        if *rx.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            v = f => Some(v),
+            _ = rx.wait_for(|a| *a) => None,
+        }
     }
     /// Runs `f` unless the run is told to stop first (then `None`).
     async fn until<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
@@ -194,6 +255,17 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Messages this execution moved to `sent`.
     pub sent_now: u64,
+    /// The most frequent reasons of failed messages, most frequent first: (reason, count).
+    pub failure_reasons: Vec<(String, i64)>,
+}
+
+/// `invalid_number 20, timeout 3`.
+pub fn reasons_text(reasons: &[(String, i64)]) -> String {
+    reasons
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Everything the senders of one run share.
@@ -203,7 +275,11 @@ struct SendCtx {
     in_flight: Semaphore,
     /// `Retry-After` slows the whole gateway: nobody sends before this instant.
     pause_until: Mutex<Option<Instant>>,
+    /// Shows a gateway pause in the progress display.
+    pause_notice: Option<PauseNotice>,
     consecutive_failures: AtomicU32,
+    /// The last recipient-level rejection code and how many messages in a row got it.
+    rejections: Mutex<(String, u32)>,
     max_consecutive_failures: u32,
     max_attempts: u32,
     batch_size: usize,
@@ -212,8 +288,9 @@ struct SendCtx {
     campaign_uid: String,
     ctl: Arc<Control>,
     quiet: Option<QuietRule>,
-    /// Opt-outs added since the run started, refreshed with every heartbeat: checked right
-    /// before each request, so a chunk claimed earlier cannot send to them.
+    /// Numbers of this run's claimed messages opted out since the run started, replaced with
+    /// every heartbeat: checked right before each request, so a chunk claimed earlier cannot
+    /// send to them.
     fresh_optouts: FreshOptouts,
 }
 
@@ -244,6 +321,9 @@ struct Item {
     attempts: Vec<AttemptRecord>,
     backoff: backon::ExponentialBackoff,
     wait: Duration,
+    /// The code of the last attempt that may have been accepted (timeout, reset, unreadable
+    /// 2xx, ...), until a definitive answer (accepted, rejected) clears it: a later 503 does not.
+    doubt: Option<String>,
 }
 
 /// Runs campaign `id` until every message is final or the run is stopped.
@@ -259,7 +339,8 @@ pub async fn run(
     // in doubt, so that its audit says which of them went out.
     let settle_only = campaign.cancel_requested || campaign.status == "CANCELLED";
     if settle_only {
-        let in_doubt = store.counts(id).await?.sending;
+        let counts = store.counts(id).await?;
+        let in_doubt = counts.sending + counts.in_doubt;
         if in_doubt == 0 {
             bail!(
                 "campaign {id} ({}) was cancelled and cannot run",
@@ -268,7 +349,7 @@ pub async fn run(
         }
         warn!(
             messages = in_doubt,
-            "campaign was cancelled: only settling messages left in doubt by a crashed run"
+            "campaign was cancelled: only settling messages left in doubt"
         );
     } else {
         match campaign.status.as_str() {
@@ -310,7 +391,10 @@ pub async fn run(
             // The frequency cap counts and limits ads only.
             cap: cfg.policy.max_ads_per_recipient.filter(|_| campaign.ad),
             composer: Arc::new(composer),
-            ctx: Arc::new(send_ctx(&gw_cfg, cfg, &campaign, ctl.clone(), fresh)?),
+            ctx: Arc::new(SendCtx {
+                pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
+                ..send_ctx(&gw_cfg, cfg, &campaign, ctl.clone(), fresh)?
+            }),
             progress: opts.progress.take(),
             sent_now: 0,
         };
@@ -348,50 +432,12 @@ pub async fn run(
                 counts,
                 elapsed: started.elapsed(),
                 sent_now: runner.sent_now,
+                failure_reasons: Vec::new(),
             });
         }
-        let (status, campaign_status, exit_code, message) = match outcome {
-            Err(e) => {
-                let m = format!("{e:#}");
-                (RunStatus::Failed, "FAILED", "FAILED".to_string(), m)
-            }
-            Ok(None) if counts.all_final() => (
-                RunStatus::Completed,
-                "COMPLETED",
-                "COMPLETED".into(),
-                format!(
-                    "all {} messages final: {} sent, {} failed, {} suppressed, {} cancelled",
-                    counts.total, counts.sent, counts.failed, counts.suppressed, counts.cancelled
-                ),
-            ),
-            Ok(None) => (
-                RunStatus::Stopped,
-                "STOPPED",
-                "STOPPED".into(),
-                format!("{} messages still pending", counts.pending + counts.sending),
-            ),
-            Ok(Some(StopReason::Cancelled)) => {
-                match store.cancel(id, None).await {
-                    Ok(_) | Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                (
-                    RunStatus::Stopped,
-                    "CANCELLED",
-                    "CANCELLED".into(),
-                    StopReason::Cancelled.message(),
-                )
-            }
-            Ok(Some(why)) => {
-                let status = why.status();
-                (
-                    status,
-                    status.as_str(),
-                    why.code().to_uppercase(),
-                    why.message(),
-                )
-            }
-        };
+        let failure_reasons = store.failure_reasons(id, 3).await.unwrap_or_default();
+        let (status, campaign_status, exit_code, message) =
+            conclude(&*store, id, outcome, &counts, &failure_reasons).await?;
         store
             .finish_execution(
                 id,
@@ -413,10 +459,94 @@ pub async fn run(
             counts,
             elapsed: started.elapsed(),
             sent_now: runner.sent_now,
+            failure_reasons,
         })
     }
     .instrument(span)
     .await
+}
+
+/// How a run ends, from why its loop ended and the final counts: (status, campaign status,
+/// exit code, exit message). A cancel is applied to the store here.
+async fn conclude(
+    store: &dyn Store,
+    id: i64,
+    outcome: anyhow::Result<Option<StopReason>>,
+    counts: &Counts,
+    failure_reasons: &[(String, i64)],
+) -> anyhow::Result<(RunStatus, &'static str, String, String)> {
+    // After a run, a message still `sending` was left by a crash: it is in doubt too.
+    let in_doubt = counts.in_doubt + counts.sending;
+    let settle_note = if in_doubt > 0 {
+        format!(
+            "; {in_doubt} messages are in doubt (the gateway may have them): \
+             `munja campaign run {id}` settles them by lookup before anything else"
+        )
+    } else {
+        String::new()
+    };
+    Ok(match outcome {
+        Err(e) => {
+            let m = format!("{e:#}");
+            (RunStatus::Failed, "FAILED", "FAILED".to_string(), m)
+        }
+        // Nothing went out: say so, and why, with a non-zero exit.
+        Ok(None) if counts.all_final() && counts.sent == 0 && counts.failed > 0 => (
+            RunStatus::Failed,
+            "FAILED",
+            "ALL_FAILED".into(),
+            format!(
+                "no message was sent: {} failed (leading reasons: {}); see `munja audit --campaign {id} --status failed`",
+                counts.failed,
+                reasons_text(failure_reasons)
+            ),
+        ),
+        Ok(None) if counts.all_final() => (
+            RunStatus::Completed,
+            "COMPLETED",
+            "COMPLETED".into(),
+            format!(
+                "all {} messages final: {} sent, {} failed, {} suppressed, {} cancelled",
+                counts.total, counts.sent, counts.failed, counts.suppressed, counts.cancelled
+            ),
+        ),
+        Ok(None) if counts.pending == 0 => (
+            RunStatus::Stopped,
+            "STOPPED",
+            "IN_DOUBT".into(),
+            format!(
+                "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
+                 them; run it again to settle them by lookup"
+            ),
+        ),
+        Ok(None) => (
+            RunStatus::Stopped,
+            "STOPPED",
+            "STOPPED".into(),
+            format!("{} messages still pending{settle_note}", counts.pending),
+        ),
+        Ok(Some(StopReason::Cancelled)) => {
+            match store.cancel(id, None).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            (
+                RunStatus::Stopped,
+                "CANCELLED",
+                "CANCELLED".into(),
+                format!("{}{settle_note}", StopReason::Cancelled.message()),
+            )
+        }
+        Ok(Some(why)) => {
+            let status = why.status();
+            (
+                status,
+                status.as_str(),
+                why.code().to_uppercase(),
+                format!("{}{settle_note}", why.message()),
+            )
+        }
+    })
 }
 
 /// The composer of a campaign, from its template snapshot and its ad frame.
@@ -482,10 +612,10 @@ fn spawn_heartbeat(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            match store.optouts_since(since).await {
+            match store.fresh_optouts_in_flight(campaign, since).await {
                 Ok(list) => {
                     if let Ok(mut set) = fresh.write() {
-                        set.extend(list);
+                        *set = list.into_iter().collect();
                     }
                 }
                 Err(e) => warn!("reading new opt-outs failed: {e}"),
@@ -510,12 +640,25 @@ fn spawn_signal_handler(ctl: Arc<Control>) -> tokio::task::JoinHandle<()> {
         ) else {
             return;
         };
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
-        warn!("{name} received: finishing in-flight requests, then stopping");
-        ctl.stop(StopReason::Signal(name));
+        let mut first = true;
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            if first {
+                warn!(
+                    "{name} received: finishing in-flight requests, then stopping (send it again to abort them)"
+                );
+                ctl.stop(StopReason::Signal(name));
+                first = false;
+            } else {
+                warn!(
+                    "second {name} received: abandoning in-flight requests; their messages stay in doubt and the next run settles them"
+                );
+                ctl.abort(StopReason::Aborted(name));
+            }
+        }
     })
 }
 
@@ -535,11 +678,14 @@ fn send_ctx(
             g.api_key.clone(),
             Duration::from_millis(g.timeout_ms),
             g.concurrency,
-        )?,
+        )?
+        .with_max_retry_after(Duration::from_secs(g.max_retry_after_secs)),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         in_flight: Semaphore::new(g.concurrency),
         pause_until: Mutex::new(None),
+        pause_notice: None,
         consecutive_failures: AtomicU32::new(0),
+        rejections: Mutex::default(),
         max_consecutive_failures: cfg.policy.max_consecutive_failures,
         max_attempts: g.max_attempts,
         batch_size: g.batch_size,
@@ -708,6 +854,10 @@ impl Runner<'_> {
                         counts.suppressed += 1;
                         counts.pending -= 1;
                     }
+                    MessageState::InDoubt => {
+                        counts.in_doubt += 1;
+                        counts.pending -= 1;
+                    }
                     _ => {}
                 }
             }
@@ -716,89 +866,6 @@ impl Runner<'_> {
             if let Some(p) = self.progress.as_mut() {
                 p.update(&counts);
             }
-        }
-    }
-
-    /// Settles messages an earlier execution left `sending`: found on the gateway means sent;
-    /// anything else goes back to pending, to be resent under the same ref.
-    /// With `cancelled`, a message the gateway never received becomes `cancelled`.
-    async fn settle_in_doubt(&mut self, cancelled: bool) -> anyhow::Result<()> {
-        let mut after = 0;
-        loop {
-            let batch = self
-                .store
-                .in_doubt(self.campaign.id, after, self.chunk_size as i64)
-                .await?;
-            let Some(last) = batch.last() else {
-                return Ok(());
-            };
-            if self.ctx.ctl.stopping() {
-                // Unsettled messages stay `sending`; the next run settles them.
-                return Ok(());
-            }
-            after = last.id;
-            info!(
-                messages = batch.len(),
-                "settling in-doubt messages by lookup"
-            );
-            let mut set = tokio::task::JoinSet::new();
-            for m in batch {
-                let ctx = self.ctx.clone();
-                set.spawn(async move {
-                    let _permit = ctx.ctl.until(ctx.in_flight.acquire()).await?;
-                    let t0 = Instant::now();
-                    let at = Utc::now();
-                    let found = ctx.ctl.until(ctx.gateway.lookup(&m.msg_ref)).await?;
-                    Some((m, found, at, t0.elapsed()))
-                });
-            }
-            let mut updates = Vec::new();
-            while let Some(joined) = set.join_next().await {
-                // A lookup cut short by a stop leaves its message `sending`, still in doubt.
-                let Some((m, found, at, took)) = joined.context("lookup task panicked")? else {
-                    continue;
-                };
-                let (state, outcome, gateway_id, error) = match found {
-                    Lookup::Found { gateway_id, .. } => {
-                        (MessageState::Sent, "lookup_found", Some(gateway_id), None)
-                    }
-                    Lookup::NotFound if cancelled => {
-                        (MessageState::Cancelled, "lookup_missing", None, None)
-                    }
-                    Lookup::NotFound => (MessageState::Pending, "lookup_missing", None, None),
-                    Lookup::Unavailable { reason } => (
-                        MessageState::Pending,
-                        "lookup_unavailable",
-                        None,
-                        Some(reason),
-                    ),
-                };
-                if state == MessageState::Sent {
-                    self.sent_now += 1;
-                }
-                // The audit row of a message found on the gateway shows what was sent.
-                let composed = self.composer.compose_json(&m.vars).ok();
-                updates.push(MessageUpdate {
-                    id: m.id,
-                    state,
-                    reason: None,
-                    retryable: false,
-                    gateway_id: gateway_id.clone(),
-                    kind: composed.as_ref().map(|c| c.kind.as_str().to_string()),
-                    bytes: composed.as_ref().map(|c| c.bytes as i64),
-                    attempts: vec![AttemptRecord {
-                        at,
-                        outcome: outcome.into(),
-                        http_status: None,
-                        gateway_id,
-                        error,
-                        latency_ms: took.as_millis() as i64,
-                    }],
-                });
-            }
-            self.store
-                .commit_chunk(self.campaign.id, self.execution, &updates)
-                .await?;
         }
     }
 }
@@ -847,6 +914,7 @@ async fn send_chunk(
                 attempts: Vec::new(),
                 backoff: backoff_policy(ctx.max_attempts),
                 wait: Duration::ZERO,
+                doubt: None,
             }),
         }
     }
@@ -863,6 +931,42 @@ async fn send_chunk(
         }
     }
     (updates, first_error)
+}
+
+/// A `Retry-After` pause at least this long is logged at default verbosity.
+const LONG_PAUSE: Duration = Duration::from_secs(5);
+
+/// Pauses the whole gateway for `wait` (a `Retry-After`, already cut to the gateway's
+/// `max_retry_after_secs`). A pause that begins is shown in the progress display, and logged
+/// when long. Cannot overflow or poison: a wait too long for the clock is no pause extension.
+fn pause_gateway(ctx: &SendCtx, wait: Duration) {
+    let now = Instant::now();
+    let Some(until) = now.checked_add(wait) else {
+        return;
+    };
+    let begins = {
+        let mut p = ctx
+            .pause_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let begins = p.is_none_or(|old| old <= now);
+        if p.is_none_or(|old| old < until) {
+            *p = Some(until);
+        }
+        begins
+    };
+    if begins && !wait.is_zero() {
+        if wait >= LONG_PAUSE {
+            warn!(
+                gateway = ctx.gateway.name(),
+                "gateway Retry-After: pausing all sends for {}s",
+                wait.as_secs()
+            );
+        }
+        if let Some(notice) = &ctx.pause_notice {
+            notice(wait);
+        }
+    }
 }
 
 fn quiet_stop(q: QuietRule) -> StopReason {
@@ -915,10 +1019,11 @@ fn set_aside(
     done: &mut Vec<MessageUpdate>,
 ) -> Vec<Item> {
     let (out, keep): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| aside(i));
-    done.extend(
-        out.iter()
-            .map(|i| update_for(i, state, Some(reason.to_string()), false, None)),
-    );
+    // One the gateway may already have stays in doubt: the next run settles it by lookup.
+    done.extend(out.iter().map(|i| match i.doubt {
+        Some(_) => leftover(i),
+        None => update_for(i, state, Some(reason.to_string()), false, None),
+    }));
     keep
 }
 
@@ -934,7 +1039,10 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         if ctx.ctl.stopping() {
             break;
         }
-        let pause = ctx.pause_until.lock().ok().and_then(|p| *p);
+        let pause = *ctx
+            .pause_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(until) = pause {
             let now = Instant::now();
             if until > now {
@@ -989,11 +1097,18 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
             drop(permit);
             break;
         }
-        let attempts: Vec<Attempt> = if items.len() == 1 {
-            vec![ctx.gateway.send(&items[0].out).await]
-        } else {
-            let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
-            ctx.gateway.send_batch(&outs).await
+        let t0 = Instant::now();
+        let request = async {
+            if items.len() == 1 {
+                vec![ctx.gateway.send(&items[0].out).await]
+            } else {
+                let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
+                ctx.gateway.send_batch(&outs).await
+            }
+        };
+        let Some(attempts): Option<Vec<Attempt>> = ctx.ctl.unless_aborted(request).await else {
+            mark_aborted(&mut items, t0);
+            break;
         };
         drop(permit);
         // The health counter counts requests: a failed batch is one failure, not fifty.
@@ -1005,6 +1120,7 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         } else if attempts.iter().any(|a| a.outcome.is_final()) {
             ctx.consecutive_failures.store(0, Ordering::Relaxed);
         }
+        note_rejections(&ctx, &attempts);
         let mut again = Vec::new();
         for (mut item, a) in items.into_iter().zip(attempts) {
             let gateway_id = match &a.outcome {
@@ -1017,13 +1133,16 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                 http_status: a.http_status,
                 gateway_id: gateway_id.clone(),
                 error: match &a.outcome {
-                    Outcome::Rejected { message, .. } | Outcome::Unauthorized { message } => {
+                    Outcome::Rejected { message, .. } | Outcome::Halt { message, .. } => {
                         Some(message.clone())
                     }
                     _ => None,
                 },
                 latency_ms: a.latency.as_millis() as i64,
             });
+            if let Outcome::InDoubt { code } = &a.outcome {
+                item.doubt = Some(code.clone());
+            }
             let span = tracing::debug_span!("message", msg_ref = %item.out.msg_ref, phone = %phone::mask(&item.out.to));
             let _g = span.enter();
             match a.outcome {
@@ -1046,22 +1165,17 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                         None,
                     ));
                 }
-                Outcome::Unauthorized { message } => {
-                    ctx.ctl.stop(StopReason::Unauthorized(message));
-                    done.push(update_for(&item, MessageState::Pending, None, false, None));
+                Outcome::Halt { message, .. } => {
+                    ctx.ctl.stop(StopReason::GatewayRefused(message));
+                    done.push(leftover(&item));
                 }
                 transient => {
                     let retry_after = match &transient {
                         Outcome::Throttled { retry_after } => *retry_after,
                         _ => None,
                     };
-                    if let Some(ra) = retry_after
-                        && let Ok(mut p) = ctx.pause_until.lock()
-                    {
-                        let until = Instant::now() + ra;
-                        if p.is_none_or(|old| old < until) {
-                            *p = Some(until);
-                        }
+                    if let Some(ra) = retry_after {
+                        pause_gateway(&ctx, ra);
                     }
                     match item.backoff.next() {
                         Some(d) => {
@@ -1071,6 +1185,10 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
                                 "transient; retrying in {:?}", item.wait
                             );
                             again.push(item);
+                        }
+                        None if item.doubt.is_some() => {
+                            debug!(code = transient.code(), "attempts exhausted in doubt");
+                            done.push(look_up_exhausted(&ctx, item, transient.code()).await);
                         }
                         None => {
                             debug!(code = transient.code(), "attempts exhausted");
@@ -1088,11 +1206,7 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         }
         items = again;
     }
-    // Stopped: whatever is left goes back to the queue under the same ref.
-    done.extend(
-        items
-            .iter()
-            .map(|i| update_for(i, MessageState::Pending, None, false, None)),
-    );
+    // Stopped: whatever is left goes back to the queue under the same ref, or stays in doubt.
+    done.extend(items.iter().map(leftover));
     done
 }

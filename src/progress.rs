@@ -3,17 +3,34 @@
 //! Only counts are shown, never phone numbers.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::store::Counts;
 
+/// Shows that the whole gateway pauses for this long (its `Retry-After`); called by the
+/// senders when a pause begins, from any task.
+pub type PauseNotice = Arc<dyn Fn(Duration) + Send + Sync>;
+
 /// Receives the counts of a run as it goes.
 pub trait Progress: Send {
     fn start(&mut self, counts: &Counts);
     fn update(&mut self, counts: &Counts);
     fn finish(&mut self, counts: &Counts);
+    /// How a gateway pause is shown; `None` (the default): not shown.
+    fn pause_notice(&self) -> Option<PauseNotice> {
+        None
+    }
+}
+
+/// The text shown while the gateway pauses, e.g. `waiting 300s for gateway Retry-After`.
+pub fn pause_text(wait: Duration) -> String {
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
+    format!("waiting {secs}s for gateway Retry-After")
 }
 
 /// A bar when stderr is a terminal, log lines every `every` otherwise.
@@ -31,11 +48,12 @@ fn done(c: &Counts) -> u64 {
 
 fn tally(c: &Counts) -> String {
     format!(
-        "sent {} · failed {} · suppressed {} · pending {}",
+        "sent {} · failed {} · suppressed {} · pending {} · in doubt {}",
         c.sent,
         c.failed,
         c.suppressed,
-        c.pending + c.sending
+        c.pending + c.sending,
+        c.in_doubt
     )
 }
 
@@ -77,6 +95,11 @@ impl Progress for Bar {
     fn finish(&mut self, c: &Counts) {
         self.update(c);
         self.bar.abandon();
+    }
+    /// The pause replaces the tally until the next update.
+    fn pause_notice(&self) -> Option<PauseNotice> {
+        let bar = self.bar.clone();
+        Some(Arc::new(move |wait| bar.set_message(pause_text(wait))))
     }
 }
 
@@ -122,4 +145,28 @@ impl Progress for Lines {
         );
     }
     fn finish(&mut self, _c: &Counts) {}
+    fn pause_notice(&self) -> Option<PauseNotice> {
+        Some(Arc::new(|wait| eprintln!("progress: {}", pause_text(wait))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_text_rounds_up_to_whole_seconds() {
+        assert_eq!(
+            pause_text(Duration::from_secs(300)),
+            "waiting 300s for gateway Retry-After"
+        );
+        assert_eq!(
+            pause_text(Duration::from_millis(1500)),
+            "waiting 2s for gateway Retry-After"
+        );
+        assert_eq!(
+            pause_text(Duration::MAX),
+            format!("waiting {}s for gateway Retry-After", u64::MAX)
+        );
+    }
 }

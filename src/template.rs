@@ -22,6 +22,10 @@
 //! Rendering is plain text: no auto-escaping, `trim_blocks` and `lstrip_blocks` on (so
 //! `{% if %}` lines leave no blank lines behind), undefined variables are errors, and
 //! trailing whitespace of the rendered body is trimmed.
+//!
+//! Rendering runs on a budget ([`FUEL`] engine steps per message), so a runaway loop is an
+//! error naming the template instead of a hang. [`Renderer::new`] already renders once with
+//! placeholder values, so a template that cannot finish is refused before anything is sent.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
@@ -40,6 +44,12 @@ const FENCE: &str = "---";
 pub const SUBJECT_LINE: usize = 2;
 /// Number of file lines taken by the front matter when a template has a subject.
 pub const FRONT_MATTER_LINES: usize = 3;
+/// Engine steps one message may take (minijinja fuel). A real message template takes a few
+/// hundred; a loop of a thousand short iterations takes some ten thousand.
+pub const FUEL: u64 = 100_000;
+/// How an out-of-[`FUEL`] error begins (after any "in the subject: "), so that callers can
+/// tell a runaway template from a problem with one recipient's values.
+pub const TOO_MUCH_WORK: &str = "the template does too much work for one message";
 
 /// A template as written by the user: its name, the body text and the optional LMS
 /// subject (itself a template). Serializable so a campaign can snapshot exactly what
@@ -393,6 +403,7 @@ impl Renderer {
         env.set_lstrip_blocks(true);
         // Debug mode keeps the failing expression's span, used to name undefined variables.
         env.set_debug(true);
+        env.set_fuel(Some(FUEL));
 
         let mut renderer = Renderer {
             env,
@@ -416,7 +427,33 @@ impl Renderer {
         if src.subject.is_some() {
             renderer.subject_vars = renderer.undeclared(SUBJECT);
         }
+        renderer.check_work()?;
         Ok(renderer)
+    }
+
+    /// Renders once with placeholder values (each variable holds its own name) and refuses a
+    /// template that runs out of [`FUEL`]: a loop that cannot finish for any recipient. Other
+    /// errors depend on the recipients' values and are reported per message instead.
+    fn check_work(&self) -> Result<(), TemplateError> {
+        let parts = [
+            (BODY, Part::Body, &self.body_vars),
+            (SUBJECT, Part::Subject, &self.subject_vars),
+        ];
+        for (template_name, part, names) in parts {
+            let Ok(template) = self.env.get_template(template_name) else {
+                continue;
+            };
+            let vars: Map<String, Value> = names
+                .iter()
+                .map(|n| (n.clone(), Value::String(n.clone())))
+                .collect();
+            if let Err(e) = template.render(&vars)
+                && e.kind() == ErrorKind::OutOfFuel
+            {
+                return Err(self.convert(&e, part, Some(&vars)));
+            }
+        }
+        Ok(())
     }
 
     /// Variables used by `template_name`, minus the environment's globals (`range`, ...).
@@ -547,6 +584,14 @@ impl Renderer {
                     }
                 }
             }
+            ErrorKind::OutOfFuel => TemplateError::new(
+                &self.name,
+                line,
+                format!(
+                    "{where_}{TOO_MUCH_WORK} (more than {FUEL} steps): a loop runs too long, \
+                     e.g. nested range() loops; make its loops shorter"
+                ),
+            ),
             ErrorKind::SyntaxError => {
                 let detail = e.detail().unwrap_or("invalid template syntax");
                 TemplateError::new(
@@ -881,5 +926,59 @@ mod tests {
         let json = serde_json::to_string(&src).unwrap();
         let back: TemplateSource = serde_json::from_str(&json).unwrap();
         assert_eq!(back, src);
+    }
+
+    const NESTED_LOOP: &str =
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+
+    #[test]
+    fn a_runaway_loop_is_refused_when_compiled_naming_the_template() {
+        let t0 = std::time::Instant::now();
+        let src =
+            TemplateSource::parse("loop", &format!("{{{{ name }}}}님 {NESTED_LOOP}")).unwrap();
+        let e = Renderer::new(&src).unwrap_err();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "bounded");
+        assert_eq!(e.template, "loop");
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("too much work"), "{e}");
+        assert!(e.to_string().starts_with("template 'loop' line 1:"), "{e}");
+        let src =
+            TemplateSource::parse("subj", &format!("---\nsubject: {NESTED_LOOP}\n---\nb")).unwrap();
+        let e = Renderer::new(&src).unwrap_err();
+        assert_eq!(e.line, Some(SUBJECT_LINE));
+        assert!(
+            e.message
+                .contains("in the subject: the template does too much work"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_loop_that_runs_away_only_on_some_data_fails_that_message() {
+        let text =
+            "{% for i in range(n|int) %}{% for j in range(n|int) %}x{% endfor %}{% endfor %}";
+        let r = Renderer::new(&TemplateSource::parse("data", text).unwrap()).unwrap();
+        assert_eq!(
+            r.render(&vars(json!({"n": "3"}))).unwrap().body,
+            "xxxxxxxxx"
+        );
+        let e = r.render(&vars(json!({"n": "100000"}))).unwrap_err();
+        assert!(e.message.contains("too much work"), "{e}");
+        assert_eq!(e.code(), "template_error");
+    }
+
+    #[test]
+    fn the_budget_is_generous_for_real_templates() {
+        let src = TemplateSource::load(&templates_dir(), "recruit").unwrap();
+        let r = Renderer::new(&src).unwrap();
+        let mut v = Map::new();
+        for name in r.variables() {
+            v.insert(name.clone(), Value::String("값".into()));
+        }
+        r.render(&v)
+            .expect("the shipped template renders within the budget");
+        let text = "{% for i in range(1000) %}{% if i % 2 == 0 %}{{ i }}{% endif %}{% endfor %}";
+        let r = Renderer::new(&TemplateSource::parse("long", text).unwrap()).unwrap();
+        assert!(r.render(&Map::new()).unwrap().body.ends_with("998"));
     }
 }

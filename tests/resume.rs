@@ -424,7 +424,7 @@ async fn a_sick_gateway_pauses_the_run_and_retry_failed_resends_only_transient_f
             max_attempts: 1,
             ..gw
         },
-        "quiet_hours = \"00:00-00:00\"\nmax_consecutive_failures = 100000",
+        "quiet_hours = \"off\"\nmax_consecutive_failures = 100000",
     );
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 0, "{}", o.all());
@@ -528,6 +528,12 @@ async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
     let accepted = env.sim.stats().accepted;
     // The crashed run left claimed messages in doubt: a run only settles them, sends nothing.
     assert!(n(&st, "sending") > 0, "{st}");
+    assert!(
+        o.stderr
+            .contains(&format!("{} messages are in doubt", n(&st, "sending"))),
+        "cancel says what is left to settle: {}",
+        o.all()
+    );
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 2, "{}", o.all());
     let st = env.status(&id).await;
@@ -682,4 +688,414 @@ async fn a_cancel_that_empties_the_queue_before_the_heartbeat_still_ends_cancell
             .code,
         1
     );
+}
+
+/// The simulator's seed for a test, printed so that a failure can be replayed.
+fn seeded(seed: u64) -> u64 {
+    eprintln!("simulator seed {seed}");
+    seed
+}
+
+/// Waits for `cond`, polling, up to `bound`.
+async fn until(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < bound, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
+    // Many requests are accepted and then time out, some answer 503; two attempts per message.
+    // A timeout then a 503 is still in doubt: the 503 says nothing about the first attempt.
+    let sim = SimConfig {
+        timeout_rate: 0.5,
+        fail_rate: 0.2,
+        stall_ms: 1500,
+        seed: Some(seeded(11)),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 200,
+        max_attempts: 2,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "COMPLETED", "{st}");
+    let failed = n(&st, "failed");
+    assert_eq!(n(&st, "sent") + failed, 300, "{st}");
+    assert_eq!(env.sim.stats().accepted, 300 - failed as u64);
+    let pool = db(&env).await;
+    let missing = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_missing'",
+    )
+    .await;
+    // Only messages that were never in doubt (503 twice) or that the gateway was asked about
+    // and does not have may fail.
+    let never_in_doubt = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM messages m WHERE m.state = 'failed' AND m.reason = 'http_503' \
+         AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.outcome = 'timeout')",
+    )
+    .await;
+    assert_eq!(failed, missing + never_in_doubt, "{st}");
+    assert!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM messages m WHERE m.state = 'sent' AND EXISTS \
+             (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.outcome = 'http_503' \
+              AND a.id = (SELECT MAX(id) FROM attempts WHERE message_id = m.id AND outcome <> 'lookup_found'))",
+        )
+        .await
+            > 0,
+        "some messages timed out, then got a 503, and were found sent"
+    );
+    assert!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_found'"
+        )
+        .await
+            > 0,
+        "some messages timed out twice and were found by lookup"
+    );
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_broken_or_missing_answers_are_never_failures() {
+    // Accepted, then a proxy's error page or a connection broken off mid-answer (single sends);
+    // accepted and left out of the results (batches).
+    let cases = [
+        (
+            SimConfig {
+                garble_rate: 0.3,
+                reset_rate: 0.3,
+                seed: Some(seeded(5)),
+                ..SimConfig::default()
+            },
+            1,
+        ),
+        (
+            SimConfig {
+                omit_rate: 0.3,
+                seed: Some(seeded(6)),
+                ..SimConfig::default()
+            },
+            20,
+        ),
+    ];
+    for (sim, batch_size) in cases {
+        let gw = Gw {
+            max_attempts: 2,
+            batch_size,
+            ..Gw::default()
+        };
+        let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+        let seg = env.segment_csv("seg.csv", 0, 200);
+        let id = env.campaign(&seg, "hello", &[]).await;
+        let o = env.run(&["campaign", "run", &id]).await;
+        assert_eq!(o.code, 0, "batch {batch_size}: {}", o.all());
+        let st = env.status(&id).await;
+        assert_eq!((n(&st, "sent"), n(&st, "failed")), (200, 0), "{st}");
+        common::agree::assert_agrees(&env, &id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settles_it() {
+    // Every request is accepted and then times out: every message sent so far is in doubt.
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 5000,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 300,
+        max_attempts: 50,
+        concurrency: 8,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let child = spawn_run(&env, &id, &[]);
+    until(Duration::from_secs(20), "20 accepted", || {
+        env.sim.stats().accepted >= 20
+    })
+    .await;
+    env.ok(&["campaign", "cancel", &id]).await;
+    let o = wait(child).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "CANCELLED", "{st}");
+    let in_doubt = n(&st, "in_doubt");
+    assert!(in_doubt >= 20, "{st}");
+    assert!(
+        o.stderr.contains(&format!("in doubt {in_doubt}")),
+        "the summary counts them apart: {}",
+        o.all()
+    );
+    let listed = env
+        .ok(&[
+            "audit",
+            "--campaign",
+            &id,
+            "--status",
+            "in_doubt",
+            "--format",
+            "json",
+        ])
+        .await;
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed.len() as i64, in_doubt);
+    let view = common::agree::gateway_view(&env, &id).await;
+    assert_eq!(
+        view["cancelled"].0, 0,
+        "nothing the gateway took is cancelled: {view:?}"
+    );
+    assert_eq!(
+        view["in_doubt"].0,
+        env.sim.stats().accepted,
+        "what it took is in doubt, not cancelled: {view:?}"
+    );
+
+    // The next run only settles them: found means sent, not found means cancelled.
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let accepted = env.sim.stats().accepted;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "CANCELLED", "{st}");
+    assert_eq!((n(&st, "in_doubt"), n(&st, "pending")), (0, 0), "{st}");
+    assert_eq!(env.sim.stats().accepted, accepted, "nothing more was sent");
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() {
+    let (env, id) = {
+        let sim = SimConfig {
+            timeout_rate: 1.0,
+            stall_ms: 60_000,
+            ..SimConfig::default()
+        };
+        let gw = Gw {
+            timeout_ms: 30_000,
+            concurrency: 8,
+            ..Gw::default()
+        };
+        let env = Env::with(sim, gw, "").await;
+        let seg = env.segment_csv("seg.csv", 0, 300);
+        let id = env.campaign(&seg, "hello", &[]).await;
+        (env, id)
+    };
+    let mut child = spawn_run(&env, &id, &[]);
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    until(Duration::from_secs(20), "8 accepted", || {
+        env.sim.stats().accepted >= 8
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    // The second signal must come after the first was handled (two could merge into one).
+    let t0 = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first SIGTERM is acknowledged on stderr");
+        if line.contains("SIGTERM received") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("exits well before the 30 s gateway timeout")
+    .expect("join")
+    .expect("wait");
+    let took = t.elapsed();
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    assert!(stderr.contains("aborted"), "{stderr}");
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "STOPPED", "{st}");
+    assert_eq!(n(&st, "sending"), 0, "{st}");
+    assert!(
+        n(&st, "in_doubt") as u64 >= env.sim.stats().accepted,
+        "abandoned requests are in doubt: {st}"
+    );
+
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let s = env.sim.stats();
+    assert_eq!((s.accepted, s.numbers_accepted_twice), (300, 0));
+    assert_eq!(s.duplicate_replays, 0, "found by lookup, never resent");
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until_it_can() {
+    // Every request is accepted and then times out, and lookups answer 503.
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 1000,
+        lookups_unavailable: true,
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 200,
+        max_attempts: 2,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let seg = env.segment_csv("seg.csv", 0, 100);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(o.stderr.contains("run it again to settle"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "STOPPED", "{st}");
+    assert_eq!((n(&st, "in_doubt"), n(&st, "failed")), (100, 0), "{st}");
+    let human = env.ok(&["campaign", "status", &id]).await;
+    assert!(human.stdout.contains("in doubt 100"), "{}", human.all());
+    // Still unreachable: they stay in doubt, nothing is resent.
+    let requests = env.sim.stats().requests;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert_eq!(n(&env.status(&id).await, "in_doubt"), 100);
+    assert_eq!(
+        env.sim.stats().requests,
+        requests + 100,
+        "one lookup each, nothing resent"
+    );
+    let replays = env.sim.stats().duplicate_replays;
+
+    env.sim.set_lookups(true);
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.status(&id).await["status"], "COMPLETED");
+    assert_eq!(
+        env.sim.stats().duplicate_replays,
+        replays,
+        "found by lookup, not resent"
+    );
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_keeps_what_the_gateway_may_have_in_doubt_not_pending() {
+    const KEY_ENV: &str = "MUNJA_TEST_HALT_KEY";
+    let sim = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 1000,
+        api_key: Some("k-right".into()),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        timeout_ms: 200,
+        max_attempts: 50,
+        concurrency: 4,
+        api_key_env: Some(KEY_ENV.into()),
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let with_key = |args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env(KEY_ENV, "k-right");
+        c
+    };
+    let seg = env.segment_csv("seg.csv", 0, 200);
+    env.ok(&["init"]).await;
+    env.ok(&["segment", "import", "seg", seg.to_str().unwrap()])
+        .await;
+    let mut create = with_key(&[
+        "campaign",
+        "create",
+        "--name",
+        "h",
+        "--segment",
+        "seg",
+        "--template",
+        "hello",
+    ]);
+    let out = tokio::task::spawn_blocking(move || create.output())
+        .await
+        .expect("join")
+        .expect("campaign create");
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let child = with_key(&["campaign", "run", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn munja");
+    until(Duration::from_secs(20), "20 accepted", || {
+        env.sim.stats().accepted >= 20
+    })
+    .await;
+    // The account is suspended mid-run: every later answer is 401.
+    env.sim.set_api_key(Some("k-rotated".into()));
+    let o = wait(child).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("credentials"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "FAILED", "{st}");
+    assert_eq!(n(&st, "failed"), 0, "{st}");
+    env.sim.set_api_key(None);
+    let view = common::agree::gateway_view(&env, &id).await;
+    assert_eq!(
+        view["pending"].0, 0,
+        "no pending message is on the gateway: {view:?}"
+    );
+    assert_eq!(
+        view["in_doubt"].0,
+        env.sim.stats().accepted,
+        "every message it took is in doubt: {view:?}"
+    );
+
+    // Restored: the next run finds them by lookup and sends the rest.
+    env.sim.set_faults(0.0, 0.0, 0.0);
+    let replays = env.sim.stats().duplicate_replays;
+    let mut rerun = with_key(&["campaign", "run", &id]);
+    let o: Out = tokio::task::spawn_blocking(move || rerun.output())
+        .await
+        .expect("join")
+        .expect("run")
+        .into();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(
+        env.sim.stats().duplicate_replays,
+        replays,
+        "found by lookup, not resent"
+    );
+    common::agree::assert_agrees(&env, &id).await;
 }

@@ -2,8 +2,10 @@
 
 mod common;
 
+use std::net::SocketAddr;
+
 use common::{Env, Gw, n, number};
-use munja::gateway::sim::SimConfig;
+use munja::gateway::sim::{self, FixedAnswer, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_workflow_suppresses_optouts_merges_duplicates_and_reports_bad_rows() {
@@ -216,6 +218,7 @@ async fn through_503_429_and_timeouts_every_number_is_accepted_exactly_once() {
     // Every attempt is in the log: retried messages show more than one attempt.
     let rows = env.audit_json(&id).await;
     assert!(rows.iter().any(|r| r["attempts"].as_i64().unwrap() > 1));
+    common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,6 +581,198 @@ async fn optout_rows_with_stray_commas_in_ignored_columns_are_imported() {
         .await;
     assert!(o.stdout.contains("imported 1"), "{}", o.all());
     assert!(o.stdout.contains("rejected 2"), "{}", o.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_never_followed_and_fail_the_campaign_naming_the_location() {
+    for status in [302, 307] {
+        // The host the redirect points to: it must never hear from munja.
+        let elsewhere = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default())
+            .await
+            .unwrap();
+        let location = format!("{}/v1/messages", elsewhere.url());
+        let redirecting = SimConfig {
+            fixed_answer: Some(FixedAnswer {
+                status,
+                location: Some(location.clone()),
+                body: String::new(),
+            }),
+            ..SimConfig::default()
+        };
+        let env = Env::new(redirecting).await;
+        let seg = env.segment_csv("seg.csv", 0, 50);
+        let id = env.campaign(&seg, "hello", &[]).await;
+        let o = env.run(&["campaign", "run", &id]).await;
+        assert_eq!(o.code, 1, "{status}: {}", o.all());
+        assert!(o.stderr.contains(&location), "{status}: {}", o.all());
+        assert!(o.stderr.contains("munja.toml"), "{status}: {}", o.all());
+        let st = env.status(&id).await;
+        assert_eq!(st["status"], "FAILED", "{st}");
+        assert_eq!((n(&st, "pending"), n(&st, "failed")), (50, 0), "{st}");
+        assert_eq!(
+            elsewhere.stats().requests,
+            0,
+            "{status}: nothing reached the other host"
+        );
+        assert!(env.sim.stats().requests < 50, "the list was not walked");
+        common::agree::assert_agrees(&env, &id).await;
+        elsewhere.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_level_rejections_stop_the_campaign_and_keep_messages_pending() {
+    let fixed = |status: u16, body: &str| SimConfig {
+        fixed_answer: Some(FixedAnswer {
+            status,
+            location: None,
+            body: body.into(),
+        }),
+        ..SimConfig::default()
+    };
+    let too_small = SimConfig {
+        max_batch: 10,
+        ..SimConfig::default()
+    };
+    let cases = [
+        (
+            fixed(
+                400,
+                r#"{"error":"invalid_sender","message":"sender not registered"}"#,
+            ),
+            1,
+            "invalid_sender",
+            "[sender]",
+        ),
+        (
+            fixed(413, "request entity too large"),
+            50,
+            "too large",
+            "batch_size",
+        ),
+        (too_small, 50, "invalid_request", "batch_size"),
+    ];
+    for (sim, batch_size, cause, fix) in cases {
+        let gw = Gw {
+            batch_size,
+            ..Gw::default()
+        };
+        let env = Env::with(sim, gw.clone(), "").await;
+        let seg = env.segment_csv("seg.csv", 0, 300);
+        let id = env.campaign(&seg, "hello", &[]).await;
+        let o = env.run(&["campaign", "run", &id]).await;
+        assert_eq!(o.code, 1, "{cause}: {}", o.all());
+        assert!(
+            o.stderr.contains(cause) && o.stderr.contains(fix),
+            "{}",
+            o.all()
+        );
+        let st = env.status(&id).await;
+        assert_eq!(st["status"], "FAILED", "{st}");
+        assert_eq!((n(&st, "pending"), n(&st, "failed")), (300, 0), "{st}");
+        common::agree::assert_agrees(&env, &id).await;
+        if cause == "invalid_request" {
+            // Fixed in munja.toml: the same campaign now goes out whole.
+            env.write_config(
+                &Gw {
+                    batch_size: 10,
+                    ..gw
+                },
+                "",
+            );
+            let o = env.run(&["campaign", "run", &id]).await;
+            assert_eq!(o.code, 0, "{}", o.all());
+            common::agree::assert_agrees(&env, &id).await;
+            assert_eq!(env.sim.stats().accepted, 300);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_rejection_for_many_recipients_in_a_row_pauses_the_run() {
+    let sim = SimConfig {
+        invalid_prefix: Some("010".into()),
+        ..SimConfig::default()
+    };
+    let gw = Gw {
+        concurrency: 2,
+        ..Gw::default()
+    };
+    let env = Env::with(sim, gw, "max_consecutive_failures = 20").await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(
+        o.stderr.contains("repeated_rejection") && o.stderr.contains("invalid_number"),
+        "{}",
+        o.all()
+    );
+    let st = env.status(&id).await;
+    assert_eq!(st["status"], "STOPPED", "{st}");
+    assert!(n(&st, "failed") >= 20, "{st}");
+    assert!(n(&st, "pending") > 200, "the list was not walked: {st}");
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_sends_nothing_exits_non_zero_naming_the_leading_reasons() {
+    let sim = SimConfig {
+        invalid_prefix: Some("010".into()),
+        ..SimConfig::default()
+    };
+    let env = Env::with(sim, Gw::default(), "max_consecutive_failures = 1000").await;
+    let mut csv = String::from("phone,name\n");
+    for i in 0..30 {
+        let name = if i < 5 { "김😀" } else { "김민수" };
+        csv.push_str(&format!("{},{name}\n", number(i)));
+    }
+    let seg = env.write("seg.csv", &csv);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("no message was sent"), "{}", o.all());
+    assert!(
+        o.stderr.contains("invalid_number 25, unencodable_char 5"),
+        "{}",
+        o.all()
+    );
+    let st = env.status(&id).await;
+    assert_eq!((n(&st, "sent"), n(&st, "failed")), (0, 30), "{st}");
+    common::agree::assert_agrees(&env, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_are_shown_at_default_verbosity() {
+    let env = Env::with(
+        SimConfig::default(),
+        Gw {
+            max_attempts: 2,
+            ..Gw::default()
+        },
+        "max_consecutive_failures = 5",
+    )
+    .await;
+    let seg = env.segment_csv("seg.csv", 0, 20);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    // Nothing listens there any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let cfg = std::fs::read_to_string(env.path("munja.toml")).unwrap();
+    env.write("munja.toml", &cfg.replace(&env.sim.url(), &closed_url));
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(
+        o.stderr.contains("cannot connect to the gateway") && o.stderr.contains("refused"),
+        "{}",
+        o.all()
+    );
+    assert!(
+        o.stderr.matches("cannot connect").count() < 5,
+        "not one line per request: {}",
+        o.all()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
@@ -50,21 +50,27 @@ pub struct OutMessage {
 pub enum Outcome {
     /// The gateway has the message (`duplicate`: it had it already from an earlier attempt).
     Accepted { gateway_id: String, duplicate: bool },
-    /// 400/422: permanent for this message, never retry.
+    /// 400/422 about the recipient or the content: permanent for this message, never retry.
     Rejected { code: String, message: String },
-    /// 401/403: credentials or account problem; stop the whole campaign.
-    Unauthorized { message: String },
-    /// 429: retry the same ref no sooner than `retry_after` (when the gateway said).
+    /// An answer that applies to every message, so the campaign must stop rather than walk
+    /// the list: 401/403 (credentials), a 3xx redirect, 400 `invalid_sender` /
+    /// `invalid_request`, 413. `message` names the gateway, the cause and what to fix.
+    Halt { code: String, message: String },
+    /// 429, or 503 with a `Retry-After`: retry the same ref no sooner than `retry_after` (when
+    /// the gateway said; cut to the gateway's `max_retry_after_secs`).
     Throttled { retry_after: Option<Duration> },
-    /// 5xx, connection refused/reset, unreadable answer: retry with backoff.
+    /// 5xx, or a connection that failed before the request was written: retry with backoff.
     Transient { code: String },
-    /// Timed out after the request may have been written: it may have been accepted.
+    /// The gateway may have accepted it: a timeout or a broken connection after the request
+    /// may have been written, a 2xx that cannot be read or lacks the gateway id, a batch
+    /// result that omits the message or gives it an unknown status. Never a failure.
     InDoubt { code: String },
 }
 
 impl Outcome {
     /// Short machine-readable code: `"accepted"`, `"duplicate"`, the rejection code,
-    /// `"unauthorized"`, `"throttled"`, or the transient / in-doubt code.
+    /// the halt code (`"unauthorized"`, `"redirect"`, ...), `"throttled"`, or the transient /
+    /// in-doubt code.
     pub fn code(&self) -> &str {
         match self {
             Outcome::Accepted {
@@ -73,15 +79,14 @@ impl Outcome {
             Outcome::Accepted {
                 duplicate: true, ..
             } => "duplicate",
-            Outcome::Rejected { code, .. } => code,
-            Outcome::Unauthorized { .. } => "unauthorized",
+            Outcome::Rejected { code, .. } | Outcome::Halt { code, .. } => code,
             Outcome::Throttled { .. } => "throttled",
             Outcome::Transient { code } | Outcome::InDoubt { code } => code,
         }
     }
 
     /// The message is settled for good: accepted (or duplicate) or permanently rejected.
-    /// `Unauthorized` is not final: the message was not looked at and must be sent later.
+    /// `Halt` is not final: the message was not looked at and must be sent later.
     pub fn is_final(&self) -> bool {
         matches!(self, Outcome::Accepted { .. } | Outcome::Rejected { .. })
     }
@@ -122,7 +127,13 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct HttpJsonGateway {
     inner: Arc<Inner>,
+    /// Longest `Retry-After` honoured; longer ones are cut to this (and logged).
+    max_retry_after: Duration,
 }
+
+/// `max_retry_after` until [`HttpJsonGateway::with_max_retry_after`] sets it.
+const DEFAULT_MAX_RETRY_AFTER: Duration =
+    Duration::from_secs(crate::config::DEFAULT_MAX_RETRY_AFTER_SECS);
 
 struct Inner {
     name: String,
@@ -134,6 +145,8 @@ struct Inner {
     auth: Option<HeaderValue>,
     timeout: Duration,
     client: reqwest::Client,
+    /// Connect errors are warned about at most every few seconds.
+    warned: Throttle,
 }
 
 impl fmt::Debug for HttpJsonGateway {
@@ -237,6 +250,9 @@ impl HttpJsonGateway {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            // A redirect would turn the POST into a GET, or post the message (phone number
+            // included) to a host that is not in munja.toml: a 3xx is a configuration error.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(max_idle_per_host)
             .tcp_nodelay(true)
             .user_agent(concat!("munja/", env!("CARGO_PKG_VERSION")))
@@ -253,8 +269,32 @@ impl HttpJsonGateway {
                 auth,
                 timeout,
                 client,
+                warned: Throttle::default(),
             }),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         })
+    }
+
+    /// Cuts every `Retry-After` to at most `max` (the gateway's `max_retry_after_secs`).
+    pub fn with_max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// The pause a `Retry-After` header asks for, cut to the configured maximum; a cut is
+    /// logged at default verbosity, since the gateway asked for more than munja will wait.
+    pub fn retry_after(&self, value: &str) -> Option<Duration> {
+        let asked = parse_retry_after(value, Utc::now())?;
+        if asked > self.max_retry_after {
+            tracing::warn!(
+                gateway = %self.inner.name,
+                "the gateway asked to wait {}s (Retry-After: {}); waiting {}s, its max_retry_after_secs",
+                asked.as_secs(),
+                value.trim().chars().take(40).collect::<String>(),
+                self.max_retry_after.as_secs()
+            );
+        }
+        Some(asked.min(self.max_retry_after))
     }
 
     /// The gateway's configured name.
@@ -352,7 +392,8 @@ impl HttpJsonGateway {
     }
 
     /// Puts per-item results in input order: positionally when the refs line up (the normal
-    /// case), by ref otherwise. A message without a result is `Transient("bad_response")`.
+    /// case), by ref otherwise. A message without a result is `InDoubt("missing_result")`: the
+    /// gateway may have taken it.
     fn match_results(&self, msgs: &[OutMessage], results: Vec<BatchItem>) -> Vec<Outcome> {
         let aligned = results.len() == msgs.len()
             && results
@@ -373,8 +414,8 @@ impl HttpJsonGateway {
         msgs.iter()
             .map(|m| match by_ref.get(m.msg_ref.as_str()) {
                 Some(r) => self.item_outcome(r),
-                None => Outcome::Transient {
-                    code: "bad_response".into(),
+                None => Outcome::InDoubt {
+                    code: "missing_result".into(),
                 },
             })
             .collect()
@@ -387,7 +428,7 @@ impl HttpJsonGateway {
                     gateway_id: id.clone(),
                     duplicate: item.duplicate,
                 },
-                None => Outcome::Transient {
+                None => Outcome::InDoubt {
                     code: "bad_response".into(),
                 },
             },
@@ -397,12 +438,9 @@ impl HttpJsonGateway {
                     .clone()
                     .unwrap_or_else(|| "invalid_request".into());
                 let message = item.message.clone().unwrap_or_else(|| code.clone());
-                Outcome::Rejected {
-                    code,
-                    message: self.scrub(&message),
-                }
+                self.rejection(code, &message)
             }
-            _ => Outcome::Transient {
+            _ => Outcome::InDoubt {
                 code: "bad_response".into(),
             },
         }
@@ -476,13 +514,26 @@ impl HttpJsonGateway {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, Utc::now()));
+            .and_then(|v| self.retry_after(v));
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let body = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return Err((self.transport_failure(&e), Some(status.as_u16()))),
+            // A 2xx means the gateway took the request: an answer cut short is in doubt.
+            Err(e) if status.is_success() => {
+                tracing::warn!(gateway = %self.inner.name, error = %error_chain(&e), "{what} answer cut short");
+                let code = "answer_cut_short".into();
+                return Err((Outcome::InDoubt { code }, Some(status.as_u16())));
+            }
+            Err(e) => {
+                tracing::debug!(gateway = %self.inner.name, error = %error_chain(&e), "error answer cut short");
+                Default::default()
+            }
         };
         if !status.is_success() {
-            let outcome = self.classify_status(status, &body, retry_after);
+            let outcome = self.classify_status(status, &body, retry_after, location.as_deref());
             return Err((outcome, Some(status.as_u16())));
         }
         match serde_json::from_slice::<T>(&body) {
@@ -496,9 +547,33 @@ impl HttpJsonGateway {
         status: StatusCode,
         body: &[u8],
         retry_after: Option<Duration>,
+        location: Option<&str>,
     ) -> Outcome {
         let code = status.as_u16();
         match code {
+            300..=399 => {
+                let name = &self.inner.name;
+                Outcome::Halt {
+                    code: "redirect".into(),
+                    message: format!(
+                        "gateway {name} answered HTTP {status} redirecting to {}; munja never follows \
+                         a redirect (it would send the messages, phone numbers included, to a host that \
+                         is not in munja.toml): set url of gateway {name} in munja.toml to the address \
+                         the provider documents",
+                        location.unwrap_or("(no Location header)")
+                    ),
+                }
+            }
+            413 => {
+                let name = &self.inner.name;
+                Outcome::Halt {
+                    code: "payload_too_large".into(),
+                    message: format!(
+                        "gateway {name} refused the request as too large (HTTP {status}): lower \
+                         batch_size of gateway {name} in munja.toml to what the provider accepts"
+                    ),
+                }
+            }
             400 | 422 => {
                 let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
                 let code = parsed.error.unwrap_or_else(|| {
@@ -509,10 +584,7 @@ impl HttpJsonGateway {
                     }
                 });
                 let message = parsed.message.unwrap_or_else(|| body_excerpt(body, status));
-                Outcome::Rejected {
-                    code,
-                    message: self.scrub(&message),
-                }
+                self.rejection(code, &message)
             }
             401 | 403 => {
                 let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
@@ -520,15 +592,19 @@ impl HttpJsonGateway {
                     .message
                     .or(parsed.error)
                     .unwrap_or_else(|| body_excerpt(body, status));
-                Outcome::Unauthorized {
+                let name = &self.inner.name;
+                Outcome::Halt {
+                    code: "unauthorized".into(),
                     message: self.scrub(&format!(
-                        "gateway {} refused the credentials (HTTP {status}): {detail}",
-                        self.inner.name
+                        "gateway {name} refused the credentials (HTTP {status}): {detail}; check \
+                         api_key_env of gateway {name} in munja.toml and the key it names"
                     )),
                 }
             }
             429 => Outcome::Throttled { retry_after },
-            // 5xx and anything unexpected (404 from a wrong URL, 413, ...) are retried with
+            // A 503 that says when to come back pauses the gateway like a 429.
+            503 if retry_after.is_some() => Outcome::Throttled { retry_after },
+            // 5xx and anything unexpected (404 from a wrong URL, ...) are retried with
             // backoff; the dispatcher's attempt limit bounds them.
             _ => {
                 tracing::debug!(gateway = %self.inner.name, %status, "transient HTTP answer");
@@ -539,20 +615,48 @@ impl HttpJsonGateway {
         }
     }
 
+    /// A 400/422 rejection: about the recipient or the content it fails this message; about
+    /// the sender or the request itself it applies to every message and halts the campaign.
+    fn rejection(&self, code: String, message: &str) -> Outcome {
+        let message = self.scrub(message);
+        let name = &self.inner.name;
+        let fix = match code.as_str() {
+            "invalid_sender" => format!(
+                "check number in [sender] of munja.toml: gateway {name} must have it registered \
+                 (발신번호 사전등록)"
+            ),
+            "invalid_request" => format!(
+                "check url and batch_size of gateway {name} in munja.toml against the provider's \
+                 protocol and limits"
+            ),
+            _ => return Outcome::Rejected { code, message },
+        };
+        Outcome::Halt {
+            message: format!(
+                "gateway {name} refused the request with {code} ({}): it applies to every \
+                 message; {fix}",
+                crate::phone::mask_in_text(&message)
+            ),
+            code,
+        }
+    }
+
     fn transport_failure(&self, e: &reqwest::Error) -> Outcome {
         let outcome = classify_error(e);
-        tracing::debug!(
-            gateway = %self.inner.name,
-            code = outcome.code(),
-            error = %error_chain(e),
-            "request failed"
-        );
+        let error = error_chain(e);
+        if outcome.code() == "connect_error" && self.inner.warned.first_in(Duration::from_secs(10))
+        {
+            // Shown at default verbosity (TLS, DNS, refused): the operator must see why.
+            tracing::warn!(gateway = %self.inner.name, url = %self.inner.base_url, %error, "cannot connect to the gateway");
+        } else {
+            tracing::debug!(gateway = %self.inner.name, code = outcome.code(), %error, "request failed");
+        }
         outcome
     }
 
     fn bad_response(&self, what: &str, e: &serde_json::Error) -> Outcome {
         tracing::warn!(gateway = %self.inner.name, error = %e, "unreadable {what} answer");
-        Outcome::Transient {
+        Outcome::InDoubt {
             code: "bad_response".into(),
         }
     }
@@ -591,11 +695,12 @@ fn join(base: &Url, segments: &[&str]) -> anyhow::Result<Url> {
     Ok(url)
 }
 
-/// Classifies a transport error. A connect failure (refused, reset or timed out while
+/// Classifies a transport error. A connect failure (refused, reset, TLS or timed out while
 /// connecting) means the request was never written, so it is `Transient` even when it was
-/// a timeout; any other timeout may have hit after the request went out, so it is `InDoubt`.
+/// a timeout. Any other failure (a timeout, a reset or a closed connection) may have hit after
+/// the request went out: reqwest cannot tell, so it is `InDoubt`.
 pub fn classify_error(e: &reqwest::Error) -> Outcome {
-    if e.is_connect() {
+    if e.is_connect() || e.is_builder() {
         Outcome::Transient {
             code: "connect_error".into(),
         }
@@ -604,9 +709,27 @@ pub fn classify_error(e: &reqwest::Error) -> Outcome {
             code: "timeout".into(),
         }
     } else {
-        Outcome::Transient {
-            code: "network_error".into(),
+        Outcome::InDoubt {
+            code: "connection_lost".into(),
         }
+    }
+}
+
+/// Rate limit of a repeated warning: `first_in(d)` is true at most once per `d`.
+#[derive(Default)]
+struct Throttle(std::sync::Mutex<Option<Instant>>);
+
+impl Throttle {
+    fn first_in(&self, d: Duration) -> bool {
+        let Ok(mut last) = self.0.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < d) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 
@@ -633,11 +756,14 @@ fn body_excerpt(body: &[u8], status: StatusCode) -> String {
 }
 
 /// Parses a `Retry-After` value: delay seconds, or an HTTP date (a date in the past gives
-/// zero). Anything else gives `None`.
+/// zero). Anything else gives `None`. Never overflows: more seconds than fit in a `u64` give
+/// `u64::MAX` seconds; callers cut the result to their maximum.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let when = DateTime::parse_from_rfc2822(value).ok()?;
     let delta = when.with_timezone(&Utc) - now;
@@ -698,7 +824,8 @@ mod tests {
             code: "invalid_number".into(),
             message: "m".into(),
         };
-        let unauth = Outcome::Unauthorized {
+        let unauth = Outcome::Halt {
+            code: "unauthorized".into(),
             message: "m".into(),
         };
         let thr = Outcome::Throttled { retry_after: None };
@@ -745,6 +872,43 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn huge_retry_after_values_saturate_and_are_cut_to_the_maximum() {
+        let now = Utc::now();
+        let max = Duration::from_secs(u64::MAX);
+        assert_eq!(parse_retry_after("18446744073709551615", now), Some(max));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(max)
+        );
+        assert_eq!(
+            parse_retry_after("999999", now),
+            Some(Duration::from_secs(999_999))
+        );
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+        assert!(far > Duration::from_secs(7000 * 365 * 86_400), "{far:?}");
+
+        let g = gateway("http://127.0.0.1:9", None, 100);
+        let five_min = Duration::from_secs(300);
+        for v in [
+            "18446744073709551615",
+            "99999999999999999999999999",
+            "999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(g.retry_after(v), Some(five_min), "default max, {v}");
+        }
+        assert_eq!(g.retry_after("7"), Some(Duration::from_secs(7)));
+        let g = g.with_max_retry_after(Duration::from_secs(2));
+        assert_eq!(
+            g.retry_after("18446744073709551615"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(g.retry_after("1"), Some(Duration::from_secs(1)));
+        assert_eq!(g.retry_after("later"), None);
     }
 
     #[test]
@@ -813,6 +977,35 @@ mod tests {
         assert!(g.send_batch(&[]).await.is_empty());
     }
 
+    /// A connection closed after the request was read may follow an acceptance: in doubt,
+    /// not a transient failure that would be retried and then marked failed.
+    #[tokio::test]
+    async fn a_connection_closed_after_the_request_is_in_doubt() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                drop(sock);
+            }
+        });
+        let g = gateway(&format!("http://{addr}"), None, 2000);
+        let a = g.send(&msg("r1")).await;
+        assert_eq!(
+            a.outcome,
+            Outcome::InDoubt {
+                code: "connection_lost".into()
+            }
+        );
+        let b = g.send_batch(&[msg("r1"), msg("r2")]).await;
+        assert!(b.iter().all(|a| a.outcome.code() == "connection_lost"));
+    }
+
     /// A one-route server answering every request with a fixed status, headers and body.
     async fn canned(
         status: u16,
@@ -858,7 +1051,15 @@ mod tests {
                 200,
                 vec![],
                 "<html>oops</html>",
-                Outcome::Transient {
+                Outcome::InDoubt {
+                    code: "bad_response".into(),
+                },
+            ),
+            (
+                202,
+                vec![],
+                r#"{"status":"accepted"}"#,
+                Outcome::InDoubt {
                     code: "bad_response".into(),
                 },
             ),
@@ -874,10 +1075,10 @@ mod tests {
             (
                 400,
                 vec![],
-                "nope",
+                r#"{"error":"blocked_number"}"#,
                 Outcome::Rejected {
-                    code: "invalid_request".into(),
-                    message: "nope".into(),
+                    code: "blocked_number".into(),
+                    message: r#"{"error":"blocked_number"}"#.into(),
                 },
             ),
             (
@@ -898,6 +1099,30 @@ mod tests {
                 },
             ),
             (429, vec![], "", Outcome::Throttled { retry_after: None }),
+            (
+                429,
+                vec![("retry-after", "18446744073709551615")],
+                "",
+                Outcome::Throttled {
+                    retry_after: Some(Duration::from_secs(300)),
+                },
+            ),
+            (
+                503,
+                vec![("retry-after", "9")],
+                "",
+                Outcome::Throttled {
+                    retry_after: Some(Duration::from_secs(9)),
+                },
+            ),
+            (
+                503,
+                vec![],
+                "",
+                Outcome::Transient {
+                    code: "http_503".into(),
+                },
+            ),
             (
                 502,
                 vec![],
@@ -934,8 +1159,10 @@ mod tests {
         let g = gateway(&url, Some("k-s3cr3t"), 2000);
         let a = g.send(&msg("r1")).await;
         match &a.outcome {
-            Outcome::Unauthorized { message } => {
+            Outcome::Halt { code, message } => {
+                assert_eq!(code, "unauthorized");
                 assert!(message.contains("HTTP 403"), "{message}");
+                assert!(message.contains("api_key_env"), "{message}");
                 assert!(message.contains("test"), "{message}");
                 assert!(!message.contains("s3cr3t"), "{message}");
             }
@@ -974,10 +1201,101 @@ mod tests {
                     code: "blocked_number".into(),
                     message: "blocked_number".into()
                 },
-                Outcome::Transient {
-                    code: "bad_response".into()
+                Outcome::InDoubt {
+                    code: "missing_result".into()
                 },
             ]
         );
+    }
+
+    /// Answers about the account, the sender or the request apply to every message: they halt
+    /// the campaign with the cause and the fix, and a redirect is never followed.
+    #[tokio::test]
+    async fn account_level_answers_halt_and_redirects_are_not_followed() {
+        /// (status, headers, body, halt code, text the message must contain)
+        type Case = (
+            u16,
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            &'static str,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                302,
+                vec![("location", "http://elsewhere.example/v1/messages")],
+                "",
+                "redirect",
+                "http://elsewhere.example/v1/messages",
+            ),
+            (
+                307,
+                vec![("location", "http://elsewhere.example/x")],
+                "",
+                "redirect",
+                "set url of gateway test",
+            ),
+            (308, vec![], "", "redirect", "no Location header"),
+            (
+                413,
+                vec![],
+                "too big",
+                "payload_too_large",
+                "batch_size of gateway test",
+            ),
+            (
+                400,
+                vec![],
+                r#"{"error":"invalid_sender","message":"sender 15881234 is not registered"}"#,
+                "invalid_sender",
+                "[sender]",
+            ),
+            (400, vec![], "nope", "invalid_request", "batch_size"),
+            (401, vec![], "", "unauthorized", "api_key_env"),
+        ];
+        for (status, headers, body, want_code, want_text) in cases {
+            let url = canned(status, headers, body).await;
+            let g = gateway(&url, None, 2000);
+            let outcomes = [
+                g.send(&msg("r1")).await.outcome,
+                g.send_batch(&[msg("r1"), msg("r2")]).await[1]
+                    .outcome
+                    .clone(),
+            ];
+            for outcome in outcomes {
+                match &outcome {
+                    Outcome::Halt { code, message } => {
+                        assert_eq!(code, want_code, "{status}: {message}");
+                        assert!(message.contains(want_text), "{status}: {message}");
+                        assert!(message.contains("munja.toml"), "{status}: {message}");
+                    }
+                    other => panic!("HTTP {status}: {other:?}"),
+                }
+                assert!(!outcome.is_final() && !outcome.is_transient());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn batch_items_with_unknown_status_or_no_gateway_id_are_in_doubt() {
+        let url = canned(
+            200,
+            vec![],
+            r#"{"results":[
+                {"ref":"a","status":"queued","gateway_id":"ga"},
+                {"ref":"b","status":"accepted","gateway_id":null},
+                {"ref":"c","status":"rejected","error":"invalid_sender"}]}"#,
+        )
+        .await;
+        let out: Vec<_> = gateway(&url, None, 2000)
+            .send_batch(&[msg("a"), msg("b"), msg("c")])
+            .await
+            .into_iter()
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(out[0].code(), "bad_response");
+        assert!(matches!(out[0], Outcome::InDoubt { .. }));
+        assert!(matches!(out[1], Outcome::InDoubt { .. }));
+        assert!(matches!(&out[2], Outcome::Halt { code, .. } if code == "invalid_sender"));
     }
 }

@@ -1,7 +1,9 @@
 //! `munja gateway-sim`: an in-process or standalone HTTP server (axum) that serves the whole
 //! `http-json` gateway protocol (`docs/gateway-http-json.md`) for tests, demos and benches.
 //!
-//! It owns fault injection (503, 429, accept-then-stall timeouts, invalid numbers, 401),
+//! It owns fault injection (503, 429, accept-then-stall timeouts, accept-then-garble and
+//! accept-then-reset answers, batch results that omit items, a fixed answer such as a redirect
+//! or an account-level 400, invalid numbers, 401),
 //! idempotent acceptance keyed by ref, lookups, and the counters behind `GET /stats` that
 //! tests use to prove "no message was sent twice". Accepted refs are stored as 64-bit hashes
 //! in compact sorted arrays (about 16 bytes per accepted message in total), never as bodies,
@@ -46,6 +48,8 @@ pub struct SimConfig {
     /// Share of requests answered 429 with `Retry-After: retry_after_secs`.
     pub throttle_rate: f64,
     pub retry_after_secs: u64,
+    /// The 503 answers carry `Retry-After: retry_after_secs` too.
+    pub retry_after_on_503: bool,
     /// Share of requests whose messages are accepted and recorded, then answered only after
     /// `stall_ms` (so the client times out "in doubt").
     pub timeout_rate: f64,
@@ -60,6 +64,28 @@ pub struct SimConfig {
     pub max_batch: usize,
     /// Seed for the fault draws (reproducible runs).
     pub seed: Option<u64>,
+    /// Share of requests whose messages are accepted and recorded, then answered 200 with a
+    /// body that is not the protocol's JSON (a proxy's error page).
+    pub garble_rate: f64,
+    /// Share of requests whose messages are accepted and recorded, then whose answer is broken
+    /// off (the connection dies after the request was read).
+    pub reset_rate: f64,
+    /// Batches only: each accepted message is left out of the results with this probability.
+    pub omit_rate: f64,
+    /// When set, every send and batch request gets this answer and nothing is accepted.
+    pub fixed_answer: Option<FixedAnswer>,
+    /// Lookups answer 503 (the gateway cannot be asked); see [`SimHandle::set_lookups`].
+    pub lookups_unavailable: bool,
+}
+
+/// One answer given to every send and batch request (see [`SimConfig::fixed_answer`]).
+#[derive(Clone, Debug, Default)]
+pub struct FixedAnswer {
+    pub status: u16,
+    /// `Location` header, for redirects.
+    pub location: Option<String>,
+    /// Response body (JSON or not).
+    pub body: String,
 }
 
 impl Default for SimConfig {
@@ -68,6 +94,7 @@ impl Default for SimConfig {
             fail_rate: 0.0,
             throttle_rate: 0.0,
             retry_after_secs: 1,
+            retry_after_on_503: false,
             timeout_rate: 0.0,
             stall_ms: 30_000,
             invalid_prefix: None,
@@ -75,6 +102,11 @@ impl Default for SimConfig {
             latency_ms: 0,
             max_batch: 1000,
             seed: None,
+            garble_rate: 0.0,
+            reset_rate: 0.0,
+            omit_rate: 0.0,
+            fixed_answer: None,
+            lookups_unavailable: false,
         }
     }
 }
@@ -85,6 +117,7 @@ impl fmt::Debug for SimConfig {
             .field("fail_rate", &self.fail_rate)
             .field("throttle_rate", &self.throttle_rate)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("retry_after_on_503", &self.retry_after_on_503)
             .field("timeout_rate", &self.timeout_rate)
             .field("stall_ms", &self.stall_ms)
             .field("invalid_prefix", &self.invalid_prefix)
@@ -92,6 +125,11 @@ impl fmt::Debug for SimConfig {
             .field("latency_ms", &self.latency_ms)
             .field("max_batch", &self.max_batch)
             .field("seed", &self.seed)
+            .field("garble_rate", &self.garble_rate)
+            .field("reset_rate", &self.reset_rate)
+            .field("omit_rate", &self.omit_rate)
+            .field("fixed_answer", &self.fixed_answer)
+            .field("lookups_unavailable", &self.lookups_unavailable)
             .finish()
     }
 }
@@ -123,7 +161,8 @@ pub struct SimStats {
     /// `(unix second, accepted+duplicate messages)` for the last 120 seconds, oldest first,
     /// seconds without traffic left out.
     pub per_second: Vec<(i64, u64)>,
-    /// `/v1/*` requests received (sends, batches and lookups).
+    /// `/v1/*` requests received (sends, batches and lookups), and any other request except
+    /// `GET /stats` (a redirected GET, a wrong path).
     pub requests: u64,
 }
 
@@ -165,6 +204,13 @@ impl SimHandle {
         self.shared
             .faults
             .set(fail_rate, throttle_rate, timeout_rate);
+    }
+
+    /// Makes later lookups answer normally (`true`) or 503 (`false`).
+    pub fn set_lookups(&self, available: bool) {
+        self.shared
+            .lookups_unavailable
+            .store(!available, Ordering::Relaxed);
     }
 
     /// Changes (or removes) the required bearer key for later requests.
@@ -225,6 +271,10 @@ pub async fn spawn(listen: SocketAddr, cfg: SimConfig) -> anyhow::Result<SimHand
         .route("/v1/messages/{ref}", get(lookup))
         .route("/stats", get(stats))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count_request,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared.clone());
     let mut signal = shutdown_rx;
@@ -278,6 +328,9 @@ struct Faults {
     fail: AtomicU64,
     throttle: AtomicU64,
     timeout: AtomicU64,
+    /// Accept-then-garble and accept-then-reset rates, fixed at start.
+    garble: f64,
+    reset: f64,
 }
 
 impl Faults {
@@ -305,6 +358,8 @@ enum Fault {
     Unavailable,
     Throttle,
     Stall,
+    Garble,
+    Reset,
 }
 
 #[derive(Default)]
@@ -323,10 +378,14 @@ fn bump(counter: &AtomicU64, n: u64) {
 
 struct Shared {
     retry_after_secs: u64,
+    retry_after_on_503: bool,
     stall: Duration,
     latency: Duration,
     invalid_prefix: Option<String>,
     max_batch: usize,
+    omit_rate: f64,
+    fixed_answer: Option<FixedAnswer>,
+    lookups_unavailable: std::sync::atomic::AtomicBool,
     faults: Faults,
     api_key: RwLock<Option<String>>,
     rng: Mutex<StdRng>,
@@ -341,18 +400,25 @@ impl Shared {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let rate = |r: f64| if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
         let faults = Faults {
             fail: AtomicU64::new(0),
             throttle: AtomicU64::new(0),
             timeout: AtomicU64::new(0),
+            garble: rate(cfg.garble_rate),
+            reset: rate(cfg.reset_rate),
         };
         faults.set(cfg.fail_rate, cfg.throttle_rate, cfg.timeout_rate);
         Self {
             retry_after_secs: cfg.retry_after_secs,
+            retry_after_on_503: cfg.retry_after_on_503,
             stall: Duration::from_millis(cfg.stall_ms),
             latency: Duration::from_millis(cfg.latency_ms),
             invalid_prefix: cfg.invalid_prefix.filter(|p| !p.is_empty()),
             max_batch: cfg.max_batch,
+            omit_rate: cfg.omit_rate,
+            fixed_answer: cfg.fixed_answer,
+            lookups_unavailable: std::sync::atomic::AtomicBool::new(cfg.lookups_unavailable),
             faults,
             api_key: RwLock::new(cfg.api_key),
             rng: Mutex::new(rng),
@@ -406,10 +472,19 @@ impl Shared {
         ))
     }
 
+    /// A uniform draw in `0.0..1.0` from the seeded generator.
+    fn draw(&self) -> f64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .random()
+    }
+
     /// One draw per request decides its fault.
     fn draw_fault(&self) -> Fault {
         let (fail, throttle, timeout) = self.faults.get();
-        if fail + throttle + timeout <= 0.0 {
+        let (garble, reset) = (self.faults.garble, self.faults.reset);
+        if fail + throttle + timeout + garble + reset <= 0.0 {
             return Fault::None;
         }
         let r: f64 = self
@@ -423,6 +498,10 @@ impl Shared {
             Fault::Throttle
         } else if r < fail + throttle + timeout {
             Fault::Stall
+        } else if r < fail + throttle + timeout + garble {
+            Fault::Garble
+        } else if r < fail + throttle + timeout + garble + reset {
+            Fault::Reset
         } else {
             Fault::None
         }
@@ -433,11 +512,18 @@ impl Shared {
         match fault {
             Fault::Unavailable => {
                 bump(&self.counters.faults_503, 1);
-                Some(error_response(
+                let mut resp = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "simulated outage",
-                ))
+                );
+                if self.retry_after_on_503 {
+                    resp.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(self.retry_after_secs),
+                    );
+                }
+                Some(resp)
             }
             Fault::Throttle => {
                 bump(&self.counters.faults_429, 1);
@@ -456,7 +542,7 @@ impl Shared {
                 bump(&self.counters.faults_timeout, 1);
                 None
             }
-            Fault::None => None,
+            Fault::Garble | Fault::Reset | Fault::None => None,
         }
     }
 
@@ -569,20 +655,83 @@ fn gateway_id(ref_hash: u64) -> String {
     format!("g{ref_hash:016x}")
 }
 
-async fn send_one(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    bump(&sh.counters.requests, 1);
-    let (resp, stall) = single(&sh, &headers, &body);
-    if stall {
-        sh.stall().await;
+/// Counts every request but `GET /stats` (so that a redirected or misrouted one shows too).
+async fn count_request(
+    State(sh): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path() != "/stats" {
+        bump(&sh.counters.requests, 1);
+    }
+    next.run(req).await
+}
+
+/// The configured fixed answer, if any.
+fn fixed(sh: &Shared) -> Option<Response> {
+    let f = sh.fixed_answer.as_ref()?;
+    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, f.body.clone()).into_response();
+    if let Some(loc) = f
+        .location
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Some(resp)
+}
+
+/// Finishes an answer after the request was processed: stalled, garbled or broken off.
+async fn deliver(sh: &Shared, resp: Response, fault: Fault) -> Response {
+    match fault {
+        Fault::Stall => sh.stall().await,
+        Fault::Garble => {
+            return (StatusCode::OK, "<html><body>502 Bad Gateway</body></html>").into_response();
+        }
+        Fault::Reset => {
+            let mut broken = Response::new(axum::body::Body::new(BrokenBody));
+            broken.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return broken;
+        }
+        _ => {}
     }
     sh.add_latency().await;
     resp
 }
 
-/// Handles a single send up to the answer; `true` when the answer must stall first.
-fn single(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
+/// A response body that fails at once: hyper breaks the connection off mid-answer.
+struct BrokenBody;
+
+impl http_body::Body for BrokenBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "gateway-sim: simulated connection reset",
+        ))))
+    }
+}
+
+async fn send_one(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(resp) = fixed(&sh) {
+        return resp;
+    }
+    let (resp, fault) = single(&sh, &headers, &body);
+    deliver(&sh, resp, fault).await
+}
+
+/// Handles a single send up to the answer, and the fault to apply to that answer.
+fn single(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, Fault) {
     if let Some(resp) = sh.check_auth(headers) {
-        return (resp, false);
+        return (resp, Fault::None);
     }
     let invalid = |message: String| {
         bump(&sh.counters.rejected, 1);
@@ -590,11 +739,21 @@ fn single(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
     };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(key)) if !key.is_empty() => key,
-        _ => return (invalid("missing Idempotency-Key header".into()), false),
+        _ => {
+            return (
+                invalid("missing Idempotency-Key header".into()),
+                Fault::None,
+            );
+        }
     };
     let msg: WireMessage = match serde_json::from_slice(body) {
         Ok(m) => m,
-        Err(e) => return (invalid(format!("body is not a valid message: {e}")), false),
+        Err(e) => {
+            return (
+                invalid(format!("body is not a valid message: {e}")),
+                Fault::None,
+            );
+        }
     };
     if msg.msg_ref != key {
         return (
@@ -602,19 +761,18 @@ fn single(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
                 "Idempotency-Key {key:?} does not match ref {:?}",
                 msg.msg_ref
             )),
-            false,
+            Fault::None,
         );
     }
     let fault = sh.draw_fault();
     if let Some(resp) = sh.fault_response(fault) {
-        return (resp, false);
+        return (resp, Fault::None);
     }
-    let stall = fault == Fault::Stall;
     if let Err((code, message)) = sh.validate(&msg) {
         bump(&sh.counters.rejected, 1);
         return (
             error_response(StatusCode::BAD_REQUEST, code, &message),
-            stall,
+            fault,
         );
     }
     let (ref_hash, duplicate) = {
@@ -632,23 +790,21 @@ fn single(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
         })),
     )
         .into_response();
-    (resp, stall)
+    (resp, fault)
 }
 
 async fn send_batch(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    bump(&sh.counters.requests, 1);
-    let (resp, stall) = batch(&sh, &headers, &body);
-    if stall {
-        sh.stall().await;
+    if let Some(resp) = fixed(&sh) {
+        return resp;
     }
-    sh.add_latency().await;
-    resp
+    let (resp, fault) = batch(&sh, &headers, &body);
+    deliver(&sh, resp, fault).await
 }
 
-/// Handles a batch up to the answer; `true` when the answer must stall first.
-fn batch(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
+/// Handles a batch up to the answer, and the fault to apply to that answer.
+fn batch(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, Fault) {
     if let Some(resp) = sh.check_auth(headers) {
-        return (resp, false);
+        return (resp, Fault::None);
     }
     let invalid = |message: String| {
         bump(&sh.counters.rejected, 1);
@@ -656,7 +812,12 @@ fn batch(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
     };
     let req: WireBatch = match serde_json::from_slice(body) {
         Ok(b) => b,
-        Err(e) => return (invalid(format!("body is not a valid batch: {e}")), false),
+        Err(e) => {
+            return (
+                invalid(format!("body is not a valid batch: {e}")),
+                Fault::None,
+            );
+        }
     };
     if req.messages.len() > sh.max_batch {
         return (
@@ -665,12 +826,12 @@ fn batch(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
                 req.messages.len(),
                 sh.max_batch
             )),
-            false,
+            Fault::None,
         );
     }
     let fault = sh.draw_fault();
     if let Some(resp) = sh.fault_response(fault) {
-        return (resp, false);
+        return (resp, Fault::None);
     }
     let mut results = Vec::with_capacity(req.messages.len());
     let mut rejected = 0;
@@ -691,6 +852,9 @@ fn batch(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
                 }
                 Ok(()) => {
                     let (ref_hash, duplicate) = store.record(&m.msg_ref, &m.campaign, &m.to);
+                    if sh.omit_rate > 0.0 && sh.draw() < sh.omit_rate {
+                        continue;
+                    }
                     results.push(ItemResult {
                         msg_ref: &m.msg_ref,
                         status: "accepted",
@@ -702,12 +866,12 @@ fn batch(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, bool) {
                 }
             }
         }
-        let sent = results.len() as u64 - rejected;
+        let sent = req.messages.len() as u64 - rejected;
         store.count_second(unix_now(), sent);
     }
     bump(&sh.counters.rejected, rejected);
     let resp = (StatusCode::OK, axum::Json(BatchResults { results })).into_response();
-    (resp, fault == Fault::Stall)
+    (resp, fault)
 }
 
 async fn lookup(
@@ -715,9 +879,13 @@ async fn lookup(
     headers: HeaderMap,
     Path(msg_ref): Path<String>,
 ) -> Response {
-    bump(&sh.counters.requests, 1);
     let resp = match sh.check_auth(&headers) {
         Some(resp) => resp,
+        None if sh.lookups_unavailable.load(Ordering::Relaxed) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "simulated lookup outage",
+        ),
         None => {
             let ref_hash = hash_ref(&msg_ref);
             if sh.store().refs.contains(ref_hash) {
@@ -1085,12 +1253,12 @@ mod tests {
         let wrong = client(&sim, Some("nope"), 5000);
         let good = client(&sim, Some("k-123"), 5000);
         let a = anonymous.send(&msg("r1", "01012345678")).await;
-        assert!(matches!(a.outcome, Outcome::Unauthorized { .. }), "{a:?}");
+        assert!(matches!(a.outcome, Outcome::Halt { .. }), "{a:?}");
         assert_eq!(a.http_status, Some(401));
         assert!(!a.outcome.is_final() && !a.outcome.is_transient());
         let w = wrong.send_batch(&[msg("r1", "01012345678")]).await;
         assert_eq!(w[0].outcome.code(), "unauthorized");
-        if let Outcome::Unauthorized { message } = &w[0].outcome {
+        if let Outcome::Halt { message, .. } = &w[0].outcome {
             assert!(!message.contains("nope"), "{message}");
         }
         assert!(matches!(
@@ -1197,6 +1365,88 @@ mod tests {
             (2, 3, 1)
         );
         sim.shutdown().await;
+    }
+
+    /// Accepted, then answered with a proxy's error page, broken off, or left out of the batch
+    /// results: the client cannot tell, so it is in doubt, and the lookup finds it.
+    #[tokio::test]
+    async fn garbled_reset_and_omitted_answers_are_in_doubt_and_found_by_lookup() {
+        for (cfg, code) in [
+            (
+                SimConfig {
+                    garble_rate: 1.0,
+                    ..SimConfig::default()
+                },
+                "bad_response",
+            ),
+            (
+                SimConfig {
+                    reset_rate: 1.0,
+                    ..SimConfig::default()
+                },
+                "",
+            ),
+            (
+                SimConfig {
+                    omit_rate: 1.0,
+                    ..SimConfig::default()
+                },
+                "missing_result",
+            ),
+        ] {
+            let sim = sim(cfg.clone()).await;
+            let gw = client(&sim, None, 5000);
+            let batch = gw
+                .send_batch(&[msg("b1", "01011112222"), msg("b2", "01011113333")])
+                .await;
+            let mut outcomes: Vec<Outcome> = batch.into_iter().map(|a| a.outcome).collect();
+            if cfg.omit_rate == 0.0 {
+                outcomes.push(gw.send(&msg("s1", "01011114444")).await.outcome);
+            }
+            for o in &outcomes {
+                assert!(matches!(o, Outcome::InDoubt { .. }), "{cfg:?}: {o:?}");
+                if !code.is_empty() {
+                    assert_eq!(o.code(), code);
+                }
+            }
+            for r in ["b1", "b2"] {
+                assert!(
+                    matches!(gw.lookup(r).await, Lookup::Found { .. }),
+                    "{cfg:?}"
+                );
+            }
+            sim.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fixed_answer_is_given_to_every_send_and_accepts_nothing() {
+        let sim = sim(SimConfig {
+            fixed_answer: Some(FixedAnswer {
+                status: 302,
+                location: Some("http://127.0.0.1:9/v1/messages".into()),
+                body: String::new(),
+            }),
+            ..SimConfig::default()
+        })
+        .await;
+        let resp = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/v1/messages/batch", sim.url()))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 302);
+        assert_eq!(resp.headers()["location"], "http://127.0.0.1:9/v1/messages");
+        let a = client(&sim, None, 5000)
+            .send(&msg("r1", "01012345678"))
+            .await;
+        assert_eq!(a.outcome.code(), "redirect");
+        let st = sim.stats();
+        assert_eq!((st.accepted, st.requests), (0, 2));
     }
 
     #[tokio::test]

@@ -30,7 +30,22 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+    /// SQLite's `SQLITE_FULL`: the disk, or the database's page limit, is full.
+    #[error(
+        "database or disk is full: free disk space (or move database_url to a disk with room) \
+         and try again; the failed write was rolled back, earlier commits are kept"
+    )]
+    Full,
+    /// No database where the config points; only `munja init` creates one.
+    #[error(
+        "no database at {0}: run `munja init` first (or point database_url, --config or \
+         MUNJA_DATABASE_URL at the right file)"
+    )]
+    NoDatabase(String),
+    /// The database file was deleted or replaced while munja had it open.
+    #[error("{0}")]
+    FileChanged(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
@@ -46,11 +61,35 @@ pub enum StoreError {
     LeaseLost { campaign: i64, execution: i64 },
 }
 
-/// Opens the store named by a database URL: `sqlite://PATH` or `postgres://…` (also
-/// `postgresql://…`; the PostgreSQL database must exist, `migrate` creates the tables).
+/// SQLite's primary result code for a full disk or database.
+const SQLITE_FULL: &str = "13";
+
+impl From<sqlx::Error> for StoreError {
+    /// A full disk is named as such; everything else stays a database error.
+    fn from(e: sqlx::Error) -> StoreError {
+        match e.as_database_error() {
+            Some(d) if d.code().as_deref() == Some(SQLITE_FULL) => StoreError::Full,
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+/// Opens the store named by a database URL, creating the database when it does not exist
+/// (`munja init`, the demo and the bench): `sqlite://PATH` or `postgres://…` (also
+/// `postgresql://…`; a PostgreSQL database is never created, it must exist: `migrate` creates
+/// the tables).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, true).await
+}
+
+/// Opens an existing store; a missing database is [`StoreError::NoDatabase`], never created.
+pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, false).await
+}
+
+async fn open_with(url: &str, create: bool) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+        Ok(Arc::new(sqlite::SqliteStore::open(url, create).await?))
     } else if is_postgres(url) {
         Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
@@ -83,10 +122,13 @@ pub fn redact(url: &str) -> String {
 
 /// The states of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum MessageState {
     Pending,
     Sending,
+    /// The gateway may have accepted it (a timeout, a reset, an unreadable answer, a run cut
+    /// short): never failed, cancelled or resent until a lookup settles it.
+    InDoubt,
     Sent,
     Failed,
     Suppressed,
@@ -94,9 +136,10 @@ pub enum MessageState {
 }
 
 impl MessageState {
-    pub const ALL: [MessageState; 6] = [
+    pub const ALL: [MessageState; 7] = [
         MessageState::Pending,
         MessageState::Sending,
+        MessageState::InDoubt,
         MessageState::Sent,
         MessageState::Failed,
         MessageState::Suppressed,
@@ -106,6 +149,7 @@ impl MessageState {
         match self {
             MessageState::Pending => "pending",
             MessageState::Sending => "sending",
+            MessageState::InDoubt => "in_doubt",
             MessageState::Sent => "sent",
             MessageState::Failed => "failed",
             MessageState::Suppressed => "suppressed",
@@ -209,6 +253,8 @@ pub struct Counts {
     pub total: i64,
     pub pending: i64,
     pub sending: i64,
+    /// Messages the gateway may or may not have: settled by lookup on the next run.
+    pub in_doubt: i64,
     pub sent: i64,
     pub failed: i64,
     pub suppressed: i64,
@@ -216,9 +262,9 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Every message is in a final state.
+    /// Every message is in a final state (nothing pending, sending or in doubt).
     pub fn all_final(&self) -> bool {
-        self.pending == 0 && self.sending == 0
+        self.pending == 0 && self.sending == 0 && self.in_doubt == 0
     }
 }
 
@@ -267,7 +313,8 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone)]
 pub struct MessageUpdate {
     pub id: i64,
-    /// `Pending` returns the message to the queue (not attempted, or still retryable after a stop).
+    /// `Pending` returns the message to the queue (not attempted, or still retryable after a stop);
+    /// `InDoubt` keeps it out of the queue until a lookup settles it.
     pub state: MessageState,
     pub reason: Option<String>,
     pub retryable: bool,
@@ -283,8 +330,10 @@ pub struct AuditFilter {
     pub campaign: i64,
     pub phone: Option<String>,
     pub state: Option<MessageState>,
-    /// Keyset pagination: rows with message id greater than this.
+    /// Keyset pagination: rows after the last row of the previous page, given by its id and
+    /// its seq (the store walks whichever its index for these filters is ordered by).
     pub after_id: i64,
+    pub after_seq: i64,
     pub limit: i64,
 }
 
@@ -292,6 +341,8 @@ pub struct AuditFilter {
 pub struct AuditRow {
     #[serde(skip)]
     pub id: i64,
+    #[serde(skip)]
+    pub seq: i64,
     #[serde(rename = "ref")]
     pub msg_ref: String,
     pub phone: String,
@@ -309,6 +360,18 @@ pub struct AuditRow {
 pub struct PurgeReport {
     pub attempts_deleted: u64,
     pub executions_deleted: u64,
+    /// Size of the database after the purge, in bytes.
+    pub db_bytes: u64,
+    /// Bytes of the database that are free for new rows (the file does not shrink by itself).
+    pub free_bytes: u64,
+}
+
+/// How large the database is, as its pages count (a write-ahead log not included).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DiskUsage {
+    pub db_bytes: u64,
+    /// Pages freed by deletes, reused by new rows before the file grows.
+    pub free_bytes: u64,
 }
 
 /// Outcome of an opt-out or segment import batch.
@@ -339,8 +402,14 @@ pub trait Store: Send + Sync {
     async fn optout_remove(&self, phone: &Phone) -> Result<bool>;
     async fn optout_contains(&self, phone: &Phone) -> Result<bool>;
     async fn optout_count(&self) -> Result<i64>;
-    /// Numbers opted out at or after `since` (for the check right before sending).
-    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>>;
+    /// Numbers of the campaign's claimed (`sending`) messages that were opted out at or after
+    /// `since`: the check right before sending. Bounded by the messages in flight, never by the
+    /// length of the list (opt-outs older than a claim were suppressed by the claim itself).
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
 
     // Segments.
     /// Starts replacing segment `name`; the old members stay visible until commit.
@@ -390,7 +459,8 @@ pub trait Store: Send + Sync {
     async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)>;
     /// Snapshots the segment into messages, all or nothing; returns the total (0 if done before).
     async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64>;
-    /// Messages left `sending` by an earlier execution (in doubt), at most `limit`, id > after.
+    /// Messages to settle by lookup before anything is sent or cancelled: `in_doubt` ones and
+    /// those an earlier execution left `sending` (it crashed), at most `limit`, id > after.
     async fn in_doubt(
         &self,
         campaign: i64,
@@ -406,6 +476,8 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// Whether pending messages without night consent remain.
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
+    /// The most frequent reasons of failed messages, most frequent first: (reason, count).
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>>;
     /// Failed messages whose attempts ran out on transient errors go back to `pending`.
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
     async fn finish_execution(
@@ -421,6 +493,7 @@ pub trait Store: Send + Sync {
     // Audit and retention.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
+    async fn disk_usage(&self) -> Result<DiskUsage>;
 }
 
 /// RFC 3339 text of a time, as stored.

@@ -207,6 +207,7 @@ fn claimed_from_row(r: &PgRow) -> Result<ClaimedMessage> {
 fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
     Ok(AuditRow {
         id: r.try_get("id")?,
+        seq: r.try_get("seq")?,
         msg_ref: r.try_get("ref")?,
         phone: r.try_get("phone")?,
         status: r.try_get("state")?,
@@ -217,6 +218,43 @@ fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
         kind: r.try_get("type")?,
         bytes: r.try_get("bytes")?,
     })
+}
+
+/// One page of the audit, each filter combination walking an index in output order (as in
+/// SQLite; ids and seqs of a campaign grow together, one snapshot inserts them in seq order):
+/// `--phone` the `(phone, sent_at)` index, `--status` the `(campaign_id, state, id)` index,
+/// neither the `(campaign_id, seq)` unique index.
+fn audit_query(f: &AuditFilter) -> QueryBuilder<'_, Postgres> {
+    let mut qb = QueryBuilder::<Postgres>::new(
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, \
+         bytes FROM messages WHERE campaign_id = ",
+    );
+    qb.push_bind(f.campaign);
+    match (&f.phone, f.state) {
+        (Some(p), state) => {
+            qb.push(" AND phone = ").push_bind(p.as_str());
+            if let Some(s) = state {
+                qb.push(" AND state = ").push_bind(s.as_str());
+            }
+            qb.push(" AND seq > ")
+                .push_bind(f.after_seq)
+                .push(" ORDER BY seq");
+        }
+        (None, Some(s)) => {
+            qb.push(" AND state = ")
+                .push_bind(s.as_str())
+                .push(" AND id > ")
+                .push_bind(f.after_id)
+                .push(" ORDER BY id");
+        }
+        (None, None) => {
+            qb.push(" AND seq > ")
+                .push_bind(f.after_seq)
+                .push(" ORDER BY seq");
+        }
+    }
+    qb.push(" LIMIT ").push_bind(row_limit(f.limit));
+    qb
 }
 
 /// The campaign's lease holder, with the campaign row locked until the transaction ends;
@@ -383,13 +421,20 @@ impl Store for PgStore {
             .await?)
     }
 
-    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT phone FROM optouts WHERE created_at >= $1")
-                .bind(since)
-                .fetch_all(&self.pool)
-                .await?,
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        // The claimed messages drive the join: one primary-key probe of the list each.
+        Ok(sqlx::query_scalar(
+            "SELECT m.phone FROM messages m JOIN optouts o ON o.phone = m.phone \
+             WHERE m.campaign_id = $1 AND m.state = 'sending' AND o.created_at >= $2",
         )
+        .bind(campaign)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn begin_segment_import(
@@ -504,6 +549,7 @@ impl Store for PgStore {
             match MessageState::parse(&state) {
                 Some(MessageState::Pending) => c.pending = n,
                 Some(MessageState::Sending) => c.sending = n,
+                Some(MessageState::InDoubt) => c.in_doubt = n,
                 Some(MessageState::Sent) => c.sent = n,
                 Some(MessageState::Failed) => c.failed = n,
                 Some(MessageState::Suppressed) => c.suppressed = n,
@@ -580,7 +626,8 @@ impl Store for PgStore {
     ) -> Result<Vec<ClaimedMessage>> {
         let rows = sqlx::query(
             "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
-             WHERE campaign_id = $1 AND state = 'sending' AND id > $2 ORDER BY id LIMIT $3",
+             WHERE campaign_id = $1 AND state IN ('sending', 'in_doubt') AND id > $2 \
+             ORDER BY id LIMIT $3",
         )
         .bind(campaign)
         .bind(after_id)
@@ -610,6 +657,17 @@ impl Store for PgStore {
         )
         .bind(campaign)
         .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
+             WHERE campaign_id = $1 AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT $2",
+        )
+        .bind(campaign)
+        .bind(row_limit(limit))
+        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -664,21 +722,7 @@ impl Store for PgStore {
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "SELECT id, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
-             FROM messages WHERE campaign_id = ",
-        );
-        qb.push_bind(f.campaign)
-            .push(" AND id > ")
-            .push_bind(f.after_id);
-        if let Some(p) = &f.phone {
-            qb.push(" AND phone = ").push_bind(p.as_str());
-        }
-        if let Some(s) = f.state {
-            qb.push(" AND state = ").push_bind(s.as_str());
-        }
-        qb.push(" ORDER BY id LIMIT ").push_bind(row_limit(f.limit));
-        let rows = qb.build().fetch_all(&self.pool).await?;
+        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
         rows.iter().map(audit_from_row).collect()
     }
 
@@ -707,9 +751,24 @@ impl Store for PgStore {
                 batch,
             )
             .await?;
+        let usage = self.disk_usage().await?;
         Ok(PurgeReport {
             attempts_deleted,
             executions_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        })
+    }
+
+    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
+    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(DiskUsage {
+            db_bytes: u64::try_from(bytes).unwrap_or(0),
+            free_bytes: 0,
         })
     }
 }

@@ -3,7 +3,13 @@
 //! Every write transaction starts with `BEGIN IMMEDIATE`, so it takes SQLite's single write lock
 //! up front (waiting up to the busy timeout) instead of failing half-way when another process,
 //! such as `munja campaign stop`, wrote in between.
+//!
+//! Only `init` (and the demo and bench) create the file. Every write first checks the file is
+//! still the one opened (`file_identity`); a transaction SQLite rolled back by itself (a full
+//! disk) never leaves its pooled connection looking busy, so the next write reports the real
+//! error.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,31 +18,128 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::*;
+use file_identity::FileIdentity;
+
+mod file_identity;
+
+/// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
+const FINISHED: &str = "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters).
 const INSERT_BATCH: usize = 1000;
 
+/// Test and diagnostic knob: caps the database at this many pages (`PRAGMA max_page_count`),
+/// so that "disk full" can be reproduced without filling a disk.
+pub const MAX_PAGE_COUNT_ENV: &str = "MUNJA_SQLITE_MAX_PAGE_COUNT";
+
+/// Attempts at recording the end of an execution.
+const FINISH_TRIES: u32 = 5;
+
+/// Rows per statement of a large UPDATE or DELETE inside one transaction: a single statement
+/// over a whole campaign collects every rowid it changes in memory first.
+const TX_BATCH: i64 = 10_000;
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file as opened; every write checks it is still the same file.
+    file: Option<FileIdentity>,
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> Result<SqliteStore> {
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+    /// Opens the database at `url`; `create` makes it when it does not exist (only `init`, the
+    /// demo and the bench do), otherwise a missing file is [`StoreError::NoDatabase`].
+    pub async fn open(url: &str, create: bool) -> Result<SqliteStore> {
+        let mut opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true)
             .pragma("cache_size", "-8000");
+        if let Some(v) = std::env::var_os(MAX_PAGE_COUNT_ENV) {
+            let pages = v
+                .to_str()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "{MAX_PAGE_COUNT_ENV}={v:?}: expected a whole number of pages, or unset it"
+                    ))
+                })?;
+            opts = opts.pragma("max_page_count", pages.to_string());
+        }
+        let path = opts.get_filename().to_path_buf();
+        let on_disk = !path.as_os_str().is_empty()
+            && path != Path::new(":memory:")
+            && !path.to_string_lossy().starts_with("file:");
+        if on_disk && !create && !path.exists() {
+            return Err(StoreError::NoDatabase(path.display().to_string()));
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // A transaction SQLite ended by itself (it rolls back on SQLITE_FULL) stays
+                    // open in sqlx's count, and the next BEGIN on this connection would fail
+                    // with a transaction-depth error hiding the real one: run the rollback that
+                    // a dropped transaction queued, and close the connection if still unsure.
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool })
+        let file = if on_disk {
+            let id = FileIdentity::of(&path).map_err(|e| {
+                StoreError::NotFound(format!("cannot read {}: {e}", path.display()))
+            })?;
+            Some(id)
+        } else {
+            None
+        };
+        Ok(SqliteStore { pool, file })
+    }
+
+    /// One attempt of [`Store::finish_execution`].
+    async fn finish_once(
+        &self,
+        campaign: i64,
+        execution: i64,
+        status: &str,
+        exit_code: &str,
+        exit_message: &str,
+        campaign_status: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, campaign, execution).await?;
+        sqlx::query(
+            "UPDATE executions SET status = ?, exit_code = ?, exit_message = ?, ended_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(exit_message)
+        .bind(now())
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET status = ?, exit_message = ?, lease_execution = NULL, lease_host = NULL, \
+             lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
+        )
+        .bind(campaign_status)
+        .bind(exit_message)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Fails when the database file was deleted or replaced since it was opened.
+    fn check_file(&self) -> Result<()> {
+        self.file.as_ref().map_or(Ok(()), FileIdentity::check)
     }
 
     /// Runs a `DELETE ... WHERE id IN (SELECT ... < ? LIMIT ?)` until it deletes nothing.
@@ -57,7 +160,51 @@ impl SqliteStore {
         }
     }
 
+    /// Deletes the attempts of finished campaigns older than `before`, walking each campaign's
+    /// attempts once through the `(campaign_id, id)` index, `batch` ids per transaction (a scan
+    /// of the table per batch would re-read every attempt that stays, batch after batch).
+    async fn purge_attempts(&self, before: &str, batch: i64) -> Result<u64> {
+        let finished: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT c.id FROM campaigns c WHERE {FINISHED} ORDER BY c.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let delete = format!(
+            "DELETE FROM attempts WHERE campaign_id = ?1 AND id > ?2 AND id <= ?3 AND at < ?4 \
+             AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = ?1 AND {FINISHED})"
+        );
+        let mut total = 0;
+        for campaign in finished {
+            let mut after = 0i64;
+            loop {
+                let upto: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(id) FROM (SELECT id FROM attempts WHERE campaign_id = ? AND id > ? \
+                     ORDER BY id LIMIT ?)",
+                )
+                .bind(campaign)
+                .bind(after)
+                .bind(batch)
+                .fetch_one(&self.pool)
+                .await?;
+                let Some(upto) = upto else { break };
+                total += sqlx::query(&delete)
+                    .bind(campaign)
+                    .bind(after)
+                    .bind(upto)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                after = upto;
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Every write transaction starts here, after checking the file is still the one opened.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.check_file()?;
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
@@ -139,6 +286,61 @@ fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
         night_consent: r.try_get("night_consent")?,
         attempts: r.try_get("attempts")?,
     })
+}
+
+/// One primary-key probe of the opt-out list.
+const OPTOUT_CONTAINS: &str = "SELECT COUNT(*) FROM optouts WHERE phone = ?";
+
+/// CROSS JOIN keeps the claimed messages as the outer loop: a walk of the (campaign_id, state)
+/// index, one primary-key probe of the list each, however long the list or however many numbers
+/// were just imported into it.
+const FRESH_OPTOUTS_IN_FLIGHT: &str = "SELECT m.phone FROM messages m CROSS JOIN optouts o ON o.phone = m.phone \
+     WHERE m.campaign_id = ? AND m.state = 'sending' AND o.created_at >= ?";
+
+/// One page of the audit, each filter combination walking an index in output order, so a page
+/// costs its own rows and never a sort of the whole campaign (ids and seqs of a campaign grow
+/// together: its messages are inserted in seq order by one snapshot).
+/// - `--phone`: the `(phone, sent_at)` index (the unary `+` keeps SQLite off the campaign
+///   indexes), a handful of rows sorted;
+/// - `--status`: the `(campaign_id, state, id)` index;
+/// - neither: the `(campaign_id, seq)` unique index.
+fn audit_query(f: &AuditFilter) -> QueryBuilder<'_, Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
+         FROM messages WHERE ",
+    );
+    match (&f.phone, f.state) {
+        (Some(p), state) => {
+            qb.push("phone = ")
+                .push_bind(p.as_str())
+                .push(" AND +campaign_id = ")
+                .push_bind(f.campaign);
+            if let Some(s) = state {
+                qb.push(" AND +state = ").push_bind(s.as_str());
+            }
+            qb.push(" AND seq > ")
+                .push_bind(f.after_seq)
+                .push(" ORDER BY seq");
+        }
+        (None, Some(s)) => {
+            qb.push("campaign_id = ")
+                .push_bind(f.campaign)
+                .push(" AND state = ")
+                .push_bind(s.as_str())
+                .push(" AND id > ")
+                .push_bind(f.after_id)
+                .push(" ORDER BY id");
+        }
+        (None, None) => {
+            qb.push("campaign_id = ")
+                .push_bind(f.campaign)
+                .push(" AND seq > ")
+                .push_bind(f.after_seq)
+                .push(" ORDER BY seq");
+        }
+    }
+    qb.push(" LIMIT ").push_bind(f.limit);
+    qb
 }
 
 struct SqliteImport {
@@ -245,7 +447,7 @@ impl Store for SqliteStore {
     }
 
     async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM optouts WHERE phone = ?")
+        let n: i64 = sqlx::query_scalar(OPTOUT_CONTAINS)
             .bind(phone.as_str())
             .fetch_one(&self.pool)
             .await?;
@@ -258,13 +460,16 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn optouts_since(&self, since: DateTime<Utc>) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT phone FROM optouts WHERE created_at >= ?")
-                .bind(ts(since))
-                .fetch_all(&self.pool)
-                .await?,
-        )
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(FRESH_OPTOUTS_IN_FLIGHT)
+            .bind(campaign)
+            .bind(ts(since))
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn begin_segment_import(
@@ -413,6 +618,7 @@ impl Store for SqliteStore {
             match MessageState::parse(&state) {
                 Some(MessageState::Pending) => c.pending = n,
                 Some(MessageState::Sending) => c.sending = n,
+                Some(MessageState::InDoubt) => c.in_doubt = n,
                 Some(MessageState::Sent) => c.sent = n,
                 Some(MessageState::Failed) => c.failed = n,
                 Some(MessageState::Suppressed) => c.suppressed = n,
@@ -478,13 +684,22 @@ impl Store for SqliteStore {
                 "campaign {campaign} is {status}: there is nothing left to cancel"
             )));
         }
-        let n = sqlx::query(
-            "UPDATE messages SET state = 'cancelled', reason = 'cancelled' WHERE campaign_id = ? AND state = 'pending'",
-        )
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let mut n = 0;
+        loop {
+            let batch = sqlx::query(
+                "UPDATE messages SET state = 'cancelled', reason = 'cancelled' WHERE id IN \
+                 (SELECT id FROM messages WHERE campaign_id = ? AND state = 'pending' LIMIT ?)",
+            )
+            .bind(campaign)
+            .bind(TX_BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            n += batch;
+            if batch == 0 {
+                break;
+            }
+        }
         let at = now();
         if holder.is_some() && holder == dead_lease {
             sqlx::query(
@@ -525,9 +740,24 @@ impl Store for SqliteStore {
                 holder.unwrap_or_default()
             )));
         }
+        // Still one transaction, but in batches: one DELETE of ten million rows first gathers
+        // every rowid it will delete, in memory.
         for sql in [
-            "DELETE FROM attempts WHERE campaign_id = ?",
-            "DELETE FROM messages WHERE campaign_id = ?",
+            "DELETE FROM attempts WHERE id IN \
+             (SELECT id FROM attempts WHERE campaign_id = ?1 LIMIT ?2)",
+            "DELETE FROM messages WHERE id IN \
+             (SELECT id FROM messages WHERE campaign_id = ?1 LIMIT ?2)",
+        ] {
+            while sqlx::query(sql)
+                .bind(campaign)
+                .bind(TX_BATCH)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0
+            {}
+        }
+        for sql in [
             "DELETE FROM executions WHERE campaign_id = ?",
             "DELETE FROM campaigns WHERE id = ?",
         ] {
@@ -589,6 +819,7 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)> {
+        self.check_file()?;
         let row: Option<(bool, bool)> = sqlx::query_as(
             "UPDATE campaigns SET lease_heartbeat_at = ? WHERE id = ? AND lease_execution = ? \
              RETURNING stop_requested, cancel_requested",
@@ -689,7 +920,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ClaimedMessage>> {
         let rows = sqlx::query(
             "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
-             WHERE campaign_id = ? AND state = 'sending' AND id > ? ORDER BY id LIMIT ?",
+             WHERE campaign_id = ? AND state IN ('sending', 'in_doubt') AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(campaign)
         .bind(after_id)
@@ -888,6 +1119,17 @@ impl Store for SqliteStore {
         Ok(n.is_some())
     }
 
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
+             WHERE campaign_id = ? AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
+        )
+        .bind(campaign)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
         Ok(sqlx::query(
             "UPDATE messages SET state = 'pending', retryable = 0 \
@@ -908,51 +1150,48 @@ impl Store for SqliteStore {
         exit_message: &str,
         campaign_status: &str,
     ) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, campaign, execution).await?;
-        sqlx::query(
-            "UPDATE executions SET status = ?, exit_code = ?, exit_message = ?, ended_at = ? WHERE id = ?",
-        )
-        .bind(status)
-        .bind(exit_code)
-        .bind(exit_message)
-        .bind(now())
-        .bind(execution)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE campaigns SET status = ?, exit_message = ?, lease_execution = NULL, lease_host = NULL, \
-             lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
-        )
-        .bind(campaign_status)
-        .bind(exit_message)
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        // The end of a run is a small in-place update, and a run that cannot record it would
+        // stay STARTED: retry what may pass (a full disk that a checkpoint or cleanup relieves,
+        // a busy database), never a lost lease or a replaced file.
+        let mut wait = Duration::from_millis(100);
+        let mut tries = 1;
+        loop {
+            let r = self
+                .finish_once(
+                    campaign,
+                    execution,
+                    status,
+                    exit_code,
+                    exit_message,
+                    campaign_status,
+                )
+                .await;
+            match r {
+                Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
+                    tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
+                    if matches!(e, StoreError::Full) {
+                        // Copy the WAL into the database and start it over, so that the retry
+                        // reuses the WAL file's space instead of growing it on a full disk.
+                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                            .execute(&self.pool)
+                            .await;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT id, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
-             FROM messages WHERE campaign_id = ",
-        );
-        qb.push_bind(f.campaign)
-            .push(" AND id > ")
-            .push_bind(f.after_id);
-        if let Some(p) = &f.phone {
-            qb.push(" AND phone = ").push_bind(p.clone());
-        }
-        if let Some(s) = f.state {
-            qb.push(" AND state = ").push_bind(s.as_str());
-        }
-        qb.push(" ORDER BY id LIMIT ").push_bind(f.limit);
-        let rows = qb.build().fetch_all(&self.pool).await?;
+        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditRow {
                     id: r.try_get("id")?,
+                    seq: r.try_get("seq")?,
                     msg_ref: r.try_get("ref")?,
                     phone: r.try_get("phone")?,
                     status: r.try_get("state")?,
@@ -969,21 +1208,9 @@ impl Store for SqliteStore {
 
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
         let before = ts(before);
-        let mut report = PurgeReport::default();
         // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        const FINISHED: &str =
-            "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
-        report.attempts_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
-                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < ? LIMIT ?)"
-                ),
-                &before,
-                batch,
-            )
-            .await?;
-        report.executions_deleted = self
+        let attempts_deleted = self.purge_attempts(&before, batch).await?;
+        let executions_deleted = self
             .delete_in_batches(
                 &format!(
                     "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
@@ -994,6 +1221,34 @@ impl Store for SqliteStore {
                 batch,
             )
             .await?;
+        let usage = self.disk_usage().await?;
+        let report = PurgeReport {
+            attempts_deleted,
+            executions_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        };
         Ok(report)
     }
+
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        let mut conn = self.pool.acquire().await?;
+        let mut pragma = async |name: &str| -> Result<u64> {
+            let v: i64 = sqlx::query_scalar(&format!("PRAGMA {name}"))
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        let page = pragma("page_size").await?;
+        let pages = pragma("page_count").await?;
+        let free = pragma("freelist_count").await?;
+        Ok(DiskUsage {
+            db_bytes: page * pages,
+            free_bytes: page * free,
+        })
+    }
 }
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;

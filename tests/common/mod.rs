@@ -9,6 +9,8 @@ use std::process::{Command, Output, Stdio};
 use munja::gateway::sim::{self, SimConfig, SimHandle};
 use munja::store::postgres::scratch::{ScratchDb, test_server_url};
 
+pub mod agree;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_munja");
 
 /// Environment variable choosing the database of every test: `sqlite` (default) or
@@ -104,7 +106,7 @@ impl Env {
         let policy = if policy.contains("quiet_hours") {
             policy.to_string()
         } else {
-            format!("quiet_hours = \"00:00-00:00\"\n{policy}")
+            format!("quiet_hours = \"off\"\n{policy}")
         };
         let policy = if policy.contains("chunk_size") {
             policy

@@ -4,7 +4,7 @@ use super::*;
 
 conformance!(
     migrate_is_repeatable,
-    optouts_add_remove_count_and_since,
+    optouts_add_remove_and_count,
     optout_import_is_visible_only_after_commit,
     segment_import_replaces_the_list_at_commit,
     segment_members_page_in_file_order,
@@ -16,22 +16,13 @@ async fn migrate_is_repeatable(s: Arc<dyn Store>) {
     assert_eq!(s.optout_count().await.expect("count"), 0);
 }
 
-async fn optouts_add_remove_count_and_since(s: Arc<dyn Store>) {
-    let before = Utc::now() - chrono::Duration::seconds(5);
+async fn optouts_add_remove_and_count(s: Arc<dyn Store>) {
     assert!(s.optout_add(&phone(1), "cli").await.expect("add"));
     assert!(!s.optout_add(&phone(1), "cli").await.expect("add again"));
     assert!(s.optout_add(&phone(2), "cli").await.expect("add 2"));
     assert!(s.optout_contains(&phone(1)).await.expect("contains"));
     assert!(!s.optout_contains(&phone(3)).await.expect("contains 3"));
     assert_eq!(s.optout_count().await.expect("count"), 2);
-    let mut since = s.optouts_since(before).await.expect("since");
-    since.sort();
-    assert_eq!(
-        since,
-        vec![phone(1).as_str().to_string(), phone(2).as_str().to_string()]
-    );
-    let later = Utc::now() + chrono::Duration::seconds(60);
-    assert!(s.optouts_since(later).await.expect("since").is_empty());
     assert!(s.optout_remove(&phone(1)).await.expect("remove"));
     assert!(!s.optout_remove(&phone(1)).await.expect("remove again"));
     assert_eq!(s.optout_count().await.expect("count"), 1);

@@ -14,7 +14,9 @@ conformance!(
     stale_execution_is_fenced_off,
     a_commit_racing_a_takeover_is_all_or_nothing,
     cancel_live_and_dead_runs,
-    in_doubt_pages_through_sending_messages,
+    in_doubt_pages_through_sending_and_in_doubt_messages,
+    fresh_optouts_in_flight_are_the_claimed_ones_opted_out_since,
+    failure_reasons_most_frequent_first,
     requeue_retryable_returns_only_retryable_failures,
     finish_execution_releases_the_lease,
     audit_filters_and_pages,
@@ -428,9 +430,24 @@ async fn cancel_live_and_dead_runs(s: Arc<dyn Store>) {
     );
 }
 
-async fn in_doubt_pages_through_sending_messages(s: Arc<dyn Store>) {
+async fn in_doubt_pages_through_sending_and_in_doubt_messages(s: Arc<dyn Store>) {
     let (c, e) = running(&*s, "seg", 7).await;
     let got = claim(&*s, c, e, 5).await;
+    // Two outcomes unknown (a timeout): in doubt, out of the queue, not final.
+    let doubt: Vec<_> = got[..2]
+        .iter()
+        .map(|m| update(m.id, MessageState::InDoubt, vec![attempt("timeout", 0)]))
+        .collect();
+    s.commit_chunk(c, e, &doubt).await.expect("commit in doubt");
+    let n = s.counts(c).await.expect("counts");
+    assert_eq!((n.in_doubt, n.sending, n.pending), (2, 3, 2));
+    assert!(!n.all_final());
+    let ex = &s.executions(c).await.expect("executions")[0];
+    assert_eq!(
+        (ex.read_count, ex.commits),
+        (0, 1),
+        "in doubt is not read yet"
+    );
     let mut seen = Vec::new();
     let mut after = 0;
     loop {
@@ -441,9 +458,93 @@ async fn in_doubt_pages_through_sending_messages(s: Arc<dyn Store>) {
         seen.extend(page.iter().map(|m| m.id));
     }
     let want: Vec<i64> = got.iter().map(|m| m.id).collect();
-    assert_eq!(seen, want, "every sending message once, in id order");
+    assert_eq!(
+        seen, want,
+        "every sending or in-doubt message once, in id order"
+    );
+    assert_eq!(
+        s.in_doubt(c, 0, 1).await.expect("first")[0].attempts,
+        1,
+        "the timed-out attempt counts"
+    );
+    // In doubt is never claimed again, nor cancelled.
+    let rest = claim(&*s, c, e, 10).await;
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|m| !want.contains(&m.id)));
     let (other, _) = running(&*s, "other", 2).await;
     assert!(s.in_doubt(other, 0, 10).await.expect("other").is_empty());
+}
+
+async fn fresh_optouts_in_flight_are_the_claimed_ones_opted_out_since(s: Arc<dyn Store>) {
+    let (c, e) = running(&*s, "seg", 4).await;
+    let (other, oe) = running(&*s, "other", 4).await;
+    claim(&*s, c, e, 2).await; // phones 0 and 1 are in flight
+    claim(&*s, other, oe, 4).await;
+    let since = Utc::now() - chrono::Duration::seconds(60);
+    assert!(
+        s.fresh_optouts_in_flight(c, since)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    s.optout_add(&phone(1), "cli")
+        .await
+        .expect("optout in flight");
+    s.optout_add(&phone(3), "cli")
+        .await
+        .expect("optout still pending");
+    let fresh = s.fresh_optouts_in_flight(c, since).await.expect("fresh");
+    assert_eq!(fresh, [phone(1).as_str()]);
+    let later = Utc::now() + chrono::Duration::seconds(60);
+    assert!(
+        s.fresh_optouts_in_flight(c, later)
+            .await
+            .expect("later")
+            .is_empty()
+    );
+    let mut theirs = s
+        .fresh_optouts_in_flight(other, since)
+        .await
+        .expect("other");
+    theirs.sort();
+    assert_eq!(theirs, [phone(1).as_str(), phone(3).as_str()]);
+}
+
+async fn failure_reasons_most_frequent_first(s: Arc<dyn Store>) {
+    let (c, e) = running(&*s, "seg", 6).await;
+    let got = claim(&*s, c, e, 6).await;
+    let reasons = [
+        Some("blocked"),
+        Some("invalid"),
+        Some("blocked"),
+        None,
+        Some("blocked"),
+    ];
+    let mut updates: Vec<_> = got
+        .iter()
+        .zip(reasons)
+        .map(|(m, r)| {
+            let mut u = update(m.id, MessageState::Failed, vec![attempt("rejected", 0)]);
+            u.reason = r.map(str::to_string);
+            u
+        })
+        .collect();
+    updates.push(update(
+        got[5].id,
+        MessageState::Sent,
+        vec![attempt("accepted", 0)],
+    ));
+    s.commit_chunk(c, e, &updates).await.expect("commit");
+    let top = s.failure_reasons(c, 10).await.expect("reasons");
+    assert_eq!(
+        top,
+        [
+            ("blocked".to_string(), 3),
+            ("invalid".to_string(), 1),
+            ("unknown".to_string(), 1)
+        ]
+    );
+    assert_eq!(s.failure_reasons(c, 1).await.expect("top 1").len(), 1);
 }
 
 async fn requeue_retryable_returns_only_retryable_failures(s: Arc<dyn Store>) {
@@ -510,20 +611,20 @@ async fn audit_filters_and_pages(s: Arc<dyn Store>) {
         ..AuditFilter::default()
     };
     let p1 = s.audit(&all).await.expect("page 1");
-    let p2 = s
-        .audit(&AuditFilter {
-            after_id: p1[1].id,
-            ..all.clone()
-        })
-        .await
-        .expect("page 2");
-    let p3 = s
-        .audit(&AuditFilter {
-            after_id: p2[1].id,
-            ..all.clone()
-        })
-        .await
-        .expect("page 3");
+    let next = |last: &AuditRow| AuditFilter {
+        after_id: last.id,
+        after_seq: last.seq,
+        ..all.clone()
+    };
+    let p2 = s.audit(&next(&p1[1])).await.expect("page 2");
+    let p3 = s.audit(&next(&p2[1])).await.expect("page 3");
+    assert_eq!(p3.len(), 1);
+    assert!(
+        s.audit(&next(&p3[0]))
+            .await
+            .expect("past the end")
+            .is_empty()
+    );
     let phones: Vec<String> = [p1, p2, p3].concat().into_iter().map(|r| r.phone).collect();
     let want: Vec<String> = (0..5).map(|i| phone(i).as_str().to_string()).collect();
     assert_eq!(phones, want);
@@ -556,6 +657,18 @@ async fn audit_filters_and_pages(s: Arc<dyn Store>) {
         .expect("by state");
     let ids: Vec<i64> = by_state.iter().map(|r| r.id).collect();
     assert_eq!(ids, [got[0].id, got[1].id]);
+    let sent_p2 = s
+        .audit(&AuditFilter {
+            state: Some(MessageState::Sent),
+            limit: 1,
+            after_id: by_state[0].id,
+            after_seq: by_state[0].seq,
+            ..all.clone()
+        })
+        .await
+        .expect("sent, page 2");
+    assert_eq!(sent_p2.len(), 1);
+    assert_eq!(sent_p2[0].id, got[1].id);
     let none = s
         .audit(&AuditFilter {
             phone: Some(phone(3).as_str().into()),
@@ -596,6 +709,8 @@ async fn purge_deletes_only_old_rows_of_finished_campaigns(s: Arc<dyn Store>) {
     let future = Utc::now() + chrono::Duration::hours(1);
     let r = s.purge(future, 2).await.expect("purge");
     assert_eq!((r.attempts_deleted, r.executions_deleted), (3, 1));
+    assert!(r.db_bytes > 0 && r.free_bytes <= r.db_bytes, "{r:?}");
+    assert!(s.disk_usage().await.expect("disk usage").db_bytes > 0);
     assert!(s.executions(done).await.expect("executions").is_empty());
     assert_eq!(s.executions(live).await.expect("executions").len(), 1);
     // Messages stay: the audit of a purged campaign still lists them.
