@@ -304,7 +304,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 store::open_existing(&cfg.database_url).await
             }
-            .with_context(|| format!("opening the database {}", cfg.database_url))?;
+            .with_context(|| {
+                format!("opening the database {}", store::redact(&cfg.database_url))
+            })?;
             if !matches!(command, Command::Init) {
                 store.migrate().await.context("preparing the database")?;
             }
@@ -344,7 +346,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
     match command {
         Command::Init => {
             store.migrate().await.context("running the migrations")?;
-            eprintln!("database ready: {}", cfg.database_url);
+            eprintln!("database ready: {}", store::redact(&cfg.database_url));
         }
         Command::Optout(cmd) => return optout(cmd, &*store, out).await,
         Command::Segment(SegmentCmd::Import { name, file }) => {
