@@ -52,6 +52,19 @@ async fn every_command_works_on_postgres() {
         "optouts.csv",
         &format!("phone\n{}\n{}\n", number(3), number(7)),
     );
+    // Before init, a command other than init says to run it and creates nothing.
+    let o = run_on(&env, url, &["campaign", "list"]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("has no munja tables"), "{}", o.all());
+    assert!(o.stderr.contains("run `munja init` first"), "{}", o.all());
+    assert_eq!(
+        count(
+            url,
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+        .await,
+        0
+    );
     let o = ok_on(&env, url, &["init"]).await;
     assert!(o.stderr.contains("database ready"), "{}", o.all());
     ok_on(&env, url, &["init"]).await; // harmless twice

@@ -73,6 +73,7 @@ macro_rules! conformance {
 
 mod imports;
 mod lifecycle;
+mod outcomes;
 
 /// The i-th test mobile number.
 pub(super) fn phone(i: u64) -> Phone {

@@ -77,7 +77,7 @@ impl From<sqlx::Error> for StoreError {
 /// Opens the store named by a database URL, creating the database when it does not exist
 /// (`munja init`, the demo and the bench): `sqlite://PATH` or `postgres://…` (also
 /// `postgresql://…`; a PostgreSQL database is never created, it must exist: `migrate` creates
-/// the tables).
+/// the tables, and only `open` accepts a database without them).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open_with(url, true).await
 }
@@ -91,7 +91,7 @@ async fn open_with(url: &str, create: bool) -> Result<Arc<dyn Store>, StoreError
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url, create).await?))
     } else if is_postgres(url) {
-        Ok(Arc::new(postgres::PgStore::open(url).await?))
+        Ok(Arc::new(postgres::PgStore::open(url, create).await?))
     } else {
         Err(StoreError::NotFound(format!(
             "database_url {:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE; \

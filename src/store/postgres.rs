@@ -18,8 +18,13 @@
 //!
 //! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
 
+mod import;
+mod rows;
 mod run;
 pub mod scratch;
+
+use import::PgImport;
+use rows::*;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -54,8 +59,9 @@ pub fn server_name(opts: &PgConnectOptions) -> String {
 
 impl PgStore {
     /// Connects to the server of a `postgres://` URL; the database must exist (`munja init`
-    /// creates the tables, not the database).
-    pub async fn open(url: &str) -> Result<PgStore> {
+    /// creates the tables, not the database). Unless `init` is true, a database without
+    /// munja's tables is [`StoreError::NoDatabase`], as a missing SQLite file is.
+    pub async fn open(url: &str, init: bool) -> Result<PgStore> {
         let opts = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::Unreachable(format!(
                 "database_url is not a valid PostgreSQL URL ({e}); expected \
@@ -84,6 +90,17 @@ impl PgStore {
             .connect_with(opts)
             .await
             .map_err(unreachable)?;
+        if !init {
+            let migrated: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(&pool)
+                    .await?;
+            if !migrated {
+                return Err(StoreError::NoDatabase(format!(
+                    "{server} (the database exists but has no munja tables)"
+                )));
+            }
+        }
         Ok(PgStore { pool })
     }
 
@@ -123,140 +140,6 @@ fn row_limit(limit: i64) -> Option<i64> {
     (limit >= 0).then_some(limit)
 }
 
-/// RFC 3339 text of an optional stored time.
-fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(ts)
-}
-
-/// Columns of a campaign row plus the age of its heartbeat on the database clock.
-const CAMPAIGN_COLS: &str = "*, (EXTRACT(EPOCH FROM (clock_timestamp() - lease_heartbeat_at)) \
-     * 1000)::BIGINT AS lease_age_ms";
-
-fn campaign_from_row(r: &PgRow) -> Result<Campaign> {
-    let lease = match r.try_get::<Option<i64>, _>("lease_execution")? {
-        Some(execution) => Some(Lease {
-            execution,
-            host: r
-                .try_get::<Option<String>, _>("lease_host")?
-                .unwrap_or_default(),
-            pid: r
-                .try_get::<Option<i64>, _>("lease_pid")?
-                .unwrap_or_default(),
-            heartbeat_at: Utc::now()
-                - chrono::Duration::milliseconds(
-                    r.try_get::<Option<i64>, _>("lease_age_ms")?
-                        .unwrap_or_default(),
-                ),
-        }),
-        None => None,
-    };
-    Ok(Campaign {
-        id: r.try_get("id")?,
-        uid: r.try_get("uid")?,
-        name: r.try_get("name")?,
-        segment_name: r.try_get("segment_name")?,
-        template_name: r.try_get("template_name")?,
-        template_body: r.try_get("template_body")?,
-        template_subject: r.try_get("template_subject")?,
-        gateway: r.try_get("gateway")?,
-        ad: r.try_get("ad")?,
-        sender_number: r.try_get("sender_number")?,
-        brand: r.try_get("brand")?,
-        optout_number: r.try_get("optout_number")?,
-        status: r.try_get("status")?,
-        exit_message: r.try_get("exit_message")?,
-        created_at: ts(r.try_get("created_at")?),
-        snapshot_at: opt_ts(r.try_get("snapshot_at")?),
-        total: r.try_get("total")?,
-        stop_requested: r.try_get("stop_requested")?,
-        cancel_requested: r.try_get("cancel_requested")?,
-        lease,
-    })
-}
-
-fn execution_from_row(r: &PgRow) -> Result<Execution> {
-    Ok(Execution {
-        id: r.try_get("id")?,
-        campaign_id: r.try_get("campaign_id")?,
-        status: r.try_get("status")?,
-        exit_code: r.try_get("exit_code")?,
-        exit_message: r.try_get("exit_message")?,
-        started_at: ts(r.try_get("started_at")?),
-        ended_at: opt_ts(r.try_get("ended_at")?),
-        host: r.try_get("host")?,
-        pid: r.try_get("pid")?,
-        read_count: r.try_get("read_count")?,
-        sent: r.try_get("sent")?,
-        failed: r.try_get("failed")?,
-        suppressed: r.try_get("suppressed")?,
-        commits: r.try_get("commits")?,
-    })
-}
-
-fn claimed_from_row(r: &PgRow) -> Result<ClaimedMessage> {
-    Ok(ClaimedMessage {
-        id: r.try_get("id")?,
-        msg_ref: r.try_get("ref")?,
-        phone: r.try_get("phone")?,
-        vars: r.try_get("vars")?,
-        night_consent: r.try_get("night_consent")?,
-        attempts: r.try_get("attempts")?,
-    })
-}
-
-fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
-    Ok(AuditRow {
-        id: r.try_get("id")?,
-        seq: r.try_get("seq")?,
-        msg_ref: r.try_get("ref")?,
-        phone: r.try_get("phone")?,
-        status: r.try_get("state")?,
-        attempts: r.try_get("attempts")?,
-        gateway_id: r.try_get("gateway_id")?,
-        error: r.try_get("reason")?,
-        last_attempt_at: opt_ts(r.try_get("last_attempt_at")?),
-        kind: r.try_get("type")?,
-        bytes: r.try_get("bytes")?,
-    })
-}
-
-/// One page of the audit, each filter combination walking an index in output order (as in
-/// SQLite; ids and seqs of a campaign grow together, one snapshot inserts them in seq order):
-/// `--phone` the `(phone, sent_at)` index, `--status` the `(campaign_id, state, id)` index,
-/// neither the `(campaign_id, seq)` unique index.
-fn audit_query(f: &AuditFilter) -> QueryBuilder<'_, Postgres> {
-    let mut qb = QueryBuilder::<Postgres>::new(
-        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, \
-         bytes FROM messages WHERE campaign_id = ",
-    );
-    qb.push_bind(f.campaign);
-    match (&f.phone, f.state) {
-        (Some(p), state) => {
-            qb.push(" AND phone = ").push_bind(p.as_str());
-            if let Some(s) = state {
-                qb.push(" AND state = ").push_bind(s.as_str());
-            }
-            qb.push(" AND seq > ")
-                .push_bind(f.after_seq)
-                .push(" ORDER BY seq");
-        }
-        (None, Some(s)) => {
-            qb.push(" AND state = ")
-                .push_bind(s.as_str())
-                .push(" AND id > ")
-                .push_bind(f.after_id)
-                .push(" ORDER BY id");
-        }
-        (None, None) => {
-            qb.push(" AND seq > ")
-                .push_bind(f.after_seq)
-                .push(" ORDER BY seq");
-        }
-    }
-    qb.push(" LIMIT ").push_bind(row_limit(f.limit));
-    qb
-}
-
 /// The campaign's lease holder, with the campaign row locked until the transaction ends;
 /// `NotFound` for an unknown campaign.
 async fn lock_campaign(
@@ -291,81 +174,6 @@ fn no_campaign(id: i64) -> StoreError {
     StoreError::NotFound(format!(
         "no campaign with id {id}; `munja campaign list` shows the existing ones"
     ))
-}
-
-struct PgImport {
-    tx: Transaction<'static, Postgres>,
-    segment_id: Option<i64>,
-    next_seq: i64,
-    total: i64,
-}
-
-#[async_trait]
-impl Import for PgImport {
-    async fn add_optouts(&mut self, phones: &[Phone]) -> Result<ImportCounts> {
-        let mut counts = ImportCounts::default();
-        for batch in phones.chunks(INSERT_BATCH) {
-            let list: Vec<&str> = batch.iter().map(Phone::as_str).collect();
-            let n = sqlx::query(
-                "INSERT INTO optouts (phone, source, created_at) \
-                 SELECT p, 'import', munja_now() FROM UNNEST($1::TEXT[]) AS p \
-                 ON CONFLICT (phone) DO NOTHING",
-            )
-            .bind(&list)
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
-            counts.inserted += n;
-            counts.already_present += batch.len() as u64 - n;
-        }
-        Ok(counts)
-    }
-
-    async fn add_members(&mut self, members: &[NewMember]) -> Result<ImportCounts> {
-        let segment = self
-            .segment_id
-            .ok_or_else(|| StoreError::Conflict("not a segment import".into()))?;
-        let mut counts = ImportCounts::default();
-        for batch in members.chunks(INSERT_BATCH) {
-            let start = self.next_seq;
-            let seqs: Vec<i64> = (start..start + batch.len() as i64).collect();
-            let phones: Vec<&str> = batch.iter().map(|m| m.phone.as_str()).collect();
-            let vars: Vec<&str> = batch.iter().map(|m| m.vars.as_str()).collect();
-            let night: Vec<bool> = batch.iter().map(|m| m.night_consent).collect();
-            self.next_seq += batch.len() as i64;
-            // A number seen earlier (in this batch or an earlier one) keeps its first row.
-            let n = sqlx::query(
-                "INSERT INTO segment_members (segment_id, seq, phone, vars, night_consent) \
-                 SELECT $1, s, p, v, c \
-                 FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[]) AS u(s, p, v, c) \
-                 ORDER BY s ON CONFLICT DO NOTHING",
-            )
-            .bind(segment)
-            .bind(&seqs)
-            .bind(&phones)
-            .bind(&vars)
-            .bind(&night)
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
-            counts.inserted += n;
-            counts.already_present += batch.len() as u64 - n;
-            self.total += n as i64;
-        }
-        Ok(counts)
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        if let Some(id) = self.segment_id {
-            sqlx::query("UPDATE segments SET member_count = $1 WHERE id = $2")
-                .bind(self.total)
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        self.tx.commit().await?;
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -780,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_server_is_named_without_the_password() {
         // Port 1 on loopback: nothing listens there.
-        let e = match open("postgres://munja:s3cret@127.0.0.1:1/jobs").await {
+        let e = match PgStore::open("postgres://munja:s3cret@127.0.0.1:1/jobs", true).await {
             Err(e) => e.to_string(),
             Ok(_) => panic!("connected to 127.0.0.1:1"),
         };
@@ -795,7 +603,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_url_is_refused_without_echoing_it() {
-        let e = match open("postgres://munja:s3cret@127.0.0.1:notaport/jobs").await {
+        let e = match PgStore::open("postgres://munja:s3cret@127.0.0.1:notaport/jobs", true).await {
             Err(e) => e.to_string(),
             Ok(_) => panic!("opened a malformed URL"),
         };
