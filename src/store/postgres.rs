@@ -3,10 +3,12 @@
 //!
 //! Isolation is PostgreSQL's default READ COMMITTED; what SQLite gets from its single write lock
 //! (`BEGIN IMMEDIATE`) this store gets from row locks:
-//! - every write that depends on the lease (claim, commit, snapshot, finish, requeue) first locks
-//!   the campaign row with `SELECT … FOR UPDATE` and checks the holder in the same transaction
-//!   (fencing); `start_execution`, `cancel` and `delete_campaign` lock the same row first, so a
-//!   takeover waits for an in-flight commit and the loser of two racing starts sees the winner;
+//! - every write that depends on the lease (claim, commit, snapshot, finish) first locks the
+//!   campaign row with `SELECT … FOR UPDATE` and checks the holder in the same transaction
+//!   (fencing); `start_execution`, `cancel`, `delete_campaign` and `requeue_retryable` lock the
+//!   same row first, so a takeover waits for an in-flight commit, the loser of two racing starts
+//!   sees the winner, and all of them take their row locks in one order (campaign, messages,
+//!   executions);
 //! - the heartbeat is one `UPDATE … WHERE lease_execution = $me`;
 //! - a segment import holds its segment row (upsert) until it commits; a snapshot reads the
 //!   segment `FOR SHARE`, so it never copies a half-replaced list.
