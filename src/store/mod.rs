@@ -11,6 +11,18 @@
 //! - `claim_chunk` moves messages to `sending` and commits before any HTTP request is made;
 //! - `commit_chunk` writes every message's outcome, its attempts and the execution counters in
 //!   one transaction, and only while the caller still holds the campaign's lease (fencing).
+//!
+//! What each operation needs from the database, whatever it is:
+//! - `claim_chunk`, `commit_chunk`, `snapshot`, `finish_execution`: the lease check and the
+//!   writes in one transaction that excludes a concurrent `start_execution` of the campaign
+//!   (a stale holder gets [`StoreError::LeaseLost`] and writes nothing);
+//! - `start_execution`: compare and swap of the lease holder: of two racing starts with the same
+//!   `expected`, exactly one wins, the other gets [`StoreError::Conflict`];
+//! - `heartbeat`: one atomic conditional update; `cancel` and `delete_campaign`: the holder
+//!   check and the writes in one transaction;
+//! - imports: one transaction each, invisible until `commit`; a segment's old members stay
+//!   readable until then;
+//! - reads (`counts`, `audit`, `in_doubt`, …): one statement each, committed data only.
 
 #[cfg(test)]
 mod conformance;
