@@ -5,8 +5,8 @@
 //! then runs as its own `munja` process, exactly the command an operator types (segment import,
 //! opt-out import, campaign create, campaign run, status, audit export, audit of one number,
 //! opt-out check, purge, delete), against the in-process gateway simulator with the rate limit
-//! out of the way; the bench waits for each with `wait4` and reports its wall time and its peak
-//! RSS (`ru_maxrss`), so every figure is that command's alone, the simulator excluded.
+//! out of the way, and reports each one's wall time and peak RSS (its own `VmHWM`, sampled while
+//! it runs), so every figure is that command's alone, the simulator excluded.
 //! With `--resume-at`, the run is stopped once that many messages are sent, and the bench
 //! measures how long a resumed run takes to commit its first chunk.
 
@@ -60,25 +60,55 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Waits for `child` (spawned, not yet waited for); returns its exit status and
-/// its peak RSS in KiB (`ru_maxrss` of `wait4`: that process alone, not its siblings).
-pub fn wait_with_peak_rss(child: std::process::Child) -> std::io::Result<(ExitStatus, u64)> {
-    use std::os::unix::process::ExitStatusExt;
-    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `status` and `usage` are valid for writes; `pid` is our unwaited child.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            let kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
-            return Ok((ExitStatus::from_raw(status), kib));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+/// `VmHWM` of process `pid` in KiB: the peak RSS of the program it runs now.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Watches the peak RSS of a spawned child until [`PeakWatch::finish`].
+///
+/// `ru_maxrss` (wait4, getrusage) would be wrong here: Linux starts a child's count at the RSS
+/// of the process that spawned it, so every phase would report at least the bench's own size
+/// (the simulator's, which grows with the messages it accepted). `VmHWM` of the child's own
+/// address space is sampled instead, every 5 ms while it runs, and once more before reaping.
+pub struct PeakWatch {
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl PeakWatch {
+    pub fn start(child: &std::process::Child) -> PeakWatch {
+        let pid = child.id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        PeakWatch { pid, stop, sampler }
+    }
+
+    /// Waits for `child` (the one watched); returns its exit status and peak RSS in KiB.
+    pub fn finish(self, mut child: std::process::Child) -> std::io::Result<(ExitStatus, u64)> {
+        // An exited child stays a zombie until waited for: its pid is not reused meanwhile.
+        let mut last = 0;
+        let status = loop {
+            last = last.max(vm_hwm_kib(self.pid).unwrap_or(0));
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sampled = self.sampler.join().unwrap_or(0);
+        Ok((status, sampled.max(last)))
     }
 }
 
@@ -135,6 +165,7 @@ impl Bench {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.exe.display()))?;
+        let watch = PeakWatch::start(&child);
         let mut out = child.stdout.take().context("child stdout")?;
         let (mut text, mut lines) = (String::new(), 0u64);
         match stdout {
@@ -152,7 +183,7 @@ impl Bench {
                 }
             }
         }
-        let (status, peak_kib) = wait_with_peak_rss(child)?;
+        let (status, peak_kib) = watch.finish(child)?;
         Ok(ChildRun {
             status,
             secs: started.elapsed().as_secs_f64(),

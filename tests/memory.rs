@@ -1,5 +1,5 @@
 //! Memory that does not grow with the data, measured on the real binary: the peak RSS of each
-//! `munja` process (its own `ru_maxrss`, from `wait4`) exporting a 200,000-message campaign.
+//! `munja` process (its own `VmHWM`) exporting a 200,000-message campaign.
 //! An export that collects its rows before writing needs over 400 MB here; one that streams
 //! needs the memory of one page.
 mod common;
@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use chrono::{TimeDelta, Utc};
 use common::{Env, Gw, n};
-use munja::bench::wait_with_peak_rss;
+use munja::bench::PeakWatch;
 use munja::gateway::sim::SimConfig;
 
 const MESSAGES: u64 = 200_000;
@@ -23,6 +23,7 @@ async fn measured(env: &Env, args: &[&str]) -> (i32, u64, u64) {
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     tokio::task::spawn_blocking(move || {
         let mut child = cmd.spawn().expect("spawn munja");
+        let watch = PeakWatch::start(&child);
         let mut out = child.stdout.take().expect("stdout");
         let (mut buf, mut lines) = (vec![0u8; 64 * 1024], 0u64);
         loop {
@@ -32,7 +33,7 @@ async fn measured(env: &Env, args: &[&str]) -> (i32, u64, u64) {
             }
             lines += buf[..k].iter().filter(|b| **b == b'\n').count() as u64;
         }
-        let (status, kib) = wait_with_peak_rss(child).expect("wait4");
+        let (status, kib) = watch.finish(child).expect("wait for munja");
         (status.code().unwrap_or(-1), lines, kib / 1024)
     })
     .await
