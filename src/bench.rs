@@ -67,20 +67,50 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Watches the peak RSS of a spawned child until [`PeakWatch::finish`].
+/// Environment variable naming a file where `munja` writes its peak RSS (KiB) when done.
+pub const PEAK_RSS_FILE_ENV: &str = "MUNJA_PEAK_RSS_FILE";
+
+/// Writes this process's `VmHWM` to the file named by [`PEAK_RSS_FILE_ENV`] when dropped (at the
+/// end of the command); does nothing when the variable is not set.
+pub struct PeakReport(Option<PathBuf>);
+
+impl PeakReport {
+    pub fn from_env() -> PeakReport {
+        PeakReport(std::env::var_os(PEAK_RSS_FILE_ENV).map(PathBuf::from))
+    }
+}
+
+impl Drop for PeakReport {
+    fn drop(&mut self) {
+        if let (Some(path), Some(kib)) = (&self.0, vm_hwm_kib(std::process::id())) {
+            // A benchmark aid: failing to write it must not fail the command.
+            let _ = std::fs::write(path, kib.to_string());
+        }
+    }
+}
+
+/// Measures the peak RSS of one `munja` child process.
 ///
 /// `ru_maxrss` (wait4, getrusage) would be wrong here: Linux starts a child's count at the RSS
 /// of the process that spawned it, so every phase would report at least the bench's own size
-/// (the simulator's, which grows with the messages it accepted). `VmHWM` of the child's own
-/// address space is sampled instead, every 5 ms while it runs, and once more before reaping.
+/// (the simulator's, which grows with the messages it accepted). The child writes its own
+/// `VmHWM` when its command ends ([`PeakReport`]); while it runs, `VmHWM` is also sampled from
+/// `/proc`, the figure used if the child could not write its own.
 pub struct PeakWatch {
     pid: u32,
+    report: PathBuf,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     sampler: std::thread::JoinHandle<u64>,
 }
 
 impl PeakWatch {
-    pub fn start(child: &std::process::Child) -> PeakWatch {
+    /// Spawns `cmd`, a `munja` command, which reports its peak into the file `report`.
+    pub fn spawn(
+        cmd: &mut Command,
+        report: PathBuf,
+    ) -> std::io::Result<(std::process::Child, PeakWatch)> {
+        let _ = std::fs::remove_file(&report);
+        let child = cmd.env(PEAK_RSS_FILE_ENV, &report).spawn()?;
         let pid = child.id();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -92,7 +122,13 @@ impl PeakWatch {
             }
             peak
         });
-        PeakWatch { pid, stop, sampler }
+        let watch = PeakWatch {
+            pid,
+            report,
+            stop,
+            sampler,
+        };
+        Ok((child, watch))
     }
 
     /// Waits for `child` (the one watched); returns its exit status and peak RSS in KiB.
@@ -107,8 +143,11 @@ impl PeakWatch {
             std::thread::sleep(Duration::from_millis(5));
         };
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let sampled = self.sampler.join().unwrap_or(0);
-        Ok((status, sampled.max(last)))
+        let sampled = self.sampler.join().unwrap_or(0).max(last);
+        let reported = std::fs::read_to_string(&self.report)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        Ok((status, reported.unwrap_or(sampled).max(sampled)))
     }
 }
 
@@ -155,17 +194,18 @@ impl Bench {
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let started = Instant::now();
-        let mut child = Command::new(&self.exe)
-            .current_dir(&self.root)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.exe.display()))?;
-        let watch = PeakWatch::start(&child);
+        let (mut child, watch) = PeakWatch::spawn(
+            Command::new(&self.exe)
+                .current_dir(&self.root)
+                .arg("--config")
+                .arg(&self.config)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log),
+            self.root.join(format!("{}.peak", name.replace(' ', "-"))),
+        )
+        .with_context(|| format!("starting {}", self.exe.display()))?;
         let mut out = child.stdout.take().context("child stdout")?;
         let (mut text, mut lines) = (String::new(), 0u64);
         match stdout {

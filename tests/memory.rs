@@ -21,9 +21,9 @@ const BOUND_MIB: u64 = 100;
 async fn measured(env: &Env, args: &[&str]) -> (i32, u64, u64) {
     let mut cmd = env.cmd(args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let report = env.path("peak-rss");
     tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn().expect("spawn munja");
-        let watch = PeakWatch::start(&child);
+        let (mut child, watch) = PeakWatch::spawn(&mut cmd, report).expect("spawn munja");
         let mut out = child.stdout.take().expect("stdout");
         let (mut buf, mut lines) = (vec![0u8; 64 * 1024], 0u64);
         loop {
