@@ -284,6 +284,7 @@ pub fn init_logging(verbose: u8) {
 
 /// Runs the command line; returns the process exit code.
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    let _peak = crate::bench::PeakReport::from_env();
     match cli.command {
         Command::GatewaySim(args) => {
             sim::serve_until_ctrl_c(args.listen, args.sim_config()?).await?;
