@@ -131,6 +131,9 @@ pub struct HttpJsonGateway {
     max_retry_after: Duration,
 }
 
+/// Longest error code kept from a gateway's answer.
+const MAX_CODE_CHARS: usize = 64;
+
 /// `max_retry_after` until [`HttpJsonGateway::with_max_retry_after`] sets it.
 const DEFAULT_MAX_RETRY_AFTER: Duration =
     Duration::from_secs(crate::config::DEFAULT_MAX_RETRY_AFTER_SECS);
@@ -560,7 +563,9 @@ impl HttpJsonGateway {
                          a redirect (it would send the messages, phone numbers included, to a host that \
                          is not in munja.toml): set url of gateway {name} in munja.toml to the address \
                          the provider documents",
-                        location.unwrap_or("(no Location header)")
+                        self.scrub(&crate::phone::mask_in_text(
+                            location.unwrap_or("(no Location header)")
+                        ))
                     ),
                 }
             }
@@ -619,6 +624,13 @@ impl HttpJsonGateway {
     /// the sender or the request itself it applies to every message and halts the campaign.
     fn rejection(&self, code: String, message: &str) -> Outcome {
         let message = self.scrub(message);
+        // The code is shown in summaries, status and audit: a gateway that echoes the
+        // recipient or the key in it must not put them there.
+        let code: String = self
+            .scrub(&crate::phone::mask_in_text(&code))
+            .chars()
+            .take(MAX_CODE_CHARS)
+            .collect();
         let name = &self.inner.name;
         let fix = match code.as_str() {
             "invalid_sender" => format!(
@@ -1274,6 +1286,42 @@ mod tests {
                 assert!(!outcome.is_final() && !outcome.is_transient());
             }
         }
+    }
+
+    #[tokio::test]
+    async fn numbers_and_the_key_in_a_location_or_error_code_are_not_shown() {
+        let url = canned(
+            302,
+            vec![(
+                "location",
+                "http://evil.example/x?to=01012345678&k=sk-secret",
+            )],
+            "",
+        )
+        .await;
+        let g = gateway(&url, Some("sk-secret"), 2000);
+        let Outcome::Halt { message, .. } = g.send(&msg("r1")).await.outcome else {
+            panic!("a 302 halts");
+        };
+        assert!(
+            message.contains("http://evil.example/x?to=010****5678"),
+            "{message}"
+        );
+        assert!(!message.contains("sk-secret"), "{message}");
+
+        let body = r#"{"error":"unknown 01012345678 sk-secret","message":"m"}"#;
+        let url = canned(400, vec![], body).await;
+        let g = gateway(&url, Some("sk-secret"), 2000);
+        let outcome = g.send(&msg("r1")).await.outcome;
+        assert_eq!(
+            outcome.code(),
+            "unknown 010****5678 <redacted>",
+            "{outcome:?}"
+        );
+        let long = format!(r#"{{"error":"{}"}}"#, "x".repeat(500));
+        let url = canned(400, vec![], Box::leak(long.into_boxed_str())).await;
+        let outcome = gateway(&url, None, 2000).send(&msg("r1")).await.outcome;
+        assert_eq!(outcome.code().len(), MAX_CODE_CHARS, "{outcome:?}");
     }
 
     #[tokio::test]
