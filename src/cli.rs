@@ -645,6 +645,16 @@ async fn campaign_cmd(
                     counts.suppressed,
                     counts.cancelled
                 )?;
+                if c.lease.is_none() && counts.sending > 0 {
+                    writeln!(
+                        out,
+                        "  {n} messages were left sending by a run that ended before recording them: \
+                         they are in doubt (the gateway may have them); `munja campaign run {id}` \
+                         settles them by lookup, `munja audit --campaign {id} --status sending` lists them",
+                        n = counts.sending,
+                        id = c.id
+                    )?;
+                }
                 if let Some(l) = &c.lease {
                     let gone = crate::lease::holder_gone(
                         l,
