@@ -146,6 +146,8 @@ struct Inner {
     lookup_base: Url,
     /// `Bearer <key>`, marked sensitive.
     auth: Option<HeaderValue>,
+    /// The password of a `user:password@` base URL, removed from everything shown.
+    url_password: Option<String>,
     timeout: Duration,
     client: reqwest::Client,
     /// Connect errors are warned about at most every few seconds.
@@ -265,7 +267,8 @@ impl HttpJsonGateway {
         Ok(Self {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
-                base_url: base_url.trim_end_matches('/').to_owned(),
+                base_url: shown_url(&base),
+                url_password: base.password().filter(|p| !p.is_empty()).map(str::to_owned),
                 lookup_base: send_url.clone(),
                 send_url,
                 batch_url,
@@ -655,7 +658,7 @@ impl HttpJsonGateway {
 
     fn transport_failure(&self, e: &reqwest::Error) -> Outcome {
         let outcome = classify_error(e);
-        let error = error_chain(e);
+        let error = self.scrub(&error_chain(e));
         if outcome.code() == "connect_error" && self.inner.warned.first_in(Duration::from_secs(10))
         {
             // Shown at default verbosity (TLS, DNS, refused): the operator must see why.
@@ -693,8 +696,21 @@ impl HttpJsonGateway {
         {
             out = out.replace(key, "<redacted>");
         }
+        if let Some(password) = &self.inner.url_password {
+            out = out.replace(password.as_str(), "<redacted>");
+        }
         out
     }
+}
+
+/// The base URL as shown in logs: without the password of a `user:password@` URL.
+fn shown_url(base: &Url) -> String {
+    let mut shown = base.clone();
+    if shown.password().is_some_and(|p| !p.is_empty()) {
+        // Cannot fail: the URL has a host, since it has a password.
+        let _ = shown.set_password(Some("redacted"));
+    }
+    shown.as_str().trim_end_matches('/').to_owned()
 }
 
 /// Appends path segments to a base URL (which may carry its own path prefix).
@@ -1286,6 +1302,20 @@ mod tests {
                 assert!(!outcome.is_final() && !outcome.is_transient());
             }
         }
+    }
+
+    #[test]
+    fn a_password_in_the_base_url_is_never_shown() {
+        let g = gateway("http://user:pw-s3cret@127.0.0.1:1/api", None, 2000);
+        assert_eq!(
+            g.inner.base_url,
+            "http://user:redacted@127.0.0.1:1/api"
+        );
+        assert_eq!(
+            g.scrub("error sending request for url (http://user:pw-s3cret@127.0.0.1:1/api/v1)"),
+            "error sending request for url (http://user:<redacted>@127.0.0.1:1/api/v1)"
+        );
+        assert!(!format!("{g:?}").contains("pw-s3cret"));
     }
 
     #[tokio::test]
