@@ -1307,10 +1307,7 @@ mod tests {
     #[test]
     fn a_password_in_the_base_url_is_never_shown() {
         let g = gateway("http://user:pw-s3cret@127.0.0.1:1/api", None, 2000);
-        assert_eq!(
-            g.inner.base_url,
-            "http://user:redacted@127.0.0.1:1/api"
-        );
+        assert_eq!(g.inner.base_url, "http://user:redacted@127.0.0.1:1/api");
         assert_eq!(
             g.scrub("error sending request for url (http://user:pw-s3cret@127.0.0.1:1/api/v1)"),
             "error sending request for url (http://user:<redacted>@127.0.0.1:1/api/v1)"
