@@ -98,7 +98,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum OptoutCmd {
-    /// Import a CSV with a `phone` column (other columns ignored); idempotent.
+    /// Import a CSV with a `phone` column (other columns ignored); idempotent. A file with a
+    /// quoted field spanning lines (an unbalanced `"`) is refused whole, nothing imported.
     Import { file: PathBuf },
     /// Add one number.
     Add { phone: String },
@@ -162,7 +163,9 @@ pub enum CampaignCmd {
         #[arg(long)]
         subject: Option<String>,
     },
-    /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED.
+    /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED or nothing
+    /// sent. Ctrl-C / SIGTERM stops after the in-flight requests; a second one abandons them
+    /// (their messages stay in doubt, settled by lookup on the next run).
     Run {
         id: i64,
         /// Re-queue messages whose attempts ran out on transient errors (never permanent ones).
@@ -648,6 +651,16 @@ async fn campaign_cmd(
                     counts.suppressed,
                     counts.cancelled
                 )?;
+                if c.lease.is_none() && counts.sending > 0 {
+                    writeln!(
+                        out,
+                        "  {n} messages were left sending by a run that ended before recording them: \
+                         they are in doubt (the gateway may have them); `munja campaign run {id}` \
+                         settles them by lookup, `munja audit --campaign {id} --status sending` lists them",
+                        n = counts.sending,
+                        id = c.id
+                    )?;
+                }
                 if let Some(l) = &c.lease {
                     let gone = crate::lease::holder_gone(
                         l,
