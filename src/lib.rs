@@ -30,6 +30,7 @@ pub mod gateway;
 pub mod import;
 pub mod lease;
 pub mod message;
+pub mod model;
 pub mod phone;
 pub mod progress;
 pub mod sizing;
