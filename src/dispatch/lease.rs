@@ -6,13 +6,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::bail;
 use chrono::Utc;
 use tracing::warn;
 
 use super::control::{Control, StopReason};
 use crate::config::Config;
-use crate::lease;
+use crate::lease::{self, Holder};
 use crate::model::Campaign;
 use crate::store::{Store, StoreError};
 
@@ -23,25 +22,16 @@ pub(super) type FreshOptouts = Arc<RwLock<HashSet<String>>>;
 pub(super) async fn acquire(store: &dyn Store, cfg: &Config, c: &Campaign) -> anyhow::Result<i64> {
     let host = lease::this_host();
     let pid = i64::from(std::process::id());
-    let (expected, abandon) = match &c.lease {
-        None => (None, String::new()),
-        Some(l) => match lease::holder_gone(l, cfg.policy.lease_timeout_secs, &host, Utc::now()) {
-            Some(why) => {
-                warn!(previous = l.execution, "{why}; taking over");
-                (Some(l.execution), why)
-            }
-            None => bail!(
-                "campaign {} is already running: execution {} on {} (pid {}), last heartbeat {}; \
-                 stop it with `munja campaign stop {}` or wait for it to finish",
-                c.id,
-                l.execution,
-                l.host,
-                l.pid,
-                l.heartbeat_at.to_rfc3339(),
-                c.id
-            ),
-        },
-    };
+    let holder = Holder::judge(
+        c.lease.as_ref(),
+        cfg.policy.lease_timeout_secs,
+        &host,
+        Utc::now(),
+    );
+    let (expected, abandon) = holder.takeover(c.id)?;
+    if let Some(previous) = expected {
+        warn!(previous, "{abandon}; taking over");
+    }
     Ok(store
         .start_execution(c.id, expected, &host, pid, &abandon)
         .await?)
