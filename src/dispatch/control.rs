@@ -30,6 +30,8 @@ pub enum StopReason {
     Aborted(&'static str),
     TemplateError(String),
     LeaseLost,
+    /// The gateway's shared rate budget could not be read from the database.
+    RateBudget(String),
 }
 
 impl StopReason {
@@ -37,7 +39,8 @@ impl StopReason {
         match self {
             StopReason::GatewayRefused(_)
             | StopReason::TemplateError(_)
-            | StopReason::LeaseLost => RunStatus::Failed,
+            | StopReason::LeaseLost
+            | StopReason::RateBudget(_) => RunStatus::Failed,
             _ => RunStatus::Stopped,
         }
     }
@@ -53,6 +56,7 @@ impl StopReason {
             StopReason::Aborted(_) => "aborted",
             StopReason::TemplateError(_) => "template_error",
             StopReason::LeaseLost => "lease_lost",
+            StopReason::RateBudget(_) => "rate_budget",
         }
     }
     pub(super) fn message(&self) -> String {
@@ -82,6 +86,10 @@ impl StopReason {
             StopReason::TemplateError(m) => {
                 format!("every message of the first chunk failed: {m}")
             }
+            StopReason::RateBudget(e) => format!(
+                "the gateway's shared rate budget could not be read from the database ({e}); \
+                 no message was sent without it. Run it again once the database answers"
+            ),
             StopReason::LeaseLost => {
                 "another run took over this campaign's lease; this run stopped without writing"
                     .into()

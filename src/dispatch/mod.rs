@@ -3,9 +3,10 @@
 //! The loop, per chunk (Spring Batch's commit interval = `policy.chunk_size`):
 //! 1. claim: pending messages become `sending` in one committed transaction, after opt-outs
 //!    (also those added mid-run) and the frequency cap have suppressed whoever they cover;
-//! 2. compose and send, with no transaction open: one rate limiter per gateway checked right before
-//!    each request, at most `concurrency` requests in flight, backoff with jitter (backon) for
-//!    transient outcomes, `Retry-After` honoured;
+//! 2. compose and send, with no transaction open: the gateway's rate budget, shared by every run
+//!    on the job repository ([`limiter`]), checked right before each request, at most
+//!    `concurrency` requests in flight, backoff with jitter (backon) for transient outcomes,
+//!    `Retry-After` honoured;
 //! 3. commit: every outcome, every attempt and the execution's counters in one transaction.
 //!
 //! A crash between 1 and 3 leaves messages `sending`: the next run settles them first by looking
@@ -14,8 +15,9 @@
 //! settles those by lookup.
 //!
 //! This module owns [`run`] (one execution from start to end) and the end-of-run decision
-//! ([`RunStatus`], the exit code and message); [`control`] the stop switch and signals, [`lease`]
-//! taking and keeping the lease, [`claim`] the claim/commit loop, [`sender`] the requests.
+//! ([`RunStatus`], the exit code and message); [`control`] the stop switch and signals,
+//! [`lease`] taking and keeping the lease, [`claim`] the claim/commit loop, [`sender`] the
+//! requests, [`limiter`] the rate budget shared with other runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +36,7 @@ mod claim;
 pub mod control;
 mod doubt;
 mod lease;
+mod limiter;
 mod sender;
 
 use claim::Runner;
@@ -225,7 +228,14 @@ impl LeasedRun<'_> {
             composer: Arc::new(composer),
             ctx: Arc::new(SendCtx {
                 pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
-                ..send_ctx(&self.gateway, self.cfg, campaign, ctl.clone(), fresh)?
+                ..send_ctx(
+                    store.clone(),
+                    &self.gateway,
+                    self.cfg,
+                    campaign,
+                    ctl.clone(),
+                    fresh,
+                )?
             }),
             progress: opts.progress.take(),
             sent_now: 0,

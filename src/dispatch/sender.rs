@@ -1,5 +1,5 @@
 //! Sending one claimed chunk: composing each message, one request per group (a single message
-//! or a batch), the gateway's rate limiter, request slots and `Retry-After` pauses, backoff
+//! or a batch), the gateway's rate limiters (this run's, then the budget shared by all runs), request slots and `Retry-After` pauses, backoff
 //! with jitter for transient outcomes, and the checks made right before each request (the
 //! night rule, opt-outs that arrived after the claim).
 
@@ -18,17 +18,22 @@ use tracing::{Instrument, debug, warn};
 use super::control::{Control, StopReason};
 use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections};
 use super::lease::FreshOptouts;
+use super::limiter::SharedLimiter;
 use crate::config::{Config, GatewayConfig};
 use crate::gateway::{Attempt, HttpJsonGateway, OutMessage, Outcome};
 use crate::message::Composer;
 use crate::model::{AttemptRecord, Campaign, ClaimedMessage, MessageState, MessageUpdate};
 use crate::phone;
 use crate::progress::PauseNotice;
+use crate::store::Store;
 
 /// Everything the senders of one run share.
 pub(super) struct SendCtx {
     pub(super) gateway: HttpJsonGateway,
+    /// This run's pace: at most the gateway's rate, spread evenly.
     pub(super) limiter: DefaultDirectRateLimiter,
+    /// The gateway's budget shared with every other run on the job repository.
+    pub(super) shared: SharedLimiter,
     pub(super) in_flight: Semaphore,
     /// `Retry-After` slows the whole gateway: nobody sends before this instant.
     pub(super) pause_until: Mutex<Option<Instant>>,
@@ -79,6 +84,7 @@ pub(super) struct Item {
 }
 
 pub(super) fn send_ctx(
+    store: Arc<dyn Store>,
     g: &GatewayConfig,
     cfg: &Config,
     c: &Campaign,
@@ -97,6 +103,7 @@ pub(super) fn send_ctx(
         )?
         .with_max_retry_after(Duration::from_secs(g.max_retry_after_secs)),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        shared: SharedLimiter::new(store, g),
         in_flight: Semaphore::new(g.concurrency),
         pause_until: Mutex::new(None),
         pause_notice: None,
@@ -343,8 +350,13 @@ async fn wait_turn<'c>(ctx: &'c SendCtx, items: &[Item]) -> Option<SemaphorePerm
                 ctx.limiter.until_ready().await;
             }
         }
+        // Then the budget every run on this gateway shares.
+        ctx.shared.until_n_ready(n.get()).await
     };
-    ctx.ctl.until(limiter).await?;
+    if let Err(e) = ctx.ctl.until(limiter).await? {
+        ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
+        return None;
+    }
     Some(permit)
 }
 
