@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(live.dead_execution(), None);
         let refused = live.takeover(1).expect_err("live holder");
         assert!(refused.to_string().contains("already running: execution 7"));
-        let gone = Holder::judge(Some(&lease("elsewhere", 1, 31)), 30, "here", now);
+        let gone = Holder::judge(Some(&lease("elsewhere", 1, 40)), 30, "here", now);
         assert_eq!(gone.dead_execution(), Some(7));
         let (expected, why) = gone.takeover(1).expect("gone holder");
         assert_eq!(expected, Some(7));
