@@ -10,8 +10,9 @@ use std::io::Write;
 
 use anyhow::Context;
 
+use crate::model::AuditRow;
 use crate::phone;
-use crate::store::{AuditFilter, AuditRow, Store};
+use crate::store::{AuditFilter, Store};
 
 /// Output formats of `munja audit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

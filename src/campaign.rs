@@ -12,9 +12,10 @@ use serde::Serialize;
 use crate::compliance::find_ad_marker;
 use crate::config::Config;
 use crate::message::{AdFrame, ComposeError, Composed, Composer};
+use crate::model::{NewCampaign, Segment};
 use crate::phone;
 use crate::sizing::MessageType;
-use crate::store::{NewCampaign, Segment, Store};
+use crate::store::Store;
 use crate::template::{FRONT_MATTER_LINES, SUBJECT_LINE, TOO_MUCH_WORK, TemplateSource};
 
 /// Members read per page while checking a segment.

@@ -15,12 +15,15 @@ use clap::{Args, Parser, Subcommand};
 use crate::audit::{self, Format};
 use crate::campaign::{self, CreateRequest};
 use crate::config::Config;
-use crate::dispatch::{self, RunOptions, RunReport};
+use crate::dispatch::{self, RunOptions};
 use crate::gateway::sim::{self, SimConfig};
 use crate::import::{self, ImportReport};
+use crate::lease::{self, Holder, StopRequest};
+use crate::model::MessageState;
 use crate::phone;
 use crate::progress;
-use crate::store::{self, AuditFilter, MessageState, Store};
+use crate::store::{self, AuditFilter, Store};
+use crate::summary::{print_summary, summary_json};
 
 const ABOUT: &str =
     "munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.";
@@ -613,228 +616,169 @@ async fn campaign_cmd(
             return Ok(report.status.exit_code());
         }
         CampaignCmd::Status { id, json } => {
-            let c = store.campaign(id).await?;
-            let counts = store.counts(id).await?;
-            let execs = store.executions(id).await?;
-            if json {
-                let v = serde_json::json!({
-                    "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
-                    "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
-                    "total": counts.total, "pending": counts.pending, "sending": counts.sending,
-                    "in_doubt": counts.in_doubt,
-                    "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
-                    "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
-                });
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-            } else {
-                writeln!(out, "campaign {} {:?}: {}", c.id, c.name, c.status)?;
-                if let Some(m) = &c.exit_message {
-                    writeln!(out, "  {m}")?;
-                }
-                writeln!(
-                    out,
-                    "  segment {}, template {}, gateway {}, {}",
-                    c.segment_name,
-                    c.template_name,
-                    c.gateway,
-                    if c.ad { "ad" } else { "informational" }
-                )?;
-                writeln!(
-                    out,
-                    "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",
-                    counts.total,
-                    counts.pending,
-                    counts.sending,
-                    counts.in_doubt,
-                    counts.sent,
-                    counts.failed,
-                    counts.suppressed,
-                    counts.cancelled
-                )?;
-                if c.lease.is_none() && counts.sending > 0 {
-                    writeln!(
-                        out,
-                        "  {n} messages were left sending by a run that ended before recording them: \
-                         they are in doubt (the gateway may have them); `munja campaign run {id}` \
-                         settles them by lookup, `munja audit --campaign {id} --status sending` lists them",
-                        n = counts.sending,
-                        id = c.id
-                    )?;
-                }
-                if let Some(l) = &c.lease {
-                    let gone = crate::lease::holder_gone(
-                        l,
-                        cfg.policy.lease_timeout_secs,
-                        &crate::lease::this_host(),
-                        chrono::Utc::now(),
-                    );
-                    writeln!(
-                        out,
-                        "  running: execution {} on {} pid {}, heartbeat {}{}",
-                        l.execution,
-                        l.host,
-                        l.pid,
-                        l.heartbeat_at.to_rfc3339(),
-                        if gone.is_some() {
-                            " (holder gone: `munja campaign run` takes over)"
-                        } else {
-                            ""
-                        }
-                    )?;
-                }
-                writeln!(out, "  executions:")?;
-                for e in execs {
-                    writeln!(
-                        out,
-                        "   #{:<4} {:<10} {} → {}  read {} sent {} failed {} suppressed {} commits {}  {}",
-                        e.id,
-                        e.status,
-                        e.started_at,
-                        e.ended_at.as_deref().unwrap_or("…"),
-                        e.read_count,
-                        e.sent,
-                        e.failed,
-                        e.suppressed,
-                        e.commits,
-                        e.exit_message.as_deref().unwrap_or("")
-                    )?;
-                }
-            }
+            campaign_status(&*store, cfg, id, json, out).await?;
         }
         CampaignCmd::List { json } => {
-            let list = store.campaigns().await?;
-            if json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at}))
-                    .collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-            } else {
-                writeln!(
-                    out,
-                    "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  CREATED",
-                    "ID", "NAME", "STATUS", "SEGMENT", "TEMPLATE", "MESSAGES"
-                )?;
-                for c in list {
-                    writeln!(
-                        out,
-                        "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  {}",
-                        c.id,
-                        c.name,
-                        c.status,
-                        c.segment_name,
-                        c.template_name,
-                        c.total,
-                        c.created_at
-                    )?;
+            campaign_list(&*store, json, out).await?;
+        }
+        CampaignCmd::Stop { id } => {
+            match lease::request_stop(&*store, id, cfg.policy.lease_timeout_secs).await? {
+                StopRequest::Requested => eprintln!(
+                    "stop requested: the run finishes its in-flight requests, commits and exits"
+                ),
+                StopRequest::NotRunning(status) => {
+                    eprintln!("campaign {id} is not running (status {status})");
+                    return Ok(1);
+                }
+                StopRequest::HolderGone => {
+                    eprintln!(
+                        "campaign {id} is not running: its process is gone. `munja campaign run {id}` \
+                         resumes it; `munja campaign cancel {id}` cancels it"
+                    );
+                    return Ok(1);
                 }
             }
         }
-        CampaignCmd::Stop { id } => {
-            let c = store.campaign(id).await?;
-            let Some(l) = &c.lease else {
-                eprintln!("campaign {id} is not running (status {})", c.status);
-                return Ok(1);
-            };
-            if crate::lease::holder_gone(
-                l,
-                cfg.policy.lease_timeout_secs,
-                &crate::lease::this_host(),
-                chrono::Utc::now(),
-            )
-            .is_some()
-            {
-                eprintln!(
-                    "campaign {id} is not running: its process is gone. `munja campaign run {id}` \
-                     resumes it; `munja campaign cancel {id}` cancels it"
-                );
-                return Ok(1);
-            }
-            store.request_stop(id).await?;
-            eprintln!("stop requested: the run finishes its in-flight requests, commits and exits");
-        }
         CampaignCmd::Cancel { id } => {
-            let c = store.campaign(id).await?;
-            let dead = c.lease.as_ref().and_then(|l| {
-                crate::lease::holder_gone(
-                    l,
-                    cfg.policy.lease_timeout_secs,
-                    &crate::lease::this_host(),
-                    chrono::Utc::now(),
-                )
-                .map(|_| l.execution)
-            });
-            let n = store.cancel(id, dead).await?;
-            eprintln!("campaign {id} cancelled: {n} pending messages will never be sent");
-            let counts = store.counts(id).await?;
-            let in_doubt = counts.in_doubt + if dead.is_some() { counts.sending } else { 0 };
-            if in_doubt > 0 {
+            let r = lease::cancel(&*store, id, cfg.policy.lease_timeout_secs).await?;
+            eprintln!(
+                "campaign {id} cancelled: {} pending messages will never be sent",
+                r.cancelled
+            );
+            if r.in_doubt > 0 {
                 eprintln!(
-                    "{in_doubt} messages are in doubt (the gateway may have them): `munja campaign run {id}` \
-                     looks them up and records them as sent or cancelled; it sends nothing"
+                    "{} messages are in doubt (the gateway may have them): `munja campaign run {id}` \
+                     looks them up and records them as sent or cancelled; it sends nothing",
+                    r.in_doubt
                 );
             }
         }
         CampaignCmd::Delete { id } => {
-            let c = store.campaign(id).await?;
-            let expected = match &c.lease {
-                Some(l) => match crate::lease::holder_gone(
-                    l,
-                    cfg.policy.lease_timeout_secs,
-                    &crate::lease::this_host(),
-                    chrono::Utc::now(),
-                ) {
-                    Some(_) => Some(l.execution),
-                    None => bail!(
-                        "campaign {id} is running (execution {} on {} pid {}); stop it first with `munja campaign stop {id}`",
-                        l.execution,
-                        l.host,
-                        l.pid
-                    ),
-                },
-                None => None,
-            };
-            store.delete_campaign(id, expected).await?;
+            lease::delete(&*store, id, cfg.policy.lease_timeout_secs).await?;
             eprintln!("campaign {id} deleted with its messages and logs");
         }
     }
     Ok(0)
 }
 
-fn summary_json(r: &RunReport) -> serde_json::Value {
-    serde_json::json!({
-        "campaign": r.campaign, "execution": r.execution, "status": r.status.as_str(),
-        "exit_message": r.exit_message, "elapsed_secs": r.elapsed.as_secs_f64(),
-        "sent_this_run": r.sent_now, "counts": r.counts,
-        "failure_reasons": r.failure_reasons,
-    })
+/// `campaign status`: counts, the lease holder and every execution.
+async fn campaign_status(
+    store: &dyn Store,
+    cfg: &Config,
+    id: i64,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let c = store.campaign(id).await?;
+    let counts = store.counts(id).await?;
+    let execs = store.executions(id).await?;
+    if json {
+        let v = serde_json::json!({
+            "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
+            "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
+            "total": counts.total, "pending": counts.pending, "sending": counts.sending,
+            "in_doubt": counts.in_doubt,
+            "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
+            "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(out, "campaign {} {:?}: {}", c.id, c.name, c.status)?;
+        if let Some(m) = &c.exit_message {
+            writeln!(out, "  {m}")?;
+        }
+        writeln!(
+            out,
+            "  segment {}, template {}, gateway {}, {}",
+            c.segment_name,
+            c.template_name,
+            c.gateway,
+            if c.ad { "ad" } else { "informational" }
+        )?;
+        writeln!(
+            out,
+            "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",
+            counts.total,
+            counts.pending,
+            counts.sending,
+            counts.in_doubt,
+            counts.sent,
+            counts.failed,
+            counts.suppressed,
+            counts.cancelled
+        )?;
+        if c.lease.is_none() && counts.sending > 0 {
+            writeln!(
+                out,
+                "  {n} messages were left sending by a run that ended before recording them: \
+                 they are in doubt (the gateway may have them); `munja campaign run {id}` \
+                 settles them by lookup, `munja audit --campaign {id} --status sending` lists them",
+                n = counts.sending,
+                id = c.id
+            )?;
+        }
+        if let Some(l) = &c.lease {
+            let gone = matches!(
+                Holder::of(&c, cfg.policy.lease_timeout_secs),
+                Holder::Gone(..)
+            );
+            writeln!(
+                out,
+                "  running: execution {} on {} pid {}, heartbeat {}{}",
+                l.execution,
+                l.host,
+                l.pid,
+                l.heartbeat_at.to_rfc3339(),
+                if gone {
+                    " (holder gone: `munja campaign run` takes over)"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        writeln!(out, "  executions:")?;
+        for e in execs {
+            writeln!(
+                out,
+                "   #{:<4} {:<10} {} → {}  read {} sent {} failed {} suppressed {} commits {}  {}",
+                e.id,
+                e.status,
+                e.started_at,
+                e.ended_at.as_deref().unwrap_or("…"),
+                e.read_count,
+                e.sent,
+                e.failed,
+                e.suppressed,
+                e.commits,
+                e.exit_message.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    Ok(())
 }
 
-/// The final summary of a run, on stderr. Messages in doubt (the gateway may have them) are
-/// counted apart from pending ones; after a run, `sending` ones were left by a crash.
-pub fn print_summary(r: &RunReport) {
-    let c = &r.counts;
-    let secs = r.elapsed.as_secs_f64().max(0.001);
-    let reasons = if r.failure_reasons.is_empty() {
-        String::new()
+/// `campaign list`.
+async fn campaign_list(store: &dyn Store, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let list = store.campaigns().await?;
+    if json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at}))
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        format!(" ({})", dispatch::reasons_text(&r.failure_reasons))
-    };
-    eprintln!(
-        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}{}, suppressed {}, cancelled {}, pending {}, in doubt {}",
-        r.campaign,
-        r.execution,
-        r.status.as_str(),
-        secs,
-        r.sent_now as f64 / secs,
-        r.exit_message,
-        c.total,
-        c.sent,
-        c.failed,
-        reasons,
-        c.suppressed,
-        c.cancelled,
-        c.pending,
-        c.in_doubt + c.sending
-    );
+        writeln!(
+            out,
+            "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  CREATED",
+            "ID", "NAME", "STATUS", "SEGMENT", "TEMPLATE", "MESSAGES"
+        )?;
+        for c in list {
+            writeln!(
+                out,
+                "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  {}",
+                c.id, c.name, c.status, c.segment_name, c.template_name, c.total, c.created_at
+            )?;
+        }
+    }
+    Ok(())
 }

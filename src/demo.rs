@@ -11,14 +11,15 @@ use clap::Args;
 
 use crate::audit::{self, Format};
 use crate::campaign::{self, CreateRequest};
-use crate::cli::print_summary;
 use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
 use crate::config::Config;
 use crate::dispatch::{self, RunOptions};
 use crate::gateway::sim::{self, SimConfig};
 use crate::import;
+use crate::model::MessageState;
 use crate::progress;
-use crate::store::{self, AuditFilter, MessageState};
+use crate::store::{self, AuditFilter};
+use crate::summary::print_summary;
 
 const CUSTOMERS: &str = include_str!("../examples/customers.csv");
 const OPTOUTS: &str = include_str!("../examples/optouts.csv");

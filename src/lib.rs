@@ -8,15 +8,19 @@
 //!
 //! Where things live:
 //! - [`config`]: `munja.toml`, found and validated;
+//! - [`model`]: campaigns, executions, leases, messages and their states (no I/O);
 //! - [`phone`], [`sizing`], [`compliance`], [`template`], [`message`]: the domain rules;
 //! - [`csvin`], [`import`]: reading user CSV files (UTF-8 or CP949) into segments and opt-outs;
 //! - [`campaign`]: the checks before a campaign is created, and previews;
 //! - [`store`]: the job repository (SQLite), the only place with SQL;
-//! - [`lease`]: one runner per campaign, takeover of dead runs;
+//! - [`lease`]: one runner per campaign, takeover of dead runs, stop/cancel/delete of a campaign
+//!   that may be running;
 //! - [`gateway`]: the `http-json` client and the simulator;
-//! - [`dispatch`]: running a campaign chunk by chunk;
-//! - [`audit`], [`progress`]: what the operator reads;
-//! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive it end to end.
+//! - [`dispatch`]: running a campaign chunk by chunk (lease and heartbeat, claim loop, sender,
+//!   in-doubt settlement);
+//! - [`audit`], [`progress`], [`summary`]: what the operator reads;
+//! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive the library
+//!   end to end (the CLI calls them, never the other way round).
 pub mod audit;
 pub mod bench;
 pub mod campaign;
@@ -30,8 +34,10 @@ pub mod gateway;
 pub mod import;
 pub mod lease;
 pub mod message;
+pub mod model;
 pub mod phone;
 pub mod progress;
 pub mod sizing;
 pub mod store;
+pub mod summary;
 pub mod template;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::store::Counts;
+use crate::model::Counts;
 
 /// Shows that the whole gateway pauses for this long (its `Retry-After`); called by the
 /// senders when a pause begins, from any task.

@@ -519,6 +519,62 @@ async fn the_gateway_never_sees_more_than_the_configured_rate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_campaigns_running_at_once_share_their_gateways_rate() {
+    let gw = Gw {
+        rate: 100,
+        burst: 10,
+        concurrency: 8,
+        batch_size: 1,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "").await;
+    let a = env
+        .campaign(&env.segment_csv("a.csv", 0, 300), "hello", &[])
+        .await;
+    let b_csv = env.segment_csv("b.csv", 1000, 300);
+    env.ok(&[
+        "segment",
+        "import",
+        "b",
+        b_csv.to_str().expect("utf-8 path"),
+    ])
+    .await;
+    let b = env
+        .ok(&[
+            "campaign",
+            "create",
+            "--name",
+            "b",
+            "--segment",
+            "b",
+            "--template",
+            "hello",
+        ])
+        .await
+        .stdout
+        .trim()
+        .to_string();
+    let t = std::time::Instant::now();
+    // Two processes on one gateway: each alone could send 100 a second.
+    let (run_a, run_b) = (["campaign", "run", &a], ["campaign", "run", &b]);
+    let (ra, rb) = tokio::join!(env.run(&run_a), env.run(&run_b));
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!((ra.code, rb.code), (0, 0), "{}\n{}", ra.all(), rb.all());
+    let s = env.sim.stats();
+    assert_eq!(s.accepted, 600);
+    assert!(
+        s.max_per_second <= 100 + 10,
+        "a calendar second saw {} messages: {:?}",
+        s.max_per_second,
+        s.per_second
+    );
+    assert!(
+        took >= (600.0 - 10.0) / 100.0,
+        "sent 600 in {took:.2}s, faster than the shared 100/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_retried_no_sooner_than_retry_after() {
     let sim = SimConfig {
         throttle_rate: 1.0,

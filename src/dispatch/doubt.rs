@@ -8,7 +8,9 @@ use anyhow::Context;
 use chrono::Utc;
 use tracing::{debug, info};
 
-use super::{Item, Runner, SendCtx, StopReason, update_for};
+use super::claim::Runner;
+use super::control::StopReason;
+use super::sender::{Item, SendCtx, update_for};
 use crate::gateway::{Attempt, Lookup, Outcome};
 use crate::store::{AttemptRecord, MessageState, MessageUpdate};
 

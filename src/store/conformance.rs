@@ -71,6 +71,7 @@ macro_rules! conformance {
     };
 }
 
+mod buckets;
 mod imports;
 mod lifecycle;
 mod outcomes;

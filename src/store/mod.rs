@@ -35,6 +35,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use crate::model::{
+    AttemptRecord, AuditRow, Campaign, CampaignStatus, ClaimedMessage, Counts, Execution,
+    ExecutionStatus, Lease, MessageState, MessageUpdate, NewCampaign, NewMember, Segment,
+};
 use crate::phone::Phone;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -132,165 +136,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The states of one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageState {
-    Pending,
-    Sending,
-    /// The gateway may have accepted it (a timeout, a reset, an unreadable answer, a run cut
-    /// short): never failed, cancelled or resent until a lookup settles it.
-    InDoubt,
-    Sent,
-    Failed,
-    Suppressed,
-    Cancelled,
-}
-
-impl MessageState {
-    pub const ALL: [MessageState; 7] = [
-        MessageState::Pending,
-        MessageState::Sending,
-        MessageState::InDoubt,
-        MessageState::Sent,
-        MessageState::Failed,
-        MessageState::Suppressed,
-        MessageState::Cancelled,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageState::Pending => "pending",
-            MessageState::Sending => "sending",
-            MessageState::InDoubt => "in_doubt",
-            MessageState::Sent => "sent",
-            MessageState::Failed => "failed",
-            MessageState::Suppressed => "suppressed",
-            MessageState::Cancelled => "cancelled",
-        }
-    }
-    pub fn parse(s: &str) -> Option<MessageState> {
-        MessageState::ALL.into_iter().find(|m| m.as_str() == s)
-    }
-}
-
-/// One recipient of a segment, ready to store.
-#[derive(Debug, Clone)]
-pub struct NewMember {
-    pub phone: Phone,
-    /// JSON object text of the template variables.
-    pub vars: String,
-    pub night_consent: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Segment {
-    pub id: i64,
-    pub name: String,
-    pub source: String,
-    pub columns: Vec<String>,
-    pub member_count: i64,
-    pub imported_at: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewCampaign {
-    pub name: String,
-    pub segment_name: String,
-    /// `imported_at` of the segment that `campaign create` checked.
-    pub segment_imported_at: String,
-    pub template_name: String,
-    pub template_body: String,
-    pub template_subject: Option<String>,
-    pub gateway: String,
-    pub ad: bool,
-    pub sender_number: String,
-    pub brand: Option<String>,
-    pub optout_number: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Campaign {
-    pub id: i64,
-    pub uid: String,
-    pub name: String,
-    pub segment_name: String,
-    pub template_name: String,
-    pub template_body: String,
-    pub template_subject: Option<String>,
-    pub gateway: String,
-    pub ad: bool,
-    pub sender_number: String,
-    pub brand: Option<String>,
-    pub optout_number: Option<String>,
-    pub status: String,
-    pub exit_message: Option<String>,
-    pub created_at: String,
-    pub snapshot_at: Option<String>,
-    pub total: i64,
-    pub stop_requested: bool,
-    pub cancel_requested: bool,
-    pub lease: Option<Lease>,
-}
-
-/// Who holds a campaign's run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Lease {
-    pub execution: i64,
-    pub host: String,
-    pub pid: i64,
-    pub heartbeat_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Execution {
-    pub id: i64,
-    pub campaign_id: i64,
-    pub status: String,
-    pub exit_code: Option<String>,
-    pub exit_message: Option<String>,
-    pub started_at: String,
-    pub ended_at: Option<String>,
-    pub host: String,
-    pub pid: i64,
-    pub read_count: i64,
-    pub sent: i64,
-    pub failed: i64,
-    pub suppressed: i64,
-    pub commits: i64,
-}
-
-/// Messages per state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub total: i64,
-    pub pending: i64,
-    pub sending: i64,
-    /// Messages the gateway may or may not have: settled by lookup on the next run.
-    pub in_doubt: i64,
-    pub sent: i64,
-    pub failed: i64,
-    pub suppressed: i64,
-    pub cancelled: i64,
-}
-
-impl Counts {
-    /// Every message is in a final state (nothing pending, sending or in doubt).
-    pub fn all_final(&self) -> bool {
-        self.pending == 0 && self.sending == 0 && self.in_doubt == 0
-    }
-}
-
-/// A message claimed for sending (now in state `sending`).
-#[derive(Debug, Clone)]
-pub struct ClaimedMessage {
-    pub id: i64,
-    pub msg_ref: String,
-    pub phone: String,
-    pub vars: String,
-    pub night_consent: bool,
-    pub attempts: i64,
-}
-
 /// What `claim_chunk` should do.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest {
@@ -310,32 +155,6 @@ pub struct Claim {
     pub suppressed_capped: u64,
 }
 
-/// One recorded request (or lookup) for a message.
-#[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    pub at: DateTime<Utc>,
-    pub outcome: String,
-    pub http_status: Option<u16>,
-    pub gateway_id: Option<String>,
-    pub error: Option<String>,
-    pub latency_ms: i64,
-}
-
-/// The outcome of one message in a chunk, written by `commit_chunk`.
-#[derive(Debug, Clone)]
-pub struct MessageUpdate {
-    pub id: i64,
-    /// `Pending` returns the message to the queue (not attempted, or still retryable after a stop);
-    /// `InDoubt` keeps it out of the queue until a lookup settles it.
-    pub state: MessageState,
-    pub reason: Option<String>,
-    pub retryable: bool,
-    pub gateway_id: Option<String>,
-    pub kind: Option<String>,
-    pub bytes: Option<i64>,
-    pub attempts: Vec<AttemptRecord>,
-}
-
 /// Filters of `audit`.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -347,25 +166,6 @@ pub struct AuditFilter {
     pub after_id: i64,
     pub after_seq: i64,
     pub limit: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRow {
-    #[serde(skip)]
-    pub id: i64,
-    #[serde(skip)]
-    pub seq: i64,
-    #[serde(rename = "ref")]
-    pub msg_ref: String,
-    pub phone: String,
-    pub status: String,
-    pub attempts: i64,
-    pub gateway_id: Option<String>,
-    pub error: Option<String>,
-    pub last_attempt_at: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub bytes: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -486,6 +286,12 @@ pub trait Store: Send + Sync {
         execution: i64,
         updates: &[MessageUpdate],
     ) -> Result<()>;
+    /// The shared rate limit: takes up to `want` tokens from gateway `gateway`'s bucket, which
+    /// every run on this database draws from. The bucket holds at most `burst` tokens (full when
+    /// new) and gains `rate` per second of the database clock; returns how many were granted
+    /// (0 when it is empty). Refill and take are one atomic write: two callers never get the
+    /// same token.
+    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32>;
     /// Whether pending messages without night consent remain.
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
     /// The most frequent reasons of failed messages, most frequent first: (reason, count).
@@ -506,6 +312,17 @@ pub trait Store: Send + Sync {
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
     async fn disk_usage(&self) -> Result<DiskUsage>;
+}
+
+/// The whole tokens of a rate bucket's level (0 for a negative or NaN level), for
+/// [`Store::take_tokens`] implementations.
+pub(crate) fn whole_tokens(level: f64) -> u32 {
+    if level >= 1.0 {
+        // Saturates at u32::MAX; a bucket never holds more than its burst.
+        level.floor() as u32
+    } else {
+        0
+    }
 }
 
 /// RFC 3339 text of a time, as stored.

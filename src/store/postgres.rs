@@ -20,6 +20,7 @@
 //!
 //! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
 
+mod buckets;
 mod import;
 mod rows;
 mod run;
@@ -458,6 +459,10 @@ impl Store for PgStore {
         updates: &[MessageUpdate],
     ) -> Result<()> {
         self.commit(campaign, execution, updates).await
+    }
+
+    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
+        self.take_bucket_tokens(gateway, want, rate, burst).await
     }
 
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {

@@ -23,6 +23,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 use super::*;
 use file_identity::FileIdentity;
 
+mod buckets;
 mod file_identity;
 
 /// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
@@ -1107,6 +1108,10 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
+        self.take_bucket_tokens(gateway, want, rate, burst).await
     }
 
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {

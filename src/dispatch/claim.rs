@@ -1,0 +1,242 @@
+//! The claim loop of one run: claims chunks of pending messages (up to [`PIPELINE`] in flight),
+//! hands each to the sender, and commits every chunk's outcomes with the running counts.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use tracing::{Instrument, debug, info};
+
+use super::control::StopReason;
+use super::sender::{SendCtx, quiet_stop, send_chunk};
+use crate::message::Composer;
+use crate::model::{Campaign, Counts, MessageState, MessageUpdate};
+use crate::progress::Progress;
+use crate::store::{ClaimRequest, Store};
+
+/// Chunks in flight at once after the first.
+pub(super) const PIPELINE: usize = 4;
+
+/// The claim/commit loop of one execution and what it shares with the in-doubt settlement.
+pub(super) struct Runner<'a> {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) campaign: &'a Campaign,
+    pub(super) execution: i64,
+    pub(super) chunk_size: usize,
+    pub(super) cap: Option<crate::config::FrequencyCap>,
+    pub(super) composer: Arc<Composer>,
+    pub(super) ctx: Arc<SendCtx>,
+    pub(super) progress: Option<Box<dyn Progress>>,
+    pub(super) sent_now: u64,
+}
+
+/// What claiming more chunks came to.
+enum Fill {
+    /// Chunks are in flight (none was claimed when `dry`: the queue is empty for now).
+    InFlight { dry: bool },
+    /// The run ends: the queue ran dry (`None`), or why it stops early.
+    End(Option<StopReason>),
+}
+
+type InFlight = tokio::task::JoinSet<(Vec<MessageUpdate>, Option<String>)>;
+
+impl Runner<'_> {
+    /// Returns `None` when the queue ran dry, or why it stopped early.
+    ///
+    /// Up to [`PIPELINE`] chunks are in flight at once (claimed and committed separately), so one
+    /// slow message does not idle the gateway; the first chunk runs alone, so that a template
+    /// that fails every message stops the run before more is claimed.
+    pub(super) async fn drive(
+        &mut self,
+        retry_failed: bool,
+        settle_only: bool,
+    ) -> anyhow::Result<Option<StopReason>> {
+        if settle_only {
+            self.settle_in_doubt(true).await?;
+            return Ok(Some(StopReason::Cancelled));
+        }
+        let mut counts = self.prepare(retry_failed).await?;
+        let mut first_chunk = true;
+        let mut in_flight = InFlight::new();
+        loop {
+            let limit = if first_chunk { 1 } else { PIPELINE };
+            let dry = match self.fill(&mut in_flight, limit, &mut counts).await? {
+                Fill::End(why) => return Ok(why),
+                Fill::InFlight { dry } => dry,
+            };
+            let Some(joined) = in_flight.join_next().await else {
+                // Nothing in flight and told to stop.
+                return Ok(self.ctx.ctl.reason());
+            };
+            let (updates, first_error) = joined.context("a send task panicked")?;
+            log_refused(&updates);
+            if first_chunk && let Some(why) = self.template_failed(&updates, first_error).await? {
+                return Ok(Some(why));
+            }
+            first_chunk = false;
+            self.commit(&updates, &mut counts).await?;
+            debug!(messages = updates.len(), dry, "chunk committed");
+        }
+    }
+
+    /// Before the first claim: snapshot the segment, re-queue retryable failures when asked,
+    /// settle messages in doubt; returns the counts the progress display starts from.
+    async fn prepare(&mut self, retry_failed: bool) -> anyhow::Result<Counts> {
+        let (id, exec) = (self.campaign.id, self.execution);
+        let total = self
+            .store
+            .snapshot(id, exec)
+            .await
+            .context("snapshotting the segment")?;
+        if total > 0 {
+            info!(messages = total, "segment snapshotted");
+        }
+        if retry_failed {
+            let n = self.store.requeue_retryable(id).await?;
+            info!(
+                messages = n,
+                "re-queued messages whose attempts ran out on transient errors"
+            );
+        }
+        self.settle_in_doubt(false).await?;
+        let counts = self.store.counts(id).await?;
+        if let Some(p) = self.progress.as_mut() {
+            p.start(&counts);
+        }
+        Ok(counts)
+    }
+
+    /// Claims chunks and starts sending them while fewer than `limit` are in flight and there
+    /// is no reason to stop. Suppressions made by the claims are counted in `counts`.
+    async fn fill(
+        &self,
+        in_flight: &mut InFlight,
+        limit: usize,
+        counts: &mut Counts,
+    ) -> anyhow::Result<Fill> {
+        let id = self.campaign.id;
+        while in_flight.len() < limit && !self.ctx.ctl.stopping() {
+            let quiet = self.ctx.quiet.filter(|q| q.now());
+            let cap = self.cap.map(|c| {
+                (
+                    c.count,
+                    Utc::now() - chrono::Duration::days(i64::from(c.days)),
+                )
+            });
+            let claim = self
+                .store
+                .claim_chunk(ClaimRequest {
+                    campaign: id,
+                    execution: self.execution,
+                    limit: self.chunk_size,
+                    night_only: quiet.is_some(),
+                    cap,
+                })
+                .await?;
+            let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
+            counts.suppressed += suppressed;
+            counts.pending -= suppressed;
+            if claim.suppressed_opted_out > 0 {
+                info!(
+                    messages = claim.suppressed_opted_out,
+                    "suppressed: opted out during the run"
+                );
+            }
+            if claim.messages.is_empty() {
+                if suppressed > 0 {
+                    continue;
+                }
+                if !in_flight.is_empty() {
+                    return Ok(Fill::InFlight { dry: true });
+                }
+                if let Some(q) = quiet
+                    && self.store.has_pending_without_consent(id).await?
+                {
+                    return Ok(Fill::End(Some(quiet_stop(q))));
+                }
+                return Ok(Fill::End(None));
+            }
+            let ctx = self.ctx.clone();
+            let composer = self.composer.clone();
+            in_flight.spawn(
+                async move { send_chunk(ctx, composer, claim.messages).await }
+                    .instrument(tracing::Span::current()),
+            );
+        }
+        Ok(Fill::InFlight { dry: false })
+    }
+
+    /// The first chunk: when the template failed every message, nothing was sent; the chunk
+    /// goes back to the queue so that nothing is lost, and the run stops.
+    async fn template_failed(
+        &self,
+        updates: &[MessageUpdate],
+        first_error: Option<String>,
+    ) -> anyhow::Result<Option<StopReason>> {
+        let template_failures = updates
+            .iter()
+            .filter(|u| u.reason.as_deref() == Some("template_error"))
+            .count();
+        if updates.is_empty() || template_failures != updates.len() {
+            return Ok(None);
+        }
+        let back: Vec<MessageUpdate> = updates
+            .iter()
+            .cloned()
+            .map(|mut u| {
+                u.state = MessageState::Pending;
+                u.reason = None;
+                u
+            })
+            .collect();
+        self.store
+            .commit_chunk(self.campaign.id, self.execution, &back)
+            .await?;
+        Ok(Some(StopReason::TemplateError(
+            first_error.unwrap_or_default(),
+        )))
+    }
+
+    /// Commits one chunk's outcomes and advances the running counts and the progress display.
+    async fn commit(
+        &mut self,
+        updates: &[MessageUpdate],
+        counts: &mut Counts,
+    ) -> anyhow::Result<()> {
+        for u in updates {
+            let slot = match u.state {
+                MessageState::Sent => {
+                    self.sent_now += 1;
+                    &mut counts.sent
+                }
+                MessageState::Failed => &mut counts.failed,
+                MessageState::Suppressed => &mut counts.suppressed,
+                MessageState::InDoubt => &mut counts.in_doubt,
+                _ => continue,
+            };
+            *slot += 1;
+            counts.pending -= 1;
+        }
+        self.store
+            .commit_chunk(self.campaign.id, self.execution, updates)
+            .await?;
+        if let Some(p) = self.progress.as_mut() {
+            p.update(counts);
+        }
+        Ok(())
+    }
+}
+
+/// Messages refused before any request (they cannot be composed) are logged per chunk.
+fn log_refused(updates: &[MessageUpdate]) {
+    let refused = updates
+        .iter()
+        .filter(|u| u.attempts.is_empty() && u.state == MessageState::Failed)
+        .count();
+    if refused > 0 {
+        info!(
+            messages = refused,
+            "refused before sending (see audit --status failed)"
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! Running a campaign: one execution of the job, chunk by chunk, crash-safe.
+//!
+//! The loop, per chunk (Spring Batch's commit interval = `policy.chunk_size`):
+//! 1. claim: pending messages become `sending` in one committed transaction, after opt-outs
+//!    (also those added mid-run) and the frequency cap have suppressed whoever they cover;
+//! 2. compose and send, with no transaction open: the gateway's rate budget, shared by every run
+//!    on the job repository ([`limiter`]), checked right before each request, at most
+//!    `concurrency` requests in flight, backoff with jitter (backon) for transient outcomes,
+//!    `Retry-After` honoured;
+//! 3. commit: every outcome, every attempt and the execution's counters in one transaction.
+//!
+//! A crash between 1 and 3 leaves messages `sending`: the next run settles them first by looking
+//! them up on the gateway, and resends the rest under the same `ref`, which the gateway dedupes.
+//! An answer that may mean "accepted" makes a message `in_doubt` instead of failed: [`doubt`]
+//! settles those by lookup.
+//!
+//! This module owns [`run`] (one execution from start to end) and the end-of-run decision
+//! ([`RunStatus`], the exit code and message); [`control`] the stop switch and signals,
+//! [`lease`] taking and keeping the lease, [`claim`] the claim/commit loop, [`sender`] the
+//! requests, [`limiter`] the rate budget shared with other runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::{Config, GatewayConfig};
+use crate::message::{AdFrame, Composer};
+use crate::model::{Campaign, CampaignStatus, Counts, ExecutionStatus};
+use crate::progress::Progress;
+use crate::store::{Store, StoreError};
+use crate::template::TemplateSource;
+
+mod claim;
+pub mod control;
+mod doubt;
+mod lease;
+mod limiter;
+mod sender;
+
+use claim::Runner;
+pub use control::{Control, StopReason};
+use lease::{FreshOptouts, acquire, spawn_heartbeat};
+use sender::{SendCtx, send_ctx};
+
+/// How an execution ended (Spring Batch's BatchStatus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Completed,
+    Stopped,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        self.execution_status().as_str()
+    }
+    /// The status recorded for the execution.
+    pub fn execution_status(self) -> ExecutionStatus {
+        match self {
+            RunStatus::Completed => ExecutionStatus::Completed,
+            RunStatus::Stopped => ExecutionStatus::Stopped,
+            RunStatus::Failed => ExecutionStatus::Failed,
+        }
+    }
+    /// The campaign's status after an execution that ended so (a cancel aside).
+    pub fn campaign_status(self) -> CampaignStatus {
+        match self {
+            RunStatus::Completed => CampaignStatus::Completed,
+            RunStatus::Stopped => CampaignStatus::Stopped,
+            RunStatus::Failed => CampaignStatus::Failed,
+        }
+    }
+    /// The process exit code of `campaign run`: 0 completed, 2 stopped and resumable, 1 failed.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RunStatus::Completed => 0,
+            RunStatus::Stopped => 2,
+            RunStatus::Failed => 1,
+        }
+    }
+}
+
+/// Options of `campaign run`.
+#[derive(Default)]
+pub struct RunOptions {
+    pub retry_failed: bool,
+    /// Install SIGINT/SIGTERM handlers that stop the run gracefully.
+    pub handle_signals: bool,
+    pub progress: Option<Box<dyn Progress>>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub campaign: i64,
+    pub execution: i64,
+    pub status: RunStatus,
+    pub exit_message: String,
+    pub counts: Counts,
+    pub elapsed: Duration,
+    /// Messages this execution moved to `sent`.
+    pub sent_now: u64,
+    /// The most frequent reasons of failed messages, most frequent first: (reason, count).
+    pub failure_reasons: Vec<(String, i64)>,
+}
+
+/// `invalid_number 20, timeout 3`.
+pub fn reasons_text(reasons: &[(String, i64)]) -> String {
+    reasons
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs campaign `id` until every message is final or the run is stopped.
+pub async fn run(
+    store: Arc<dyn Store>,
+    cfg: &Config,
+    id: i64,
+    opts: RunOptions,
+) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let campaign = store.campaign(id).await?;
+    let settle_only = check_runnable(&*store, &campaign, opts.retry_failed).await?;
+    let gateway = cfg.gateway(Some(&campaign.gateway))?;
+    let composer = composer_for(&campaign)?;
+    let execution = acquire(&*store, cfg, &campaign).await?;
+    let span = info_span!("run", campaign = id, execution);
+    let run = LeasedRun {
+        store,
+        cfg,
+        campaign: &campaign,
+        gateway,
+        id: execution,
+        started,
+    };
+    run.execute(composer, opts, settle_only)
+        .instrument(span)
+        .await
+}
+
+/// Whether campaign `c` may run now; `Ok(true)` when it may only settle messages in doubt.
+///
+/// A cancelled campaign sends nothing more; it may only settle messages a crashed run left in
+/// doubt, so that its audit says which of them went out. A completed one runs again only with
+/// `--retry-failed`, which re-sends what the gateway never took.
+async fn check_runnable(
+    store: &dyn Store,
+    c: &Campaign,
+    retry_failed: bool,
+) -> anyhow::Result<bool> {
+    let status = c.parsed_status();
+    if c.cancel_requested || status == Some(CampaignStatus::Cancelled) {
+        let counts = store.counts(c.id).await?;
+        let in_doubt = counts.sending + counts.in_doubt;
+        if in_doubt == 0 {
+            bail!(
+                "campaign {} ({}) was cancelled and cannot run",
+                c.id,
+                c.name
+            );
+        }
+        warn!(
+            messages = in_doubt,
+            "campaign was cancelled: only settling messages left in doubt"
+        );
+        return Ok(true);
+    }
+    if status == Some(CampaignStatus::Completed) && !retry_failed {
+        bail!(
+            "campaign {} ({}) is COMPLETED: a completed campaign cannot run again; \
+             use --retry-failed to re-send messages whose attempts ran out on transient errors, \
+             or create a new campaign",
+            c.id,
+            c.name
+        );
+    }
+    Ok(false)
+}
+
+/// One execution that holds the campaign's lease.
+struct LeasedRun<'a> {
+    store: Arc<dyn Store>,
+    cfg: &'a Config,
+    campaign: &'a Campaign,
+    gateway: GatewayConfig,
+    id: i64,
+    started: Instant,
+}
+
+impl LeasedRun<'_> {
+    /// Runs the claim loop with its heartbeat (and signal handler), then records the end.
+    async fn execute(
+        &self,
+        composer: Composer,
+        mut opts: RunOptions,
+        settle_only: bool,
+    ) -> anyhow::Result<RunReport> {
+        let (store, campaign) = (&self.store, self.campaign);
+        info!(gateway = %self.gateway.name, "execution started");
+        let ctl = Arc::new(Control::default());
+        let fresh: FreshOptouts = Arc::default();
+        let heartbeat = spawn_heartbeat(
+            store.clone(),
+            campaign.id,
+            self.id,
+            self.cfg,
+            ctl.clone(),
+            fresh.clone(),
+        );
+        let signals = opts
+            .handle_signals
+            .then(|| control::spawn_signal_handler(ctl.clone()));
+        let mut runner = Runner {
+            store: store.clone(),
+            campaign,
+            execution: self.id,
+            chunk_size: self.cfg.policy.chunk_size,
+            // The frequency cap counts and limits ads only.
+            cap: self
+                .cfg
+                .policy
+                .max_ads_per_recipient
+                .filter(|_| campaign.ad),
+            composer: Arc::new(composer),
+            ctx: Arc::new(SendCtx {
+                pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
+                ..send_ctx(
+                    store.clone(),
+                    &self.gateway,
+                    self.cfg,
+                    campaign,
+                    ctl.clone(),
+                    fresh,
+                )?
+            }),
+            progress: opts.progress.take(),
+            sent_now: 0,
+        };
+        let outcome = runner.drive(opts.retry_failed, settle_only).await;
+        // A cancel that emptied the queue before the heartbeat saw it is still a cancel.
+        let outcome = match outcome {
+            Ok(None)
+                if store
+                    .campaign(campaign.id)
+                    .await
+                    .is_ok_and(|c| c.cancel_requested) =>
+            {
+                Ok(Some(StopReason::Cancelled))
+            }
+            o => o,
+        };
+        heartbeat.abort();
+        if let Some(s) = signals {
+            s.abort();
+        }
+        let counts = store.counts(campaign.id).await.unwrap_or_default();
+        if let Some(p) = runner.progress.as_mut() {
+            p.finish(&counts);
+        }
+        self.record_end(outcome, counts, runner.sent_now).await
+    }
+
+    /// Writes how the execution ended (unless another run took the lease) and reports it.
+    async fn record_end(
+        &self,
+        outcome: anyhow::Result<Option<StopReason>>,
+        counts: Counts,
+        sent_now: u64,
+    ) -> anyhow::Result<RunReport> {
+        let (store, id) = (&*self.store, self.campaign.id);
+        let report = |status, exit_message, counts, failure_reasons| RunReport {
+            campaign: id,
+            execution: self.id,
+            status,
+            exit_message,
+            counts,
+            elapsed: self.started.elapsed(),
+            sent_now,
+            failure_reasons,
+        };
+        let lease_lost = match &outcome {
+            Err(e) => matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::LeaseLost { .. })
+            ),
+            Ok(why) => why.as_ref() == Some(&StopReason::LeaseLost),
+        };
+        if lease_lost {
+            // Another execution holds the campaign now: write nothing more.
+            warn!("lease lost; leaving the campaign to its new holder");
+            let message = StopReason::LeaseLost.message();
+            return Ok(report(RunStatus::Failed, message, counts, Vec::new()));
+        }
+        let failure_reasons = store.failure_reasons(id, 3).await.unwrap_or_default();
+        if matches!(outcome, Ok(Some(StopReason::Cancelled))) {
+            match store.cancel(id, None).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let end = ending(id, outcome, &counts, &failure_reasons);
+        store
+            .finish_execution(
+                id,
+                self.id,
+                end.status.execution_status().as_str(),
+                &end.exit_code,
+                &end.message,
+                end.campaign.as_str(),
+            )
+            .await
+            .context("recording the end of the execution")?;
+        let counts = store.counts(id).await?;
+        info!(status = end.status.as_str(), message = %end.message, "execution ended");
+        Ok(report(end.status, end.message, counts, failure_reasons))
+    }
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ending {
+    status: RunStatus,
+    campaign: CampaignStatus,
+    exit_code: String,
+    message: String,
+}
+
+/// How a run of campaign `id` ends, from why its loop ended and the final counts.
+fn ending(
+    id: i64,
+    outcome: anyhow::Result<Option<StopReason>>,
+    counts: &Counts,
+    failure_reasons: &[(String, i64)],
+) -> Ending {
+    // After a run, a message still `sending` was left by a crash: it is in doubt too.
+    let in_doubt = counts.in_doubt + counts.sending;
+    let settle_note = if in_doubt > 0 {
+        format!(
+            "; {in_doubt} messages are in doubt (the gateway may have them): \
+             `munja campaign run {id}` settles them by lookup before anything else"
+        )
+    } else {
+        String::new()
+    };
+    let end = |status: RunStatus, campaign, code: &str, message| Ending {
+        status,
+        campaign,
+        exit_code: code.to_string(),
+        message,
+    };
+    match outcome {
+        Err(e) => end(
+            RunStatus::Failed,
+            CampaignStatus::Failed,
+            "FAILED",
+            format!("{e:#}"),
+        ),
+        // Nothing went out: say so, and why, with a non-zero exit.
+        Ok(None) if counts.all_final() && counts.sent == 0 && counts.failed > 0 => end(
+            RunStatus::Failed,
+            CampaignStatus::Failed,
+            "ALL_FAILED",
+            format!(
+                "no message was sent: {} failed (leading reasons: {}); see `munja audit --campaign {id} --status failed`",
+                counts.failed,
+                reasons_text(failure_reasons)
+            ),
+        ),
+        Ok(None) if counts.all_final() => end(
+            RunStatus::Completed,
+            CampaignStatus::Completed,
+            "COMPLETED",
+            format!(
+                "all {} messages final: {} sent, {} failed, {} suppressed, {} cancelled",
+                counts.total, counts.sent, counts.failed, counts.suppressed, counts.cancelled
+            ),
+        ),
+        Ok(None) if counts.pending == 0 => end(
+            RunStatus::Stopped,
+            CampaignStatus::Stopped,
+            "IN_DOUBT",
+            format!(
+                "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
+                 them; run it again to settle them by lookup"
+            ),
+        ),
+        Ok(None) => end(
+            RunStatus::Stopped,
+            CampaignStatus::Stopped,
+            "STOPPED",
+            format!("{} messages still pending{settle_note}", counts.pending),
+        ),
+        Ok(Some(StopReason::Cancelled)) => end(
+            RunStatus::Stopped,
+            CampaignStatus::Cancelled,
+            "CANCELLED",
+            format!("{}{settle_note}", StopReason::Cancelled.message()),
+        ),
+        Ok(Some(why)) => {
+            let status = why.status();
+            end(
+                status,
+                status.campaign_status(),
+                &why.code().to_uppercase(),
+                format!("{}{settle_note}", why.message()),
+            )
+        }
+    }
+}
+
+/// The composer of a campaign, from its template snapshot and its ad frame.
+pub fn composer_for(c: &Campaign) -> anyhow::Result<Composer> {
+    let src = TemplateSource {
+        name: c.template_name.clone(),
+        body: c.template_body.clone(),
+        subject: c.template_subject.clone(),
+    };
+    let ad = if c.ad {
+        Some(AdFrame {
+            brand: c.brand.clone().context("ad campaign without a brand")?,
+            optout_display: c
+                .optout_number
+                .clone()
+                .context("ad campaign without an opt-out number")?,
+        })
+    } else {
+        None
+    };
+    Ok(Composer::new(&src, ad)?)
+}

@@ -1,0 +1,515 @@
+//! Sending one claimed chunk: composing each message, one request per group (a single message
+//! or a batch), the gateway's rate limiters (this run's, then the budget shared by all runs), request slots and `Retry-After` pauses, backoff
+//! with jitter for transient outcomes, and the checks made right before each request (the
+//! night rule, opt-outs that arrived after the claim).
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tracing::{Instrument, debug, warn};
+
+use super::control::{Control, StopReason};
+use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections};
+use super::lease::FreshOptouts;
+use super::limiter::SharedLimiter;
+use crate::config::{Config, GatewayConfig};
+use crate::gateway::{Attempt, HttpJsonGateway, OutMessage, Outcome};
+use crate::message::Composer;
+use crate::model::{AttemptRecord, Campaign, ClaimedMessage, MessageState, MessageUpdate};
+use crate::phone;
+use crate::progress::PauseNotice;
+use crate::store::Store;
+
+/// Everything the senders of one run share.
+pub(super) struct SendCtx {
+    pub(super) gateway: HttpJsonGateway,
+    /// This run's pace: at most the gateway's rate, spread evenly.
+    pub(super) limiter: DefaultDirectRateLimiter,
+    /// The gateway's budget shared with every other run on the job repository.
+    pub(super) shared: SharedLimiter,
+    pub(super) in_flight: Semaphore,
+    /// `Retry-After` slows the whole gateway: nobody sends before this instant.
+    pub(super) pause_until: Mutex<Option<Instant>>,
+    /// Shows a gateway pause in the progress display.
+    pub(super) pause_notice: Option<PauseNotice>,
+    pub(super) consecutive_failures: AtomicU32,
+    /// The last recipient-level rejection code and how many messages in a row got it.
+    pub(super) rejections: Mutex<(String, u32)>,
+    pub(super) max_consecutive_failures: u32,
+    pub(super) max_attempts: u32,
+    pub(super) batch_size: usize,
+    pub(super) from: String,
+    pub(super) ad: bool,
+    pub(super) campaign_uid: String,
+    pub(super) ctl: Arc<Control>,
+    pub(super) quiet: Option<QuietRule>,
+    /// Numbers of this run's claimed messages opted out since the run started, replaced with
+    /// every heartbeat: checked right before each request, so a chunk claimed earlier cannot
+    /// send to them.
+    pub(super) fresh_optouts: FreshOptouts,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct QuietRule {
+    pub(super) hours: crate::compliance::QuietHours,
+    pub(super) tz: chrono_tz::Tz,
+}
+
+impl QuietRule {
+    pub(super) fn now(&self) -> bool {
+        self.hours.is_quiet_at(self.tz, Utc::now())
+    }
+}
+
+/// One message on its way: its composed wire form and what happened to it so far.
+pub(super) struct Item {
+    pub(super) id: i64,
+    pub(super) night_consent: bool,
+    pub(super) out: OutMessage,
+    pub(super) kind: String,
+    pub(super) bytes: i64,
+    pub(super) attempts: Vec<AttemptRecord>,
+    pub(super) backoff: backon::ExponentialBackoff,
+    pub(super) wait: Duration,
+    /// The code of the last attempt that may have been accepted (timeout, reset, unreadable
+    /// 2xx, ...), until a definitive answer (accepted, rejected) clears it: a later 503 does not.
+    pub(super) doubt: Option<String>,
+}
+
+pub(super) fn send_ctx(
+    store: Arc<dyn Store>,
+    g: &GatewayConfig,
+    cfg: &Config,
+    c: &Campaign,
+    ctl: Arc<Control>,
+    fresh_optouts: FreshOptouts,
+) -> anyhow::Result<SendCtx> {
+    let rate = NonZeroU32::new(g.rate_per_sec).context("rate_per_sec must be at least 1")?;
+    let burst = NonZeroU32::new(g.burst).context("burst must be at least 1")?;
+    Ok(SendCtx {
+        gateway: HttpJsonGateway::new(
+            &g.name,
+            &g.url,
+            g.api_key.clone(),
+            Duration::from_millis(g.timeout_ms),
+            g.concurrency,
+        )?
+        .with_max_retry_after(Duration::from_secs(g.max_retry_after_secs)),
+        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        shared: SharedLimiter::new(store, g),
+        in_flight: Semaphore::new(g.concurrency),
+        pause_until: Mutex::new(None),
+        pause_notice: None,
+        consecutive_failures: AtomicU32::new(0),
+        rejections: Mutex::default(),
+        max_consecutive_failures: cfg.policy.max_consecutive_failures,
+        max_attempts: g.max_attempts,
+        batch_size: g.batch_size,
+        from: c.sender_number.clone(),
+        ad: c.ad,
+        campaign_uid: c.uid.clone(),
+        ctl,
+        quiet: c.ad.then_some(QuietRule {
+            hours: cfg.policy.quiet_hours,
+            tz: cfg.policy.timezone,
+        }),
+        fresh_optouts,
+    })
+}
+
+/// Composes and sends one claimed chunk; returns one update per message, and the first
+/// reason a message could not be composed.
+pub(super) async fn send_chunk(
+    ctx: Arc<SendCtx>,
+    composer: Arc<Composer>,
+    messages: Vec<ClaimedMessage>,
+) -> (Vec<MessageUpdate>, Option<String>) {
+    let mut first_error = None;
+    let mut updates = Vec::with_capacity(messages.len());
+    let mut items = Vec::with_capacity(messages.len());
+    for m in messages {
+        match composer.compose_json(&m.vars) {
+            Err(e) => {
+                debug!(msg_ref = %m.msg_ref, phone = %phone::mask(&m.phone), code = %e.code, "message cannot be sent: {e}");
+                updates.push(MessageUpdate {
+                    id: m.id,
+                    state: MessageState::Failed,
+                    reason: Some(e.code.clone()),
+                    retryable: false,
+                    gateway_id: None,
+                    kind: None,
+                    bytes: None,
+                    attempts: Vec::new(),
+                });
+                first_error.get_or_insert(e.message);
+            }
+            Ok(composed) => items.push(Item {
+                id: m.id,
+                night_consent: m.night_consent,
+                kind: composed.kind.as_str().to_string(),
+                bytes: composed.bytes as i64,
+                out: OutMessage {
+                    msg_ref: m.msg_ref,
+                    to: m.phone,
+                    from: ctx.from.clone(),
+                    kind: composed.kind.as_str().to_string(),
+                    subject: composed.subject,
+                    text: composed.text,
+                    ad: ctx.ad,
+                    campaign: ctx.campaign_uid.clone(),
+                },
+                attempts: Vec::new(),
+                backoff: backoff_policy(ctx.max_attempts),
+                wait: Duration::ZERO,
+                doubt: None,
+            }),
+        }
+    }
+    let mut set = tokio::task::JoinSet::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let group: Vec<Item> = items.by_ref().take(ctx.batch_size).collect();
+        set.spawn(send_group(ctx.clone(), group).instrument(tracing::Span::current()));
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(mut u) => updates.append(&mut u),
+            Err(e) => warn!("send task failed: {e}"),
+        }
+    }
+    (updates, first_error)
+}
+
+/// A `Retry-After` pause at least this long is logged at default verbosity.
+const LONG_PAUSE: Duration = Duration::from_secs(5);
+
+/// Pauses the whole gateway for `wait` (a `Retry-After`, already cut to the gateway's
+/// `max_retry_after_secs`). A pause that begins is shown in the progress display, and logged
+/// when long. Cannot overflow or poison: a wait too long for the clock is no pause extension.
+fn pause_gateway(ctx: &SendCtx, wait: Duration) {
+    let now = Instant::now();
+    let Some(until) = now.checked_add(wait) else {
+        return;
+    };
+    let begins = {
+        let mut p = ctx
+            .pause_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let begins = p.is_none_or(|old| old <= now);
+        if p.is_none_or(|old| old < until) {
+            *p = Some(until);
+        }
+        begins
+    };
+    if begins && !wait.is_zero() {
+        if wait >= LONG_PAUSE {
+            warn!(
+                gateway = ctx.gateway.name(),
+                "gateway Retry-After: pausing all sends for {}s",
+                wait.as_secs()
+            );
+        }
+        if let Some(notice) = &ctx.pause_notice {
+            notice(wait);
+        }
+    }
+}
+
+pub(super) fn quiet_stop(q: QuietRule) -> StopReason {
+    let opens = q.hours.next_open(q.tz, Utc::now());
+    StopReason::QuietHours(format!(
+        "quiet_hours: ads cannot be sent to recipients without night consent during {} ({}); \
+         they wait. Run again after {}",
+        q.hours,
+        q.tz,
+        opens.with_timezone(&q.tz).format("%Y-%m-%d %H:%M %Z")
+    ))
+}
+
+/// Exponential backoff with jitter: 200 ms doubling to 10 s, `max_attempts` tries in all.
+fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .with_max_times(max_attempts.saturating_sub(1) as usize)
+        .build()
+}
+
+pub(super) fn update_for(
+    item: &Item,
+    state: MessageState,
+    reason: Option<String>,
+    retryable: bool,
+    gateway_id: Option<String>,
+) -> MessageUpdate {
+    MessageUpdate {
+        id: item.id,
+        state,
+        reason,
+        retryable,
+        gateway_id,
+        kind: Some(item.kind.clone()),
+        bytes: Some(item.bytes),
+        attempts: item.attempts.clone(),
+    }
+}
+
+/// Moves the items matching `aside` out of the request, recording them with `state` and `reason`;
+/// returns the rest.
+fn set_aside(
+    items: Vec<Item>,
+    aside: impl Fn(&Item) -> bool,
+    state: MessageState,
+    reason: &str,
+    done: &mut Vec<MessageUpdate>,
+) -> Vec<Item> {
+    let (out, keep): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| aside(i));
+    // One the gateway may already have stays in doubt: the next run settles it by lookup.
+    done.extend(out.iter().map(|i| match i.doubt {
+        Some(_) => leftover(i),
+        None => update_for(i, state, Some(reason.to_string()), false, None),
+    }));
+    keep
+}
+
+/// Sends one group (one request: a single message, or a batch) until every item is final or
+/// the run stops; unattempted or still-retryable items go back to `pending`.
+async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdate> {
+    let mut done = Vec::with_capacity(items.len());
+    while !items.is_empty() {
+        let Some(permit) = wait_turn(&ctx, &items).await else {
+            break;
+        };
+        items = screen(&ctx, items, &mut done);
+        if items.is_empty() {
+            drop(permit);
+            break;
+        }
+        let t0 = Instant::now();
+        let Some(attempts) = ctx.ctl.unless_aborted(request(&ctx, &items)).await else {
+            mark_aborted(&mut items, t0);
+            break;
+        };
+        drop(permit);
+        note_health(&ctx, &attempts);
+        note_rejections(&ctx, &attempts);
+        let mut again = Vec::new();
+        for (item, a) in items.into_iter().zip(attempts) {
+            if let Some(item) = apply_attempt(&ctx, item, a, &mut done).await {
+                again.push(item);
+            }
+        }
+        items = again;
+    }
+    // Stopped: whatever is left goes back to the queue under the same ref, or stays in doubt.
+    done.extend(items.iter().map(leftover));
+    done
+}
+
+/// Waits until `items` may be sent: their backoff, a gateway pause, a request slot, then the
+/// rate limiter, the last thing checked before sending. `None` when the run stops meanwhile.
+async fn wait_turn<'c>(ctx: &'c SendCtx, items: &[Item]) -> Option<SemaphorePermit<'c>> {
+    let wait = items.iter().map(|i| i.wait).max().unwrap_or_default();
+    if !wait.is_zero() {
+        ctx.ctl.sleep(wait).await;
+    }
+    if ctx.ctl.stopping() {
+        return None;
+    }
+    let pause = *ctx
+        .pause_until
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(until) = pause {
+        let now = Instant::now();
+        if until > now {
+            ctx.ctl.sleep(until - now).await;
+            if ctx.ctl.stopping() {
+                return None;
+            }
+        }
+    }
+    // Both waits end early when the run stops.
+    let Some(Ok(permit)) = ctx.ctl.until(ctx.in_flight.acquire()).await else {
+        return None;
+    };
+    let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
+    let limiter = async {
+        if ctx.limiter.until_n_ready(n).await.is_err() {
+            // Cannot happen: config guarantees batch_size <= burst. One at a time, then.
+            for _ in 0..n.get() {
+                ctx.limiter.until_ready().await;
+            }
+        }
+        // Then the budget every run on this gateway shares.
+        ctx.shared.until_n_ready(n.get()).await
+    };
+    if let Err(e) = ctx.ctl.until(limiter).await? {
+        ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
+        return None;
+    }
+    Some(permit)
+}
+
+/// The night rule and opt-outs that arrived after the claim, at the moment of sending: the
+/// items they cover are set aside; returns the rest.
+fn screen(ctx: &SendCtx, mut items: Vec<Item>, done: &mut Vec<MessageUpdate>) -> Vec<Item> {
+    if let Some(q) = ctx.quiet
+        && items.iter().any(|i| !i.night_consent)
+        && q.now()
+    {
+        items = set_aside(
+            items,
+            |i| !i.night_consent,
+            MessageState::Pending,
+            "quiet_hours",
+            done,
+        );
+    }
+    if let Ok(fresh) = ctx.fresh_optouts.read()
+        && !fresh.is_empty()
+    {
+        items = set_aside(
+            items,
+            |i| fresh.contains(&i.out.to),
+            MessageState::Suppressed,
+            "opted_out_during_run",
+            done,
+        );
+    }
+    items
+}
+
+/// One request for `items`: a single send, or a batch.
+async fn request(ctx: &SendCtx, items: &[Item]) -> Vec<Attempt> {
+    if items.len() == 1 {
+        vec![ctx.gateway.send(&items[0].out).await]
+    } else {
+        let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
+        ctx.gateway.send_batch(&outs).await
+    }
+}
+
+/// The health counter counts requests: a failed batch is one failure, not fifty. At
+/// `max_consecutive_failures` the run stops as gateway_unhealthy.
+fn note_health(ctx: &SendCtx, attempts: &[Attempt]) {
+    if attempts.iter().all(|a| a.outcome.is_transient()) {
+        let n = ctx.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= ctx.max_consecutive_failures {
+            ctx.ctl.stop(StopReason::GatewayUnhealthy(n));
+        }
+    } else if attempts.iter().any(|a| a.outcome.is_final()) {
+        ctx.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Records attempt `a` of `item` and what it means: a final update goes to `done`; an item to
+/// try again (after its backoff) is returned.
+async fn apply_attempt(
+    ctx: &SendCtx,
+    mut item: Item,
+    a: Attempt,
+    done: &mut Vec<MessageUpdate>,
+) -> Option<Item> {
+    let gateway_id = match &a.outcome {
+        Outcome::Accepted { gateway_id, .. } => Some(gateway_id.clone()),
+        _ => None,
+    };
+    item.attempts.push(AttemptRecord {
+        at: a.at,
+        outcome: a.outcome.code().to_string(),
+        http_status: a.http_status,
+        gateway_id: gateway_id.clone(),
+        error: match &a.outcome {
+            Outcome::Rejected { message, .. } | Outcome::Halt { message, .. } => {
+                Some(message.clone())
+            }
+            _ => None,
+        },
+        latency_ms: a.latency.as_millis() as i64,
+    });
+    if let Outcome::InDoubt { code } = &a.outcome {
+        item.doubt = Some(code.clone());
+    }
+    let span = tracing::debug_span!("message", msg_ref = %item.out.msg_ref, phone = %phone::mask(&item.out.to));
+    let _g = span.enter();
+    match a.outcome {
+        Outcome::Accepted { .. } => {
+            done.push(update_for(
+                &item,
+                MessageState::Sent,
+                None,
+                false,
+                gateway_id,
+            ));
+        }
+        Outcome::Rejected { code, message } => {
+            debug!(%code, "rejected: {}", phone::mask_in_text(&message));
+            done.push(update_for(
+                &item,
+                MessageState::Failed,
+                Some(code),
+                false,
+                None,
+            ));
+        }
+        Outcome::Halt { message, .. } => {
+            ctx.ctl.stop(StopReason::GatewayRefused(message));
+            done.push(leftover(&item));
+        }
+        transient => return retry_or_give_up(ctx, item, &transient, done).await,
+    }
+    None
+}
+
+/// A transient outcome: the item is returned to try again after its backoff (and any
+/// `Retry-After`, which also pauses the whole gateway); when its attempts ran out it is
+/// looked up if the gateway may have it, else failed as retryable.
+async fn retry_or_give_up(
+    ctx: &SendCtx,
+    mut item: Item,
+    transient: &Outcome,
+    done: &mut Vec<MessageUpdate>,
+) -> Option<Item> {
+    let retry_after = match transient {
+        Outcome::Throttled { retry_after } => *retry_after,
+        _ => None,
+    };
+    if let Some(ra) = retry_after {
+        pause_gateway(ctx, ra);
+    }
+    match item.backoff.next() {
+        Some(d) => {
+            item.wait = d.max(retry_after.unwrap_or_default());
+            debug!(
+                code = transient.code(),
+                "transient; retrying in {:?}", item.wait
+            );
+            return Some(item);
+        }
+        None if item.doubt.is_some() => {
+            debug!(code = transient.code(), "attempts exhausted in doubt");
+            done.push(look_up_exhausted(ctx, item, transient.code()).await);
+        }
+        None => {
+            debug!(code = transient.code(), "attempts exhausted");
+            done.push(update_for(
+                &item,
+                MessageState::Failed,
+                Some(transient.code().to_string()),
+                true,
+                None,
+            ));
+        }
+    }
+    None
+}

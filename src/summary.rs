@@ -1,0 +1,43 @@
+//! What a finished run looks like to the operator: the summary printed on stderr and its JSON
+//! form (`campaign run --json`), shared by the CLI and the demo.
+
+use crate::dispatch::{RunReport, reasons_text};
+
+/// The `--json` form of a run's report.
+pub fn summary_json(r: &RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "campaign": r.campaign, "execution": r.execution, "status": r.status.as_str(),
+        "exit_message": r.exit_message, "elapsed_secs": r.elapsed.as_secs_f64(),
+        "sent_this_run": r.sent_now, "counts": r.counts,
+        "failure_reasons": r.failure_reasons,
+    })
+}
+
+/// The final summary of a run, on stderr. Messages in doubt (the gateway may have them) are
+/// counted apart from pending ones; after a run, `sending` ones were left by a crash.
+pub fn print_summary(r: &RunReport) {
+    let c = &r.counts;
+    let secs = r.elapsed.as_secs_f64().max(0.001);
+    let reasons = if r.failure_reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons_text(&r.failure_reasons))
+    };
+    eprintln!(
+        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}{}, suppressed {}, cancelled {}, pending {}, in doubt {}",
+        r.campaign,
+        r.execution,
+        r.status.as_str(),
+        secs,
+        r.sent_now as f64 / secs,
+        r.exit_message,
+        c.total,
+        c.sent,
+        c.failed,
+        reasons,
+        c.suppressed,
+        c.cancelled,
+        c.pending,
+        c.in_doubt + c.sending
+    );
+}
