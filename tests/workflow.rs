@@ -775,7 +775,6 @@ async fn connect_errors_are_shown_at_default_verbosity() {
     );
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optout_list_with_an_unbalanced_quote_is_refused_whole() {
     let env = Env::new(SimConfig::default()).await;
