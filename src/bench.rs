@@ -5,8 +5,8 @@
 //! then runs as its own `munja` process, exactly the command an operator types (segment import,
 //! opt-out import, campaign create, campaign run, status, audit export, audit of one number,
 //! opt-out check, purge, delete), against the in-process gateway simulator with the rate limit
-//! out of the way; the bench waits for each with `wait4` and reports its wall time and its peak
-//! RSS (`ru_maxrss`), so every figure is that command's alone, the simulator excluded.
+//! out of the way, and reports each one's wall time and peak RSS (its own `VmHWM`, sampled while
+//! it runs), so every figure is that command's alone, the simulator excluded.
 //! With `--resume-at`, the run is stopped once that many messages are sent, and the bench
 //! measures how long a resumed run takes to commit its first chunk.
 
@@ -60,25 +60,94 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Waits for `child` (spawned, not yet waited for); returns its exit status and
-/// its peak RSS in KiB (`ru_maxrss` of `wait4`: that process alone, not its siblings).
-pub fn wait_with_peak_rss(child: std::process::Child) -> std::io::Result<(ExitStatus, u64)> {
-    use std::os::unix::process::ExitStatusExt;
-    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `status` and `usage` are valid for writes; `pid` is our unwaited child.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            let kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
-            return Ok((ExitStatus::from_raw(status), kib));
+/// `VmHWM` of process `pid` in KiB: the peak RSS of the program it runs now.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Environment variable naming a file where `munja` writes its peak RSS (KiB) when done.
+pub const PEAK_RSS_FILE_ENV: &str = "MUNJA_PEAK_RSS_FILE";
+
+/// Writes this process's `VmHWM` to the file named by [`PEAK_RSS_FILE_ENV`] when dropped (at the
+/// end of the command); does nothing when the variable is not set.
+pub struct PeakReport(Option<PathBuf>);
+
+impl PeakReport {
+    pub fn from_env() -> PeakReport {
+        PeakReport(std::env::var_os(PEAK_RSS_FILE_ENV).map(PathBuf::from))
+    }
+}
+
+impl Drop for PeakReport {
+    fn drop(&mut self) {
+        if let (Some(path), Some(kib)) = (&self.0, vm_hwm_kib(std::process::id())) {
+            // A benchmark aid: failing to write it must not fail the command.
+            let _ = std::fs::write(path, kib.to_string());
         }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    }
+}
+
+/// Measures the peak RSS of one `munja` child process.
+///
+/// `ru_maxrss` (wait4, getrusage) would be wrong here: Linux starts a child's count at the RSS
+/// of the process that spawned it, so every phase would report at least the bench's own size
+/// (the simulator's, which grows with the messages it accepted). The child writes its own
+/// `VmHWM` when its command ends ([`PeakReport`]); while it runs, `VmHWM` is also sampled from
+/// `/proc`, the figure used if the child could not write its own.
+pub struct PeakWatch {
+    pid: u32,
+    report: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl PeakWatch {
+    /// Spawns `cmd`, a `munja` command, which reports its peak into the file `report`.
+    pub fn spawn(
+        cmd: &mut Command,
+        report: PathBuf,
+    ) -> std::io::Result<(std::process::Child, PeakWatch)> {
+        let _ = std::fs::remove_file(&report);
+        let child = cmd.env(PEAK_RSS_FILE_ENV, &report).spawn()?;
+        let pid = child.id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        let watch = PeakWatch {
+            pid,
+            report,
+            stop,
+            sampler,
+        };
+        Ok((child, watch))
+    }
+
+    /// Waits for `child` (the one watched); returns its exit status and peak RSS in KiB.
+    pub fn finish(self, mut child: std::process::Child) -> std::io::Result<(ExitStatus, u64)> {
+        // An exited child stays a zombie until waited for: its pid is not reused meanwhile.
+        let mut last = 0;
+        let status = loop {
+            last = last.max(vm_hwm_kib(self.pid).unwrap_or(0));
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sampled = self.sampler.join().unwrap_or(0).max(last);
+        let reported = std::fs::read_to_string(&self.report)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        Ok((status, reported.unwrap_or(sampled).max(sampled)))
     }
 }
 
@@ -125,16 +194,18 @@ impl Bench {
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let started = Instant::now();
-        let mut child = Command::new(&self.exe)
-            .current_dir(&self.root)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.exe.display()))?;
+        let (mut child, watch) = PeakWatch::spawn(
+            Command::new(&self.exe)
+                .current_dir(&self.root)
+                .arg("--config")
+                .arg(&self.config)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log),
+            self.root.join(format!("{}.peak", name.replace(' ', "-"))),
+        )
+        .with_context(|| format!("starting {}", self.exe.display()))?;
         let mut out = child.stdout.take().context("child stdout")?;
         let (mut text, mut lines) = (String::new(), 0u64);
         match stdout {
@@ -152,7 +223,7 @@ impl Bench {
                 }
             }
         }
-        let (status, peak_kib) = wait_with_peak_rss(child)?;
+        let (status, peak_kib) = watch.finish(child)?;
         Ok(ChildRun {
             status,
             secs: started.elapsed().as_secs_f64(),

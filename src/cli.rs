@@ -98,7 +98,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum OptoutCmd {
-    /// Import a CSV with a `phone` column (other columns ignored); idempotent.
+    /// Import a CSV with a `phone` column (other columns ignored); idempotent. A file with a
+    /// quoted field spanning lines (an unbalanced `"`) is refused whole, nothing imported.
     Import { file: PathBuf },
     /// Add one number.
     Add { phone: String },
@@ -162,7 +163,9 @@ pub enum CampaignCmd {
         #[arg(long)]
         subject: Option<String>,
     },
-    /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED.
+    /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED or nothing
+    /// sent. Ctrl-C / SIGTERM stops after the in-flight requests; a second one abandons them
+    /// (their messages stay in doubt, settled by lookup on the next run).
     Run {
         id: i64,
         /// Re-queue messages whose attempts ran out on transient errors (never permanent ones).
@@ -284,6 +287,7 @@ pub fn init_logging(verbose: u8) {
 
 /// Runs the command line; returns the process exit code.
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    let _peak = crate::bench::PeakReport::from_env();
     match cli.command {
         Command::GatewaySim(args) => {
             sim::serve_until_ctrl_c(args.listen, args.sim_config()?).await?;
@@ -304,7 +308,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 store::open_existing(&cfg.database_url).await
             }
-            .with_context(|| format!("opening the database {}", cfg.database_url))?;
+            .with_context(|| {
+                format!("opening the database {}", store::redact(&cfg.database_url))
+            })?;
             if !matches!(command, Command::Init) {
                 store.migrate().await.context("preparing the database")?;
             }
@@ -344,7 +350,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
     match command {
         Command::Init => {
             store.migrate().await.context("running the migrations")?;
-            eprintln!("database ready: {}", cfg.database_url);
+            eprintln!("database ready: {}", store::redact(&cfg.database_url));
         }
         Command::Optout(cmd) => return optout(cmd, &*store, out).await,
         Command::Segment(SegmentCmd::Import { name, file }) => {
@@ -645,6 +651,16 @@ async fn campaign_cmd(
                     counts.suppressed,
                     counts.cancelled
                 )?;
+                if c.lease.is_none() && counts.sending > 0 {
+                    writeln!(
+                        out,
+                        "  {n} messages were left sending by a run that ended before recording them: \
+                         they are in doubt (the gateway may have them); `munja campaign run {id}` \
+                         settles them by lookup, `munja audit --campaign {id} --status sending` lists them",
+                        n = counts.sending,
+                        id = c.id
+                    )?;
+                }
                 if let Some(l) = &c.lease {
                     let gone = crate::lease::holder_gone(
                         l,

@@ -507,6 +507,25 @@ impl CsvSource {
                 ),
             };
         }
+        // A lenient row drops its extra values; never one that is another number (an opt-out
+        // list written `010-1234-5678,010-2345-6789` under a `phone` header).
+        if let Some(extra) = values
+            .iter()
+            .skip(self.columns.len())
+            .position(|v| crate::phone::normalize_mobile(v).is_ok())
+        {
+            return RowResult::Rejected {
+                line,
+                end_line: line,
+                reason: "multiple_numbers".to_string(),
+                detail: format!(
+                    "field {} (the header has {}) holds another number; put each number on its \
+                     own row",
+                    self.columns.len() + extra + 1,
+                    self.columns.len()
+                ),
+            };
+        }
         let mut phone = String::new();
         let mut fields = Vec::with_capacity(values.len().saturating_sub(1));
         values.resize(self.columns.len(), String::new());
@@ -894,6 +913,21 @@ mod tests {
         ));
         assert!(matches!(&rows[4], RowResult::Ok(Row { line: 6, .. })));
         assert_eq!(rows.len(), 5);
+
+        // An extra value that is another number rejects the row instead of being dropped;
+        // other extra values (a date in a memo) are still dropped.
+        let f2 =
+            write_file(b"phone\n010-1111-0007,010-1111-0008\n010-1111-0009,2026-01-15 12:30\n");
+        let rows = all_rows(CsvSource::open(f2.path()).unwrap().lenient_fields());
+        assert!(
+            matches!(&rows[0], RowResult::Rejected { line: 2, reason, detail, .. }
+                if reason == "multiple_numbers" && detail.starts_with("field 2 (the header has 1)")),
+            "{rows:?}"
+        );
+        assert!(
+            matches!(&rows[1], RowResult::Ok(Row { line: 3, .. })),
+            "{rows:?}"
+        );
 
         // The default (segments) rejects both rows with a phone.
         let rows = all_rows(CsvSource::open(f.path()).unwrap());

@@ -1,7 +1,7 @@
 //! Memory that does not grow with the data, measured on the real binary: the peak RSS of each
-//! `munja` process (its own `ru_maxrss`, from `wait4`) exporting a 200,000-message campaign.
+//! `munja` process (its own `VmHWM`) exporting a 200,000-message campaign.
 //! An export that collects its rows before writing needs over 400 MB here; one that streams
-//! needs the memory of one page.
+//! needs the memory of one page. Also what `purge` gives back.
 mod common;
 
 use std::io::Read;
@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use chrono::{TimeDelta, Utc};
 use common::{Env, Gw, n};
-use munja::bench::wait_with_peak_rss;
+use munja::bench::PeakWatch;
 use munja::gateway::sim::SimConfig;
 
 const MESSAGES: u64 = 200_000;
@@ -21,8 +21,9 @@ const BOUND_MIB: u64 = 100;
 async fn measured(env: &Env, args: &[&str]) -> (i32, u64, u64) {
     let mut cmd = env.cmd(args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let report = env.path("peak-rss");
     tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn().expect("spawn munja");
+        let (mut child, watch) = PeakWatch::spawn(&mut cmd, report).expect("spawn munja");
         let mut out = child.stdout.take().expect("stdout");
         let (mut buf, mut lines) = (vec![0u8; 64 * 1024], 0u64);
         loop {
@@ -32,7 +33,7 @@ async fn measured(env: &Env, args: &[&str]) -> (i32, u64, u64) {
             }
             lines += buf[..k].iter().filter(|b| **b == b'\n').count() as u64;
         }
-        let (status, kib) = wait_with_peak_rss(child).expect("wait4");
+        let (status, kib) = watch.finish(child).expect("wait for munja");
         (status.code().unwrap_or(-1), lines, kib / 1024)
     })
     .await
@@ -78,4 +79,29 @@ async fn audit_exports_of_200000_messages_stream_in_bounded_memory() {
             "munja {all:?} peaked at {peak} MiB exporting {MESSAGES} messages (bound {BOUND_MIB} MiB)"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_reports_the_space_it_gives_back() {
+    let env = Env::new(SimConfig::default()).await;
+    let seg = env.segment_csv("seg.csv", 0, 300);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    env.ok(&["campaign", "run", &id]).await;
+    let tomorrow = (Utc::now() + TimeDelta::days(1)).to_rfc3339();
+    let o = env.ok(&["purge", "--before", &tomorrow, "--json"]).await;
+    let r: serde_json::Value = serde_json::from_str(&o.stdout).expect("purge json");
+    assert_eq!(r["attempts_deleted"], 300, "{}", o.all());
+    let (db, free) = (
+        r["db_bytes"].as_u64().expect("db_bytes"),
+        r["free_bytes"].as_u64().expect("free_bytes"),
+    );
+    // 300 attempt rows and their two indexes fill several 4 KiB pages, now free.
+    assert!(free >= 3 * 4096 && free < db, "{r}");
+    assert!(
+        o.stderr.contains("purged 300 attempts") && o.stderr.contains("free for new campaigns"),
+        "{}",
+        o.all()
+    );
+    // The messages stay: the audit still has every one.
+    assert_eq!(env.audit_json(&id).await.len(), 300);
 }

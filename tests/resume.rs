@@ -537,6 +537,14 @@ async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
         "cancel says what is left to settle: {}",
         o.all()
     );
+    let text = env.ok(&["campaign", "status", &id]).await.stdout;
+    assert!(
+        text.contains(&format!(
+            "{} messages were left sending by a run that ended before recording them: they are in doubt",
+            n(&st, "sending")
+        )),
+        "status says what `sending` means when no run holds them: {text}"
+    );
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 2, "{}", o.all());
     let st = env.status(&id).await;

@@ -1022,3 +1022,27 @@ async fn a_phone_field_with_two_numbers_is_a_rejected_row() {
         o.all()
     );
 }
+
+#[test]
+fn help_of_run_and_optout_import_tells_the_hardened_behaviour() {
+    let help = |args: &[&str]| {
+        let o = std::process::Command::new(common::BIN)
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("munja --help");
+        assert!(o.status.success(), "{args:?}");
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let run = help(&["campaign", "run"]);
+    assert!(run.contains("1 FAILED or nothing sent"), "{run}");
+    assert!(run.contains("a second one abandons them"), "{run}");
+    let import = help(&["optout", "import"]);
+    assert!(
+        import.contains("is refused whole, nothing imported"),
+        "{import}"
+    );
+}

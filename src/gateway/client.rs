@@ -131,6 +131,9 @@ pub struct HttpJsonGateway {
     max_retry_after: Duration,
 }
 
+/// Longest error code kept from a gateway's answer.
+const MAX_CODE_CHARS: usize = 64;
+
 /// `max_retry_after` until [`HttpJsonGateway::with_max_retry_after`] sets it.
 const DEFAULT_MAX_RETRY_AFTER: Duration =
     Duration::from_secs(crate::config::DEFAULT_MAX_RETRY_AFTER_SECS);
@@ -143,6 +146,8 @@ struct Inner {
     lookup_base: Url,
     /// `Bearer <key>`, marked sensitive.
     auth: Option<HeaderValue>,
+    /// The password of a `user:password@` base URL, removed from everything shown.
+    url_password: Option<String>,
     timeout: Duration,
     client: reqwest::Client,
     /// Connect errors are warned about at most every few seconds.
@@ -262,7 +267,8 @@ impl HttpJsonGateway {
         Ok(Self {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
-                base_url: base_url.trim_end_matches('/').to_owned(),
+                base_url: shown_url(&base),
+                url_password: base.password().filter(|p| !p.is_empty()).map(str::to_owned),
                 lookup_base: send_url.clone(),
                 send_url,
                 batch_url,
@@ -560,7 +566,9 @@ impl HttpJsonGateway {
                          a redirect (it would send the messages, phone numbers included, to a host that \
                          is not in munja.toml): set url of gateway {name} in munja.toml to the address \
                          the provider documents",
-                        location.unwrap_or("(no Location header)")
+                        self.scrub(&crate::phone::mask_in_text(
+                            location.unwrap_or("(no Location header)")
+                        ))
                     ),
                 }
             }
@@ -619,6 +627,13 @@ impl HttpJsonGateway {
     /// the sender or the request itself it applies to every message and halts the campaign.
     fn rejection(&self, code: String, message: &str) -> Outcome {
         let message = self.scrub(message);
+        // The code is shown in summaries, status and audit: a gateway that echoes the
+        // recipient or the key in it must not put them there.
+        let code: String = self
+            .scrub(&crate::phone::mask_in_text(&code))
+            .chars()
+            .take(MAX_CODE_CHARS)
+            .collect();
         let name = &self.inner.name;
         let fix = match code.as_str() {
             "invalid_sender" => format!(
@@ -643,7 +658,7 @@ impl HttpJsonGateway {
 
     fn transport_failure(&self, e: &reqwest::Error) -> Outcome {
         let outcome = classify_error(e);
-        let error = error_chain(e);
+        let error = self.scrub(&error_chain(e));
         if outcome.code() == "connect_error" && self.inner.warned.first_in(Duration::from_secs(10))
         {
             // Shown at default verbosity (TLS, DNS, refused): the operator must see why.
@@ -681,8 +696,21 @@ impl HttpJsonGateway {
         {
             out = out.replace(key, "<redacted>");
         }
+        if let Some(password) = &self.inner.url_password {
+            out = out.replace(password.as_str(), "<redacted>");
+        }
         out
     }
+}
+
+/// The base URL as shown in logs: without the password of a `user:password@` URL.
+fn shown_url(base: &Url) -> String {
+    let mut shown = base.clone();
+    if shown.password().is_some_and(|p| !p.is_empty()) {
+        // Cannot fail: the URL has a host, since it has a password.
+        let _ = shown.set_password(Some("redacted"));
+    }
+    shown.as_str().trim_end_matches('/').to_owned()
 }
 
 /// Appends path segments to a base URL (which may carry its own path prefix).
@@ -1274,6 +1302,53 @@ mod tests {
                 assert!(!outcome.is_final() && !outcome.is_transient());
             }
         }
+    }
+
+    #[test]
+    fn a_password_in_the_base_url_is_never_shown() {
+        let g = gateway("http://user:pw-s3cret@127.0.0.1:1/api", None, 2000);
+        assert_eq!(g.inner.base_url, "http://user:redacted@127.0.0.1:1/api");
+        assert_eq!(
+            g.scrub("error sending request for url (http://user:pw-s3cret@127.0.0.1:1/api/v1)"),
+            "error sending request for url (http://user:<redacted>@127.0.0.1:1/api/v1)"
+        );
+        assert!(!format!("{g:?}").contains("pw-s3cret"));
+    }
+
+    #[tokio::test]
+    async fn numbers_and_the_key_in_a_location_or_error_code_are_not_shown() {
+        let url = canned(
+            302,
+            vec![(
+                "location",
+                "http://evil.example/x?to=01012345678&k=sk-secret",
+            )],
+            "",
+        )
+        .await;
+        let g = gateway(&url, Some("sk-secret"), 2000);
+        let Outcome::Halt { message, .. } = g.send(&msg("r1")).await.outcome else {
+            panic!("a 302 halts");
+        };
+        assert!(
+            message.contains("http://evil.example/x?to=010****5678"),
+            "{message}"
+        );
+        assert!(!message.contains("sk-secret"), "{message}");
+
+        let body = r#"{"error":"unknown 01012345678 sk-secret","message":"m"}"#;
+        let url = canned(400, vec![], body).await;
+        let g = gateway(&url, Some("sk-secret"), 2000);
+        let outcome = g.send(&msg("r1")).await.outcome;
+        assert_eq!(
+            outcome.code(),
+            "unknown 010****5678 <redacted>",
+            "{outcome:?}"
+        );
+        let long = format!(r#"{{"error":"{}"}}"#, "x".repeat(500));
+        let url = canned(400, vec![], Box::leak(long.into_boxed_str())).await;
+        let outcome = gateway(&url, None, 2000).send(&msg("r1")).await.outcome;
+        assert_eq!(outcome.code().len(), MAX_CODE_CHARS, "{outcome:?}");
     }
 
     #[tokio::test]

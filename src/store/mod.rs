@@ -1,7 +1,8 @@
 //! The job repository: the one seam between munja and its database.
 //!
-//! [`Store`] is what the rest of munja sees; [`sqlite::SqliteStore`] is the embedded default.
-//! A PostgreSQL implementation (several workers on several machines) implements the same trait.
+//! [`Store`] is what the rest of munja sees; [`sqlite::SqliteStore`] is the embedded default,
+//! [`postgres::PgStore`] the server one (`database_url = "postgres://…"`), with the same
+//! semantics: the conformance suite (`conformance`, tests only) runs every operation on both.
 //! All SQL lives behind this seam; the rules (what to claim, when a lease is dead, what a
 //! suppressed message means) live in `dispatch`, `lease` and the domain modules.
 //!
@@ -10,7 +11,22 @@
 //! - `claim_chunk` moves messages to `sending` and commits before any HTTP request is made;
 //! - `commit_chunk` writes every message's outcome, its attempts and the execution counters in
 //!   one transaction, and only while the caller still holds the campaign's lease (fencing).
+//!
+//! What each operation needs from the database, whatever it is:
+//! - `claim_chunk`, `commit_chunk`, `snapshot`, `finish_execution`: the lease check and the
+//!   writes in one transaction that excludes a concurrent `start_execution` of the campaign
+//!   (a stale holder gets [`StoreError::LeaseLost`] and writes nothing);
+//! - `start_execution`: compare and swap of the lease holder: of two racing starts with the same
+//!   `expected`, exactly one wins, the other gets [`StoreError::Conflict`];
+//! - `heartbeat`: one atomic conditional update; `cancel` and `delete_campaign`: the holder
+//!   check and the writes in one transaction;
+//! - imports: one transaction each, invisible until `commit`; a segment's old members stay
+//!   readable until then;
+//! - reads (`counts`, `audit`, `in_doubt`, …): one statement each, committed data only.
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -48,6 +64,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The database server cannot be reached or refuses the connection (names host and port,
+    /// never a password).
+    #[error("{0}")]
+    Unreachable(String),
     /// The caller's execution no longer holds the campaign's lease: it must stop at once.
     #[error("execution {execution} lost the lease of campaign {campaign}: another run took over")]
     LeaseLost { campaign: i64, execution: i64 },
@@ -67,7 +87,9 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// Opens the store named by a database URL, creating the database when it does not exist
-/// (`munja init`, the demo and the bench).
+/// (`munja init`, the demo and the bench): `sqlite://PATH` or `postgres://…` (also
+/// `postgresql://…`; a PostgreSQL database is never created, it must exist: `migrate` creates
+/// the tables, and only `open` accepts a database without them).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open_with(url, true).await
 }
@@ -80,11 +102,33 @@ pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 async fn open_with(url: &str, create: bool) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url, create).await?))
+    } else if is_postgres(url) {
+        Ok(Arc::new(postgres::PgStore::open(url, create).await?))
     } else {
         Err(StoreError::NotFound(format!(
-            "database_url {url:?}: only sqlite:// is supported in this version (PostgreSQL is planned); \
-             set database_url = \"sqlite://munja.db\""
+            "database_url {:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE; \
+             set database_url = \"sqlite://munja.db\" for the embedded default",
+            redact(url)
         )))
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A database URL fit for messages and logs: the password of a `scheme://user:password@host`
+/// URL is replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -467,4 +511,32 @@ pub trait Store: Send + Sync {
 /// RFC 3339 text of a time, as stored.
 pub fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://munja:s3cret@db:5432/jobs"),
+            "postgres://munja:***@db:5432/jobs"
+        );
+        assert_eq!(
+            redact("postgres://munja@db/jobs"),
+            "postgres://munja@db/jobs"
+        );
+        assert_eq!(redact("sqlite:///var/m.db"), "sqlite:///var/m.db");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_scheme_is_refused_without_the_password() {
+        let e = match open("mysql://u:s3cret@h/db").await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("opened mysql"),
+        };
+        assert!(e.contains("expected sqlite://PATH or postgres://"), "{e}");
+        assert!(e.contains("u:***@h") && !e.contains("s3cret"), "{e}");
+    }
 }

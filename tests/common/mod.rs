@@ -7,14 +7,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use munja::gateway::sim::{self, SimConfig, SimHandle};
+use munja::store::postgres::scratch::{ScratchDb, test_server_url};
 
 pub mod agree;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_munja");
 
+/// Environment variable choosing the database of every test: `sqlite` (default) or
+/// `postgres` (a fresh database per test on the server of `MUNJA_TEST_PG_URL`).
+pub const BACKEND_ENV: &str = "MUNJA_TEST_BACKEND";
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub sim: SimHandle,
+    /// The `database_url` written into munja.toml.
+    pub db_url: String,
+    /// The PostgreSQL database of this test, dropped with it.
+    pub pg: Option<ScratchDb>,
+}
+
+/// Whether `MUNJA_TEST_BACKEND` asks for PostgreSQL.
+pub fn on_postgres() -> bool {
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("{BACKEND_ENV}={other:?}: expected sqlite or postgres"),
+    }
 }
 
 /// Gateway settings written into munja.toml.
@@ -55,7 +73,24 @@ impl Env {
         let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), sim_cfg)
             .await
             .expect("simulator");
-        let env = Env { dir, sim };
+        let pg = if on_postgres() {
+            Some(
+                ScratchDb::create(&test_server_url())
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        } else {
+            None
+        };
+        let db_url = pg
+            .as_ref()
+            .map_or_else(|| "sqlite://munja.db".to_string(), |db| db.url.clone());
+        let env = Env {
+            dir,
+            sim,
+            db_url,
+            pg,
+        };
         std::fs::create_dir_all(env.path("templates")).expect("templates dir");
         std::fs::copy(
             concat!(env!("CARGO_MANIFEST_DIR"), "/templates/recruit.txt"),
@@ -86,7 +121,7 @@ impl Env {
         self.write(
             "munja.toml",
             &format!(
-                r#"database_url = "sqlite://munja.db"
+                r#"database_url = "{db_url}"
 
 [sender]
 number = "1588-1234"
@@ -112,6 +147,7 @@ timeout_ms = {timeout}
 max_attempts = {attempts}
 batch_size = {batch}
 {key}"#,
+                db_url = self.db_url,
                 url = self.sim.url(),
                 rate = gw.rate,
                 burst = gw.burst,

@@ -1,0 +1,190 @@
+//! The store conformance suite: every [`Store`] operation, run in-process against a fresh
+//! SQLite file and a fresh PostgreSQL database (created on the server of `MUNJA_TEST_PG_URL`,
+//! default `postgres://postgres@127.0.0.1:5432/test`, and dropped afterwards).
+//!
+//! Each check is an `async fn(Arc<dyn Store>)`; [`conformance!`] makes one `#[tokio::test]` per
+//! backend of it. The PostgreSQL half fails, never skips, when the server is unreachable: the
+//! message says how to start it. Run with `cargo test --lib store::conformance`.
+
+use std::sync::Arc;
+
+use super::postgres::scratch::{ScratchDb, test_server_url};
+use super::*;
+use crate::phone::normalize_mobile;
+
+/// A migrated store and what keeps its database alive.
+pub(super) struct Backend {
+    pub store: Arc<dyn Store>,
+    _sqlite_dir: Option<tempfile::TempDir>,
+    _pg: Option<ScratchDb>,
+}
+
+impl Backend {
+    pub async fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("munja.db").display());
+        let store = open(&url).await.expect("open sqlite");
+        store.migrate().await.expect("migrate sqlite");
+        Backend {
+            store,
+            _sqlite_dir: Some(dir),
+            _pg: None,
+        }
+    }
+
+    pub async fn postgres() -> Backend {
+        let db = match ScratchDb::create(&test_server_url()).await {
+            Ok(db) => db,
+            Err(e) => panic!("{e}"),
+        };
+        let store = open(&db.url).await.expect("open postgres");
+        store.migrate().await.expect("migrate postgres");
+        Backend {
+            store,
+            _sqlite_dir: None,
+            _pg: Some(db),
+        }
+    }
+}
+
+/// One `#[tokio::test]` per backend for each listed check, in modules `sqlite` and `postgres`.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let b = $crate::store::conformance::Backend::sqlite().await;
+                    super::$check(b.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let b = $crate::store::conformance::Backend::postgres().await;
+                    super::$check(b.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+mod imports;
+mod lifecycle;
+mod outcomes;
+
+/// The i-th test mobile number.
+pub(super) fn phone(i: u64) -> Phone {
+    normalize_mobile(&format!("010{:08}", 30_000_000 + i)).expect("test number")
+}
+
+/// Imports segment `name` with members `range` (vars `{"n": i}`, night consent on even i).
+pub(super) async fn import_segment(s: &dyn Store, name: &str, range: std::ops::Range<u64>) {
+    let mut imp = s
+        .begin_segment_import(name, &format!("{name}.csv"), &["name".to_string()])
+        .await
+        .expect("begin segment import");
+    let members: Vec<NewMember> = range
+        .map(|i| NewMember {
+            phone: phone(i),
+            vars: format!("{{\"n\":{i}}}"),
+            night_consent: i % 2 == 0,
+        })
+        .collect();
+    imp.add_members(&members).await.expect("add members");
+    imp.commit().await.expect("commit segment import");
+}
+
+/// A campaign on segment `seg` as `campaign create` makes it.
+pub(super) async fn create_campaign(s: &dyn Store, seg: &str, ad: bool) -> i64 {
+    let segment = s.segment(seg).await.expect("segment").expect("exists");
+    s.create_campaign(&NewCampaign {
+        name: format!("c-{seg}"),
+        segment_name: seg.into(),
+        segment_imported_at: segment.imported_at,
+        template_name: "hello".into(),
+        template_body: "{{ name }}님".into(),
+        template_subject: Some("제목".into()),
+        gateway: "sim".into(),
+        ad,
+        sender_number: "15881234".into(),
+        brand: Some("브랜드".into()),
+        optout_number: None,
+    })
+    .await
+    .expect("create campaign")
+}
+
+/// Segment `seg` of `n` members, a campaign on it, a started execution and its snapshot.
+pub(super) async fn running(s: &dyn Store, seg: &str, n: u64) -> (i64, i64) {
+    import_segment(s, seg, 0..n).await;
+    let c = create_campaign(s, seg, true).await;
+    let e = s
+        .start_execution(c, None, "host-a", 4242, "abandoned")
+        .await
+        .expect("start");
+    s.snapshot(c, e).await.expect("snapshot");
+    (c, e)
+}
+
+/// Claims up to `limit` messages without night or cap rules.
+pub(super) async fn claim(s: &dyn Store, c: i64, e: i64, limit: usize) -> Vec<ClaimedMessage> {
+    s.claim_chunk(ClaimRequest {
+        campaign: c,
+        execution: e,
+        limit,
+        night_only: false,
+        cap: None,
+    })
+    .await
+    .expect("claim")
+    .messages
+}
+
+pub(super) fn attempt(outcome: &str, secs_ago: i64) -> AttemptRecord {
+    AttemptRecord {
+        at: Utc::now() - chrono::Duration::seconds(secs_ago),
+        outcome: outcome.into(),
+        http_status: Some(200),
+        gateway_id: Some("gw-1".into()),
+        error: None,
+        latency_ms: 12,
+    }
+}
+
+/// An update to `state` with the given attempts.
+pub(super) fn update(id: i64, state: MessageState, attempts: Vec<AttemptRecord>) -> MessageUpdate {
+    MessageUpdate {
+        id,
+        state,
+        reason: (state == MessageState::Failed).then(|| "rejected".to_string()),
+        retryable: false,
+        gateway_id: (state == MessageState::Sent).then(|| format!("gw-{id}")),
+        kind: Some("SMS".into()),
+        bytes: Some(40),
+        attempts,
+    }
+}
+
+pub(super) fn assert_lease_lost(r: Result<impl std::fmt::Debug>, what: &str) {
+    match r {
+        Err(StoreError::LeaseLost { .. }) => {}
+        other => panic!("{what}: expected LeaseLost, got {other:?}"),
+    }
+}
+
+pub(super) fn assert_conflict(r: Result<impl std::fmt::Debug>, what: &str) -> String {
+    match r {
+        Err(StoreError::Conflict(m)) => m,
+        other => panic!("{what}: expected Conflict, got {other:?}"),
+    }
+}
+
+pub(super) fn assert_not_found(r: Result<impl std::fmt::Debug>, what: &str) {
+    match r {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("{what}: expected NotFound, got {other:?}"),
+    }
+}

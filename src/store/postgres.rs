@@ -1,0 +1,615 @@
+//! The PostgreSQL store: the same job repository as [`super::sqlite`], for a server that several
+//! processes (and later several workers) write to at the same time.
+//!
+//! Isolation is PostgreSQL's default READ COMMITTED; what SQLite gets from its single write lock
+//! (`BEGIN IMMEDIATE`) this store gets from row locks:
+//! - every write that depends on the lease (claim, commit, snapshot, finish) first locks the
+//!   campaign row with `SELECT … FOR UPDATE` and checks the holder in the same transaction
+//!   (fencing); `start_execution`, `cancel`, `delete_campaign` and `requeue_retryable` lock the
+//!   same row first, so a takeover waits for an in-flight commit, the loser of two racing starts
+//!   sees the winner, and all of them take their row locks in one order (campaign, messages,
+//!   executions);
+//! - the heartbeat is one `UPDATE … WHERE lease_execution = $me`;
+//! - a segment import holds its segment row (upsert) until it commits; a snapshot reads the
+//!   segment `FOR SHARE`, so it never copies a half-replaced list.
+//!
+//! Times that leases and expiries are compared by come from the database clock (`munja_now()`,
+//! milliseconds). A [`Lease`]'s `heartbeat_at` is handed out in this machine's clock: now minus
+//! the age the database measured, so a caller comparing it with `Utc::now()` gets the true age
+//! even when the two clocks disagree.
+//!
+//! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
+
+mod import;
+mod rows;
+mod run;
+pub mod scratch;
+
+use import::PgImport;
+use rows::*;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row, Transaction};
+
+use super::*;
+
+/// Rows per `UNNEST` statement of an import (arrays, so no bound-parameter limit; this bounds
+/// the memory of one statement).
+const INSERT_BATCH: usize = 5000;
+
+/// How long opening waits for a connection before naming the server as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// `host:port/database` of a PostgreSQL URL, for messages: never the user's password.
+pub fn server_name(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or(opts.get_username())
+    )
+}
+
+impl PgStore {
+    /// Connects to the server of a `postgres://` URL; the database must exist (`munja init`
+    /// creates the tables, not the database). Unless `init` is true, a database without
+    /// munja's tables is [`StoreError::NoDatabase`], as a missing SQLite file is.
+    pub async fn open(url: &str, init: bool) -> Result<PgStore> {
+        let opts = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Unreachable(format!(
+                "database_url is not a valid PostgreSQL URL ({e}); expected \
+                 postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ))
+        })?;
+        let server = server_name(&opts);
+        let unreachable = |e: sqlx::Error| {
+            StoreError::Unreachable(format!(
+                "cannot connect to PostgreSQL at {server}: {}; check that the server runs \
+                 and accepts this user, and that the database exists (createdb), or fix \
+                 database_url / MUNJA_DATABASE_URL",
+                connect_reason(&e)
+            ))
+        };
+        // One direct connection first: the pool would retry a refused connection until its
+        // timeout and then report only the timeout.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, opts.connect())
+            .await
+            .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
+            .map_err(unreachable)?;
+        let _ = probe.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(opts)
+            .await
+            .map_err(unreachable)?;
+        if !init {
+            let migrated: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(&pool)
+                    .await?;
+            if !migrated {
+                return Err(StoreError::NoDatabase(format!(
+                    "{server} (the database exists but has no munja tables)"
+                )));
+            }
+        }
+        Ok(PgStore { pool })
+    }
+
+    /// Runs a `DELETE … WHERE id IN (SELECT … < $1 LIMIT $2)` until it deletes nothing.
+    async fn delete_in_batches(&self, sql: &str, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(sql)
+                .bind(before)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// The cause of a failed connection, without anything from the URL.
+fn connect_reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::PoolTimedOut => format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        other => other.to_string(),
+    }
+}
+
+/// A `LIMIT` value: a negative limit means none, as in SQLite (PostgreSQL refuses it; `LIMIT
+/// NULL` is its "no limit").
+fn row_limit(limit: i64) -> Option<i64> {
+    (limit >= 0).then_some(limit)
+}
+
+/// The campaign's lease holder, with the campaign row locked until the transaction ends;
+/// `NotFound` for an unknown campaign.
+async fn lock_campaign(
+    tx: &mut Transaction<'static, Postgres>,
+    campaign: i64,
+) -> Result<Option<i64>> {
+    let holder: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = $1 FOR UPDATE")
+            .bind(campaign)
+            .fetch_optional(&mut **tx)
+            .await?;
+    holder.ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))
+}
+
+/// Locks the campaign row and fails with `LeaseLost` unless `execution` holds its lease.
+async fn fence(
+    tx: &mut Transaction<'static, Postgres>,
+    campaign: i64,
+    execution: i64,
+) -> Result<()> {
+    match lock_campaign(tx, campaign).await {
+        Ok(Some(holder)) if holder == execution => Ok(()),
+        Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::LeaseLost {
+            campaign,
+            execution,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn no_campaign(id: i64) -> StoreError {
+    StoreError::NotFound(format!(
+        "no campaign with id {id}; `munja campaign list` shows the existing ones"
+    ))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
+        Ok(Box::new(PgImport {
+            tx: self.pool.begin().await?,
+            segment_id: None,
+            next_seq: 0,
+            total: 0,
+        }))
+    }
+
+    async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO optouts (phone, source, created_at) VALUES ($1, $2, munja_now()) \
+             ON CONFLICT (phone) DO NOTHING",
+        )
+        .bind(phone.as_str())
+        .bind(source)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn optout_remove(&self, phone: &Phone) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM optouts WHERE phone = $1")
+            .bind(phone.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM optouts WHERE phone = $1)")
+                .bind(phone.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn optout_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM optouts")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        // The claimed messages drive the join: one primary-key probe of the list each.
+        Ok(sqlx::query_scalar(
+            "SELECT m.phone FROM messages m JOIN optouts o ON o.phone = m.phone \
+             WHERE m.campaign_id = $1 AND m.state = 'sending' AND o.created_at >= $2",
+        )
+        .bind(campaign)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn begin_segment_import(
+        &self,
+        name: &str,
+        source: &str,
+        columns: &[String],
+    ) -> Result<Box<dyn Import>> {
+        let mut tx = self.pool.begin().await?;
+        let cols = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
+        // The upsert locks the segment row until commit: a second import of the same name
+        // waits, and a snapshot (FOR SHARE) never reads a half-replaced list.
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO segments (name, source, columns, member_count, imported_at) \
+             VALUES ($1, $2, $3, 0, munja_now()) \
+             ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, columns = EXCLUDED.columns, \
+             member_count = 0, imported_at = EXCLUDED.imported_at RETURNING id",
+        )
+        .bind(name)
+        .bind(source)
+        .bind(&cols)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM segment_members WHERE segment_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Box::new(PgImport {
+            tx,
+            segment_id: Some(id),
+            next_seq: 1,
+            total: 0,
+        }))
+    }
+
+    async fn segment(&self, name: &str) -> Result<Option<Segment>> {
+        Ok(self.segments().await?.into_iter().find(|s| s.name == name))
+    }
+
+    async fn segments(&self) -> Result<Vec<Segment>> {
+        let rows = sqlx::query(
+            "SELECT id, name, source, columns, member_count, imported_at FROM segments ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let cols: String = r.try_get("columns")?;
+                Ok(Segment {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    source: r.try_get("source")?,
+                    columns: serde_json::from_str(&cols).unwrap_or_default(),
+                    member_count: r.try_get("member_count")?,
+                    imported_at: ts(r.try_get("imported_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn segment_members(
+        &self,
+        segment_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, bool)>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, phone, vars, night_consent FROM segment_members \
+             WHERE segment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(segment_id)
+        .bind(after_seq)
+        .bind(row_limit(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
+        self.create(c).await
+    }
+
+    async fn campaign(&self, id: i64) -> Result<Campaign> {
+        let row = sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| no_campaign(id))?;
+        campaign_from_row(&row)
+    }
+
+    async fn campaigns(&self) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(campaign_from_row).collect()
+    }
+
+    async fn counts(&self, campaign: i64) -> Result<Counts> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY state",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut c = Counts::default();
+        for (state, n) in rows {
+            c.total += n;
+            match MessageState::parse(&state) {
+                Some(MessageState::Pending) => c.pending = n,
+                Some(MessageState::Sending) => c.sending = n,
+                Some(MessageState::InDoubt) => c.in_doubt = n,
+                Some(MessageState::Sent) => c.sent = n,
+                Some(MessageState::Failed) => c.failed = n,
+                Some(MessageState::Suppressed) => c.suppressed = n,
+                Some(MessageState::Cancelled) => c.cancelled = n,
+                None => {}
+            }
+        }
+        Ok(c)
+    }
+
+    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
+        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = $1 ORDER BY id")
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn request_stop(&self, campaign: i64) -> Result<()> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "UPDATE campaigns SET stop_requested = (lease_execution IS NOT NULL) OR stop_requested \
+             WHERE id = $1 RETURNING id",
+        )
+        .bind(campaign)
+        .fetch_optional(&self.pool)
+        .await?;
+        found.map(|_| ()).ok_or_else(|| no_campaign(campaign))
+    }
+
+    async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
+        self.cancel_campaign(campaign, dead_lease).await
+    }
+
+    async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
+        self.delete(campaign, expected_lease).await
+    }
+
+    async fn start_execution(
+        &self,
+        campaign: i64,
+        expected: Option<i64>,
+        host: &str,
+        pid: i64,
+        abandon_message: &str,
+    ) -> Result<i64> {
+        self.start(campaign, expected, host, pid, abandon_message)
+            .await
+    }
+
+    async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)> {
+        let row: Option<(bool, bool)> = sqlx::query_as(
+            "UPDATE campaigns SET lease_heartbeat_at = munja_now() \
+             WHERE id = $1 AND lease_execution = $2 RETURNING stop_requested, cancel_requested",
+        )
+        .bind(campaign)
+        .bind(execution)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or(StoreError::LeaseLost {
+            campaign,
+            execution,
+        })
+    }
+
+    async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64> {
+        self.snapshot_segment(campaign, execution).await
+    }
+
+    async fn in_doubt(
+        &self,
+        campaign: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
+             WHERE campaign_id = $1 AND state IN ('sending', 'in_doubt') AND id > $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(campaign)
+        .bind(after_id)
+        .bind(row_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(claimed_from_row).collect()
+    }
+
+    async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
+        self.claim(req).await
+    }
+
+    async fn commit_chunk(
+        &self,
+        campaign: i64,
+        execution: i64,
+        updates: &[MessageUpdate],
+    ) -> Result<()> {
+        self.commit(campaign, execution, updates).await
+    }
+
+    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE campaign_id = $1 AND state = 'pending' \
+             AND NOT night_consent)",
+        )
+        .bind(campaign)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
+             WHERE campaign_id = $1 AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT $2",
+        )
+        .bind(campaign)
+        .bind(row_limit(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        lock_campaign(&mut tx, campaign).await?;
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'pending', retryable = FALSE \
+             WHERE campaign_id = $1 AND state = 'failed' AND retryable",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn finish_execution(
+        &self,
+        campaign: i64,
+        execution: i64,
+        status: &str,
+        exit_code: &str,
+        exit_message: &str,
+        campaign_status: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, campaign, execution).await?;
+        sqlx::query(
+            "UPDATE executions SET status = $1, exit_code = $2, exit_message = $3, \
+             ended_at = munja_now() WHERE id = $4",
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(exit_message)
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET status = $1, exit_message = $2, lease_execution = NULL, \
+             lease_host = NULL, lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = FALSE \
+             WHERE id = $3",
+        )
+        .bind(campaign_status)
+        .bind(exit_message)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
+        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
+        const FINISHED: &str =
+            "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
+        let attempts_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
+                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < $1 LIMIT $2)"
+                ),
+                before,
+                batch,
+            )
+            .await?;
+        let executions_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
+                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
+                     AND e.ended_at IS NOT NULL AND e.ended_at < $1 LIMIT $2)"
+                ),
+                before,
+                batch,
+            )
+            .await?;
+        let usage = self.disk_usage().await?;
+        Ok(PurgeReport {
+            attempts_deleted,
+            executions_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        })
+    }
+
+    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
+    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(DiskUsage {
+            db_bytes: u64::try_from(bytes).unwrap_or(0),
+            free_bytes: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_named_without_the_password() {
+        // Port 1 on loopback: nothing listens there.
+        let e = match PgStore::open("postgres://munja:s3cret@127.0.0.1:1/jobs", true).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("connected to 127.0.0.1:1"),
+        };
+        assert!(
+            e.contains("cannot connect to PostgreSQL at 127.0.0.1:1/jobs"),
+            "{e}"
+        );
+        assert!(e.contains("database_url / MUNJA_DATABASE_URL"), "{e}");
+        assert!(e.contains("refused"), "the cause is named: {e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_without_echoing_it() {
+        let e = match PgStore::open("postgres://munja:s3cret@127.0.0.1:notaport/jobs", true).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("opened a malformed URL"),
+        };
+        assert!(e.contains("not a valid PostgreSQL URL"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}

@@ -1,0 +1,480 @@
+//! The PostgreSQL store's campaign life cycle: create, start (lease compare-and-swap), snapshot,
+//! claim, commit, cancel and delete. Each is one transaction that locks the campaign row first,
+//! so they serialize per campaign and always take their locks in the same order
+//! (campaign, then messages, then executions): no deadlock between them.
+
+use std::collections::HashSet;
+
+use super::*;
+
+impl PgStore {
+    pub(super) async fn create(&self, c: &NewCampaign) -> Result<i64> {
+        let checked = DateTime::parse_from_rfc3339(&c.segment_imported_at)
+            .map_err(|e| {
+                StoreError::Conflict(format!(
+                    "segment {:?}: imported_at {:?} is not an RFC 3339 time ({e}); import the segment again",
+                    c.segment_name, c.segment_imported_at
+                ))
+            })?
+            .with_timezone(&Utc);
+        let uid = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        Ok(sqlx::query_scalar(
+            "INSERT INTO campaigns (uid, name, segment_name, segment_imported_at, template_name, \
+             template_body, template_subject, gateway, ad, sender_number, brand, optout_number, \
+             status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'CREATED', munja_now()) \
+             RETURNING id",
+        )
+        .bind(uid)
+        .bind(&c.name)
+        .bind(&c.segment_name)
+        .bind(checked)
+        .bind(&c.template_name)
+        .bind(&c.template_body)
+        .bind(&c.template_subject)
+        .bind(&c.gateway)
+        .bind(c.ad)
+        .bind(&c.sender_number)
+        .bind(&c.brand)
+        .bind(&c.optout_number)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn cancel_campaign(
+        &self,
+        campaign: i64,
+        dead_lease: Option<i64>,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT status, lease_execution FROM campaigns WHERE id = $1 FOR UPDATE",
+        )
+        .bind(campaign)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, holder)) = row else {
+            return Err(no_campaign(campaign));
+        };
+        if status == "COMPLETED" || status == "CANCELLED" {
+            return Err(StoreError::Conflict(format!(
+                "campaign {campaign} is {status}: there is nothing left to cancel"
+            )));
+        }
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'cancelled', reason = 'cancelled' \
+             WHERE campaign_id = $1 AND state = 'pending'",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if holder.is_some() && holder == dead_lease {
+            sqlx::query(
+                "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = munja_now(), \
+                 exit_message = 'its process was gone when the campaign was cancelled' \
+                 WHERE campaign_id = $1 AND status = 'STARTED'",
+            )
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let live = holder.is_some() && holder != dead_lease;
+        sqlx::query(
+            "UPDATE campaigns SET cancel_requested = TRUE, stop_requested = $2, \
+             status = CASE WHEN $2 THEN status ELSE 'CANCELLED' END, \
+             exit_message = CASE WHEN $2 THEN exit_message ELSE 'cancelled by operator' END, \
+             lease_execution = CASE WHEN $2 THEN lease_execution END, \
+             lease_host = CASE WHEN $2 THEN lease_host END, \
+             lease_pid = CASE WHEN $2 THEN lease_pid END, \
+             lease_heartbeat_at = CASE WHEN $2 THEN lease_heartbeat_at END \
+             WHERE id = $1",
+        )
+        .bind(campaign)
+        .bind(live)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub(super) async fn delete(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let holder = lock_campaign(&mut tx, campaign).await?;
+        if let Some(h) = holder
+            && holder != expected_lease
+        {
+            return Err(StoreError::Conflict(format!(
+                "campaign {campaign} is running (execution {h}); stop it first with `munja campaign stop {campaign}`"
+            )));
+        }
+        for sql in [
+            "DELETE FROM attempts WHERE campaign_id = $1",
+            "DELETE FROM messages WHERE campaign_id = $1",
+            "DELETE FROM executions WHERE campaign_id = $1",
+            "DELETE FROM campaigns WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(campaign).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Compare and swap of the lease: the campaign row stays locked from the check to the
+    /// commit, so of two racing starts the second waits, then sees the first one's lease.
+    pub(super) async fn start(
+        &self,
+        campaign: i64,
+        expected: Option<i64>,
+        host: &str,
+        pid: i64,
+        abandon_message: &str,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let holder = lock_campaign(&mut tx, campaign).await?;
+        if holder != expected {
+            return Err(StoreError::Conflict(format!(
+                "campaign {campaign} was just started by another run (execution {})",
+                holder.unwrap_or_default()
+            )));
+        }
+        // Close whatever an earlier holder left STARTED: a dead run is never left STARTED.
+        sqlx::query(
+            "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', exit_message = $1, \
+             ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
+        )
+        .bind(abandon_message)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO executions (campaign_id, status, started_at, host, pid) \
+             VALUES ($1, 'STARTED', munja_now(), $2, $3) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(host)
+        .bind(pid)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET lease_execution = $1, lease_host = $2, lease_pid = $3, \
+             lease_heartbeat_at = munja_now(), status = 'STARTED', stop_requested = FALSE, \
+             exit_message = NULL WHERE id = $4",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(pid)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub(super) async fn snapshot_segment(&self, campaign: i64, execution: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, campaign, execution).await?;
+        let (uid, segment, done, checked): (
+            String,
+            String,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+        ) = sqlx::query_as(
+            "SELECT uid, segment_name, snapshot_at, segment_imported_at FROM campaigns WHERE id = $1",
+        )
+        .bind(campaign)
+        .fetch_one(&mut *tx)
+        .await?;
+        if done.is_some() {
+            return Ok(0);
+        }
+        // FOR SHARE waits for an import of this segment in flight, then reads its result.
+        let found: Option<(i64, DateTime<Utc>)> =
+            sqlx::query_as("SELECT id, imported_at FROM segments WHERE name = $1 FOR SHARE")
+                .bind(&segment)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((segment_id, imported)) = found else {
+            return Err(StoreError::NotFound(format!(
+                "segment {segment:?} of campaign {campaign} does not exist any more; import it again with \
+                 `munja segment import {segment} FILE`"
+            )));
+        };
+        if let Some(checked) = checked
+            && ts(checked) != ts(imported)
+        {
+            return Err(StoreError::Conflict(format!(
+                "segment {segment:?} was re-imported at {}, after campaign {campaign} was created \
+                 (its checks and estimate covered the import of {}); create a new campaign for the new list",
+                ts(imported),
+                ts(checked)
+            )));
+        }
+        let total = sqlx::query(
+            "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) \
+             SELECT $1, m.seq, $2::TEXT || '-' || m.seq, m.phone, m.vars, m.night_consent, \
+                    CASE WHEN o.phone IS NULL THEN 'pending' ELSE 'suppressed' END, \
+                    CASE WHEN o.phone IS NULL THEN NULL ELSE 'opted_out' END \
+             FROM segment_members m LEFT JOIN optouts o ON o.phone = m.phone \
+             WHERE m.segment_id = $3 ORDER BY m.seq",
+        )
+        .bind(campaign)
+        .bind(&uid)
+        .bind(segment_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let suppressed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE campaign_id = $1 AND state = 'suppressed'",
+        )
+        .bind(campaign)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE campaigns SET snapshot_at = munja_now(), total = $1 WHERE id = $2")
+            .bind(total as i64)
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE executions SET suppressed = suppressed + $1, read_count = read_count + $1 WHERE id = $2",
+        )
+        .bind(suppressed)
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    pub(super) async fn claim(&self, req: ClaimRequest) -> Result<Claim> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, req.campaign, req.execution).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
+                    (o.phone IS NOT NULL) AS opted_out \
+             FROM messages m LEFT JOIN optouts o ON o.phone = m.phone \
+             WHERE m.campaign_id = $1 AND m.state = 'pending' {} ORDER BY m.id LIMIT $2",
+            if req.night_only {
+                "AND m.night_consent"
+            } else {
+                ""
+            }
+        ))
+        .bind(req.campaign)
+        .bind(req.limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claim = Claim::default();
+        let mut opted = Vec::new();
+        for r in &rows {
+            if r.try_get::<bool, _>("opted_out")? {
+                opted.push(r.try_get::<i64, _>("id")?);
+            } else {
+                claim.messages.push(claimed_from_row(r)?);
+            }
+        }
+        let mut capped = Vec::new();
+        if let (Some((count, since)), false) = (req.cap, claim.messages.is_empty()) {
+            let phones: Vec<&str> = claim.messages.iter().map(|m| m.phone.as_str()).collect();
+            let over: HashSet<String> = sqlx::query_scalar(
+                "SELECT m.phone FROM messages m JOIN campaigns c ON c.id = m.campaign_id \
+                 WHERE c.ad AND m.state = 'sent' AND m.sent_at >= $1 AND m.phone = ANY($2) \
+                 GROUP BY m.phone HAVING COUNT(*) >= $3",
+            )
+            .bind(since)
+            .bind(&phones)
+            .bind(i64::from(count))
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            claim.messages.retain(|m| {
+                let keep = !over.contains(&m.phone);
+                if !keep {
+                    capped.push(m.id);
+                }
+                keep
+            });
+        }
+        for (ids, reason) in [(&opted, "opted_out_during_run"), (&capped, "frequency_cap")] {
+            if !ids.is_empty() {
+                sqlx::query(
+                    "UPDATE messages SET state = 'suppressed', reason = $1 WHERE id = ANY($2)",
+                )
+                .bind(reason)
+                .bind(ids)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if !claim.messages.is_empty() {
+            let ids: Vec<i64> = claim.messages.iter().map(|m| m.id).collect();
+            sqlx::query(
+                "UPDATE messages SET state = 'sending', execution_id = $1 WHERE id = ANY($2)",
+            )
+            .bind(req.execution)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        claim.suppressed_opted_out = opted.len() as u64;
+        claim.suppressed_capped = capped.len() as u64;
+        let suppressed = (opted.len() + capped.len()) as i64;
+        // Read = made final by this execution; claimed messages count when committed.
+        sqlx::query(
+            "UPDATE executions SET read_count = read_count + $1, suppressed = suppressed + $1 WHERE id = $2",
+        )
+        .bind(suppressed)
+        .bind(req.execution)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Every outcome of a chunk, its attempts and the execution's counters: three statements in
+    /// one fenced transaction, whatever the size of the chunk.
+    pub(super) async fn commit(
+        &self,
+        campaign: i64,
+        execution: i64,
+        updates: &[MessageUpdate],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, campaign, execution).await?;
+        let mut cols = UpdateColumns::default();
+        for u in updates {
+            cols.push(u);
+        }
+        sqlx::query(
+            "UPDATE messages m SET state = u.state, reason = u.reason, retryable = u.retryable, \
+             gateway_id = COALESCE(u.gateway_id, m.gateway_id), type = COALESCE(u.kind, m.type), \
+             bytes = COALESCE(u.bytes, m.bytes), attempts = m.attempts + u.sends, \
+             last_attempt_at = COALESCE(u.last_at, m.last_attempt_at), \
+             sent_at = CASE WHEN u.state = 'sent' THEN COALESCE(u.last_at, munja_now()) ELSE m.sent_at END \
+             FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BOOLEAN[], $5::TEXT[], $6::TEXT[], \
+                         $7::BIGINT[], $8::BIGINT[], $9::TIMESTAMPTZ[]) \
+                  AS u(id, state, reason, retryable, gateway_id, kind, bytes, sends, last_at) \
+             WHERE m.id = u.id AND m.campaign_id = $10",
+        )
+        .bind(&cols.id)
+        .bind(&cols.state)
+        .bind(&cols.reason)
+        .bind(&cols.retryable)
+        .bind(&cols.gateway_id)
+        .bind(&cols.kind)
+        .bind(&cols.bytes)
+        .bind(&cols.sends)
+        .bind(&cols.last_at)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        let a = AttemptColumns::of(updates);
+        if !a.message_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO attempts (message_id, campaign_id, execution_id, at, outcome, \
+                 http_status, gateway_id, error, latency_ms) \
+                 SELECT u.message_id, $1, $2, u.at, u.outcome, u.http_status, u.gateway_id, u.error, u.latency_ms \
+                 FROM UNNEST($3::BIGINT[], $4::TIMESTAMPTZ[], $5::TEXT[], $6::INTEGER[], $7::TEXT[], \
+                             $8::TEXT[], $9::BIGINT[]) \
+                      AS u(message_id, at, outcome, http_status, gateway_id, error, latency_ms)",
+            )
+            .bind(campaign)
+            .bind(execution)
+            .bind(&a.message_id)
+            .bind(&a.at)
+            .bind(&a.outcome)
+            .bind(&a.http_status)
+            .bind(&a.gateway_id)
+            .bind(&a.error)
+            .bind(&a.latency_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE executions SET read_count = read_count + $1 + $2 + $3, sent = sent + $1, \
+             failed = failed + $2, suppressed = suppressed + $3, commits = commits + 1 WHERE id = $4",
+        )
+        .bind(cols.sent)
+        .bind(cols.failed)
+        .bind(cols.suppressed)
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The message updates of a chunk as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct UpdateColumns<'a> {
+    id: Vec<i64>,
+    state: Vec<&'static str>,
+    reason: Vec<Option<&'a str>>,
+    retryable: Vec<bool>,
+    gateway_id: Vec<Option<&'a str>>,
+    kind: Vec<Option<&'a str>>,
+    bytes: Vec<Option<i64>>,
+    sends: Vec<i64>,
+    last_at: Vec<Option<DateTime<Utc>>>,
+    sent: i64,
+    failed: i64,
+    suppressed: i64,
+}
+
+impl<'a> UpdateColumns<'a> {
+    fn push(&mut self, u: &'a MessageUpdate) {
+        match u.state {
+            MessageState::Sent => self.sent += 1,
+            MessageState::Failed => self.failed += 1,
+            MessageState::Suppressed => self.suppressed += 1,
+            _ => {}
+        }
+        self.id.push(u.id);
+        self.state.push(u.state.as_str());
+        self.reason.push(u.reason.as_deref());
+        self.retryable.push(u.retryable);
+        self.gateway_id.push(u.gateway_id.as_deref());
+        self.kind.push(u.kind.as_deref());
+        self.bytes.push(u.bytes);
+        // A lookup is not a send, except one that finds the crashed run's send.
+        self.sends.push(
+            u.attempts
+                .iter()
+                .filter(|a| !a.outcome.starts_with("lookup") || a.outcome == "lookup_found")
+                .count() as i64,
+        );
+        self.last_at.push(u.attempts.last().map(|a| a.at));
+    }
+}
+
+/// The attempts of a chunk as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    message_id: Vec<i64>,
+    at: Vec<DateTime<Utc>>,
+    outcome: Vec<&'a str>,
+    http_status: Vec<Option<i32>>,
+    gateway_id: Vec<Option<&'a str>>,
+    error: Vec<Option<&'a str>>,
+    latency_ms: Vec<i64>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn of(updates: &'a [MessageUpdate]) -> AttemptColumns<'a> {
+        let mut c = AttemptColumns::default();
+        for u in updates {
+            for a in &u.attempts {
+                c.message_id.push(u.id);
+                c.at.push(a.at);
+                c.outcome.push(&a.outcome);
+                c.http_status.push(a.http_status.map(i32::from));
+                c.gateway_id.push(a.gateway_id.as_deref());
+                c.error.push(a.error.as_deref());
+                c.latency_ms.push(a.latency_ms);
+            }
+        }
+        c
+    }
+}
