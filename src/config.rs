@@ -199,9 +199,12 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|e| {
-                let (key, message) = describe_parse_error(text, &e);
+        let raw: RawConfig = toml::Deserializer::parse(text)
+            .map_err(|e| describe_toml_error(text, String::new(), &e))
+            .and_then(|de| {
+                serde_path_to_error::deserialize(de).map_err(|e| describe_parse_error(text, &e))
+            })
+            .map_err(|(key, message)| {
                 err(
                     &key,
                     format!("{message}; see config/munja.example.toml for every key"),
@@ -453,7 +456,12 @@ fn describe_parse_error(
             serde_path_to_error::Segment::Unknown => push_key(&mut path, "?"),
         }
     }
-    let inner = e.inner();
+    describe_toml_error(text, path, e.inner())
+}
+
+/// Turns a TOML error found at dotted key `path` (empty at the top level) into
+/// (dotted key, plain message with the line when known).
+fn describe_toml_error(text: &str, path: String, inner: &toml::de::Error) -> (String, String) {
     let msg = inner.message().trim();
     let at = inner
         .span()

@@ -31,6 +31,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde_json::{Map, Value};
 
@@ -398,9 +400,14 @@ impl Renderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|_| AutoEscape::None);
-        env.set_keep_trailing_newline(false);
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        env.set_syntax(
+            SyntaxConfig::builder()
+                .keep_trailing_newline(false)
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .expect("the default delimiters are valid"),
+        );
         // Debug mode keeps the failing expression's span, used to name undefined variables.
         env.set_debug(true);
         env.set_fuel(Some(FUEL));
@@ -447,7 +454,7 @@ impl Renderer {
                 .iter()
                 .map(|n| (n.clone(), Value::String(n.clone())))
                 .collect();
-            if let Err(e) = template.render(&vars)
+            if let Err(e) = template.render(Serde(&vars))
                 && e.kind() == ErrorKind::OutOfFuel
             {
                 return Err(self.convert(&e, part, Some(&vars)));
@@ -509,7 +516,7 @@ impl Renderer {
             .get_template(template_name)
             .map_err(|e| self.convert(&e, part, Some(vars)))?;
         template
-            .render(vars)
+            .render(Serde(vars))
             .map_err(|e| self.convert(&e, part, Some(vars)))
     }
 

@@ -32,7 +32,7 @@ async fn count(url: &str, sql: &str) -> i64 {
         .connect(url)
         .await
         .expect("connect to the test database");
-    let n = sqlx::query_scalar(sql)
+    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_one(&pool)
         .await
         .expect("count");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Gw, Out, n, number};
 use munja::gateway::sim::SimConfig;
-use rand::Rng;
+use rand::RngExt;
 use sqlx::sqlite::SqlitePool;
 
 fn spawn_run(env: &Env, id: &str, extra: &[&str]) -> Child {
@@ -44,7 +44,10 @@ async fn db(env: &Env) -> SqlitePool {
 }
 
 async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .expect(sql)
 }
 
 /// A campaign of 300 whose run was killed while its first requests were accepted by the

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
@@ -398,7 +398,7 @@ impl Shared {
     fn new(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> Self {
         let rng = match cfg.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
+            None => rand::make_rng(),
         };
         let rate = |r: f64| if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
         let faults = Faults {

@@ -111,7 +111,7 @@ impl PgStore {
     async fn delete_in_batches(&self, sql: &str, before: DateTime<Utc>, batch: i64) -> Result<u64> {
         let mut total = 0;
         loop {
-            let n = sqlx::query(sql)
+            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(before)
                 .bind(batch)
                 .execute(&self.pool)
@@ -328,9 +328,9 @@ impl Store for PgStore {
     }
 
     async fn campaign(&self, id: i64) -> Result<Campaign> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1"
-        ))
+        )))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
@@ -339,9 +339,9 @@ impl Store for PgStore {
     }
 
     async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CAMPAIGN_COLS} FROM campaigns ORDER BY id"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(campaign_from_row).collect()

@@ -147,7 +147,7 @@ impl SqliteStore {
     async fn delete_in_batches(&self, sql: &str, before: &str, batch: i64) -> Result<u64> {
         let mut total = 0;
         loop {
-            let n = sqlx::query(sql)
+            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(before)
                 .bind(batch)
                 .execute(&self.pool)
@@ -165,9 +165,9 @@ impl SqliteStore {
     /// attempts once through the `(campaign_id, id)` index, `batch` ids per transaction (a scan
     /// of the table per batch would re-read every attempt that stays, batch after batch).
     async fn purge_attempts(&self, before: &str, batch: i64) -> Result<u64> {
-        let finished: Vec<i64> = sqlx::query_scalar(&format!(
+        let finished: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT c.id FROM campaigns c WHERE {FINISHED} ORDER BY c.id"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await?;
         let delete = format!(
@@ -188,7 +188,7 @@ impl SqliteStore {
                 .fetch_one(&self.pool)
                 .await?;
                 let Some(upto) = upto else { break };
-                total += sqlx::query(&delete)
+                total += sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
                     .bind(campaign)
                     .bind(after)
                     .bind(upto)
@@ -305,7 +305,7 @@ const FRESH_OPTOUTS_IN_FLIGHT: &str = "SELECT m.phone FROM messages m CROSS JOIN
 ///   indexes), a handful of rows sorted;
 /// - `--status`: the `(campaign_id, state, id)` index;
 /// - neither: the `(campaign_id, seq)` unique index.
-fn audit_query(f: &AuditFilter) -> QueryBuilder<'_, Sqlite> {
+fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
     let mut qb = QueryBuilder::<Sqlite>::new(
         "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
          FROM messages WHERE ",
@@ -945,7 +945,7 @@ impl Store for SqliteStore {
                 ""
             }
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(req.campaign)
             .bind(req.limit as i64)
             .fetch_all(&mut *tx)
@@ -1239,7 +1239,7 @@ impl Store for SqliteStore {
     async fn disk_usage(&self) -> Result<DiskUsage> {
         let mut conn = self.pool.acquire().await?;
         let mut pragma = async |name: &str| -> Result<u64> {
-            let v: i64 = sqlx::query_scalar(&format!("PRAGMA {name}"))
+            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
                 .fetch_one(&mut *conn)
                 .await?;
             Ok(u64::try_from(v).unwrap_or(0))

@@ -15,7 +15,7 @@ async fn store() -> (tempfile::TempDir, SqliteStore) {
 /// The `detail` lines of `EXPLAIN QUERY PLAN sql` (parameters unbound: plans do not depend on
 /// values without ANALYZE statistics, and munja never runs ANALYZE).
 async fn plan(s: &SqliteStore, sql: &str) -> Vec<String> {
-    let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
         .fetch_all(&s.pool)
         .await
         .expect("explain");
@@ -45,7 +45,7 @@ async fn audit_pages_walk_an_index_in_output_order() {
             "messages_by_state",
         ),
     ] {
-        let p = plan(&s, audit_query(&f).sql()).await;
+        let p = plan(&s, audit_query(&f).sql().as_str()).await;
         assert!(
             p.iter()
                 .any(|l| l.starts_with("SEARCH") && l.contains(index)),
@@ -63,7 +63,7 @@ async fn audit_pages_walk_an_index_in_output_order() {
         filter(Some("01012345678"), None),
         filter(Some("01012345678"), Some(MessageState::Sent)),
     ] {
-        let p = plan(&s, audit_query(&f).sql()).await;
+        let p = plan(&s, audit_query(&f).sql().as_str()).await;
         assert!(
             p.iter()
                 .any(|l| l.starts_with("SEARCH") && l.contains("messages_by_phone (phone=?")),

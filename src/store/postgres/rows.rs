@@ -105,7 +105,7 @@ pub(super) fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
 /// SQLite; ids and seqs of a campaign grow together, one snapshot inserts them in seq order):
 /// `--phone` the `(phone, sent_at)` index, `--status` the `(campaign_id, state, id)` index,
 /// neither the `(campaign_id, seq)` unique index.
-pub(super) fn audit_query(f: &AuditFilter) -> QueryBuilder<'_, Postgres> {
+pub(super) fn audit_query(f: &AuditFilter) -> QueryBuilder<Postgres> {
     let mut qb = QueryBuilder::<Postgres>::new(
         "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, \
          bytes FROM messages WHERE campaign_id = ",

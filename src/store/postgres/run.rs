@@ -249,7 +249,7 @@ impl PgStore {
     pub(super) async fn claim(&self, req: ClaimRequest) -> Result<Claim> {
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, req.campaign, req.execution).await?;
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
                     (o.phone IS NOT NULL) AS opted_out \
              FROM messages m LEFT JOIN optouts o ON o.phone = m.phone \
@@ -259,7 +259,7 @@ impl PgStore {
             } else {
                 ""
             }
-        ))
+        )))
         .bind(req.campaign)
         .bind(req.limit as i64)
         .fetch_all(&mut *tx)

@@ -66,7 +66,7 @@ impl ScratchDb {
             std::process::id(),
             rand::random::<u32>()
         );
-        conn.execute(format!("CREATE DATABASE {name}").as_str())
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .map_err(|e| format!("creating database {name} on {server}: {e}"))?;
         let _ = conn.close().await;
@@ -84,9 +84,12 @@ impl ScratchDb {
             .connect()
             .await
             .map_err(|e| format!("dropping {}: {e}", self.name))?;
-        conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-            .await
-            .map_err(|e| format!("dropping {}: {e}", self.name))?;
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .await
+        .map_err(|e| format!("dropping {}: {e}", self.name))?;
         let _ = conn.close().await;
         Ok(())
     }
