@@ -19,11 +19,11 @@ impl SqliteStore {
         let mut tx = self.write_tx().await?;
         // A new bucket starts full; an old one gains `rate` per elapsed second, up to `burst`
         // (a clock that went back adds nothing).
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) VALUES (?1, ?3, {NOW}) \
              ON CONFLICT (gateway) DO UPDATE SET \
              tokens = MIN(?3, tokens + MAX(0.0, {NOW} - refilled_at) * ?2), refilled_at = {NOW}"
-        ))
+        )))
         .bind(gateway)
         .bind(f64::from(rate))
         .bind(f64::from(burst))
