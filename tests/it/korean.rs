@@ -3,12 +3,10 @@
 //! night rule, template check and preview, the report of `campaign create`, CSV encodings,
 //! privacy of numbers and keys, and the frequency cap.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::{Env, Gw, Out, n, number};
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
-use common::{Env, Gw, Out, n, number};
 use munja::gateway::sim::SimConfig;
 use serde_json::Value;
 

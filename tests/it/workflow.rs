@@ -1,10 +1,8 @@
 //! The core workflow through the real binary, the real simulator on loopback and real SQLite files.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::{Env, Gw, n, number};
+use crate::common::{Env, Gw, n, number};
 use munja::gateway::sim::{self, FixedAnswer, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +216,7 @@ async fn through_503_429_and_timeouts_every_number_is_accepted_exactly_once() {
     // Every attempt is in the log: retried messages show more than one attempt.
     let rows = env.audit_json(&id).await;
     assert!(rows.iter().any(|r| r["attempts"].as_i64().unwrap() > 1));
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +281,7 @@ async fn unauthorized_stops_the_campaign_without_failing_messages() {
     let id = id.trim();
     let mut c = env.cmd(&["-vv", "campaign", "run", id]);
     c.env("MUNJA_TEST_GW_KEY", "wrong-key-s3cr3t");
-    let o: common::Out = tokio::task::spawn_blocking(move || c.output().unwrap())
+    let o: crate::common::Out = tokio::task::spawn_blocking(move || c.output().unwrap())
         .await
         .unwrap()
         .into();
@@ -671,7 +669,7 @@ async fn redirects_are_never_followed_and_fail_the_campaign_naming_the_location(
             "{status}: nothing reached the other host"
         );
         assert!(env.sim.stats().requests < 50, "the list was not walked");
-        common::agree::assert_agrees(&env, &id).await;
+        crate::common::agree::assert_agrees(&env, &id).await;
         elsewhere.shutdown().await;
     }
 }
@@ -726,7 +724,7 @@ async fn account_level_rejections_stop_the_campaign_and_keep_messages_pending() 
         let st = env.status(&id).await;
         assert_eq!(st["status"], "FAILED", "{st}");
         assert_eq!((n(&st, "pending"), n(&st, "failed")), (300, 0), "{st}");
-        common::agree::assert_agrees(&env, &id).await;
+        crate::common::agree::assert_agrees(&env, &id).await;
         if cause == "invalid_request" {
             // Fixed in munja.toml: the same campaign now goes out whole.
             env.write_config(
@@ -738,7 +736,7 @@ async fn account_level_rejections_stop_the_campaign_and_keep_messages_pending() 
             );
             let o = env.run(&["campaign", "run", &id]).await;
             assert_eq!(o.code, 0, "{}", o.all());
-            common::agree::assert_agrees(&env, &id).await;
+            crate::common::agree::assert_agrees(&env, &id).await;
             assert_eq!(env.sim.stats().accepted, 300);
         }
     }
@@ -768,7 +766,7 @@ async fn the_same_rejection_for_many_recipients_in_a_row_pauses_the_run() {
     assert_eq!(st["status"], "STOPPED", "{st}");
     assert!(n(&st, "failed") >= 20, "{st}");
     assert!(n(&st, "pending") > 200, "the list was not walked: {st}");
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,7 +793,7 @@ async fn a_run_that_sends_nothing_exits_non_zero_naming_the_leading_reasons() {
     );
     let st = env.status(&id).await;
     assert_eq!((n(&st, "sent"), n(&st, "failed")), (0, 30), "{st}");
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1082,7 +1080,7 @@ async fn a_phone_field_with_two_numbers_is_a_rejected_row() {
 #[test]
 fn help_of_run_and_optout_import_tells_the_hardened_behaviour() {
     let help = |args: &[&str]| {
-        let o = std::process::Command::new(common::BIN)
+        let o = std::process::Command::new(crate::common::BIN)
             .args(args)
             .arg("--help")
             .output()

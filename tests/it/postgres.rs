@@ -3,9 +3,7 @@
 //! cannot be reached. Needs the server of `MUNJA_TEST_PG_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); fails, never skips, without it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use munja::gateway::sim::SimConfig;
 use munja::store::postgres::scratch::{ScratchDb, test_server_url};
 

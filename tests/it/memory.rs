@@ -2,13 +2,12 @@
 //! `munja` process (its own `VmHWM`) exporting a 200,000-message campaign.
 //! An export that collects its rows before writing needs over 400 MB here; one that streams
 //! needs the memory of one page. Also what `purge` gives back.
-mod common;
 
 use std::io::Read;
 use std::process::Stdio;
 
+use crate::common::{Env, Gw, n};
 use chrono::{TimeDelta, Utc};
-use common::{Env, Gw, n};
 use munja::bench::PeakWatch;
 use munja::gateway::sim::SimConfig;
 

@@ -1,12 +1,10 @@
 //! Crash safety: kill -9 and resume, in-doubt settling, the lease, stop, cancel, mid-run
 //! opt-outs, auto-pause and --retry-failed. Real binary, real simulator, real SQLite file.
 
-mod common;
-
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, Gw, Out, n, number};
+use crate::common::{Env, Gw, Out, n, number};
 use munja::gateway::sim::SimConfig;
 use rand::RngExt;
 use sqlx::sqlite::SqlitePool;
@@ -777,7 +775,7 @@ async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
             > 0,
         "some messages timed out twice and were found by lookup"
     );
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -816,7 +814,7 @@ async fn unreadable_broken_or_missing_answers_are_never_failures() {
         assert_eq!(o.code, 0, "batch {batch_size}: {}", o.all());
         let st = env.status(&id).await;
         assert_eq!((n(&st, "sent"), n(&st, "failed")), (200, 0), "{st}");
-        common::agree::assert_agrees(&env, &id).await;
+        crate::common::agree::assert_agrees(&env, &id).await;
     }
 }
 
@@ -867,7 +865,7 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
         .await;
     let listed: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(listed.len() as i64, in_doubt);
-    let view = common::agree::gateway_view(&env, &id).await;
+    let view = crate::common::agree::gateway_view(&env, &id).await;
     assert_eq!(
         view["cancelled"].0, 0,
         "nothing the gateway took is cancelled: {view:?}"
@@ -887,7 +885,7 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
     assert_eq!(st["status"], "CANCELLED", "{st}");
     assert_eq!((n(&st, "in_doubt"), n(&st, "pending")), (0, 0), "{st}");
     assert_eq!(env.sim.stats().accepted, accepted, "nothing more was sent");
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -969,7 +967,7 @@ async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() 
     let s = env.sim.stats();
     assert_eq!((s.accepted, s.numbers_accepted_twice), (300, 0));
     assert_eq!(s.duplicate_replays, 0, "found by lookup, never resent");
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1019,7 +1017,7 @@ async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until
         replays,
         "found by lookup, not resent"
     );
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1082,7 +1080,7 @@ async fn a_halt_keeps_what_the_gateway_may_have_in_doubt_not_pending() {
     assert_eq!(st["status"], "FAILED", "{st}");
     assert_eq!(n(&st, "failed"), 0, "{st}");
     env.sim.set_api_key(None);
-    let view = common::agree::gateway_view(&env, &id).await;
+    let view = crate::common::agree::gateway_view(&env, &id).await;
     assert_eq!(
         view["pending"].0, 0,
         "no pending message is on the gateway: {view:?}"
@@ -1108,5 +1106,5 @@ async fn a_halt_keeps_what_the_gateway_may_have_in_doubt_not_pending() {
         replays,
         "found by lookup, not resent"
     );
-    common::agree::assert_agrees(&env, &id).await;
+    crate::common::agree::assert_agrees(&env, &id).await;
 }

@@ -2,14 +2,12 @@
 //! finish, a full disk, a database file deleted or replaced mid-run, commands run where there
 //! is no database, and quiet hours that say nothing. Real binary, real simulator, real SQLite.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Env, Gw, Out, n};
+use crate::common::{BIN, Env, Gw, Out, n};
 use munja::gateway::sim::SimConfig;
 use sqlx::sqlite::SqlitePool;
 
