@@ -455,7 +455,7 @@ impl Renderer {
                 .map(|n| (n.clone(), Value::String(n.clone())))
                 .collect();
             if let Err(e) = template.render(Serde(&vars))
-                && e.kind() == ErrorKind::OutOfFuel
+                && runs_away(&e)
             {
                 return Err(self.convert(&e, part, Some(&vars)));
             }
@@ -654,6 +654,15 @@ pub struct Rendered {
     pub body: String,
     /// Rendered subject (trimmed), when the template has one.
     pub subject: Option<String>,
+}
+
+/// Whether a render error means the template runs away whatever the data: it used up its
+/// fuel, or a macro called itself past minijinja's recursion limit. (Other errors of a render
+/// with placeholder values, such as arithmetic on a text placeholder, say nothing yet.)
+fn runs_away(e: &minijinja::Error) -> bool {
+    e.kind() == ErrorKind::OutOfFuel
+        || (e.kind() == ErrorKind::InvalidOperation
+            && e.detail().is_some_and(|d| d.contains("recursion limit")))
 }
 
 #[cfg(test)]
@@ -958,6 +967,17 @@ mod tests {
                 .contains("in the subject: the template does too much work"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_macro_that_calls_itself_forever_is_refused_when_compiled() {
+        let text = "{% macro f(x) %}{{ f(x) }}{% endmacro %}{{ f(name) }}님";
+        let e = Renderer::new(&TemplateSource::parse("rec", text).unwrap()).unwrap_err();
+        assert_eq!(e.template, "rec");
+        assert!(e.message.contains("recursion limit"), "{e}");
+        // A macro that recurses a bounded number of times is fine.
+        let ok = "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(3) }}{{ name }}";
+        assert!(Renderer::new(&TemplateSource::parse("ok", ok).unwrap()).is_ok());
     }
 
     #[test]
