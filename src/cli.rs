@@ -672,6 +672,7 @@ async fn campaign_status(
     let c = store.campaign(id).await?;
     let counts = store.counts(id).await?;
     let execs = store.executions(id).await?;
+    let workers = store.workers(id).await?;
     if json {
         let v = serde_json::json!({
             "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
@@ -679,7 +680,7 @@ async fn campaign_status(
             "total": counts.total, "pending": counts.pending, "sending": counts.sending,
             "in_doubt": counts.in_doubt,
             "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
-            "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
+            "cancelled": counts.cancelled, "executions": execs, "workers": workers, "lease": c.lease,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
@@ -719,7 +720,7 @@ async fn campaign_status(
         }
         if let Some(l) = &c.lease {
             let gone = matches!(
-                Holder::of(&c, cfg.policy.lease_timeout_secs),
+                Holder::of(&c, cfg.policy.lease_timeout_secs, &*store),
                 Holder::Gone(..)
             );
             writeln!(
@@ -752,6 +753,24 @@ async fn campaign_status(
                 e.commits,
                 e.exit_message.as_deref().unwrap_or("")
             )?;
+            let mine: Vec<_> = workers.iter().filter(|w| w.execution_id == e.id).collect();
+            if mine.len() > 1 || mine.iter().any(|w| w.status == "ABANDONED") {
+                for w in mine {
+                    writeln!(
+                        out,
+                        "      worker {:<4} {:<10} {} pid {}  sent {} failed {} suppressed {} commits {}  {}",
+                        w.id,
+                        w.status,
+                        w.host,
+                        w.pid,
+                        w.sent,
+                        w.failed,
+                        w.suppressed,
+                        w.commits,
+                        w.exit_message.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
         }
     }
     Ok(())

@@ -1,14 +1,22 @@
-//! Who may run a campaign: the lease rules (one runner at a time, takeover of dead holders)
-//! and the commands that act on a campaign someone may be running (stop, cancel, delete).
+//! Who may run a campaign: the lease rules (who holds a run, takeover of dead holders, which
+//! workers may join it) and the commands that act on a campaign someone may be running (stop,
+//! cancel, delete).
 //!
-//! The lease itself is a row in the store (holder execution, host, pid, heartbeat). This module
-//! decides whether a recorded holder is still alive: a process on this host that no longer exists
-//! is dead at once; any other holder is dead after `policy.lease_timeout_secs` without heartbeat.
+//! The lease itself is a row in the store (holder execution, host, pid, process identity,
+//! heartbeat). This module decides whether a recorded process is still alive:
+//! - a process recorded on this host, this kernel (boot id) and this pid namespace is dead at
+//!   once when no process with its pid and start time exists: a reused pid or a container
+//!   that shares the host name cannot fool it;
+//! - any other holder is dead after `policy.lease_timeout_secs` without heartbeat.
+//!
+//! With several workers (PostgreSQL) the execution is judged by the timeout alone, since one
+//! dead process does not mean the others are; dead workers are rescued one by one.
 //! The CLI only prints what these calls return.
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Campaign, Lease};
+use crate::model::{Campaign, Enlist, Lease};
+pub use crate::model::Process;
 use crate::store::Store;
 
 /// This machine's host name, as recorded in leases.
@@ -16,27 +24,61 @@ pub fn this_host() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
-/// Whether process `pid` exists on this host.
-pub fn process_exists(pid: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 only checks for existence and permission; it sends nothing.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+/// The kernel's boot id and this process's pid namespace: two processes that share them see
+/// the same pids.
+fn pid_space() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = procfs::sys::kernel::random::boot_id().ok()?;
+    let ns = std::fs::metadata("/proc/self/ns/pid").ok()?.ino();
+    Some(format!("{}/{ns}", boot.trim()))
 }
 
-/// `Some(reason)` when the holder of `lease` is gone and the lease may be taken over.
+/// The start time of process `pid` (clock ticks after boot), as this pid namespace sees it.
+fn start_time(pid: i64) -> Option<u64> {
+    let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+    Some(procfs::process::Process::new(pid).ok()?.stat().ok()?.starttime)
+}
+
+impl Process {
+    /// This process.
+    pub fn me() -> Process {
+        let pid = i64::from(std::process::id());
+        let identity = pid_space().zip(start_time(pid)).map(|(s, t)| format!("{s}/{t}"));
+        Process {
+            host: this_host(),
+            pid,
+            identity,
+        }
+    }
+
+    /// Whether the recorded process `(host, pid, identity)` is known to be gone, seen from
+    /// this process: only when it ran on this host, kernel and pid namespace and no process
+    /// with its pid and start time exists. Anything else is unknown (`false`): the heartbeat
+    /// timeout decides.
+    pub fn is_gone(host: &str, pid: i64, identity: Option<&str>) -> bool {
+        let (Some(identity), Some(space)) = (identity, pid_space()) else {
+            return false;
+        };
+        let Some((recorded_space, started)) = identity.rsplit_once('/') else {
+            return false;
+        };
+        if host != this_host() || recorded_space != space {
+            return false;
+        }
+        start_time(pid).is_none_or(|t| t.to_string() != started)
+    }
+}
+
+/// `Some(reason)` when the holder of `lease` is gone and the lease may be taken over. With
+/// `several_workers`, only the heartbeat timeout says so: the recorded process is one worker
+/// of many.
 pub fn holder_gone(
     lease: &Lease,
     timeout_secs: u64,
-    host: &str,
     now: DateTime<Utc>,
+    several_workers: bool,
 ) -> Option<String> {
-    if lease.host == host && !process_exists(lease.pid) {
+    if !several_workers && Process::is_gone(&lease.host, lease.pid, lease.process.as_deref()) {
         return Some(format!(
             "execution {} was abandoned: its process {} on {} no longer exists",
             lease.execution, lease.pid, lease.host
@@ -68,21 +110,26 @@ impl Holder {
     pub fn judge(
         lease: Option<&Lease>,
         timeout_secs: u64,
-        host: &str,
         now: DateTime<Utc>,
+        several_workers: bool,
     ) -> Holder {
         match lease {
             None => Holder::Free,
-            Some(l) => match holder_gone(l, timeout_secs, host, now) {
+            Some(l) => match holder_gone(l, timeout_secs, now, several_workers) {
                 Some(why) => Holder::Gone(l.clone(), why),
                 None => Holder::Live(l.clone()),
             },
         }
     }
 
-    /// The holder of campaign `c`'s lease, judged from this host now.
-    pub fn of(c: &Campaign, timeout_secs: u64) -> Holder {
-        Holder::judge(c.lease.as_ref(), timeout_secs, &this_host(), Utc::now())
+    /// The holder of campaign `c`'s lease on `store`, judged from this process now.
+    pub fn of(c: &Campaign, timeout_secs: u64, store: &dyn Store) -> Holder {
+        Holder::judge(
+            c.lease.as_ref(),
+            timeout_secs,
+            Utc::now(),
+            store.several_workers(),
+        )
     }
 
     /// The execution of a dead holder, which a takeover, cancel or delete closes.
@@ -93,15 +140,28 @@ impl Holder {
         }
     }
 
-    /// How a new run of campaign `id` takes the lease: the holder it expects to replace
-    /// (compare and swap) and why that holder was abandoned. Refused while a live run holds it.
-    pub fn takeover(&self, id: i64) -> anyhow::Result<(Option<i64>, String)> {
+    /// How a new worker of campaign `id` enlists: a new execution replacing the holder it
+    /// expects (compare and swap; a dead holder is abandoned, with the reason), or, while a
+    /// live run holds it, joining that run where the store allows `several_workers`. On a
+    /// store with one worker per campaign, a live run refuses the newcomer.
+    pub fn enlist(&self, id: i64, several_workers: bool) -> anyhow::Result<Enlist> {
         match self {
-            Holder::Free => Ok((None, String::new())),
-            Holder::Gone(l, why) => Ok((Some(l.execution), why.clone())),
+            Holder::Free => Ok(Enlist::New {
+                expected: None,
+                abandon_message: String::new(),
+            }),
+            Holder::Gone(l, why) => Ok(Enlist::New {
+                expected: Some(l.execution),
+                abandon_message: why.clone(),
+            }),
+            Holder::Live(l) if several_workers => Ok(Enlist::Join {
+                execution: l.execution,
+            }),
             Holder::Live(l) => anyhow::bail!(
                 "campaign {id} is already running: execution {} on {} (pid {}), last heartbeat {}; \
-                 stop it with `munja campaign stop {id}` or wait for it to finish",
+                 stop it with `munja campaign stop {id}` or wait for it to finish (a SQLite \
+                 database runs one worker per campaign; on PostgreSQL several `campaign run` \
+                 processes share one campaign)",
                 l.execution,
                 l.host,
                 l.pid,
@@ -129,7 +189,7 @@ pub async fn request_stop(
     timeout_secs: u64,
 ) -> anyhow::Result<StopRequest> {
     let c = store.campaign(id).await?;
-    Ok(match Holder::of(&c, timeout_secs) {
+    Ok(match Holder::of(&c, timeout_secs, store) {
         Holder::Free => StopRequest::NotRunning(c.status),
         Holder::Gone(..) => StopRequest::HolderGone,
         Holder::Live(_) => {
@@ -152,7 +212,7 @@ pub struct Cancelled {
 /// holder's execution is closed.
 pub async fn cancel(store: &dyn Store, id: i64, timeout_secs: u64) -> anyhow::Result<Cancelled> {
     let c = store.campaign(id).await?;
-    let dead = Holder::of(&c, timeout_secs).dead_execution();
+    let dead = Holder::of(&c, timeout_secs, store).dead_execution();
     let cancelled = store.cancel(id, dead).await?;
     let counts = store.counts(id).await?;
     // A dead holder's `sending` messages may have gone out; a live run still owns its own.
@@ -167,7 +227,7 @@ pub async fn cancel(store: &dyn Store, id: i64, timeout_secs: u64) -> anyhow::Re
 /// run holds it.
 pub async fn delete(store: &dyn Store, id: i64, timeout_secs: u64) -> anyhow::Result<()> {
     let c = store.campaign(id).await?;
-    let expected = match Holder::of(&c, timeout_secs) {
+    let expected = match Holder::of(&c, timeout_secs, store) {
         Holder::Free => None,
         Holder::Gone(l, _) => Some(l.execution),
         Holder::Live(l) => anyhow::bail!(
@@ -185,58 +245,118 @@ pub async fn delete(store: &dyn Store, id: i64, timeout_secs: u64) -> anyhow::Re
 mod tests {
     use super::*;
 
-    fn lease(host: &str, pid: i64, age_secs: i64) -> Lease {
+    fn lease(process: &Process, age_secs: i64) -> Lease {
         Lease {
             execution: 7,
-            host: host.into(),
-            pid,
+            host: process.host.clone(),
+            pid: process.pid,
+            process: process.identity.clone(),
             heartbeat_at: Utc::now() - chrono::Duration::seconds(age_secs),
+        }
+    }
+
+    fn elsewhere() -> Process {
+        Process {
+            host: "elsewhere".into(),
+            pid: 1,
+            identity: None,
         }
     }
 
     #[test]
     fn live_local_process_with_fresh_heartbeat_holds() {
-        let me = std::process::id() as i64;
         assert_eq!(
-            holder_gone(&lease(&this_host(), me, 1), 30, &this_host(), Utc::now()),
+            holder_gone(&lease(&Process::me(), 1), 30, Utc::now(), false),
             None
         );
     }
 
+    /// A child that has exited: its pid exists no more (or belongs to another process).
+    fn dead_child() -> Process {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i64::from(child.id());
+        let mut p = Process::me();
+        let ticks = start_time(pid).expect("child start time");
+        let space = pid_space().expect("pid space");
+        p.pid = pid;
+        p.identity = Some(format!("{space}/{ticks}"));
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        p
+    }
+
     #[test]
     fn dead_local_process_is_gone_at_once() {
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = child.id() as i64;
-        child.wait().expect("wait");
-        let why = holder_gone(&lease(&this_host(), pid, 0), 30, &this_host(), Utc::now());
+        let why = holder_gone(&lease(&dead_child(), 0), 30, Utc::now(), false);
         assert!(why.expect("gone").contains("no longer exists"));
+    }
+
+    #[test]
+    fn a_reused_pid_or_another_pid_namespace_is_not_mistaken() {
+        // The pid is alive (this process) but started at another time: the holder is gone.
+        let mut reused = Process::me();
+        let space = pid_space().expect("pid space");
+        reused.identity = Some(format!("{space}/1"));
+        assert!(Process::is_gone(&reused.host, reused.pid, reused.identity.as_deref()));
+        // A dead pid recorded in another pid namespace (a container sharing the host name) or
+        // without an identity: unknown here, so only the timeout can tell.
+        let mut other_ns = dead_child();
+        other_ns.identity = Some("other-boot/4026531836/12345".into());
+        assert!(!Process::is_gone(&other_ns.host, other_ns.pid, other_ns.identity.as_deref()));
+        let unknown = dead_child();
+        assert!(!Process::is_gone(&unknown.host, unknown.pid, None));
     }
 
     #[test]
     fn remote_holder_is_gone_only_after_the_timeout() {
         assert_eq!(
-            holder_gone(&lease("elsewhere", 1, 10), 30, "here", Utc::now()),
+            holder_gone(&lease(&elsewhere(), 10), 30, Utc::now(), false),
             None
         );
-        let why = holder_gone(&lease("elsewhere", 1, 31), 30, "here", Utc::now());
+        let why = holder_gone(&lease(&elsewhere(), 31), 30, Utc::now(), false);
         assert!(why.expect("gone").contains("no heartbeat"));
     }
 
     #[test]
-    fn a_live_holder_refuses_a_takeover_and_a_dead_one_is_replaced() {
+    fn with_several_workers_a_dead_process_is_judged_by_the_timeout_only() {
+        let dead = dead_child();
+        assert_eq!(holder_gone(&lease(&dead, 1), 30, Utc::now(), true), None);
+        assert!(holder_gone(&lease(&dead, 31), 30, Utc::now(), true).is_some());
+    }
+
+    #[test]
+    fn a_live_holder_refuses_a_newcomer_or_lets_it_join_and_a_dead_one_is_replaced() {
         let now = Utc::now();
-        let free = Holder::judge(None, 30, "here", now);
-        assert_eq!(free.takeover(1).expect("free"), (None, String::new()));
-        let live = Holder::judge(Some(&lease("elsewhere", 1, 10)), 30, "here", now);
+        let free = Holder::judge(None, 30, now, false);
+        assert_eq!(
+            free.enlist(1, false).expect("free"),
+            Enlist::New {
+                expected: None,
+                abandon_message: String::new()
+            }
+        );
+        let live = Holder::judge(Some(&lease(&elsewhere(), 10)), 30, now, false);
         assert_eq!(live.dead_execution(), None);
-        let refused = live.takeover(1).expect_err("live holder");
+        let refused = live.enlist(1, false).expect_err("live holder");
         assert!(refused.to_string().contains("already running: execution 7"));
-        let gone = Holder::judge(Some(&lease("elsewhere", 1, 40)), 30, "here", now);
+        assert_eq!(
+            live.enlist(1, true).expect("join"),
+            Enlist::Join { execution: 7 }
+        );
+        let gone = Holder::judge(Some(&lease(&elsewhere(), 40)), 30, now, false);
         assert_eq!(gone.dead_execution(), Some(7));
-        let (expected, why) = gone.takeover(1).expect("gone holder");
-        assert_eq!(expected, Some(7));
-        assert!(why.contains("no heartbeat"), "{why}");
+        match gone.enlist(1, false).expect("gone holder") {
+            Enlist::New {
+                expected,
+                abandon_message,
+            } => {
+                assert_eq!(expected, Some(7));
+                assert!(abandon_message.contains("no heartbeat"), "{abandon_message}");
+            }
+            other => panic!("expected a new execution, got {other:?}"),
+        }
     }
 }

@@ -190,7 +190,77 @@ pub struct Lease {
     pub execution: i64,
     pub host: String,
     pub pid: i64,
+    /// The holder's [`Process::identity`], when it recorded one.
+    pub process: Option<String>,
+    /// The latest heartbeat of any of the execution's workers (database clock).
     pub heartbeat_at: DateTime<Utc>,
+}
+
+/// The process a worker runs in, as recorded in its lease and worker row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub host: String,
+    pub pid: i64,
+    /// Boot id, pid namespace and start time of the process (`None` where `/proc` cannot tell):
+    /// with them, a process on the same kernel and in the same pid namespace is known to be
+    /// gone when no process with that pid and start time exists (see `lease::Process`).
+    pub identity: Option<String>,
+}
+
+/// A worker's fencing token: every write it makes is checked against it. A worker is one
+/// `campaign run` process working for the campaign's execution (Spring Batch's step execution
+/// of a partitioned step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WorkerToken {
+    pub campaign: i64,
+    pub execution: i64,
+    pub worker: i64,
+}
+
+/// How a worker enlists in a campaign's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enlist {
+    /// Starts a new execution holding the lease, if the lease is still `expected` (compare and
+    /// swap). The previous holder's execution and workers, if any, are closed as ABANDONED with
+    /// `abandon_message`.
+    New {
+        expected: Option<i64>,
+        abandon_message: String,
+    },
+    /// Joins the live execution `execution` as one more worker (stores with several workers).
+    Join { execution: i64 },
+}
+
+/// A worker as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerRecord {
+    pub id: i64,
+    pub execution_id: i64,
+    /// The stored text of an [`ExecutionStatus`].
+    pub status: String,
+    pub exit_message: Option<String>,
+    pub host: String,
+    pub pid: i64,
+    pub process: Option<String>,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    pub ended_at: Option<String>,
+    pub read_count: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub commits: i64,
+}
+
+/// What a rescue of dead workers' claims found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rescued {
+    /// Workers found dead and closed as ABANDONED.
+    pub workers: u64,
+    /// Their `sending` messages, now in doubt for the rescuer to settle by lookup.
+    pub messages: u64,
+    /// Messages other live workers of the campaign have claimed and not yet committed.
+    pub others_sending: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]

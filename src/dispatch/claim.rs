@@ -1,16 +1,22 @@
-//! The claim loop of one run: claims chunks of pending messages (up to [`PIPELINE`] in flight),
-//! hands each to the sender, and commits every chunk's outcomes with the running counts.
+//! The claim loop of one worker: claims chunks of pending messages (up to [`PIPELINE`] in
+//! flight), hands each to the sender, and commits every chunk's outcomes with the running
+//! counts. With several workers on one campaign it also rescues the claims of dead workers
+//! (settling them by lookup before anything is resent), and when the queue runs dry it stays
+//! until the other workers' claims are committed or rescued, so that no claim of a worker that
+//! dies near the end is left behind.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, info, warn};
 
 use super::control::StopReason;
 use super::sender::{SendCtx, quiet_stop, send_chunk};
 use crate::message::Composer;
-use crate::model::{Campaign, Counts, MessageState, MessageUpdate};
+use crate::lease::Process;
+use crate::model::{Campaign, Counts, MessageState, MessageUpdate, Rescued, WorkerToken};
 use crate::progress::Progress;
 use crate::store::{ClaimRequest, Store};
 
@@ -21,7 +27,8 @@ pub(super) const PIPELINE: usize = 4;
 pub(super) struct Runner<'a> {
     pub(super) store: Arc<dyn Store>,
     pub(super) campaign: &'a Campaign,
-    pub(super) execution: i64,
+    pub(super) worker: WorkerToken,
+    pub(super) lease_timeout_secs: u64,
     pub(super) chunk_size: usize,
     pub(super) cap: Option<crate::config::FrequencyCap>,
     pub(super) composer: Arc<Composer>,
@@ -58,9 +65,20 @@ impl Runner<'_> {
         let mut counts = self.prepare(retry_failed).await?;
         let mut first_chunk = true;
         let mut in_flight = InFlight::new();
+        let several = self.store.several_workers();
+        let mut last_rescue = Instant::now();
         loop {
+            if several && last_rescue.elapsed() >= self.rescue_every() {
+                last_rescue = Instant::now();
+                self.rescue().await?;
+                counts = self.store.counts(self.campaign.id).await?;
+            }
             let limit = if first_chunk { 1 } else { PIPELINE };
             let dry = match self.fill(&mut in_flight, limit, &mut counts).await? {
+                Fill::End(None) if several && self.others_still_working().await? => {
+                    counts = self.store.counts(self.campaign.id).await?;
+                    continue;
+                }
                 Fill::End(why) => return Ok(why),
                 Fill::InFlight { dry } => dry,
             };
@@ -79,13 +97,69 @@ impl Runner<'_> {
         }
     }
 
+    /// How often a worker looks for dead workers to rescue: a third of the lease timeout.
+    fn rescue_every(&self) -> Duration {
+        Duration::from_millis((self.lease_timeout_secs * 1000 / 3).max(200))
+    }
+
+    /// Closes dead workers of the campaign (silent past the lease timeout, or their process seen
+    /// gone on this host) and settles their claimed messages by lookup.
+    async fn rescue(&mut self) -> anyhow::Result<Rescued> {
+        let me = self.worker.worker;
+        let dead: Vec<i64> = self
+            .store
+            .workers(self.campaign.id)
+            .await?
+            .iter()
+            .filter(|k| k.status == "STARTED" && k.id != me)
+            .filter(|k| Process::is_gone(&k.host, k.pid, k.process.as_deref()))
+            .map(|k| k.id)
+            .collect();
+        let rescued = self
+            .store
+            .rescue(&self.worker, self.lease_timeout_secs, &dead)
+            .await?;
+        if rescued.workers > 0 {
+            warn!(
+                workers = rescued.workers,
+                messages = rescued.messages,
+                "rescued the claims of dead workers: settling them by lookup before anything is resent"
+            );
+            self.settle_in_doubt(false).await?;
+        }
+        Ok(rescued)
+    }
+
+    /// The queue is dry for this worker: `true` while other workers still hold claims (this
+    /// one waits a little, rescuing them if they die) or a rescue just gave it work.
+    async fn others_still_working(&mut self) -> anyhow::Result<bool> {
+        let rescued = self.rescue().await?;
+        if rescued.workers > 0 {
+            return Ok(true);
+        }
+        if rescued.others_sending == 0 || self.ctx.ctl.stopping() {
+            return Ok(false);
+        }
+        debug!(
+            messages = rescued.others_sending,
+            "queue dry; waiting for other workers' claims"
+        );
+        self.ctx
+            .ctl
+            .sleep(Duration::from_millis(
+                (self.lease_timeout_secs * 1000 / 6).clamp(200, 1000),
+            ))
+            .await;
+        Ok(true)
+    }
+
     /// Before the first claim: snapshot the segment, re-queue retryable failures when asked,
     /// settle messages in doubt; returns the counts the progress display starts from.
     async fn prepare(&mut self, retry_failed: bool) -> anyhow::Result<Counts> {
-        let (id, exec) = (self.campaign.id, self.execution);
+        let id = self.campaign.id;
         let total = self
             .store
-            .snapshot(id, exec)
+            .snapshot(&self.worker)
             .await
             .context("snapshotting the segment")?;
         if total > 0 {
@@ -126,8 +200,7 @@ impl Runner<'_> {
             let claim = self
                 .store
                 .claim_chunk(ClaimRequest {
-                    campaign: id,
-                    execution: self.execution,
+                    worker: self.worker,
                     limit: self.chunk_size,
                     night_only: quiet.is_some(),
                     cap,
@@ -190,7 +263,7 @@ impl Runner<'_> {
             })
             .collect();
         self.store
-            .commit_chunk(self.campaign.id, self.execution, &back)
+            .commit_chunk(&self.worker, &back)
             .await?;
         Ok(Some(StopReason::TemplateError(
             first_error.unwrap_or_default(),
@@ -218,7 +291,7 @@ impl Runner<'_> {
             counts.pending -= 1;
         }
         self.store
-            .commit_chunk(self.campaign.id, self.execution, updates)
+            .commit_chunk(&self.worker, updates)
             .await?;
         if let Some(p) = self.progress.as_mut() {
             p.update(counts);

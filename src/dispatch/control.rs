@@ -30,6 +30,9 @@ pub enum StopReason {
     Aborted(&'static str),
     TemplateError(String),
     LeaseLost,
+    /// The heartbeat kept failing (the database unreachable): the worker stopped itself before
+    /// its claims could expire.
+    HeartbeatLost(String),
     /// The gateway's shared rate budget could not be read from the database.
     RateBudget(String),
 }
@@ -40,6 +43,7 @@ impl StopReason {
             StopReason::GatewayRefused(_)
             | StopReason::TemplateError(_)
             | StopReason::LeaseLost
+            | StopReason::HeartbeatLost(_)
             | StopReason::RateBudget(_) => RunStatus::Failed,
             _ => RunStatus::Stopped,
         }
@@ -56,6 +60,7 @@ impl StopReason {
             StopReason::Aborted(_) => "aborted",
             StopReason::TemplateError(_) => "template_error",
             StopReason::LeaseLost => "lease_lost",
+            StopReason::HeartbeatLost(_) => "heartbeat_lost",
             StopReason::RateBudget(_) => "rate_budget",
         }
     }
@@ -91,9 +96,15 @@ impl StopReason {
                  no message was sent without it. Run it again once the database answers"
             ),
             StopReason::LeaseLost => {
-                "another run took over this campaign's lease; this run stopped without writing"
+                "another run took over this campaign's lease (or rescued this worker's claims); \
+                 this run stopped without writing"
                     .into()
             }
+            StopReason::HeartbeatLost(e) => format!(
+                "the heartbeat failed for half of lease_timeout_secs ({e}): this worker stopped \
+                 before its claims could expire; its messages in flight are in doubt and the \
+                 next run (or another worker) settles them by lookup"
+            ),
         }
     }
 }

@@ -23,7 +23,7 @@ impl Runner<'_> {
         loop {
             let batch = self
                 .store
-                .in_doubt(self.campaign.id, after, self.chunk_size as i64)
+                .in_doubt(&self.worker, after, self.chunk_size as i64)
                 .await?;
             let Some(last) = batch.last() else {
                 return Ok(());
@@ -94,7 +94,7 @@ impl Runner<'_> {
                 });
             }
             self.store
-                .commit_chunk(self.campaign.id, self.execution, &updates)
+                .commit_chunk(&self.worker, &updates)
                 .await?;
         }
     }

@@ -1,48 +1,57 @@
-//! The lease of a running campaign: taking it when the run starts (taking over a dead holder)
-//! and the heartbeat task that keeps it, reads stop and cancel requests, and refreshes the
-//! opt-outs that arrived since the run started. The rules themselves are in [`crate::lease`].
+//! The lease of a running campaign: enlisting this worker when the run starts (a new
+//! execution, taking over a dead holder, or joining the live one on a store with several
+//! workers) and the heartbeat task that keeps it, reads stop and cancel requests, refreshes the
+//! opt-outs that arrived since the run started, and stops this worker when its heartbeat keeps
+//! failing, before its claims could expire and be rescued by another worker. The rules
+//! themselves are in [`crate::lease`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tracing::warn;
 
 use super::control::{Control, StopReason};
 use crate::config::Config;
-use crate::lease::{self, Holder};
-use crate::model::Campaign;
+use crate::lease::{Holder, Process};
+use crate::model::{Campaign, Enlist, WorkerToken};
 use crate::store::{Store, StoreError};
 
 /// Numbers of this run's claimed messages opted out since the run started.
 pub(super) type FreshOptouts = Arc<RwLock<HashSet<String>>>;
 
-/// Takes the campaign's lease: refuses while a live run holds it, takes over a dead one.
-pub(super) async fn acquire(store: &dyn Store, cfg: &Config, c: &Campaign) -> anyhow::Result<i64> {
-    let host = lease::this_host();
-    let pid = i64::from(std::process::id());
-    let holder = Holder::judge(
-        c.lease.as_ref(),
-        cfg.policy.lease_timeout_secs,
-        &host,
-        Utc::now(),
-    );
-    let (expected, abandon) = holder.takeover(c.id)?;
-    if let Some(previous) = expected {
-        warn!(previous, "{abandon}; taking over");
+/// Enlists this process as a worker of campaign `c`: refuses while a live run holds it on a
+/// store with one worker per campaign, joins it on one with several, takes over a dead one.
+pub(super) async fn acquire(
+    store: &dyn Store,
+    cfg: &Config,
+    c: &Campaign,
+) -> anyhow::Result<WorkerToken> {
+    let me = Process::me();
+    let holder = Holder::of(c, cfg.policy.lease_timeout_secs, store);
+    let how = holder.enlist(c.id, store.several_workers())?;
+    match &how {
+        Enlist::New {
+            expected: Some(previous),
+            abandon_message,
+        } => warn!(previous, "{abandon_message}; taking over"),
+        Enlist::Join { execution } => {
+            tracing::info!(execution, "joining the running execution as another worker")
+        }
+        Enlist::New { .. } => {}
     }
-    Ok(store
-        .start_execution(c.id, expected, &host, pid, &abandon)
-        .await?)
+    Ok(store.start_worker(c.id, &how, &me).await?)
 }
 
 /// Renews the lease every sixth of `lease_timeout_secs` (0.2 to 1 s), turns stop and cancel
-/// requests and a lost lease into a stop, and refreshes the fresh opt-outs.
+/// requests and a lost lease into a stop, and refreshes the fresh opt-outs. When no heartbeat
+/// has passed for half of `lease_timeout_secs` (the database is unreachable, say), the worker
+/// aborts its in-flight requests and stops: well before its claims could expire and another
+/// worker rescue them, so the two never send the same message at once.
 pub(super) fn spawn_heartbeat(
     store: Arc<dyn Store>,
-    campaign: i64,
-    execution: i64,
+    w: WorkerToken,
     cfg: &Config,
     ctl: Arc<Control>,
     fresh: FreshOptouts,
@@ -50,10 +59,12 @@ pub(super) fn spawn_heartbeat(
     let every = Duration::from_millis((cfg.policy.lease_timeout_secs * 1000 / 6).clamp(200, 1000));
     // A margin for clocks of other hosts that add opt-outs; older ones were checked at claim.
     let since = Utc::now() - chrono::Duration::seconds(60);
+    let give_up = Duration::from_millis(cfg.policy.lease_timeout_secs * 1000 / 2);
     tokio::spawn(async move {
+        let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(every).await;
-            match store.fresh_optouts_in_flight(campaign, since).await {
+            match store.fresh_optouts_in_flight(w.campaign, since).await {
                 Ok(list) => {
                     if let Ok(mut set) = fresh.write() {
                         *set = list.into_iter().collect();
@@ -61,11 +72,20 @@ pub(super) fn spawn_heartbeat(
                 }
                 Err(e) => warn!("reading new opt-outs failed: {e}"),
             }
-            match store.heartbeat(campaign, execution).await {
-                Ok((_, true)) => ctl.stop(StopReason::Cancelled),
-                Ok((true, false)) => ctl.stop(StopReason::Requested),
-                Ok(_) => {}
-                Err(StoreError::LeaseLost { .. }) => ctl.stop(StopReason::LeaseLost),
+            match store.heartbeat(&w).await {
+                Ok(flags) => {
+                    last_ok = Instant::now();
+                    match flags {
+                        (_, true) => ctl.stop(StopReason::Cancelled),
+                        (true, false) => ctl.stop(StopReason::Requested),
+                        _ => {}
+                    }
+                }
+                Err(StoreError::LeaseLost { .. }) => ctl.abort(StopReason::LeaseLost),
+                Err(e) if last_ok.elapsed() >= give_up => {
+                    warn!("heartbeat failed for {:?}: {e}; stopping this worker before its claims expire", last_ok.elapsed());
+                    ctl.abort(StopReason::HeartbeatLost(e.to_string()));
+                }
                 Err(e) => warn!("heartbeat failed: {e}"),
             }
         }

@@ -27,7 +27,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, GatewayConfig};
 use crate::message::{AdFrame, Composer};
-use crate::model::{Campaign, CampaignStatus, Counts, ExecutionStatus};
+use crate::model::{Campaign, CampaignStatus, Counts, ExecutionStatus, WorkerToken};
 use crate::progress::Progress;
 use crate::store::{Store, StoreError};
 use crate::template::TemplateSource;
@@ -127,14 +127,19 @@ pub async fn run(
     let settle_only = check_runnable(&*store, &campaign, opts.retry_failed).await?;
     let gateway = cfg.gateway(Some(&campaign.gateway))?;
     let composer = composer_for(&campaign)?;
-    let execution = acquire(&*store, cfg, &campaign).await?;
-    let span = info_span!("run", campaign = id, execution);
+    let worker = acquire(&*store, cfg, &campaign).await?;
+    let span = info_span!(
+        "run",
+        campaign = id,
+        execution = worker.execution,
+        worker = worker.worker
+    );
     let run = LeasedRun {
         store,
         cfg,
         campaign: &campaign,
         gateway,
-        id: execution,
+        worker,
         started,
     };
     run.execute(composer, opts, settle_only)
@@ -181,13 +186,13 @@ async fn check_runnable(
     Ok(false)
 }
 
-/// One execution that holds the campaign's lease.
+/// One worker of the execution that holds the campaign's lease.
 struct LeasedRun<'a> {
     store: Arc<dyn Store>,
     cfg: &'a Config,
     campaign: &'a Campaign,
     gateway: GatewayConfig,
-    id: i64,
+    worker: WorkerToken,
     started: Instant,
 }
 
@@ -205,8 +210,7 @@ impl LeasedRun<'_> {
         let fresh: FreshOptouts = Arc::default();
         let heartbeat = spawn_heartbeat(
             store.clone(),
-            campaign.id,
-            self.id,
+            self.worker,
             self.cfg,
             ctl.clone(),
             fresh.clone(),
@@ -217,7 +221,8 @@ impl LeasedRun<'_> {
         let mut runner = Runner {
             store: store.clone(),
             campaign,
-            execution: self.id,
+            worker: self.worker,
+            lease_timeout_secs: self.cfg.policy.lease_timeout_secs,
             chunk_size: self.cfg.policy.chunk_size,
             // The frequency cap counts and limits ads only.
             cap: self
@@ -274,7 +279,7 @@ impl LeasedRun<'_> {
         let (store, id) = (&*self.store, self.campaign.id);
         let report = |status, exit_message, counts, failure_reasons| RunReport {
             campaign: id,
-            execution: self.id,
+            execution: self.worker.execution,
             status,
             exit_message,
             counts,
@@ -287,13 +292,19 @@ impl LeasedRun<'_> {
                 e.downcast_ref::<StoreError>(),
                 Some(StoreError::LeaseLost { .. })
             ),
-            Ok(why) => why.as_ref() == Some(&StopReason::LeaseLost),
+            Ok(why) => matches!(
+                why,
+                Some(StopReason::LeaseLost | StopReason::HeartbeatLost(_))
+            ),
         };
         if lease_lost {
-            // Another execution holds the campaign now: write nothing more.
-            warn!("lease lost; leaving the campaign to its new holder");
-            let message = StopReason::LeaseLost.message();
-            return Ok(report(RunStatus::Failed, message, counts, Vec::new()));
+            // Another execution or worker holds its messages now: write nothing more.
+            let why = match &outcome {
+                Ok(Some(why)) => why.clone(),
+                _ => StopReason::LeaseLost,
+            };
+            warn!("{}", why.message());
+            return Ok(report(RunStatus::Failed, why.message(), counts, Vec::new()));
         }
         let failure_reasons = store.failure_reasons(id, 3).await.unwrap_or_default();
         if matches!(outcome, Ok(Some(StopReason::Cancelled))) {
@@ -302,11 +313,31 @@ impl LeasedRun<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let end = ending(id, outcome, &counts, &failure_reasons);
+        let end = ending(id, &outcome, &counts, &failure_reasons);
+        let last = store
+            .finish_worker(
+                &self.worker,
+                end.status.execution_status().as_str(),
+                &end.message,
+            )
+            .await
+            .context("recording the end of this worker")?;
+        if !last {
+            let message = format!(
+                "{}; this worker ended, other workers still run execution {}",
+                end.message, self.worker.execution
+            );
+            info!(status = end.status.as_str(), message = %message, "worker ended");
+            let counts = store.counts(id).await?;
+            return Ok(report(end.status, message, counts, failure_reasons));
+        }
+        // The last worker: the other workers' commits all precede their ends, so fresh counts
+        // are final for this execution.
+        let counts = store.counts(id).await?;
+        let end = ending(id, &outcome, &counts, &failure_reasons);
         store
             .finish_execution(
-                id,
-                self.id,
+                &self.worker,
                 end.status.execution_status().as_str(),
                 &end.exit_code,
                 &end.message,
@@ -332,7 +363,7 @@ struct Ending {
 /// How a run of campaign `id` ends, from why its loop ended and the final counts.
 fn ending(
     id: i64,
-    outcome: anyhow::Result<Option<StopReason>>,
+    outcome: &anyhow::Result<Option<StopReason>>,
     counts: &Counts,
     failure_reasons: &[(String, i64)],
 ) -> Ending {

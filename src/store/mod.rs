@@ -13,11 +13,15 @@
 //!   one transaction, and only while the caller still holds the campaign's lease (fencing).
 //!
 //! What each operation needs from the database, whatever it is:
-//! - `claim_chunk`, `commit_chunk`, `snapshot`, `finish_execution`: the lease check and the
-//!   writes in one transaction that excludes a concurrent `start_execution` of the campaign
-//!   (a stale holder gets [`StoreError::LeaseLost`] and writes nothing);
-//! - `start_execution`: compare and swap of the lease holder: of two racing starts with the same
+//! - `claim_chunk`, `commit_chunk`, `snapshot`, `in_doubt`, `finish_*`: the fencing check of
+//!   the worker (its row still STARTED, its execution still holding the lease) and the writes
+//!   in one transaction that excludes a concurrent takeover or rescue of that worker (a stale
+//!   worker gets [`StoreError::LeaseLost`] and writes nothing). Claims by different workers run
+//!   concurrently and never return the same message;
+//! - `start_worker`: compare and swap of the lease holder: of two racing starts with the same
 //!   `expected`, exactly one wins, the other gets [`StoreError::Conflict`];
+//! - `rescue`: closing a dead worker and taking over its claims in one transaction, judged by
+//!   the database clock;
 //! - `heartbeat`: one atomic conditional update; `cancel` and `delete_campaign`: the holder
 //!   check and the writes in one transaction;
 //! - imports: one transaction each, invisible until `commit`; a segment's old members stay
@@ -36,8 +40,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use crate::model::{
-    AttemptRecord, AuditRow, Campaign, CampaignStatus, ClaimedMessage, Counts, Execution,
-    ExecutionStatus, Lease, MessageState, MessageUpdate, NewCampaign, NewMember, Segment,
+    AttemptRecord, AuditRow, Campaign, CampaignStatus, ClaimedMessage, Counts, Enlist, Execution,
+    ExecutionStatus, Lease, MessageState, MessageUpdate, NewCampaign, NewMember, Process, Rescued,
+    Segment, WorkerRecord, WorkerToken,
 };
 use crate::phone::Phone;
 
@@ -139,8 +144,7 @@ pub fn redact(url: &str) -> String {
 /// What `claim_chunk` should do.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest {
-    pub campaign: i64,
-    pub execution: i64,
+    pub worker: WorkerToken,
     pub limit: usize,
     /// Quiet hours: claim only recipients with night consent.
     pub night_only: bool,
@@ -256,36 +260,46 @@ pub trait Store: Send + Sync {
     /// `expected_lease` (a dead holder the caller has checked) is held.
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()>;
 
-    // Executions and the lease.
-    /// Starts a new execution holding the lease, if the lease is still `expected` (compare and
-    /// swap). A previous holder's execution, if any, is closed as ABANDONED with `abandon_message`.
-    async fn start_execution(
-        &self,
-        campaign: i64,
-        expected: Option<i64>,
-        host: &str,
-        pid: i64,
-        abandon_message: &str,
-    ) -> Result<i64>;
-    /// Refreshes the heartbeat; returns (stop_requested, cancel_requested).
-    async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)>;
+    // Executions, workers and the lease.
+    /// Whether several workers may run one campaign at once (PostgreSQL). Where not (SQLite,
+    /// one writer), [`Enlist::Join`] is refused and a second runner fails at once.
+    fn several_workers(&self) -> bool;
+    /// Enlists a worker: starts a new execution holding the lease ([`Enlist::New`], a compare
+    /// and swap: of two racing starts with the same `expected`, exactly one wins, the other gets
+    /// [`StoreError::Conflict`]) or joins the live one ([`Enlist::Join`]; `Conflict` when that
+    /// execution no longer holds the lease). Returns the worker's fencing token.
+    async fn start_worker(&self, campaign: i64, how: &Enlist, me: &Process) -> Result<WorkerToken>;
+    /// Refreshes the worker's heartbeat and the lease's; returns (stop_requested,
+    /// cancel_requested). `LeaseLost` when the worker was rescued or the execution replaced.
+    async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)>;
     /// Snapshots the segment into messages, all or nothing; returns the total (0 if done before).
-    async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64>;
+    async fn snapshot(&self, w: &WorkerToken) -> Result<u64>;
     /// Messages to settle by lookup before anything is sent or cancelled: `in_doubt` ones and
     /// those an earlier execution left `sending` (it crashed), at most `limit`, id > after.
+    ///
+    /// With several workers these are claimed for `w` (`FOR UPDATE SKIP LOCKED`): `in_doubt`
+    /// ones not held by another live worker, and `sending` ones of workers that are no longer
+    /// STARTED (rescued, or of an earlier execution). A live worker's claims are never returned.
     async fn in_doubt(
         &self,
-        campaign: i64,
+        w: &WorkerToken,
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>>;
+    /// Pending messages become `sending`, claimed by the request's worker, and the claim is
+    /// committed before this returns. Concurrent claims by other workers never return the same
+    /// message (`FOR UPDATE SKIP LOCKED` on PostgreSQL; one writer on SQLite).
     async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim>;
-    async fn commit_chunk(
-        &self,
-        campaign: i64,
-        execution: i64,
-        updates: &[MessageUpdate],
-    ) -> Result<()>;
+    /// Every outcome of a chunk, its attempts and the counters of the worker and the execution,
+    /// in one transaction, fenced on the worker (and, per message, on `claimed_by`).
+    async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()>;
+    /// Closes the campaign's other STARTED workers that are dead as ABANDONED: those silent for
+    /// more than `timeout_secs` of the database clock, and those in `dead` (whose process this
+    /// host saw gone). Their `sending` messages become the in-doubt work of [`Store::in_doubt`].
+    /// A no-op on stores with one worker.
+    async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued>;
+    /// The workers of a campaign, oldest first.
+    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>>;
     /// The shared rate limit: takes up to `want` tokens from gateway `gateway`'s bucket, which
     /// every run on this database draws from. The bucket holds at most `burst` tokens (full when
     /// new) and gains `rate` per second of the database clock; returns how many were granted
@@ -298,10 +312,14 @@ pub trait Store: Send + Sync {
     async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>>;
     /// Failed messages whose attempts ran out on transient errors go back to `pending`.
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
+    /// Records how worker `w` ended; returns `true` when it was the execution's last STARTED
+    /// worker, whose caller then records the end of the execution with `finish_execution`.
+    async fn finish_worker(&self, w: &WorkerToken, status: &str, exit_message: &str)
+    -> Result<bool>;
+    /// Records how the execution ended and releases the lease (fenced on the execution).
     async fn finish_execution(
         &self,
-        campaign: i64,
-        execution: i64,
+        w: &WorkerToken,
         status: &str,
         exit_code: &str,
         exit_message: &str,

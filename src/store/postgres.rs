@@ -25,6 +25,7 @@ mod import;
 mod rows;
 mod run;
 pub mod scratch;
+mod workers;
 
 use import::PgImport;
 use rows::*;
@@ -398,67 +399,54 @@ impl Store for PgStore {
         self.delete(campaign, expected_lease).await
     }
 
-    async fn start_execution(
-        &self,
-        campaign: i64,
-        expected: Option<i64>,
-        host: &str,
-        pid: i64,
-        abandon_message: &str,
-    ) -> Result<i64> {
-        self.start(campaign, expected, host, pid, abandon_message)
-            .await
+    fn several_workers(&self) -> bool {
+        true
     }
 
-    async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)> {
-        let row: Option<(bool, bool)> = sqlx::query_as(
-            "UPDATE campaigns SET lease_heartbeat_at = munja_now() \
-             WHERE id = $1 AND lease_execution = $2 RETURNING stop_requested, cancel_requested",
-        )
-        .bind(campaign)
-        .bind(execution)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.ok_or(StoreError::LeaseLost {
-            campaign,
-            execution,
-        })
+    async fn start_worker(&self, campaign: i64, how: &Enlist, me: &Process) -> Result<WorkerToken> {
+        self.enlist(campaign, how, me).await
     }
 
-    async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64> {
-        self.snapshot_segment(campaign, execution).await
+    async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
+        self.beat(w).await
+    }
+
+    async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
+        self.snapshot_segment(w).await
     }
 
     async fn in_doubt(
         &self,
-        campaign: i64,
+        w: &WorkerToken,
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
-        let rows = sqlx::query(
-            "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
-             WHERE campaign_id = $1 AND state IN ('sending', 'in_doubt') AND id > $2 \
-             ORDER BY id LIMIT $3",
-        )
-        .bind(campaign)
-        .bind(after_id)
-        .bind(row_limit(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(claimed_from_row).collect()
+        self.claim_in_doubt(w, after_id, limit).await
     }
 
     async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
         self.claim(req).await
     }
 
-    async fn commit_chunk(
+    async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
+        self.commit(w, updates).await
+    }
+
+    async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued> {
+        self.rescue_dead(w, timeout_secs, dead).await
+    }
+
+    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+        self.list_workers(campaign).await
+    }
+
+    async fn finish_worker(
         &self,
-        campaign: i64,
-        execution: i64,
-        updates: &[MessageUpdate],
-    ) -> Result<()> {
-        self.commit(campaign, execution, updates).await
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool> {
+        self.end_worker(w, status, exit_message).await
     }
 
     async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
@@ -503,13 +491,13 @@ impl Store for PgStore {
 
     async fn finish_execution(
         &self,
-        campaign: i64,
-        execution: i64,
+        w: &WorkerToken,
         status: &str,
         exit_code: &str,
         exit_message: &str,
         campaign_status: &str,
     ) -> Result<()> {
+        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, campaign, execution).await?;
         sqlx::query(
@@ -524,8 +512,8 @@ impl Store for PgStore {
         .await?;
         sqlx::query(
             "UPDATE campaigns SET status = $1, exit_message = $2, lease_execution = NULL, \
-             lease_host = NULL, lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = FALSE \
-             WHERE id = $3",
+             lease_host = NULL, lease_pid = NULL, lease_process = NULL, lease_heartbeat_at = NULL, \
+             stop_requested = FALSE WHERE id = $3",
         )
         .bind(campaign_status)
         .bind(exit_message)

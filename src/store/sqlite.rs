@@ -25,6 +25,9 @@ use file_identity::FileIdentity;
 
 mod buckets;
 mod file_identity;
+mod workers;
+
+use workers::{Tally, tally};
 
 /// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
 const FINISHED: &str = "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
@@ -106,13 +109,13 @@ impl SqliteStore {
     /// One attempt of [`Store::finish_execution`].
     async fn finish_once(
         &self,
-        campaign: i64,
-        execution: i64,
+        w: &WorkerToken,
         status: &str,
         exit_code: &str,
         exit_message: &str,
         campaign_status: &str,
     ) -> Result<()> {
+        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
         fence(&mut tx, campaign, execution).await?;
         sqlx::query(
@@ -127,7 +130,7 @@ impl SqliteStore {
         .await?;
         sqlx::query(
             "UPDATE campaigns SET status = ?, exit_message = ?, lease_execution = NULL, lease_host = NULL, \
-             lease_pid = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
+             lease_pid = NULL, lease_process = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
         )
         .bind(campaign_status)
         .bind(exit_message)
@@ -246,6 +249,7 @@ fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
             pid: r
                 .try_get::<Option<i64>, _>("lease_pid")?
                 .unwrap_or_default(),
+            process: r.try_get("lease_process")?,
             heartbeat_at: r
                 .try_get::<Option<String>, _>("lease_heartbeat_at")?
                 .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
@@ -712,6 +716,15 @@ impl Store for SqliteStore {
             .bind(campaign)
             .execute(&mut *tx)
             .await?;
+            sqlx::query(
+                "UPDATE workers SET status = 'ABANDONED', ended_at = ?, \
+                 exit_message = 'its process was gone when the campaign was cancelled' \
+                 WHERE campaign_id = ? AND status = 'STARTED'",
+            )
+            .bind(&at)
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
         }
         let live = holder.is_some() && holder != dead_lease;
         sqlx::query(
@@ -768,75 +781,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn start_execution(
-        &self,
-        campaign: i64,
-        expected: Option<i64>,
-        host: &str,
-        pid: i64,
-        abandon_message: &str,
-    ) -> Result<i64> {
-        let mut tx = self.write_tx().await?;
-        let holder = lease_holder(&mut tx, campaign).await?;
-        if holder != expected {
-            return Err(StoreError::Conflict(format!(
-                "campaign {campaign} was just started by another run (execution {})",
-                holder.unwrap_or_default()
-            )));
-        }
-        let at = now();
-        // Close whatever an earlier holder left STARTED: a dead run is never left STARTED.
-        sqlx::query(
-            "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', exit_message = ?, ended_at = ? \
-             WHERE campaign_id = ? AND status = 'STARTED'",
-        )
-        .bind(abandon_message)
-        .bind(&at)
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO executions (campaign_id, status, started_at, host, pid) VALUES (?, 'STARTED', ?, ?, ?) RETURNING id",
-        )
-        .bind(campaign)
-        .bind(&at)
-        .bind(host)
-        .bind(pid)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE campaigns SET lease_execution = ?, lease_host = ?, lease_pid = ?, lease_heartbeat_at = ?, \
-             status = 'STARTED', stop_requested = 0, exit_message = NULL WHERE id = ?",
-        )
-        .bind(id)
-        .bind(host)
-        .bind(pid)
-        .bind(&at)
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(id)
+    fn several_workers(&self) -> bool {
+        false
     }
 
-    async fn heartbeat(&self, campaign: i64, execution: i64) -> Result<(bool, bool)> {
-        self.check_file()?;
-        let row: Option<(bool, bool)> = sqlx::query_as(
-            "UPDATE campaigns SET lease_heartbeat_at = ? WHERE id = ? AND lease_execution = ? \
-             RETURNING stop_requested, cancel_requested",
-        )
-        .bind(now())
-        .bind(campaign)
-        .bind(execution)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.ok_or(StoreError::LeaseLost {
-            campaign,
-            execution,
-        })
+    async fn start_worker(&self, campaign: i64, how: &Enlist, me: &Process) -> Result<WorkerToken> {
+        self.enlist(campaign, how, me).await
     }
 
-    async fn snapshot(&self, campaign: i64, execution: i64) -> Result<u64> {
+    async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
+        self.beat(w).await
+    }
+
+    async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
+        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
         fence(&mut tx, campaign, execution).await?;
         let (uid, segment, done): (String, String, Option<String>) =
@@ -903,22 +861,28 @@ impl Store for SqliteStore {
             .bind(campaign)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE executions SET suppressed = suppressed + ?, read_count = read_count + ? WHERE id = ?")
-            .bind(suppressed)
-            .bind(suppressed)
-            .bind(execution)
-            .execute(&mut *tx)
-            .await?;
+        tally(
+            &mut tx,
+            w,
+            Tally {
+                read: suppressed,
+                suppressed,
+                ..Tally::default()
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(total)
     }
 
     async fn in_doubt(
         &self,
-        campaign: i64,
+        w: &WorkerToken,
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
+        // One worker per campaign: every `sending` message is a dead run's, never a live one's.
+        let campaign = w.campaign;
         let rows = sqlx::query(
             "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
              WHERE campaign_id = ? AND state IN ('sending', 'in_doubt') AND id > ? ORDER BY id LIMIT ?",
@@ -932,8 +896,9 @@ impl Store for SqliteStore {
     }
 
     async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
+        let w = req.worker;
         let mut tx = self.write_tx().await?;
-        fence(&mut tx, req.campaign, req.execution).await?;
+        fence(&mut tx, w.campaign, w.execution).await?;
         let sql = format!(
             "SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
                     (o.phone IS NOT NULL) AS opted_out \
@@ -946,7 +911,7 @@ impl Store for SqliteStore {
             }
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(req.campaign)
+            .bind(w.campaign)
             .bind(req.limit as i64)
             .fetch_all(&mut *tx)
             .await?;
@@ -1008,7 +973,10 @@ impl Store for SqliteStore {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "UPDATE messages SET state = 'sending', execution_id = ",
             );
-            qb.push_bind(req.execution).push(" WHERE id IN (");
+            qb.push_bind(w.execution)
+                .push(", claimed_by = ")
+                .push_bind(w.worker)
+                .push(" WHERE id IN (");
             let mut sep = qb.separated(", ");
             for m in &claim.messages {
                 sep.push_bind(m.id);
@@ -1020,22 +988,22 @@ impl Store for SqliteStore {
         claim.suppressed_capped = capped.len() as u64;
         let suppressed = (opted.len() + capped.len()) as i64;
         // Read = made final by this execution; claimed messages count when committed.
-        sqlx::query("UPDATE executions SET read_count = read_count + ?, suppressed = suppressed + ? WHERE id = ?")
-            .bind(suppressed)
-            .bind(suppressed)
-            .bind(req.execution)
-            .execute(&mut *tx)
-            .await?;
+        tally(
+            &mut tx,
+            &w,
+            Tally {
+                read: suppressed,
+                suppressed,
+                ..Tally::default()
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(claim)
     }
 
-    async fn commit_chunk(
-        &self,
-        campaign: i64,
-        execution: i64,
-        updates: &[MessageUpdate],
-    ) -> Result<()> {
+    async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
+        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
         fence(&mut tx, campaign, execution).await?;
         let (mut sent, mut failed, mut suppressed) = (0i64, 0i64, 0i64);
@@ -1095,16 +1063,17 @@ impl Store for SqliteStore {
             });
             qb.build().execute(&mut *tx).await?;
         }
-        sqlx::query(
-            "UPDATE executions SET read_count = read_count + ?, sent = sent + ?, failed = failed + ?, \
-             suppressed = suppressed + ?, commits = commits + 1 WHERE id = ?",
+        tally(
+            &mut tx,
+            w,
+            Tally {
+                read: sent + failed + suppressed,
+                sent,
+                failed,
+                suppressed,
+                commits: 1,
+            },
         )
-        .bind(sent + failed + suppressed)
-        .bind(sent)
-        .bind(failed)
-        .bind(suppressed)
-        .bind(execution)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -1146,10 +1115,27 @@ impl Store for SqliteStore {
         .rows_affected())
     }
 
+    async fn rescue(&self, _w: &WorkerToken, _timeout_secs: u64, _dead: &[i64]) -> Result<Rescued> {
+        // One worker per campaign: a dead one's execution is taken over whole (`start_worker`).
+        Ok(Rescued::default())
+    }
+
+    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+        self.list_workers(campaign).await
+    }
+
+    async fn finish_worker(
+        &self,
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool> {
+        self.end_worker(w, status, exit_message).await
+    }
+
     async fn finish_execution(
         &self,
-        campaign: i64,
-        execution: i64,
+        w: &WorkerToken,
         status: &str,
         exit_code: &str,
         exit_message: &str,
@@ -1163,8 +1149,7 @@ impl Store for SqliteStore {
         loop {
             let r = self
                 .finish_once(
-                    campaign,
-                    execution,
+                    w,
                     status,
                     exit_code,
                     exit_message,

@@ -23,6 +23,7 @@ pub(super) fn campaign_from_row(r: &PgRow) -> Result<Campaign> {
             pid: r
                 .try_get::<Option<i64>, _>("lease_pid")?
                 .unwrap_or_default(),
+            process: r.try_get("lease_process")?,
             heartbeat_at: Utc::now()
                 - chrono::Duration::milliseconds(
                     r.try_get::<Option<i64>, _>("lease_age_ms")?
@@ -66,6 +67,26 @@ pub(super) fn execution_from_row(r: &PgRow) -> Result<Execution> {
         ended_at: opt_ts(r.try_get("ended_at")?),
         host: r.try_get("host")?,
         pid: r.try_get("pid")?,
+        read_count: r.try_get("read_count")?,
+        sent: r.try_get("sent")?,
+        failed: r.try_get("failed")?,
+        suppressed: r.try_get("suppressed")?,
+        commits: r.try_get("commits")?,
+    })
+}
+
+pub(super) fn worker_from_row(r: &PgRow) -> Result<WorkerRecord> {
+    Ok(WorkerRecord {
+        id: r.try_get("id")?,
+        execution_id: r.try_get("execution_id")?,
+        status: r.try_get("status")?,
+        exit_message: r.try_get("exit_message")?,
+        host: r.try_get("host")?,
+        pid: r.try_get("pid")?,
+        process: r.try_get("process")?,
+        started_at: ts(r.try_get("started_at")?),
+        heartbeat_at: ts(r.try_get("heartbeat_at")?),
+        ended_at: opt_ts(r.try_get("ended_at")?),
         read_count: r.try_get("read_count")?,
         sent: r.try_get("sent")?,
         failed: r.try_get("failed")?,

@@ -1,10 +1,12 @@
-//! The PostgreSQL store's campaign life cycle: create, start (lease compare-and-swap), snapshot,
-//! claim, commit, cancel and delete. Each is one transaction that locks the campaign row first,
-//! so they serialize per campaign and always take their locks in the same order
-//! (campaign, then messages, then executions): no deadlock between them.
+//! The PostgreSQL store's campaign life cycle: create, snapshot, claim, commit, cancel and
+//! delete (starting and fencing workers is in `workers`). Locks are always taken in one order,
+//! campaign row, then worker rows, then messages, then executions, so they cannot deadlock;
+//! claims and commits lock only their worker's row (shared) and their messages, so the workers
+//! of one campaign write side by side.
 
 use std::collections::HashSet;
 
+use super::workers::{Tally, fence_worker, tally};
 use super::*;
 
 impl PgStore {
@@ -70,14 +72,16 @@ impl PgStore {
         .await?
         .rows_affected();
         if holder.is_some() && holder == dead_lease {
-            sqlx::query(
+            for sql in [
                 "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = munja_now(), \
                  exit_message = 'its process was gone when the campaign was cancelled' \
                  WHERE campaign_id = $1 AND status = 'STARTED'",
-            )
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
+                "UPDATE workers SET status = 'ABANDONED', ended_at = munja_now(), \
+                 exit_message = 'its process was gone when the campaign was cancelled' \
+                 WHERE campaign_id = $1 AND status = 'STARTED'",
+            ] {
+                sqlx::query(sql).bind(campaign).execute(&mut *tx).await?;
+            }
         }
         let live = holder.is_some() && holder != dead_lease;
         sqlx::query(
@@ -120,60 +124,13 @@ impl PgStore {
         Ok(())
     }
 
-    /// Compare and swap of the lease: the campaign row stays locked from the check to the
-    /// commit, so of two racing starts the second waits, then sees the first one's lease.
-    pub(super) async fn start(
-        &self,
-        campaign: i64,
-        expected: Option<i64>,
-        host: &str,
-        pid: i64,
-        abandon_message: &str,
-    ) -> Result<i64> {
+    /// The campaign row first (it serializes the workers that snapshot at once), then the
+    /// worker's fence: the lock order of a takeover.
+    pub(super) async fn snapshot_segment(&self, w: &WorkerToken) -> Result<u64> {
+        let campaign = w.campaign;
         let mut tx = self.pool.begin().await?;
-        let holder = lock_campaign(&mut tx, campaign).await?;
-        if holder != expected {
-            return Err(StoreError::Conflict(format!(
-                "campaign {campaign} was just started by another run (execution {})",
-                holder.unwrap_or_default()
-            )));
-        }
-        // Close whatever an earlier holder left STARTED: a dead run is never left STARTED.
-        sqlx::query(
-            "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', exit_message = $1, \
-             ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
-        )
-        .bind(abandon_message)
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO executions (campaign_id, status, started_at, host, pid) \
-             VALUES ($1, 'STARTED', munja_now(), $2, $3) RETURNING id",
-        )
-        .bind(campaign)
-        .bind(host)
-        .bind(pid)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE campaigns SET lease_execution = $1, lease_host = $2, lease_pid = $3, \
-             lease_heartbeat_at = munja_now(), status = 'STARTED', stop_requested = FALSE, \
-             exit_message = NULL WHERE id = $4",
-        )
-        .bind(id)
-        .bind(host)
-        .bind(pid)
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    pub(super) async fn snapshot_segment(&self, campaign: i64, execution: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        fence(&mut tx, campaign, execution).await?;
+        lock_campaign(&mut tx, campaign).await?;
+        fence_worker(&mut tx, w).await?;
         let (uid, segment, done, checked): (
             String,
             String,
@@ -235,32 +192,36 @@ impl PgStore {
             .bind(campaign)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE executions SET suppressed = suppressed + $1, read_count = read_count + $1 WHERE id = $2",
+        tally(
+            &mut tx,
+            w,
+            Tally {
+                read: suppressed,
+                suppressed,
+                ..Tally::default()
+            },
         )
-        .bind(suppressed)
-        .bind(execution)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(total)
     }
 
+    /// Pending messages locked with `FOR UPDATE SKIP LOCKED`: workers claiming at once each
+    /// get other messages, and none waits for another's claim.
     pub(super) async fn claim(&self, req: ClaimRequest) -> Result<Claim> {
+        let w = req.worker;
         let mut tx = self.pool.begin().await?;
-        fence(&mut tx, req.campaign, req.execution).await?;
+        fence_worker(&mut tx, &w).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
+            "WITH picked AS (SELECT id FROM messages WHERE campaign_id = $1 AND state = 'pending' {} \
+                             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
                     (o.phone IS NOT NULL) AS opted_out \
-             FROM messages m LEFT JOIN optouts o ON o.phone = m.phone \
-             WHERE m.campaign_id = $1 AND m.state = 'pending' {} ORDER BY m.id LIMIT $2",
-            if req.night_only {
-                "AND m.night_consent"
-            } else {
-                ""
-            }
+             FROM picked JOIN messages m ON m.id = picked.id LEFT JOIN optouts o ON o.phone = m.phone \
+             ORDER BY m.id",
+            if req.night_only { "AND night_consent" } else { "" }
         )))
-        .bind(req.campaign)
+        .bind(w.campaign)
         .bind(req.limit as i64)
         .fetch_all(&mut *tx)
         .await?;
@@ -310,9 +271,11 @@ impl PgStore {
         if !claim.messages.is_empty() {
             let ids: Vec<i64> = claim.messages.iter().map(|m| m.id).collect();
             sqlx::query(
-                "UPDATE messages SET state = 'sending', execution_id = $1 WHERE id = ANY($2)",
+                "UPDATE messages SET state = 'sending', execution_id = $1, claimed_by = $2 \
+                 WHERE id = ANY($3)",
             )
-            .bind(req.execution)
+            .bind(w.execution)
+            .bind(w.worker)
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
@@ -321,32 +284,33 @@ impl PgStore {
         claim.suppressed_capped = capped.len() as u64;
         let suppressed = (opted.len() + capped.len()) as i64;
         // Read = made final by this execution; claimed messages count when committed.
-        sqlx::query(
-            "UPDATE executions SET read_count = read_count + $1, suppressed = suppressed + $1 WHERE id = $2",
+        tally(
+            &mut tx,
+            &w,
+            Tally {
+                read: suppressed,
+                suppressed,
+                ..Tally::default()
+            },
         )
-        .bind(suppressed)
-        .bind(req.execution)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(claim)
     }
 
-    /// Every outcome of a chunk, its attempts and the execution's counters: three statements in
-    /// one fenced transaction, whatever the size of the chunk.
-    pub(super) async fn commit(
-        &self,
-        campaign: i64,
-        execution: i64,
-        updates: &[MessageUpdate],
-    ) -> Result<()> {
+    /// Every outcome of a chunk, its attempts and the counters: a few statements in one
+    /// transaction fenced on the worker, whatever the size of the chunk. Each message is
+    /// written only while this worker still has it claimed; otherwise nothing is.
+    pub(super) async fn commit(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
+        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.pool.begin().await?;
-        fence(&mut tx, campaign, execution).await?;
+        fence_worker(&mut tx, w).await?;
         let mut cols = UpdateColumns::default();
+        let written;
         for u in updates {
             cols.push(u);
         }
-        sqlx::query(
+        written = sqlx::query(
             "UPDATE messages m SET state = u.state, reason = u.reason, retryable = u.retryable, \
              gateway_id = COALESCE(u.gateway_id, m.gateway_id), type = COALESCE(u.kind, m.type), \
              bytes = COALESCE(u.bytes, m.bytes), attempts = m.attempts + u.sends, \
@@ -355,7 +319,7 @@ impl PgStore {
              FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BOOLEAN[], $5::TEXT[], $6::TEXT[], \
                          $7::BIGINT[], $8::BIGINT[], $9::TIMESTAMPTZ[]) \
                   AS u(id, state, reason, retryable, gateway_id, kind, bytes, sends, last_at) \
-             WHERE m.id = u.id AND m.campaign_id = $10",
+             WHERE m.id = u.id AND m.campaign_id = $10 AND m.claimed_by = $11",
         )
         .bind(&cols.id)
         .bind(&cols.state)
@@ -367,8 +331,17 @@ impl PgStore {
         .bind(&cols.sends)
         .bind(&cols.last_at)
         .bind(campaign)
+        .bind(w.worker)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if written != updates.len() as u64 {
+            // Some message is no longer this worker's: it was rescued. Write nothing.
+            return Err(StoreError::LeaseLost {
+                campaign,
+                execution,
+            });
+        }
         let a = AttemptColumns::of(updates);
         if !a.message_id.is_empty() {
             sqlx::query(
@@ -391,15 +364,17 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE executions SET read_count = read_count + $1 + $2 + $3, sent = sent + $1, \
-             failed = failed + $2, suppressed = suppressed + $3, commits = commits + 1 WHERE id = $4",
+        tally(
+            &mut tx,
+            w,
+            Tally {
+                read: cols.sent + cols.failed + cols.suppressed,
+                sent: cols.sent,
+                failed: cols.failed,
+                suppressed: cols.suppressed,
+                commits: 1,
+            },
         )
-        .bind(cols.sent)
-        .bind(cols.failed)
-        .bind(cols.suppressed)
-        .bind(execution)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())

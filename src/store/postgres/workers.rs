@@ -1,0 +1,333 @@
+//! The PostgreSQL store's workers: several `campaign run` processes on one campaign.
+//!
+//! A worker enlists by starting a new execution (compare and swap of the campaign's lease, as
+//! on SQLite) or by joining the live one. Every write it makes afterwards is fenced on its own
+//! row: [`fence_worker`] reads it `FOR SHARE` and requires it STARTED and its execution still
+//! holding the lease. A takeover or a rescue changes that row (`UPDATE`), so it waits for a
+//! write in flight, and every later write of the stale worker fails with `LeaseLost`. Workers
+//! never lock the campaign row to write, so their claims and commits run side by side.
+//!
+//! A claim expires with its worker: the worker's `heartbeat_at` older than the lease timeout on
+//! the database clock (or its process seen gone on this host) lets any surviving worker close it
+//! as ABANDONED and take over its `sending` messages, in one transaction ([`PgStore::rescue_dead`]).
+
+use super::*;
+
+/// Counter increments of one write.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tally {
+    pub read: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub commits: i64,
+}
+
+/// Fails with `LeaseLost` unless worker `w` is STARTED and its execution holds the lease; the
+/// worker row stays share-locked until the transaction ends.
+pub(super) async fn fence_worker(
+    tx: &mut Transaction<'static, Postgres>,
+    w: &WorkerToken,
+) -> Result<()> {
+    let ok: Option<bool> = sqlx::query_scalar(
+        "SELECT k.status = 'STARTED' AND c.lease_execution IS NOT DISTINCT FROM k.execution_id \
+         FROM workers k JOIN campaigns c ON c.id = k.campaign_id \
+         WHERE k.id = $1 AND k.campaign_id = $2 AND k.execution_id = $3 FOR SHARE OF k",
+    )
+    .bind(w.worker)
+    .bind(w.campaign)
+    .bind(w.execution)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match ok {
+        Some(true) => Ok(()),
+        _ => Err(StoreError::LeaseLost {
+            campaign: w.campaign,
+            execution: w.execution,
+        }),
+    }
+}
+
+/// Adds `t` to the counters of the worker and of its execution.
+pub(super) async fn tally(
+    tx: &mut Transaction<'static, Postgres>,
+    w: &WorkerToken,
+    t: Tally,
+) -> Result<()> {
+    for (table, id) in [("workers", w.worker), ("executions", w.execution)] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET read_count = read_count + $1, sent = sent + $2, failed = failed + $3, \
+             suppressed = suppressed + $4, commits = commits + $5 WHERE id = $6"
+        )))
+        .bind(t.read)
+        .bind(t.sent)
+        .bind(t.failed)
+        .bind(t.suppressed)
+        .bind(t.commits)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+impl PgStore {
+    /// [`Store::start_worker`].
+    pub(super) async fn enlist(
+        &self,
+        campaign: i64,
+        how: &Enlist,
+        me: &Process,
+    ) -> Result<WorkerToken> {
+        let mut tx = self.pool.begin().await?;
+        let holder = lock_campaign(&mut tx, campaign).await?;
+        let execution = match how {
+            Enlist::Join { execution } => {
+                if holder != Some(*execution) {
+                    return Err(StoreError::Conflict(format!(
+                        "execution {execution} of campaign {campaign} has just ended or been taken over"
+                    )));
+                }
+                *execution
+            }
+            Enlist::New {
+                expected,
+                abandon_message,
+            } => {
+                if holder != *expected {
+                    return Err(StoreError::Conflict(format!(
+                        "campaign {campaign} was just started by another run (execution {})",
+                        holder.unwrap_or_default()
+                    )));
+                }
+                self.new_execution(&mut tx, campaign, me, abandon_message)
+                    .await?
+            }
+        };
+        let worker: i64 = sqlx::query_scalar(
+            "INSERT INTO workers (campaign_id, execution_id, status, host, pid, process, started_at, heartbeat_at) \
+             VALUES ($1, $2, 'STARTED', $3, $4, $5, munja_now(), munja_now()) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(execution)
+        .bind(&me.host)
+        .bind(me.pid)
+        .bind(&me.identity)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(WorkerToken {
+            campaign,
+            execution,
+            worker,
+        })
+    }
+
+    /// Closes what an earlier holder left STARTED and starts a new execution holding the lease.
+    async fn new_execution(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        campaign: i64,
+        me: &Process,
+        abandon_message: &str,
+    ) -> Result<i64> {
+        for sql in [
+            "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', exit_message = $1, \
+             ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
+            "UPDATE workers SET status = 'ABANDONED', exit_message = $1, \
+             ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
+        ] {
+            sqlx::query(sql)
+                .bind(abandon_message)
+                .bind(campaign)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO executions (campaign_id, status, started_at, host, pid) \
+             VALUES ($1, 'STARTED', munja_now(), $2, $3) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(&me.host)
+        .bind(me.pid)
+        .fetch_one(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET lease_execution = $1, lease_host = $2, lease_pid = $3, \
+             lease_process = $4, lease_heartbeat_at = munja_now(), status = 'STARTED', \
+             stop_requested = FALSE, exit_message = NULL WHERE id = $5",
+        )
+        .bind(id)
+        .bind(&me.host)
+        .bind(me.pid)
+        .bind(&me.identity)
+        .bind(campaign)
+        .execute(&mut **tx)
+        .await?;
+        Ok(id)
+    }
+
+    /// [`Store::heartbeat`]: the worker's row, then the lease's.
+    pub(super) async fn beat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
+        let lost = || StoreError::LeaseLost {
+            campaign: w.campaign,
+            execution: w.execution,
+        };
+        let mut tx = self.pool.begin().await?;
+        let alive: Option<i64> = sqlx::query_scalar(
+            "UPDATE workers SET heartbeat_at = munja_now() WHERE id = $1 AND status = 'STARTED' RETURNING id",
+        )
+        .bind(w.worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        alive.ok_or_else(lost)?;
+        let row: Option<(bool, bool)> = sqlx::query_as(
+            "UPDATE campaigns SET lease_heartbeat_at = munja_now() \
+             WHERE id = $1 AND lease_execution = $2 RETURNING stop_requested, cancel_requested",
+        )
+        .bind(w.campaign)
+        .bind(w.execution)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = row.ok_or_else(lost)?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// [`Store::rescue`].
+    pub(super) async fn rescue_dead(
+        &self,
+        w: &WorkerToken,
+        timeout_secs: u64,
+        dead: &[i64],
+    ) -> Result<Rescued> {
+        let mut tx = self.pool.begin().await?;
+        fence_worker(&mut tx, w).await?;
+        // SKIP LOCKED: a worker in the middle of a write is alive, whatever its heartbeat says.
+        let gone: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM workers WHERE campaign_id = $1 AND status = 'STARTED' AND id <> $2 \
+             AND (heartbeat_at < munja_now() - make_interval(secs => $3) OR id = ANY($4)) \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(w.campaign)
+        .bind(w.worker)
+        .bind(timeout_secs as f64)
+        .bind(dead)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rescued = Rescued::default();
+        if !gone.is_empty() {
+            sqlx::query(
+                "UPDATE workers SET status = 'ABANDONED', ended_at = munja_now(), \
+                 exit_message = 'no heartbeat within lease_timeout_secs (or its process was gone); \
+                 its claims were rescued by worker ' || $2 WHERE id = ANY($1)",
+            )
+            .bind(&gone)
+            .bind(w.worker.to_string())
+            .execute(&mut *tx)
+            .await?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM messages WHERE claimed_by = ANY($1) AND state = 'sending'",
+            )
+            .bind(&gone)
+            .fetch_one(&mut *tx)
+            .await?;
+            rescued.workers = gone.len() as u64;
+            rescued.messages = n as u64;
+        }
+        rescued.others_sending = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages m JOIN workers k ON k.id = m.claimed_by \
+             WHERE m.campaign_id = $1 AND m.state = 'sending' AND k.status = 'STARTED' AND k.id <> $2",
+        )
+        .bind(w.campaign)
+        .bind(w.worker)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rescued)
+    }
+
+    /// [`Store::finish_worker`]: the campaign row serializes the last workers of an execution,
+    /// so exactly one of them learns it was the last.
+    pub(super) async fn end_worker(
+        &self,
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let holder = lock_campaign(&mut tx, w.campaign).await?;
+        if holder != Some(w.execution) {
+            return Err(StoreError::LeaseLost {
+                campaign: w.campaign,
+                execution: w.execution,
+            });
+        }
+        let ended: Option<i64> = sqlx::query_scalar(
+            "UPDATE workers SET status = $1, exit_message = $2, ended_at = munja_now() \
+             WHERE id = $3 AND status = 'STARTED' RETURNING id",
+        )
+        .bind(status)
+        .bind(exit_message)
+        .bind(w.worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ended.is_none() {
+            return Err(StoreError::LeaseLost {
+                campaign: w.campaign,
+                execution: w.execution,
+            });
+        }
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM workers WHERE execution_id = $1 AND status = 'STARTED'",
+        )
+        .bind(w.execution)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(others == 0)
+    }
+
+    /// [`Store::in_doubt`]: claims the messages this worker must settle by lookup, skipping
+    /// those another transaction holds.
+    pub(super) async fn claim_in_doubt(
+        &self,
+        w: &WorkerToken,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        let mut tx = self.pool.begin().await?;
+        fence_worker(&mut tx, w).await?;
+        let rows = sqlx::query(
+            "UPDATE messages SET claimed_by = $2 WHERE id IN ( \
+                SELECT m.id FROM messages m LEFT JOIN workers k ON k.id = m.claimed_by \
+                WHERE m.campaign_id = $1 AND m.id > $3 AND ( \
+                    (m.state = 'in_doubt' AND (k.id IS NULL OR k.id = $2 OR k.status <> 'STARTED')) \
+                    OR (m.state = 'sending' AND (k.id IS NULL OR k.status <> 'STARTED'))) \
+                ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED) \
+             RETURNING id, ref, phone, vars, night_consent, attempts",
+        )
+        .bind(w.campaign)
+        .bind(w.worker)
+        .bind(after_id)
+        .bind(row_limit(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by_key(|m| m.id);
+        Ok(claimed)
+    }
+
+    /// [`Store::workers`].
+    pub(super) async fn list_workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query("SELECT * FROM workers WHERE campaign_id = $1 ORDER BY id")
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+}

@@ -1,0 +1,206 @@
+//! The SQLite store's workers and lease: SQLite has one writer, so a campaign has one runner at
+//! a time and an execution exactly one worker. Its row records the process and counts what it
+//! did, as on PostgreSQL, so that `campaign status` reads the same on both.
+
+use super::*;
+
+/// Counter increments of one write: (read, sent, failed, suppressed, commits).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tally {
+    pub read: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub commits: i64,
+}
+
+impl SqliteStore {
+    /// [`Store::start_worker`]: a new execution with its one worker (compare and swap of the
+    /// lease); joining a live one is refused with what to do instead.
+    pub(super) async fn enlist(
+        &self,
+        campaign: i64,
+        how: &Enlist,
+        me: &Process,
+    ) -> Result<WorkerToken> {
+        let (expected, abandon_message) = match how {
+            Enlist::New {
+                expected,
+                abandon_message,
+            } => (*expected, abandon_message.as_str()),
+            Enlist::Join { execution } => {
+                return Err(StoreError::Conflict(format!(
+                    "campaign {campaign} is already running (execution {execution}), and a SQLite \
+                     database allows one runner per campaign: wait for it, stop it with \
+                     `munja campaign stop {campaign}`, or use PostgreSQL \
+                     (database_url = \"postgres://…\") to run several workers on one campaign"
+                )));
+            }
+        };
+        let mut tx = self.write_tx().await?;
+        let holder = lease_holder(&mut tx, campaign).await?;
+        if holder != expected {
+            return Err(StoreError::Conflict(format!(
+                "campaign {campaign} was just started by another run (execution {})",
+                holder.unwrap_or_default()
+            )));
+        }
+        let at = now();
+        // Close whatever an earlier holder left STARTED: a dead run is never left STARTED.
+        for table in ["executions", "workers"] {
+            let extra = if table == "executions" {
+                ", exit_code = 'FAILED'"
+            } else {
+                ""
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET status = 'ABANDONED'{extra}, exit_message = ?, ended_at = ? \
+                 WHERE campaign_id = ? AND status = 'STARTED'"
+            )))
+            .bind(abandon_message)
+            .bind(&at)
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let execution: i64 = sqlx::query_scalar(
+            "INSERT INTO executions (campaign_id, status, started_at, host, pid) \
+             VALUES (?, 'STARTED', ?, ?, ?) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(&at)
+        .bind(&me.host)
+        .bind(me.pid)
+        .fetch_one(&mut *tx)
+        .await?;
+        let worker: i64 = sqlx::query_scalar(
+            "INSERT INTO workers (campaign_id, execution_id, status, host, pid, process, started_at, heartbeat_at) \
+             VALUES (?1, ?2, 'STARTED', ?3, ?4, ?5, ?6, ?6) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(execution)
+        .bind(&me.host)
+        .bind(me.pid)
+        .bind(&me.identity)
+        .bind(&at)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET lease_execution = ?, lease_host = ?, lease_pid = ?, lease_process = ?, \
+             lease_heartbeat_at = ?, status = 'STARTED', stop_requested = 0, exit_message = NULL WHERE id = ?",
+        )
+        .bind(execution)
+        .bind(&me.host)
+        .bind(me.pid)
+        .bind(&me.identity)
+        .bind(&at)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(WorkerToken {
+            campaign,
+            execution,
+            worker,
+        })
+    }
+
+    /// [`Store::heartbeat`].
+    pub(super) async fn beat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
+        self.check_file()?;
+        let at = now();
+        let row: Option<(bool, bool)> = sqlx::query_as(
+            "UPDATE campaigns SET lease_heartbeat_at = ? WHERE id = ? AND lease_execution = ? \
+             RETURNING stop_requested, cancel_requested",
+        )
+        .bind(&at)
+        .bind(w.campaign)
+        .bind(w.execution)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or(StoreError::LeaseLost {
+            campaign: w.campaign,
+            execution: w.execution,
+        })?;
+        sqlx::query("UPDATE workers SET heartbeat_at = ? WHERE id = ?")
+            .bind(&at)
+            .bind(w.worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(row)
+    }
+
+    /// [`Store::finish_worker`]: the one worker of its execution is always the last.
+    pub(super) async fn end_worker(
+        &self,
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, w.campaign, w.execution).await?;
+        sqlx::query(
+            "UPDATE workers SET status = ?, exit_message = ?, ended_at = ? WHERE id = ? AND status = 'STARTED'",
+        )
+        .bind(status)
+        .bind(exit_message)
+        .bind(now())
+        .bind(w.worker)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// [`Store::workers`].
+    pub(super) async fn list_workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query("SELECT * FROM workers WHERE campaign_id = ? ORDER BY id")
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerRecord {
+                    id: r.try_get("id")?,
+                    execution_id: r.try_get("execution_id")?,
+                    status: r.try_get("status")?,
+                    exit_message: r.try_get("exit_message")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    process: r.try_get("process")?,
+                    started_at: r.try_get("started_at")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                    read_count: r.try_get("read_count")?,
+                    sent: r.try_get("sent")?,
+                    failed: r.try_get("failed")?,
+                    suppressed: r.try_get("suppressed")?,
+                    commits: r.try_get("commits")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Adds `t` to the counters of the worker and of its execution.
+pub(super) async fn tally(
+    tx: &mut Transaction<'static, Sqlite>,
+    w: &WorkerToken,
+    t: Tally,
+) -> Result<()> {
+    for (table, id) in [("executions", w.execution), ("workers", w.worker)] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET read_count = read_count + ?, sent = sent + ?, failed = failed + ?, \
+             suppressed = suppressed + ?, commits = commits + ? WHERE id = ?"
+        )))
+        .bind(t.read)
+        .bind(t.sent)
+        .bind(t.failed)
+        .bind(t.suppressed)
+        .bind(t.commits)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
