@@ -15,8 +15,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Campaign, Enlist, Lease};
 pub use crate::model::Process;
+use crate::model::{Campaign, Enlist, Lease};
 use crate::store::Store;
 
 /// This machine's host name, as recorded in leases.
@@ -36,14 +36,22 @@ fn pid_space() -> Option<String> {
 /// The start time of process `pid` (clock ticks after boot), as this pid namespace sees it.
 fn start_time(pid: i64) -> Option<u64> {
     let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
-    Some(procfs::process::Process::new(pid).ok()?.stat().ok()?.starttime)
+    Some(
+        procfs::process::Process::new(pid)
+            .ok()?
+            .stat()
+            .ok()?
+            .starttime,
+    )
 }
 
 impl Process {
     /// This process.
     pub fn me() -> Process {
         let pid = i64::from(std::process::id());
-        let identity = pid_space().zip(start_time(pid)).map(|(s, t)| format!("{s}/{t}"));
+        let identity = pid_space()
+            .zip(start_time(pid))
+            .map(|(s, t)| format!("{s}/{t}"));
         Process {
             host: this_host(),
             pid,
@@ -300,12 +308,20 @@ mod tests {
         let mut reused = Process::me();
         let space = pid_space().expect("pid space");
         reused.identity = Some(format!("{space}/1"));
-        assert!(Process::is_gone(&reused.host, reused.pid, reused.identity.as_deref()));
+        assert!(Process::is_gone(
+            &reused.host,
+            reused.pid,
+            reused.identity.as_deref()
+        ));
         // A dead pid recorded in another pid namespace (a container sharing the host name) or
         // without an identity: unknown here, so only the timeout can tell.
         let mut other_ns = dead_child();
         other_ns.identity = Some("other-boot/4026531836/12345".into());
-        assert!(!Process::is_gone(&other_ns.host, other_ns.pid, other_ns.identity.as_deref()));
+        assert!(!Process::is_gone(
+            &other_ns.host,
+            other_ns.pid,
+            other_ns.identity.as_deref()
+        ));
         let unknown = dead_child();
         assert!(!Process::is_gone(&unknown.host, unknown.pid, None));
     }
@@ -354,7 +370,10 @@ mod tests {
                 abandon_message,
             } => {
                 assert_eq!(expected, Some(7));
-                assert!(abandon_message.contains("no heartbeat"), "{abandon_message}");
+                assert!(
+                    abandon_message.contains("no heartbeat"),
+                    "{abandon_message}"
+                );
             }
             other => panic!("expected a new execution, got {other:?}"),
         }

@@ -14,8 +14,8 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::control::StopReason;
 use super::sender::{SendCtx, quiet_stop, send_chunk};
-use crate::message::Composer;
 use crate::lease::Process;
+use crate::message::Composer;
 use crate::model::{Campaign, Counts, MessageState, MessageUpdate, Rescued, WorkerToken};
 use crate::progress::Progress;
 use crate::store::{ClaimRequest, Store};
@@ -262,9 +262,7 @@ impl Runner<'_> {
                 u
             })
             .collect();
-        self.store
-            .commit_chunk(&self.worker, &back)
-            .await?;
+        self.store.commit_chunk(&self.worker, &back).await?;
         Ok(Some(StopReason::TemplateError(
             first_error.unwrap_or_default(),
         )))
@@ -290,9 +288,7 @@ impl Runner<'_> {
             *slot += 1;
             counts.pending -= 1;
         }
-        self.store
-            .commit_chunk(&self.worker, updates)
-            .await?;
+        self.store.commit_chunk(&self.worker, updates).await?;
         if let Some(p) = self.progress.as_mut() {
             p.update(counts);
         }

@@ -93,9 +93,7 @@ impl Runner<'_> {
                     }],
                 });
             }
-            self.store
-                .commit_chunk(&self.worker, &updates)
-                .await?;
+            self.store.commit_chunk(&self.worker, &updates).await?;
         }
     }
 }

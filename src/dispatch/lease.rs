@@ -83,7 +83,10 @@ pub(super) fn spawn_heartbeat(
                 }
                 Err(StoreError::LeaseLost { .. }) => ctl.abort(StopReason::LeaseLost),
                 Err(e) if last_ok.elapsed() >= give_up => {
-                    warn!("heartbeat failed for {:?}: {e}; stopping this worker before its claims expire", last_ok.elapsed());
+                    warn!(
+                        "heartbeat failed for {:?}: {e}; stopping this worker before its claims expire",
+                        last_ok.elapsed()
+                    );
                     ctl.abort(StopReason::HeartbeatLost(e.to_string()));
                 }
                 Err(e) => warn!("heartbeat failed: {e}"),

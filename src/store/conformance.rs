@@ -75,6 +75,7 @@ mod buckets;
 mod imports;
 mod lifecycle;
 mod outcomes;
+mod workers;
 
 /// The i-th test mobile number.
 pub(super) fn phone(i: u64) -> Phone {
@@ -118,23 +119,61 @@ pub(super) async fn create_campaign(s: &dyn Store, seg: &str, ad: bool) -> i64 {
     .expect("create campaign")
 }
 
-/// Segment `seg` of `n` members, a campaign on it, a started execution and its snapshot.
-pub(super) async fn running(s: &dyn Store, seg: &str, n: u64) -> (i64, i64) {
+/// Starts worker 1 of a new execution of campaign `c`, replacing `expected`, as process
+/// `pid` on `host`.
+pub(crate) async fn start(
+    s: &dyn Store,
+    c: i64,
+    expected: Option<i64>,
+    host: &str,
+    pid: i64,
+    abandon_message: &str,
+) -> Result<WorkerToken> {
+    let how = Enlist::New {
+        expected,
+        abandon_message: abandon_message.into(),
+    };
+    s.start_worker(c, &how, &process(host, pid)).await
+}
+
+/// A process without an identity: only heartbeats tell whether it lives.
+pub(super) fn process(host: &str, pid: i64) -> Process {
+    Process {
+        host: host.into(),
+        pid,
+        identity: None,
+    }
+}
+
+/// A token nobody holds: the next execution and worker ids of `w`'s campaign.
+pub(super) fn stranger(w: WorkerToken) -> WorkerToken {
+    WorkerToken {
+        execution: w.execution + 1,
+        worker: w.worker + 1,
+        ..w
+    }
+}
+
+/// Segment `seg` of `n` members, a campaign on it, a started worker and its snapshot.
+pub(super) async fn running(s: &dyn Store, seg: &str, n: u64) -> (i64, WorkerToken) {
     import_segment(s, seg, 0..n).await;
     let c = create_campaign(s, seg, true).await;
-    let e = s
-        .start_execution(c, None, "host-a", 4242, "abandoned")
+    let e = start(s, c, None, "host-a", 4242, "abandoned")
         .await
         .expect("start");
-    s.snapshot(c, e).await.expect("snapshot");
+    s.snapshot(&e).await.expect("snapshot");
     (c, e)
 }
 
 /// Claims up to `limit` messages without night or cap rules.
-pub(super) async fn claim(s: &dyn Store, c: i64, e: i64, limit: usize) -> Vec<ClaimedMessage> {
+pub(super) async fn claim(
+    s: &dyn Store,
+    _c: i64,
+    e: WorkerToken,
+    limit: usize,
+) -> Vec<ClaimedMessage> {
     s.claim_chunk(ClaimRequest {
-        campaign: c,
-        execution: e,
+        worker: e,
         limit,
         night_only: false,
         cap: None,

@@ -314,8 +314,12 @@ pub trait Store: Send + Sync {
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
     /// Records how worker `w` ended; returns `true` when it was the execution's last STARTED
     /// worker, whose caller then records the end of the execution with `finish_execution`.
-    async fn finish_worker(&self, w: &WorkerToken, status: &str, exit_message: &str)
-    -> Result<bool>;
+    async fn finish_worker(
+        &self,
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool>;
     /// Records how the execution ended and releases the lease (fenced on the execution).
     async fn finish_execution(
         &self,

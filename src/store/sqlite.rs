@@ -885,10 +885,13 @@ impl Store for SqliteStore {
         let campaign = w.campaign;
         let rows = sqlx::query(
             "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
-             WHERE campaign_id = ? AND state IN ('sending', 'in_doubt') AND id > ? ORDER BY id LIMIT ?",
+             WHERE campaign_id = ? AND id > ? AND (state = 'in_doubt' \
+                   OR (state = 'sending' AND (claimed_by IS NULL OR claimed_by <> ?))) \
+             ORDER BY id LIMIT ?",
         )
         .bind(campaign)
         .bind(after_id)
+        .bind(w.worker)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -1148,13 +1151,7 @@ impl Store for SqliteStore {
         let mut tries = 1;
         loop {
             let r = self
-                .finish_once(
-                    w,
-                    status,
-                    exit_code,
-                    exit_message,
-                    campaign_status,
-                )
+                .finish_once(w, status, exit_code, exit_message, campaign_status)
                 .await;
             match r {
                 Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::phone::normalize_mobile;
+use crate::store::conformance::start;
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -96,7 +97,7 @@ async fn opt_out_lookups_probe_the_primary_key() {
 }
 
 /// A campaign of `n` recipients snapshotted by execution 1; every third number opted out.
-async fn campaign(s: &SqliteStore, n: u64) -> (i64, i64) {
+async fn campaign(s: &SqliteStore, n: u64) -> (i64, WorkerToken) {
     let phones: Vec<Phone> = (0..n)
         .map(|i| {
             normalize_mobile(&format!("010-{:04}-{:04}", 2000 + i / 10_000, i % 10_000))
@@ -138,11 +139,8 @@ async fn campaign(s: &SqliteStore, n: u64) -> (i64, i64) {
         })
         .await
         .expect("create");
-    let exec = s
-        .start_execution(id, None, "h", 1, "")
-        .await
-        .expect("start");
-    assert_eq!(s.snapshot(id, exec).await.expect("snapshot"), n);
+    let exec = start(&*s, id, None, "h", 1, "").await.expect("start");
+    assert_eq!(s.snapshot(&exec).await.expect("snapshot"), n);
     (id, exec)
 }
 
@@ -164,8 +162,8 @@ async fn pages(s: &SqliteStore, mut f: AuditFilter, limit: i64) -> Vec<Vec<Audit
 async fn audit_pages_cover_every_message_once_in_order_for_every_filter() {
     let (_d, s) = store().await;
     // Two campaigns: the second one's pages must not leak into the first's.
-    let (first, _) = campaign(&s, 23).await;
-    s.finish_execution(first, 1, "COMPLETED", "COMPLETED", "", "COMPLETED")
+    let (_, w) = campaign(&s, 23).await;
+    s.finish_execution(&w, "COMPLETED", "COMPLETED", "", "COMPLETED")
         .await
         .expect("finish");
     let (id, _) = campaign(&s, 23).await;

@@ -17,39 +17,40 @@ conformance!(
 async fn start_execution_is_a_compare_and_swap(s: Arc<dyn Store>) {
     import_segment(&*s, "seg", 0..2).await;
     let c = create_campaign(&*s, "seg", true).await;
-    let e1 = s
-        .start_execution(c, None, "host-a", 11, "unused")
+    let e1 = start(&*s, c, None, "host-a", 11, "unused")
         .await
         .expect("first start");
     let m = assert_conflict(
-        s.start_execution(c, None, "host-b", 22, "unused").await,
+        start(&*s, c, None, "host-b", 22, "unused").await,
         "start expecting no holder",
     );
-    assert!(m.contains(&format!("execution {e1}")), "{m}");
+    assert!(m.contains(&format!("execution {}", e1.execution)), "{m}");
     let lease = s.campaign(c).await.expect("campaign").lease.expect("lease");
     assert_eq!(
         (lease.execution, lease.host.as_str(), lease.pid),
-        (e1, "host-a", 11)
+        (e1.execution, "host-a", 11)
     );
     let age = (Utc::now() - lease.heartbeat_at).num_seconds();
     assert!((0..5).contains(&age), "fresh heartbeat is {age}s old");
 
-    let e2 = s
-        .start_execution(c, Some(e1), "host-b", 22, "taken over")
+    let e2 = start(&*s, c, Some(e1.execution), "host-b", 22, "taken over")
         .await
         .expect("takeover");
     let c1 = s.campaign(c).await.expect("campaign");
-    assert_eq!(c1.lease.expect("lease").execution, e2);
+    assert_eq!(c1.lease.expect("lease").execution, e2.execution);
     assert_eq!(c1.status, "STARTED");
     let ex = s.executions(c).await.expect("executions");
     assert_eq!(ex.len(), 2);
-    assert_eq!((ex[0].id, ex[0].status.as_str()), (e1, "ABANDONED"));
+    assert_eq!(
+        (ex[0].id, ex[0].status.as_str()),
+        (e1.execution, "ABANDONED")
+    );
     assert_eq!(ex[0].exit_message.as_deref(), Some("taken over"));
     assert!(ex[0].ended_at.is_some());
-    assert_eq!((ex[1].id, ex[1].status.as_str()), (e2, "STARTED"));
+    assert_eq!((ex[1].id, ex[1].status.as_str()), (e2.execution, "STARTED"));
     assert_eq!((ex[1].host.as_str(), ex[1].pid), ("host-b", 22));
     assert_not_found(
-        s.start_execution(c + 100, None, "h", 1, "x").await,
+        start(&*s, c + 100, None, "h", 1, "x").await,
         "unknown campaign",
     );
 }
@@ -60,7 +61,7 @@ async fn racing_starts_have_exactly_one_winner(s: Arc<dyn Store>) {
     let starts: Vec<_> = (0..6)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.start_execution(c, None, "host", i, "x").await })
+            tokio::spawn(async move { start(&*s, c, None, "host", i, "x").await })
         })
         .collect();
     let mut won = Vec::new();
@@ -79,7 +80,7 @@ async fn racing_starts_have_exactly_one_winner(s: Arc<dyn Store>) {
             .lease
             .expect("lease")
             .execution,
-        won[0]
+        won[0].execution
     );
     assert_eq!(s.executions(c).await.expect("executions").len(), 1);
 }
@@ -90,15 +91,12 @@ async fn heartbeat_reports_stop_and_cancel_requests(s: Arc<dyn Store>) {
     // A stop of a campaign nobody runs asks nothing of a later run.
     s.request_stop(c).await.expect("stop idle");
     assert!(!s.campaign(c).await.expect("campaign").stop_requested);
-    let e = s
-        .start_execution(c, None, "h", 1, "x")
-        .await
-        .expect("start");
-    assert_eq!(s.heartbeat(c, e).await.expect("beat"), (false, false));
+    let e = start(&*s, c, None, "h", 1, "x").await.expect("start");
+    assert_eq!(s.heartbeat(&e).await.expect("beat"), (false, false));
     s.request_stop(c).await.expect("stop");
     assert!(s.campaign(c).await.expect("campaign").stop_requested);
-    assert_eq!(s.heartbeat(c, e).await.expect("beat"), (true, false));
-    assert_lease_lost(s.heartbeat(c, e + 1).await, "heartbeat of a non-holder");
+    assert_eq!(s.heartbeat(&e).await.expect("beat"), (true, false));
+    assert_lease_lost(s.heartbeat(&stranger(e)).await, "heartbeat of a non-holder");
     assert_not_found(s.request_stop(c + 100).await, "stop of an unknown campaign");
 }
 
@@ -106,12 +104,9 @@ async fn snapshot_is_idempotent_and_suppresses_opted_out(s: Arc<dyn Store>) {
     import_segment(&*s, "seg", 0..4).await;
     s.optout_add(&phone(2), "cli").await.expect("optout");
     let c = create_campaign(&*s, "seg", true).await;
-    let e = s
-        .start_execution(c, None, "h", 1, "x")
-        .await
-        .expect("start");
-    assert_eq!(s.snapshot(c, e).await.expect("snapshot"), 4);
-    assert_eq!(s.snapshot(c, e).await.expect("again"), 0, "done before");
+    let e = start(&*s, c, None, "h", 1, "x").await.expect("start");
+    assert_eq!(s.snapshot(&e).await.expect("snapshot"), 4);
+    assert_eq!(s.snapshot(&e).await.expect("again"), 0, "done before");
     let n = s.counts(c).await.expect("counts");
     assert_eq!((n.total, n.pending, n.suppressed), (4, 3, 1));
     let camp = s.campaign(c).await.expect("campaign");
@@ -146,15 +141,12 @@ async fn snapshot_refuses_a_reimported_segment_and_writes_nothing(s: Arc<dyn Sto
             break;
         }
     }
-    let e = s
-        .start_execution(c, None, "h", 1, "x")
-        .await
-        .expect("start");
-    let m = assert_conflict(s.snapshot(c, e).await, "snapshot of a re-imported segment");
+    let e = start(&*s, c, None, "h", 1, "x").await.expect("start");
+    let m = assert_conflict(s.snapshot(&e).await, "snapshot of a re-imported segment");
     assert!(m.contains("re-imported"), "{m}");
     assert_eq!(s.counts(c).await.expect("counts").total, 0);
     assert!(s.campaign(c).await.expect("campaign").snapshot_at.is_none());
-    assert_lease_lost(s.snapshot(c, e + 1).await, "snapshot by a non-holder");
+    assert_lease_lost(s.snapshot(&stranger(e)).await, "snapshot by a non-holder");
 }
 
 async fn claim_and_commit_keep_the_counters(s: Arc<dyn Store>) {
@@ -185,7 +177,7 @@ async fn claim_and_commit_keep_the_counters(s: Arc<dyn Store>) {
         ),
         back,
     ];
-    s.commit_chunk(c, e, &updates).await.expect("commit");
+    s.commit_chunk(&e, &updates).await.expect("commit");
     let n = s.counts(c).await.expect("counts");
     assert_eq!(
         (n.pending, n.sending, n.sent, n.failed, n.suppressed),
@@ -229,7 +221,7 @@ async fn claim_and_commit_keep_the_counters(s: Arc<dyn Store>) {
     // The returned message is claimed again first.
     assert_eq!(claim(&*s, c, e, 1).await[0].id, ids[3]);
     // An empty chunk is a commit too.
-    s.commit_chunk(c, e, &[]).await.expect("empty commit");
+    s.commit_chunk(&e, &[]).await.expect("empty commit");
     assert_eq!(s.executions(c).await.expect("executions")[0].commits, 2);
 }
 
@@ -241,15 +233,12 @@ async fn claim_applies_optouts_night_consent_and_the_cap(s: Arc<dyn Store>) {
         .iter()
         .map(|m| update(m.id, MessageState::Sent, vec![attempt("accepted", 60)]))
         .collect();
-    s.commit_chunk(other, oe, &sent).await.expect("commit old");
+    s.commit_chunk(&oe, &sent).await.expect("commit old");
 
     import_segment(&*s, "seg", 0..6).await;
     let c = create_campaign(&*s, "seg", true).await;
-    let e = s
-        .start_execution(c, None, "h", 1, "x")
-        .await
-        .expect("start");
-    s.snapshot(c, e).await.expect("snapshot");
+    let e = start(&*s, c, None, "h", 1, "x").await.expect("start");
+    s.snapshot(&e).await.expect("snapshot");
     s.optout_add(&phone(4), "cli")
         .await
         .expect("optout during run");
@@ -260,8 +249,7 @@ async fn claim_applies_optouts_night_consent_and_the_cap(s: Arc<dyn Store>) {
     );
     let night = s
         .claim_chunk(ClaimRequest {
-            campaign: c,
-            execution: e,
+            worker: e,
             limit: 10,
             night_only: true,
             cap: Some((1, Utc::now() - chrono::Duration::hours(1))),
@@ -310,8 +298,7 @@ async fn claim_applies_optouts_night_consent_and_the_cap(s: Arc<dyn Store>) {
 async fn stale_execution_is_fenced_off(s: Arc<dyn Store>) {
     let (c, stale) = running(&*s, "seg", 3).await;
     let got = claim(&*s, c, stale, 2).await;
-    let fresh = s
-        .start_execution(c, Some(stale), "host-b", 2, "taken over")
+    let fresh = start(&*s, c, Some(stale.execution), "host-b", 2, "taken over")
         .await
         .expect("takeover");
     let late = [update(
@@ -319,7 +306,7 @@ async fn stale_execution_is_fenced_off(s: Arc<dyn Store>) {
         MessageState::Sent,
         vec![attempt("accepted", 0)],
     )];
-    assert_lease_lost(s.commit_chunk(c, stale, &late).await, "stale commit");
+    assert_lease_lost(s.commit_chunk(&stale, &late).await, "stale commit");
     let n = s.counts(c).await.expect("counts");
     assert_eq!(
         (n.sent, n.sending),
@@ -330,8 +317,7 @@ async fn stale_execution_is_fenced_off(s: Arc<dyn Store>) {
     assert_eq!(ex[0].commits, 0);
     assert_lease_lost(
         s.claim_chunk(ClaimRequest {
-            campaign: c,
-            execution: stale,
+            worker: stale,
             limit: 5,
             night_only: false,
             cap: None,
@@ -340,17 +326,21 @@ async fn stale_execution_is_fenced_off(s: Arc<dyn Store>) {
         "stale claim",
     );
     assert_eq!(s.counts(c).await.expect("counts").pending, 1);
-    assert_lease_lost(s.heartbeat(c, stale).await, "stale heartbeat");
+    assert_lease_lost(s.heartbeat(&stale).await, "stale heartbeat");
     assert_lease_lost(
-        s.finish_execution(c, stale, "COMPLETED", "COMPLETED", "done", "COMPLETED")
+        s.finish_execution(&stale, "COMPLETED", "COMPLETED", "done", "COMPLETED")
             .await,
         "stale finish",
     );
     assert_eq!(s.campaign(c).await.expect("campaign").status, "STARTED");
-    // The holder's own writes go through.
-    s.commit_chunk(c, fresh, &late)
-        .await
-        .expect("holder commit");
+    // The new holder settles what the stale one left in flight; then its writes go through.
+    let settled = s.in_doubt(&fresh, 0, 10).await.expect("in doubt");
+    assert_eq!(
+        settled.len(),
+        2,
+        "the stale run's claims are the new one's to settle"
+    );
+    s.commit_chunk(&fresh, &late).await.expect("holder commit");
     assert_eq!(s.counts(c).await.expect("counts").sent, 1);
 }
 
@@ -367,11 +357,11 @@ async fn a_commit_racing_a_takeover_is_all_or_nothing(s: Arc<dyn Store>) {
             .collect();
         let committer = {
             let s = s.clone();
-            tokio::spawn(async move { s.commit_chunk(c, stale, &updates).await })
+            tokio::spawn(async move { s.commit_chunk(&stale, &updates).await })
         };
         let taker = {
             let s = s.clone();
-            tokio::spawn(async move { s.start_execution(c, Some(stale), "b", 2, "taken").await })
+            tokio::spawn(async move { start(&*s, c, Some(stale.execution), "b", 2, "taken").await })
         };
         let committed = committer.await.expect("join commit");
         taker.await.expect("join takeover").expect("takeover");

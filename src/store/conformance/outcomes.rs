@@ -22,13 +22,16 @@ async fn cancel_live_and_dead_runs(s: Arc<dyn Store>) {
     let camp = s.campaign(c).await.expect("campaign");
     assert_eq!(camp.status, "STARTED", "the live run finishes it");
     assert!(camp.cancel_requested && camp.stop_requested);
-    assert_eq!(camp.lease.expect("lease kept").execution, e);
-    assert_eq!(s.heartbeat(c, e).await.expect("beat"), (true, true));
+    assert_eq!(camp.lease.expect("lease kept").execution, e.execution);
+    assert_eq!(s.heartbeat(&e).await.expect("beat"), (true, true));
     let n = s.counts(c).await.expect("counts");
     assert_eq!((n.cancelled, n.sending, n.pending), (3, 1, 0));
 
     let (d, de) = running(&*s, "dead", 2).await;
-    assert_eq!(s.cancel(d, Some(de)).await.expect("cancel dead"), 2);
+    assert_eq!(
+        s.cancel(d, Some(de.execution)).await.expect("cancel dead"),
+        2
+    );
     let camp = s.campaign(d).await.expect("campaign");
     assert_eq!(camp.status, "CANCELLED");
     assert!(camp.lease.is_none());
@@ -52,7 +55,7 @@ async fn in_doubt_pages_through_sending_and_in_doubt_messages(s: Arc<dyn Store>)
         .iter()
         .map(|m| update(m.id, MessageState::InDoubt, vec![attempt("timeout", 0)]))
         .collect();
-    s.commit_chunk(c, e, &doubt).await.expect("commit in doubt");
+    s.commit_chunk(&e, &doubt).await.expect("commit in doubt");
     let n = s.counts(c).await.expect("counts");
     assert_eq!((n.in_doubt, n.sending, n.pending), (2, 3, 2));
     assert!(!n.all_final());
@@ -62,10 +65,27 @@ async fn in_doubt_pages_through_sending_and_in_doubt_messages(s: Arc<dyn Store>)
         (0, 1),
         "in doubt is not read yet"
     );
+    // A live worker's own claims are not in doubt, to it or to anyone.
+    let own: Vec<i64> = s
+        .in_doubt(&e, 0, 100)
+        .await
+        .expect("in doubt")
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let doubted: Vec<i64> = got[..2].iter().map(|m| m.id).collect();
+    assert_eq!(
+        own, doubted,
+        "only the in-doubt ones, not its own in flight"
+    );
+    // The run dies; the next one settles all five, a page at a time.
+    let e2 = start(&*s, c, Some(e.execution), "host-b", 2, "died")
+        .await
+        .expect("takeover");
     let mut seen = Vec::new();
     let mut after = 0;
     loop {
-        let page = s.in_doubt(c, after, 2).await.expect("in doubt");
+        let page = s.in_doubt(&e2, after, 2).await.expect("in doubt");
         assert!(page.len() <= 2);
         let Some(last) = page.last() else { break };
         after = last.id;
@@ -77,16 +97,16 @@ async fn in_doubt_pages_through_sending_and_in_doubt_messages(s: Arc<dyn Store>)
         "every sending or in-doubt message once, in id order"
     );
     assert_eq!(
-        s.in_doubt(c, 0, 1).await.expect("first")[0].attempts,
+        s.in_doubt(&e2, 0, 1).await.expect("first")[0].attempts,
         1,
         "the timed-out attempt counts"
     );
     // In doubt is never claimed again, nor cancelled.
-    let rest = claim(&*s, c, e, 10).await;
+    let rest = claim(&*s, c, e2, 10).await;
     assert_eq!(rest.len(), 2);
     assert!(rest.iter().all(|m| !want.contains(&m.id)));
-    let (other, _) = running(&*s, "other", 2).await;
-    assert!(s.in_doubt(other, 0, 10).await.expect("other").is_empty());
+    let (_, other) = running(&*s, "other", 2).await;
+    assert!(s.in_doubt(&other, 0, 10).await.expect("other").is_empty());
 }
 
 async fn fresh_optouts_in_flight_are_the_claimed_ones_opted_out_since(s: Arc<dyn Store>) {
@@ -148,7 +168,7 @@ async fn failure_reasons_most_frequent_first(s: Arc<dyn Store>) {
         MessageState::Sent,
         vec![attempt("accepted", 0)],
     ));
-    s.commit_chunk(c, e, &updates).await.expect("commit");
+    s.commit_chunk(&e, &updates).await.expect("commit");
     let top = s.failure_reasons(c, 10).await.expect("reasons");
     assert_eq!(
         top,
@@ -179,7 +199,7 @@ async fn requeue_retryable_returns_only_retryable_failures(s: Arc<dyn Store>) {
         ),
         update(got[2].id, MessageState::Sent, vec![attempt("accepted", 0)]),
     ];
-    s.commit_chunk(c, e, &updates).await.expect("commit");
+    s.commit_chunk(&e, &updates).await.expect("commit");
     assert_eq!(s.requeue_retryable(c).await.expect("requeue"), 1);
     assert_eq!(s.requeue_retryable(c).await.expect("again"), 0);
     let n = s.counts(c).await.expect("counts");
@@ -190,7 +210,7 @@ async fn requeue_retryable_returns_only_retryable_failures(s: Arc<dyn Store>) {
 async fn finish_execution_releases_the_lease(s: Arc<dyn Store>) {
     let (c, e) = running(&*s, "seg", 1).await;
     s.request_stop(c).await.expect("stop");
-    s.finish_execution(c, e, "STOPPED", "STOPPED", "stopped by operator", "STOPPED")
+    s.finish_execution(&e, "STOPPED", "STOPPED", "stopped by operator", "STOPPED")
         .await
         .expect("finish");
     let camp = s.campaign(c).await.expect("campaign");
@@ -204,11 +224,8 @@ async fn finish_execution_releases_the_lease(s: Arc<dyn Store>) {
     );
     assert!(ex.ended_at.is_some());
     // The next run starts from an empty lease.
-    let e2 = s
-        .start_execution(c, None, "h", 2, "x")
-        .await
-        .expect("restart");
-    assert!(e2 > e);
+    let e2 = start(&*s, c, None, "h", 2, "x").await.expect("restart");
+    assert!(e2.execution > e.execution);
 }
 
 async fn audit_filters_and_pages(s: Arc<dyn Store>) {
@@ -218,7 +235,7 @@ async fn audit_filters_and_pages(s: Arc<dyn Store>) {
         .iter()
         .map(|m| update(m.id, MessageState::Sent, vec![attempt("accepted", 0)]))
         .collect();
-    s.commit_chunk(c, e, &sent).await.expect("commit");
+    s.commit_chunk(&e, &sent).await.expect("commit");
     let all = AuditFilter {
         campaign: c,
         limit: 2,
@@ -302,8 +319,8 @@ async fn purge_deletes_only_old_rows_of_finished_campaigns(s: Arc<dyn Store>) {
         .iter()
         .map(|m| update(m.id, MessageState::Sent, vec![attempt("accepted", 0)]))
         .collect();
-    s.commit_chunk(done, de, &sent).await.expect("commit");
-    s.finish_execution(done, de, "COMPLETED", "COMPLETED", "all sent", "COMPLETED")
+    s.commit_chunk(&de, &sent).await.expect("commit");
+    s.finish_execution(&de, "COMPLETED", "COMPLETED", "all sent", "COMPLETED")
         .await
         .expect("finish");
     let (live, le) = running(&*s, "live", 1).await;
@@ -313,9 +330,7 @@ async fn purge_deletes_only_old_rows_of_finished_campaigns(s: Arc<dyn Store>) {
         MessageState::Sent,
         vec![attempt("accepted", 0)],
     )];
-    s.commit_chunk(live, le, &live_sent)
-        .await
-        .expect("commit live");
+    s.commit_chunk(&le, &live_sent).await.expect("commit live");
 
     let past = Utc::now() - chrono::Duration::hours(1);
     let r = s.purge(past, 2).await.expect("purge nothing");
@@ -339,11 +354,11 @@ async fn delete_refuses_a_live_lease_and_removes_everything(s: Arc<dyn Store>) {
         MessageState::Sent,
         vec![attempt("accepted", 0)],
     )];
-    s.commit_chunk(c, e, &sent).await.expect("commit");
+    s.commit_chunk(&e, &sent).await.expect("commit");
     let m = assert_conflict(s.delete_campaign(c, None).await, "delete while running");
     assert!(m.contains("stop it first"), "{m}");
     assert_eq!(s.counts(c).await.expect("counts").total, 2);
-    s.delete_campaign(c, Some(e))
+    s.delete_campaign(c, Some(e.execution))
         .await
         .expect("delete, holder known dead");
     assert_not_found(s.campaign(c).await, "deleted campaign");

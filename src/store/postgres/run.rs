@@ -73,10 +73,10 @@ impl PgStore {
         .rows_affected();
         if holder.is_some() && holder == dead_lease {
             for sql in [
-                "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = munja_now(), \
+                "UPDATE workers SET status = 'ABANDONED', ended_at = munja_now(), \
                  exit_message = 'its process was gone when the campaign was cancelled' \
                  WHERE campaign_id = $1 AND status = 'STARTED'",
-                "UPDATE workers SET status = 'ABANDONED', ended_at = munja_now(), \
+                "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = munja_now(), \
                  exit_message = 'its process was gone when the campaign was cancelled' \
                  WHERE campaign_id = $1 AND status = 'STARTED'",
             ] {

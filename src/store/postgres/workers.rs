@@ -2,7 +2,7 @@
 //!
 //! A worker enlists by starting a new execution (compare and swap of the campaign's lease, as
 //! on SQLite) or by joining the live one. Every write it makes afterwards is fenced on its own
-//! row: [`fence_worker`] reads it `FOR SHARE` and requires it STARTED and its execution still
+//! row: [`fence_worker`] locks it and requires it STARTED and its execution still
 //! holding the lease. A takeover or a rescue changes that row (`UPDATE`), so it waits for a
 //! write in flight, and every later write of the stale worker fails with `LeaseLost`. Workers
 //! never lock the campaign row to write, so their claims and commits run side by side.
@@ -24,7 +24,8 @@ pub(super) struct Tally {
 }
 
 /// Fails with `LeaseLost` unless worker `w` is STARTED and its execution holds the lease; the
-/// worker row stays share-locked until the transaction ends.
+/// worker row stays locked until the transaction ends (`FOR NO KEY UPDATE`: a worker's own
+/// writes take turns, since each updates its counters; other workers' writes do not wait).
 pub(super) async fn fence_worker(
     tx: &mut Transaction<'static, Postgres>,
     w: &WorkerToken,
@@ -32,7 +33,7 @@ pub(super) async fn fence_worker(
     let ok: Option<bool> = sqlx::query_scalar(
         "SELECT k.status = 'STARTED' AND c.lease_execution IS NOT DISTINCT FROM k.execution_id \
          FROM workers k JOIN campaigns c ON c.id = k.campaign_id \
-         WHERE k.id = $1 AND k.campaign_id = $2 AND k.execution_id = $3 FOR SHARE OF k",
+         WHERE k.id = $1 AND k.campaign_id = $2 AND k.execution_id = $3 FOR NO KEY UPDATE OF k",
     )
     .bind(w.worker)
     .bind(w.campaign)
@@ -131,10 +132,12 @@ impl PgStore {
         me: &Process,
         abandon_message: &str,
     ) -> Result<i64> {
+        // Workers first: a commit in flight holds its worker row, then updates the execution's
+        // counters; taking the rows in the other order would deadlock with it.
         for sql in [
-            "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', exit_message = $1, \
-             ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
             "UPDATE workers SET status = 'ABANDONED', exit_message = $1, \
+             ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
+            "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', exit_message = $1, \
              ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
         ] {
             sqlx::query(sql)

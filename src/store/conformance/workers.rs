@@ -1,0 +1,203 @@
+//! Conformance of several workers on one campaign: joining, disjoint claims, exact counters,
+//! rescue of a dead worker's claims, fencing of the rescued worker, the last worker's end.
+//! On a store with one worker per campaign (SQLite) joining is refused, and that is checked.
+
+use super::*;
+
+conformance!(
+    workers_join_claim_disjoint_chunks_and_keep_exact_counters,
+    a_dead_worker_is_rescued_and_fenced_off,
+    only_the_last_worker_ends_the_execution,
+);
+
+/// Joins the execution of `first` as worker on `host`, or `None` where a store refuses it.
+async fn join(s: &dyn Store, first: WorkerToken, host: &str) -> Option<WorkerToken> {
+    let how = Enlist::Join {
+        execution: first.execution,
+    };
+    let joined = s
+        .start_worker(first.campaign, &how, &process(host, 7))
+        .await;
+    if s.several_workers() {
+        Some(joined.expect("join"))
+    } else {
+        let m = assert_conflict(joined, "join on a one-worker store");
+        assert!(m.contains("one runner per campaign"), "{m}");
+        None
+    }
+}
+
+async fn workers_join_claim_disjoint_chunks_and_keep_exact_counters(s: Arc<dyn Store>) {
+    let (c, a) = running(&*s, "seg", 200).await;
+    let Some(b) = join(&*s, a, "host-b").await else {
+        return;
+    };
+    assert_eq!((b.campaign, b.execution), (a.campaign, a.execution));
+    assert_ne!(a.worker, b.worker);
+    // Claims at the same moment: never the same message twice.
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in [a, b, a, b, a, b] {
+        let s = s.clone();
+        tasks.spawn(async move { (w, claim(&*s, c, w, 30).await) });
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut per_worker: Vec<(WorkerToken, Vec<ClaimedMessage>)> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (w, got) = r.expect("join");
+        assert_eq!(got.len(), 30);
+        for m in &got {
+            assert!(seen.insert(m.id), "message {} claimed twice", m.id);
+        }
+        per_worker.push((w, got));
+    }
+    for (w, got) in &per_worker {
+        let sent: Vec<_> = got
+            .iter()
+            .map(|m| update(m.id, MessageState::Sent, vec![attempt("accepted", 0)]))
+            .collect();
+        s.commit_chunk(w, &sent).await.expect("commit");
+    }
+    // A worker cannot commit another's claim.
+    let foreign = per_worker
+        .iter()
+        .find(|(w, _)| *w == b)
+        .map(|(_, got)| got[0].id)
+        .expect("b claimed");
+    let n = s.counts(c).await.expect("counts");
+    assert_eq!((n.sent, n.sending, n.pending), (180, 0, 20));
+    let rows = s.workers(c).await.expect("workers");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.iter().map(|r| r.sent).sum::<i64>(), 180);
+    assert!(
+        rows.iter().all(|r| r.sent == 90 && r.commits == 3),
+        "{rows:?}"
+    );
+    let ex = &s.executions(c).await.expect("executions")[0];
+    assert_eq!(
+        (ex.sent, ex.commits),
+        (180, 6),
+        "the execution sums its workers"
+    );
+    let more = claim(&*s, c, a, 5).await;
+    let stolen = [update(
+        more[0].id,
+        MessageState::Sent,
+        vec![attempt("accepted", 0)],
+    )];
+    assert_lease_lost(
+        s.commit_chunk(&b, &stolen).await,
+        "commit of another's claim",
+    );
+    assert!(foreign > 0);
+    assert_eq!(s.counts(c).await.expect("counts").sent, 180);
+}
+
+async fn a_dead_worker_is_rescued_and_fenced_off(s: Arc<dyn Store>) {
+    let (c, a) = running(&*s, "seg", 10).await;
+    let Some(b) = join(&*s, a, "host-b").await else {
+        // One worker per campaign: a dead one is taken over whole, never rescued.
+        assert_eq!(
+            s.rescue(&a, 0, &[]).await.expect("rescue"),
+            Rescued::default()
+        );
+        return;
+    };
+    let got = claim(&*s, c, a, 4).await;
+    let b_claims = claim(&*s, c, b, 2).await;
+    // Nothing to rescue while `a` beats within the timeout; b sees a's claims in flight.
+    let r = s.rescue(&b, 3600, &[]).await.expect("rescue");
+    assert_eq!((r.workers, r.messages, r.others_sending), (0, 0, 4));
+    assert!(s.in_doubt(&b, 0, 10).await.expect("doubt").is_empty());
+    // `a` is seen dead (its process gone): b rescues its four claims and settles them.
+    let r = s.rescue(&b, 3600, &[a.worker]).await.expect("rescue");
+    assert_eq!((r.workers, r.messages, r.others_sending), (1, 4, 0));
+    let doubt: Vec<i64> = s
+        .in_doubt(&b, 0, 10)
+        .await
+        .expect("doubt")
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(doubt, got.iter().map(|m| m.id).collect::<Vec<_>>());
+    // The rescued worker writes nothing more.
+    let late = [update(
+        got[0].id,
+        MessageState::Sent,
+        vec![attempt("accepted", 0)],
+    )];
+    assert_lease_lost(s.commit_chunk(&a, &late).await, "rescued worker's commit");
+    assert_lease_lost(s.heartbeat(&a).await, "rescued worker's heartbeat");
+    assert_lease_lost(
+        s.claim_chunk(ClaimRequest {
+            worker: a,
+            limit: 5,
+            night_only: false,
+            cap: None,
+        })
+        .await,
+        "rescued worker's claim",
+    );
+    // The rescuer does: the rescued claims and its own.
+    s.commit_chunk(&b, &late).await.expect("rescuer commit");
+    let own = [update(
+        b_claims[0].id,
+        MessageState::Sent,
+        vec![attempt("accepted", 0)],
+    )];
+    s.commit_chunk(&b, &own).await.expect("own commit");
+    assert_eq!(s.counts(c).await.expect("counts").sent, 2);
+    let rows = s.workers(c).await.expect("workers");
+    let dead = rows.iter().find(|r| r.id == a.worker).expect("a");
+    assert_eq!(dead.status, "ABANDONED");
+    assert!(dead.ended_at.is_some());
+    // A silent worker is rescued by the timeout of the database clock.
+    let Some(d) = join(&*s, a, "host-d").await else {
+        return;
+    };
+    claim(&*s, c, d, 1).await;
+    let r = loop {
+        let r = s.rescue(&b, 0, &[]).await.expect("rescue");
+        if r.workers > 0 {
+            break r;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!((r.workers, r.messages), (1, 1));
+}
+
+async fn only_the_last_worker_ends_the_execution(s: Arc<dyn Store>) {
+    let (c, a) = running(&*s, "seg", 4).await;
+    let b = join(&*s, a, "host-b").await;
+    if let Some(b) = b {
+        assert!(
+            !s.finish_worker(&a, "COMPLETED", "queue dry")
+                .await
+                .expect("finish a"),
+            "b still runs"
+        );
+        assert_lease_lost(s.heartbeat(&a).await, "an ended worker's heartbeat");
+        assert!(s.heartbeat(&b).await.is_ok(), "the execution goes on");
+        assert!(
+            s.finish_worker(&b, "COMPLETED", "queue dry")
+                .await
+                .expect("finish b")
+        );
+        s.finish_execution(&b, "COMPLETED", "COMPLETED", "done", "COMPLETED")
+            .await
+            .expect("finish execution");
+    } else {
+        assert!(
+            s.finish_worker(&a, "COMPLETED", "done")
+                .await
+                .expect("finish")
+        );
+        s.finish_execution(&a, "COMPLETED", "COMPLETED", "done", "COMPLETED")
+            .await
+            .expect("finish execution");
+    }
+    let camp = s.campaign(c).await.expect("campaign");
+    assert_eq!(camp.status, "COMPLETED");
+    assert!(camp.lease.is_none());
+    let rows = s.workers(c).await.expect("workers");
+    assert!(rows.iter().all(|r| r.status == "COMPLETED"), "{rows:?}");
+}
