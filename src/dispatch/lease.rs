@@ -23,25 +23,45 @@ pub(super) type FreshOptouts = Arc<RwLock<HashSet<String>>>;
 
 /// Enlists this process as a worker of campaign `c`: refuses while a live run holds it on a
 /// store with one worker per campaign, joins it on one with several, takes over a dead one.
+/// Workers started at the same moment race for the lease: the losers look again and join the
+/// winner (or, with one worker per campaign, are refused).
 pub(super) async fn acquire(
     store: &dyn Store,
     cfg: &Config,
     c: &Campaign,
 ) -> anyhow::Result<WorkerToken> {
     let me = Process::me();
-    let holder = Holder::of(c, cfg.policy.lease_timeout_secs, store);
-    let how = holder.enlist(c.id, store.several_workers())?;
-    match &how {
+    let mut c = c.clone();
+    let mut tries = 0;
+    loop {
+        let holder = Holder::of(&c, cfg.policy.lease_timeout_secs, store);
+        let how = holder.enlist(c.id, store.several_workers())?;
+        match store.start_worker(c.id, &how, &me).await {
+            Ok(w) => {
+                log_enlisted(&how);
+                return Ok(w);
+            }
+            Err(StoreError::Conflict(m)) if tries < 5 => {
+                tries += 1;
+                tracing::debug!("{m}; looking again");
+                c = store.campaign(c.id).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn log_enlisted(how: &Enlist) {
+    match how {
         Enlist::New {
             expected: Some(previous),
             abandon_message,
         } => warn!(previous, "{abandon_message}; taking over"),
         Enlist::Join { execution } => {
-            tracing::info!(execution, "joining the running execution as another worker")
+            tracing::info!(execution, "joined the running execution as another worker")
         }
         Enlist::New { .. } => {}
     }
-    Ok(store.start_worker(c.id, &how, &me).await?)
 }
 
 /// Renews the lease every sixth of `lease_timeout_secs` (0.2 to 1 s), turns stop and cancel

@@ -139,7 +139,7 @@ async fn campaign(s: &SqliteStore, n: u64) -> (i64, WorkerToken) {
         })
         .await
         .expect("create");
-    let exec = start(&*s, id, None, "h", 1, "").await.expect("start");
+    let exec = start(s, id, None, "h", 1, "").await.expect("start");
     assert_eq!(s.snapshot(&exec).await.expect("snapshot"), n);
     (id, exec)
 }

@@ -24,20 +24,6 @@ async fn ok_on(env: &Env, url: &str, args: &[&str]) -> Out {
     o
 }
 
-async fn count(url: &str, sql: &str) -> i64 {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("connect to the test database");
-    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    pool.close().await;
-    n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_works_on_postgres() {
     let db = ScratchDb::create(&test_server_url())
@@ -56,7 +42,7 @@ async fn every_command_works_on_postgres() {
     assert!(o.stderr.contains("has no munja tables"), "{}", o.all());
     assert!(o.stderr.contains("run `munja init` first"), "{}", o.all());
     assert_eq!(
-        count(
+        pg_count(
             url,
             "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'"
         )
@@ -120,14 +106,14 @@ async fn every_command_works_on_postgres() {
     .await;
     assert!(o.stdout.contains("suppressed"), "{}", o.all());
     // The rows are in PostgreSQL, not in a SQLite file next to the config.
-    assert_eq!(count(url, "SELECT COUNT(*) FROM messages").await, 10);
+    assert_eq!(pg_count(url, "SELECT COUNT(*) FROM messages").await, 10);
     assert!(!env.path("munja.db").exists());
 
     let o = ok_on(&env, url, &["purge", "--before", "2999-01-01", "--json"]).await;
     let r: serde_json::Value = serde_json::from_str(&o.stdout).expect("purge json");
     assert_eq!(n(&r, "attempts_deleted"), 8);
     assert_eq!(n(&r, "executions_deleted"), 1);
-    assert_eq!(count(url, "SELECT COUNT(*) FROM attempts").await, 0);
+    assert_eq!(pg_count(url, "SELECT COUNT(*) FROM attempts").await, 0);
 
     // Stop and cancel of an idle campaign, then delete.
     let id2 = ok_on(&env, url, &args).await.stdout.trim().to_string();
@@ -142,8 +128,8 @@ async fn every_command_works_on_postgres() {
     assert!(st.stdout.contains("CANCELLED"), "{}", st.all());
     ok_on(&env, url, &["campaign", "delete", &id]).await;
     ok_on(&env, url, &["campaign", "delete", &id2]).await;
-    assert_eq!(count(url, "SELECT COUNT(*) FROM campaigns").await, 0);
-    assert_eq!(count(url, "SELECT COUNT(*) FROM messages").await, 0);
+    assert_eq!(pg_count(url, "SELECT COUNT(*) FROM campaigns").await, 0);
+    assert_eq!(pg_count(url, "SELECT COUNT(*) FROM messages").await, 0);
     db.drop_now().await.expect("drop the test database");
 }
 

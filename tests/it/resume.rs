@@ -4,34 +4,13 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, Gw, Out, n, number};
+use crate::common::{Env, Gw, Out, n, number, signal, wait};
 use munja::gateway::sim::SimConfig;
 use rand::RngExt;
 use sqlx::sqlite::SqlitePool;
 
 fn spawn_run(env: &Env, id: &str, extra: &[&str]) -> Child {
-    let mut args = vec!["campaign", "run", id];
-    args.extend_from_slice(extra);
-    env.cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn munja")
-}
-
-async fn wait(child: Child) -> Out {
-    tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("wait")
-        .into()
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
+    env.spawn_run(id, extra)
 }
 
 async fn db(env: &Env) -> SqlitePool {

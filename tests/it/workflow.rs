@@ -529,29 +529,9 @@ async fn two_campaigns_running_at_once_share_their_gateways_rate() {
     let a = env
         .campaign(&env.segment_csv("a.csv", 0, 300), "hello", &[])
         .await;
-    let b_csv = env.segment_csv("b.csv", 1000, 300);
-    env.ok(&[
-        "segment",
-        "import",
-        "b",
-        b_csv.to_str().expect("utf-8 path"),
-    ])
-    .await;
     let b = env
-        .ok(&[
-            "campaign",
-            "create",
-            "--name",
-            "b",
-            "--segment",
-            "b",
-            "--template",
-            "hello",
-        ])
-        .await
-        .stdout
-        .trim()
-        .to_string();
+        .another_campaign("b", &env.segment_csv("b.csv", 1000, 300), "hello")
+        .await;
     let t = std::time::Instant::now();
     // Two processes on one gateway: each alone could send 100 a second.
     let (run_a, run_b) = (["campaign", "run", &a], ["campaign", "run", &b]);

@@ -306,11 +306,10 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         fence_worker(&mut tx, w).await?;
         let mut cols = UpdateColumns::default();
-        let written;
         for u in updates {
             cols.push(u);
         }
-        written = sqlx::query(
+        let written = sqlx::query(
             "UPDATE messages m SET state = u.state, reason = u.reason, retryable = u.retryable, \
              gateway_id = COALESCE(u.gateway_id, m.gateway_id), type = COALESCE(u.kind, m.type), \
              bytes = COALESCE(u.bytes, m.bytes), attempts = m.attempts + u.sends, \

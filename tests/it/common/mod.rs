@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use munja::gateway::sim::{self, SimConfig, SimHandle};
 use munja::store::postgres::scratch::{ScratchDb, test_server_url};
@@ -69,11 +69,21 @@ impl Env {
     /// `policy`: extra lines for the [policy] table. Quiet hours are off unless `policy` sets
     /// them, so that tests do not depend on the time of day in Korea.
     pub async fn with(sim_cfg: SimConfig, gw: Gw, policy: &str) -> Env {
+        Env::on(sim_cfg, gw, policy, on_postgres()).await
+    }
+
+    /// As [`Env::with`], on a fresh PostgreSQL database whatever `MUNJA_TEST_BACKEND` says
+    /// (several workers need it).
+    pub async fn on_pg(sim_cfg: SimConfig, gw: Gw, policy: &str) -> Env {
+        Env::on(sim_cfg, gw, policy, true).await
+    }
+
+    async fn on(sim_cfg: SimConfig, gw: Gw, policy: &str, postgres: bool) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), sim_cfg)
             .await
             .expect("simulator");
-        let pg = if on_postgres() {
+        let pg = if postgres {
             Some(
                 ScratchDb::create(&test_server_url())
                     .await
@@ -181,6 +191,17 @@ batch_size = {batch}
         c
     }
 
+    /// Starts `munja campaign run ID EXTRA…` without waiting for it.
+    pub fn spawn_run(&self, id: &str, extra: &[&str]) -> Child {
+        let mut args = vec!["campaign", "run", id];
+        args.extend_from_slice(extra);
+        self.cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn munja")
+    }
+
     /// Runs the binary to completion off the async runtime's threads.
     pub async fn run(&self, args: &[&str]) -> Out {
         let mut c = self.cmd(args);
@@ -226,6 +247,24 @@ batch_size = {batch}
         self.ok(&args).await.stdout.trim().to_string()
     }
 
+    /// Imports `csv` as segment `name` and creates campaign `name` on it (after
+    /// [`Env::campaign`], which ran `init`); returns its id.
+    pub async fn another_campaign(&self, name: &str, csv: &Path, template: &str) -> String {
+        let f = csv.to_str().expect("utf-8 path");
+        self.ok(&["segment", "import", name, f]).await;
+        let args = [
+            "campaign",
+            "create",
+            "--name",
+            name,
+            "--segment",
+            name,
+            "--template",
+            template,
+        ];
+        self.ok(&args).await.stdout.trim().to_string()
+    }
+
     pub async fn status(&self, id: &str) -> serde_json::Value {
         let o = self.ok(&["campaign", "status", id, "--json"]).await;
         serde_json::from_str(&o.stdout).expect("status json")
@@ -240,6 +279,38 @@ batch_size = {batch}
 }
 
 /// The i-th test number, canonical form: 010 + 8 digits.
+/// One number from a query on the PostgreSQL database at `url`.
+pub async fn pg_count(url: &str, sql: &str) -> i64 {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect to the test database");
+    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&pool)
+        .await
+        .expect(sql);
+    pool.close().await;
+    n
+}
+
+/// Waits for a spawned munja off the async runtime's threads.
+pub async fn wait(child: Child) -> Out {
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait")
+        .into()
+}
+
+/// Sends `sig` to a spawned munja.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
 pub fn number(i: u64) -> String {
     format!("010{:08}", 20_000_000 + i)
 }
