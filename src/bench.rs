@@ -50,6 +50,15 @@ pub struct BenchArgs {
     /// Keep the bench directory.
     #[arg(long)]
     pub keep: bool,
+    /// The job repository: with a postgres:// URL the bench creates a scratch database on
+    /// that server and drops it afterwards (the URL's own database is not touched). Default: a
+    /// SQLite file in the bench directory.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// `campaign run` processes working the campaign at once (more than one needs PostgreSQL);
+    /// the report gives each one's peak RSS and their combined rate.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 /// Peak resident set size of this process, in MiB (Linux: VmHWM).
@@ -310,7 +319,12 @@ fn generate(root: &Path, recipients: u64, optouts: u64) -> anyhow::Result<u64> {
     Ok(inside)
 }
 
-fn write_config(root: &Path, args: &BenchArgs, url: &str) -> anyhow::Result<PathBuf> {
+fn write_config(
+    root: &Path,
+    args: &BenchArgs,
+    url: &str,
+    database_url: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(root.join("templates"))?;
     std::fs::write(
         root.join("templates/bench.txt"),
@@ -320,7 +334,7 @@ fn write_config(root: &Path, args: &BenchArgs, url: &str) -> anyhow::Result<Path
     std::fs::write(
         &path,
         format!(
-            r#"[sender]
+            r#"{database}[sender]
 number = "1588-1234"
 brand = "munja"
 optout_number = "080-600-5653"
@@ -339,6 +353,9 @@ timeout_ms = 10000
 max_attempts = 5
 batch_size = {batch}
 "#,
+            database = database_url
+                .map(|u| format!("database_url = \"{u}\"\n"))
+                .unwrap_or_default(),
             chunk = args.chunk_size,
             conc = args.concurrency,
             batch = args.batch_size,
@@ -358,6 +375,8 @@ async fn db_bytes(b: &Bench) -> anyhow::Result<u64> {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub recipients: u64,
+    /// `campaign run` processes that worked the campaign at once.
+    pub workers: usize,
     pub optouts: u64,
     pub optouts_in_segment: u64,
     pub batch_size: usize,
@@ -385,8 +404,36 @@ pub struct Report {
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let dir = tempfile::Builder::new().prefix("munja-bench-").tempdir()?;
     let root = dir.path().to_path_buf();
+    anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
+    anyhow::ensure!(
+        args.workers == 1 || args.resume_at.is_none(),
+        "--resume-at measures one worker's resume: use it without --workers"
+    );
+    let scratch = match args.database_url.as_deref() {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Some(
+            store::postgres::scratch::ScratchDb::create(u)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        Some(u) => bail!(
+            "--database-url {}: the bench takes a postgres:// server URL (it creates its own \
+             database there); without it, it uses a SQLite file",
+            store::redact(u)
+        ),
+        None => None,
+    };
+    anyhow::ensure!(
+        args.workers == 1 || scratch.is_some(),
+        "--workers {} needs PostgreSQL: add --database-url postgres://USER@HOST/DB",
+        args.workers
+    );
     let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;
-    let config = write_config(&root, &args, &sim.url())?;
+    let config = write_config(
+        &root,
+        &args,
+        &sim.url(),
+        scratch.as_ref().map(|d| d.url.as_str()),
+    )?;
     let bench = Bench {
         exe: std::env::current_exe().context("finding the munja executable")?,
         root: root.clone(),
@@ -409,6 +456,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         batch_size: args.batch_size,
         chunk_size: args.chunk_size,
         concurrency: args.concurrency,
+        workers: args.workers,
         ..Default::default()
     };
     let result = phases(&bench, &args, &mut report).await;
@@ -420,6 +468,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if args.keep {
         let kept = dir.keep();
         eprintln!("kept {}", kept.display());
+    }
+    if let Some(db) = scratch {
+        db.drop_now().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     result?;
     if args.json {
@@ -488,6 +539,7 @@ async fn phases(b: &Bench, args: &BenchArgs, r: &mut Report) -> anyhow::Result<(
 async fn run_phases(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> anyhow::Result<()> {
     let run_args = ["campaign", "run", id, "--json"];
     let (p, run, resumed) = match args.resume_at {
+        None if args.workers > 1 => return run_workers(b, args, r, id).await,
         None => {
             let (p, run) = b
                 .phase("campaign run", &run_args, Stdout::Keep, &[0])
@@ -532,6 +584,42 @@ async fn run_phases(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> an
     finish_run(b, r, id, p, run, resumed).await
 }
 
+/// `--workers N`: N `campaign run` processes at once; the rate is every message sent over the
+/// wall time from the first start to the last exit.
+async fn run_workers(
+    b: &Bench,
+    args: &BenchArgs,
+    r: &mut Report,
+    id: &str,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for k in 1..=args.workers {
+        let (b, id) = (b.clone(), id.to_string());
+        set.spawn(async move {
+            let name = format!("campaign run (worker {k})");
+            let run_args = ["campaign", "run", id.as_str(), "--json"];
+            b.phase(&name, &run_args, Stdout::Keep, &[0]).await
+        });
+    }
+    let mut runs = Vec::new();
+    while let Some(done) = set.join_next().await {
+        runs.push(done??);
+    }
+    runs.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let wall = started.elapsed().as_secs_f64();
+    let mut sent = 0;
+    for (p, run) in runs {
+        let summary: serde_json::Value = serde_json::from_str(&run.stdout)
+            .with_context(|| format!("campaign run --json printed {:?}", run.stdout))?;
+        let sent_now = summary["sent_this_run"].as_u64().unwrap_or(0);
+        sent += sent_now;
+        r.phases.push(with_rows(p, sent_now, run.secs));
+    }
+    r.run_sent_per_sec = sent as f64 / wall.max(1e-9);
+    status_phase(b, r, id).await
+}
+
 /// Records the run's throughput and the campaign's final counts.
 async fn finish_run(
     b: &Bench,
@@ -548,6 +636,11 @@ async fn finish_run(
     r.run_sent_per_sec = sent_now as f64 / elapsed.max(1e-9);
     r.phases.push(with_rows(p, sent_now, elapsed));
     r.phases.extend(resumed);
+    status_phase(b, r, id).await
+}
+
+/// `campaign status`: the campaign's final counts.
+async fn status_phase(b: &Bench, r: &mut Report, id: &str) -> anyhow::Result<()> {
     let (p, run) = b
         .phase(
             "campaign status",
@@ -664,8 +757,14 @@ async fn first_commit(
 
 fn print_report(r: &Report) {
     println!(
-        "{} recipients, {} opt-outs ({} of them in the segment); batch {}, chunk {}, concurrency {}",
-        r.recipients, r.optouts, r.optouts_in_segment, r.batch_size, r.chunk_size, r.concurrency
+        "{} recipients, {} opt-outs ({} of them in the segment); batch {}, chunk {}, concurrency {}, workers {}",
+        r.recipients,
+        r.optouts,
+        r.optouts_in_segment,
+        r.batch_size,
+        r.chunk_size,
+        r.concurrency,
+        r.workers
     );
     println!(
         "{:<24} {:>9} {:>14} {:>14}",
