@@ -586,12 +586,7 @@ async fn run_phases(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> an
 
 /// `--workers N`: N `campaign run` processes at once; the rate is every message sent over the
 /// wall time from the first start to the last exit.
-async fn run_workers(
-    b: &Bench,
-    args: &BenchArgs,
-    r: &mut Report,
-    id: &str,
-) -> anyhow::Result<()> {
+async fn run_workers(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for k in 1..=args.workers {

@@ -720,7 +720,7 @@ async fn campaign_status(
         }
         if let Some(l) = &c.lease {
             let gone = matches!(
-                Holder::of(&c, cfg.policy.lease_timeout_secs, store),
+                Holder::of(&c, cfg.policy.lease_timeout_secs, store).await?,
                 Holder::Gone(..)
             );
             writeln!(

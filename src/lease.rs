@@ -130,14 +130,39 @@ impl Holder {
         }
     }
 
-    /// The holder of campaign `c`'s lease on `store`, judged from this process now.
-    pub fn of(c: &Campaign, timeout_secs: u64, store: &dyn Store) -> Holder {
-        Holder::judge(
-            c.lease.as_ref(),
-            timeout_secs,
-            Utc::now(),
-            store.several_workers(),
-        )
+    /// The holder of campaign `c`'s lease on `store`, judged from this process now. With
+    /// several workers, an execution whose STARTED workers all ran on this host and are all
+    /// known gone (see [`Process::is_gone`]) is gone at once, as a lone dead holder is.
+    pub async fn of(c: &Campaign, timeout_secs: u64, store: &dyn Store) -> anyhow::Result<Holder> {
+        let several = store.several_workers();
+        let holder = Holder::judge(c.lease.as_ref(), timeout_secs, Utc::now(), several);
+        let Holder::Live(l) = &holder else {
+            return Ok(holder);
+        };
+        if !several {
+            return Ok(holder);
+        }
+        let live: Vec<_> = store
+            .workers(c.id)
+            .await?
+            .into_iter()
+            .filter(|w| w.execution_id == l.execution && w.status == "STARTED")
+            .collect();
+        if !live.is_empty()
+            && live
+                .iter()
+                .all(|w| Process::is_gone(&w.host, w.pid, w.process.as_deref()))
+        {
+            let pids: Vec<String> = live.iter().map(|w| w.pid.to_string()).collect();
+            let why = format!(
+                "execution {} was abandoned: the processes of all its workers ({}) on {} no longer exist",
+                l.execution,
+                pids.join(", "),
+                l.host
+            );
+            return Ok(Holder::Gone(l.clone(), why));
+        }
+        Ok(holder)
     }
 
     /// The execution of a dead holder, which a takeover, cancel or delete closes.
@@ -197,7 +222,7 @@ pub async fn request_stop(
     timeout_secs: u64,
 ) -> anyhow::Result<StopRequest> {
     let c = store.campaign(id).await?;
-    Ok(match Holder::of(&c, timeout_secs, store) {
+    Ok(match Holder::of(&c, timeout_secs, store).await? {
         Holder::Free => StopRequest::NotRunning(c.status),
         Holder::Gone(..) => StopRequest::HolderGone,
         Holder::Live(_) => {
@@ -220,7 +245,7 @@ pub struct Cancelled {
 /// holder's execution is closed.
 pub async fn cancel(store: &dyn Store, id: i64, timeout_secs: u64) -> anyhow::Result<Cancelled> {
     let c = store.campaign(id).await?;
-    let dead = Holder::of(&c, timeout_secs, store).dead_execution();
+    let dead = Holder::of(&c, timeout_secs, store).await?.dead_execution();
     let cancelled = store.cancel(id, dead).await?;
     let counts = store.counts(id).await?;
     // A dead holder's `sending` messages may have gone out; a live run still owns its own.
@@ -235,7 +260,7 @@ pub async fn cancel(store: &dyn Store, id: i64, timeout_secs: u64) -> anyhow::Re
 /// run holds it.
 pub async fn delete(store: &dyn Store, id: i64, timeout_secs: u64) -> anyhow::Result<()> {
     let c = store.campaign(id).await?;
-    let expected = match Holder::of(&c, timeout_secs, store) {
+    let expected = match Holder::of(&c, timeout_secs, store).await? {
         Holder::Free => None,
         Holder::Gone(l, _) => Some(l.execution),
         Holder::Live(l) => anyhow::bail!(

@@ -340,6 +340,17 @@ pub struct MessageUpdate {
     pub attempts: Vec<AttemptRecord>,
 }
 
+impl MessageUpdate {
+    /// The requests among its attempts that may have handed it to the gateway: a lookup is not
+    /// a send, except one that finds the crashed run's send.
+    pub fn sends(&self) -> i64 {
+        self.attempts
+            .iter()
+            .filter(|a| !a.outcome.starts_with("lookup") || a.outcome == "lookup_found")
+            .count() as i64
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRow {
     #[serde(skip)]

@@ -34,7 +34,7 @@ pub(super) async fn acquire(
     let mut c = c.clone();
     let mut tries = 0;
     loop {
-        let holder = Holder::of(&c, cfg.policy.lease_timeout_secs, store);
+        let holder = Holder::of(&c, cfg.policy.lease_timeout_secs, store).await?;
         let how = holder.enlist(c.id, store.several_workers())?;
         match store.start_worker(c.id, &how, &me).await {
             Ok(w) => {

@@ -1011,39 +1011,41 @@ impl Store for SqliteStore {
         fence(&mut tx, campaign, execution).await?;
         let (mut sent, mut failed, mut suppressed) = (0i64, 0i64, 0i64);
         for u in updates {
-            let last = u.attempts.last();
-            let state = u.state.as_str();
             match u.state {
                 MessageState::Sent => sent += 1,
                 MessageState::Failed => failed += 1,
                 MessageState::Suppressed => suppressed += 1,
                 _ => {}
             }
-            sqlx::query(
-                "UPDATE messages SET state = ?1, reason = ?2, retryable = ?3, \
-                 gateway_id = COALESCE(?4, gateway_id), type = COALESCE(?5, type), bytes = COALESCE(?6, bytes), \
-                 attempts = attempts + ?7, last_attempt_at = COALESCE(?8, last_attempt_at), \
-                 sent_at = CASE WHEN ?1 = 'sent' THEN COALESCE(?8, ?9) ELSE sent_at END \
-                 WHERE id = ?10",
+        }
+        let at = now();
+        // One statement per INSERT_BATCH messages, not one per message.
+        for batch in updates.chunks(INSERT_BATCH) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "WITH u(id, state, reason, retryable, gateway_id, kind, bytes, sends, last_at) AS (",
+            );
+            qb.push_values(batch, |mut b, u| {
+                b.push_bind(u.id)
+                    .push_bind(u.state.as_str())
+                    .push_bind(u.reason.clone())
+                    .push_bind(u.retryable)
+                    .push_bind(u.gateway_id.clone())
+                    .push_bind(u.kind.clone())
+                    .push_bind(u.bytes)
+                    .push_bind(u.sends())
+                    .push_bind(u.attempts.last().map(|a| ts(a.at)));
+            });
+            qb.push(
+                ") UPDATE messages SET state = u.state, reason = u.reason, retryable = u.retryable, \
+                 gateway_id = COALESCE(u.gateway_id, messages.gateway_id), \
+                 type = COALESCE(u.kind, messages.type), bytes = COALESCE(u.bytes, messages.bytes), \
+                 attempts = messages.attempts + u.sends, \
+                 last_attempt_at = COALESCE(u.last_at, messages.last_attempt_at), \
+                 sent_at = CASE WHEN u.state = 'sent' THEN COALESCE(u.last_at, ",
             )
-            .bind(state)
-            .bind(&u.reason)
-            .bind(u.retryable)
-            .bind(&u.gateway_id)
-            .bind(&u.kind)
-            .bind(u.bytes)
-            // A lookup is not a send, except one that finds the crashed run's send.
-            .bind(
-                u.attempts
-                    .iter()
-                    .filter(|a| !a.outcome.starts_with("lookup") || a.outcome == "lookup_found")
-                    .count() as i64,
-            )
-            .bind(last.map(|a| ts(a.at)))
-            .bind(now())
-            .bind(u.id)
-            .execute(&mut *tx)
-            .await?;
+            .push_bind(at.clone())
+            .push(") ELSE messages.sent_at END FROM u WHERE messages.id = u.id");
+            qb.build().execute(&mut *tx).await?;
         }
         let attempts: Vec<(i64, &AttemptRecord)> = updates
             .iter()

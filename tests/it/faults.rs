@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{BIN, Env, Gw, Out, n};
+use crate::common::{BIN, Env, Gw, Out, n, wait};
 use munja::gateway::sim::SimConfig;
 use sqlx::sqlite::SqlitePool;
 
@@ -20,14 +20,6 @@ fn spawn_run(env: &Env, id: &str, envs: &[(&str, String)]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn munja")
-}
-
-async fn wait(child: Child) -> Out {
-    tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("wait")
-        .into()
 }
 
 /// Polls `cond` every 20 ms; fails the test after `secs`.
@@ -243,7 +235,7 @@ async fn create_stops_at_the_first_recipient_whose_values_make_the_template_run_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_commands_create_no_database_and_say_to_run_init() {
-    let env = Env::new(SimConfig::default()).await;
+    let env = Env::on_sqlite(SimConfig::default(), Gw::default(), "").await;
     let db = env.path("munja.db");
     for args in [
         vec!["campaign", "list"],
@@ -318,7 +310,7 @@ async fn a_full_disk_fails_the_run_saying_so_and_a_resume_completes_without_dupl
         max_attempts: 100,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "max_consecutive_failures = 20").await;
+    let env = Env::on_sqlite(sim, gw, "max_consecutive_failures = 20").await;
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
     let o = env.run(&["campaign", "run", &id]).await;
@@ -382,7 +374,7 @@ async fn run_and_swap_the_database(swap: impl FnOnce(&Env)) -> (Out, Env) {
         concurrency: 4,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "chunk_size = 20").await;
+    let env = Env::on_sqlite(sim, gw, "chunk_size = 20").await;
     let seg = env.segment_csv("seg.csv", 0, 300);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);

@@ -1162,23 +1162,17 @@ async fn gateway_rejections_do_not_leak_the_number_into_debug_logs() {
 
 /// Moves every `sent_at` of campaign `id` back by `days` (time passing, for the cap window).
 async fn age_campaign(env: &Env, id: &str, days: i64) {
-    let url = format!("sqlite://{}", env.path("munja.db").display());
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .expect("open the database");
     let when =
         (Utc::now() - TimeDelta::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let done =
-        sqlx::query("UPDATE messages SET sent_at = ? WHERE campaign_id = ? AND state = 'sent'")
-            .bind(when)
-            .bind(id.parse::<i64>().unwrap())
-            .execute(&pool)
-            .await
-            .expect("age the campaign");
-    assert!(done.rows_affected() > 0);
-    pool.close().await;
+    let id: i64 = id.parse().expect("campaign id");
+    let changed = env
+        .db()
+        .await
+        .execute(&format!(
+            "UPDATE messages SET sent_at = '{when}' WHERE campaign_id = {id} AND state = 'sent'"
+        ))
+        .await;
+    assert!(changed > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,7 +82,7 @@ async fn audit_exports_of_200000_messages_stream_in_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_reports_the_space_it_gives_back() {
-    let env = Env::new(SimConfig::default()).await;
+    let env = Env::on_sqlite(SimConfig::default(), Gw::default(), "").await;
     let seg = env.segment_csv("seg.csv", 0, 300);
     let id = env.campaign(&seg, "hello", &[]).await;
     env.ok(&["campaign", "run", &id]).await;

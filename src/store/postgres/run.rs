@@ -412,13 +412,7 @@ impl<'a> UpdateColumns<'a> {
         self.gateway_id.push(u.gateway_id.as_deref());
         self.kind.push(u.kind.as_deref());
         self.bytes.push(u.bytes);
-        // A lookup is not a send, except one that finds the crashed run's send.
-        self.sends.push(
-            u.attempts
-                .iter()
-                .filter(|a| !a.outcome.starts_with("lookup") || a.outcome == "lookup_found")
-                .count() as i64,
-        );
+        self.sends.push(u.sends());
         self.last_at.push(u.attempts.last().map(|a| a.at));
     }
 }

@@ -10,6 +10,7 @@ use munja::gateway::sim::{self, SimConfig, SimHandle};
 use munja::store::postgres::scratch::{ScratchDb, test_server_url};
 
 pub mod agree;
+pub mod db;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_munja");
 
@@ -76,6 +77,17 @@ impl Env {
     /// (several workers need it).
     pub async fn on_pg(sim_cfg: SimConfig, gw: Gw, policy: &str) -> Env {
         Env::on(sim_cfg, gw, policy, true).await
+    }
+
+    /// As [`Env::with`], on a SQLite file whatever `MUNJA_TEST_BACKEND` says: for what only a
+    /// file has (a full disk, a replaced file, free pages).
+    pub async fn on_sqlite(sim_cfg: SimConfig, gw: Gw, policy: &str) -> Env {
+        Env::on(sim_cfg, gw, policy, false).await
+    }
+
+    /// This test's database, to read what munja wrote.
+    pub async fn db(&self) -> db::TestDb {
+        db::TestDb::open(self).await
     }
 
     async fn on(sim_cfg: SimConfig, gw: Gw, policy: &str, postgres: bool) -> Env {
