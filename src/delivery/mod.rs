@@ -51,6 +51,18 @@ pub fn url_safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
+/// Whether a message's logged reports prove a Kannel gateway had it: a type 8 (the SMSC
+/// accepted it) or a final report (type 1, 2 or 16). Kannel can neither dedupe nor be asked, so
+/// this log is the only proof that an in-doubt message must not be resent.
+pub fn kannel_proves_sent(reports: &[crate::model::StoredReport]) -> bool {
+    reports.iter().any(|r| {
+        r.status != "intermediate"
+            || r.code
+                .as_deref()
+                .is_some_and(|c| c == "type 8" || c.starts_with("type 8:"))
+    })
+}
+
 /// Records one report and logs what it did (unknown refs at warn level).
 pub async fn record(store: &dyn Store, r: &DeliveryReport) -> Result<DeliveryEffect, StoreError> {
     let span = tracing::info_span!("delivery", gateway = %r.gateway, msg_ref = %r.msg_ref);
@@ -97,6 +109,21 @@ mod tests {
         );
         assert!(kannel_dlr_url("http://m/x?a=1", None, "r").starts_with("http://m/x?a=1&ref=r&"));
         assert!(url_safe("Abc-1_2.3~") && !url_safe("a%2B") && !url_safe(""));
+    }
+
+    #[test]
+    fn kannel_proof_of_send_is_type_8_or_final() {
+        let r = |status: &str, code: &str| crate::model::StoredReport {
+            gateway: "k".into(),
+            status: status.into(),
+            code: Some(code.into()),
+            reported_at: String::new(),
+            effect: String::new(),
+        };
+        assert!(!kannel_proves_sent(&[]));
+        assert!(!kannel_proves_sent(&[r("intermediate", "type 4")]));
+        assert!(kannel_proves_sent(&[r("intermediate", "type 8: ACK/")]));
+        assert!(kannel_proves_sent(&[r("delivered", "type 1")]));
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub fn http_json(
 // ---- Kannel ----
 
 /// Kannel's report: `ref`, `type` (its `%d`), `status` (`%A`) and `at` (`%T`) of the query.
+/// The code keeps the type and the SMSC's reply (`type 8: ACK/`, `type 16: NACK/...`), so
+/// that [`super::kannel_proves_sent`] can read the log.
 pub fn kannel(
     gateway: &str,
     query: &HashMap<String, String>,
@@ -134,7 +136,10 @@ pub fn kannel(
         gateway: gateway.to_string(),
         msg_ref: msg_ref.clone(),
         status,
-        code: code(Some(reply)).or_else(|| Some(format!("type {kind}"))),
+        code: code(Some(&match code(Some(reply)) {
+            Some(reply) => format!("type {kind}: {reply}"),
+            None => format!("type {kind}"),
+        })),
         at,
     })
 }
@@ -291,6 +296,7 @@ mod tests {
         .expect("parse");
         assert_eq!(r.status, ReportStatus::Final(DeliveryState::Delivered));
         assert_eq!(r.at.timestamp(), 1_700_000_000);
+        assert_eq!(r.code.as_deref(), Some("type 1: ACK/"));
         for (t, want) in [
             ("2", ReportStatus::Final(DeliveryState::Undelivered)),
             ("16", ReportStatus::Final(DeliveryState::Undelivered)),

@@ -154,6 +154,12 @@ async fn apply(store: &dyn Store, reports: &[DeliveryReport], without_ref: usize
     let mut c = ReportCounts::default();
     for r in reports {
         match super::record(store, r).await {
+            Ok(DeliveryEffect::Unknown) => {
+                c.unknown += 1;
+                if let Ok(all) = store.report_counts(Some(&r.gateway)).await {
+                    tracing::warn!(gateway = %r.gateway, unknown_so_far = all.unknown, "reports for unknown refs");
+                }
+            }
             Ok(e) => *slot(&mut c, e) += 1,
             Err(e) => {
                 tracing::error!(gateway = %r.gateway, msg_ref = %r.msg_ref, "recording a delivery report: {e}");

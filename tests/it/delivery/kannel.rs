@@ -178,6 +178,12 @@ async fn kannel_delivery_reports_reach_the_audit_through_munja_serve() {
         "{log:?}"
     );
     assert!(log.iter().all(|l| l.gateway == "kannel"), "{log:?}");
+    assert!(munja::delivery::kannel_proves_sent(&log), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.code.as_deref() == Some("type 8: ACK/")),
+        "{log:?}"
+    );
     drop(kannel);
     assert_eq!(serve.stop().await, 0);
 }
