@@ -342,6 +342,27 @@ pub(crate) fn whole_tokens(level: f64) -> u32 {
     }
 }
 
+/// What a report does to the message it names, given the message's `(id, delivery,
+/// delivery_code)` (`None`: no message has the ref), for [`Store::record_delivery`]
+/// implementations: only `Applied` writes the message.
+pub(crate) fn delivery_effect(
+    message: &Option<(i64, Option<String>, Option<String>)>,
+    r: &DeliveryReport,
+) -> DeliveryEffect {
+    match (message, r.status) {
+        (None, _) => DeliveryEffect::Unknown,
+        (Some(_), ReportStatus::Intermediate) => DeliveryEffect::Intermediate,
+        (Some((_, None, _)), ReportStatus::Final(_)) => DeliveryEffect::Applied,
+        (Some((_, Some(have), code)), ReportStatus::Final(d)) => {
+            if have == d.as_str() && *code == r.code {
+                DeliveryEffect::Duplicate
+            } else {
+                DeliveryEffect::Ignored
+            }
+        }
+    }
+}
+
 /// Adds `(delivery, count)` rows to a campaign's counts, for [`Store::counts`] implementations.
 pub(crate) fn add_delivery_counts(c: &mut Counts, rows: Vec<(String, i64)>) {
     for (d, n) in rows {

@@ -17,30 +17,21 @@ impl PgStore {
         .bind(&r.msg_ref)
         .fetch_optional(&mut *tx)
         .await?;
-        let effect = match (&row, r.status) {
-            (None, _) => DeliveryEffect::Unknown,
-            (Some(_), ReportStatus::Intermediate) => DeliveryEffect::Intermediate,
-            (Some((id, None, _)), ReportStatus::Final(d)) => {
-                sqlx::query(
-                    "UPDATE messages SET delivery = $1, delivery_code = $2, delivered_at = $3 \
-                     WHERE id = $4 AND delivery IS NULL",
-                )
-                .bind(d.as_str())
-                .bind(&r.code)
-                .bind(r.at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                DeliveryEffect::Applied
-            }
-            (Some((_, Some(have), code)), ReportStatus::Final(d)) => {
-                if have == d.as_str() && *code == r.code {
-                    DeliveryEffect::Duplicate
-                } else {
-                    DeliveryEffect::Ignored
-                }
-            }
-        };
+        let effect = delivery_effect(&row, r);
+        if let (Some((id, _, _)), ReportStatus::Final(d)) = (&row, r.status)
+            && effect == DeliveryEffect::Applied
+        {
+            sqlx::query(
+                "UPDATE messages SET delivery = $1, delivery_code = $2, delivered_at = $3 \
+                 WHERE id = $4 AND delivery IS NULL",
+            )
+            .bind(d.as_str())
+            .bind(&r.code)
+            .bind(r.at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO delivery_reports \
              (gateway, ref, message_id, status, code, reported_at, received_at, effect) \
