@@ -5,7 +5,8 @@
 ALTER TABLE messages ADD COLUMN delivery TEXT;        -- NULL (none yet), delivered, undelivered: final
 ALTER TABLE messages ADD COLUMN delivery_code TEXT;   -- the carrier's result code
 ALTER TABLE messages ADD COLUMN delivered_at TEXT;    -- when the carrier says it happened
-CREATE INDEX messages_by_ref ON messages(ref);
+-- A report finds its message by the ref's parts '{campaign uid}-{seq}' (campaigns.uid and
+-- messages(campaign_id, seq) are unique indexes): no index on ref, nothing more to write per message.
 CREATE INDEX messages_by_delivery ON messages(campaign_id, delivery, id) WHERE delivery IS NOT NULL;
 
 CREATE TABLE delivery_reports (

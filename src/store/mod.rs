@@ -342,6 +342,13 @@ pub(crate) fn whole_tokens(level: f64) -> u32 {
     }
 }
 
+/// The parts of a message ref as the snapshot writes it, `{campaign uid}-{seq}`; `None` for
+/// any other text (a ref no message has).
+pub(crate) fn split_ref(r: &str) -> Option<(&str, i64)> {
+    let (uid, seq) = r.rsplit_once('-')?;
+    Some((uid, seq.parse().ok()?)).filter(|(uid, _)| !uid.is_empty())
+}
+
 /// What a report does to the message it names, given the message's `(id, delivery,
 /// delivery_code)` (`None`: no message has the ref), for [`Store::record_delivery`]
 /// implementations: only `Applied` writes the message.
@@ -410,6 +417,15 @@ mod tests {
             "postgres://munja@db/jobs"
         );
         assert_eq!(redact("sqlite:///var/m.db"), "sqlite:///var/m.db");
+    }
+
+    #[test]
+    fn refs_split_into_campaign_uid_and_seq() {
+        assert_eq!(split_ref("0123456789ab-42"), Some(("0123456789ab", 42)));
+        assert_eq!(split_ref("a-b-7"), Some(("a-b", 7)));
+        assert_eq!(split_ref("nodash"), None);
+        assert_eq!(split_ref("-7"), None);
+        assert_eq!(split_ref("abc-x"), None);
     }
 
     #[tokio::test]

@@ -134,7 +134,23 @@ async fn unknown_refs_are_logged_and_counted_per_gateway(s: Arc<dyn Store>) {
         s.record_delivery(&r).await.expect("record"),
         DeliveryEffect::Unknown
     );
-    assert_eq!(s.report_counts(None).await.expect("counts").unknown, 2);
+    // Not a ref munja writes, or one past the campaign's last message.
+    let (c, e) = running(&*s, "few", 1).await;
+    let real = sent(&*s, c, e, 1).await.remove(0);
+    let (uid, _) = real.rsplit_once('-').expect("uid-seq");
+    for bad in ["nodash", "-5", "abc-x", &format!("{uid}-99")] {
+        r.msg_ref = bad.to_string();
+        assert_eq!(
+            s.record_delivery(&r).await.expect("record"),
+            DeliveryEffect::Unknown,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        s.report_counts(Some("nhn")).await.expect("counts").unknown,
+        5
+    );
+    assert_eq!(s.report_counts(None).await.expect("counts").unknown, 6);
     let kannel = s.report_counts(Some("kannel")).await.expect("counts");
     assert_eq!(
         kannel,

@@ -11,12 +11,21 @@ impl PgStore {
         r: &DeliveryReport,
     ) -> Result<DeliveryEffect> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(i64, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT id, delivery, delivery_code FROM messages WHERE ref = $1 LIMIT 1 FOR UPDATE",
-        )
-        .bind(&r.msg_ref)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row: Option<(i64, Option<String>, Option<String>)> = match split_ref(&r.msg_ref) {
+            None => None,
+            Some((uid, seq)) => {
+                sqlx::query_as(
+                    "SELECT m.id, m.delivery, m.delivery_code FROM campaigns c \
+                     JOIN messages m ON m.campaign_id = c.id AND m.seq = $2 \
+                     WHERE c.uid = $1 AND m.ref = $3 FOR UPDATE OF m",
+                )
+                .bind(uid)
+                .bind(seq)
+                .bind(&r.msg_ref)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
         let effect = delivery_effect(&row, r);
         if let (Some((id, _, _)), ReportStatus::Final(d)) = (&row, r.status)
             && effect == DeliveryEffect::Applied
