@@ -124,6 +124,7 @@ pub enum OptoutCmd {
         /// An nhn-cloud gateway of munja.toml (app_key_env and secret_key_env set).
         #[arg(long)]
         gateway: String,
+        /// Print what was added as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -198,10 +199,12 @@ pub enum CampaignCmd {
     /// Fetch delivery results from a gateway without push (NHN Cloud's result search) and
     /// record them as delivery reports; idempotent, safe to repeat (e.g. from cron).
     SyncResults {
+        /// Campaign id (from `campaign create` or `campaign list`).
         id: i64,
         /// Gateway to ask (default: the campaign's); must be kind nhn-cloud.
         #[arg(long)]
         gateway: Option<String>,
+        /// Print the counts as JSON on stdout.
         #[arg(long)]
         json: bool,
     },

@@ -90,6 +90,7 @@ fn nhn_time(t: DateTime<Utc>) -> String {
 
 /// Reads NHN's results of campaign `id`'s messages (by their refs, NHN's
 /// `recipientGroupingKey`) since the campaign was created and records the final ones.
+#[tracing::instrument(skip_all, fields(campaign = id))]
 pub async fn sync_results(
     store: &dyn Store,
     cfg: &Config,

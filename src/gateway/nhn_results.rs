@@ -26,6 +26,14 @@ pub enum NhnReadError {
     },
     #[error("NHN Cloud {what}: {message}")]
     Transport { what: String, message: String },
+    #[error(
+        "NHN Cloud {what}: cannot reach {url}: {message}; check the gateway's url and the network"
+    )]
+    Unreachable {
+        what: String,
+        url: String,
+        message: String,
+    },
     #[error("NHN Cloud answered HTTP {status} to {what}{hint}: {body}")]
     Http {
         what: String,
@@ -109,11 +117,25 @@ fn opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
         .map(|v| crate::delivery::parse::json_text(&v)))
 }
 
+/// An error and its causes, `a: b: c`.
+fn chain(e: impl std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// A reader of one `nhn-cloud` gateway's account.
 pub struct NhnReader {
     http: reqwest::Client,
     /// `{url}/sms/v3.0/appKeys/{appKey}`.
     base: String,
+    /// The gateway's `url` (without the app key), for messages.
+    url: String,
     secret: String,
 }
 
@@ -148,6 +170,7 @@ impl NhnReader {
         Ok(NhnReader {
             http,
             base: format!("{}/sms/v3.0/appKeys/{app_key}", gw.url),
+            url: gw.url.clone(),
             secret,
         })
     }
@@ -209,10 +232,11 @@ impl NhnReader {
             .header("Content-Type", "application/json;charset=UTF-8")
             .send()
             .await
-            .map_err(|e| NhnReadError::Transport {
+            .map_err(|e| NhnReadError::Unreachable {
                 what: what.to_string(),
-                // Without the URL: it holds the app key.
-                message: e.without_url().to_string(),
+                url: self.url.clone(),
+                // Without the request URL: it holds the app key.
+                message: chain(e.without_url()),
             })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| NhnReadError::Transport {
