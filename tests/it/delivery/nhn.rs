@@ -122,6 +122,15 @@ fn result_row(grouping_key: &str, msg_status: &str, result_code: Value) -> Value
     })
 }
 
+async fn sync_json(env: &Env, id: &str) -> Value {
+    let o = ok(
+        env,
+        &["campaign", "sync-results", id, "--gateway", "nhn", "--json"],
+    )
+    .await;
+    serde_json::from_str(&o.stdout).expect("sync-results json")
+}
+
 #[tokio::test]
 async fn sync_results_records_final_results_once_across_pages() {
     // The fake needs the campaign's refs, which exist only once it ran: start it with another
@@ -145,19 +154,7 @@ async fn sync_results_records_final_results_once_across_pages() {
     .await;
     add_gateways(&env, &url);
 
-    let o = ok(
-        &env,
-        &[
-            "campaign",
-            "sync-results",
-            &id,
-            "--gateway",
-            "nhn",
-            "--json",
-        ],
-    )
-    .await;
-    let r: Value = serde_json::from_str(&o.stdout).expect("json");
+    let r = sync_json(&env, &id).await;
     assert_eq!(
         (n(&r, "listed"), n(&r, "applied"), n(&r, "not_final")),
         (3, 2, 1),
@@ -167,19 +164,7 @@ async fn sync_results_records_final_results_once_across_pages() {
         fake.requests.load(Ordering::SeqCst) >= 3,
         "both sms pages and mms asked"
     );
-    let o = ok(
-        &env,
-        &[
-            "campaign",
-            "sync-results",
-            &id,
-            "--gateway",
-            "nhn",
-            "--json",
-        ],
-    )
-    .await;
-    let r: Value = serde_json::from_str(&o.stdout).expect("json");
+    let r = sync_json(&env, &id).await;
     assert_eq!(
         (n(&r, "applied"), n(&r, "duplicate")),
         (0, 2),
