@@ -458,7 +458,21 @@ impl Config {
         };
         let mut g = g.clone();
         if let Some(var) = &g.dlr_token_env {
-            g.dlr_token = Some(read_secret_env(var).map_err(|message| ConfigError {
+            let token = read_secret_env(var).and_then(|t| {
+                // Kannel copies the token into its dlr-url, where `%` starts its own escapes.
+                let safe = t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+                if safe {
+                    Ok(t)
+                } else {
+                    Err(format!(
+                        "names {var}, whose token has characters a URL must escape; use only \
+                         letters, digits and - . _ ~ (e.g. `openssl rand -hex 24`)"
+                    ))
+                }
+            });
+            g.dlr_token = Some(token.map_err(|message| ConfigError {
                 file: file.clone(),
                 key: format!("gateways[{i}].dlr_token_env"),
                 message,
@@ -869,6 +883,39 @@ mod tests {
         )
         .expect("ten years");
         assert_eq!(c.policy.max_ads_per_recipient.map(|c| c.days), Some(3650));
+    }
+
+    #[test]
+    fn delivery_keys_are_read_and_a_token_must_be_url_safe() {
+        // Variables every test process has: cargo sets CARGO_PKG_NAME ("munja"); PATH has `/`.
+        let t = |var: &str| {
+            format!(
+                "[[gateways]]\nname='k'\nkind='kannel'\nurl='http://x'\nrate_per_sec=5\n\
+                 dlr_url='http://m/v1/dlr/k'\ndlr_token_env='{var}'\n"
+            )
+        };
+        let c = Config::from_toml_str(&t("CARGO_PKG_NAME"), None).expect("parse");
+        assert_eq!(c.gateways[0].dlr_url.as_deref(), Some("http://m/v1/dlr/k"));
+        let g = c.gateway(Some("k")).expect("url-safe token");
+        assert_eq!(g.dlr_token.as_deref(), Some("munja"));
+        let c = Config::from_toml_str(&t("PATH"), None).expect("parse");
+        let e = c.gateway(Some("k")).unwrap_err();
+        assert!(
+            e.key.ends_with("dlr_token_env") && e.message.contains("letters, digits"),
+            "{e}"
+        );
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert!(
+            !e.to_string().contains(&path),
+            "no secret in the error: {e}"
+        );
+        let bad = t("PATH").replace("http://m/v1/dlr/k", "ftp://m");
+        assert!(
+            Config::from_toml_str(&bad, None)
+                .unwrap_err()
+                .key
+                .ends_with("dlr_url")
+        );
     }
 
     #[test]
