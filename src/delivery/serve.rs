@@ -31,12 +31,21 @@ pub async fn run(
             g.name, g.kind, g.name
         );
     }
-    let app = super::router(store, cfg);
+    let app = super::router(store.clone(), cfg);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")?;
-    eprintln!("munja serve: stopped");
+    // What every report so far did (the log holds them all, this run's and earlier ones).
+    if let Ok(c) = store.report_counts(None).await {
+        eprintln!(
+            "munja serve: stopped; delivery reports on record: {} applied, {} duplicate, \
+             {} ignored, {} intermediate, {} for unknown refs",
+            c.applied, c.duplicate, c.ignored, c.intermediate, c.unknown
+        );
+    } else {
+        eprintln!("munja serve: stopped");
+    }
     Ok(())
 }
 

@@ -185,5 +185,5 @@ async fn kannel_delivery_reports_reach_the_audit_through_munja_serve() {
         "{log:?}"
     );
     drop(kannel);
-    assert_eq!(serve.stop().await, 0);
+    assert_eq!(serve.stop().await.0, 0);
 }

@@ -119,8 +119,8 @@ impl Serve {
         self.stderr.lock().expect("log lock").clone()
     }
 
-    /// SIGTERM, then waits for a graceful exit; returns the exit code.
-    pub async fn stop(mut self) -> i32 {
+    /// SIGTERM, then waits for a graceful exit; returns the exit code and everything it logged.
+    pub async fn stop(mut self) -> (i32, String) {
         let mut child = self.child.take().expect("child");
         let pid = child.id() as libc::pid_t;
         // SAFETY: signals the process this test started.
@@ -129,7 +129,14 @@ impl Serve {
             .await
             .expect("join")
             .expect("wait munja serve");
-        status.code().unwrap_or(-1)
+        let code = status.code().unwrap_or(-1);
+        // The reader thread sees the pipe close after the exit: wait for the last line.
+        let log = eventually(10, "munja serve's last words", || async {
+            let log = self.log();
+            log.contains("munja serve: stopped").then_some(log)
+        })
+        .await;
+        (code, log)
     }
 }
 

@@ -298,5 +298,5 @@ async fn nhn_webhook_checks_its_signature_and_unsubscribes_at_once() {
         "numbers are masked in the log: {log}"
     );
     assert!(!log.contains(NHN_SIGNATURE), "{log}");
-    assert_eq!(serve.stop().await, 0);
+    assert_eq!(serve.stop().await.0, 0);
 }

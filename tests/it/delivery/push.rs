@@ -133,7 +133,9 @@ async fn reports_twice_out_of_order_and_unknown_never_move_a_final_state() {
         bad.all()
     );
 
-    assert_eq!(serve.stop().await, 0, "graceful stop on SIGTERM");
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "graceful stop on SIGTERM: {log}");
+    assert!(log.contains("1 for unknown refs"), "{log}");
 }
 
 fn refs_of(rows: &[Value]) -> Vec<String> {
@@ -191,5 +193,5 @@ async fn a_report_before_the_send_commits_is_kept_when_it_commits() {
         "{st}"
     );
     assert_eq!(env.sim.stats().accepted, 3, "nothing sent twice");
-    assert_eq!(serve.stop().await, 0);
+    assert_eq!(serve.stop().await.0, 0);
 }
