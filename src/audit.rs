@@ -121,7 +121,7 @@ fn header(out: &mut dyn Write, format: Format) -> std::io::Result<()> {
     match format {
         Format::Table => writeln!(
             out,
-            "{:<22} {:<15} {:<10} {:>3} {:<20} {:<24} {:<24} {:<4} {:>5}",
+            "{:<22} {:<15} {:<10} {:>3} {:<20} {:<24} {:<24} {:<4} {:>5} {:<11} {:<12} {:<24}",
             "REF",
             "PHONE",
             "STATUS",
@@ -130,12 +130,16 @@ fn header(out: &mut dyn Write, format: Format) -> std::io::Result<()> {
             "ERROR",
             "LAST_ATTEMPT_AT",
             "TYPE",
-            "BYTES"
+            "BYTES",
+            "DELIVERY",
+            "DLR_CODE",
+            "DELIVERED_AT"
         ),
         Format::Json => write!(out, "["),
         Format::Csv => writeln!(
             out,
-            "ref,phone,status,attempts,gateway_id,error,last_attempt_at,type,bytes"
+            "ref,phone,status,attempts,gateway_id,error,last_attempt_at,type,bytes,delivery,\
+             delivery_code,delivered_at"
         ),
     }
 }
@@ -143,7 +147,7 @@ fn header(out: &mut dyn Write, format: Format) -> std::io::Result<()> {
 fn table_row(out: &mut dyn Write, r: &AuditRow) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<22} {:<15} {:<10} {:>3} {:<20} {:<24} {:<24} {:<4} {:>5}",
+        "{:<22} {:<15} {:<10} {:>3} {:<20} {:<24} {:<24} {:<4} {:>5} {:<11} {:<12} {:<24}",
         r.msg_ref,
         masked(&r.phone),
         r.status,
@@ -153,6 +157,9 @@ fn table_row(out: &mut dyn Write, r: &AuditRow) -> std::io::Result<()> {
         r.last_attempt_at.as_deref().unwrap_or("-"),
         r.kind.as_deref().unwrap_or("-"),
         r.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+        r.delivery.as_deref().unwrap_or("-"),
+        r.delivery_code.as_deref().unwrap_or("-"),
+        r.delivered_at.as_deref().unwrap_or("-"),
     )
 }
 
@@ -202,6 +209,9 @@ mod tests {
             last_attempt_at: Some("2026-11-27T07:48:56.219Z".into()),
             kind: Some("LMS".into()),
             bytes: Some(93),
+            delivery: None,
+            delivery_code: None,
+            delivered_at: None,
         }
     }
 

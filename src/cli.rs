@@ -15,11 +15,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::audit::{self, Format};
 use crate::campaign::{self, CreateRequest};
 use crate::config::Config;
+use crate::delivery;
 use crate::dispatch::{self, RunOptions};
 use crate::gateway::sim::{self, SimConfig};
 use crate::import::{self, ImportReport};
 use crate::lease::{self, Holder, StopRequest};
-use crate::model::MessageState;
 use crate::phone;
 use crate::progress;
 use crate::store::{self, AuditFilter, Store};
@@ -91,6 +91,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Receive delivery reports (and NHN's 080 opt-outs) pushed by the gateways:
+    /// `POST|GET /v1/dlr/{gateway}` for every [[gateways]] entry, each behind its own secret
+    /// (dlr_token_env; NHN: webhook_signature_env). SIGTERM or Ctrl-C stops it gracefully.
+    Serve {
+        /// Address to listen on, e.g. 0.0.0.0:8080 (port 0: any free port, printed on stderr).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
     /// Serve the http-json gateway protocol on loopback, with injectable faults (for tests and demos).
     GatewaySim(SimArgs),
     /// Run a whole campaign in a temporary directory against the built-in simulator.
@@ -110,6 +118,16 @@ pub enum OptoutCmd {
     Remove { phone: String },
     /// Exit 0 when the number is opted out, 1 when not.
     Check { phone: String },
+    /// Pull an NHN Cloud gateway's 080 opt-out list (수신거부) into munja's; idempotent,
+    /// reports numbers added and already present.
+    Sync {
+        /// An nhn-cloud gateway of munja.toml (app_key_env and secret_key_env set).
+        #[arg(long)]
+        gateway: String,
+        /// Print what was added as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,7 +196,19 @@ pub enum CampaignCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Counts per state and every execution.
+    /// Fetch delivery results from a gateway without push (NHN Cloud's result search) and
+    /// record them as delivery reports; idempotent, safe to repeat (e.g. from cron).
+    SyncResults {
+        /// Campaign id (from `campaign create` or `campaign list`).
+        id: i64,
+        /// Gateway to ask (default: the campaign's); must be kind nhn-cloud.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Print the counts as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts per state (and delivered/undelivered from delivery reports) and every execution.
     Status {
         id: i64,
         #[arg(long)]
@@ -205,7 +235,8 @@ pub struct AuditArgs {
     /// Any form of the number (010-1234-5678, +82 10 1234 5678, ...).
     #[arg(long)]
     pub phone: Option<String>,
-    /// pending, sending, in_doubt, sent, failed, suppressed or cancelled.
+    /// pending, sending, in_doubt, sent, failed, suppressed or cancelled (send states), or
+    /// delivered or undelivered (what the carrier's delivery report said).
     #[arg(long)]
     pub status: Option<String>,
     /// table masks numbers; csv and json are full exports.
@@ -355,7 +386,22 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             store.migrate().await.context("running the migrations")?;
             eprintln!("database ready: {}", store::redact(&cfg.database_url));
         }
+        Command::Optout(OptoutCmd::Sync { gateway, json }) => {
+            return delivery::commands::optout_sync(&*store, cfg, &gateway, json, out).await;
+        }
         Command::Optout(cmd) => return optout(cmd, &*store, out).await,
+        Command::Serve { listen } => return delivery::commands::serve(listen, cfg, store).await,
+        Command::Campaign(CampaignCmd::SyncResults { id, gateway, json }) => {
+            return delivery::commands::sync_results(
+                &*store,
+                cfg,
+                id,
+                gateway.as_deref(),
+                json,
+                out,
+            )
+            .await;
+        }
         Command::Segment(SegmentCmd::Import { name, file }) => {
             let r = import::segment(&*store, &name, &file, &mut print_rejected(&file)).await?;
             print_import(&r, "merged duplicates");
@@ -419,17 +465,16 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
                 ),
                 None => None,
             };
-            let state = match &a.status {
-                Some(s) => Some(MessageState::parse(s).with_context(|| {
-                    format!("--status {s:?}: expected pending, sending, in_doubt, sent, failed, suppressed or cancelled")
-                })?),
-                None => None,
+            let (state, delivery) = match &a.status {
+                Some(s) => delivery::commands::audit_status(s)?,
+                None => (None, None),
             };
             store.campaign(a.campaign).await?;
             let filter = AuditFilter {
                 campaign: a.campaign,
                 phone,
                 state,
+                delivery,
                 ..Default::default()
             };
             let n = audit::write(&*store, filter, a.format, out).await?;
@@ -563,6 +608,7 @@ async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyho
             )?;
             return Ok(if opted { 0 } else { 1 });
         }
+        OptoutCmd::Sync { .. } => unreachable!("handled by run_command"),
     }
     Ok(0)
 }
@@ -653,6 +699,7 @@ async fn campaign_cmd(
                 );
             }
         }
+        CampaignCmd::SyncResults { .. } => unreachable!("handled by run_command"),
         CampaignCmd::Delete { id } => {
             lease::delete(&*store, id, cfg.policy.lease_timeout_secs).await?;
             eprintln!("campaign {id} deleted with its messages and logs");
@@ -679,6 +726,7 @@ async fn campaign_status(
             "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
             "total": counts.total, "pending": counts.pending, "sending": counts.sending,
             "in_doubt": counts.in_doubt,
+            "delivered": counts.delivered, "undelivered": counts.undelivered,
             "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
             "cancelled": counts.cancelled, "executions": execs, "workers": workers, "lease": c.lease,
         });
@@ -708,6 +756,15 @@ async fn campaign_status(
             counts.suppressed,
             counts.cancelled
         )?;
+        if counts.delivered + counts.undelivered > 0 {
+            writeln!(
+                out,
+                "  delivery reports: delivered {}, undelivered {}, none yet {}",
+                counts.delivered,
+                counts.undelivered,
+                counts.sent - counts.delivered - counts.undelivered
+            )?;
+        }
         if c.lease.is_none() && counts.sending > 0 {
             writeln!(
                 out,

@@ -18,6 +18,19 @@ pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
 pub const CONFIG_ENV: &str = "MUNJA_CONFIG";
 /// Default of `[[gateways]] max_retry_after_secs`: the longest `Retry-After` pause honoured.
 pub const DEFAULT_MAX_RETRY_AFTER_SECS: u64 = 300;
+/// The gateway kinds munja speaks (`[[gateways]] kind`).
+pub const GATEWAY_KINDS: [&str; 3] = ["http-json", "kannel", "nhn-cloud"];
+
+/// The value of the environment variable a `*_env` key names, or what to do when it is unset.
+pub fn read_secret_env(var: &str) -> Result<String, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        _ => Err(format!(
+            "names the environment variable {var}, which is not set; export {var}=<the secret> \
+             or remove the key"
+        )),
+    }
+}
 /// Longest window of `max_ads_per_recipient` (ten years): dates before it stay computable.
 const MAX_CAP_DAYS: u32 = 3650;
 
@@ -98,6 +111,20 @@ pub struct GatewayConfig {
     pub batch_size: usize,
     /// Longest pause a `Retry-After` answer may impose; longer requests are cut to this.
     pub max_retry_after_secs: u64,
+    /// Where the gateway sends delivery reports: munja serve's `/v1/dlr/{name}` as the gateway
+    /// reaches it (Kannel's `dlr-url`; see `delivery::kannel_dlr_url`).
+    pub dlr_url: Option<String>,
+    /// Env var holding the token a gateway must present on `/v1/dlr/{name}` (http-json, kannel).
+    pub dlr_token_env: Option<String>,
+    /// The token read from `dlr_token_env` by [`Config::gateway`]; never printed.
+    pub dlr_token: Option<String>,
+    /// NHN Cloud: env var holding the app key (result search, 080 opt-out list).
+    pub app_key_env: Option<String>,
+    /// NHN Cloud: env var holding the `X-Secret-Key`.
+    pub secret_key_env: Option<String>,
+    /// NHN Cloud: env var holding the webhook signature set in the console
+    /// (`X-Toast-Webhook-Signature`).
+    pub webhook_signature_env: Option<String>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -111,6 +138,12 @@ impl std::fmt::Debug for GatewayConfig {
             .field("burst", &self.burst)
             .field("concurrency", &self.concurrency)
             .field("max_retry_after_secs", &self.max_retry_after_secs)
+            .field("dlr_url", &self.dlr_url)
+            .field("dlr_token_env", &self.dlr_token_env)
+            .field("dlr_token", &self.dlr_token.as_ref().map(|_| "<redacted>"))
+            .field("app_key_env", &self.app_key_env)
+            .field("secret_key_env", &self.secret_key_env)
+            .field("webhook_signature_env", &self.webhook_signature_env)
             .finish()
     }
 }
@@ -155,6 +188,11 @@ struct RawGateway {
     max_attempts: Option<i64>,
     batch_size: Option<i64>,
     max_retry_after_secs: Option<i64>,
+    dlr_url: Option<String>,
+    dlr_token_env: Option<String>,
+    app_key_env: Option<String>,
+    secret_key_env: Option<String>,
+    webhook_signature_env: Option<String>,
 }
 
 impl Config {
@@ -300,10 +338,26 @@ impl Config {
                     ),
                 ));
             }
-            if g.kind != "http-json" {
+            if !GATEWAY_KINDS.contains(&g.kind.as_str()) {
                 return Err(err(
                     &key("kind"),
-                    format!("unknown kind {:?}; expected \"http-json\"", g.kind),
+                    format!(
+                        "unknown kind {:?}; expected one of {}",
+                        g.kind,
+                        GATEWAY_KINDS.join(", ")
+                    ),
+                ));
+            }
+            if let Some(u) = &g.dlr_url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(err(
+                    &key("dlr_url"),
+                    format!(
+                        "expected the http:// or https:// URL of munja serve's \
+                         /v1/dlr/{} as the gateway reaches it, got {u:?}",
+                        g.name
+                    ),
                 ));
             }
             if !(g.url.starts_with("http://") || g.url.starts_with("https://")) {
@@ -350,6 +404,12 @@ impl Config {
                     &key("max_retry_after_secs"),
                     &err,
                 )? as u64,
+                dlr_url: g.dlr_url,
+                dlr_token_env: g.dlr_token_env,
+                dlr_token: None,
+                app_key_env: g.app_key_env,
+                secret_key_env: g.secret_key_env,
+                webhook_signature_env: g.webhook_signature_env,
             });
         }
 
@@ -397,6 +457,27 @@ impl Config {
                 })?,
         };
         let mut g = g.clone();
+        if let Some(var) = &g.dlr_token_env {
+            let token = read_secret_env(var).and_then(|t| {
+                // Kannel copies the token into its dlr-url, where `%` starts its own escapes.
+                let safe = t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+                if safe {
+                    Ok(t)
+                } else {
+                    Err(format!(
+                        "names {var}, whose token has characters a URL must escape; use only \
+                         letters, digits and - . _ ~ (e.g. `openssl rand -hex 24`)"
+                    ))
+                }
+            });
+            g.dlr_token = Some(token.map_err(|message| ConfigError {
+                file: file.clone(),
+                key: format!("gateways[{i}].dlr_token_env"),
+                message,
+            })?);
+        }
         if let Some(var) = &g.api_key_env {
             match std::env::var(var) {
                 Ok(v) if !v.is_empty() => g.api_key = Some(v),
@@ -802,6 +883,39 @@ mod tests {
         )
         .expect("ten years");
         assert_eq!(c.policy.max_ads_per_recipient.map(|c| c.days), Some(3650));
+    }
+
+    #[test]
+    fn delivery_keys_are_read_and_a_token_must_be_url_safe() {
+        // Variables every test process has: cargo sets CARGO_PKG_NAME ("munja"); PATH has `/`.
+        let t = |var: &str| {
+            format!(
+                "[[gateways]]\nname='k'\nkind='kannel'\nurl='http://x'\nrate_per_sec=5\n\
+                 dlr_url='http://m/v1/dlr/k'\ndlr_token_env='{var}'\n"
+            )
+        };
+        let c = Config::from_toml_str(&t("CARGO_PKG_NAME"), None).expect("parse");
+        assert_eq!(c.gateways[0].dlr_url.as_deref(), Some("http://m/v1/dlr/k"));
+        let g = c.gateway(Some("k")).expect("url-safe token");
+        assert_eq!(g.dlr_token.as_deref(), Some("munja"));
+        let c = Config::from_toml_str(&t("PATH"), None).expect("parse");
+        let e = c.gateway(Some("k")).unwrap_err();
+        assert!(
+            e.key.ends_with("dlr_token_env") && e.message.contains("letters, digits"),
+            "{e}"
+        );
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert!(
+            !e.to_string().contains(&path),
+            "no secret in the error: {e}"
+        );
+        let bad = t("PATH").replace("http://m/v1/dlr/k", "ftp://m");
+        assert!(
+            Config::from_toml_str(&bad, None)
+                .unwrap_err()
+                .key
+                .ends_with("dlr_url")
+        );
     }
 
     #[test]

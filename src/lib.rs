@@ -18,6 +18,7 @@
 //! - [`gateway`]: the `http-json` client and the simulator;
 //! - [`dispatch`]: running a campaign chunk by chunk (lease and heartbeat, claim loop, sender,
 //!   in-doubt settlement);
+//! - [`delivery`]: delivery reports (push routes, `munja serve`, polling) and provider opt-outs;
 //! - [`audit`], [`progress`], [`summary`]: what the operator reads;
 //! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive the library
 //!   end to end (the CLI calls them, never the other way round).
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod compliance;
 pub mod config;
 pub mod csvin;
+pub mod delivery;
 pub mod demo;
 pub mod dispatch;
 pub mod gateway;

@@ -294,6 +294,10 @@ pub struct Counts {
     pub failed: i64,
     pub suppressed: i64,
     pub cancelled: i64,
+    /// Sent messages the carrier reported delivered (a delivery state, not a send state).
+    pub delivered: i64,
+    /// Sent messages the carrier reported not delivered.
+    pub undelivered: i64,
 }
 
 impl Counts {
@@ -368,4 +372,125 @@ pub struct AuditRow {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub bytes: Option<i64>,
+    /// `delivered`, `undelivered`, or none (no final delivery report yet).
+    pub delivery: Option<String>,
+    /// The carrier's result code of the delivery report.
+    pub delivery_code: Option<String>,
+    /// When the carrier delivered it (or gave up).
+    pub delivered_at: Option<String>,
+}
+
+/// What the carrier finally said about a sent message (its delivery report), separate from the
+/// send state: `sent` means a gateway accepted it, `delivered` that the handset got it.
+/// Both values are final: once one is recorded, no later report changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Delivered,
+    Undelivered,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Undelivered => "undelivered",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [DeliveryState::Delivered, DeliveryState::Undelivered]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+}
+
+/// What one report says: a final state, or a step on the way (Kannel's "buffered" or "SMSC
+/// accepted", NHN's "duplicated") that is logged but never changes a message's delivery state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    Final(DeliveryState),
+    Intermediate,
+}
+
+impl ReportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Final(d) => d.as_str(),
+            ReportStatus::Intermediate => "intermediate",
+        }
+    }
+}
+
+/// One delivery report, whatever gateway kind it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// The gateway name (munja.toml) the report came through.
+    pub gateway: String,
+    /// munja's message ref (the idempotency key the gateway was given).
+    pub msg_ref: String,
+    pub status: ReportStatus,
+    /// The carrier's or gateway's result code (NHN `resultCode`, Kannel's SMSC reply, ...).
+    pub code: Option<String>,
+    /// When the carrier says it happened (the receive time), else when munja got the report.
+    pub at: DateTime<Utc>,
+}
+
+/// What recording a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryEffect {
+    /// The message had no final delivery state; now it has this one.
+    Applied,
+    /// The message already had this very state and code (a report sent twice).
+    Duplicate,
+    /// The message already had a different final state: kept, the report only logged.
+    Ignored,
+    /// A step on the way: logged, the message's delivery state is unchanged.
+    Intermediate,
+    /// No message has this ref (a typo, another system's ref, a deleted campaign): logged.
+    Unknown,
+}
+
+impl DeliveryEffect {
+    pub const ALL: [DeliveryEffect; 5] = [
+        DeliveryEffect::Applied,
+        DeliveryEffect::Duplicate,
+        DeliveryEffect::Ignored,
+        DeliveryEffect::Intermediate,
+        DeliveryEffect::Unknown,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryEffect::Applied => "applied",
+            DeliveryEffect::Duplicate => "duplicate",
+            DeliveryEffect::Ignored => "ignored",
+            DeliveryEffect::Intermediate => "intermediate",
+            DeliveryEffect::Unknown => "unknown",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DeliveryEffect> {
+        DeliveryEffect::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// Reports received, by what they did (the `delivery_reports` log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReportCounts {
+    pub applied: i64,
+    pub duplicate: i64,
+    pub ignored: i64,
+    pub intermediate: i64,
+    /// Reports for refs no message has.
+    pub unknown: i64,
+}
+
+/// One logged report of a message (oldest first), as `Store::delivery_reports` returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredReport {
+    pub gateway: String,
+    pub status: String,
+    pub code: Option<String>,
+    pub reported_at: String,
+    pub effect: String,
 }

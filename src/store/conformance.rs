@@ -72,6 +72,7 @@ macro_rules! conformance {
 }
 
 mod buckets;
+mod delivery;
 mod imports;
 mod lifecycle;
 mod outcomes;

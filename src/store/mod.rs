@@ -40,9 +40,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use crate::model::{
-    AttemptRecord, AuditRow, Campaign, CampaignStatus, ClaimedMessage, Counts, Enlist, Execution,
-    ExecutionStatus, Lease, MessageState, MessageUpdate, NewCampaign, NewMember, Process, Rescued,
-    Segment, WorkerRecord, WorkerToken,
+    AttemptRecord, AuditRow, Campaign, CampaignStatus, ClaimedMessage, Counts, DeliveryEffect,
+    DeliveryReport, DeliveryState, Enlist, Execution, ExecutionStatus, Lease, MessageState,
+    MessageUpdate, NewCampaign, NewMember, Process, ReportCounts, ReportStatus, Rescued, Segment,
+    StoredReport, WorkerRecord, WorkerToken,
 };
 use crate::phone::Phone;
 
@@ -165,6 +166,8 @@ pub struct AuditFilter {
     pub campaign: i64,
     pub phone: Option<String>,
     pub state: Option<MessageState>,
+    /// Only messages with this delivery state (`--status delivered|undelivered`).
+    pub delivery: Option<DeliveryState>,
     /// Keyset pagination: rows after the last row of the previous page, given by its id and
     /// its seq (the store walks whichever its index for these filters is ordered by).
     pub after_id: i64,
@@ -330,6 +333,20 @@ pub trait Store: Send + Sync {
         campaign_status: &str,
     ) -> Result<()>;
 
+    // Delivery reports.
+    /// Records one delivery report by message ref, in one transaction: logs it in the report
+    /// log and, when it is final and the message has no final delivery state yet, sets the
+    /// message's `delivery`, `delivery_code` and `delivered_at`. Applied whatever the message's
+    /// send state (a report may beat the send's own commit, which never touches these columns);
+    /// a final state is never changed afterwards (the first final report wins). Two concurrent
+    /// reports for one ref: exactly one is `Applied`.
+    async fn record_delivery(&self, report: &DeliveryReport) -> Result<DeliveryEffect>;
+    /// Every logged report naming `msg_ref`, oldest first: what the carrier said, and proof a
+    /// gateway without lookups (Kannel) had the message.
+    async fn delivery_reports(&self, msg_ref: &str) -> Result<Vec<StoredReport>>;
+    /// How many reports came through `gateway` (all gateways when `None`), by effect.
+    async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts>;
+
     // Audit and retention.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
@@ -345,6 +362,61 @@ pub(crate) fn whole_tokens(level: f64) -> u32 {
     } else {
         0
     }
+}
+
+/// The parts of a message ref as the snapshot writes it, `{campaign uid}-{seq}`; `None` for
+/// any other text (a ref no message has).
+pub(crate) fn split_ref(r: &str) -> Option<(&str, i64)> {
+    let (uid, seq) = r.rsplit_once('-')?;
+    Some((uid, seq.parse().ok()?)).filter(|(uid, _)| !uid.is_empty())
+}
+
+/// What a report does to the message it names, given the message's `(id, delivery,
+/// delivery_code)` (`None`: no message has the ref), for [`Store::record_delivery`]
+/// implementations: only `Applied` writes the message.
+pub(crate) fn delivery_effect(
+    message: &Option<(i64, Option<String>, Option<String>)>,
+    r: &DeliveryReport,
+) -> DeliveryEffect {
+    match (message, r.status) {
+        (None, _) => DeliveryEffect::Unknown,
+        (Some(_), ReportStatus::Intermediate) => DeliveryEffect::Intermediate,
+        (Some((_, None, _)), ReportStatus::Final(_)) => DeliveryEffect::Applied,
+        (Some((_, Some(have), code)), ReportStatus::Final(d)) => {
+            if have == d.as_str() && *code == r.code {
+                DeliveryEffect::Duplicate
+            } else {
+                DeliveryEffect::Ignored
+            }
+        }
+    }
+}
+
+/// Adds `(delivery, count)` rows to a campaign's counts, for [`Store::counts`] implementations.
+pub(crate) fn add_delivery_counts(c: &mut Counts, rows: Vec<(String, i64)>) {
+    for (d, n) in rows {
+        match DeliveryState::parse(&d) {
+            Some(DeliveryState::Delivered) => c.delivered = n,
+            Some(DeliveryState::Undelivered) => c.undelivered = n,
+            None => {}
+        }
+    }
+}
+
+/// Report counts from `(effect, count)` rows, for [`Store::report_counts`] implementations.
+pub(crate) fn report_counts_from(rows: Vec<(String, i64)>) -> ReportCounts {
+    let mut c = ReportCounts::default();
+    for (effect, n) in rows {
+        match DeliveryEffect::parse(&effect) {
+            Some(DeliveryEffect::Applied) => c.applied = n,
+            Some(DeliveryEffect::Duplicate) => c.duplicate = n,
+            Some(DeliveryEffect::Ignored) => c.ignored = n,
+            Some(DeliveryEffect::Intermediate) => c.intermediate = n,
+            Some(DeliveryEffect::Unknown) => c.unknown = n,
+            None => {}
+        }
+    }
+    c
 }
 
 /// RFC 3339 text of a time, as stored.
@@ -367,6 +439,15 @@ mod tests {
             "postgres://munja@db/jobs"
         );
         assert_eq!(redact("sqlite:///var/m.db"), "sqlite:///var/m.db");
+    }
+
+    #[test]
+    fn refs_split_into_campaign_uid_and_seq() {
+        assert_eq!(split_ref("0123456789ab-42"), Some(("0123456789ab", 42)));
+        assert_eq!(split_ref("a-b-7"), Some(("a-b", 7)));
+        assert_eq!(split_ref("nodash"), None);
+        assert_eq!(split_ref("-7"), None);
+        assert_eq!(split_ref("abc-x"), None);
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@
 //! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
 
 mod buckets;
+mod delivery;
 mod import;
 mod rows;
 mod run;
@@ -369,6 +370,14 @@ impl Store for PgStore {
                 None => {}
             }
         }
+        let delivery: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = $1 \
+             AND delivery IS NOT NULL GROUP BY delivery",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        crate::store::add_delivery_counts(&mut c, delivery);
         Ok(c)
     }
 
@@ -522,6 +531,18 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn record_delivery(&self, report: &DeliveryReport) -> Result<DeliveryEffect> {
+        self.record_delivery_report(report).await
+    }
+
+    async fn delivery_reports(&self, msg_ref: &str) -> Result<Vec<StoredReport>> {
+        self.reports_of(msg_ref).await
+    }
+
+    async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
+        self.count_reports(gateway).await
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {

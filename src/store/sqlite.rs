@@ -24,6 +24,7 @@ use super::*;
 use file_identity::FileIdentity;
 
 mod buckets;
+mod delivery;
 mod file_identity;
 mod workers;
 
@@ -311,11 +312,11 @@ const FRESH_OPTOUTS_IN_FLIGHT: &str = "SELECT m.phone FROM messages m CROSS JOIN
 /// - neither: the `(campaign_id, seq)` unique index.
 fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
     let mut qb = QueryBuilder::<Sqlite>::new(
-        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
-         FROM messages WHERE ",
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes, \
+         delivery, delivery_code, delivered_at FROM messages WHERE ",
     );
-    match (&f.phone, f.state) {
-        (Some(p), state) => {
+    match (&f.phone, f.state, f.delivery) {
+        (Some(p), state, delivery) => {
             qb.push("phone = ")
                 .push_bind(p.as_str())
                 .push(" AND +campaign_id = ")
@@ -323,11 +324,27 @@ fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
             if let Some(s) = state {
                 qb.push(" AND +state = ").push_bind(s.as_str());
             }
+            if let Some(d) = delivery {
+                qb.push(" AND +delivery = ").push_bind(d.as_str());
+            }
             qb.push(" AND seq > ")
                 .push_bind(f.after_seq)
                 .push(" ORDER BY seq");
         }
-        (None, Some(s)) => {
+        // `--status delivered|undelivered`: the partial `(campaign_id, delivery, id)` index.
+        (None, state, Some(d)) => {
+            qb.push("campaign_id = ")
+                .push_bind(f.campaign)
+                .push(" AND delivery = ")
+                .push_bind(d.as_str());
+            if let Some(s) = state {
+                qb.push(" AND +state = ").push_bind(s.as_str());
+            }
+            qb.push(" AND id > ")
+                .push_bind(f.after_id)
+                .push(" ORDER BY id");
+        }
+        (None, Some(s), None) => {
             qb.push("campaign_id = ")
                 .push_bind(f.campaign)
                 .push(" AND state = ")
@@ -336,7 +353,7 @@ fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
                 .push_bind(f.after_id)
                 .push(" ORDER BY id");
         }
-        (None, None) => {
+        (None, None, None) => {
             qb.push("campaign_id = ")
                 .push_bind(f.campaign)
                 .push(" AND seq > ")
@@ -631,6 +648,14 @@ impl Store for SqliteStore {
                 None => {}
             }
         }
+        let delivery: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = ? \
+             AND delivery IS NOT NULL GROUP BY delivery",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        crate::store::add_delivery_counts(&mut c, delivery);
         Ok(c)
     }
 
@@ -1174,6 +1199,18 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn record_delivery(&self, report: &DeliveryReport) -> Result<DeliveryEffect> {
+        self.record_delivery_report(report).await
+    }
+
+    async fn delivery_reports(&self, msg_ref: &str) -> Result<Vec<StoredReport>> {
+        self.reports_of(msg_ref).await
+    }
+
+    async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
+        self.count_reports(gateway).await
+    }
+
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
         let rows = audit_query(f).build().fetch_all(&self.pool).await?;
         rows.iter()
@@ -1190,6 +1227,9 @@ impl Store for SqliteStore {
                     last_attempt_at: r.try_get("last_attempt_at")?,
                     kind: r.try_get("type")?,
                     bytes: r.try_get("bytes")?,
+                    delivery: r.try_get("delivery")?,
+                    delivery_code: r.try_get("delivery_code")?,
+                    delivered_at: r.try_get("delivered_at")?,
                 })
             })
             .collect()

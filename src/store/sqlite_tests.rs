@@ -33,6 +33,7 @@ fn filter(phone: Option<&str>, state: Option<MessageState>) -> AuditFilter {
         after_id: 0,
         after_seq: 0,
         limit: 5000,
+        ..Default::default()
     }
 }
 

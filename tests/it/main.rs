@@ -6,6 +6,7 @@
 
 mod common;
 
+mod delivery;
 mod faults;
 mod korean;
 mod memory;

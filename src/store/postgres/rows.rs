@@ -119,6 +119,9 @@ pub(super) fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
         last_attempt_at: opt_ts(r.try_get("last_attempt_at")?),
         kind: r.try_get("type")?,
         bytes: r.try_get("bytes")?,
+        delivery: r.try_get("delivery")?,
+        delivery_code: r.try_get("delivery_code")?,
+        delivered_at: opt_ts(r.try_get("delivered_at")?),
     })
 }
 
@@ -129,27 +132,40 @@ pub(super) fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
 pub(super) fn audit_query(f: &AuditFilter) -> QueryBuilder<Postgres> {
     let mut qb = QueryBuilder::<Postgres>::new(
         "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, \
-         bytes FROM messages WHERE campaign_id = ",
+         bytes, delivery, delivery_code, delivered_at FROM messages WHERE campaign_id = ",
     );
     qb.push_bind(f.campaign);
-    match (&f.phone, f.state) {
-        (Some(p), state) => {
+    match (&f.phone, f.state, f.delivery) {
+        (Some(p), state, delivery) => {
             qb.push(" AND phone = ").push_bind(p.as_str());
             if let Some(s) = state {
                 qb.push(" AND state = ").push_bind(s.as_str());
+            }
+            if let Some(d) = delivery {
+                qb.push(" AND delivery = ").push_bind(d.as_str());
             }
             qb.push(" AND seq > ")
                 .push_bind(f.after_seq)
                 .push(" ORDER BY seq");
         }
-        (None, Some(s)) => {
+        // `--status delivered|undelivered`: the partial `(campaign_id, delivery, id)` index.
+        (None, state, Some(d)) => {
+            qb.push(" AND delivery = ").push_bind(d.as_str());
+            if let Some(s) = state {
+                qb.push(" AND state = ").push_bind(s.as_str());
+            }
+            qb.push(" AND id > ")
+                .push_bind(f.after_id)
+                .push(" ORDER BY id");
+        }
+        (None, Some(s), None) => {
             qb.push(" AND state = ")
                 .push_bind(s.as_str())
                 .push(" AND id > ")
                 .push_bind(f.after_id)
                 .push(" ORDER BY id");
         }
-        (None, None) => {
+        (None, None, None) => {
             qb.push(" AND seq > ")
                 .push_bind(f.after_seq)
                 .push(" ORDER BY seq");
