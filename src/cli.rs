@@ -156,9 +156,15 @@ pub enum CampaignCmd {
         segment: String,
         #[arg(long)]
         template: String,
-        /// Gateway name from munja.toml (default: the first one).
+        /// Gateway name from munja.toml (default: the first one). Repeat it for several
+        /// gateways: traffic goes to the first whose circuit breaker is closed, and fails over
+        /// to the next when it opens (`--gateway nhn --gateway kannel`).
+        #[arg(long = "gateway", value_name = "NAME")]
+        gateways: Vec<String>,
+        /// Share traffic between the gateways by their `weight` in munja.toml instead of
+        /// failing over in order (still skipping a gateway whose breaker is open).
         #[arg(long)]
-        gateway: Option<String>,
+        split: bool,
         /// Informational, not an ad: no (광고) header, no opt-out footer, no night rule.
         #[arg(long)]
         no_ad: bool,
@@ -174,6 +180,11 @@ pub enum CampaignCmd {
         /// Re-queue messages whose attempts ran out on transient errors (never permanent ones).
         #[arg(long)]
         retry_failed: bool,
+        /// After the lookups, send again the messages still in doubt: those at a gateway that
+        /// cannot be asked (Kannel) with no delivery report proving them sent. A recipient may
+        /// get such a message twice: use it only when you accept that.
+        #[arg(long)]
+        resend_in_doubt: bool,
         /// Print the final summary as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -578,7 +589,8 @@ async fn campaign_cmd(
             name,
             segment,
             template,
-            gateway,
+            gateways,
+            split,
             no_ad,
             subject,
         } => {
@@ -586,7 +598,8 @@ async fn campaign_cmd(
                 name,
                 segment,
                 template,
-                gateway,
+                gateways,
+                split,
                 no_ad,
                 subject,
             };
@@ -597,10 +610,12 @@ async fn campaign_cmd(
         CampaignCmd::Run {
             id,
             retry_failed,
+            resend_in_doubt,
             json,
         } => {
             let opts = RunOptions {
                 retry_failed,
+                resend_in_doubt,
                 handle_signals: true,
                 progress: Some(progress::for_stderr(Duration::from_secs(3))),
             };

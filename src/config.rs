@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
 
+mod kinds;
+pub use kinds::{GatewayKind, NHN_DEFAULT_URL};
+
 /// Environment variable overriding `database_url`.
 pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
 /// Environment variable naming the config file.
@@ -98,6 +101,28 @@ pub struct GatewayConfig {
     pub batch_size: usize,
     /// Longest pause a `Retry-After` answer may impose; longer requests are cut to this.
     pub max_retry_after_secs: u64,
+    /// Kannel: the `sendsms-user` name.
+    pub username: Option<String>,
+    /// Kannel: env var holding the `sendsms-user` password.
+    pub password_env: Option<String>,
+    /// Read from `password_env` by [`Config::gateway`]; never printed.
+    pub password: Option<String>,
+    /// NHN Cloud: env var holding the app key (it is part of every URL).
+    pub app_key_env: Option<String>,
+    /// Read from `app_key_env` by [`Config::gateway`]; never printed.
+    pub app_key: Option<String>,
+    /// NHN Cloud: env var holding the secret key (`X-Secret-Key`).
+    pub secret_key_env: Option<String>,
+    /// Read from `secret_key_env` by [`Config::gateway`]; never printed.
+    pub secret_key: Option<String>,
+    /// Kannel: where Kannel calls back with delivery reports (the message ref is appended).
+    pub dlr_url: Option<String>,
+    /// Share of traffic under `campaign create --split`.
+    pub weight: u32,
+    /// Transient failures in a row that open this gateway's circuit breaker.
+    pub breaker_failures: u32,
+    /// Seconds an open breaker waits before one probe request may close it.
+    pub breaker_cooldown_secs: u64,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -111,6 +136,13 @@ impl std::fmt::Debug for GatewayConfig {
             .field("burst", &self.burst)
             .field("concurrency", &self.concurrency)
             .field("max_retry_after_secs", &self.max_retry_after_secs)
+            .field("kind", &self.kind)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("app_key", &self.app_key.as_ref().map(|_| "<redacted>"))
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
+            .field("dlr_url", &self.dlr_url)
+            .field("weight", &self.weight)
             .finish()
     }
 }
@@ -146,7 +178,7 @@ struct RawPolicy {
 struct RawGateway {
     name: String,
     kind: String,
-    url: String,
+    url: Option<String>,
     api_key_env: Option<String>,
     rate_per_sec: i64,
     burst: Option<i64>,
@@ -155,6 +187,14 @@ struct RawGateway {
     max_attempts: Option<i64>,
     batch_size: Option<i64>,
     max_retry_after_secs: Option<i64>,
+    username: Option<String>,
+    password_env: Option<String>,
+    app_key_env: Option<String>,
+    secret_key_env: Option<String>,
+    dlr_url: Option<String>,
+    weight: Option<i64>,
+    breaker_failures: Option<i64>,
+    breaker_cooldown_secs: Option<i64>,
 }
 
 impl Config {
@@ -300,57 +340,7 @@ impl Config {
                     ),
                 ));
             }
-            if g.kind != "http-json" {
-                return Err(err(
-                    &key("kind"),
-                    format!("unknown kind {:?}; expected \"http-json\"", g.kind),
-                ));
-            }
-            if !(g.url.starts_with("http://") || g.url.starts_with("https://")) {
-                return Err(err(
-                    &key("url"),
-                    format!("expected an http:// or https:// URL, got {:?}", g.url),
-                ));
-            }
-            let rate = positive(
-                Some(g.rate_per_sec),
-                1,
-                1_000_000,
-                &key("rate_per_sec"),
-                &err,
-            )?;
-            let burst = positive(g.burst, rate.min(100), 1_000_000, &key("burst"), &err)?;
-            let batch_size = positive(g.batch_size, 1, 10_000, &key("batch_size"), &err)?;
-            if batch_size > burst {
-                return Err(err(
-                    &key("batch_size"),
-                    format!(
-                        "batch_size {batch_size} is larger than burst {burst}; a batch must fit in one burst"
-                    ),
-                ));
-            }
-            gateways.push(GatewayConfig {
-                name: g.name,
-                kind: g.kind,
-                url: g.url.trim_end_matches('/').to_string(),
-                api_key_env: g.api_key_env,
-                api_key: None,
-                rate_per_sec: rate as u32,
-                burst: burst as u32,
-                concurrency: positive(g.concurrency, 4, 10_000, &key("concurrency"), &err)?
-                    as usize,
-                timeout_ms: positive(g.timeout_ms, 5_000, 600_000, &key("timeout_ms"), &err)?
-                    as u64,
-                max_attempts: positive(g.max_attempts, 5, 100, &key("max_attempts"), &err)? as u32,
-                batch_size: batch_size as usize,
-                max_retry_after_secs: positive(
-                    g.max_retry_after_secs,
-                    DEFAULT_MAX_RETRY_AFTER_SECS as i64,
-                    86_400,
-                    &key("max_retry_after_secs"),
-                    &err,
-                )? as u64,
-            });
+            gateways.push(kinds::parse(g, &key, &err)?);
         }
 
         Ok(Config {
@@ -378,8 +368,9 @@ impl Config {
                 .ok_or_else(|| ConfigError {
                     file: file.clone(),
                     key: "gateways".into(),
-                    message: "no [[gateways]] entry; add one (name, kind = \"http-json\", url, \
-                          rate_per_sec) as in config/munja.example.toml"
+                    message: "no [[gateways]] entry; add one (name, kind = \"http-json\", \
+                          \"kannel\" or \"nhn-cloud\", url, rate_per_sec) as in \
+                          config/munja.example.toml"
                         .into(),
                 })?,
             Some(n) => self
@@ -397,21 +388,7 @@ impl Config {
                 })?,
         };
         let mut g = g.clone();
-        if let Some(var) = &g.api_key_env {
-            match std::env::var(var) {
-                Ok(v) if !v.is_empty() => g.api_key = Some(v),
-                _ => {
-                    return Err(ConfigError {
-                        file,
-                        key: format!("gateways[{i}].api_key_env"),
-                        message: format!(
-                            "names the environment variable {var}, which is not set; \
-                             export {var}=<your gateway key> or remove api_key_env"
-                        ),
-                    });
-                }
-            }
-        }
+        kinds::read_secrets(&mut g, i, &file)?;
         Ok(g)
     }
 

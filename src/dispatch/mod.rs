@@ -35,6 +35,7 @@ use crate::template::TemplateSource;
 mod claim;
 pub mod control;
 mod doubt;
+mod lanes;
 mod lease;
 mod limiter;
 mod sender;
@@ -86,6 +87,9 @@ impl RunStatus {
 #[derive(Default)]
 pub struct RunOptions {
     pub retry_failed: bool,
+    /// `--resend-in-doubt`: after the lookups, messages still in doubt (a gateway that cannot
+    /// be asked, such as Kannel without a delivery report) are sent again. May duplicate them.
+    pub resend_in_doubt: bool,
     /// Install SIGINT/SIGTERM handlers that stop the run gracefully.
     pub handle_signals: bool,
     pub progress: Option<Box<dyn Progress>>,
@@ -125,7 +129,11 @@ pub async fn run(
     let started = Instant::now();
     let campaign = store.campaign(id).await?;
     let settle_only = check_runnable(&*store, &campaign, opts.retry_failed).await?;
-    let gateway = cfg.gateway(Some(&campaign.gateway))?;
+    let gateways = campaign
+        .gateways()
+        .into_iter()
+        .map(|g| cfg.gateway(Some(g)))
+        .collect::<Result<Vec<_>, _>>()?;
     let composer = composer_for(&campaign)?;
     let execution = acquire(&*store, cfg, &campaign).await?;
     let span = info_span!("run", campaign = id, execution);
@@ -133,7 +141,7 @@ pub async fn run(
         store,
         cfg,
         campaign: &campaign,
-        gateway,
+        gateways,
         id: execution,
         started,
     };
@@ -186,7 +194,7 @@ struct LeasedRun<'a> {
     store: Arc<dyn Store>,
     cfg: &'a Config,
     campaign: &'a Campaign,
-    gateway: GatewayConfig,
+    gateways: Vec<GatewayConfig>,
     id: i64,
     started: Instant,
 }
@@ -200,7 +208,7 @@ impl LeasedRun<'_> {
         settle_only: bool,
     ) -> anyhow::Result<RunReport> {
         let (store, campaign) = (&self.store, self.campaign);
-        info!(gateway = %self.gateway.name, "execution started");
+        info!(gateway = %self.campaign.gateway, split = self.campaign.split, "execution started");
         let ctl = Arc::new(Control::default());
         let fresh: FreshOptouts = Arc::default();
         let heartbeat = spawn_heartbeat(
@@ -228,9 +236,11 @@ impl LeasedRun<'_> {
             composer: Arc::new(composer),
             ctx: Arc::new(SendCtx {
                 pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
+                resend_in_doubt: opts.resend_in_doubt,
                 ..send_ctx(
                     store.clone(),
-                    &self.gateway,
+                    &self.gateways,
+                    campaign.split,
                     self.cfg,
                     campaign,
                     ctl.clone(),

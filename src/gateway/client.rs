@@ -762,7 +762,7 @@ impl Throttle {
 }
 
 /// The error and its sources, `: `-separated (reqwest's own Display hides the cause).
-fn error_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -773,7 +773,7 @@ fn error_chain(e: &reqwest::Error) -> String {
     text
 }
 
-fn body_excerpt(body: &[u8], status: StatusCode) -> String {
+pub(crate) fn body_excerpt(body: &[u8], status: StatusCode) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {

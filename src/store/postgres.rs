@@ -436,7 +436,7 @@ impl Store for PgStore {
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
         let rows = sqlx::query(
-            "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
+            "SELECT id, ref, phone, vars, night_consent, attempts, gateway FROM messages \
              WHERE campaign_id = $1 AND state IN ('sending', 'in_doubt') AND id > $2 \
              ORDER BY id LIMIT $3",
         )
@@ -484,6 +484,21 @@ impl Store for PgStore {
         .bind(row_limit(limit))
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        lock_campaign(&mut tx, campaign).await?;
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'pending', reason = NULL, retryable = FALSE \
+             WHERE campaign_id = $1 AND state = 'in_doubt'",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {

@@ -263,6 +263,7 @@ fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
         template_body: r.try_get("template_body")?,
         template_subject: r.try_get("template_subject")?,
         gateway: r.try_get("gateway")?,
+        split: r.try_get("gateway_split")?,
         ad: r.try_get("ad")?,
         sender_number: r.try_get("sender_number")?,
         brand: r.try_get("brand")?,
@@ -286,6 +287,8 @@ fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
         vars: r.try_get("vars")?,
         night_consent: r.try_get("night_consent")?,
         attempts: r.try_get("attempts")?,
+        // Only `in_doubt` selects it.
+        gateway: r.try_get("gateway").unwrap_or(None),
     })
 }
 
@@ -566,8 +569,9 @@ impl Store for SqliteStore {
         let uid = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         Ok(sqlx::query_scalar(
             "INSERT INTO campaigns (uid, name, segment_name, segment_imported_at, template_name, template_body, \
-             template_subject, gateway, ad, sender_number, brand, optout_number, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?) RETURNING id",
+             template_subject, gateway, ad, sender_number, brand, optout_number, status, created_at, \
+             gateway_split) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?, ?) RETURNING id",
         )
         .bind(uid)
         .bind(&c.name)
@@ -582,6 +586,7 @@ impl Store for SqliteStore {
         .bind(&c.brand)
         .bind(&c.optout_number)
         .bind(now())
+        .bind(c.split)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -920,7 +925,7 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
         let rows = sqlx::query(
-            "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
+            "SELECT id, ref, phone, vars, night_consent, attempts, gateway FROM messages \
              WHERE campaign_id = ? AND state IN ('sending', 'in_doubt') AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(campaign)
@@ -1052,7 +1057,8 @@ impl Store for SqliteStore {
                 "UPDATE messages SET state = ?1, reason = ?2, retryable = ?3, \
                  gateway_id = COALESCE(?4, gateway_id), type = COALESCE(?5, type), bytes = COALESCE(?6, bytes), \
                  attempts = attempts + ?7, last_attempt_at = COALESCE(?8, last_attempt_at), \
-                 sent_at = CASE WHEN ?1 = 'sent' THEN COALESCE(?8, ?9) ELSE sent_at END \
+                 sent_at = CASE WHEN ?1 = 'sent' THEN COALESCE(?8, ?9) ELSE sent_at END, \
+                 gateway = COALESCE(?11, gateway) \
                  WHERE id = ?10",
             )
             .bind(state)
@@ -1071,6 +1077,7 @@ impl Store for SqliteStore {
             .bind(last.map(|a| ts(a.at)))
             .bind(now())
             .bind(u.id)
+            .bind(&u.gateway)
             .execute(&mut *tx)
             .await?;
         }
@@ -1080,7 +1087,7 @@ impl Store for SqliteStore {
             .collect();
         for batch in attempts.chunks(INSERT_BATCH) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO attempts (message_id, campaign_id, execution_id, at, outcome, http_status, gateway_id, error, latency_ms) ",
+                "INSERT INTO attempts (message_id, campaign_id, execution_id, at, outcome, http_status, gateway_id, error, latency_ms, gateway) ",
             );
             qb.push_values(batch, |mut b, (id, a)| {
                 b.push_bind(*id)
@@ -1091,7 +1098,8 @@ impl Store for SqliteStore {
                     .push_bind(a.http_status.map(i64::from))
                     .push_bind(a.gateway_id.clone())
                     .push_bind(a.error.clone())
-                    .push_bind(a.latency_ms);
+                    .push_bind(a.latency_ms)
+                    .push_bind(a.gateway.clone());
             });
             qb.build().execute(&mut *tx).await?;
         }
@@ -1133,6 +1141,17 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE messages SET state = 'pending', reason = NULL, retryable = 0 \
+             WHERE campaign_id = ? AND state = 'in_doubt'",
+        )
+        .bind(campaign)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {

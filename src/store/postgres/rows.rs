@@ -40,6 +40,7 @@ pub(super) fn campaign_from_row(r: &PgRow) -> Result<Campaign> {
         template_body: r.try_get("template_body")?,
         template_subject: r.try_get("template_subject")?,
         gateway: r.try_get("gateway")?,
+        split: r.try_get("gateway_split")?,
         ad: r.try_get("ad")?,
         sender_number: r.try_get("sender_number")?,
         brand: r.try_get("brand")?,
@@ -82,6 +83,8 @@ pub(super) fn claimed_from_row(r: &PgRow) -> Result<ClaimedMessage> {
         vars: r.try_get("vars")?,
         night_consent: r.try_get("night_consent")?,
         attempts: r.try_get("attempts")?,
+        // Only `in_doubt` selects it.
+        gateway: r.try_get("gateway").unwrap_or(None),
     })
 }
 
