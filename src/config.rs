@@ -140,7 +140,10 @@ impl std::fmt::Debug for GatewayConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("app_key", &self.app_key.as_ref().map(|_| "<redacted>"))
-            .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("dlr_url", &self.dlr_url)
             .field("weight", &self.weight)
             .finish()

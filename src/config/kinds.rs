@@ -97,7 +97,13 @@ pub(super) fn parse(
         GatewayKind::Kannel => (1, 1_000),
         GatewayKind::NhnCloud => (NHN_MAX_RECIPIENTS.min(burst), NHN_MAX_RECIPIENTS),
     };
-    let batch_size = positive(g.batch_size, default_batch, max_batch, &key("batch_size"), err)?;
+    let batch_size = positive(
+        g.batch_size,
+        default_batch,
+        max_batch,
+        &key("batch_size"),
+        err,
+    )?;
     if batch_size > burst {
         return Err(err(
             &key("batch_size"),

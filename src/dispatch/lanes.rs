@@ -104,7 +104,10 @@ impl Lane {
             None => true,
             Some(t) if Instant::now() >= t && !s.probing => {
                 s.probing = true;
-                info!(gateway = self.name(), "circuit breaker half-open: sending a probe");
+                info!(
+                    gateway = self.name(),
+                    "circuit breaker half-open: sending a probe"
+                );
                 true
             }
             Some(_) => false,
@@ -120,7 +123,10 @@ impl Lane {
             .find(|o| matches!(o, Outcome::Halt { .. }))
         {
             if s.for_run.is_none() {
-                warn!(gateway = self.name(), "circuit breaker open for the rest of the run: {message}");
+                warn!(
+                    gateway = self.name(),
+                    "circuit breaker open for the rest of the run: {message}"
+                );
             }
             s.for_run = Some(message.clone());
             return;
@@ -163,7 +169,9 @@ pub(super) enum Pick<'a> {
     Lane(usize, &'a Lane),
     /// Every lane is open: the run pauses. `for_run` holds the account answer when every lane
     /// is open for the rest of the run.
-    NoneOpen { for_run: Option<String> },
+    NoneOpen {
+        for_run: Option<String>,
+    },
 }
 
 impl Lanes {

@@ -185,7 +185,12 @@ pub(super) async fn send_chunk(
 /// its lanes, and only identical texts together when any lane sends one text per request.
 fn group_items(ctx: &SendCtx, items: Vec<Item>) -> Vec<Vec<Item>> {
     let lanes = &ctx.lanes.lanes;
-    let max = lanes.iter().map(|l| l.caps.max_batch).max().unwrap_or(1).max(1);
+    let max = lanes
+        .iter()
+        .map(|l| l.caps.max_batch)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     if lanes.iter().all(|l| l.caps.batching == Batching::ManyTexts) {
         let mut groups = Vec::new();
         let mut items = items.into_iter().peekable();

@@ -287,12 +287,28 @@ mod tests {
     #[test]
     fn replies_map_to_outcomes() {
         let g = gw(None);
-        let c = |s: u16, b: &str| g.classify(StatusCode::from_u16(s).expect("status"), b.as_bytes());
-        assert!(matches!(c(202, "3: Queued for later delivery"), Outcome::Accepted { .. }));
-        assert!(matches!(c(503, "Temporal failure, try again later."), Outcome::Transient { .. }));
-        assert!(matches!(c(403, "Authorization failed for sendsms"), Outcome::Halt { .. }));
-        assert!(matches!(c(403, "Not routable. Do not try again."), Outcome::Rejected { .. }));
-        assert!(matches!(c(400, "Receiver number missing"), Outcome::Rejected { .. }));
+        let c =
+            |s: u16, b: &str| g.classify(StatusCode::from_u16(s).expect("status"), b.as_bytes());
+        assert!(matches!(
+            c(202, "3: Queued for later delivery"),
+            Outcome::Accepted { .. }
+        ));
+        assert!(matches!(
+            c(503, "Temporal failure, try again later."),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(
+            c(403, "Authorization failed for sendsms"),
+            Outcome::Halt { .. }
+        ));
+        assert!(matches!(
+            c(403, "Not routable. Do not try again."),
+            Outcome::Rejected { .. }
+        ));
+        assert!(matches!(
+            c(400, "Receiver number missing"),
+            Outcome::Rejected { .. }
+        ));
         let shown = format!("{:?}", g);
         assert!(!shown.contains("s3cret"), "{shown}");
     }

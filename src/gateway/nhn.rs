@@ -60,7 +60,9 @@ impl NhnGateway {
             bail!("gateway {name}: kind \"nhn-cloud\" needs app_key_env and secret_key_env");
         };
         let mut secret = HeaderValue::from_str(&secret).map_err(|_| {
-            anyhow::anyhow!("gateway {name}: the secret key holds characters not allowed in a header")
+            anyhow::anyhow!(
+                "gateway {name}: the secret key holds characters not allowed in a header"
+            )
         })?;
         secret.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -79,7 +81,11 @@ impl NhnGateway {
             .default_headers(headers)
             .build()
             .with_context(|| format!("gateway {name}: building the HTTP client"))?;
-        let base = format!("{}/sms/v3.0/appKeys/{}", g.url.trim_end_matches('/'), app_key);
+        let base = format!(
+            "{}/sms/v3.0/appKeys/{}",
+            g.url.trim_end_matches('/'),
+            app_key
+        );
         Url::parse(&base).with_context(|| format!("gateway {name}: invalid url {:?}", g.url))?;
         Ok(NhnGateway {
             name: name.clone(),
@@ -184,7 +190,10 @@ impl NhnGateway {
             return Ok((v, status.as_u16()));
         }
         let code = v["header"]["resultCode"].as_i64().unwrap_or(0);
-        let message = v["header"]["resultMessage"].as_str().unwrap_or("").to_string();
+        let message = v["header"]["resultMessage"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         Err((self.request_failure(code, &message), Some(status.as_u16())))
     }
 
@@ -237,7 +246,10 @@ impl NhnGateway {
                 "join the 080 service in the console and check [sender] optout_number",
             ),
             -2016 => halt("over 1,000 recipients", "lower batch_size to 1000 or less"),
-            -2052 | -2053 => halt("the sending limit is exhausted", "raise the limit in the console"),
+            -2052 | -2053 => halt(
+                "the sending limit is exhausted",
+                "raise the limit in the console",
+            ),
             -2021 | -9999 => Outcome::Transient {
                 code: format!("nhn_{code}"),
             },
@@ -251,7 +263,10 @@ impl NhnGateway {
     fn results(&self, msgs: &[OutMessage], v: &Value) -> Vec<Outcome> {
         let data = &v["body"]["data"];
         let request_id = data["requestId"].as_str().unwrap_or("");
-        let list = data["sendResultList"].as_array().cloned().unwrap_or_default();
+        let list = data["sendResultList"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let by_key: HashMap<&str, &Value> = list
             .iter()
             .filter_map(|r| Some((r["recipientGroupingKey"].as_str()?, r)))
@@ -292,7 +307,9 @@ impl NhnGateway {
         let seoul = chrono_tz::Asia::Seoul;
         let now = Utc::now().with_timezone(&seoul);
         let fmt = "%Y-%m-%d %H:%M:%S";
-        let start = (now - chrono::Duration::days(LOOKUP_DAYS)).format(fmt).to_string();
+        let start = (now - chrono::Duration::days(LOOKUP_DAYS))
+            .format(fmt)
+            .to_string();
         let end = (now + chrono::Duration::days(1)).format(fmt).to_string();
         for ep in ["sms", "mms"] {
             let Ok(mut url) = Url::parse(&format!("{}/sender/{ep}", self.base)) else {
@@ -325,7 +342,10 @@ impl NhnGateway {
 
     fn unavailable(&self, why: &str) -> Lookup {
         Lookup::Unavailable {
-            reason: format!("gateway {}: search by recipientGroupingKey: {why}", self.name),
+            reason: format!(
+                "gateway {}: search by recipientGroupingKey: {why}",
+                self.name
+            ),
         }
     }
 

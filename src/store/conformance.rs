@@ -72,9 +72,9 @@ macro_rules! conformance {
 }
 
 mod buckets;
+mod gateways;
 mod imports;
 mod lifecycle;
-mod gateways;
 mod outcomes;
 
 /// The i-th test mobile number.

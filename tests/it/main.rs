@@ -2,11 +2,12 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`).
+//! `memory::`, `postgres::`, `gateways::`).
 
 mod common;
 
 mod faults;
+mod gateways;
 mod korean;
 mod memory;
 mod postgres;

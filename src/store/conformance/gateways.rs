@@ -41,7 +41,11 @@ async fn in_doubt_names_the_gateway_of_the_last_request(s: Arc<dyn Store>) {
     let (c, e) = running(&*s, "seg", 3).await;
     let got = claim(&*s, c, e, 3).await;
     assert!(got.iter().all(|m| m.gateway.is_none()), "never sent yet");
-    let mut u = update(got[0].id, MessageState::InDoubt, vec![attempt("timeout", 0)]);
+    let mut u = update(
+        got[0].id,
+        MessageState::InDoubt,
+        vec![attempt("timeout", 0)],
+    );
     u.gateway = Some("kannel".into());
     s.commit_chunk(c, e, &[u]).await.expect("commit");
     let doubt = s.in_doubt(c, 0, 10).await.expect("in doubt");
@@ -60,10 +64,22 @@ async fn requeue_in_doubt_returns_only_in_doubt_messages(s: Arc<dyn Store>) {
     let (c, e) = running(&*s, "seg", 4).await;
     let got = claim(&*s, c, e, 4).await;
     let updates = vec![
-        update(got[0].id, MessageState::InDoubt, vec![attempt("timeout", 0)]),
-        update(got[1].id, MessageState::InDoubt, vec![attempt("timeout", 0)]),
+        update(
+            got[0].id,
+            MessageState::InDoubt,
+            vec![attempt("timeout", 0)],
+        ),
+        update(
+            got[1].id,
+            MessageState::InDoubt,
+            vec![attempt("timeout", 0)],
+        ),
         update(got[2].id, MessageState::Sent, vec![attempt("accepted", 0)]),
-        update(got[3].id, MessageState::Failed, vec![attempt("rejected", 0)]),
+        update(
+            got[3].id,
+            MessageState::Failed,
+            vec![attempt("rejected", 0)],
+        ),
     ];
     s.commit_chunk(c, e, &updates).await.expect("commit");
     assert_eq!(s.requeue_in_doubt(c).await.expect("requeue"), 2);
