@@ -4,6 +4,7 @@
 //! two gateways with circuit breakers.
 
 mod kannel;
+mod nhn;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
