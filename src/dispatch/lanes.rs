@@ -53,7 +53,8 @@ struct BreakerState {
     open_until: Option<Instant>,
     /// Why it is open for the rest of the run.
     for_run: Option<String>,
-    probing: bool,
+    /// When the probe of a half-open breaker was let through (one at a time).
+    probing: Option<Instant>,
 }
 
 impl Lane {
@@ -100,10 +101,15 @@ impl Lane {
         if s.for_run.is_some() {
             return false;
         }
+        let now = Instant::now();
+        // A probe that never reported (its run stopping) frees the slot after a cooldown.
+        let probe_free = s
+            .probing
+            .is_none_or(|p| now.duration_since(p) > self.breaker.cooldown);
         match s.open_until {
             None => true,
-            Some(t) if Instant::now() >= t && !s.probing => {
-                s.probing = true;
+            Some(t) if now >= t && probe_free => {
+                s.probing = Some(now);
                 info!(
                     gateway = self.name(),
                     "circuit breaker half-open: sending a probe"
@@ -112,6 +118,11 @@ impl Lane {
             }
             Some(_) => false,
         }
+    }
+
+    /// A request let through as the probe went elsewhere after all: another may probe.
+    pub(super) fn release_probe(&self) {
+        self.state().probing = None;
     }
 
     /// Feeds the breaker with a request's attempts.
@@ -132,7 +143,7 @@ impl Lane {
             return;
         }
         let failed = !attempts.is_empty() && attempts.iter().all(|a| a.outcome.is_transient());
-        s.probing = false;
+        s.probing = None;
         if !failed {
             if s.open_until.take().is_some() {
                 info!(gateway = self.name(), "circuit breaker closed");

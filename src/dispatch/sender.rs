@@ -318,6 +318,16 @@ fn set_aside(
 async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdate> {
     let mut done = Vec::with_capacity(items.len());
     while !items.is_empty() {
+        let wait = items.iter().map(|i| i.wait).max().unwrap_or_default();
+        if !wait.is_zero() {
+            ctx.ctl.sleep(wait).await;
+            for item in &mut items {
+                item.wait = Duration::ZERO;
+            }
+        }
+        if ctx.ctl.stopping() {
+            break;
+        }
         let sticky = items.iter().find_map(|i| i.sticky);
         let (li, lane) = match ctx.lanes.pick(items[0].id, sticky) {
             Pick::Lane(i, lane) => (i, lane),
@@ -340,9 +350,17 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
             &mut done,
         );
         let rest = items.split_off(lane.caps.max_batch.clamp(1, items.len().max(1)));
-        let Some(permit) = wait_turn(&ctx, lane, &items).await else {
-            items.extend(rest);
-            break;
+        let permit = match wait_turn(&ctx, lane, &items).await {
+            Turn::Go(permit) => permit,
+            Turn::Repick => {
+                lane.release_probe();
+                items.extend(rest);
+                continue;
+            }
+            Turn::Stop => {
+                items.extend(rest);
+                break;
+            }
         };
         items = screen(&ctx, items, &mut done);
         if items.is_empty() {
@@ -379,21 +397,21 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
     done
 }
 
-/// Waits until `items` may be sent on `lane`: their backoff, the gateway's pause, a request
-/// slot, then the rate limiter, the last thing checked before sending. `None` when the run
-/// stops meanwhile.
-async fn wait_turn<'c>(
-    ctx: &SendCtx,
-    lane: &'c Lane,
-    items: &[Item],
-) -> Option<SemaphorePermit<'c>> {
-    let wait = items.iter().map(|i| i.wait).max().unwrap_or_default();
-    if !wait.is_zero() {
-        ctx.ctl.sleep(wait).await;
-    }
-    if ctx.ctl.stopping() {
-        return None;
-    }
+/// What [`wait_turn`] came to.
+enum Turn<'c> {
+    Go(SemaphorePermit<'c>),
+    /// The lane's request slots stayed busy: pick a lane again (another may have closed its
+    /// breaker meanwhile, such as the first gateway of a failover list).
+    Repick,
+    Stop,
+}
+
+/// How long a request waits for a slot of its lane before the lane is picked again.
+const REPICK: Duration = Duration::from_millis(100);
+
+/// Waits until `items` may be sent on `lane`: the gateway's pause, a request slot, then the
+/// rate limiter, the last thing checked before sending.
+async fn wait_turn<'c>(ctx: &SendCtx, lane: &'c Lane, items: &[Item]) -> Turn<'c> {
     let pause = *lane
         .pause_until
         .lock()
@@ -403,13 +421,20 @@ async fn wait_turn<'c>(
         if until > now {
             ctx.ctl.sleep(until - now).await;
             if ctx.ctl.stopping() {
-                return None;
+                return Turn::Stop;
             }
         }
     }
     // Both waits end early when the run stops.
-    let Some(Ok(permit)) = ctx.ctl.until(lane.in_flight.acquire()).await else {
-        return None;
+    let slot = tokio::time::timeout(REPICK, lane.in_flight.acquire());
+    let permit = match ctx.ctl.until(slot).await {
+        None | Some(Ok(Err(_))) => return Turn::Stop,
+        Some(Err(_)) if ctx.lanes.lanes.len() > 1 => return Turn::Repick,
+        Some(Err(_)) => match ctx.ctl.until(lane.in_flight.acquire()).await {
+            Some(Ok(permit)) => permit,
+            _ => return Turn::Stop,
+        },
+        Some(Ok(Ok(permit))) => permit,
     };
     let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
     let limiter = async {
@@ -422,11 +447,14 @@ async fn wait_turn<'c>(
         // Then the budget every run on this gateway shares.
         lane.shared.until_n_ready(n.get()).await
     };
-    if let Err(e) = ctx.ctl.until(limiter).await? {
-        ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
-        return None;
+    match ctx.ctl.until(limiter).await {
+        None => Turn::Stop,
+        Some(Err(e)) => {
+            ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
+            Turn::Stop
+        }
+        Some(Ok(())) => Turn::Go(permit),
     }
-    Some(permit)
 }
 
 /// The night rule and opt-outs that arrived after the claim, at the moment of sending: the

@@ -3,6 +3,7 @@
 //! response shapes (plain `serde_json::Value`, never munja's own types), and failover between
 //! two gateways with circuit breakers.
 
+mod failover;
 mod kannel;
 mod nhn;
 
