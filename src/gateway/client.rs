@@ -123,6 +123,47 @@ pub enum Lookup {
     Unavailable { reason: String },
 }
 
+/// The attempts of one request that started at `at` (`started` on the monotonic clock): one
+/// per outcome, sharing the request's HTTP status and latency.
+pub fn attempts(
+    outcomes: Vec<Outcome>,
+    http_status: Option<u16>,
+    at: DateTime<Utc>,
+    started: Instant,
+) -> Vec<Attempt> {
+    let latency = started.elapsed();
+    outcomes
+        .into_iter()
+        .map(|outcome| Attempt {
+            outcome,
+            http_status,
+            latency,
+            at,
+        })
+        .collect()
+}
+
+/// The HTTP client of gateway `name`: `timeout` for every request (connect included), no
+/// redirect ever followed (a 3xx is a configuration error, never a reason to send phone numbers
+/// to another host), `idle` keep-alive connections, `headers` on every request.
+pub(crate) fn http_client(
+    name: &str,
+    timeout: Duration,
+    idle: usize,
+    headers: HeaderMap,
+) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(idle)
+        .tcp_nodelay(true)
+        .user_agent(concat!("munja/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers)
+        .build()
+        .with_context(|| format!("gateway {name}: building the HTTP client"))
+}
+
 /// One `http-json` gateway. Cheap to clone: all clones share one connection pool.
 #[derive(Clone)]
 pub struct HttpJsonGateway {
@@ -252,18 +293,9 @@ impl HttpJsonGateway {
         };
         let mut default_headers = HeaderMap::new();
         default_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            // A redirect would turn the POST into a GET, or post the message (phone number
-            // included) to a host that is not in munja.toml: a 3xx is a configuration error.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(max_idle_per_host)
-            .tcp_nodelay(true)
-            .user_agent(concat!("munja/", env!("CARGO_PKG_VERSION")))
-            .default_headers(default_headers)
-            .build()
-            .with_context(|| format!("gateway {name}: building the HTTP client"))?;
+        // A redirect would turn the POST into a GET, or post the message (phone number
+        // included) to a host that is not in munja.toml: a 3xx is a configuration error.
+        let client = http_client(name, timeout, max_idle_per_host, default_headers)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
@@ -368,16 +400,7 @@ impl HttpJsonGateway {
         let at = Utc::now();
         let started = Instant::now();
         let (outcomes, http_status) = self.send_batch_once(msgs).await;
-        let latency = started.elapsed();
-        outcomes
-            .into_iter()
-            .map(|outcome| Attempt {
-                outcome,
-                http_status,
-                latency,
-                at,
-            })
-            .collect()
+        attempts(outcomes, http_status, at, started)
     }
 
     async fn send_batch_once(&self, msgs: &[OutMessage]) -> (Vec<Outcome>, Option<u16>) {

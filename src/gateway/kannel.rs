@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use reqwest::{StatusCode, Url};
 
-use super::client::{body_excerpt, classify_error, error_chain};
+use super::client::{attempts, body_excerpt, classify_error, error_chain, http_client};
 use super::{Attempt, Lookup, OutMessage, Outcome};
 use crate::config::GatewayConfig;
 
@@ -70,14 +70,7 @@ impl KannelGateway {
             );
         };
         let timeout = Duration::from_millis(g.timeout_ms);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(g.concurrency)
-            .user_agent(concat!("munja/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .with_context(|| format!("gateway {name}: building the HTTP client"))?;
+        let client = http_client(name, timeout, g.concurrency, Default::default())?;
         Ok(KannelGateway {
             name: name.clone(),
             sendsms,
@@ -126,22 +119,18 @@ impl KannelGateway {
         let at = Utc::now();
         let t0 = Instant::now();
         let (outcome, http_status) = self.send_once(msgs).await;
-        let latency = t0.elapsed();
-        msgs.iter()
-            .map(|m| Attempt {
-                outcome: match &outcome {
-                    // No id comes back: the ref is what a delivery report correlates on.
-                    Outcome::Accepted { duplicate, .. } => Outcome::Accepted {
-                        gateway_id: m.msg_ref.clone(),
-                        duplicate: *duplicate,
-                    },
-                    o => o.clone(),
+        let outcomes = msgs
+            .iter()
+            .map(|m| match &outcome {
+                // No id comes back: the ref is what a delivery report correlates on.
+                Outcome::Accepted { duplicate, .. } => Outcome::Accepted {
+                    gateway_id: m.msg_ref.clone(),
+                    duplicate: *duplicate,
                 },
-                http_status,
-                latency,
-                at,
+                o => o.clone(),
             })
-            .collect()
+            .collect();
+        attempts(outcomes, http_status, at, t0)
     }
 
     async fn send_once(&self, msgs: &[OutMessage]) -> (Outcome, Option<u16>) {

@@ -26,7 +26,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
 
-use super::client::{body_excerpt, classify_error, error_chain};
+use super::client::{attempts, body_excerpt, classify_error, error_chain, http_client};
 use super::{Attempt, Lookup, OutMessage, Outcome};
 use crate::config::GatewayConfig;
 
@@ -72,15 +72,7 @@ impl NhnGateway {
             HeaderValue::from_static("application/json;charset=UTF-8"),
         );
         let timeout = Duration::from_millis(g.timeout_ms);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(g.concurrency)
-            .user_agent(concat!("munja/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
-            .build()
-            .with_context(|| format!("gateway {name}: building the HTTP client"))?;
+        let client = http_client(name, timeout, g.concurrency, headers)?;
         let base = format!(
             "{}/sms/v3.0/appKeys/{}",
             g.url.trim_end_matches('/'),
@@ -145,16 +137,7 @@ impl NhnGateway {
             Err(failed) => (vec![failed.0; msgs.len()], failed.1),
             Ok((v, status)) => (self.results(msgs, &v), Some(status)),
         };
-        let latency = t0.elapsed();
-        outcomes
-            .into_iter()
-            .map(|outcome| Attempt {
-                outcome,
-                http_status,
-                latency,
-                at,
-            })
-            .collect()
+        attempts(outcomes, http_status, at, t0)
     }
 
     /// Sends a request and reads a successful JSON answer; anything else is classified.

@@ -130,9 +130,8 @@ async fn search(
 ) -> Json<Value> {
     let mut f = fake.lock().expect("fake");
     f.lookups += 1;
-    if !(q.contains_key("startRequestDate") && q.contains_key("endRequestDate"))
-        && !q.contains_key("requestId")
-    {
+    let window = q.contains_key("startRequestDate") && q.contains_key("endRequestDate");
+    if !window && !q.contains_key("requestId") {
         return Json(
             json!({"header": header(false, -2011, "RequestId or start/endRequestDate is required.")}),
         );
@@ -200,6 +199,8 @@ async fn an_ad_campaign_goes_1000_recipients_per_request_with_each_result_mapped
     .await;
     let o = run_with(&env, &VARS, &["campaign", "run", &id]).await;
     assert_eq!(o.code, 0, "{}", o.all());
+    let audit = env.audit_json(&id).await;
+    let st = env.status(&id).await;
 
     let f = fake.lock().expect("fake");
     let mut sizes: Vec<usize> = f
@@ -234,7 +235,6 @@ async fn an_ad_campaign_goes_1000_recipients_per_request_with_each_result_mapped
             .all(|(_, b)| b["senderGroupingKey"] == campaign_key)
     );
 
-    let audit = env.audit_json(&id).await;
     assert_eq!(audit.len(), 2500);
     let by_phone: HashMap<&str, &Value> = audit
         .iter()
@@ -252,7 +252,6 @@ async fn an_ad_campaign_goes_1000_recipients_per_request_with_each_result_mapped
     assert_eq!(by_phone[number(7).as_str()]["error"], "invalid_number");
     assert_eq!(by_phone[number(1500).as_str()]["error"], "invalid_number");
     assert_eq!(by_phone[number(9).as_str()]["error"], "opted_out");
-    let st = env.status(&id).await;
     assert_eq!((n(&st, "sent"), n(&st, "failed")), (2497, 3), "{st}");
 }
 
