@@ -690,7 +690,7 @@ async fn campaign_status(
     if json {
         let v = serde_json::json!({
             "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
-            "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
+            "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "gateways": c.gateways(), "split": c.split, "ad": c.ad,
             "total": counts.total, "pending": counts.pending, "sending": counts.sending,
             "in_doubt": counts.in_doubt,
             "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
@@ -704,10 +704,11 @@ async fn campaign_status(
         }
         writeln!(
             out,
-            "  segment {}, template {}, gateway {}, {}",
+            "  segment {}, template {}, gateway {}{}, {}",
             c.segment_name,
             c.template_name,
-            c.gateway,
+            c.gateways().join(if c.split { " + " } else { " then " }),
+            if c.split { " (split by weight)" } else { "" },
             if c.ad { "ad" } else { "informational" }
         )?;
         writeln!(

@@ -120,6 +120,13 @@ impl Lane {
         }
     }
 
+    /// Whether the breaker opened (and is still cooling down, or open for the run): a request
+    /// that picked this lane before it opened goes elsewhere.
+    pub(super) fn opened_since_pick(&self) -> bool {
+        let s = self.state();
+        s.for_run.is_some() || s.open_until.is_some_and(|t| Instant::now() < t)
+    }
+
     /// A request let through as the probe went elsewhere after all: another may probe.
     pub(super) fn release_probe(&self) {
         self.state().probing = None;

@@ -395,7 +395,9 @@ fn ending(
             "IN_DOUBT",
             format!(
                 "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
-                 them; run it again to settle them by lookup"
+                 them; run it again to settle them by lookup (a Kannel gateway can never be \
+                 asked: only its delivery report proves a message sent, and `munja campaign run \
+                 {id} --resend-in-doubt` sends the rest again, at the risk of a duplicate)"
             ),
         ),
         Ok(None) => end(

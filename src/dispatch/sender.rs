@@ -436,6 +436,9 @@ async fn wait_turn<'c>(ctx: &SendCtx, lane: &'c Lane, items: &[Item]) -> Turn<'c
         },
         Some(Ok(Ok(permit))) => permit,
     };
+    if ctx.lanes.lanes.len() > 1 && lane.opened_since_pick() {
+        return Turn::Repick;
+    }
     let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
     let limiter = async {
         if lane.limiter.until_n_ready(n).await.is_err() {
@@ -487,11 +490,12 @@ fn screen(ctx: &SendCtx, mut items: Vec<Item>, done: &mut Vec<MessageUpdate>) ->
 }
 
 /// The health counter counts requests: a failed batch is one failure, not fifty. At
-/// `max_consecutive_failures` the run stops as gateway_unhealthy.
+/// `max_consecutive_failures` a run on one gateway stops as gateway_unhealthy.
 fn note_health(ctx: &SendCtx, attempts: &[Attempt]) {
     if attempts.iter().all(|a| a.outcome.is_transient()) {
         let n = ctx.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= ctx.max_consecutive_failures {
+        // With several gateways the breakers decide: the run pauses when all are open.
+        if n >= ctx.max_consecutive_failures && ctx.lanes.lanes.len() == 1 {
             ctx.ctl.stop(StopReason::GatewayUnhealthy(n));
         }
     } else if attempts.iter().any(|a| a.outcome.is_final()) {

@@ -30,6 +30,16 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A loopback port held bound but not listening: connections to it are refused, and no other
+/// test can take it until the socket is dropped.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = s.local_addr().expect("local addr").port();
+    (s, port)
+}
+
 /// Appends a `[[gateways]]` entry (TOML text) to the test's munja.toml.
 pub fn add_gateway(env: &Env, entry: &str) {
     let text = std::fs::read_to_string(env.path("munja.toml")).expect("config");

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use munja::gateway::sim::{self, SimConfig};
 
-use super::{add_gateway, free_port, sql, wait_until};
-use crate::common::{Env, Gw, n};
+use super::{add_gateway, refusing_port, sql, wait_until};
+use crate::common::{Env, Gw, Out, n};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_gateway_fails_over_and_comes_back_after_its_cooldown() {
@@ -19,7 +19,7 @@ async fn a_down_gateway_fails_over_and_comes_back_after_its_cooldown() {
         ..Gw::default()
     };
     let env = Env::with(SimConfig::default(), gw, "").await;
-    let a_port = free_port();
+    let (a_socket, a_port) = refusing_port();
     add_gateway(
         &env,
         &format!(
@@ -33,14 +33,20 @@ async fn a_down_gateway_fails_over_and_comes_back_after_its_cooldown() {
         .campaign(&seg, "hello", &["--gateway", "a", "--gateway", "sim"])
         .await;
     let mut run = env.cmd(&["campaign", "run", &id]);
-    let child = tokio::task::spawn_blocking(move || run.output());
+    let mut child = tokio::task::spawn_blocking(move || run.output());
 
     // Phase 1: nothing listens on A's port; B takes the traffic.
-    wait_until("B to take traffic while A refuses", 30, || {
-        env.sim.stats().accepted >= 20
-    })
-    .await;
+    let t0 = std::time::Instant::now();
+    while env.sim.stats().accepted < 20 {
+        if child.is_finished() {
+            let out = (&mut child).await.expect("join").expect("munja run");
+            panic!("munja ended before A came up:\n{}", Out::from(out).all());
+        }
+        assert!(t0.elapsed().as_secs() < 30, "B never took traffic");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // Phase 2: A answers, but only 503s.
+    drop(a_socket);
     let a_cfg = SimConfig {
         fail_rate: 1.0,
         ..SimConfig::default()
@@ -52,7 +58,7 @@ async fn a_down_gateway_fails_over_and_comes_back_after_its_cooldown() {
     // Phase 3: A heals; after its cooldown a probe closes the breaker and traffic returns.
     a.set_faults(0.0, 0.0, 0.0);
     let out = child.await.expect("join").expect("munja run");
-    let out = crate::common::Out::from(out);
+    let out = Out::from(out);
     assert_eq!(out.code, 0, "{}", out.all());
 
     let (sa, sb) = (a.stats(), env.sim.stats());
@@ -90,4 +96,127 @@ async fn a_down_gateway_fails_over_and_comes_back_after_its_cooldown() {
         let counts: Vec<u64> = sent_at.iter().map(|r| r[1].parse().unwrap_or(0)).collect();
         assert_eq!(counts, vec![sa.accepted, sb.accepted], "{sent_at:?}");
     }
+}
+
+/// A second simulator as gateway `name` (http-json) in the test's munja.toml.
+async fn second_sim(env: &Env, name: &str, cfg: SimConfig, keys: &str) -> sim::SimHandle {
+    let s = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), cfg)
+        .await
+        .expect("second simulator");
+    add_gateway(
+        env,
+        &format!(
+            "name = \"{name}\"\nkind = \"http-json\"\nurl = \"{}\"\nrate_per_sec = 5000\n\
+             burst = 100\nconcurrency = 8\n{keys}",
+            s.url()
+        ),
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_shares_traffic_by_weight_and_sends_each_message_once() {
+    let env = Env::with(SimConfig::default(), Gw::default(), "").await;
+    add_gateway_weight(&env, 1);
+    let b = second_sim(&env, "b", SimConfig::default(), "weight = 3\n").await;
+    let seg = env.segment_csv("seg.csv", 0, 800);
+    let id = env
+        .campaign(
+            &seg,
+            "hello",
+            &["--gateway", "sim", "--gateway", "b", "--split"],
+        )
+        .await;
+    env.ok(&["campaign", "run", &id]).await;
+    let (sa, sb) = (env.sim.stats(), b.stats());
+    assert_eq!(sa.accepted + sb.accepted, 800, "A {sa:?}\nB {sb:?}");
+    assert_eq!(sa.distinct_numbers + sb.distinct_numbers, 800);
+    // Weights 1:3 give B about three quarters (the split hashes message ids: not exact).
+    assert!((450..=750).contains(&sb.accepted), "B took {}", sb.accepted);
+    assert!(sa.accepted >= 50, "A took {}", sa.accepted);
+    let st = env.status(&id).await;
+    assert_eq!(st["split"], true);
+    assert_eq!(st["gateways"], serde_json::json!(["sim", "b"]));
+
+    // --split needs two gateways.
+    let o = env
+        .run(&[
+            "campaign",
+            "create",
+            "--name",
+            "x",
+            "--segment",
+            "seg",
+            "--template",
+            "hello",
+            "--split",
+        ])
+        .await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("--split"), "{}", o.all());
+}
+
+/// Sets `weight` on the test config's first gateway (`sim`).
+fn add_gateway_weight(env: &Env, weight: u32) {
+    let text = std::fs::read_to_string(env.path("munja.toml")).expect("config");
+    let text = text.replacen(
+        "kind = \"http-json\"\n",
+        &format!("kind = \"http-json\"\nweight = {weight}\n"),
+        1,
+    );
+    env.write("munja.toml", &text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_open_a_breaker_for_the_run_and_the_other_gateway_sends() {
+    let env = Env::with(SimConfig::default(), Gw::default(), "").await;
+    // A demands a key munja does not have: 401 on every request.
+    let a_cfg = SimConfig {
+        api_key: Some("the-right-key".into()),
+        ..SimConfig::default()
+    };
+    let a = second_sim(&env, "a", a_cfg, "").await;
+    let seg = env.segment_csv("seg.csv", 0, 50);
+    let id = env
+        .campaign(&seg, "hello", &["--gateway", "a", "--gateway", "sim"])
+        .await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        o.stderr
+            .contains("circuit breaker open for the rest of the run")
+            || a.stats().unauthorized >= 1,
+        "{}",
+        o.all()
+    );
+    assert_eq!(a.stats().accepted, 0);
+    assert_eq!(env.sim.stats().accepted, 50);
+    assert_eq!(n(&env.status(&id).await, "sent"), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_pauses_gateway_unhealthy_only_when_every_gateway_is_open() {
+    let env = Env::with(SimConfig::default(), Gw::default(), "").await;
+    let (sa, pa) = refusing_port();
+    let (sb, pb) = refusing_port();
+    for (name, port) in [("a", pa), ("b", pb)] {
+        add_gateway(
+            &env,
+            &format!(
+                "name = \"{name}\"\nkind = \"http-json\"\nurl = \"http://127.0.0.1:{port}\"\n\
+                 rate_per_sec = 1000\nbreaker_failures = 2\nbreaker_cooldown_secs = 60\n"
+            ),
+        );
+    }
+    let seg = env.segment_csv("seg.csv", 0, 20);
+    let id = env
+        .campaign(&seg, "hello", &["--gateway", "a", "--gateway", "b"])
+        .await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "STOPPED:\n{}", o.all());
+    assert!(o.stderr.contains("gateway_unhealthy"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(n(&st, "sent"), 0);
+    assert_eq!(n(&st, "pending") + n(&st, "failed"), 20, "{st}");
+    drop((sa, sb));
 }
