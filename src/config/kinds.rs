@@ -239,3 +239,77 @@ pub(super) fn read_secrets(g: &mut GatewayConfig, i: usize, file: &str) -> Resul
     g.secret_key = secret_key;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(t: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::from_toml_str(t, None)
+    }
+
+    #[test]
+    fn the_commented_examples_parse_once_uncommented() {
+        let text = include_str!("../../config/munja.example.toml");
+        let start = text.find("# A real Kannel").expect("kannel example");
+        let uncommented: String = text[start..]
+            .lines()
+            .filter(|l| l.starts_with("# ") && !l.starts_with("# A ") && !l.starts_with("# NHN"))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c = parse(&uncommented).expect("examples parse");
+        assert_eq!(c.gateways.len(), 2);
+        let nhn = &c.gateways[1];
+        assert_eq!(nhn.url, super::NHN_DEFAULT_URL);
+        assert_eq!(
+            (
+                nhn.batch_size,
+                nhn.breaker_failures,
+                nhn.breaker_cooldown_secs
+            ),
+            (1000, 20, 30)
+        );
+        assert_eq!(
+            c.gateways[0].dlr_url.as_deref(),
+            Some("http://munja-host:8088/v1/dlr/kannel")
+        );
+    }
+
+    #[test]
+    fn each_kind_names_what_it_misses_or_does_not_take() {
+        let e = parse(
+            "[[gateways]]\nname='k'\nkind='kannel'\nurl='http://x'\nusername='u'\nrate_per_sec=5\n",
+        )
+        .expect_err("no password_env");
+        assert_eq!(e.key, "gateways[0].password_env", "{e}");
+        let e = parse("[[gateways]]\nname='n'\nkind='nhn-cloud'\napp_key_env='A'\nsecret_key_env='S'\napi_key_env='K'\nrate_per_sec=5\n")
+            .expect_err("api_key_env is http-json's");
+        assert_eq!(e.key, "gateways[0].api_key_env", "{e}");
+        let e =
+            parse("[[gateways]]\nname='a,b'\nkind='http-json'\nurl='http://x'\nrate_per_sec=5\n")
+                .expect_err("comma");
+        assert_eq!(e.key, "gateways[0].name", "{e}");
+        let e = parse("[[gateways]]\nname='n'\nkind='nhn'\nrate_per_sec=5\n").expect_err("kind");
+        assert!(e.message.contains("nhn-cloud"), "{e}");
+        let e = parse("[[gateways]]\nname='n'\nkind='nhn-cloud'\napp_key_env='A'\nsecret_key_env='S'\nrate_per_sec=5000\nburst=2000\nbatch_size=1001\n")
+            .expect_err("over 1000");
+        assert_eq!(e.key, "gateways[0].batch_size", "{e}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_the_environment_and_never_shown() {
+        let c = parse("[[gateways]]\nname='n'\nkind='nhn-cloud'\napp_key_env='PATH'\nsecret_key_env='HOME'\nrate_per_sec=5\n")
+            .expect("config");
+        let g = c.gateway(Some("n")).expect("secrets set");
+        assert!(g.app_key.is_some() && g.secret_key.is_some());
+        let shown = format!("{g:?}");
+        assert!(
+            !shown.contains(g.app_key.as_deref().unwrap_or("x")),
+            "{shown}"
+        );
+        let c = parse("[[gateways]]\nname='k'\nkind='kannel'\nurl='http://x'\nusername='u'\npassword_env='MUNJA_SURELY_UNSET_PW'\nrate_per_sec=5\n")
+            .expect("config");
+        let e = c.gateway(None).expect_err("unset");
+        assert_eq!(e.key, "gateways[0].password_env", "{e}");
+    }
+}
