@@ -297,6 +297,8 @@ pub struct AuditRow {
     pub phone: String,
     pub status: String,
     pub attempts: i64,
+    /// The gateway (its configured name) the message's last request went to.
+    pub gateway: Option<String>,
     pub gateway_id: Option<String>,
     pub error: Option<String>,
     pub last_attempt_at: Option<String>,

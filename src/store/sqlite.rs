@@ -310,8 +310,8 @@ const FRESH_OPTOUTS_IN_FLIGHT: &str = "SELECT m.phone FROM messages m CROSS JOIN
 /// - neither: the `(campaign_id, seq)` unique index.
 fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
     let mut qb = QueryBuilder::<Sqlite>::new(
-        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes \
-         FROM messages WHERE ",
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway, gateway_id, last_attempt_at, \
+         type, bytes FROM messages WHERE ",
     );
     match (&f.phone, f.state) {
         (Some(p), state) => {
@@ -1220,6 +1220,7 @@ impl Store for SqliteStore {
                     phone: r.try_get("phone")?,
                     status: r.try_get("state")?,
                     attempts: r.try_get("attempts")?,
+                    gateway: r.try_get("gateway")?,
                     gateway_id: r.try_get("gateway_id")?,
                     error: r.try_get("reason")?,
                     last_attempt_at: r.try_get("last_attempt_at")?,

@@ -1,6 +1,7 @@
 //! Conformance of what several gateways per campaign need: the campaign's gateway list and
 //! split flag, the gateway recorded for each message (read back by `in_doubt`, so that a
-//! message is looked up where it went), and `requeue_in_doubt` (`--resend-in-doubt`).
+//! message is looked up where it went, and shown by `audit`), and `requeue_in_doubt`
+//! (`--resend-in-doubt`).
 
 use super::*;
 
@@ -58,6 +59,22 @@ async fn in_doubt_names_the_gateway_of_the_last_request(s: Arc<dyn Store>) {
     s.commit_chunk(c, e, &[again]).await.expect("commit");
     let doubt = s.in_doubt(c, 0, 1).await.expect("in doubt");
     assert_eq!(doubt[0].gateway.as_deref(), Some("kannel"));
+    // The audit says through whom.
+    let rows = s
+        .audit(&AuditFilter {
+            campaign: c,
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    let first = rows.iter().find(|r| r.id == got[0].id).expect("row");
+    assert_eq!(first.gateway.as_deref(), Some("kannel"));
+    assert!(
+        rows.iter()
+            .filter(|r| r.id != got[0].id)
+            .all(|r| r.gateway.is_none())
+    );
 }
 
 async fn requeue_in_doubt_returns_only_in_doubt_messages(s: Arc<dyn Store>) {

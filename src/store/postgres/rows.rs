@@ -96,6 +96,7 @@ pub(super) fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
         phone: r.try_get("phone")?,
         status: r.try_get("state")?,
         attempts: r.try_get("attempts")?,
+        gateway: r.try_get("gateway")?,
         gateway_id: r.try_get("gateway_id")?,
         error: r.try_get("reason")?,
         last_attempt_at: opt_ts(r.try_get("last_attempt_at")?),
@@ -110,8 +111,8 @@ pub(super) fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
 /// neither the `(campaign_id, seq)` unique index.
 pub(super) fn audit_query(f: &AuditFilter) -> QueryBuilder<Postgres> {
     let mut qb = QueryBuilder::<Postgres>::new(
-        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, \
-         bytes FROM messages WHERE campaign_id = ",
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway, gateway_id, last_attempt_at, \
+         type, bytes FROM messages WHERE campaign_id = ",
     );
     qb.push_bind(f.campaign);
     match (&f.phone, f.state) {

@@ -75,6 +75,10 @@ async fn a_down_gateway_fails_over_and_comes_back_after_its_cooldown() {
     );
     let st = env.status(&id).await;
     assert_eq!(n(&st, "sent"), 300, "{st}");
+    // The audit says through whom each message went.
+    let audit = env.audit_json(&id).await;
+    let through = |g: &str| audit.iter().filter(|r| r["gateway"] == g).count() as u64;
+    assert_eq!((through("a"), through("sim")), (sa.accepted, sb.accepted));
 
     if env.pg.is_none() {
         let rows = sql(
