@@ -11,7 +11,7 @@ use tracing::{debug, info};
 use super::claim::Runner;
 use super::control::StopReason;
 use super::lanes::Lane;
-use super::sender::{Item, SendCtx, update_for};
+use super::sender::{Item, SendCtx, backoff_policy, update_for};
 use crate::gateway::{Attempt, Lookup, Outcome};
 use crate::store::{AttemptRecord, ClaimedMessage, MessageState, MessageUpdate};
 
@@ -232,5 +232,59 @@ pub(super) fn note_rejections(ctx: &SendCtx, attempts: &[Attempt]) {
             Outcome::Accepted { .. } => *streak = (String::new(), 0),
             _ => {}
         }
+    }
+}
+
+/// A message that may have reached `lane`, which does not dedupe: looked up at once where the
+/// gateway can be asked. Found is `sent`; not found is retried (anywhere: the gateway proved it
+/// never got it); otherwise it stays `in_doubt`, never resent on its own.
+pub(super) async fn settle_now(
+    ctx: &SendCtx,
+    lane: &Lane,
+    mut item: Item,
+    done: &mut Vec<MessageUpdate>,
+) -> Option<Item> {
+    let code = item.doubt.clone().unwrap_or_else(|| "in_doubt".into());
+    let update = look_up_exhausted(ctx, lane, item_clone(&item), &code).await;
+    if update.state != MessageState::Failed {
+        done.push(update);
+        return None;
+    }
+    // Not found: the lookup is recorded and the message is free to go again.
+    item.attempts = update.attempts;
+    item.doubt = None;
+    item.sticky = None;
+    match item.backoff.next() {
+        Some(d) => {
+            item.wait = d;
+            Some(item)
+        }
+        None => {
+            done.push(update_for(
+                &item,
+                MessageState::Failed,
+                Some(code),
+                true,
+                None,
+            ));
+            None
+        }
+    }
+}
+
+fn item_clone(item: &Item) -> Item {
+    Item {
+        id: item.id,
+        night_consent: item.night_consent,
+        out: item.out.clone(),
+        kind: item.kind.clone(),
+        bytes: item.bytes,
+        attempts: item.attempts.clone(),
+        backoff: backoff_policy(1),
+        wait: item.wait,
+        doubt: item.doubt.clone(),
+        lane: item.lane,
+        gateway: item.gateway.clone(),
+        sticky: item.sticky,
     }
 }

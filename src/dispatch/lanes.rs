@@ -1,7 +1,8 @@
 //! The gateways of one run ("lanes"): each with its client, its rate limits (this run's pace
 //! and the budget shared with every run, keyed by the gateway's name), its request slots, its
 //! `Retry-After` pause and its circuit breaker; and the choice of a lane for each request:
-//! failover (the first lane whose breaker is closed) or `--split` (by `weight`).
+//! failover (the first lane whose breaker is closed) or `--split` (by `weight`); and how a
+//! chunk's messages are grouped into requests, as the lanes batch.
 //!
 //! The breaker: `breaker_failures` requests in a row that failed transiently open it; after
 //! `breaker_cooldown_secs` one probe request may pass, and its success closes it (a failure
@@ -10,6 +11,7 @@
 //! never opens on transient failures (`max_consecutive_failures` decides), and an account answer
 //! stops the run as before.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -20,8 +22,9 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::limiter::SharedLimiter;
+use super::sender::{Item, SendCtx};
 use crate::config::GatewayConfig;
-use crate::gateway::{Attempt, Capabilities, Gateway, Outcome};
+use crate::gateway::{Attempt, Batching, Capabilities, Gateway, Outcome};
 use crate::store::Store;
 
 /// One gateway of the run.
@@ -262,4 +265,41 @@ impl Lanes {
             for_run: (!reasons.is_empty()).then(|| reasons.join("; ")),
         }
     }
+}
+
+/// Groups items into requests as the campaign's gateways batch: up to the largest batch of
+/// its lanes, and only identical texts together when any lane sends one text per request.
+pub(super) fn group_items(ctx: &SendCtx, items: Vec<Item>) -> Vec<Vec<Item>> {
+    let lanes = &ctx.lanes.lanes;
+    let max = lanes
+        .iter()
+        .map(|l| l.caps.max_batch)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    if lanes.iter().all(|l| l.caps.batching == Batching::ManyTexts) {
+        let mut groups = Vec::new();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            groups.push(items.by_ref().take(max).collect());
+        }
+        return groups;
+    }
+    let mut groups: Vec<Vec<Item>> = Vec::new();
+    let mut open: HashMap<(String, String, Option<String>), usize> = HashMap::new();
+    for item in items {
+        let key = (
+            item.out.text.clone(),
+            item.out.kind.clone(),
+            item.out.subject.clone(),
+        );
+        match open.get(&key) {
+            Some(&g) if groups[g].len() < max => groups[g].push(item),
+            _ => {
+                open.insert(key, groups.len());
+                groups.push(vec![item]);
+            }
+        }
+    }
+    groups
 }

@@ -6,7 +6,6 @@
 //! rule, opt-outs that arrived after the claim). A message that may have reached a gateway that
 //! does not dedupe is never retried blindly: it is looked up, or stays in doubt.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,11 +17,11 @@ use tokio::sync::SemaphorePermit;
 use tracing::{Instrument, debug, warn};
 
 use super::control::{Control, StopReason};
-use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections};
-use super::lanes::{Lane, Lanes, Pick};
+use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections, settle_now};
+use super::lanes::{Lane, Lanes, Pick, group_items};
 use super::lease::FreshOptouts;
 use crate::config::{Config, GatewayConfig};
-use crate::gateway::{Attempt, Batching, OutMessage, Outcome};
+use crate::gateway::{Attempt, OutMessage, Outcome};
 use crate::message::Composer;
 use crate::model::{AttemptRecord, Campaign, ClaimedMessage, MessageState, MessageUpdate};
 use crate::phone;
@@ -181,43 +180,6 @@ pub(super) async fn send_chunk(
     (updates, first_error)
 }
 
-/// Groups items into requests as the campaign's gateways batch: up to the largest batch of
-/// its lanes, and only identical texts together when any lane sends one text per request.
-fn group_items(ctx: &SendCtx, items: Vec<Item>) -> Vec<Vec<Item>> {
-    let lanes = &ctx.lanes.lanes;
-    let max = lanes
-        .iter()
-        .map(|l| l.caps.max_batch)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    if lanes.iter().all(|l| l.caps.batching == Batching::ManyTexts) {
-        let mut groups = Vec::new();
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            groups.push(items.by_ref().take(max).collect());
-        }
-        return groups;
-    }
-    let mut groups: Vec<Vec<Item>> = Vec::new();
-    let mut open: HashMap<(String, String, Option<String>), usize> = HashMap::new();
-    for item in items {
-        let key = (
-            item.out.text.clone(),
-            item.out.kind.clone(),
-            item.out.subject.clone(),
-        );
-        match open.get(&key) {
-            Some(&g) if groups[g].len() < max => groups[g].push(item),
-            _ => {
-                open.insert(key, groups.len());
-                groups.push(vec![item]);
-            }
-        }
-    }
-    groups
-}
-
 /// A `Retry-After` pause at least this long is logged at default verbosity.
 const LONG_PAUSE: Duration = Duration::from_secs(5);
 
@@ -266,7 +228,7 @@ pub(super) fn quiet_stop(q: QuietRule) -> StopReason {
 }
 
 /// Exponential backoff with jitter: 200 ms doubling to 10 s, `max_attempts` tries in all.
-fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
+pub(super) fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(10))
@@ -615,57 +577,4 @@ async fn retry_or_give_up(
         }
     }
     None
-}
-
-/// A message that may have reached `lane`, which does not dedupe: looked up at once where the
-/// gateway can be asked. Found is `sent`; not found is retried (anywhere: the gateway proved it
-/// never got it); otherwise it stays `in_doubt`, never resent on its own.
-async fn settle_now(
-    ctx: &SendCtx,
-    lane: &Lane,
-    mut item: Item,
-    done: &mut Vec<MessageUpdate>,
-) -> Option<Item> {
-    let update = look_up_exhausted(ctx, lane, item_clone(&item), "in_doubt").await;
-    if update.state != MessageState::Failed {
-        done.push(update);
-        return None;
-    }
-    // Not found: the lookup is recorded and the message is free to go again.
-    item.attempts = update.attempts;
-    item.doubt = None;
-    item.sticky = None;
-    match item.backoff.next() {
-        Some(d) => {
-            item.wait = d;
-            Some(item)
-        }
-        None => {
-            done.push(update_for(
-                &item,
-                MessageState::Failed,
-                Some("in_doubt".into()),
-                true,
-                None,
-            ));
-            None
-        }
-    }
-}
-
-fn item_clone(item: &Item) -> Item {
-    Item {
-        id: item.id,
-        night_consent: item.night_consent,
-        out: item.out.clone(),
-        kind: item.kind.clone(),
-        bytes: item.bytes,
-        attempts: item.attempts.clone(),
-        backoff: backoff_policy(1),
-        wait: item.wait,
-        doubt: item.doubt.clone(),
-        lane: item.lane,
-        gateway: item.gateway.clone(),
-        sticky: item.sticky,
-    }
 }

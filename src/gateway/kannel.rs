@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use reqwest::{StatusCode, Url};
 
-use super::client::{attempts, body_excerpt, classify_error, error_chain, http_client};
+use super::http::{attempts, body_excerpt, classify_error, error_chain, http_client};
 use super::{Attempt, Lookup, OutMessage, Outcome};
 use crate::config::GatewayConfig;
 

@@ -12,9 +12,10 @@
 //!   (`kannel`, which can be neither asked nor deduped).
 //!
 //! Each kind lives in its own module: [`client`] (`http-json`, the protocol in
-//! `docs/gateway-http-json.md`), [`kannel`], [`nhn`]; [`sim`] is the `http-json` simulator behind
+//! `docs/gateway-http-json.md`), [`kannel`], [`nhn`], sharing [`http`]; [`sim`] is the `http-json` simulator behind
 //! `munja gateway-sim`. Adding a kind means one module, one arm here, and its tests.
 pub mod client;
+pub mod http;
 pub mod kannel;
 pub mod nhn;
 pub mod sim;

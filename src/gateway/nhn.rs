@@ -26,7 +26,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
 
-use super::client::{attempts, body_excerpt, classify_error, error_chain, http_client};
+use super::http::{attempts, body_excerpt, classify_error, error_chain, http_client};
 use super::{Attempt, Lookup, OutMessage, Outcome};
 use crate::config::GatewayConfig;
 
