@@ -2,7 +2,7 @@
 //! attempts run out, kept `in_doubt` (never failed, cancelled or resent) while it cannot be asked,
 //! and the streak of identical rejections that pauses a run.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
@@ -12,7 +12,7 @@ use super::claim::Runner;
 use super::control::StopReason;
 use super::lanes::Lane;
 use super::sender::{Item, SendCtx, backoff_policy, update_for};
-use crate::gateway::{Attempt, Lookup, Outcome};
+use crate::gateway::{Attempt, Lookup, Outcome, Proof};
 use crate::store::{AttemptRecord, ClaimedMessage, MessageState, MessageUpdate};
 
 impl Runner<'_> {
@@ -235,9 +235,11 @@ pub(super) fn note_rejections(ctx: &SendCtx, attempts: &[Attempt]) {
     }
 }
 
-/// A message that may have reached `lane`, which does not dedupe: looked up at once where the
-/// gateway can be asked. Found is `sent`; not found is retried (anywhere: the gateway proved it
-/// never got it); otherwise it stays `in_doubt`, never resent on its own.
+/// A message that may have reached `lane`, which does not dedupe: never retried blindly. Where
+/// the gateway can be asked it is looked up after the message's backoff (time for the provider
+/// to list what it took): found is `sent`; not found is retried at once (anywhere: the gateway
+/// proved it never got it); no answer, or a gateway that cannot be asked, leaves it `in_doubt`,
+/// never resent on its own. A message out of attempts is looked up at once.
 pub(super) async fn settle_now(
     ctx: &SendCtx,
     lane: &Lane,
@@ -245,8 +247,19 @@ pub(super) async fn settle_now(
     done: &mut Vec<MessageUpdate>,
 ) -> Option<Item> {
     let code = item.doubt.clone().unwrap_or_else(|| "in_doubt".into());
+    let wait = item.backoff.next();
+    if lane.caps.proof != Proof::DeliveryReport
+        && let Some(d) = wait
+    {
+        ctx.ctl.sleep(d).await;
+    }
     let update = look_up_exhausted(ctx, lane, item_clone(&item), &code).await;
     if update.state != MessageState::Failed {
+        done.push(update);
+        return None;
+    }
+    if wait.is_none() {
+        // Not found and out of attempts: a retryable failure (`--retry-failed`).
         done.push(update);
         return None;
     }
@@ -254,22 +267,8 @@ pub(super) async fn settle_now(
     item.attempts = update.attempts;
     item.doubt = None;
     item.sticky = None;
-    match item.backoff.next() {
-        Some(d) => {
-            item.wait = d;
-            Some(item)
-        }
-        None => {
-            done.push(update_for(
-                &item,
-                MessageState::Failed,
-                Some(code),
-                true,
-                None,
-            ));
-            None
-        }
-    }
+    item.wait = Duration::ZERO;
+    Some(item)
 }
 
 fn item_clone(item: &Item) -> Item {
