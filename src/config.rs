@@ -117,6 +117,9 @@ pub struct GatewayConfig {
     pub secret_key: Option<String>,
     /// Kannel: where Kannel calls back with delivery reports (the message ref is appended).
     pub dlr_url: Option<String>,
+    /// Kannel: `post` (default: text in the body, credentials in headers) or `get` (all in the
+    /// query string).
+    pub method: String,
     /// Share of traffic under `campaign create --split`.
     pub weight: u32,
     /// Transient failures in a row that open this gateway's circuit breaker.
@@ -195,6 +198,7 @@ struct RawGateway {
     app_key_env: Option<String>,
     secret_key_env: Option<String>,
     dlr_url: Option<String>,
+    method: Option<String>,
     weight: Option<i64>,
     breaker_failures: Option<i64>,
     breaker_cooldown_secs: Option<i64>,

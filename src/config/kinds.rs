@@ -138,6 +138,7 @@ pub(super) fn parse(
         app_key: None,
         secret_key_env: g.secret_key_env,
         secret_key: None,
+        method: g.method.unwrap_or_else(|| "post".into()),
         dlr_url: g.dlr_url,
         weight: positive(g.weight, 1, 1_000_000, &key("weight"), err)? as u32,
         breaker_failures: positive(
@@ -172,12 +173,13 @@ fn require_kind_keys(
         ("app_key_env", g.app_key_env.is_some()),
         ("secret_key_env", g.secret_key_env.is_some()),
         ("dlr_url", g.dlr_url.is_some()),
+        ("method", g.method.is_some()),
     ];
     let (required, allowed): (&[&str], &[&str]) = match kind {
         GatewayKind::HttpJson => (&[], &["api_key_env"]),
         GatewayKind::Kannel => (
             &["username", "password_env"],
-            &["username", "password_env", "dlr_url"],
+            &["username", "password_env", "dlr_url", "method"],
         ),
         GatewayKind::NhnCloud => (
             &["app_key_env", "secret_key_env"],
@@ -200,6 +202,15 @@ fn require_kind_keys(
                 format!("missing; kind {:?} needs {required:?}", kind.as_str()),
             ));
         }
+    }
+    if let Some(m) = &g.method
+        && m != "get"
+        && m != "post"
+    {
+        return Err(err(
+            &key("method"),
+            format!("expected \"post\" or \"get\", got {m:?}"),
+        ));
     }
     if let Some(u) = &g.dlr_url
         && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -1,8 +1,11 @@
 //! `kind = "kannel"`: Kannel's `sendsms` interface (smsbox's `sendsms-user`).
 //!
-//! One `GET {url}/cgi-bin/sendsms?username&password&from&to&text&charset=UTF-8&coding=2` per
-//! request: Hangul goes as UCS-2 (`coding=2`), several recipients of one identical text share a
-//! request (`to` separated by spaces). With `dlr_url` configured every message goes alone, with
+//! One request to `{url}/cgi-bin/sendsms` per group: by default a `POST` with the text as a
+//! UTF-8 body and `X-Kannel-Username`, `-Password`, `-From`, `-To`, `-Coding: 2` headers (the
+//! password and the numbers stay out of URLs and access logs); with `method = "get"` a `GET`
+//! with `username&password&from&to&text&charset=UTF-8&coding=2`. Hangul goes as UCS-2
+//! (`coding=2`); several recipients of one identical text share a request (`to` separated by
+//! spaces). With `dlr_url` configured every message goes alone, with
 //! `dlr-mask=31` and a `dlr-url` that carries its ref, so that Kannel's delivery report names it.
 //!
 //! Replies: `202` (`0: Accepted for delivery`, `3: Queued for later delivery`) accepted; `503`
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 use super::http::{attempts, body_excerpt, classify_error, error_chain, http_client};
@@ -37,6 +41,7 @@ pub struct KannelGateway {
     username: String,
     password: String,
     dlr_url: Option<String>,
+    post: bool,
     client: reqwest::Client,
 }
 
@@ -69,6 +74,13 @@ impl KannelGateway {
                  sendsms-user of smsbox) in munja.toml"
             );
         };
+        let post = g.method != "get";
+        if post && HeaderValue::from_str(&password).is_err() {
+            bail!(
+                "gateway {name}: the password (from password_env) holds characters not allowed in \
+                 an HTTP header; set method = \"get\" for gateway {name} or change the password"
+            );
+        }
         let timeout = Duration::from_millis(g.timeout_ms);
         let client = http_client(name, timeout, g.concurrency, Default::default())?;
         Ok(KannelGateway {
@@ -77,6 +89,7 @@ impl KannelGateway {
             username,
             password,
             dlr_url: g.dlr_url.clone(),
+            post,
             client,
         })
     }
@@ -90,7 +103,7 @@ impl KannelGateway {
         self.dlr_url.is_some()
     }
 
-    /// The `sendsms` request for `msgs` (one text for all of them).
+    /// The `sendsms` GET for `msgs` (one text for all of them).
     pub fn request_url(&self, msgs: &[OutMessage]) -> Url {
         let mut url = self.sendsms.clone();
         let to: Vec<&str> = msgs.iter().map(|m| m.to.as_str()).collect();
@@ -109,6 +122,31 @@ impl KannelGateway {
             }
         }
         url
+    }
+
+    /// The `sendsms` POST for `msgs`: text in the body, the rest in `X-Kannel-*` headers.
+    pub fn post_request(&self, msgs: &[OutMessage]) -> reqwest::RequestBuilder {
+        let to: Vec<&str> = msgs.iter().map(|m| m.to.as_str()).collect();
+        let first = msgs.first();
+        let mut password =
+            HeaderValue::from_str(&self.password).unwrap_or_else(|_| HeaderValue::from_static(""));
+        password.set_sensitive(true);
+        let mut r = self
+            .client
+            .post(self.sendsms.clone())
+            .header(CONTENT_TYPE, "text/plain; charset=UTF-8")
+            .header("X-Kannel-Username", &self.username)
+            .header("X-Kannel-Password", password)
+            .header("X-Kannel-From", first.map_or("", |m| m.from.as_str()))
+            .header("X-Kannel-To", to.join(" "))
+            .header("X-Kannel-Coding", "2")
+            .body(first.map_or(String::new(), |m| m.text.clone()));
+        if let (Some(base), [m]) = (&self.dlr_url, msgs) {
+            r = r
+                .header("X-Kannel-DLR-Mask", DLR_MASK)
+                .header("X-Kannel-DLR-Url", dlr_url_for(base, &m.msg_ref));
+        }
+        r
     }
 
     /// One `sendsms` request for `msgs`; the answer applies to each of them.
@@ -134,7 +172,12 @@ impl KannelGateway {
     }
 
     async fn send_once(&self, msgs: &[OutMessage]) -> (Outcome, Option<u16>) {
-        let response = match self.client.get(self.request_url(msgs)).send().await {
+        let request = if self.post {
+            self.post_request(msgs)
+        } else {
+            self.client.get(self.request_url(msgs))
+        };
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 let e = e.without_url();
@@ -271,6 +314,27 @@ mod tests {
         assert_eq!(q["text"], "(광고) 안녕하세요");
         assert_eq!(q["dlr-mask"], "31");
         assert!(q["dlr-url"].starts_with("http://m:8088/v1/dlr/k?ref=c1-7&type=%d"));
+    }
+
+    #[test]
+    fn the_post_keeps_credentials_and_numbers_out_of_the_url() {
+        let g = gw(Some("http://m:8088/v1/dlr/k"));
+        let r = g
+            .post_request(&[out("01012345678")])
+            .build()
+            .expect("request");
+        assert_eq!(r.url().as_str(), "http://127.0.0.1:13013/cgi-bin/sendsms");
+        let h = |k: &str| r.headers()[k].to_str().expect("ascii").to_string();
+        assert_eq!(h("X-Kannel-To"), "01012345678");
+        assert_eq!(h("X-Kannel-Coding"), "2");
+        assert_eq!(h("X-Kannel-DLR-Mask"), "31");
+        assert!(h("X-Kannel-DLR-Url").contains("ref=c1-7"));
+        assert!(r.headers()["X-Kannel-Password"].is_sensitive());
+        let body = r.body().and_then(|b| b.as_bytes()).expect("body");
+        assert_eq!(
+            std::str::from_utf8(body).expect("utf-8"),
+            "(광고) 안녕하세요"
+        );
     }
 
     #[test]

@@ -225,7 +225,13 @@ async fn a_korean_campaign_reaches_fakesmsc_once_per_recipient_with_its_text_int
     assert_eq!(n(&st, "sent"), 25, "{st}");
 
     // Identical texts share requests (one text, several `to`): still once each.
-    let env2 = kannel_env(&k, "", "rate_per_sec = 200\nbatch_size = 10\n").await;
+    // Through the query-string form of sendsms this time.
+    let env2 = kannel_env(
+        &k,
+        "",
+        "rate_per_sec = 200\nbatch_size = 10\nmethod = \"get\"\n",
+    )
+    .await;
     env2.write("templates/same.txt", "봄맞이 특가 안내");
     let seg2 = env2.segment_csv("seg.csv", 100, 23);
     let id2 = create(
