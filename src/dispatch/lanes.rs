@@ -188,6 +188,9 @@ pub(super) struct Lanes {
 /// Where a request goes.
 pub(super) enum Pick<'a> {
     Lane(usize, &'a Lane),
+    /// The messages in doubt at this lane cannot go there now (its breaker is open), nor
+    /// anywhere else: they stay in doubt, settled by the next run's lookup.
+    StickyClosed(usize),
     /// Every lane is open: the run pauses. `for_run` holds the account answer when every lane
     /// is open for the rest of the run.
     NoneOpen {
@@ -220,6 +223,7 @@ impl Lanes {
         if let Some(i) = sticky {
             return match self.lanes.get(i) {
                 Some(l) if l.admit() => Pick::Lane(i, l),
+                _ if self.lanes.len() > 1 => Pick::StickyClosed(i),
                 _ => self.none_open(),
             };
         }

@@ -293,6 +293,13 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         let sticky = items.iter().find_map(|i| i.sticky);
         let (li, lane) = match ctx.lanes.pick(items[0].id, sticky) {
             Pick::Lane(i, lane) => (i, lane),
+            Pick::StickyClosed(i) => {
+                let (stuck, rest): (Vec<Item>, Vec<Item>) =
+                    items.into_iter().partition(|it| it.sticky == Some(i));
+                done.extend(stuck.iter().map(leftover));
+                items = rest;
+                continue;
+            }
             Pick::NoneOpen { for_run: Some(why) } => {
                 ctx.ctl.stop(StopReason::GatewayRefused(why));
                 break;
