@@ -224,3 +224,55 @@ async fn the_run_pauses_gateway_unhealthy_only_when_every_gateway_is_open() {
     assert_eq!(n(&st, "pending") + n(&st, "failed"), 20, "{st}");
     drop((sa, sb));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_doubt_at_one_gateway_never_moves_to_another_without_proof() {
+    let env = Env::with(SimConfig::default(), Gw::default(), "").await;
+    // A takes every message and never answers in time, and cannot be asked.
+    let a_cfg = SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 3_000,
+        lookups_unavailable: true,
+        ..SimConfig::default()
+    };
+    let a = second_sim(
+        &env,
+        "a",
+        a_cfg,
+        "timeout_ms = 300\nbreaker_failures = 2\nbreaker_cooldown_secs = 600\n",
+    )
+    .await;
+    let seg = env.segment_csv("seg.csv", 0, 100);
+    let id = env
+        .campaign(&seg, "hello", &["--gateway", "a", "--gateway", "sim"])
+        .await;
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "STOPPED with messages in doubt:\n{}", o.all());
+    let st = env.status(&id).await;
+    let (sent, in_doubt) = (n(&st, "sent"), n(&st, "in_doubt"));
+    let (sa, sb) = (a.stats(), env.sim.stats());
+    assert!(sa.accepted > 0 && in_doubt > 0, "A {sa:?}\n{st}");
+    assert_eq!(sent + in_doubt, 100, "{st}");
+    // Nothing A may have was sent to B: each number is at one gateway only.
+    assert_eq!(
+        sa.distinct_numbers + sb.distinct_numbers,
+        100,
+        "A {sa:?}\nB {sb:?}"
+    );
+    assert_eq!(sb.accepted as i64, sent);
+
+    // Once A can be asked, the next run finds them there: sent, never resent anywhere.
+    a.set_lookups(true);
+    let o = env.run(&["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!((n(&st, "sent"), n(&st, "in_doubt")), (100, 0), "{st}");
+    let (sa, sb) = (a.stats(), env.sim.stats());
+    assert_eq!(sa.distinct_numbers + sb.distinct_numbers, 100);
+    let audit = env.audit_json(&id).await;
+    let at_a = audit.iter().filter(|r| r["gateway"] == "a").count() as u64;
+    assert_eq!(
+        at_a, sa.distinct_numbers,
+        "the audit says they went through A"
+    );
+}
