@@ -15,9 +15,10 @@
 //! - [`store`]: the job repository (SQLite), the only place with SQL;
 //! - [`lease`]: one runner per campaign, takeover of dead runs, stop/cancel/delete of a campaign
 //!   that may be running;
-//! - [`gateway`]: the `http-json` client and the simulator;
+//! - [`gateway`]: the seam to SMS gateways (`http-json`, `kannel`, `nhn-cloud`) and the
+//!   `http-json` simulator;
 //! - [`dispatch`]: running a campaign chunk by chunk (lease and heartbeat, claim loop, sender,
-//!   in-doubt settlement);
+//!   the campaign's gateways with failover and breakers, in-doubt settlement);
 //! - [`audit`], [`progress`], [`summary`]: what the operator reads;
 //! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive the library
 //!   end to end (the CLI calls them, never the other way round).

@@ -17,7 +17,8 @@
 //! This module owns [`run`] (one execution from start to end) and the end-of-run decision
 //! ([`RunStatus`], the exit code and message); [`control`] the stop switch and signals,
 //! [`lease`] taking and keeping the lease, [`claim`] the claim/commit loop, [`sender`] the
-//! requests, [`limiter`] the rate budget shared with other runs.
+//! requests, [`lanes`] the campaign's gateways (failover, split, circuit breakers), [`limiter`]
+//! the rate budget shared with other runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
