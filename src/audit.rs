@@ -121,11 +121,12 @@ fn header(out: &mut dyn Write, format: Format) -> std::io::Result<()> {
     match format {
         Format::Table => writeln!(
             out,
-            "{:<22} {:<15} {:<10} {:>3} {:<20} {:<24} {:<24} {:<4} {:>5} {:<11} {:<12} {:<24}",
+            "{:<22} {:<15} {:<10} {:>3} {:<10} {:<20} {:<24} {:<24} {:<4} {:>5} {:<11} {:<12} {:<24}",
             "REF",
             "PHONE",
             "STATUS",
             "TRY",
+            "GATEWAY",
             "GATEWAY_ID",
             "ERROR",
             "LAST_ATTEMPT_AT",
@@ -138,8 +139,8 @@ fn header(out: &mut dyn Write, format: Format) -> std::io::Result<()> {
         Format::Json => write!(out, "["),
         Format::Csv => writeln!(
             out,
-            "ref,phone,status,attempts,gateway_id,error,last_attempt_at,type,bytes,delivery,\
-             delivery_code,delivered_at"
+            "ref,phone,status,attempts,gateway,gateway_id,error,last_attempt_at,type,bytes,\
+             delivery,delivery_code,delivered_at"
         ),
     }
 }
@@ -147,11 +148,12 @@ fn header(out: &mut dyn Write, format: Format) -> std::io::Result<()> {
 fn table_row(out: &mut dyn Write, r: &AuditRow) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<22} {:<15} {:<10} {:>3} {:<20} {:<24} {:<24} {:<4} {:>5} {:<11} {:<12} {:<24}",
+        "{:<22} {:<15} {:<10} {:>3} {:<10} {:<20} {:<24} {:<24} {:<4} {:>5} {:<11} {:<12} {:<24}",
         r.msg_ref,
         masked(&r.phone),
         r.status,
         r.attempts,
+        r.gateway.as_deref().unwrap_or("-"),
         r.gateway_id.as_deref().unwrap_or("-"),
         r.error.as_deref().unwrap_or("-"),
         r.last_attempt_at.as_deref().unwrap_or("-"),
@@ -204,6 +206,7 @@ mod tests {
             phone: format!("010{:08}", seq),
             status: "sent".into(),
             attempts: 1,
+            gateway: Some("sim".into()),
             gateway_id: Some(format!("g{seq:016x}")),
             error: None,
             last_attempt_at: Some("2026-11-27T07:48:56.219Z".into()),

@@ -27,7 +27,10 @@ pub struct CreateRequest {
     pub name: String,
     pub segment: String,
     pub template: String,
-    pub gateway: Option<String>,
+    /// Gateway names from munja.toml, in failover order (empty: the first configured).
+    pub gateways: Vec<String>,
+    /// Share traffic by each gateway's `weight` instead of failing over in order.
+    pub split: bool,
     pub no_ad: bool,
     /// Overrides the template's LMS subject.
     pub subject: Option<String>,
@@ -202,6 +205,23 @@ pub async fn plan(
     Ok(plan)
 }
 
+/// The campaign's gateway list as stored (comma-separated, in order): each name must be
+/// configured (with its secrets set) and given once; none given means the first configured.
+fn gateway_list(cfg: &Config, names: &[String]) -> anyhow::Result<String> {
+    if names.is_empty() {
+        return Ok(cfg.gateway(None)?.name);
+    }
+    let mut list: Vec<String> = Vec::new();
+    for n in names {
+        let g = cfg.gateway(Some(n))?.name;
+        if list.contains(&g) {
+            bail!("--gateway {g} is given twice; name each gateway once, in failover order");
+        }
+        list.push(g);
+    }
+    Ok(list.join(","))
+}
+
 /// Checks everything and creates the campaign; returns its id and the plan.
 pub async fn create(
     store: &dyn Store,
@@ -210,7 +230,10 @@ pub async fn create(
 ) -> anyhow::Result<(i64, Plan)> {
     anyhow::ensure!(!req.name.trim().is_empty(), "--name must not be empty");
     let segment = segment(store, &req.segment).await?;
-    let gateway = cfg.gateway(req.gateway.as_deref())?.name;
+    let gateway = gateway_list(cfg, &req.gateways)?;
+    if req.split && !gateway.contains(',') {
+        bail!("--split shares traffic between gateways: give at least two --gateway NAME");
+    }
     let sender = cfg.sender_value("number")?;
     let sender_number = phone::normalize_any(sender)
         .map_err(|e| anyhow::anyhow!("{}: sender.number {sender:?}: {e}", cfg.file_label()))?;
@@ -238,6 +261,7 @@ pub async fn create(
             template_body: src.body.clone(),
             template_subject: src.subject.clone(),
             gateway,
+            split: req.split,
             ad: ad.is_some(),
             sender_number: sender_number.as_str().to_string(),
             brand: ad.as_ref().map(|a| a.brand.clone()),

@@ -174,9 +174,15 @@ pub enum CampaignCmd {
         segment: String,
         #[arg(long)]
         template: String,
-        /// Gateway name from munja.toml (default: the first one).
+        /// Gateway name from munja.toml (default: the first one). Repeat it for several
+        /// gateways: traffic goes to the first whose circuit breaker is closed, and fails over
+        /// to the next when it opens (`--gateway nhn --gateway kannel`).
+        #[arg(long = "gateway", value_name = "NAME")]
+        gateways: Vec<String>,
+        /// Share traffic between the gateways by their `weight` in munja.toml instead of
+        /// failing over in order (still skipping a gateway whose breaker is open).
         #[arg(long)]
-        gateway: Option<String>,
+        split: bool,
         /// Informational, not an ad: no (광고) header, no opt-out footer, no night rule.
         #[arg(long)]
         no_ad: bool,
@@ -192,6 +198,11 @@ pub enum CampaignCmd {
         /// Re-queue messages whose attempts ran out on transient errors (never permanent ones).
         #[arg(long)]
         retry_failed: bool,
+        /// After the lookups, send again the messages still in doubt: those at a gateway that
+        /// cannot be asked (Kannel) with no delivery report proving them sent. A recipient may
+        /// get such a message twice: use it only when you accept that.
+        #[arg(long)]
+        resend_in_doubt: bool,
         /// Print the final summary as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -624,7 +635,8 @@ async fn campaign_cmd(
             name,
             segment,
             template,
-            gateway,
+            gateways,
+            split,
             no_ad,
             subject,
         } => {
@@ -632,7 +644,8 @@ async fn campaign_cmd(
                 name,
                 segment,
                 template,
-                gateway,
+                gateways,
+                split,
                 no_ad,
                 subject,
             };
@@ -643,10 +656,12 @@ async fn campaign_cmd(
         CampaignCmd::Run {
             id,
             retry_failed,
+            resend_in_doubt,
             json,
         } => {
             let opts = RunOptions {
                 retry_failed,
+                resend_in_doubt,
                 handle_signals: true,
                 progress: Some(progress::for_stderr(Duration::from_secs(3))),
             };
@@ -723,7 +738,7 @@ async fn campaign_status(
     if json {
         let v = serde_json::json!({
             "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
-            "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
+            "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "gateways": c.gateways(), "split": c.split, "ad": c.ad,
             "total": counts.total, "pending": counts.pending, "sending": counts.sending,
             "in_doubt": counts.in_doubt,
             "delivered": counts.delivered, "undelivered": counts.undelivered,
@@ -738,10 +753,11 @@ async fn campaign_status(
         }
         writeln!(
             out,
-            "  segment {}, template {}, gateway {}, {}",
+            "  segment {}, template {}, gateway {}{}, {}",
             c.segment_name,
             c.template_name,
-            c.gateway,
+            c.gateways().join(if c.split { " + " } else { " then " }),
+            if c.split { " (split by weight)" } else { "" },
             if c.ad { "ad" } else { "informational" }
         )?;
         writeln!(

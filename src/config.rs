@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
 
+mod kinds;
+pub use kinds::{GatewayKind, NHN_DEFAULT_URL};
+
 /// Environment variable overriding `database_url`.
 pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
 /// Environment variable naming the config file.
@@ -111,17 +114,35 @@ pub struct GatewayConfig {
     pub batch_size: usize,
     /// Longest pause a `Retry-After` answer may impose; longer requests are cut to this.
     pub max_retry_after_secs: u64,
-    /// Where the gateway sends delivery reports: munja serve's `/v1/dlr/{name}` as the gateway
-    /// reaches it (Kannel's `dlr-url`; see `delivery::kannel_dlr_url`).
+    /// Kannel: the `sendsms-user` name.
+    pub username: Option<String>,
+    /// Kannel: env var holding the `sendsms-user` password.
+    pub password_env: Option<String>,
+    /// Read from `password_env` by [`Config::gateway`]; never printed.
+    pub password: Option<String>,
+    /// NHN Cloud: env var holding the app key (it is part of every URL).
+    pub app_key_env: Option<String>,
+    /// Read from `app_key_env` by [`Config::gateway`]; never printed.
+    pub app_key: Option<String>,
+    /// NHN Cloud: env var holding the secret key (`X-Secret-Key`).
+    pub secret_key_env: Option<String>,
+    /// Read from `secret_key_env` by [`Config::gateway`]; never printed.
+    pub secret_key: Option<String>,
+    /// Kannel: where Kannel calls back with delivery reports (the message ref is appended).
     pub dlr_url: Option<String>,
+    /// Kannel: `post` (default: text in the body, credentials in headers) or `get` (all in the
+    /// query string).
+    pub method: String,
+    /// Share of traffic under `campaign create --split`.
+    pub weight: u32,
+    /// Transient failures in a row that open this gateway's circuit breaker.
+    pub breaker_failures: u32,
+    /// Seconds an open breaker waits before one probe request may close it.
+    pub breaker_cooldown_secs: u64,
     /// Env var holding the token a gateway must present on `/v1/dlr/{name}` (http-json, kannel).
     pub dlr_token_env: Option<String>,
     /// The token read from `dlr_token_env` by [`Config::gateway`]; never printed.
     pub dlr_token: Option<String>,
-    /// NHN Cloud: env var holding the app key (result search, 080 opt-out list).
-    pub app_key_env: Option<String>,
-    /// NHN Cloud: env var holding the `X-Secret-Key`.
-    pub secret_key_env: Option<String>,
     /// NHN Cloud: env var holding the webhook signature set in the console
     /// (`X-Toast-Webhook-Signature`).
     pub webhook_signature_env: Option<String>,
@@ -138,11 +159,18 @@ impl std::fmt::Debug for GatewayConfig {
             .field("burst", &self.burst)
             .field("concurrency", &self.concurrency)
             .field("max_retry_after_secs", &self.max_retry_after_secs)
+            .field("kind", &self.kind)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("app_key", &self.app_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("dlr_url", &self.dlr_url)
+            .field("weight", &self.weight)
             .field("dlr_token_env", &self.dlr_token_env)
             .field("dlr_token", &self.dlr_token.as_ref().map(|_| "<redacted>"))
-            .field("app_key_env", &self.app_key_env)
-            .field("secret_key_env", &self.secret_key_env)
             .field("webhook_signature_env", &self.webhook_signature_env)
             .finish()
     }
@@ -179,7 +207,7 @@ struct RawPolicy {
 struct RawGateway {
     name: String,
     kind: String,
-    url: String,
+    url: Option<String>,
     api_key_env: Option<String>,
     rate_per_sec: i64,
     burst: Option<i64>,
@@ -188,10 +216,16 @@ struct RawGateway {
     max_attempts: Option<i64>,
     batch_size: Option<i64>,
     max_retry_after_secs: Option<i64>,
-    dlr_url: Option<String>,
-    dlr_token_env: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
     app_key_env: Option<String>,
     secret_key_env: Option<String>,
+    dlr_url: Option<String>,
+    method: Option<String>,
+    weight: Option<i64>,
+    breaker_failures: Option<i64>,
+    breaker_cooldown_secs: Option<i64>,
+    dlr_token_env: Option<String>,
     webhook_signature_env: Option<String>,
 }
 
@@ -338,79 +372,7 @@ impl Config {
                     ),
                 ));
             }
-            if !GATEWAY_KINDS.contains(&g.kind.as_str()) {
-                return Err(err(
-                    &key("kind"),
-                    format!(
-                        "unknown kind {:?}; expected one of {}",
-                        g.kind,
-                        GATEWAY_KINDS.join(", ")
-                    ),
-                ));
-            }
-            if let Some(u) = &g.dlr_url
-                && !(u.starts_with("http://") || u.starts_with("https://"))
-            {
-                return Err(err(
-                    &key("dlr_url"),
-                    format!(
-                        "expected the http:// or https:// URL of munja serve's \
-                         /v1/dlr/{} as the gateway reaches it, got {u:?}",
-                        g.name
-                    ),
-                ));
-            }
-            if !(g.url.starts_with("http://") || g.url.starts_with("https://")) {
-                return Err(err(
-                    &key("url"),
-                    format!("expected an http:// or https:// URL, got {:?}", g.url),
-                ));
-            }
-            let rate = positive(
-                Some(g.rate_per_sec),
-                1,
-                1_000_000,
-                &key("rate_per_sec"),
-                &err,
-            )?;
-            let burst = positive(g.burst, rate.min(100), 1_000_000, &key("burst"), &err)?;
-            let batch_size = positive(g.batch_size, 1, 10_000, &key("batch_size"), &err)?;
-            if batch_size > burst {
-                return Err(err(
-                    &key("batch_size"),
-                    format!(
-                        "batch_size {batch_size} is larger than burst {burst}; a batch must fit in one burst"
-                    ),
-                ));
-            }
-            gateways.push(GatewayConfig {
-                name: g.name,
-                kind: g.kind,
-                url: g.url.trim_end_matches('/').to_string(),
-                api_key_env: g.api_key_env,
-                api_key: None,
-                rate_per_sec: rate as u32,
-                burst: burst as u32,
-                concurrency: positive(g.concurrency, 4, 10_000, &key("concurrency"), &err)?
-                    as usize,
-                timeout_ms: positive(g.timeout_ms, 5_000, 600_000, &key("timeout_ms"), &err)?
-                    as u64,
-                max_attempts: positive(g.max_attempts, 5, 100, &key("max_attempts"), &err)? as u32,
-                batch_size: batch_size as usize,
-                max_retry_after_secs: positive(
-                    g.max_retry_after_secs,
-                    DEFAULT_MAX_RETRY_AFTER_SECS as i64,
-                    86_400,
-                    &key("max_retry_after_secs"),
-                    &err,
-                )? as u64,
-                dlr_url: g.dlr_url,
-                dlr_token_env: g.dlr_token_env,
-                dlr_token: None,
-                app_key_env: g.app_key_env,
-                secret_key_env: g.secret_key_env,
-                webhook_signature_env: g.webhook_signature_env,
-            });
+            gateways.push(kinds::parse(g, &key, &err)?);
         }
 
         Ok(Config {
@@ -438,8 +400,9 @@ impl Config {
                 .ok_or_else(|| ConfigError {
                     file: file.clone(),
                     key: "gateways".into(),
-                    message: "no [[gateways]] entry; add one (name, kind = \"http-json\", url, \
-                          rate_per_sec) as in config/munja.example.toml"
+                    message: "no [[gateways]] entry; add one (name, kind = \"http-json\", \
+                          \"kannel\" or \"nhn-cloud\", url, rate_per_sec) as in \
+                          config/munja.example.toml"
                         .into(),
                 })?,
             Some(n) => self
@@ -457,6 +420,7 @@ impl Config {
                 })?,
         };
         let mut g = g.clone();
+        kinds::read_secrets(&mut g, i, &file)?;
         if let Some(var) = &g.dlr_token_env {
             let token = read_secret_env(var).and_then(|t| {
                 // Kannel copies the token into its dlr-url, where `%` starts its own escapes.
@@ -477,21 +441,6 @@ impl Config {
                 key: format!("gateways[{i}].dlr_token_env"),
                 message,
             })?);
-        }
-        if let Some(var) = &g.api_key_env {
-            match std::env::var(var) {
-                Ok(v) if !v.is_empty() => g.api_key = Some(v),
-                _ => {
-                    return Err(ConfigError {
-                        file,
-                        key: format!("gateways[{i}].api_key_env"),
-                        message: format!(
-                            "names the environment variable {var}, which is not set; \
-                             export {var}=<your gateway key> or remove api_key_env"
-                        ),
-                    });
-                }
-            }
         }
         Ok(g)
     }
@@ -891,6 +840,7 @@ mod tests {
         let t = |var: &str| {
             format!(
                 "[[gateways]]\nname='k'\nkind='kannel'\nurl='http://x'\nrate_per_sec=5\n\
+                 username='munja'\npassword_env='CARGO_PKG_NAME'\n\
                  dlr_url='http://m/v1/dlr/k'\ndlr_token_env='{var}'\n"
             )
         };

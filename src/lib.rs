@@ -12,12 +12,14 @@
 //! - [`phone`], [`sizing`], [`compliance`], [`template`], [`message`]: the domain rules;
 //! - [`csvin`], [`import`]: reading user CSV files (UTF-8 or CP949) into segments and opt-outs;
 //! - [`campaign`]: the checks before a campaign is created, and previews;
-//! - [`store`]: the job repository (SQLite), the only place with SQL;
+//! - [`store`]: the job repository (SQLite or PostgreSQL), the only place with SQL;
 //! - [`lease`]: one runner per campaign, takeover of dead runs, stop/cancel/delete of a campaign
 //!   that may be running;
-//! - [`gateway`]: the `http-json` client and the simulator;
+//! - [`gateway`]: the seam to SMS gateways (`http-json`, `kannel`, `nhn-cloud`) and the
+//!   `http-json` simulator;
 //! - [`dispatch`]: running a campaign chunk by chunk (lease and heartbeat, claim loop, sender,
-//!   in-doubt settlement);
+//!   the campaign's gateways with failover and breakers, in-doubt settlement, rescue of dead
+//!   workers);
 //! - [`delivery`]: delivery reports (push routes, `munja serve`, polling) and provider opt-outs;
 //! - [`audit`], [`progress`], [`summary`]: what the operator reads;
 //! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive the library

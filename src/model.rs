@@ -145,7 +145,10 @@ pub struct NewCampaign {
     pub template_name: String,
     pub template_body: String,
     pub template_subject: Option<String>,
+    /// The campaign's gateways, comma-separated, in failover order.
     pub gateway: String,
+    /// Share traffic by the gateways' `weight` instead of failing over in order.
+    pub split: bool,
     pub ad: bool,
     pub sender_number: String,
     pub brand: Option<String>,
@@ -161,7 +164,9 @@ pub struct Campaign {
     pub template_name: String,
     pub template_body: String,
     pub template_subject: Option<String>,
+    /// The campaign's gateways, comma-separated, in failover order.
     pub gateway: String,
+    pub split: bool,
     pub ad: bool,
     pub sender_number: String,
     pub brand: Option<String>,
@@ -178,6 +183,11 @@ pub struct Campaign {
 }
 
 impl Campaign {
+    /// The campaign's gateway names, in order.
+    pub fn gateways(&self) -> Vec<&str> {
+        self.gateway.split(',').filter(|g| !g.is_empty()).collect()
+    }
+
     /// The status as an enum; `None` when the stored text is none of [`CampaignStatus`].
     pub fn parsed_status(&self) -> Option<CampaignStatus> {
         CampaignStatus::parse(&self.status)
@@ -316,6 +326,8 @@ pub struct ClaimedMessage {
     pub vars: String,
     pub night_consent: bool,
     pub attempts: i64,
+    /// The gateway its last request went to, when one was recorded (only read by `in_doubt`).
+    pub gateway: Option<String>,
 }
 
 /// One recorded request (or lookup) for a message.
@@ -325,6 +337,8 @@ pub struct AttemptRecord {
     pub outcome: String,
     pub http_status: Option<u16>,
     pub gateway_id: Option<String>,
+    /// The configured name of the gateway it went to.
+    pub gateway: Option<String>,
     pub error: Option<String>,
     pub latency_ms: i64,
 }
@@ -339,6 +353,8 @@ pub struct MessageUpdate {
     pub reason: Option<String>,
     pub retryable: bool,
     pub gateway_id: Option<String>,
+    /// The gateway of its last request (kept when `None`).
+    pub gateway: Option<String>,
     pub kind: Option<String>,
     pub bytes: Option<i64>,
     pub attempts: Vec<AttemptRecord>,
@@ -366,6 +382,8 @@ pub struct AuditRow {
     pub phone: String,
     pub status: String,
     pub attempts: i64,
+    /// The gateway (its configured name) the message's last request went to.
+    pub gateway: Option<String>,
     pub gateway_id: Option<String>,
     pub error: Option<String>,
     pub last_attempt_at: Option<String>,

@@ -39,9 +39,7 @@ pub use routes::router;
 /// `msg_ref` and `token` must be URL-safe as they are (letters, digits, `-._~`): Kannel would
 /// read a `%` of an escaped character as one of its own escapes.
 pub fn kannel_dlr_url(dlr_url: &str, token: Option<&str>, msg_ref: &str) -> String {
-    let sep = if dlr_url.contains('?') { '&' } else { '?' };
-    let token = token.map(|t| format!("&token={t}")).unwrap_or_default();
-    format!("{dlr_url}{sep}ref={msg_ref}{token}&type=%d&status=%A&at=%T")
+    crate::gateway::kannel::dlr_url_for(dlr_url, token, msg_ref)
 }
 
 /// Whether `s` can go into a Kannel `dlr-url` as it is (see [`kannel_dlr_url`]).

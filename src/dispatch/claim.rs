@@ -173,6 +173,13 @@ impl Runner<'_> {
             );
         }
         self.settle_in_doubt(false).await?;
+        if self.ctx.resend_in_doubt {
+            let n = self.store.requeue_in_doubt(id).await?;
+            info!(
+                messages = n,
+                "--resend-in-doubt: messages still in doubt are sent again"
+            );
+        }
         let counts = self.store.counts(id).await?;
         if let Some(p) = self.progress.as_mut() {
             p.start(&counts);

@@ -2,7 +2,7 @@
 //! attempts run out, kept `in_doubt` (never failed, cancelled or resent) while it cannot be asked,
 //! and the streak of identical rejections that pauses a run.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
@@ -10,9 +10,10 @@ use tracing::{debug, info};
 
 use super::claim::Runner;
 use super::control::StopReason;
-use super::sender::{Item, SendCtx, update_for};
-use crate::gateway::{Attempt, Lookup, Outcome};
-use crate::store::{AttemptRecord, MessageState, MessageUpdate};
+use super::lanes::Lane;
+use super::sender::{Item, SendCtx, backoff_policy, update_for};
+use crate::gateway::{Attempt, Lookup, Outcome, Proof};
+use crate::store::{AttemptRecord, ClaimedMessage, MessageState, MessageUpdate};
 
 impl Runner<'_> {
     /// Settles messages in doubt (and those an earlier execution left `sending`) by lookup:
@@ -41,17 +42,17 @@ impl Runner<'_> {
             for m in batch {
                 let ctx = self.ctx.clone();
                 set.spawn(async move {
-                    let _permit = ctx.ctl.until(ctx.in_flight.acquire()).await?;
                     let t0 = Instant::now();
                     let at = Utc::now();
-                    let found = ctx.ctl.until(ctx.gateway.lookup(&m.msg_ref)).await?;
-                    Some((m, found, at, t0.elapsed()))
+                    let (found, gateway) = ctx.ctl.until(look_up_anywhere(&ctx, &m)).await?;
+                    Some((m, found, gateway, at, t0.elapsed()))
                 });
             }
             let mut updates = Vec::new();
             while let Some(joined) = set.join_next().await {
                 // A lookup cut short by a stop leaves its message `sending`, still in doubt.
-                let Some((m, found, at, took)) = joined.context("lookup task panicked")? else {
+                let Some((m, found, gateway, at, took)) = joined.context("lookup task panicked")?
+                else {
                     continue;
                 };
                 let (state, outcome, gateway_id, error) = match found {
@@ -81,6 +82,7 @@ impl Runner<'_> {
                     reason: (state == MessageState::InDoubt).then(|| outcome.to_string()),
                     retryable: false,
                     gateway_id: gateway_id.clone(),
+                    gateway: gateway.clone(),
                     kind: composed.as_ref().map(|c| c.kind.as_str().to_string()),
                     bytes: composed.as_ref().map(|c| c.bytes as i64),
                     attempts: vec![AttemptRecord {
@@ -88,6 +90,7 @@ impl Runner<'_> {
                         outcome: outcome.into(),
                         http_status: None,
                         gateway_id,
+                        gateway,
                         error,
                         latency_ms: took.as_millis() as i64,
                     }],
@@ -116,6 +119,7 @@ pub(super) fn mark_aborted(items: &mut [Item], t0: Instant) {
             outcome: "aborted".into(),
             http_status: None,
             gateway_id: None,
+            gateway: item.gateway.clone(),
             error: None,
             latency_ms: t0.elapsed().as_millis() as i64,
         });
@@ -126,14 +130,15 @@ pub(super) fn mark_aborted(items: &mut [Item], t0: Instant) {
 /// is a retryable failure (the gateway does not have it); no answer leaves it in doubt.
 pub(super) async fn look_up_exhausted(
     ctx: &SendCtx,
+    lane: &Lane,
     mut item: Item,
     last_code: &str,
 ) -> MessageUpdate {
     let at = Utc::now();
     let t0 = Instant::now();
     let lookup = async {
-        let _permit = ctx.in_flight.acquire().await.ok()?;
-        Some(ctx.gateway.lookup(&item.out.msg_ref).await)
+        let _permit = lane.in_flight.acquire().await.ok()?;
+        Some(lane.gateway.lookup(&item.out.msg_ref).await)
     };
     let found = ctx.ctl.unless_aborted(lookup).await.flatten();
     let (state, outcome, gateway_id, error) = match found {
@@ -155,6 +160,7 @@ pub(super) async fn look_up_exhausted(
         outcome: outcome.into(),
         http_status: None,
         gateway_id: gateway_id.clone(),
+        gateway: Some(lane.name().to_string()),
         error,
         latency_ms: t0.elapsed().as_millis() as i64,
     });
@@ -165,6 +171,39 @@ pub(super) async fn look_up_exhausted(
     };
     let retryable = state == MessageState::Failed;
     update_for(&item, state, reason, retryable, gateway_id)
+}
+
+/// Looks message `m` up where it may be: at the gateway its last request went to, or, when
+/// none is recorded (a crash between the claim and the commit), at every gateway of the
+/// campaign. Found anywhere is found; not found only when every gateway asked says so. Returns
+/// the answer and the gateway it came from.
+async fn look_up_anywhere(ctx: &SendCtx, m: &ClaimedMessage) -> (Lookup, Option<String>) {
+    let lanes = &ctx.lanes.lanes;
+    let at: Vec<&Lane> = match m.gateway.as_deref().map(|g| ctx.lanes.by_name(g)) {
+        Some(Some(i)) => vec![&lanes[i]],
+        Some(None) => {
+            let reason = format!(
+                "gateway {:?} is no longer a gateway of this campaign",
+                m.gateway.as_deref().unwrap_or_default()
+            );
+            return (Lookup::Unavailable { reason }, m.gateway.clone());
+        }
+        None => lanes.iter().collect(),
+    };
+    let mut unavailable = None;
+    for lane in at {
+        let Ok(_permit) = lane.in_flight.acquire().await else {
+            continue;
+        };
+        match lane.gateway.lookup(&m.msg_ref).await {
+            found @ Lookup::Found { .. } => return (found, Some(lane.name().to_string())),
+            Lookup::NotFound => {}
+            u @ Lookup::Unavailable { .. } => {
+                unavailable.get_or_insert((u, Some(lane.name().to_string())));
+            }
+        }
+    }
+    unavailable.unwrap_or((Lookup::NotFound, m.gateway.clone()))
 }
 
 /// Counts recipient-level rejections with the same code in a row; at
@@ -191,5 +230,58 @@ pub(super) fn note_rejections(ctx: &SendCtx, attempts: &[Attempt]) {
             Outcome::Accepted { .. } => *streak = (String::new(), 0),
             _ => {}
         }
+    }
+}
+
+/// A message that may have reached `lane`, which does not dedupe: never retried blindly. Where
+/// the gateway can be asked it is looked up after the message's backoff (time for the provider
+/// to list what it took): found is `sent`; not found is retried at once (anywhere: the gateway
+/// proved it never got it); no answer, or a gateway that cannot be asked, leaves it `in_doubt`,
+/// never resent on its own. A message out of attempts is looked up at once.
+pub(super) async fn settle_now(
+    ctx: &SendCtx,
+    lane: &Lane,
+    mut item: Item,
+    done: &mut Vec<MessageUpdate>,
+) -> Option<Item> {
+    let code = item.doubt.clone().unwrap_or_else(|| "in_doubt".into());
+    let wait = item.backoff.next();
+    if lane.caps.proof != Proof::DeliveryReport
+        && let Some(d) = wait
+    {
+        ctx.ctl.sleep(d).await;
+    }
+    let update = look_up_exhausted(ctx, lane, item_clone(&item), &code).await;
+    if update.state != MessageState::Failed {
+        done.push(update);
+        return None;
+    }
+    if wait.is_none() {
+        // Not found and out of attempts: a retryable failure (`--retry-failed`).
+        done.push(update);
+        return None;
+    }
+    // Not found: the lookup is recorded and the message is free to go again.
+    item.attempts = update.attempts;
+    item.doubt = None;
+    item.sticky = None;
+    item.wait = Duration::ZERO;
+    Some(item)
+}
+
+fn item_clone(item: &Item) -> Item {
+    Item {
+        id: item.id,
+        night_consent: item.night_consent,
+        out: item.out.clone(),
+        kind: item.kind.clone(),
+        bytes: item.bytes,
+        attempts: item.attempts.clone(),
+        backoff: backoff_policy(1),
+        wait: item.wait,
+        doubt: item.doubt.clone(),
+        lane: item.lane,
+        gateway: item.gateway.clone(),
+        sticky: item.sticky,
     }
 }

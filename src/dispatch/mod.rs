@@ -17,7 +17,8 @@
 //! This module owns [`run`] (one execution from start to end) and the end-of-run decision
 //! ([`RunStatus`], the exit code and message); [`control`] the stop switch and signals,
 //! [`lease`] taking and keeping the lease, [`claim`] the claim/commit loop, [`sender`] the
-//! requests, [`limiter`] the rate budget shared with other runs.
+//! requests, [`lanes`] the campaign's gateways (failover, split, circuit breakers), [`limiter`]
+//! the rate budget shared with other runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ use crate::template::TemplateSource;
 mod claim;
 pub mod control;
 mod doubt;
+mod lanes;
 mod lease;
 mod limiter;
 mod sender;
@@ -86,6 +88,9 @@ impl RunStatus {
 #[derive(Default)]
 pub struct RunOptions {
     pub retry_failed: bool,
+    /// `--resend-in-doubt`: after the lookups, messages still in doubt (a gateway that cannot
+    /// be asked, such as Kannel without a delivery report) are sent again. May duplicate them.
+    pub resend_in_doubt: bool,
     /// Install SIGINT/SIGTERM handlers that stop the run gracefully.
     pub handle_signals: bool,
     pub progress: Option<Box<dyn Progress>>,
@@ -125,7 +130,11 @@ pub async fn run(
     let started = Instant::now();
     let campaign = store.campaign(id).await?;
     let settle_only = check_runnable(&*store, &campaign, opts.retry_failed).await?;
-    let gateway = cfg.gateway(Some(&campaign.gateway))?;
+    let gateways = campaign
+        .gateways()
+        .into_iter()
+        .map(|g| cfg.gateway(Some(g)))
+        .collect::<Result<Vec<_>, _>>()?;
     let composer = composer_for(&campaign)?;
     let worker = acquire(&*store, cfg, &campaign).await?;
     let span = info_span!(
@@ -138,7 +147,7 @@ pub async fn run(
         store,
         cfg,
         campaign: &campaign,
-        gateway,
+        gateways,
         worker,
         started,
     };
@@ -191,7 +200,7 @@ struct LeasedRun<'a> {
     store: Arc<dyn Store>,
     cfg: &'a Config,
     campaign: &'a Campaign,
-    gateway: GatewayConfig,
+    gateways: Vec<GatewayConfig>,
     worker: WorkerToken,
     started: Instant,
 }
@@ -205,7 +214,7 @@ impl LeasedRun<'_> {
         settle_only: bool,
     ) -> anyhow::Result<RunReport> {
         let (store, campaign) = (&self.store, self.campaign);
-        info!(gateway = %self.gateway.name, "execution started");
+        info!(gateway = %self.campaign.gateway, split = self.campaign.split, "execution started");
         let ctl = Arc::new(Control::default());
         let fresh: FreshOptouts = Arc::default();
         let heartbeat = spawn_heartbeat(
@@ -233,9 +242,11 @@ impl LeasedRun<'_> {
             composer: Arc::new(composer),
             ctx: Arc::new(SendCtx {
                 pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
+                resend_in_doubt: opts.resend_in_doubt,
                 ..send_ctx(
                     store.clone(),
-                    &self.gateway,
+                    &self.gateways,
+                    campaign.split,
                     self.cfg,
                     campaign,
                     ctl.clone(),
@@ -416,7 +427,9 @@ fn ending(
             "IN_DOUBT",
             format!(
                 "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
-                 them; run it again to settle them by lookup"
+                 them; run it again to settle them by lookup (a Kannel gateway can never be \
+                 asked: only its delivery report proves a message sent, and `munja campaign run \
+                 {id} --resend-in-doubt` sends the rest again, at the risk of a duplicate)"
             ),
         ),
         Ok(None) => end(

@@ -1,26 +1,27 @@
-//! Sending one claimed chunk: composing each message, one request per group (a single message
-//! or a batch), the gateway's rate limiters (this run's, then the budget shared by all runs), request slots and `Retry-After` pauses, backoff
-//! with jitter for transient outcomes, and the checks made right before each request (the
-//! night rule, opt-outs that arrived after the claim).
+//! Sending one claimed chunk: composing each message, grouping them as the gateways batch
+//! (many texts per request, or one text for many recipients), one request per group on the lane
+//! [`lanes`](super::lanes) picks (failover or split), that gateway's rate limiters (this run's,
+//! then the budget shared by all runs), request slots and `Retry-After` pauses, backoff with
+//! jitter for transient outcomes, and the checks made right before each request (the night
+//! rule, opt-outs that arrived after the claim). A message that may have reached a gateway that
+//! does not dedupe is never retried blindly: it is looked up, or stays in doubt.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::SemaphorePermit;
 use tracing::{Instrument, debug, warn};
 
 use super::control::{Control, StopReason};
-use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections};
+use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections, settle_now};
+use super::lanes::{Lane, Lanes, Pick, group_items};
 use super::lease::FreshOptouts;
-use super::limiter::SharedLimiter;
 use crate::config::{Config, GatewayConfig};
-use crate::gateway::{Attempt, HttpJsonGateway, OutMessage, Outcome};
+use crate::gateway::{Attempt, OutMessage, Outcome};
 use crate::message::Composer;
 use crate::model::{AttemptRecord, Campaign, ClaimedMessage, MessageState, MessageUpdate};
 use crate::phone;
@@ -29,14 +30,10 @@ use crate::store::Store;
 
 /// Everything the senders of one run share.
 pub(super) struct SendCtx {
-    pub(super) gateway: HttpJsonGateway,
-    /// This run's pace: at most the gateway's rate, spread evenly.
-    pub(super) limiter: DefaultDirectRateLimiter,
-    /// The gateway's budget shared with every other run on the job repository.
-    pub(super) shared: SharedLimiter,
-    pub(super) in_flight: Semaphore,
-    /// `Retry-After` slows the whole gateway: nobody sends before this instant.
-    pub(super) pause_until: Mutex<Option<Instant>>,
+    /// The campaign's gateways, in the order given at `campaign create`.
+    pub(super) lanes: Lanes,
+    /// `--resend-in-doubt`: after settling, messages still in doubt go back to the queue.
+    pub(super) resend_in_doubt: bool,
     /// Shows a gateway pause in the progress display.
     pub(super) pause_notice: Option<PauseNotice>,
     pub(super) consecutive_failures: AtomicU32,
@@ -44,7 +41,6 @@ pub(super) struct SendCtx {
     pub(super) rejections: Mutex<(String, u32)>,
     pub(super) max_consecutive_failures: u32,
     pub(super) max_attempts: u32,
-    pub(super) batch_size: usize,
     pub(super) from: String,
     pub(super) ad: bool,
     pub(super) campaign_uid: String,
@@ -81,37 +77,32 @@ pub(super) struct Item {
     /// The code of the last attempt that may have been accepted (timeout, reset, unreadable
     /// 2xx, ...), until a definitive answer (accepted, rejected) clears it: a later 503 does not.
     pub(super) doubt: Option<String>,
+    /// The lane of the last request, and its gateway's name (recorded with the message).
+    pub(super) lane: Option<usize>,
+    pub(super) gateway: Option<String>,
+    /// The lane the message may be at while `doubt` holds (a deduping gateway, where a retry
+    /// with the same ref is safe): it is retried there or nowhere.
+    pub(super) sticky: Option<usize>,
 }
 
 pub(super) fn send_ctx(
     store: Arc<dyn Store>,
-    g: &GatewayConfig,
+    gateways: &[GatewayConfig],
+    split: bool,
     cfg: &Config,
     c: &Campaign,
     ctl: Arc<Control>,
     fresh_optouts: FreshOptouts,
 ) -> anyhow::Result<SendCtx> {
-    let rate = NonZeroU32::new(g.rate_per_sec).context("rate_per_sec must be at least 1")?;
-    let burst = NonZeroU32::new(g.burst).context("burst must be at least 1")?;
+    let lanes = Lanes::new(store, gateways, split)?;
     Ok(SendCtx {
-        gateway: HttpJsonGateway::new(
-            &g.name,
-            &g.url,
-            g.api_key.clone(),
-            Duration::from_millis(g.timeout_ms),
-            g.concurrency,
-        )?
-        .with_max_retry_after(Duration::from_secs(g.max_retry_after_secs)),
-        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-        shared: SharedLimiter::new(store, g),
-        in_flight: Semaphore::new(g.concurrency),
-        pause_until: Mutex::new(None),
+        max_attempts: lanes.lanes.first().map_or(1, |l| l.max_attempts),
+        lanes,
+        resend_in_doubt: false,
         pause_notice: None,
         consecutive_failures: AtomicU32::new(0),
         rejections: Mutex::default(),
         max_consecutive_failures: cfg.policy.max_consecutive_failures,
-        max_attempts: g.max_attempts,
-        batch_size: g.batch_size,
         from: c.sender_number.clone(),
         ad: c.ad,
         campaign_uid: c.uid.clone(),
@@ -144,6 +135,7 @@ pub(super) async fn send_chunk(
                     reason: Some(e.code.clone()),
                     retryable: false,
                     gateway_id: None,
+                    gateway: None,
                     kind: None,
                     bytes: None,
                     attempts: Vec::new(),
@@ -169,13 +161,14 @@ pub(super) async fn send_chunk(
                 backoff: backoff_policy(ctx.max_attempts),
                 wait: Duration::ZERO,
                 doubt: None,
+                lane: None,
+                gateway: None,
+                sticky: None,
             }),
         }
     }
     let mut set = tokio::task::JoinSet::new();
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        let group: Vec<Item> = items.by_ref().take(ctx.batch_size).collect();
+    for group in group_items(&ctx, items) {
         set.spawn(send_group(ctx.clone(), group).instrument(tracing::Span::current()));
     }
     while let Some(done) = set.join_next().await {
@@ -193,13 +186,13 @@ const LONG_PAUSE: Duration = Duration::from_secs(5);
 /// Pauses the whole gateway for `wait` (a `Retry-After`, already cut to the gateway's
 /// `max_retry_after_secs`). A pause that begins is shown in the progress display, and logged
 /// when long. Cannot overflow or poison: a wait too long for the clock is no pause extension.
-fn pause_gateway(ctx: &SendCtx, wait: Duration) {
+fn pause_gateway(ctx: &SendCtx, lane: &Lane, wait: Duration) {
     let now = Instant::now();
     let Some(until) = now.checked_add(wait) else {
         return;
     };
     let begins = {
-        let mut p = ctx
+        let mut p = lane
             .pause_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -212,7 +205,7 @@ fn pause_gateway(ctx: &SendCtx, wait: Duration) {
     if begins && !wait.is_zero() {
         if wait >= LONG_PAUSE {
             warn!(
-                gateway = ctx.gateway.name(),
+                gateway = lane.name(),
                 "gateway Retry-After: pausing all sends for {}s",
                 wait.as_secs()
             );
@@ -235,7 +228,7 @@ pub(super) fn quiet_stop(q: QuietRule) -> StopReason {
 }
 
 /// Exponential backoff with jitter: 200 ms doubling to 10 s, `max_attempts` tries in all.
-fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
+pub(super) fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(10))
@@ -257,6 +250,7 @@ pub(super) fn update_for(
         reason,
         retryable,
         gateway_id,
+        gateway: item.gateway.clone(),
         kind: Some(item.kind.clone()),
         bytes: Some(item.bytes),
         attempts: item.attempts.clone(),
@@ -281,33 +275,90 @@ fn set_aside(
     keep
 }
 
-/// Sends one group (one request: a single message, or a batch) until every item is final or
+/// Sends one group (requests of a single message, or a batch) until every item is final or
 /// the run stops; unattempted or still-retryable items go back to `pending`.
 async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdate> {
     let mut done = Vec::with_capacity(items.len());
     while !items.is_empty() {
-        let Some(permit) = wait_turn(&ctx, &items).await else {
+        let wait = items.iter().map(|i| i.wait).max().unwrap_or_default();
+        if !wait.is_zero() {
+            ctx.ctl.sleep(wait).await;
+            for item in &mut items {
+                item.wait = Duration::ZERO;
+            }
+        }
+        if ctx.ctl.stopping() {
             break;
+        }
+        let sticky = items.iter().find_map(|i| i.sticky);
+        let (li, lane) = match ctx.lanes.pick(items[0].id, sticky) {
+            Pick::Lane(i, lane) => (i, lane),
+            Pick::StickyClosed(i) => {
+                let (stuck, rest): (Vec<Item>, Vec<Item>) =
+                    items.into_iter().partition(|it| it.sticky == Some(i));
+                done.extend(stuck.iter().map(leftover));
+                items = rest;
+                continue;
+            }
+            Pick::NoneOpen { for_run: Some(why) } => {
+                ctx.ctl.stop(StopReason::GatewayRefused(why));
+                break;
+            }
+            Pick::NoneOpen { for_run: None } => {
+                let n = ctx.consecutive_failures.load(Ordering::Relaxed);
+                ctx.ctl.stop(StopReason::GatewayUnhealthy(n));
+                break;
+            }
+        };
+        // A message that may be at another gateway is not sent here: it stays in doubt.
+        items = set_aside(
+            items,
+            |i| i.sticky.is_some_and(|s| s != li),
+            MessageState::InDoubt,
+            "in_doubt",
+            &mut done,
+        );
+        let rest = items.split_off(lane.caps.max_batch.clamp(1, items.len().max(1)));
+        let permit = match wait_turn(&ctx, lane, &items).await {
+            Turn::Go(permit) => permit,
+            Turn::Repick => {
+                lane.release_probe();
+                items.extend(rest);
+                continue;
+            }
+            Turn::Stop => {
+                items.extend(rest);
+                break;
+            }
         };
         items = screen(&ctx, items, &mut done);
         if items.is_empty() {
             drop(permit);
-            break;
+            items = rest;
+            continue;
+        }
+        for item in &mut items {
+            item.lane = Some(li);
+            item.gateway = Some(lane.name().to_string());
         }
         let t0 = Instant::now();
-        let Some(attempts) = ctx.ctl.unless_aborted(request(&ctx, &items)).await else {
+        let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
+        let Some(attempts) = ctx.ctl.unless_aborted(lane.gateway.send(&outs)).await else {
             mark_aborted(&mut items, t0);
+            items.extend(rest);
             break;
         };
         drop(permit);
+        lane.note(&attempts);
         note_health(&ctx, &attempts);
         note_rejections(&ctx, &attempts);
         let mut again = Vec::new();
         for (item, a) in items.into_iter().zip(attempts) {
-            if let Some(item) = apply_attempt(&ctx, item, a, &mut done).await {
+            if let Some(item) = apply_attempt(&ctx, lane, item, a, &mut done).await {
                 again.push(item);
             }
         }
+        again.extend(rest);
         items = again;
     }
     // Stopped: whatever is left goes back to the queue under the same ref, or stays in doubt.
@@ -315,17 +366,22 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
     done
 }
 
-/// Waits until `items` may be sent: their backoff, a gateway pause, a request slot, then the
-/// rate limiter, the last thing checked before sending. `None` when the run stops meanwhile.
-async fn wait_turn<'c>(ctx: &'c SendCtx, items: &[Item]) -> Option<SemaphorePermit<'c>> {
-    let wait = items.iter().map(|i| i.wait).max().unwrap_or_default();
-    if !wait.is_zero() {
-        ctx.ctl.sleep(wait).await;
-    }
-    if ctx.ctl.stopping() {
-        return None;
-    }
-    let pause = *ctx
+/// What [`wait_turn`] came to.
+enum Turn<'c> {
+    Go(SemaphorePermit<'c>),
+    /// The lane's request slots stayed busy: pick a lane again (another may have closed its
+    /// breaker meanwhile, such as the first gateway of a failover list).
+    Repick,
+    Stop,
+}
+
+/// How long a request waits for a slot of its lane before the lane is picked again.
+const REPICK: Duration = Duration::from_millis(100);
+
+/// Waits until `items` may be sent on `lane`: the gateway's pause, a request slot, then the
+/// rate limiter, the last thing checked before sending.
+async fn wait_turn<'c>(ctx: &SendCtx, lane: &'c Lane, items: &[Item]) -> Turn<'c> {
+    let pause = *lane
         .pause_until
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -334,30 +390,43 @@ async fn wait_turn<'c>(ctx: &'c SendCtx, items: &[Item]) -> Option<SemaphorePerm
         if until > now {
             ctx.ctl.sleep(until - now).await;
             if ctx.ctl.stopping() {
-                return None;
+                return Turn::Stop;
             }
         }
     }
     // Both waits end early when the run stops.
-    let Some(Ok(permit)) = ctx.ctl.until(ctx.in_flight.acquire()).await else {
-        return None;
+    let slot = tokio::time::timeout(REPICK, lane.in_flight.acquire());
+    let permit = match ctx.ctl.until(slot).await {
+        None | Some(Ok(Err(_))) => return Turn::Stop,
+        Some(Err(_)) if ctx.lanes.lanes.len() > 1 => return Turn::Repick,
+        Some(Err(_)) => match ctx.ctl.until(lane.in_flight.acquire()).await {
+            Some(Ok(permit)) => permit,
+            _ => return Turn::Stop,
+        },
+        Some(Ok(Ok(permit))) => permit,
     };
+    if ctx.lanes.lanes.len() > 1 && lane.opened_since_pick() {
+        return Turn::Repick;
+    }
     let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
     let limiter = async {
-        if ctx.limiter.until_n_ready(n).await.is_err() {
+        if lane.limiter.until_n_ready(n).await.is_err() {
             // Cannot happen: config guarantees batch_size <= burst. One at a time, then.
             for _ in 0..n.get() {
-                ctx.limiter.until_ready().await;
+                lane.limiter.until_ready().await;
             }
         }
         // Then the budget every run on this gateway shares.
-        ctx.shared.until_n_ready(n.get()).await
+        lane.shared.until_n_ready(n.get()).await
     };
-    if let Err(e) = ctx.ctl.until(limiter).await? {
-        ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
-        return None;
+    match ctx.ctl.until(limiter).await {
+        None => Turn::Stop,
+        Some(Err(e)) => {
+            ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
+            Turn::Stop
+        }
+        Some(Ok(())) => Turn::Go(permit),
     }
-    Some(permit)
 }
 
 /// The night rule and opt-outs that arrived after the claim, at the moment of sending: the
@@ -389,22 +458,13 @@ fn screen(ctx: &SendCtx, mut items: Vec<Item>, done: &mut Vec<MessageUpdate>) ->
     items
 }
 
-/// One request for `items`: a single send, or a batch.
-async fn request(ctx: &SendCtx, items: &[Item]) -> Vec<Attempt> {
-    if items.len() == 1 {
-        vec![ctx.gateway.send(&items[0].out).await]
-    } else {
-        let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
-        ctx.gateway.send_batch(&outs).await
-    }
-}
-
 /// The health counter counts requests: a failed batch is one failure, not fifty. At
-/// `max_consecutive_failures` the run stops as gateway_unhealthy.
+/// `max_consecutive_failures` a run on one gateway stops as gateway_unhealthy.
 fn note_health(ctx: &SendCtx, attempts: &[Attempt]) {
     if attempts.iter().all(|a| a.outcome.is_transient()) {
         let n = ctx.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= ctx.max_consecutive_failures {
+        // With several gateways the breakers decide: the run pauses when all are open.
+        if n >= ctx.max_consecutive_failures && ctx.lanes.lanes.len() == 1 {
             ctx.ctl.stop(StopReason::GatewayUnhealthy(n));
         }
     } else if attempts.iter().any(|a| a.outcome.is_final()) {
@@ -416,6 +476,7 @@ fn note_health(ctx: &SendCtx, attempts: &[Attempt]) {
 /// try again (after its backoff) is returned.
 async fn apply_attempt(
     ctx: &SendCtx,
+    lane: &Lane,
     mut item: Item,
     a: Attempt,
     done: &mut Vec<MessageUpdate>,
@@ -429,6 +490,7 @@ async fn apply_attempt(
         outcome: a.outcome.code().to_string(),
         http_status: a.http_status,
         gateway_id: gateway_id.clone(),
+        gateway: item.gateway.clone(),
         error: match &a.outcome {
             Outcome::Rejected { message, .. } | Outcome::Halt { message, .. } => {
                 Some(message.clone())
@@ -439,6 +501,7 @@ async fn apply_attempt(
     });
     if let Outcome::InDoubt { code } = &a.outcome {
         item.doubt = Some(code.clone());
+        item.sticky = item.lane;
     }
     let span = tracing::debug_span!("message", msg_ref = %item.out.msg_ref, phone = %phone::mask(&item.out.to));
     let _g = span.enter();
@@ -462,11 +525,19 @@ async fn apply_attempt(
                 None,
             ));
         }
+        // With other gateways to go to, the lane's breaker is open for the run: try elsewhere.
+        Outcome::Halt { .. } if ctx.lanes.lanes.len() > 1 && item.doubt.is_none() => {
+            return Some(item);
+        }
         Outcome::Halt { message, .. } => {
             ctx.ctl.stop(StopReason::GatewayRefused(message));
             done.push(leftover(&item));
         }
-        transient => return retry_or_give_up(ctx, item, &transient, done).await,
+        // No dedupe at this gateway: a retry could make a duplicate. Prove it first.
+        Outcome::InDoubt { .. } if !lane.caps.dedupes => {
+            return settle_now(ctx, lane, item, done).await;
+        }
+        transient => return retry_or_give_up(ctx, lane, item, &transient, done).await,
     }
     None
 }
@@ -476,6 +547,7 @@ async fn apply_attempt(
 /// looked up if the gateway may have it, else failed as retryable.
 async fn retry_or_give_up(
     ctx: &SendCtx,
+    lane: &Lane,
     mut item: Item,
     transient: &Outcome,
     done: &mut Vec<MessageUpdate>,
@@ -485,7 +557,7 @@ async fn retry_or_give_up(
         _ => None,
     };
     if let Some(ra) = retry_after {
-        pause_gateway(ctx, ra);
+        pause_gateway(ctx, lane, ra);
     }
     match item.backoff.next() {
         Some(d) => {
@@ -498,7 +570,7 @@ async fn retry_or_give_up(
         }
         None if item.doubt.is_some() => {
             debug!(code = transient.code(), "attempts exhausted in doubt");
-            done.push(look_up_exhausted(ctx, item, transient.code()).await);
+            done.push(look_up_exhausted(ctx, lane, item, transient.code()).await);
         }
         None => {
             debug!(code = transient.code(), "attempts exhausted");

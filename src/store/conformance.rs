@@ -73,6 +73,7 @@ macro_rules! conformance {
 
 mod buckets;
 mod delivery;
+mod gateways;
 mod imports;
 mod lifecycle;
 mod outcomes;
@@ -111,6 +112,7 @@ pub(super) async fn create_campaign(s: &dyn Store, seg: &str, ad: bool) -> i64 {
         template_body: "{{ name }}님".into(),
         template_subject: Some("제목".into()),
         gateway: "sim".into(),
+        split: false,
         ad,
         sender_number: "15881234".into(),
         brand: Some("브랜드".into()),
@@ -190,6 +192,7 @@ pub(super) fn attempt(outcome: &str, secs_ago: i64) -> AttemptRecord {
         outcome: outcome.into(),
         http_status: Some(200),
         gateway_id: Some("gw-1".into()),
+        gateway: Some("sim".into()),
         error: None,
         latency_ms: 12,
     }
@@ -203,6 +206,7 @@ pub(super) fn update(id: i64, state: MessageState, attempts: Vec<AttemptRecord>)
         reason: (state == MessageState::Failed).then(|| "rejected".to_string()),
         retryable: false,
         gateway_id: (state == MessageState::Sent).then(|| format!("gw-{id}")),
+        gateway: Some("sim".into()),
         kind: Some("SMS".into()),
         bytes: Some(40),
         attempts,

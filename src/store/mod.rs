@@ -313,6 +313,9 @@ pub trait Store: Send + Sync {
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
     /// The most frequent reasons of failed messages, most frequent first: (reason, count).
     async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>>;
+    /// `--resend-in-doubt`: messages `in_doubt` go back to `pending` (the operator accepts that
+    /// a gateway which could not be asked may send them twice); returns how many.
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64>;
     /// Failed messages whose attempts ran out on transient errors go back to `pending`.
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
     /// Records how worker `w` ended; returns `true` when it was the execution's last STARTED

@@ -483,6 +483,21 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        lock_campaign(&mut tx, campaign).await?;
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'pending', reason = NULL, retryable = FALSE \
+             WHERE campaign_id = $1 AND state = 'in_doubt'",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;

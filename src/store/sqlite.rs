@@ -268,6 +268,7 @@ fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
         template_body: r.try_get("template_body")?,
         template_subject: r.try_get("template_subject")?,
         gateway: r.try_get("gateway")?,
+        split: r.try_get("gateway_split")?,
         ad: r.try_get("ad")?,
         sender_number: r.try_get("sender_number")?,
         brand: r.try_get("brand")?,
@@ -291,6 +292,8 @@ fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
         vars: r.try_get("vars")?,
         night_consent: r.try_get("night_consent")?,
         attempts: r.try_get("attempts")?,
+        // Only `in_doubt` selects it.
+        gateway: r.try_get("gateway").unwrap_or(None),
     })
 }
 
@@ -312,8 +315,8 @@ const FRESH_OPTOUTS_IN_FLIGHT: &str = "SELECT m.phone FROM messages m CROSS JOIN
 /// - neither: the `(campaign_id, seq)` unique index.
 fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
     let mut qb = QueryBuilder::<Sqlite>::new(
-        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, bytes, \
-         delivery, delivery_code, delivered_at FROM messages WHERE ",
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway, gateway_id, last_attempt_at, \
+         type, bytes, delivery, delivery_code, delivered_at FROM messages WHERE ",
     );
     match (&f.phone, f.state, f.delivery) {
         (Some(p), state, delivery) => {
@@ -587,8 +590,9 @@ impl Store for SqliteStore {
         let uid = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         Ok(sqlx::query_scalar(
             "INSERT INTO campaigns (uid, name, segment_name, segment_imported_at, template_name, template_body, \
-             template_subject, gateway, ad, sender_number, brand, optout_number, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?) RETURNING id",
+             template_subject, gateway, ad, sender_number, brand, optout_number, status, created_at, \
+             gateway_split) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?, ?) RETURNING id",
         )
         .bind(uid)
         .bind(&c.name)
@@ -603,6 +607,7 @@ impl Store for SqliteStore {
         .bind(&c.brand)
         .bind(&c.optout_number)
         .bind(now())
+        .bind(c.split)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -909,7 +914,7 @@ impl Store for SqliteStore {
         // One worker per campaign: every `sending` message is a dead run's, never a live one's.
         let campaign = w.campaign;
         let rows = sqlx::query(
-            "SELECT id, ref, phone, vars, night_consent, attempts FROM messages \
+            "SELECT id, ref, phone, vars, night_consent, attempts, gateway FROM messages \
              WHERE campaign_id = ? AND id > ? AND (state = 'in_doubt' \
                    OR (state = 'sending' AND (claimed_by IS NULL OR claimed_by <> ?))) \
              ORDER BY id LIMIT ?",
@@ -928,7 +933,7 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         fence(&mut tx, w.campaign, w.execution).await?;
         let sql = format!(
-            "SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
+            "SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, m.gateway, \
                     (o.phone IS NOT NULL) AS opted_out \
              FROM messages m LEFT JOIN optouts o ON o.phone = m.phone \
              WHERE m.campaign_id = ? AND m.state = 'pending' {} ORDER BY m.id LIMIT ?",
@@ -1047,7 +1052,7 @@ impl Store for SqliteStore {
         // One statement per INSERT_BATCH messages, not one per message.
         for batch in updates.chunks(INSERT_BATCH) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "WITH u(id, state, reason, retryable, gateway_id, kind, bytes, sends, last_at) AS (",
+                "WITH u(id, state, reason, retryable, gateway_id, kind, bytes, sends, last_at, gateway) AS (",
             );
             qb.push_values(batch, |mut b, u| {
                 b.push_bind(u.id)
@@ -1058,7 +1063,8 @@ impl Store for SqliteStore {
                     .push_bind(u.kind.clone())
                     .push_bind(u.bytes)
                     .push_bind(u.sends())
-                    .push_bind(u.attempts.last().map(|a| ts(a.at)));
+                    .push_bind(u.attempts.last().map(|a| ts(a.at)))
+                    .push_bind(u.gateway.clone());
             });
             qb.push(
                 ") UPDATE messages SET state = u.state, reason = u.reason, retryable = u.retryable, \
@@ -1066,6 +1072,7 @@ impl Store for SqliteStore {
                  type = COALESCE(u.kind, messages.type), bytes = COALESCE(u.bytes, messages.bytes), \
                  attempts = messages.attempts + u.sends, \
                  last_attempt_at = COALESCE(u.last_at, messages.last_attempt_at), \
+                 gateway = COALESCE(u.gateway, messages.gateway), \
                  sent_at = CASE WHEN u.state = 'sent' THEN COALESCE(u.last_at, ",
             )
             .push_bind(at.clone())
@@ -1078,7 +1085,7 @@ impl Store for SqliteStore {
             .collect();
         for batch in attempts.chunks(INSERT_BATCH) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO attempts (message_id, campaign_id, execution_id, at, outcome, http_status, gateway_id, error, latency_ms) ",
+                "INSERT INTO attempts (message_id, campaign_id, execution_id, at, outcome, http_status, gateway_id, error, latency_ms, gateway) ",
             );
             qb.push_values(batch, |mut b, (id, a)| {
                 b.push_bind(*id)
@@ -1089,7 +1096,8 @@ impl Store for SqliteStore {
                     .push_bind(a.http_status.map(i64::from))
                     .push_bind(a.gateway_id.clone())
                     .push_bind(a.error.clone())
-                    .push_bind(a.latency_ms);
+                    .push_bind(a.latency_ms)
+                    .push_bind(a.gateway.clone());
             });
             qb.build().execute(&mut *tx).await?;
         }
@@ -1132,6 +1140,17 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE messages SET state = 'pending', reason = NULL, retryable = 0 \
+             WHERE campaign_id = ? AND state = 'in_doubt'",
+        )
+        .bind(campaign)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
@@ -1222,6 +1241,7 @@ impl Store for SqliteStore {
                     phone: r.try_get("phone")?,
                     status: r.try_get("state")?,
                     attempts: r.try_get("attempts")?,
+                    gateway: r.try_get("gateway")?,
                     gateway_id: r.try_get("gateway_id")?,
                     error: r.try_get("reason")?,
                     last_attempt_at: r.try_get("last_attempt_at")?,

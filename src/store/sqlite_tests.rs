@@ -133,6 +133,7 @@ async fn campaign(s: &SqliteStore, n: u64) -> (i64, WorkerToken) {
             template_body: "hi".into(),
             template_subject: None,
             gateway: "g".into(),
+            split: false,
             ad: false,
             sender_number: "15881234".into(),
             brand: None,

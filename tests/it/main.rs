@@ -2,12 +2,13 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`, `workers::`).
+//! `memory::`, `postgres::`, `workers::`, `gateways::`, `delivery::`).
 
 mod common;
 
 mod delivery;
 mod faults;
+mod gateways;
 mod korean;
 mod memory;
 mod postgres;

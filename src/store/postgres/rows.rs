@@ -41,6 +41,7 @@ pub(super) fn campaign_from_row(r: &PgRow) -> Result<Campaign> {
         template_body: r.try_get("template_body")?,
         template_subject: r.try_get("template_subject")?,
         gateway: r.try_get("gateway")?,
+        split: r.try_get("gateway_split")?,
         ad: r.try_get("ad")?,
         sender_number: r.try_get("sender_number")?,
         brand: r.try_get("brand")?,
@@ -103,6 +104,8 @@ pub(super) fn claimed_from_row(r: &PgRow) -> Result<ClaimedMessage> {
         vars: r.try_get("vars")?,
         night_consent: r.try_get("night_consent")?,
         attempts: r.try_get("attempts")?,
+        // Only `in_doubt` selects it.
+        gateway: r.try_get("gateway").unwrap_or(None),
     })
 }
 
@@ -114,6 +117,7 @@ pub(super) fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
         phone: r.try_get("phone")?,
         status: r.try_get("state")?,
         attempts: r.try_get("attempts")?,
+        gateway: r.try_get("gateway")?,
         gateway_id: r.try_get("gateway_id")?,
         error: r.try_get("reason")?,
         last_attempt_at: opt_ts(r.try_get("last_attempt_at")?),
@@ -131,8 +135,8 @@ pub(super) fn audit_from_row(r: &PgRow) -> Result<AuditRow> {
 /// neither the `(campaign_id, seq)` unique index.
 pub(super) fn audit_query(f: &AuditFilter) -> QueryBuilder<Postgres> {
     let mut qb = QueryBuilder::<Postgres>::new(
-        "SELECT id, seq, ref, phone, state, reason, attempts, gateway_id, last_attempt_at, type, \
-         bytes, delivery, delivery_code, delivered_at FROM messages WHERE campaign_id = ",
+        "SELECT id, seq, ref, phone, state, reason, attempts, gateway, gateway_id, last_attempt_at, \
+         type, bytes, delivery, delivery_code, delivered_at FROM messages WHERE campaign_id = ",
     );
     qb.push_bind(f.campaign);
     match (&f.phone, f.state, f.delivery) {

@@ -23,8 +23,8 @@ impl PgStore {
         Ok(sqlx::query_scalar(
             "INSERT INTO campaigns (uid, name, segment_name, segment_imported_at, template_name, \
              template_body, template_subject, gateway, ad, sender_number, brand, optout_number, \
-             status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'CREATED', munja_now()) \
+             status, created_at, gateway_split) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'CREATED', munja_now(), $13) \
              RETURNING id",
         )
         .bind(uid)
@@ -39,6 +39,7 @@ impl PgStore {
         .bind(&c.sender_number)
         .bind(&c.brand)
         .bind(&c.optout_number)
+        .bind(c.split)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -215,7 +216,7 @@ impl PgStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH picked AS (SELECT id FROM messages WHERE campaign_id = $1 AND state = 'pending' {} \
                              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, \
+             SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, m.gateway, \
                     (o.phone IS NOT NULL) AS opted_out \
              FROM picked JOIN messages m ON m.id = picked.id LEFT JOIN optouts o ON o.phone = m.phone \
              ORDER BY m.id",
@@ -314,11 +315,12 @@ impl PgStore {
              gateway_id = COALESCE(u.gateway_id, m.gateway_id), type = COALESCE(u.kind, m.type), \
              bytes = COALESCE(u.bytes, m.bytes), attempts = m.attempts + u.sends, \
              last_attempt_at = COALESCE(u.last_at, m.last_attempt_at), \
-             sent_at = CASE WHEN u.state = 'sent' THEN COALESCE(u.last_at, munja_now()) ELSE m.sent_at END \
+             sent_at = CASE WHEN u.state = 'sent' THEN COALESCE(u.last_at, munja_now()) ELSE m.sent_at END, \
+             gateway = COALESCE(u.gateway, m.gateway) \
              FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BOOLEAN[], $5::TEXT[], $6::TEXT[], \
-                         $7::BIGINT[], $8::BIGINT[], $9::TIMESTAMPTZ[]) \
-                  AS u(id, state, reason, retryable, gateway_id, kind, bytes, sends, last_at) \
-             WHERE m.id = u.id AND m.campaign_id = $10 AND m.claimed_by = $11",
+                         $7::BIGINT[], $8::BIGINT[], $9::TIMESTAMPTZ[], $11::TEXT[]) \
+                  AS u(id, state, reason, retryable, gateway_id, kind, bytes, sends, last_at, gateway) \
+             WHERE m.id = u.id AND m.campaign_id = $10 AND m.claimed_by = $12",
         )
         .bind(&cols.id)
         .bind(&cols.state)
@@ -330,6 +332,7 @@ impl PgStore {
         .bind(&cols.sends)
         .bind(&cols.last_at)
         .bind(campaign)
+        .bind(&cols.gateway)
         .bind(w.worker)
         .execute(&mut *tx)
         .await?
@@ -345,11 +348,12 @@ impl PgStore {
         if !a.message_id.is_empty() {
             sqlx::query(
                 "INSERT INTO attempts (message_id, campaign_id, execution_id, at, outcome, \
-                 http_status, gateway_id, error, latency_ms) \
-                 SELECT u.message_id, $1, $2, u.at, u.outcome, u.http_status, u.gateway_id, u.error, u.latency_ms \
+                 http_status, gateway_id, error, latency_ms, gateway) \
+                 SELECT u.message_id, $1, $2, u.at, u.outcome, u.http_status, u.gateway_id, u.error, \
+                        u.latency_ms, u.gateway \
                  FROM UNNEST($3::BIGINT[], $4::TIMESTAMPTZ[], $5::TEXT[], $6::INTEGER[], $7::TEXT[], \
-                             $8::TEXT[], $9::BIGINT[]) \
-                      AS u(message_id, at, outcome, http_status, gateway_id, error, latency_ms)",
+                             $8::TEXT[], $9::BIGINT[], $10::TEXT[]) \
+                      AS u(message_id, at, outcome, http_status, gateway_id, error, latency_ms, gateway)",
             )
             .bind(campaign)
             .bind(execution)
@@ -360,6 +364,7 @@ impl PgStore {
             .bind(&a.gateway_id)
             .bind(&a.error)
             .bind(&a.latency_ms)
+            .bind(&a.gateway)
             .execute(&mut *tx)
             .await?;
         }
@@ -388,6 +393,7 @@ struct UpdateColumns<'a> {
     reason: Vec<Option<&'a str>>,
     retryable: Vec<bool>,
     gateway_id: Vec<Option<&'a str>>,
+    gateway: Vec<Option<&'a str>>,
     kind: Vec<Option<&'a str>>,
     bytes: Vec<Option<i64>>,
     sends: Vec<i64>,
@@ -410,6 +416,7 @@ impl<'a> UpdateColumns<'a> {
         self.reason.push(u.reason.as_deref());
         self.retryable.push(u.retryable);
         self.gateway_id.push(u.gateway_id.as_deref());
+        self.gateway.push(u.gateway.as_deref());
         self.kind.push(u.kind.as_deref());
         self.bytes.push(u.bytes);
         self.sends.push(u.sends());
@@ -427,6 +434,7 @@ struct AttemptColumns<'a> {
     gateway_id: Vec<Option<&'a str>>,
     error: Vec<Option<&'a str>>,
     latency_ms: Vec<i64>,
+    gateway: Vec<Option<&'a str>>,
 }
 
 impl<'a> AttemptColumns<'a> {
@@ -441,6 +449,7 @@ impl<'a> AttemptColumns<'a> {
                 c.gateway_id.push(a.gateway_id.as_deref());
                 c.error.push(a.error.as_deref());
                 c.latency_ms.push(a.latency_ms);
+                c.gateway.push(a.gateway.as_deref());
             }
         }
         c

@@ -308,7 +308,7 @@ impl PgStore {
                     (m.state = 'in_doubt' AND (k.id IS NULL OR k.id = $2 OR k.status <> 'STARTED')) \
                     OR (m.state = 'sending' AND (k.id IS NULL OR k.status <> 'STARTED'))) \
                 ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED) \
-             RETURNING id, ref, phone, vars, night_consent, attempts",
+             RETURNING id, ref, phone, vars, night_consent, attempts, gateway",
         )
         .bind(w.campaign)
         .bind(w.worker)
