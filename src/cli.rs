@@ -77,6 +77,12 @@ pub enum Command {
     /// Create, run, stop, cancel and inspect campaigns.
     #[command(subcommand)]
     Campaign(CampaignCmd),
+    /// Recurring schedules: a new campaign at every cron occurrence (run by `munja serve`).
+    #[command(subcommand)]
+    Schedule(crate::cli_schedule::ScheduleCmd),
+    /// Run the server: launches scheduled campaigns, resumes and takes over runs, serves the
+    /// admin API, /metrics and the dashboard. Needs the admin token in $MUNJA_TOKEN.
+    Serve(crate::cli_schedule::ServeArgs),
     /// One row per message of a campaign: ref, phone, status, attempts, gateway id, error, ...
     Audit(AuditArgs),
     /// Delete attempt logs and executions of finished campaigns older than a date.
@@ -165,7 +171,28 @@ pub enum CampaignCmd {
         /// LMS subject (overrides the template's).
         #[arg(long)]
         subject: Option<String>,
+        /// Schedule it: "YYYY-MM-DD HH:MM" in policy.timezone, or RFC 3339 with an offset.
+        /// `munja serve` starts it then. An ad inside quiet hours is refused unless every
+        /// recipient has night consent.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
+    /// Schedule a campaign that never ran (`--at TIME`), or mark it due now (`--now`);
+    /// `munja serve` starts it.
+    Schedule {
+        id: i64,
+        #[arg(
+            long,
+            value_name = "TIME",
+            required_unless_present = "now",
+            conflicts_with = "now"
+        )]
+        at: Option<String>,
+        #[arg(long)]
+        now: bool,
+    },
+    /// Take a SCHEDULED campaign off the schedule (back to CREATED).
+    Unschedule { id: i64 },
     /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED or nothing
     /// sent. Ctrl-C / SIGTERM stops after the in-flight requests; a second one abandons them
     /// (their messages stay in doubt, settled by lookup on the next run).
@@ -409,6 +436,10 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             return Ok(i32::from(bad > 0));
         }
         Command::Campaign(cmd) => return campaign_cmd(cmd, cfg, store, out).await,
+        Command::Schedule(cmd) => {
+            return crate::cli_schedule::schedule_cmd(cmd, cfg, store, out).await;
+        }
+        Command::Serve(args) => return crate::cli_schedule::serve(args, cfg, store).await,
         Command::Audit(a) => {
             let phone = match &a.phone {
                 Some(p) => Some(
@@ -581,6 +612,7 @@ async fn campaign_cmd(
             gateway,
             no_ad,
             subject,
+            at,
         } => {
             let req = CreateRequest {
                 name,
@@ -590,9 +622,15 @@ async fn campaign_cmd(
                 no_ad,
                 subject,
             };
-            let (id, plan) = campaign::create(&*store, cfg, &req).await?;
-            eprintln!("{}", plan.summary());
+            let id = crate::cli_schedule::create(&*store, cfg, &req, at.as_deref()).await?;
             writeln!(out, "{id}")?;
+        }
+        CampaignCmd::Schedule { id, at, now } => {
+            crate::cli_schedule::set(&*store, cfg, id, at.as_deref(), now).await?;
+        }
+        CampaignCmd::Unschedule { id } => {
+            crate::schedule::set(&*store, cfg, id, None).await?;
+            eprintln!("campaign {id} unscheduled: CREATED, started only by hand or a new schedule");
         }
         CampaignCmd::Run {
             id,
@@ -603,6 +641,7 @@ async fn campaign_cmd(
                 retry_failed,
                 handle_signals: true,
                 progress: Some(progress::for_stderr(Duration::from_secs(3))),
+                ..Default::default()
             };
             let report = dispatch::run(store, cfg, id, opts).await?;
             print_summary(&report);
@@ -680,12 +719,16 @@ async fn campaign_status(
             "in_doubt": counts.in_doubt,
             "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
             "cancelled": counts.cancelled, "executions": execs, "lease": c.lease,
+            "scheduled_at": c.scheduled_at, "schedule_id": c.schedule_id,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         writeln!(out, "campaign {} {:?}: {}", c.id, c.name, c.status)?;
         if let Some(m) = &c.exit_message {
             writeln!(out, "  {m}")?;
+        }
+        if let (Some(at), "SCHEDULED") = (&c.scheduled_at, c.status.as_str()) {
+            writeln!(out, "  scheduled at {at} (started by `munja serve`)")?;
         }
         writeln!(
             out,

@@ -220,6 +220,7 @@ impl Runner<'_> {
         self.store
             .commit_chunk(self.campaign.id, self.execution, updates)
             .await?;
+        crate::server::metrics::record_outcomes(self.campaign.id, &self.campaign.gateway, updates);
         if let Some(p) = self.progress.as_mut() {
             p.update(counts);
         }

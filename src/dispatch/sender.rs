@@ -343,6 +343,7 @@ async fn wait_turn<'c>(ctx: &'c SendCtx, items: &[Item]) -> Option<SemaphorePerm
         return None;
     };
     let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
+    let waiting = Instant::now();
     let limiter = async {
         if ctx.limiter.until_n_ready(n).await.is_err() {
             // Cannot happen: config guarantees batch_size <= burst. One at a time, then.
@@ -357,6 +358,7 @@ async fn wait_turn<'c>(ctx: &'c SendCtx, items: &[Item]) -> Option<SemaphorePerm
         ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
         return None;
     }
+    crate::server::metrics::record_rate_wait(ctx.shared.gateway(), waiting.elapsed());
     Some(permit)
 }
 
@@ -391,6 +393,7 @@ fn screen(ctx: &SendCtx, mut items: Vec<Item>, done: &mut Vec<MessageUpdate>) ->
 
 /// One request for `items`: a single send, or a batch.
 async fn request(ctx: &SendCtx, items: &[Item]) -> Vec<Attempt> {
+    let _metered = crate::server::metrics::request_started(ctx.shared.gateway());
     if items.len() == 1 {
         vec![ctx.gateway.send(&items[0].out).await]
     } else {
