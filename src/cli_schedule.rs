@@ -90,10 +90,13 @@ pub async fn set(
     now: bool,
 ) -> anyhow::Result<()> {
     let at = match at {
-        Some(t) if !now => schedule::parse_at(t, cfg.policy.timezone)?,
-        _ => Utc::now(),
+        Some(t) if !now => {
+            let at = schedule::parse_at(t, cfg.policy.timezone)?;
+            schedule::set(store, cfg, id, Some(at)).await?;
+            at
+        }
+        _ => schedule::set_now(store, id).await?,
     };
-    schedule::set(store, cfg, id, Some(at)).await?;
     eprintln!(
         "campaign {id} scheduled for {} (`munja serve` starts it)",
         at.with_timezone(&cfg.policy.timezone)

@@ -116,8 +116,8 @@ pub async fn check_quiet_hours(
             "--at {}: inside quiet hours {q} ({tz}), when ads cannot be sent to the {n} recipients \
              of segment {segment:?} without night consent; nothing was created or changed. Pick \
              a time outside the window (e.g. {}), or --no-ad for an informational message",
-            at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
-            open.format("%Y-%m-%d %H:%M")
+            at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S"),
+            open.format("%Y-%m-%d %H:%M:%S")
         );
     }
     Ok(())
@@ -141,7 +141,15 @@ pub async fn create_at(
     Ok((id, plan))
 }
 
-/// `campaign schedule ID --at T` (or `--now`: `at` = now); `None` unschedules.
+/// `campaign schedule ID --now`: due at once. No quiet-hours refusal: like `campaign run`, a
+/// run inside the window stops for it and the server resumes it when the window ends.
+pub async fn set_now(store: &dyn Store, id: i64) -> anyhow::Result<DateTime<Utc>> {
+    let now = Utc::now();
+    store.set_scheduled_at(id, Some(now)).await?;
+    Ok(now)
+}
+
+/// `campaign schedule ID --at T`; `None` unschedules.
 pub async fn set(
     store: &dyn Store,
     cfg: &Config,

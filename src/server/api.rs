@@ -65,7 +65,17 @@ fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Response> {
     let de = &mut serde_json::Deserializer::from_slice(raw);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body" } else { path.as_str() };
+        let text = e.inner().to_string();
+        // `missing field `name``, `unknown field `colour``: the field is in the message.
+        let named = text
+            .split_once("field `")
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(f, _)| f.to_string());
+        let field = match (path.as_str(), &named) {
+            (".", Some(f)) => f.as_str(),
+            (".", None) => "body",
+            (p, _) => p,
+        };
         error(
             StatusCode::BAD_REQUEST,
             field,
@@ -294,7 +304,14 @@ async fn set_schedule(
                 "give either \"at\" or \"now\": true, not both",
             ));
         }
-        (_, true) => Some(chrono::Utc::now()),
+        (_, true) => {
+            schedule::set_now(&*s.store, id)
+                .await
+                .map_err(|e| failed("id", e))?;
+            let c = campaign_or_404(&s, id).await?;
+            let v = json!({"id": id, "status": c.status, "scheduled_at": c.scheduled_at});
+            return Ok(Json(v).into_response());
+        }
         (Some(t), false) => Some(
             schedule::parse_at(t, s.cfg.policy.timezone)
                 .map_err(|e| error(StatusCode::BAD_REQUEST, "at", format!("{e:#}")))?,

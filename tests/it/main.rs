@@ -11,4 +11,6 @@ mod korean;
 mod memory;
 mod postgres;
 mod resume;
+mod schedules;
+mod server;
 mod workflow;
