@@ -6,6 +6,7 @@
 
 mod common;
 
+mod dashboard;
 mod faults;
 mod korean;
 mod memory;
