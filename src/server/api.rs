@@ -41,16 +41,34 @@ pub fn router() -> Router<AppState> {
         .route("/v1/schedules", get(schedules))
 }
 
-/// A JSON error naming the field (or part of the request) to fix.
-pub fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
-    let message: String = message.into();
-    (status, Json(json!({"error": message, "field": field}))).into_response()
+/// A refused request: its status, the field (or part of the request) to fix, and why.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    field: String,
+    message: String,
 }
 
-type ApiResult = Result<Response, Response>;
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.message, "field": self.field});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON error naming the field (or part of the request) to fix.
+pub fn error(status: StatusCode, field: &str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
 
 /// A store or library error as a response: 404 for unknown things, 409 for conflicts.
-fn failed(field: &str, e: anyhow::Error) -> Response {
+fn failed(field: &str, e: anyhow::Error) -> ApiError {
     let status = match e.downcast_ref::<StoreError>() {
         Some(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
         Some(StoreError::Conflict(_)) => StatusCode::CONFLICT,
@@ -61,7 +79,7 @@ fn failed(field: &str, e: anyhow::Error) -> Response {
 }
 
 /// Parses a JSON body, naming the field that is wrong.
-fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Response> {
+fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(raw);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -84,7 +102,7 @@ fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Response> {
     })
 }
 
-async fn campaign_or_404(s: &AppState, id: i64) -> Result<Campaign, Response> {
+async fn campaign_or_404(s: &AppState, id: i64) -> Result<Campaign, ApiError> {
     s.store
         .campaign(id)
         .await
@@ -92,7 +110,7 @@ async fn campaign_or_404(s: &AppState, id: i64) -> Result<Campaign, Response> {
 }
 
 /// One campaign with its counts, for lists.
-async fn summary(s: &AppState, c: &Campaign) -> Result<Value, Response> {
+async fn summary(s: &AppState, c: &Campaign) -> Result<Value, ApiError> {
     let k = s
         .store
         .counts(c.id)
@@ -425,7 +443,7 @@ struct OptoutBody {
     phone: String,
 }
 
-fn parse_phone(p: &str) -> Result<crate::phone::Phone, Response> {
+fn parse_phone(p: &str) -> Result<crate::phone::Phone, ApiError> {
     phone::normalize_mobile(p).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,

@@ -99,7 +99,8 @@ async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> R
             "authorization",
             "missing or wrong admin token: send `Authorization: Bearer <token>` with the \
              token munja serve was started with",
-        ),
+        )
+        .into_response(),
     }
 }
 

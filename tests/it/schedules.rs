@@ -9,7 +9,7 @@ use chrono::{SecondsFormat, Utc};
 use munja::gateway::sim::SimConfig;
 
 use crate::common::{Env, Gw};
-use crate::server::{boot, status_of, wait_for};
+use crate::server::{boot, import_segment, status_of, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_campaign_scheduled_3_seconds_ahead_is_sent_then_and_not_before() {
@@ -71,10 +71,7 @@ async fn occurrences(env: &Env) -> Vec<chrono::DateTime<Utc>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recurring_schedule_makes_each_occurrence_once_across_a_restart_and_two_servers() {
     let env = Env::new(SimConfig::default()).await;
-    let seg = env.segment_csv("seg.csv", 0, 5);
-    env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", seg.to_str().expect("utf-8")])
-        .await;
+    import_segment(&env, 5).await;
     env.ok(&[
         "schedule",
         "add",
@@ -180,10 +177,7 @@ async fn an_ad_scheduled_inside_quiet_hours_or_in_the_past_is_refused_at_create(
         "quiet_hours = \"21:00-08:00\"",
     )
     .await;
-    let seg = env.segment_csv("seg.csv", 0, 5);
-    env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", seg.to_str().expect("utf-8")])
-        .await;
+    import_segment(&env, 5).await;
     let create = |at: &'static str, extra: &'static [&'static str]| {
         let mut args = vec![
             "campaign",

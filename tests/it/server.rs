@@ -142,6 +142,14 @@ async fn wait_exit(mut child: Child) -> i32 {
         .unwrap_or(-1)
 }
 
+/// `munja init` and segment `seg` of `size` recipients.
+pub async fn import_segment(env: &Env, size: u64) {
+    let seg = env.segment_csv("seg.csv", 0, size);
+    env.ok(&["init"]).await;
+    env.ok(&["segment", "import", "seg", seg.to_str().expect("utf-8")])
+        .await;
+}
+
 /// A segment of `size` and an informational campaign on it, not started; returns its id.
 async fn campaign(env: &Env, size: u64) -> String {
     let seg = env.segment_csv("seg.csv", 0, size);
@@ -209,10 +217,7 @@ async fn every_v1_route_needs_the_token_and_health_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_api_creates_schedules_runs_and_audits_a_campaign() {
     let env = Env::new(SimConfig::default()).await;
-    let seg = env.segment_csv("seg.csv", 0, 30);
-    env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", seg.to_str().expect("utf-8")])
-        .await;
+    import_segment(&env, 30).await;
     let srv = boot(&env).await;
     // Create, scheduled far ahead: SCHEDULED, and not started.
     let (code, body) = srv
@@ -651,4 +656,50 @@ async fn an_api_optout_reaches_a_running_campaign_and_stop_cancel_work() {
         .await;
     assert_eq!(one["messages"][0]["status"], "suppressed", "{one}");
     srv.running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_on_one_database_run_each_campaign_once() {
+    let env = Env::new(SimConfig::default()).await;
+    import_segment(&env, 50).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let name = format!("c{i}");
+        let o = env
+            .ok(&[
+                "campaign",
+                "create",
+                "--name",
+                &name,
+                "--segment",
+                "seg",
+                "--template",
+                "hello",
+                "--no-ad",
+            ])
+            .await;
+        ids.push(o.stdout.trim().to_string());
+    }
+    let servers = [boot(&env).await, boot(&env).await, boot(&env).await];
+    for id in &ids {
+        env.ok(&["campaign", "schedule", id, "--now"]).await;
+    }
+    for id in &ids {
+        wait_for("every campaign to complete", 60, || async {
+            status_of(&env, id).await == "COMPLETED"
+        })
+        .await;
+    }
+    for id in &ids {
+        let st = env.status(id).await;
+        let execs = st["executions"].as_array().expect("executions");
+        assert_eq!(execs.len(), 1, "campaign {id} launched once: {st}");
+    }
+    let sim = env.sim.stats();
+    assert_eq!(sim.accepted, 300);
+    assert_eq!(sim.numbers_accepted_twice, 0);
+    assert_eq!(sim.duplicate_replays, 0);
+    for s in servers {
+        s.running.shutdown().await.expect("shutdown");
+    }
 }
