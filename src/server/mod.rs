@@ -72,6 +72,29 @@ pub fn token_from_env(cfg: &Config) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// The demo's admin token: `$MUNJA_TOKEN` when set, otherwise a random one written to `file`
+/// (mode 0600) so that it never appears in the demo's output.
+pub fn demo_token(file: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(t) = std::env::var(crate::config::DEFAULT_TOKEN_ENV)
+        && t.len() >= MIN_TOKEN_LEN
+    {
+        std::fs::write(file, "(the value of $MUNJA_TOKEN)\n")?;
+        return Ok(t);
+    }
+    let token = format!("{:032x}", rand::random::<u128>());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .and_then(|mut f| writeln!(f, "{token}"))
+        .with_context(|| format!("writing the demo token to {}", file.display()))?;
+    Ok(token)
+}
+
 /// The whole HTTP application: dashboard, health, metrics, and the admin API behind the token.
 pub fn app(state: AppState) -> Router {
     let v1 =

@@ -703,3 +703,23 @@ async fn three_servers_on_one_database_run_each_campaign_once() {
         s.running.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_schedules_its_campaign_and_runs_it_through_the_server() {
+    let env = Env::new(SimConfig::default()).await;
+    let t0 = Instant::now();
+    let o = env.run(&["demo", "--rate", "5000", "--delay", "2"]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        o.stderr.contains("dashboard: http://127.0.0.1:"),
+        "{}",
+        o.all()
+    );
+    assert!(o.stderr.contains("scheduled 2s ahead"), "{}", o.all());
+    assert!(o.stderr.contains(": COMPLETED:"), "{}", o.all());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "not before its time"
+    );
+    assert!(!o.stderr.contains("test-token"), "no token in the output");
+}
