@@ -14,4 +14,5 @@ mod postgres;
 mod resume;
 mod schedules;
 mod server;
+mod server_process;
 mod workflow;
