@@ -46,6 +46,10 @@ Typical workflow:
   munja campaign status $ID
   munja audit --campaign $ID --status failed
 
+Unattended: `campaign create --at \"2026-12-01 10:00\"`, `schedule add NAME --cron \"0 10 * * MON\"`,
+and `munja serve` (MUNJA_TOKEN set) starts them on time, with an admin API, /metrics and a
+dashboard at http://127.0.0.1:8070/.
+
 Try it all at once, with a built-in gateway simulator: munja demo";
 
 #[derive(Debug, Parser)]
@@ -181,6 +185,7 @@ pub enum CampaignCmd {
     /// `munja serve` starts it.
     Schedule {
         id: i64,
+        /// "YYYY-MM-DD HH:MM" in policy.timezone, or RFC 3339 with an offset.
         #[arg(
             long,
             value_name = "TIME",
@@ -188,6 +193,7 @@ pub enum CampaignCmd {
             conflicts_with = "now"
         )]
         at: Option<String>,
+        /// Due at once (never refused for quiet hours: the run waits for the window to end).
         #[arg(long)]
         now: bool,
     },
@@ -806,7 +812,7 @@ async fn campaign_list(store: &dyn Store, json: bool, out: &mut dyn Write) -> an
     if json {
         let v: Vec<_> = list
             .iter()
-            .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at}))
+            .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at, "scheduled_at": c.scheduled_at}))
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {

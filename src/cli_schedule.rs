@@ -22,9 +22,12 @@ pub enum ScheduleCmd {
     /// Add a recurring schedule: at every occurrence of CRON (in policy.timezone) `munja serve`
     /// creates a new campaign from the segment as it is then, and runs it.
     Add {
+        /// A unique name; each occurrence's campaign is named NAME-YYYYMMDD-HHMMSS.
         name: String,
+        /// The segment, snapshotted anew at every occurrence.
         #[arg(long)]
         segment: String,
+        /// The template (read from templates_dir at every occurrence).
         #[arg(long)]
         template: String,
         /// 5 fields ("0 10 * * MON": Mondays 10:00) or 6 with seconds first ("*/30 * * * * *").
@@ -52,7 +55,9 @@ pub enum ScheduleCmd {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (default: [server] listen, 127.0.0.1:8070).
+    /// Address to listen on (default: [server] listen, 127.0.0.1:8070). Examples:
+    /// `munja serve`, `MUNJA_TOKEN=… munja serve --listen 0.0.0.0:8070`; then open the
+    /// dashboard at http://ADDRESS/ or call the API under /v1 with `Authorization: Bearer`.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
 }

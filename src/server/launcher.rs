@@ -27,6 +27,9 @@ use crate::store::Store;
 
 /// How often the launcher looks for work.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a campaign whose run could not start (or ended in an error) is left alone before
+/// the launcher tries it again, so that one broken campaign does not fill the log.
+const COOLDOWN: Duration = Duration::from_secs(30);
 
 /// Why a campaign was (not) launched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub struct Launcher {
     cfg: Arc<Config>,
     running: Mutex<HashMap<i64, JoinHandle<()>>>,
     shutdown: Mutex<Option<watch::Receiver<bool>>>,
+    /// Campaigns whose last run here failed with an error, and when.
+    failed: Arc<Mutex<HashMap<i64, std::time::Instant>>>,
 }
 
 impl Launcher {
@@ -54,6 +59,7 @@ impl Launcher {
             cfg,
             running: Mutex::default(),
             shutdown: Mutex::default(),
+            failed: Arc::default(),
         })
     }
 
@@ -101,17 +107,21 @@ impl Launcher {
     pub async fn tick(self: &Arc<Self>) -> anyhow::Result<()> {
         let now = Utc::now();
         schedule::tick(&*self.store, &self.cfg, now).await?;
-        for id in self.store.due_campaigns(now).await? {
-            if self.launch(id) == Launch::Busy {
-                return Ok(());
-            }
-        }
-        for id in self.resumable().await? {
-            if self.launch(id) == Launch::Busy {
-                return Ok(());
+        let mut work = self.store.due_campaigns(now).await?;
+        work.extend(self.resumable().await?);
+        for id in work {
+            if !self.cooling_down(id) && self.launch(id) == Launch::Busy {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Whether campaign `id` failed here less than [`COOLDOWN`] ago.
+    fn cooling_down(&self, id: i64) -> bool {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.retain(|_, at| at.elapsed() < COOLDOWN);
+        failed.contains_key(&id)
     }
 
     /// Campaigns to resume or take over now.
@@ -160,7 +170,7 @@ impl Launcher {
         if map.len() >= self.cfg.server.max_concurrent_runs {
             return Launch::Busy;
         }
-        let (store, cfg) = (self.store.clone(), self.cfg.clone());
+        let (store, cfg, failed) = (self.store.clone(), self.cfg.clone(), self.failed.clone());
         let span = info_span!("serve_run", campaign = id);
         // A run's future is not `Send` (its progress display is not `Sync`): it runs on a
         // blocking thread of its own, driving the shared runtime.
@@ -185,7 +195,16 @@ impl Launcher {
                 {
                     debug!("not started: {e:#}")
                 }
-                Err(e) => warn!("run failed to start or ended in error: {e:#}"),
+                Err(e) => {
+                    warn!(
+                        "run failed to start or ended in error (next try in {}s): {e:#}",
+                        COOLDOWN.as_secs()
+                    );
+                    failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id, std::time::Instant::now());
+                }
             }
         });
         map.insert(id, task);
