@@ -25,6 +25,9 @@ use crate::model::CampaignStatus;
 use crate::schedule;
 use crate::store::Store;
 
+/// How the exit message of a run stopped by a server shutdown begins.
+const SHUTDOWN_MESSAGE: &str = "stopped because `munja serve` shut down";
+
 /// How often the launcher looks for work.
 const TICK: Duration = Duration::from_millis(500);
 /// How long a campaign whose run could not start (or ended in an error) is left alone before
@@ -139,7 +142,14 @@ impl Launcher {
                         ids.push(c.id);
                     }
                 }
-                Some(CampaignStatus::Stopped) if !c.cancel_requested => {
+                // The exit message says why it stopped; the execution's code confirms it (and
+                // campaigns stopped for any other reason cost no query).
+                Some(CampaignStatus::Stopped)
+                    if !c.cancel_requested
+                        && c.exit_message.as_deref().is_some_and(|m| {
+                            m.starts_with("quiet_hours") || m.starts_with(SHUTDOWN_MESSAGE)
+                        }) =>
+                {
                     let last = self.store.executions(c.id).await?.into_iter().last();
                     let code = last.and_then(|e| e.exit_code).unwrap_or_default();
                     if code == "SHUTDOWN" || (code == "QUIET_HOURS" && !quiet_now) {
