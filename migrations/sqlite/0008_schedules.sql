@@ -10,6 +10,9 @@ ALTER TABLE campaigns ADD COLUMN occurrence_at TEXT;
 -- No occurrence is ever created twice, whatever the number of servers (NULLs are distinct).
 CREATE UNIQUE INDEX campaigns_occurrence ON campaigns(schedule_id, occurrence_at);
 CREATE INDEX campaigns_due ON campaigns(status, scheduled_at);
+-- A server about to launch the campaign holds this claim for a few seconds, so that another
+-- server that saw the same campaign due a moment earlier does not launch it as well.
+ALTER TABLE campaigns ADD COLUMN launch_claim_until TEXT;
 
 CREATE TABLE schedules (
     id                 INTEGER PRIMARY KEY,

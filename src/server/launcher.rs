@@ -28,6 +28,10 @@ use crate::store::Store;
 /// How the exit message of a run stopped by a server shutdown begins.
 const SHUTDOWN_MESSAGE: &str = "stopped because `munja serve` shut down";
 
+/// How long a launch claim keeps other servers off a campaign: far longer than the moment
+/// between a claim and the run's lease, short enough for a restart to take over quickly.
+const CLAIM_TTL_MS: i64 = 5000;
+
 /// How often the launcher looks for work.
 const TICK: Duration = Duration::from_millis(500);
 /// How long a campaign whose run could not start (or ended in an error) is left alone before
@@ -110,10 +114,28 @@ impl Launcher {
     pub async fn tick(self: &Arc<Self>) -> anyhow::Result<()> {
         let now = Utc::now();
         schedule::tick(&*self.store, &self.cfg, now).await?;
-        let mut work = self.store.due_campaigns(now).await?;
+        let mut work: Vec<(i64, CampaignStatus)> = self
+            .store
+            .due_campaigns(now)
+            .await?
+            .into_iter()
+            .map(|id| (id, CampaignStatus::Scheduled))
+            .collect();
         work.extend(self.resumable().await?);
-        for id in work {
-            if !self.cooling_down(id) && self.launch(id) == Launch::Busy {
+        for (id, status) in work {
+            if self.cooling_down(id) || self.running().contains(&id) {
+                continue;
+            }
+            if self.running().len() >= self.cfg.server.max_concurrent_runs {
+                break;
+            }
+            // Of several servers that saw it at once, the one with the claim launches it.
+            if self
+                .store
+                .claim_launch(id, status.as_str(), CLAIM_TTL_MS)
+                .await?
+                && self.launch(id) == Launch::Busy
+            {
                 break;
             }
         }
@@ -128,7 +150,7 @@ impl Launcher {
     }
 
     /// Campaigns to resume or take over now.
-    async fn resumable(&self) -> anyhow::Result<Vec<i64>> {
+    async fn resumable(&self) -> anyhow::Result<Vec<(i64, CampaignStatus)>> {
         let (q, tz) = (self.cfg.policy.quiet_hours, self.cfg.policy.timezone);
         let quiet_now = q.is_quiet_at(tz, Utc::now());
         let mut ids = Vec::new();
@@ -139,7 +161,7 @@ impl Launcher {
                         Holder::of(&c, self.cfg.policy.lease_timeout_secs),
                         Holder::Gone(..)
                     ) {
-                        ids.push(c.id);
+                        ids.push((c.id, CampaignStatus::Started));
                     }
                 }
                 // The exit message says why it stopped; the execution's code confirms it (and
@@ -153,7 +175,7 @@ impl Launcher {
                     let last = self.store.executions(c.id).await?.into_iter().last();
                     let code = last.and_then(|e| e.exit_code).unwrap_or_default();
                     if code == "SHUTDOWN" || (code == "QUIET_HOURS" && !quiet_now) {
-                        ids.push(c.id);
+                        ids.push((c.id, CampaignStatus::Stopped));
                     }
                 }
                 _ => {}

@@ -322,6 +322,10 @@ pub trait Store: Send + Sync {
     /// Sets (`Some`: SCHEDULED) or clears (`None`: back to CREATED) the time of a campaign
     /// that never ran; [`StoreError::Conflict`] for any other status.
     async fn set_scheduled_at(&self, campaign: i64, at: Option<DateTime<Utc>>) -> Result<()>;
+    /// Claims the launch of campaign `campaign` for `ttl_ms` milliseconds, if its status is
+    /// still `status` and nobody holds an unexpired claim (one atomic conditional update):
+    /// of several servers that saw it due or resumable at once, one launches it.
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool>;
     /// SCHEDULED campaigns due at `now`, earliest first.
     async fn due_campaigns(&self, now: DateTime<Utc>) -> Result<Vec<i64>>;
     /// Stores a recurring schedule; [`StoreError::Conflict`] when the name is taken.

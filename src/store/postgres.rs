@@ -550,6 +550,10 @@ impl Store for PgStore {
         self.set_campaign_scheduled_at(campaign, at).await
     }
 
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        self.claim_campaign_launch(campaign, status, ttl_ms).await
+    }
+
     async fn due_campaigns(&self, now: DateTime<Utc>) -> Result<Vec<i64>> {
         self.due(now).await
     }

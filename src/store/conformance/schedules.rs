@@ -7,6 +7,7 @@ use chrono::Duration;
 use super::*;
 
 conformance!(
+    one_of_several_servers_claims_a_launch_until_it_expires,
     a_scheduled_campaign_is_due_at_its_time_and_only_until_it_starts,
     an_occurrence_is_created_once_even_by_racing_servers,
     schedules_are_added_paused_marked_and_removed_by_name,
@@ -127,4 +128,34 @@ async fn schedules_are_added_paused_marked_and_removed_by_name(s: Arc<dyn Store>
     s.remove_schedule("weekly").await.expect("remove");
     assert_not_found(s.remove_schedule("weekly").await, "remove twice");
     assert!(s.schedules().await.expect("list").is_empty());
+}
+
+async fn one_of_several_servers_claims_a_launch_until_it_expires(s: Arc<dyn Store>) {
+    import_segment(&*s, "cl", 0..2).await;
+    let seg = s.segment("cl").await.expect("segment").expect("exists");
+    let c = s
+        .create_scheduled_campaign(&new_campaign(&seg), Utc::now(), None)
+        .await
+        .expect("create");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let s = s.clone();
+        set.spawn(async move { s.claim_launch(c, "SCHEDULED", 400).await });
+    }
+    let mut won = 0;
+    while let Some(r) = set.join_next().await {
+        won += u32::from(r.expect("join").expect("claim"));
+    }
+    assert_eq!(won, 1, "exactly one claim wins");
+    // A claim for a status the campaign no longer has, or for an unknown one, never wins.
+    assert!(!s.claim_launch(c, "STOPPED", 400).await.expect("claim"));
+    assert!(
+        !s.claim_launch(c + 100, "SCHEDULED", 400)
+            .await
+            .expect("claim")
+    );
+    // Once it expires, the next claim wins.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(s.claim_launch(c, "SCHEDULED", 400).await.expect("claim"));
+    assert!(!s.claim_launch(c, "SCHEDULED", 400).await.expect("claim"));
 }

@@ -95,6 +95,26 @@ impl PgStore {
         Ok(())
     }
 
+    pub(super) async fn claim_campaign_launch(
+        &self,
+        campaign: i64,
+        status: &str,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE campaigns SET launch_claim_until = munja_now() + $1 * INTERVAL '1 millisecond' \
+             WHERE id = $2 AND status = $3 \
+             AND (launch_claim_until IS NULL OR launch_claim_until < munja_now())",
+        )
+        .bind(ttl_ms as f64)
+        .bind(campaign)
+        .bind(status)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     pub(super) async fn due(&self, at: DateTime<Utc>) -> Result<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM campaigns WHERE status = 'SCHEDULED' AND scheduled_at <= $1 \

@@ -107,6 +107,28 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(super) async fn claim_campaign_launch(
+        &self,
+        campaign: i64,
+        status: &str,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        self.check_file()?;
+        let now = Utc::now();
+        let n = sqlx::query(
+            "UPDATE campaigns SET launch_claim_until = ?1 WHERE id = ?2 AND status = ?3 \
+             AND (launch_claim_until IS NULL OR launch_claim_until < ?4)",
+        )
+        .bind(ts(now + chrono::Duration::milliseconds(ttl_ms)))
+        .bind(campaign)
+        .bind(status)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     pub(super) async fn due(&self, at: DateTime<Utc>) -> Result<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM campaigns WHERE status = 'SCHEDULED' AND scheduled_at <= ? \
