@@ -97,11 +97,15 @@ async fn a_recurring_schedule_makes_each_occurrence_once_across_a_restart_and_tw
     })
     .await;
     first.running.shutdown().await.expect("shutdown");
-    // Down for a while: the missed occurrence (within the grace) is made once on start, by
-    // one of two servers starting together.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (a, b) = (boot(&env).await, boot(&env).await);
+    // Down until an occurrence has passed: that missed occurrence (within the grace) is made
+    // once on start, by one of two servers starting together.
+    let last = *occurrences(&env).await.last().expect("an occurrence");
+    wait_for("an occurrence to pass while no server runs", 10, || async {
+        Utc::now() > last + chrono::Duration::milliseconds(2500)
+    })
+    .await;
     let seen = occurrences(&env).await.len();
+    let (a, b) = (boot(&env).await, boot(&env).await);
     wait_for("two more occurrences", 20, || async {
         occurrences(&env).await.len() >= seen + 2
     })

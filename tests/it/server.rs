@@ -513,3 +513,43 @@ async fn three_servers_on_one_database_run_each_campaign_once() {
         s.running.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_through_the_api_ends_a_running_campaign_and_sends_nothing_more() {
+    let env = Env::with(SimConfig::default(), slow_env_gw(), "").await;
+    let id = campaign(&env, 400).await;
+    let srv = boot(&env).await;
+    let (code, _) = srv
+        .post(&format!("/v1/campaigns/{id}/run"), json!({}))
+        .await;
+    assert_eq!(code, 202);
+    wait_for("the first messages", 30, || async {
+        env.sim.stats().accepted >= 20
+    })
+    .await;
+    let (code, body) = srv
+        .post(&format!("/v1/campaigns/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body["cancelled"].as_u64().expect("cancelled") > 0, "{body}");
+    wait_for("CANCELLED", 30, || async {
+        status_of(&env, &id).await == "CANCELLED"
+    })
+    .await;
+    let sent = env.sim.stats().accepted;
+    assert!(sent < 400);
+    let (code, _) = srv
+        .post(&format!("/v1/campaigns/{id}/run"), json!({}))
+        .await;
+    assert_eq!(code, 409, "a cancelled campaign does not run again");
+    assert!(
+        env.status(&id).await["lease"].is_null(),
+        "the run has ended"
+    );
+    assert_eq!(
+        env.sim.stats().accepted,
+        sent,
+        "nothing sent after the cancel"
+    );
+    srv.running.shutdown().await.expect("shutdown");
+}
