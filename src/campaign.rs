@@ -228,6 +228,20 @@ pub async fn create(
     cfg: &Config,
     req: &CreateRequest,
 ) -> anyhow::Result<(i64, Plan)> {
+    let (new, plan) = prepare(store, cfg, req).await?;
+    let id = store
+        .create_campaign(&new)
+        .await
+        .context("storing the campaign")?;
+    Ok((id, plan))
+}
+
+/// Checks everything and returns the campaign to store, with its plan; stores nothing.
+pub async fn prepare(
+    store: &dyn Store,
+    cfg: &Config,
+    req: &CreateRequest,
+) -> anyhow::Result<(NewCampaign, Plan)> {
     anyhow::ensure!(!req.name.trim().is_empty(), "--name must not be empty");
     let segment = segment(store, &req.segment).await?;
     let gateway = gateway_list(cfg, &req.gateways)?;
@@ -252,24 +266,21 @@ pub async fn create(
             plan.summary()
         );
     }
-    let id = store
-        .create_campaign(&NewCampaign {
-            name: req.name.clone(),
-            segment_name: segment.name.clone(),
-            segment_imported_at: segment.imported_at.clone(),
-            template_name: src.name.clone(),
-            template_body: src.body.clone(),
-            template_subject: src.subject.clone(),
-            gateway,
-            split: req.split,
-            ad: ad.is_some(),
-            sender_number: sender_number.as_str().to_string(),
-            brand: ad.as_ref().map(|a| a.brand.clone()),
-            optout_number: ad.as_ref().map(|a| a.optout_display.clone()),
-        })
-        .await
-        .context("storing the campaign")?;
-    Ok((id, plan))
+    let new = NewCampaign {
+        name: req.name.clone(),
+        segment_name: segment.name.clone(),
+        segment_imported_at: segment.imported_at.clone(),
+        template_name: src.name.clone(),
+        template_body: src.body.clone(),
+        template_subject: src.subject.clone(),
+        gateway,
+        split: req.split,
+        ad: ad.is_some(),
+        sender_number: sender_number.as_str().to_string(),
+        brand: ad.as_ref().map(|a| a.brand.clone()),
+        optout_number: ad.as_ref().map(|a| a.optout_display.clone()),
+    };
+    Ok((new, plan))
 }
 
 /// One previewed message.

@@ -46,6 +46,10 @@ Typical workflow:
   munja campaign status $ID
   munja audit --campaign $ID --status failed
 
+Unattended: `campaign create --at \"2026-12-01 10:00\"`, `schedule add NAME --cron \"0 10 * * MON\"`,
+and `munja serve` (MUNJA_TOKEN set) starts them on time, with an admin API, /metrics and a
+dashboard at http://127.0.0.1:8070/.
+
 Try it all at once, with a built-in gateway simulator: munja demo";
 
 #[derive(Debug, Parser)]
@@ -77,6 +81,12 @@ pub enum Command {
     /// Create, run, stop, cancel and inspect campaigns.
     #[command(subcommand)]
     Campaign(CampaignCmd),
+    /// Recurring schedules: a new campaign at every cron occurrence (run by `munja serve`).
+    #[command(subcommand)]
+    Schedule(crate::cli_schedule::ScheduleCmd),
+    /// Run the server: launches scheduled campaigns, resumes and takes over runs, serves the
+    /// admin API, /metrics and the dashboard. Needs the admin token in $MUNJA_TOKEN.
+    Serve(crate::cli_schedule::ServeArgs),
     /// One row per message of a campaign: ref, phone, status, attempts, gateway id, error, ...
     Audit(AuditArgs),
     /// Delete attempt logs and executions of finished campaigns older than a date.
@@ -90,14 +100,6 @@ pub enum Command {
         /// Print what was deleted and the database's free space as JSON on stdout.
         #[arg(long)]
         json: bool,
-    },
-    /// Receive delivery reports (and NHN's 080 opt-outs) pushed by the gateways:
-    /// `POST|GET /v1/dlr/{gateway}` for every [[gateways]] entry, each behind its own secret
-    /// (dlr_token_env; NHN: webhook_signature_env). SIGTERM or Ctrl-C stops it gracefully.
-    Serve {
-        /// Address to listen on, e.g. 0.0.0.0:8080 (port 0: any free port, printed on stderr).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
     },
     /// Serve the http-json gateway protocol on loopback, with injectable faults (for tests and demos).
     GatewaySim(SimArgs),
@@ -189,7 +191,30 @@ pub enum CampaignCmd {
         /// LMS subject (overrides the template's).
         #[arg(long)]
         subject: Option<String>,
+        /// Schedule it: "YYYY-MM-DD HH:MM" in policy.timezone, or RFC 3339 with an offset.
+        /// `munja serve` starts it then. An ad inside quiet hours is refused unless every
+        /// recipient has night consent.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
+    /// Schedule a campaign that never ran (`--at TIME`), or mark it due now (`--now`);
+    /// `munja serve` starts it.
+    Schedule {
+        id: i64,
+        /// "YYYY-MM-DD HH:MM" in policy.timezone, or RFC 3339 with an offset.
+        #[arg(
+            long,
+            value_name = "TIME",
+            required_unless_present = "now",
+            conflicts_with = "now"
+        )]
+        at: Option<String>,
+        /// Due at once (never refused for quiet hours: the run waits for the window to end).
+        #[arg(long)]
+        now: bool,
+    },
+    /// Take a SCHEDULED campaign off the schedule (back to CREATED).
+    Unschedule { id: i64 },
     /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED or nothing
     /// sent. Ctrl-C / SIGTERM stops after the in-flight requests; a second one abandons them
     /// (their messages stay in doubt, settled by lookup on the next run).
@@ -401,7 +426,6 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             return delivery::commands::optout_sync(&*store, cfg, &gateway, json, out).await;
         }
         Command::Optout(cmd) => return optout(cmd, &*store, out).await,
-        Command::Serve { listen } => return delivery::commands::serve(listen, cfg, store).await,
         Command::Campaign(CampaignCmd::SyncResults { id, gateway, json }) => {
             return delivery::commands::sync_results(
                 &*store,
@@ -466,6 +490,10 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             return Ok(i32::from(bad > 0));
         }
         Command::Campaign(cmd) => return campaign_cmd(cmd, cfg, store, out).await,
+        Command::Schedule(cmd) => {
+            return crate::cli_schedule::schedule_cmd(cmd, cfg, store, out).await;
+        }
+        Command::Serve(args) => return crate::cli_schedule::serve(args, cfg, store).await,
         Command::Audit(a) => {
             let phone = match &a.phone {
                 Some(p) => Some(
@@ -639,6 +667,7 @@ async fn campaign_cmd(
             split,
             no_ad,
             subject,
+            at,
         } => {
             let req = CreateRequest {
                 name,
@@ -649,9 +678,15 @@ async fn campaign_cmd(
                 no_ad,
                 subject,
             };
-            let (id, plan) = campaign::create(&*store, cfg, &req).await?;
-            eprintln!("{}", plan.summary());
+            let id = crate::cli_schedule::create(&*store, cfg, &req, at.as_deref()).await?;
             writeln!(out, "{id}")?;
+        }
+        CampaignCmd::Schedule { id, at, now } => {
+            crate::cli_schedule::set(&*store, cfg, id, at.as_deref(), now).await?;
+        }
+        CampaignCmd::Unschedule { id } => {
+            crate::schedule::set(&*store, cfg, id, None).await?;
+            eprintln!("campaign {id} unscheduled: CREATED, started only by hand or a new schedule");
         }
         CampaignCmd::Run {
             id,
@@ -664,6 +699,7 @@ async fn campaign_cmd(
                 resend_in_doubt,
                 handle_signals: true,
                 progress: Some(progress::for_stderr(Duration::from_secs(3))),
+                ..Default::default()
             };
             let report = dispatch::run(store, cfg, id, opts).await?;
             print_summary(&report);
@@ -744,12 +780,16 @@ async fn campaign_status(
             "delivered": counts.delivered, "undelivered": counts.undelivered,
             "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
             "cancelled": counts.cancelled, "executions": execs, "workers": workers, "lease": c.lease,
+            "scheduled_at": c.scheduled_at, "schedule_id": c.schedule_id,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         writeln!(out, "campaign {} {:?}: {}", c.id, c.name, c.status)?;
         if let Some(m) = &c.exit_message {
             writeln!(out, "  {m}")?;
+        }
+        if let (Some(at), "SCHEDULED") = (&c.scheduled_at, c.status.as_str()) {
+            writeln!(out, "  scheduled at {at} (started by `munja serve`)")?;
         }
         writeln!(
             out,
@@ -855,7 +895,7 @@ async fn campaign_list(store: &dyn Store, json: bool, out: &mut dyn Write) -> an
     if json {
         let v: Vec<_> = list
             .iter()
-            .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at}))
+            .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at, "scheduled_at": c.scheduled_at}))
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {

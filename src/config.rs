@@ -57,6 +57,31 @@ pub struct Config {
     pub policy: Policy,
     pub pricing: Pricing,
     pub gateways: Vec<GatewayConfig>,
+    /// `[server]`: what `munja serve` listens on and how it is guarded.
+    pub server: ServerConfig,
+}
+
+/// Default of `[server] listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8070";
+/// Default of `[server] token_env`.
+pub const DEFAULT_TOKEN_ENV: &str = "MUNJA_TOKEN";
+
+/// `[server]`: the listener of `munja serve` and its admin token.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    /// The name of the environment variable holding the admin token (never the token itself).
+    pub token_env: String,
+    /// Campaigns the server runs at once; due campaigns beyond it wait their turn.
+    pub max_concurrent_runs: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    token_env: Option<String>,
+    max_concurrent_runs: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -86,6 +111,9 @@ pub struct Policy {
     pub lease_timeout_secs: u64,
     pub max_consecutive_failures: u32,
     pub max_ads_per_recipient: Option<FrequencyCap>,
+    /// How late `munja serve` still runs an occurrence of a recurring schedule it missed
+    /// (it was down); older ones are skipped with a log line.
+    pub misfire_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -189,6 +217,8 @@ struct RawConfig {
     pricing: Pricing,
     #[serde(default)]
     gateways: Vec<RawGateway>,
+    #[serde(default)]
+    server: RawServer,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +230,7 @@ struct RawPolicy {
     lease_timeout_secs: Option<i64>,
     max_consecutive_failures: Option<i64>,
     max_ads_per_recipient: Option<FrequencyCap>,
+    misfire_grace_secs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,7 +377,15 @@ impl Config {
                 &err,
             )? as u32,
             max_ads_per_recipient: p.max_ads_per_recipient,
+            misfire_grace_secs: positive(
+                p.misfire_grace_secs,
+                3600,
+                30 * 86_400,
+                "policy.misfire_grace_secs",
+                &err,
+            )? as u64,
         };
+        let server = server_config(raw.server, &err)?;
 
         for (key, price) in [
             ("pricing.sms", raw.pricing.sms),
@@ -383,6 +422,7 @@ impl Config {
             policy,
             pricing: raw.pricing,
             gateways,
+            server,
         })
     }
 
@@ -616,6 +656,46 @@ fn plain_got(got: &str) -> String {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Validates `[server]`.
+fn server_config(
+    raw: RawServer,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<ServerConfig, ConfigError> {
+    let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen.parse().map_err(|_| {
+        err(
+            "server.listen",
+            format!("{listen:?} is not an address; expected IP:PORT such as \"{DEFAULT_LISTEN}\""),
+        )
+    })?;
+    let token_env = raw.token_env.unwrap_or_else(|| DEFAULT_TOKEN_ENV.into());
+    if token_env.is_empty()
+        || !token_env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(err(
+            "server.token_env",
+            format!(
+                "{token_env:?} is not an environment variable name; expected letters, digits and \
+                 _ such as \"{DEFAULT_TOKEN_ENV}\" (the name of the variable, never the token)"
+            ),
+        ));
+    }
+    let max_concurrent_runs = positive(
+        raw.max_concurrent_runs,
+        2,
+        1000,
+        "server.max_concurrent_runs",
+        err,
+    )? as usize;
+    Ok(ServerConfig {
+        listen,
+        token_env,
+        max_concurrent_runs,
+    })
 }
 
 fn positive(

@@ -4,6 +4,7 @@
 //! 10,200 customers with invalid rows and duplicates, 600 opt-outs, and the recruiting template.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,13 +14,12 @@ use crate::audit::{self, Format};
 use crate::campaign::{self, CreateRequest};
 use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
 use crate::config::Config;
-use crate::dispatch::{self, RunOptions};
 use crate::gateway::sim::{self, SimConfig};
 use crate::import;
+use crate::model::CampaignStatus;
 use crate::model::MessageState;
-use crate::progress;
+use crate::server::{self, AppState};
 use crate::store::{self, AuditFilter};
-use crate::summary::print_summary;
 
 const CUSTOMERS: &str = include_str!("../examples/customers.csv");
 const OPTOUTS: &str = include_str!("../examples/optouts.csv");
@@ -30,9 +30,15 @@ pub struct DemoArgs {
     /// Messages per second allowed by the demo gateway.
     #[arg(long, default_value_t = 2000)]
     pub rate: u32,
-    /// Keep the demo directory instead of deleting it.
+    /// Keep the demo directory, and the server up (dashboard and API) until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
+    /// Where the demo's server listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Seconds ahead the demo campaign is scheduled.
+    #[arg(long, default_value_t = 5)]
+    pub delay: u64,
 }
 
 /// Prints the first five rejected rows of a file.
@@ -187,20 +193,30 @@ max_attempts = 6
     .await?;
     eprintln!("{}\ncampaign id: {id}", plan.summary());
 
-    step(6, &format!("munja campaign run {id}"));
-    let report = dispatch::run(
-        store.clone(),
-        &cfg,
-        id,
-        RunOptions {
-            handle_signals: true,
-            progress: Some(progress::for_stderr(Duration::from_secs(2))),
-            ..Default::default()
-        },
-    )
-    .await?;
-    print_summary(&report);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(args.delay as i64);
+    store.set_scheduled_at(id, Some(at)).await?;
+    eprintln!(
+        "scheduled {}s ahead: munja campaign schedule {id} --at \"{}\"",
+        args.delay,
+        at.with_timezone(&cfg.policy.timezone)
+            .format("%Y-%m-%d %H:%M:%S")
+    );
 
+    step(
+        6,
+        "munja serve (in this process): it starts the campaign at its time",
+    );
+    let token_file = root.join("token");
+    let token = server::demo_token(&token_file)?;
+    let state = AppState::new(store.clone(), Arc::new(cfg.clone()), token);
+    let running = server::start(state, args.listen).await?;
+    eprintln!(
+        "dashboard: http://{}/  (admin token in {}; API at /v1, metrics at /metrics)",
+        running.addr,
+        token_file.display()
+    );
+    let signals = server::shutdown_on_signals(&running);
+    let status = watch(&*store, id, &signals).await?;
     step(
         7,
         &format!("munja audit --campaign {id} (first rows, then failed ones)"),
@@ -234,16 +250,63 @@ max_attempts = 6
         s.faults_429,
         s.faults_timeout
     );
-    if args.keep {
+    if args.keep && !signals.is_finished() {
         let kept = dir.keep();
         eprintln!(
-            "\nkept {}: try `munja --config {}/munja.toml campaign status {id}`",
+            "\nkept {}: try `munja --config {}/munja.toml campaign status {id}`\n\
+             the server stays up at http://{}/ until Ctrl-C",
             kept.display(),
-            kept.display()
+            kept.display(),
+            running.addr
         );
+        running.wait().await?;
+    } else {
+        running.shutdown().await?;
     }
     sim.shutdown().await;
-    Ok(report.status.exit_code())
+    Ok(match status {
+        CampaignStatus::Completed => 0,
+        CampaignStatus::Stopped => 2,
+        _ => 1,
+    })
+}
+
+/// Follows the campaign the server runs until it ends (or a signal stops the server),
+/// printing its progress every two seconds; returns its status.
+async fn watch(
+    store: &dyn store::Store,
+    id: i64,
+    signals: &tokio::task::JoinHandle<()>,
+) -> anyhow::Result<CampaignStatus> {
+    let mut last_line = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let c = store.campaign(id).await?;
+        let status = c.parsed_status().unwrap_or(CampaignStatus::Failed);
+        let k = store.counts(id).await?;
+        let running = matches!(status, CampaignStatus::Scheduled | CampaignStatus::Started);
+        if !running || (signals.is_finished() && c.lease.is_none()) {
+            eprintln!(
+                "campaign {id}: {status}: {} sent, {} failed, {} suppressed of {}{}",
+                k.sent,
+                k.failed,
+                k.suppressed,
+                k.total,
+                c.exit_message
+                    .map(|m| format!("\n  {m}"))
+                    .unwrap_or_default()
+            );
+            return Ok(status);
+        }
+        if last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = std::time::Instant::now();
+            eprintln!(
+                "  {status}: {} of {} final",
+                k.total - k.pending - k.sending - k.in_doubt,
+                k.total
+            );
+        }
+    }
 }
 
 async fn print_some(store: &dyn store::Store, filter: AuditFilter, n: usize) -> anyhow::Result<()> {

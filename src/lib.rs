@@ -22,12 +22,15 @@
 //!   workers);
 //! - [`delivery`]: delivery reports (push routes, `munja serve`, polling) and provider opt-outs;
 //! - [`audit`], [`progress`], [`summary`]: what the operator reads;
+//! - [`schedule`]: one-off and recurring (cron) schedules; [`server`]: `munja serve`, the
+//!   launcher, the admin API, metrics and the dashboard;
 //! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive the library
 //!   end to end (the CLI calls them, never the other way round).
 pub mod audit;
 pub mod bench;
 pub mod campaign;
 pub mod cli;
+pub mod cli_schedule;
 pub mod compliance;
 pub mod config;
 pub mod csvin;
@@ -41,6 +44,8 @@ pub mod message;
 pub mod model;
 pub mod phone;
 pub mod progress;
+pub mod schedule;
+pub mod server;
 pub mod sizing;
 pub mod store;
 pub mod summary;

@@ -86,6 +86,8 @@ status_enum! {
     CampaignStatus {
         /// Created, never run.
         Created = "CREATED",
+        /// Created with a time (`--at` or a recurring schedule): `munja serve` starts it then.
+        Scheduled = "SCHEDULED",
         /// An execution holds it (or held it and died).
         Started = "STARTED",
         /// Stopped before every message was final; running it again resumes.
@@ -180,6 +182,10 @@ pub struct Campaign {
     pub stop_requested: bool,
     pub cancel_requested: bool,
     pub lease: Option<Lease>,
+    /// When a SCHEDULED campaign is due (RFC 3339).
+    pub scheduled_at: Option<String>,
+    /// The recurring schedule that created it, if any.
+    pub schedule_id: Option<i64>,
 }
 
 impl Campaign {
@@ -511,4 +517,32 @@ pub struct StoredReport {
     pub code: Option<String>,
     pub reported_at: String,
     pub effect: String,
+}
+
+/// A recurring schedule, as `munja schedule add` stores it.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    pub name: String,
+    pub segment_name: String,
+    pub template_name: String,
+    pub gateway: Option<String>,
+    pub ad: bool,
+    /// 5 or 6 fields (with seconds), read in `policy.timezone`.
+    pub cron: String,
+}
+
+/// A stored recurring schedule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Schedule {
+    pub id: i64,
+    pub name: String,
+    pub segment_name: String,
+    pub template_name: String,
+    pub gateway: Option<String>,
+    pub ad: bool,
+    pub cron: String,
+    pub paused: bool,
+    pub created_at: DateTime<Utc>,
+    /// The latest occurrence handled (run or skipped).
+    pub last_occurrence_at: Option<DateTime<Utc>>,
 }

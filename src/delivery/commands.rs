@@ -1,22 +1,14 @@
-//! The command-line side of delivery reports, called by `cli`: `munja serve`,
+//! The command-line side of delivery reports, called by `cli`:
 //! `munja campaign sync-results ID` and `munja optout sync --gateway NAME`, and the audit's
 //! `--status` words. Printing only; the work is in [`super::sync`] and [`super::serve`].
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::config::Config;
 use crate::model::{DeliveryState, MessageState};
 use crate::store::Store;
-
-/// `munja serve --listen ADDR`.
-pub async fn serve(listen: SocketAddr, cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
-    super::serve::run(listen, store, Arc::new(cfg.clone())).await?;
-    Ok(0)
-}
 
 /// `munja campaign sync-results ID [--gateway NAME] [--json]`.
 pub async fn sync_results(

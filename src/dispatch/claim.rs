@@ -296,6 +296,7 @@ impl Runner<'_> {
             counts.pending -= 1;
         }
         self.store.commit_chunk(&self.worker, updates).await?;
+        crate::server::metrics::record_outcomes(self.campaign.id, &self.campaign.gateway, updates);
         if let Some(p) = self.progress.as_mut() {
             p.update(counts);
         }

@@ -15,6 +15,8 @@ use super::RunStatus;
 pub enum StopReason {
     Requested,
     Signal(&'static str),
+    /// `munja serve` shut down (SIGTERM): the next server start resumes the run.
+    Shutdown,
     Cancelled,
     QuietHours(String),
     GatewayUnhealthy(u32),
@@ -52,6 +54,7 @@ impl StopReason {
         match self {
             StopReason::Requested => "stop_requested",
             StopReason::Signal(_) => "signal",
+            StopReason::Shutdown => "shutdown",
             StopReason::Cancelled => "cancelled",
             StopReason::QuietHours(_) => "quiet_hours",
             StopReason::GatewayUnhealthy(_) => "gateway_unhealthy",
@@ -70,6 +73,9 @@ impl StopReason {
                 "stopped by `munja campaign stop`; run it again to resume".into()
             }
             StopReason::Signal(s) => format!("stopped by {s}; run it again to resume"),
+            StopReason::Shutdown => "stopped because `munja serve` shut down; a server resumes \
+                it when it starts again (or `munja campaign run` now)"
+                .into(),
             StopReason::Cancelled => "cancelled by `munja campaign cancel`".into(),
             StopReason::QuietHours(m) => m.clone(),
             StopReason::GatewayUnhealthy(n) => format!(
@@ -225,6 +231,18 @@ pub(super) fn spawn_signal_handler(ctl: Arc<Control>) -> tokio::task::JoinHandle
                 );
                 ctl.abort(StopReason::Aborted(name));
             }
+        }
+    })
+}
+
+/// Stops the run when `munja serve` shuts down.
+pub(super) fn spawn_shutdown_watch(
+    mut rx: tokio::sync::watch::Receiver<bool>,
+    ctl: Arc<Control>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if rx.wait_for(|down| *down).await.is_ok() {
+            ctl.stop(StopReason::Shutdown);
         }
     })
 }

@@ -51,6 +51,11 @@ impl SharedLimiter {
         }
     }
 
+    /// The gateway whose budget this is.
+    pub(super) fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
     /// Waits until `n` messages (at most the burst) may be sent, taking them from the budget.
     /// Fails when the database cannot be asked, `MAX_STORE_ERRORS` times in a row.
     pub(super) async fn until_n_ready(&self, n: u32) -> Result<(), StoreError> {

@@ -94,6 +94,9 @@ pub struct RunOptions {
     /// Install SIGINT/SIGTERM handlers that stop the run gracefully.
     pub handle_signals: bool,
     pub progress: Option<Box<dyn Progress>>,
+    /// Set to `true` by `munja serve` when it shuts down: the run stops like on a signal, as
+    /// SHUTDOWN, which the next server resumes by itself.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What a run did.
@@ -227,6 +230,10 @@ impl LeasedRun<'_> {
         let signals = opts
             .handle_signals
             .then(|| control::spawn_signal_handler(ctl.clone()));
+        let shutdown = opts
+            .shutdown
+            .take()
+            .map(|rx| control::spawn_shutdown_watch(rx, ctl.clone()));
         let mut runner = Runner {
             store: store.clone(),
             campaign,
@@ -270,7 +277,7 @@ impl LeasedRun<'_> {
             o => o,
         };
         heartbeat.abort();
-        if let Some(s) = signals {
+        for s in [signals, shutdown].into_iter().flatten() {
             s.abort();
         }
         let counts = store.counts(campaign.id).await.unwrap_or_default();

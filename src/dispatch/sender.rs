@@ -343,7 +343,10 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
         }
         let t0 = Instant::now();
         let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
-        let Some(attempts) = ctx.ctl.unless_aborted(lane.gateway.send(&outs)).await else {
+        let metered = crate::server::metrics::request_started(lane.shared.gateway());
+        let sent = ctx.ctl.unless_aborted(lane.gateway.send(&outs)).await;
+        drop(metered);
+        let Some(attempts) = sent else {
             mark_aborted(&mut items, t0);
             items.extend(rest);
             break;
@@ -409,6 +412,7 @@ async fn wait_turn<'c>(ctx: &SendCtx, lane: &'c Lane, items: &[Item]) -> Turn<'c
         return Turn::Repick;
     }
     let n = NonZeroU32::new(items.len() as u32).unwrap_or(NonZeroU32::MIN);
+    let waiting = Instant::now();
     let limiter = async {
         if lane.limiter.until_n_ready(n).await.is_err() {
             // Cannot happen: config guarantees batch_size <= burst. One at a time, then.
@@ -425,7 +429,10 @@ async fn wait_turn<'c>(ctx: &SendCtx, lane: &'c Lane, items: &[Item]) -> Turn<'c
             ctx.ctl.stop(StopReason::RateBudget(e.to_string()));
             Turn::Stop
         }
-        Some(Ok(())) => Turn::Go(permit),
+        Some(Ok(())) => {
+            crate::server::metrics::record_rate_wait(lane.shared.gateway(), waiting.elapsed());
+            Turn::Go(permit)
+        }
     }
 }
 

@@ -77,6 +77,7 @@ mod gateways;
 mod imports;
 mod lifecycle;
 mod outcomes;
+mod schedules;
 mod workers;
 
 /// The i-th test mobile number.

@@ -42,8 +42,8 @@ use serde::Serialize;
 pub use crate::model::{
     AttemptRecord, AuditRow, Campaign, CampaignStatus, ClaimedMessage, Counts, DeliveryEffect,
     DeliveryReport, DeliveryState, Enlist, Execution, ExecutionStatus, Lease, MessageState,
-    MessageUpdate, NewCampaign, NewMember, Process, ReportCounts, ReportStatus, Rescued, Segment,
-    StoredReport, WorkerRecord, WorkerToken,
+    MessageUpdate, NewCampaign, NewMember, NewSchedule, Process, ReportCounts, ReportStatus,
+    Rescued, Schedule, Segment, StoredReport, WorkerRecord, WorkerToken,
 };
 use crate::phone::Phone;
 
@@ -349,6 +349,34 @@ pub trait Store: Send + Sync {
     async fn delivery_reports(&self, msg_ref: &str) -> Result<Vec<StoredReport>>;
     /// How many reports came through `gateway` (all gateways when `None`), by effect.
     async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts>;
+    // Schedules (`munja serve` starts what is due).
+    /// Creates a SCHEDULED campaign due at `at`. With `occurrence` = (schedule id, occurrence
+    /// time) it is that occurrence's campaign: a second one for the same occurrence is
+    /// refused with [`StoreError::Conflict`] (a unique key, so that holds across servers).
+    async fn create_scheduled_campaign(
+        &self,
+        c: &NewCampaign,
+        at: DateTime<Utc>,
+        occurrence: Option<(i64, DateTime<Utc>)>,
+    ) -> Result<i64>;
+    /// Sets (`Some`: SCHEDULED) or clears (`None`: back to CREATED) the time of a campaign
+    /// that never ran; [`StoreError::Conflict`] for any other status.
+    async fn set_scheduled_at(&self, campaign: i64, at: Option<DateTime<Utc>>) -> Result<()>;
+    /// Claims the launch of campaign `campaign` for `ttl_ms` milliseconds, if its status is
+    /// still `status` and nobody holds an unexpired claim (one atomic conditional update):
+    /// of several servers that saw it due or resumable at once, one launches it.
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool>;
+    /// SCHEDULED campaigns due at `now`, earliest first.
+    async fn due_campaigns(&self, now: DateTime<Utc>) -> Result<Vec<i64>>;
+    /// Stores a recurring schedule; [`StoreError::Conflict`] when the name is taken.
+    async fn add_schedule(&self, s: &NewSchedule) -> Result<i64>;
+    async fn schedules(&self) -> Result<Vec<Schedule>>;
+    /// Pauses or resumes schedule `name`; [`StoreError::NotFound`] when there is none.
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<()>;
+    /// Deletes schedule `name` (its campaigns stay); [`StoreError::NotFound`] when there is none.
+    async fn remove_schedule(&self, name: &str) -> Result<()>;
+    /// Records that the occurrence at `at` was handled; never moves the mark back.
+    async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()>;
 
     // Audit and retention.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;

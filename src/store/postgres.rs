@@ -25,6 +25,7 @@ mod delivery;
 mod import;
 mod rows;
 mod run;
+mod schedules;
 pub mod scratch;
 mod workers;
 
@@ -558,6 +559,47 @@ impl Store for PgStore {
 
     async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
         self.count_reports(gateway).await
+    }
+
+    async fn create_scheduled_campaign(
+        &self,
+        c: &NewCampaign,
+        at: DateTime<Utc>,
+        occurrence: Option<(i64, DateTime<Utc>)>,
+    ) -> Result<i64> {
+        self.insert_campaign(c, Some(at), occurrence).await
+    }
+
+    async fn set_scheduled_at(&self, campaign: i64, at: Option<DateTime<Utc>>) -> Result<()> {
+        self.set_campaign_scheduled_at(campaign, at).await
+    }
+
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        self.claim_campaign_launch(campaign, status, ttl_ms).await
+    }
+
+    async fn due_campaigns(&self, now: DateTime<Utc>) -> Result<Vec<i64>> {
+        self.due(now).await
+    }
+
+    async fn add_schedule(&self, s: &NewSchedule) -> Result<i64> {
+        self.insert_schedule(s).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        self.all_schedules().await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<()> {
+        self.pause_schedule(name, paused).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<()> {
+        self.delete_schedule(name).await
+    }
+
+    async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
+        self.mark_schedule(schedule, at).await
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {

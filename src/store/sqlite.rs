@@ -29,6 +29,7 @@ mod file_identity;
 mod workers;
 
 use workers::{Tally, tally};
+pub(super) mod schedules;
 
 /// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
 const FINISHED: &str = "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
@@ -281,6 +282,8 @@ fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
         stop_requested: r.try_get("stop_requested")?,
         cancel_requested: r.try_get("cancel_requested")?,
         lease,
+        scheduled_at: r.try_get("scheduled_at")?,
+        schedule_id: r.try_get("schedule_id")?,
     })
 }
 
@@ -587,29 +590,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        let uid = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        Ok(sqlx::query_scalar(
-            "INSERT INTO campaigns (uid, name, segment_name, segment_imported_at, template_name, template_body, \
-             template_subject, gateway, ad, sender_number, brand, optout_number, status, created_at, \
-             gateway_split) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'CREATED', ?, ?) RETURNING id",
-        )
-        .bind(uid)
-        .bind(&c.name)
-        .bind(&c.segment_name)
-        .bind(&c.segment_imported_at)
-        .bind(&c.template_name)
-        .bind(&c.template_body)
-        .bind(&c.template_subject)
-        .bind(&c.gateway)
-        .bind(c.ad)
-        .bind(&c.sender_number)
-        .bind(&c.brand)
-        .bind(&c.optout_number)
-        .bind(now())
-        .bind(c.split)
-        .fetch_one(&self.pool)
-        .await?)
+        self.insert_campaign(c, None, None).await
     }
 
     async fn campaign(&self, id: i64) -> Result<Campaign> {
@@ -1228,6 +1209,47 @@ impl Store for SqliteStore {
 
     async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
         self.count_reports(gateway).await
+    }
+
+    async fn create_scheduled_campaign(
+        &self,
+        c: &NewCampaign,
+        at: DateTime<Utc>,
+        occurrence: Option<(i64, DateTime<Utc>)>,
+    ) -> Result<i64> {
+        self.insert_campaign(c, Some(at), occurrence).await
+    }
+
+    async fn set_scheduled_at(&self, campaign: i64, at: Option<DateTime<Utc>>) -> Result<()> {
+        self.set_campaign_scheduled_at(campaign, at).await
+    }
+
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        self.claim_campaign_launch(campaign, status, ttl_ms).await
+    }
+
+    async fn due_campaigns(&self, now: DateTime<Utc>) -> Result<Vec<i64>> {
+        self.due(now).await
+    }
+
+    async fn add_schedule(&self, s: &NewSchedule) -> Result<i64> {
+        self.insert_schedule(s).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        self.all_schedules().await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<()> {
+        self.pause_schedule(name, paused).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<()> {
+        self.delete_schedule(name).await
+    }
+
+    async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
+        self.mark_schedule(schedule, at).await
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod dashboard;
 mod delivery;
 mod faults;
 mod gateways;
@@ -13,5 +14,8 @@ mod korean;
 mod memory;
 mod postgres;
 mod resume;
+mod schedules;
+mod server;
+mod server_process;
 mod workers;
 mod workflow;

@@ -54,6 +54,8 @@ pub(super) fn campaign_from_row(r: &PgRow) -> Result<Campaign> {
         stop_requested: r.try_get("stop_requested")?,
         cancel_requested: r.try_get("cancel_requested")?,
         lease,
+        scheduled_at: opt_ts(r.try_get("scheduled_at")?),
+        schedule_id: r.try_get("schedule_id")?,
     })
 }
 

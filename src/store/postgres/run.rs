@@ -11,37 +11,7 @@ use super::*;
 
 impl PgStore {
     pub(super) async fn create(&self, c: &NewCampaign) -> Result<i64> {
-        let checked = DateTime::parse_from_rfc3339(&c.segment_imported_at)
-            .map_err(|e| {
-                StoreError::Conflict(format!(
-                    "segment {:?}: imported_at {:?} is not an RFC 3339 time ({e}); import the segment again",
-                    c.segment_name, c.segment_imported_at
-                ))
-            })?
-            .with_timezone(&Utc);
-        let uid = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        Ok(sqlx::query_scalar(
-            "INSERT INTO campaigns (uid, name, segment_name, segment_imported_at, template_name, \
-             template_body, template_subject, gateway, ad, sender_number, brand, optout_number, \
-             status, created_at, gateway_split) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'CREATED', munja_now(), $13) \
-             RETURNING id",
-        )
-        .bind(uid)
-        .bind(&c.name)
-        .bind(&c.segment_name)
-        .bind(checked)
-        .bind(&c.template_name)
-        .bind(&c.template_body)
-        .bind(&c.template_subject)
-        .bind(&c.gateway)
-        .bind(c.ad)
-        .bind(&c.sender_number)
-        .bind(&c.brand)
-        .bind(&c.optout_number)
-        .bind(c.split)
-        .fetch_one(&self.pool)
-        .await?)
+        self.insert_campaign(c, None, None).await
     }
 
     pub(super) async fn cancel_campaign(

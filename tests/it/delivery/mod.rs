@@ -89,7 +89,10 @@ pub struct Serve {
 impl Serve {
     pub fn start(env: &Env) -> Serve {
         let mut c = env.cmd(&["serve", "--listen", "127.0.0.1:0", "-v"]);
-        c.envs(SECRETS).stderr(Stdio::piped()).stdout(Stdio::null());
+        c.envs(SECRETS)
+            .env("MUNJA_TOKEN", "delivery-tests-admin-token")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
         let mut child = c.spawn().expect("spawn munja serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
