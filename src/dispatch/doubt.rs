@@ -13,7 +13,7 @@ use super::control::StopReason;
 use super::lanes::Lane;
 use super::sender::{Item, SendCtx, backoff_policy, update_for};
 use crate::gateway::{Attempt, Lookup, Outcome, Proof};
-use crate::store::{AttemptRecord, ClaimedMessage, MessageState, MessageUpdate};
+use crate::store::{AttemptRecord, ClaimedMessage, MessageState, MessageUpdate, Store};
 
 impl Runner<'_> {
     /// Settles messages in doubt (and those an earlier execution left `sending`) by lookup:
@@ -40,11 +40,12 @@ impl Runner<'_> {
             );
             let mut set = tokio::task::JoinSet::new();
             for m in batch {
-                let ctx = self.ctx.clone();
+                let (ctx, store) = (self.ctx.clone(), self.store.clone());
                 set.spawn(async move {
                     let t0 = Instant::now();
                     let at = Utc::now();
-                    let (found, gateway) = ctx.ctl.until(look_up_anywhere(&ctx, &m)).await?;
+                    let found = look_up_anywhere(&ctx, &*store, &m);
+                    let (found, gateway) = ctx.ctl.until(found).await?;
                     Some((m, found, gateway, at, t0.elapsed()))
                 });
             }
@@ -177,7 +178,11 @@ pub(super) async fn look_up_exhausted(
 /// none is recorded (a crash between the claim and the commit), at every gateway of the
 /// campaign. Found anywhere is found; not found only when every gateway asked says so. Returns
 /// the answer and the gateway it came from.
-async fn look_up_anywhere(ctx: &SendCtx, m: &ClaimedMessage) -> (Lookup, Option<String>) {
+async fn look_up_anywhere(
+    ctx: &SendCtx,
+    store: &dyn Store,
+    m: &ClaimedMessage,
+) -> (Lookup, Option<String>) {
     let lanes = &ctx.lanes.lanes;
     let at: Vec<&Lane> = match m.gateway.as_deref().map(|g| ctx.lanes.by_name(g)) {
         Some(Some(i)) => vec![&lanes[i]],
@@ -195,6 +200,18 @@ async fn look_up_anywhere(ctx: &SendCtx, m: &ClaimedMessage) -> (Lookup, Option<
         let Ok(_permit) = lane.in_flight.acquire().await else {
             continue;
         };
+        // A gateway that cannot be asked (Kannel) proves a message sent by its delivery
+        // reports: a type 8 (the SMSC took it) or a final report for its ref.
+        if lane.caps.proof == Proof::DeliveryReport
+            && let Ok(reports) = store.delivery_reports(&m.msg_ref).await
+            && crate::delivery::kannel_proves_sent(&reports)
+        {
+            let found = Lookup::Found {
+                gateway_id: "delivery-report".into(),
+                status: "accepted".into(),
+            };
+            return (found, Some(lane.name().to_string()));
+        }
         match lane.gateway.lookup(&m.msg_ref).await {
             found @ Lookup::Found { .. } => return (found, Some(lane.name().to_string())),
             Lookup::NotFound => {}

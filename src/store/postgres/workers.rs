@@ -170,20 +170,14 @@ impl PgStore {
         Ok(id)
     }
 
-    /// [`Store::heartbeat`]: the worker's row, then the lease's.
+    /// [`Store::heartbeat`]: the lease's row, then the worker's (the lock order of a snapshot
+    /// or a takeover, which hold the campaign row while they lock worker rows).
     pub(super) async fn beat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
         let lost = || StoreError::LeaseLost {
             campaign: w.campaign,
             execution: w.execution,
         };
         let mut tx = self.pool.begin().await?;
-        let alive: Option<i64> = sqlx::query_scalar(
-            "UPDATE workers SET heartbeat_at = munja_now() WHERE id = $1 AND status = 'STARTED' RETURNING id",
-        )
-        .bind(w.worker)
-        .fetch_optional(&mut *tx)
-        .await?;
-        alive.ok_or_else(lost)?;
         let row: Option<(bool, bool)> = sqlx::query_as(
             "UPDATE campaigns SET lease_heartbeat_at = munja_now() \
              WHERE id = $1 AND lease_execution = $2 RETURNING stop_requested, cancel_requested",
@@ -193,6 +187,13 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let row = row.ok_or_else(lost)?;
+        let alive: Option<i64> = sqlx::query_scalar(
+            "UPDATE workers SET heartbeat_at = munja_now() WHERE id = $1 AND status = 'STARTED' RETURNING id",
+        )
+        .bind(w.worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        alive.ok_or_else(lost)?;
         tx.commit().await?;
         Ok(row)
     }

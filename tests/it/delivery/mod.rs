@@ -20,8 +20,9 @@ pub const NHN_SECRET: &str = "nhn-secret-key";
 pub const NHN_SIGNATURE: &str = "nhn-webhook-signature-3";
 
 /// Secrets every munja process of these tests gets, by the env var names munja.toml names.
-const SECRETS: [(&str, &str); 5] = [
+const SECRETS: [(&str, &str); 6] = [
     ("MUNJA_T_SIM_DLR", SIM_TOKEN),
+    ("MUNJA_T_KANNEL_PASSWORD", "kannel-password"),
     ("MUNJA_T_KANNEL_DLR", KANNEL_TOKEN),
     ("MUNJA_T_NHN_APP", NHN_APP_KEY),
     ("MUNJA_T_NHN_SECRET", NHN_SECRET),
@@ -40,6 +41,8 @@ pub fn add_gateways(env: &Env, nhn_url: &str) {
 name = "kannel"
 kind = "kannel"
 url = "http://127.0.0.1:9"
+username = "munja"
+password_env = "MUNJA_T_KANNEL_PASSWORD"
 rate_per_sec = 100
 dlr_token_env = "MUNJA_T_KANNEL_DLR"
 

@@ -125,7 +125,7 @@ async fn reports_twice_out_of_order_and_unknown_never_move_a_final_state() {
         [refs[1].clone()]
     );
     let csv = super::ok(&env, &["audit", "--campaign", &id, "--format", "csv"]).await;
-    assert!(csv.stdout.starts_with("ref,phone,status,attempts,gateway_id,error,last_attempt_at,type,bytes,delivery,delivery_code,delivered_at\n"), "{}", csv.stdout);
+    assert!(csv.stdout.starts_with("ref,phone,status,attempts,gateway,gateway_id,error,last_attempt_at,type,bytes,delivery,delivery_code,delivered_at\n"), "{}", csv.stdout);
     let bad = run(&env, &["audit", "--campaign", &id, "--status", "arrived"]).await;
     assert!(
         bad.code != 0 && bad.stderr.contains("delivered or undelivered"),
