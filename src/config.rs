@@ -6,11 +6,15 @@
 //!
 //! Every error names the file, the key and the expected form, so the user can fix it in one go.
 
+mod sources;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
+pub use sources::{DEFAULT_STATEMENT_TIMEOUT_SECS, SourceConfig};
 
 /// Environment variable overriding `database_url`.
 pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
@@ -41,6 +45,8 @@ pub struct Config {
     pub policy: Policy,
     pub pricing: Pricing,
     pub gateways: Vec<GatewayConfig>,
+    /// `[sources.NAME]`: company databases that SQL segments read.
+    pub sources: BTreeMap<String, SourceConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -70,6 +76,9 @@ pub struct Policy {
     pub lease_timeout_secs: u64,
     pub max_consecutive_failures: u32,
     pub max_ads_per_recipient: Option<FrequencyCap>,
+    /// Ads go only to recipients whose `ad_consent_at` is at most this many days old (the law
+    /// asks to re-confirm ad consent every two years: 730); `None` when set to 0 (off).
+    pub ad_consent_max_age_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -128,6 +137,8 @@ struct RawConfig {
     pricing: Pricing,
     #[serde(default)]
     gateways: Vec<RawGateway>,
+    #[serde(default)]
+    sources: BTreeMap<String, sources::RawSource>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +150,7 @@ struct RawPolicy {
     lease_timeout_secs: Option<i64>,
     max_consecutive_failures: Option<i64>,
     max_ads_per_recipient: Option<FrequencyCap>,
+    ad_consent_max_age_days: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +286,7 @@ impl Config {
                 &err,
             )? as u32,
             max_ads_per_recipient: p.max_ads_per_recipient,
+            ad_consent_max_age_days: consent_max_age(p.ad_consent_max_age_days, &err)?,
         };
 
         for (key, price) in [
@@ -353,7 +366,9 @@ impl Config {
             });
         }
 
+        let sources = sources::validate(raw.sources, &err)?;
         Ok(Config {
+            sources,
             source: path.map(Path::to_path_buf),
             database_url,
             templates_dir,
@@ -586,6 +601,27 @@ fn plain_got(got: &str) -> String {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Default of `policy.ad_consent_max_age_days`: two years, as the law asks.
+pub const DEFAULT_AD_CONSENT_MAX_AGE_DAYS: u32 = 730;
+
+/// `policy.ad_consent_max_age_days`: 730 by default, 0 turns the check off.
+fn consent_max_age(
+    v: Option<i64>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<u32>, ConfigError> {
+    match v {
+        None => Ok(Some(DEFAULT_AD_CONSENT_MAX_AGE_DAYS)),
+        Some(0) => Ok(None),
+        Some(d) if (1..=i64::from(MAX_CAP_DAYS)).contains(&d) => Ok(Some(d as u32)),
+        Some(d) => Err(err(
+            "policy.ad_consent_max_age_days",
+            format!(
+                "expected days from 1 to {MAX_CAP_DAYS} (730 is the legal two years), or 0 to                  turn the check off; got {d}"
+            ),
+        )),
+    }
 }
 
 fn positive(

@@ -11,6 +11,8 @@
 //! - [`model`]: campaigns, executions, leases, messages and their states (no I/O);
 //! - [`phone`], [`sizing`], [`compliance`], [`template`], [`message`]: the domain rules;
 //! - [`csvin`], [`import`]: reading user CSV files (UTF-8 or CP949) into segments and opt-outs;
+//! - [`segment_sql`]: SQL segments, a query on the company's database read at the first run
+//!   (the query itself runs through [`store::source`]: read-only, timed, streamed);
 //! - [`campaign`]: the checks before a campaign is created, and previews;
 //! - [`store`]: the job repository (SQLite), the only place with SQL;
 //! - [`lease`]: one runner per campaign, takeover of dead runs, stop/cancel/delete of a campaign
@@ -37,6 +39,7 @@ pub mod message;
 pub mod model;
 pub mod phone;
 pub mod progress;
+pub mod segment_sql;
 pub mod sizing;
 pub mod store;
 pub mod summary;

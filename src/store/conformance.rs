@@ -75,6 +75,7 @@ mod buckets;
 mod imports;
 mod lifecycle;
 mod outcomes;
+mod sql_segments;
 
 /// The i-th test mobile number.
 pub(super) fn phone(i: u64) -> Phone {
