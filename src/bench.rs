@@ -10,6 +10,8 @@
 //! With `--resume-at`, the run is stopped once that many messages are sent, and the bench
 //! measures how long a resumed run takes to commit its first chunk.
 
+mod segment;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,11 @@ pub struct BenchArgs {
     /// Keep the bench directory.
     #[arg(long)]
     pub keep: bool,
+    /// Instead: measure an SQL segment of --recipients rows on MariaDB, PostgreSQL or both
+    /// (the bench creates and fills the source table itself): campaign create and the first
+    /// run's snapshot, rows/s and peak RSS.
+    #[arg(long, value_enum, value_name = "SERVER")]
+    pub sql_segment: Option<segment::SqlSource>,
 }
 
 /// Peak resident set size of this process, in MiB (Linux: VmHWM).
@@ -383,6 +390,9 @@ pub struct Report {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(which) = args.sql_segment {
+        return segment::run(which, args.recipients, args.json).await;
+    }
     let dir = tempfile::Builder::new().prefix("munja-bench-").tempdir()?;
     let root = dir.path().to_path_buf();
     let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;

@@ -2,7 +2,7 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`).
+//! `memory::`, `postgres::`, `segments::`).
 
 mod common;
 
@@ -11,4 +11,5 @@ mod korean;
 mod memory;
 mod postgres;
 mod resume;
+mod segments;
 mod workflow;

@@ -14,6 +14,7 @@
 //! - the URL's password never appears in a message: errors name the source and its redacted
 //!   URL, and any driver text is scrubbed of the password before it is shown.
 
+pub mod fixture;
 pub mod query;
 pub mod value;
 
