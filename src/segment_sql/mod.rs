@@ -150,6 +150,11 @@ impl ScanReport {
     }
 }
 
+/// What [`scan`] calls with each row: the result's layout, the row's number and what the row
+/// became; returns whether to go on reading.
+pub type RowVisitor<'a> =
+    dyn FnMut(&Layout, u64, &Result<rows::Converted, Rejected>) -> bool + Send + 'a;
+
 /// Reads the whole query once at `as_of`, calling `each` with every converted row (in order,
 /// `seq` from 1) until it returns `false`; returns the counts. Memory stays flat.
 pub async fn scan(
@@ -157,7 +162,7 @@ pub async fn scan(
     seg: &SqlSegment,
     ad: bool,
     as_of: DateTime<Utc>,
-    each: &mut (dyn FnMut(&Layout, u64, &Result<rows::Converted, Rejected>) -> bool + Send),
+    each: &mut RowVisitor<'_>,
 ) -> anyhow::Result<ScanReport> {
     let spec = cfg.source(&seg.source)?;
     let rules = rules(cfg, seg, ad, as_of);
