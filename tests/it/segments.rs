@@ -168,27 +168,22 @@ async fn ok_src(env: &Env, src: &Source, args: &[&str]) -> Out {
     o
 }
 
+/// Defines segment `vip` as [`QUERY`] on source `crm`.
+async fn define_vip(env: &Env, src: &Source) {
+    let args = [
+        "segment", "define", "vip", "--source", "crm", "--query", QUERY,
+    ];
+    let mut args = args.to_vec();
+    args.extend(["--phone-column", "mobile"]);
+    ok_src(env, src, &args).await;
+}
+
 /// The whole flow on one server: define, preview, template preview, create, run, audit.
 async fn end_to_end(src: Source) {
     let env = env_with_source(60).await;
     env.ok(&["init"]).await;
     env.ok(&["optout", "add", OPTED_OUT]).await;
-    ok_src(
-        &env,
-        &src,
-        &[
-            "segment",
-            "define",
-            "vip",
-            "--source",
-            "crm",
-            "--query",
-            QUERY,
-            "--phone-column",
-            "mobile",
-        ],
-    )
-    .await;
+    define_vip(&env, &src).await;
 
     let o = ok_src(&env, &src, &["segment", "list"]).await;
     assert!(
@@ -456,22 +451,7 @@ async fn a_wrong_password_is_never_printed() {
     let src = mariadb().await;
     let env = env_with_source(60).await;
     env.ok(&["init"]).await;
-    ok_src(
-        &env,
-        &src,
-        &[
-            "segment",
-            "define",
-            "vip",
-            "--source",
-            "crm",
-            "--query",
-            QUERY,
-            "--phone-column",
-            "mobile",
-        ],
-    )
-    .await;
+    define_vip(&env, &src).await;
     let wrong = src.url.replace(&src.password, "Wr0ng-pa55word");
     for args in [
         &["segment", "preview", "vip"][..],

@@ -9,6 +9,7 @@ use sqlx::mysql::MySqlConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
 
+use crate::store::postgres::scratch::with_database;
 use crate::store::redact;
 
 /// Environment variable naming the MariaDB/MySQL server of the tests and the bench.
@@ -26,23 +27,6 @@ pub struct MariaScratch {
     pub url: String,
     pub name: String,
     admin: String,
-}
-
-/// `url` with its path (the database) replaced by `name`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..authority_end]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 impl MariaScratch {
@@ -91,26 +75,16 @@ impl Drop for MariaScratch {
 /// Runs `sql` (one or more statements) on the PostgreSQL or MariaDB/MySQL database of `url`.
 pub async fn exec(url: &str, sql: &str) -> Result<(), String> {
     let fail = |e: sqlx::Error| format!("{}: {e}", redact(url));
-    if url.starts_with("postgres") {
-        let mut c = PgConnectOptions::from_str(url)
-            .map_err(fail)?
-            .connect()
-            .await
-            .map_err(fail)?;
-        c.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
-            .await
-            .map_err(fail)?;
-        let _ = c.close().await;
-    } else {
-        let mut c = MySqlConnectOptions::from_str(url)
-            .map_err(fail)?
-            .connect()
-            .await
-            .map_err(fail)?;
-        c.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
-            .await
-            .map_err(fail)?;
-        let _ = c.close().await;
+    let raw = sqlx::raw_sql(AssertSqlSafe(sql.to_string()));
+    match connect(url).await? {
+        Admin::Pg(mut c) => {
+            c.execute(raw).await.map_err(fail)?;
+            let _ = c.close().await;
+        }
+        Admin::MySql(mut c) => {
+            c.execute(raw).await.map_err(fail)?;
+            let _ = c.close().await;
+        }
     }
     Ok(())
 }
@@ -118,31 +92,38 @@ pub async fn exec(url: &str, sql: &str) -> Result<(), String> {
 /// One number read back from the database of `url`.
 pub async fn scalar(url: &str, sql: &str) -> Result<i64, String> {
     let fail = |e: sqlx::Error| format!("{}: {e}", redact(url));
-    if url.starts_with("postgres") {
-        let mut c = PgConnectOptions::from_str(url)
-            .map_err(fail)?
-            .connect()
-            .await
-            .map_err(fail)?;
-        let n = sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
+    let sql = AssertSqlSafe(sql.to_string());
+    match connect(url).await? {
+        Admin::Pg(mut c) => sqlx::query_scalar(sql)
             .fetch_one(&mut c)
             .await
-            .map_err(fail)?;
-        let _ = c.close().await;
-        Ok(n)
-    } else {
-        let mut c = MySqlConnectOptions::from_str(url)
-            .map_err(fail)?
-            .connect()
-            .await
-            .map_err(fail)?;
-        let n = sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
+            .map_err(fail),
+        Admin::MySql(mut c) => sqlx::query_scalar(sql)
             .fetch_one(&mut c)
             .await
-            .map_err(fail)?;
-        let _ = c.close().await;
-        Ok(n)
+            .map_err(fail),
     }
+}
+
+enum Admin {
+    Pg(sqlx::PgConnection),
+    MySql(sqlx::MySqlConnection),
+}
+
+async fn connect(url: &str) -> Result<Admin, String> {
+    let fail = |e: sqlx::Error| format!("{}: {e}", redact(url));
+    Ok(if url.starts_with("postgres") {
+        Admin::Pg(
+            PgConnectOptions::from_str(url)
+                .map_err(fail)?
+                .connect()
+                .await
+                .map_err(fail)?,
+        )
+    } else {
+        let opts = MySqlConnectOptions::from_str(url).map_err(fail)?;
+        Admin::MySql(opts.connect().await.map_err(fail)?)
+    })
 }
 
 /// Creates table `customers` (id, phone, name, points, grade, night_consent, ad_consent_at,

@@ -45,52 +45,83 @@ fn err<E: std::fmt::Display>(e: E) -> String {
 
 /// The values of a PostgreSQL row.
 pub fn pg_values(row: &PgRow) -> Result<Vec<Value>, UnsupportedType> {
-    (0..row.columns().len())
-        .map(|i| {
-            let col = &row.columns()[i];
-            let type_name = col.type_info().name().to_string();
-            let raw = row
-                .try_get_raw(i)
-                .map_err(|_| unsupported(col.name(), &type_name))?;
-            if raw.is_null() {
-                return Ok(Value::Null);
-            }
-            let v: Decoded = match type_name.as_str() {
-                "BOOL" => row.try_get(i).map(Value::Bool).map_err(err),
-                "INT2" => row
-                    .try_get::<i16, _>(i)
-                    .map(|v| Value::Int(v.into()))
-                    .map_err(err),
-                "INT4" => row
-                    .try_get::<i32, _>(i)
-                    .map(|v| Value::Int(v.into()))
-                    .map_err(err),
-                "INT8" => row
-                    .try_get::<i64, _>(i)
-                    .map(|v| Value::Int(v.into()))
-                    .map_err(err),
-                "FLOAT4" => row
-                    .try_get::<f32, _>(i)
-                    .map(|v| Value::Float(v.into()))
-                    .map_err(err),
-                "FLOAT8" => row.try_get(i).map(Value::Float).map_err(err),
-                "NUMERIC" => raw.as_bytes().map_err(err).and_then(pg_numeric),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CITEXT" | "\"CHAR\"" => {
-                    row.try_get(i).map(Value::Text).map_err(err)
-                }
-                "DATE" => row.try_get(i).map(Value::Date).map_err(err),
-                "TIME" => row.try_get(i).map(Value::Time).map_err(err),
-                "TIMESTAMP" => row.try_get(i).map(Value::DateTime).map_err(err),
-                "TIMESTAMPTZ" => row.try_get(i).map(Value::Timestamp).map_err(err),
-                _ => Err(String::new()),
-            };
-            v.map_err(|_| unsupported(col.name(), &type_name))
-        })
-        .collect()
+    decode_row(row, |i, type_name| match type_name {
+        "BOOL" => row.try_get(i).map(Value::Bool).map_err(err),
+        "INT2" => row
+            .try_get::<i16, _>(i)
+            .map(|v| Value::Int(v.into()))
+            .map_err(err),
+        "INT4" => row
+            .try_get::<i32, _>(i)
+            .map(|v| Value::Int(v.into()))
+            .map_err(err),
+        "INT8" => row
+            .try_get::<i64, _>(i)
+            .map(|v| Value::Int(v.into()))
+            .map_err(err),
+        "FLOAT4" => row
+            .try_get::<f32, _>(i)
+            .map(|v| Value::Float(v.into()))
+            .map_err(err),
+        "FLOAT8" => row.try_get(i).map(Value::Float).map_err(err),
+        "NUMERIC" => row
+            .try_get_raw(i)
+            .map_err(err)
+            .and_then(|raw| raw.as_bytes().map_err(err))
+            .and_then(pg_numeric),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CITEXT" | "\"CHAR\"" => {
+            row.try_get(i).map(Value::Text).map_err(err)
+        }
+        "DATE" => row.try_get(i).map(Value::Date).map_err(err),
+        "TIME" => row.try_get(i).map(Value::Time).map_err(err),
+        "TIMESTAMP" => row.try_get(i).map(Value::DateTime).map_err(err),
+        "TIMESTAMPTZ" => row.try_get(i).map(Value::Timestamp).map_err(err),
+        _ => Err(String::new()),
+    })
 }
 
 /// The values of a MySQL/MariaDB row.
 pub fn mysql_values(row: &MySqlRow) -> Result<Vec<Value>, UnsupportedType> {
+    decode_row(row, |i, type_name| {
+        match type_name {
+            "BOOLEAN" => row
+                .try_get_unchecked::<i64, _>(i)
+                .map(|v| Value::Bool(v != 0))
+                .map_err(err),
+            t if t.ends_with("UNSIGNED") || t == "YEAR" || t == "BIT" => row
+                .try_get_unchecked::<u64, _>(i)
+                .map(|v| Value::Int(v.into()))
+                .map_err(err),
+            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => row
+                .try_get_unchecked::<i64, _>(i)
+                .map(|v| Value::Int(v.into()))
+                .map_err(err),
+            "FLOAT" => row
+                .try_get::<f32, _>(i)
+                .map(|v| Value::Float(v.into()))
+                .map_err(err),
+            "DOUBLE" => row.try_get(i).map(Value::Float).map_err(err),
+            "DECIMAL" => row.try_get_unchecked(i).map(Value::Decimal).map_err(err),
+            "DATE" => row.try_get(i).map(Value::Date).map_err(err),
+            "TIME" => row.try_get(i).map(Value::Time).map_err(err),
+            "DATETIME" => row.try_get(i).map(Value::DateTime).map_err(err),
+            "TIMESTAMP" => row.try_get(i).map(Value::Timestamp).map_err(err),
+            // Text, and what the protocol sends as text (ENUM, SET, JSON, binary-collated
+            // strings): readable as UTF-8 or refused.
+            _ => row.try_get_unchecked(i).map(Value::Text).map_err(err),
+        }
+    })
+}
+
+/// Every value of `row`: NULL as [`Value::Null`], the rest by `decode(index, type name)`; a
+/// value it cannot decode is an [`UnsupportedType`] naming the column.
+fn decode_row<R: Row>(
+    row: &R,
+    decode: impl Fn(usize, &str) -> Decoded,
+) -> Result<Vec<Value>, UnsupportedType>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
     (0..row.columns().len())
         .map(|i| {
             let col = &row.columns()[i];
@@ -101,34 +132,7 @@ pub fn mysql_values(row: &MySqlRow) -> Result<Vec<Value>, UnsupportedType> {
             if raw.is_null() {
                 return Ok(Value::Null);
             }
-            let v: Decoded = match type_name.as_str() {
-                "BOOLEAN" => row
-                    .try_get_unchecked::<i64, _>(i)
-                    .map(|v| Value::Bool(v != 0))
-                    .map_err(err),
-                t if t.ends_with("UNSIGNED") || t == "YEAR" || t == "BIT" => row
-                    .try_get_unchecked::<u64, _>(i)
-                    .map(|v| Value::Int(v.into()))
-                    .map_err(err),
-                "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => row
-                    .try_get_unchecked::<i64, _>(i)
-                    .map(|v| Value::Int(v.into()))
-                    .map_err(err),
-                "FLOAT" => row
-                    .try_get::<f32, _>(i)
-                    .map(|v| Value::Float(v.into()))
-                    .map_err(err),
-                "DOUBLE" => row.try_get(i).map(Value::Float).map_err(err),
-                "DECIMAL" => row.try_get_unchecked(i).map(Value::Decimal).map_err(err),
-                "DATE" => row.try_get(i).map(Value::Date).map_err(err),
-                "TIME" => row.try_get(i).map(Value::Time).map_err(err),
-                "DATETIME" => row.try_get(i).map(Value::DateTime).map_err(err),
-                "TIMESTAMP" => row.try_get(i).map(Value::Timestamp).map_err(err),
-                // Text, and what the protocol sends as text (ENUM, SET, JSON, binary-collated
-                // strings): readable as UTF-8 or refused.
-                _ => row.try_get_unchecked(i).map(Value::Text).map_err(err),
-            };
-            v.map_err(|_| unsupported(col.name(), &type_name))
+            decode(i, &type_name).map_err(|_| unsupported(col.name(), &type_name))
         })
         .collect()
 }
