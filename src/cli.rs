@@ -708,8 +708,10 @@ async fn campaign_status(
     let c = store.campaign(id).await?;
     let counts = store.counts(id).await?;
     let execs = store.executions(id).await?;
+    let sql = store.campaign_sql_segment(id).await?;
     if json {
         let v = serde_json::json!({
+            "sql_segment": sql,
             "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
             "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
             "total": counts.total, "pending": counts.pending, "sending": counts.sending,
@@ -731,6 +733,19 @@ async fn campaign_status(
             c.gateway,
             if c.ad { "ad" } else { "informational" }
         )?;
+        if let Some(l) = &sql {
+            writeln!(
+                out,
+                "  SQL segment {} version {} on source {}: {}",
+                l.segment.name,
+                l.segment.version,
+                l.segment.source,
+                match (&l.as_of, l.rows_read) {
+                    (Some(at), Some(n)) => format!("read at {at} (:as_of), {n} rows"),
+                    _ => "read at the first run".to_string(),
+                }
+            )?;
+        }
         writeln!(
             out,
             "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",

@@ -315,6 +315,11 @@ async fn end_to_end(src: Source) {
         "duplicates merged, rejected rows absent: {rows:?}"
     );
     assert_eq!(env.sim.stats().accepted, 3);
+    // The campaign says which query text it read, when, and how many rows.
+    let st = env.status(&id).await;
+    assert_eq!(st["sql_segment"]["segment"]["version"], 1, "{st}");
+    assert_eq!(st["sql_segment"]["segment"]["query"], QUERY, "{st}");
+    assert_eq!(st["sql_segment"]["rows_read"], 9, "{st}");
     // The source is as it was.
     let n = fixture::scalar(&src.admin_url, "SELECT COUNT(*) FROM customers")
         .await
