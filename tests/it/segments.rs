@@ -488,3 +488,49 @@ async fn a_wrong_password_is_never_printed() {
         o.all()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_source_is_read_with_as_of_bound() {
+    let env = env_with_source(60).await;
+    env.ok(&["init"]).await;
+    let path = env.path("crm.db");
+    let url = format!("sqlite://{}", path.display());
+    {
+        use sqlx::ConnectOptions;
+        use std::str::FromStr;
+        let mut c = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true)
+            .connect()
+            .await
+            .expect("create crm.db");
+        sqlx::raw_sql(
+            "CREATE TABLE customers (phone INTEGER, name TEXT, vip BOOLEAN, joined TEXT);
+             INSERT INTO customers VALUES (1020000001, '한지민', 1, '2020-01-01 00:00:00');
+             INSERT INTO customers VALUES (1020000002, '오세훈', 0, '2999-01-01 00:00:00');",
+        )
+        .execute(&mut c)
+        .await
+        .expect("fill crm.db");
+    }
+    let src = Source {
+        url: url.clone(),
+        password: "no-password-in-a-sqlite-url".into(),
+        admin_url: url,
+        _pg: None,
+        _maria: None,
+    };
+    let q = "SELECT phone, name, vip FROM customers WHERE joined < :as_of";
+    ok_src(
+        &env,
+        &src,
+        &["segment", "define", "lite", "--source", "crm", "--query", q],
+    )
+    .await;
+    let o = ok_src(&env, &src, &["segment", "preview", "lite", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["report"]["rows"], 1, "{}", o.stdout);
+    assert_eq!(v["rows"][0]["phone"], "010-****-0001", "{}", o.stdout);
+    assert_eq!(v["rows"][0]["vars"]["vip"], "true", "{}", o.stdout);
+    assert_eq!(v["rows"][0]["vars"]["name"], "한지민", "{}", o.stdout);
+}
