@@ -70,7 +70,7 @@ pub enum Command {
     /// Manage the opt-out list (수신거부).
     #[command(subcommand)]
     Optout(OptoutCmd),
-    /// Import and list recipient segments.
+    /// Import, define and list recipient segments (CSV files, or SQL queries on your database).
     #[command(subcommand)]
     Segment(SegmentCmd),
     /// Check and preview message templates.
@@ -127,14 +127,17 @@ pub enum SegmentCmd {
     },
     /// Define (or redefine) segment NAME as one SELECT on a `[sources.SRC]` database.
     ///
-    /// The query runs when a campaign on it first runs (and for previews), read-only and within
-    /// the source's statement_timeout_secs. Its columns work like a CSV's: `phone` (or
-    /// --phone-column) is the mobile number, `night_consent` allows quiet-hour ads,
-    /// `ad_consent_at` is checked against policy.ad_consent_max_age_days, every other column is
-    /// a template variable. `:as_of` is bound to the run's time, e.g.
-    ///   munja segment define vip --source crm --query "SELECT mobile AS phone, name FROM
-    ///   customers WHERE grade = 'VIP' AND joined_at < :as_of"
+    /// The query runs when a campaign on it first runs (and for previews), read-only and
+    /// within the source's statement_timeout_secs. Its columns work like a CSV's:
+    ///   phone          the mobile number (or name another column with --phone-column)
+    ///   night_consent  allows quiet-hour ads
+    ///   ad_consent_at  checked against policy.ad_consent_max_age_days (730)
+    ///   anything else  a template variable
+    /// `:as_of` is bound to the time of the read (the run's start), never pasted in:
+    ///   munja segment define vip --source crm --query \
+    ///     "SELECT mobile AS phone, name FROM customers WHERE grade = 'VIP' AND joined_at < :as_of"
     /// Redefining keeps the earlier versions; a campaign keeps the version it was created from.
+    #[command(verbatim_doc_comment)]
     Define {
         name: String,
         /// The `[sources.NAME]` of munja.toml to read.
