@@ -165,22 +165,13 @@ pub async fn scan(
     each: &mut RowVisitor<'_>,
 ) -> anyhow::Result<ScanReport> {
     let spec = cfg.source(&seg.source)?;
-    let rules = rules(cfg, seg, ad, as_of);
+    let mut conv = Converter::new(rules(cfg, seg, ad, as_of));
     let mut reader = spec.open(&seg.query, as_of).await?;
-    let mut report = ScanReport::default();
-    let mut layout: Option<Layout> = None;
     let result = async {
         let mut stream = reader.rows();
         while let Some(row) = stream.next().await {
-            let row: SourceRow = row?;
-            let layout = match &mut layout {
-                Some(l) => &*l,
-                None => layout.insert(Layout::new(&row.columns, &rules)?),
-            };
-            let seq = report.rows + 1;
-            let converted = rows::convert(&row, seq, layout, &rules);
-            report.count(&converted);
-            if !each(layout, seq, &converted) {
+            let (seq, converted) = conv.next(&row?)?;
+            if !each(conv.layout()?, seq, &converted) {
                 break;
             }
         }
@@ -189,8 +180,51 @@ pub async fn scan(
     .await;
     reader.close().await;
     result.with_context(|| format!("reading segment {:?}", seg.name))?;
-    report.variables = layout.map(|l| l.variables).unwrap_or_default();
-    Ok(report)
+    Ok(conv.finish())
+}
+
+/// Numbers the rows of a result and applies the rules to each, counting the outcomes.
+struct Converter {
+    rules: Rules,
+    layout: Option<Layout>,
+    report: ScanReport,
+}
+
+impl Converter {
+    fn new(rules: Rules) -> Converter {
+        Converter {
+            rules,
+            layout: None,
+            report: ScanReport::default(),
+        }
+    }
+
+    /// The next row's number and what it became (the layout is read from the first row).
+    fn next(
+        &mut self,
+        row: &SourceRow,
+    ) -> anyhow::Result<(u64, Result<rows::Converted, Rejected>)> {
+        let layout = match &mut self.layout {
+            Some(l) => &*l,
+            None => self.layout.insert(Layout::new(&row.columns, &self.rules)?),
+        };
+        let seq = self.report.rows + 1;
+        let converted = rows::convert(row, seq, layout, &self.rules);
+        self.report.count(&converted);
+        Ok((seq, converted))
+    }
+
+    fn layout(&self) -> anyhow::Result<&Layout> {
+        self.layout
+            .as_ref()
+            .context("no row read yet: this is a bug in munja")
+    }
+
+    /// The counts, with the result's template variables.
+    fn finish(mut self) -> ScanReport {
+        self.report.variables = self.layout.map(|l| l.variables).unwrap_or_default();
+        self.report
+    }
 }
 
 /// One previewed row.
@@ -296,35 +330,26 @@ async fn snapshot(
 ) -> anyhow::Result<()> {
     let as_of = Utc::now();
     let spec = cfg.source(&seg.source)?;
-    let rules = rules(cfg, seg, c.ad, as_of);
+    let mut conv = Converter::new(rules(cfg, seg, c.ad, as_of));
     // Connect to the source before taking munja's write transaction.
     let mut reader = spec.open(&seg.query, as_of).await?;
     let Some(mut snap) = store.begin_message_snapshot(c.id, execution).await? else {
         reader.close().await;
         return Ok(());
     };
-    let mut report = ScanReport::default();
     let mut merged = 0u64;
     let result = async {
         let mut batch: Vec<SnapshotRow> = Vec::with_capacity(BATCH);
-        let mut layout: Option<Layout> = None;
         let mut stream = reader.rows();
         while let Some(row) = stream.next().await {
-            let row = row?;
-            let layout = match &mut layout {
-                Some(l) => &*l,
-                None => layout.insert(Layout::new(&row.columns, &rules)?),
-            };
-            let seq = report.rows + 1;
-            let converted = rows::convert(&row, seq, layout, &rules);
-            report.count(&converted);
+            let (seq, converted) = conv.next(&row?)?;
             match converted {
                 Ok(m) => batch.push(SnapshotRow {
                     seq: seq as i64,
                     member: m.member,
                     suppress: m.suppress.map(str::to_string),
                 }),
-                Err(x) => log_rejected(&report, &x),
+                Err(x) => log_rejected(&conv.report, &x),
             }
             if batch.len() >= BATCH {
                 merged += snap.add(&batch).await?.already_present;
@@ -337,6 +362,7 @@ async fn snapshot(
     .await;
     reader.close().await;
     result?;
+    let report = conv.finish();
     let totals = snap.commit(as_of, report.rows).await?;
     info!(
         rows = report.rows,
