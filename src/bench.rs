@@ -10,6 +10,8 @@
 //! With `--resume-at`, the run is stopped once that many messages are sent, and the bench
 //! measures how long a resumed run takes to commit its first chunk.
 
+mod segment;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,11 @@ pub struct BenchArgs {
     /// the report gives each one's peak RSS and their combined rate.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Instead: measure an SQL segment of --recipients rows on MariaDB, PostgreSQL or both
+    /// (the bench creates and fills the source table itself): campaign create and the first
+    /// run's snapshot, rows/s and peak RSS.
+    #[arg(long, value_enum, value_name = "SERVER")]
+    pub sql_segment: Option<segment::SqlSource>,
 }
 
 /// Peak resident set size of this process, in MiB (Linux: VmHWM).
@@ -402,6 +409,9 @@ pub struct Report {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(which) = args.sql_segment {
+        return segment::run(which, args.recipients, args.json).await;
+    }
     let dir = tempfile::Builder::new().prefix("munja-bench-").tempdir()?;
     let root = dir.path().to_path_buf();
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");

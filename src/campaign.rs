@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::message::{AdFrame, ComposeError, Composed, Composer};
 use crate::model::{NewCampaign, Segment};
 use crate::phone;
+use crate::segment_sql;
 use crate::sizing::MessageType;
+use crate::store::SqlSegment;
 use crate::store::Store;
 use crate::template::{FRONT_MATTER_LINES, SUBJECT_LINE, TOO_MUCH_WORK, TemplateSource};
 
@@ -48,6 +50,13 @@ pub struct Plan {
     pub examples: Vec<String>,
     /// Estimated cost in KRW, when `[pricing]` gives both prices.
     pub estimated_cost_krw: Option<f64>,
+    /// SQL segments: recipients suppressed before sending (`consent_expired`, …), by reason.
+    pub suppressed: BTreeMap<String, u64>,
+    /// SQL segments: source rows that are no recipient (invalid numbers, …), by reason.
+    pub rejected_rows: BTreeMap<String, u64>,
+    /// SQL segments: the id of the query version the plan was made from.
+    #[serde(skip)]
+    pub sql_segment: Option<i64>,
 }
 
 impl Plan {
@@ -69,6 +78,14 @@ impl Plan {
         }
         for e in &self.examples {
             s.push_str(&format!("\n  e.g. {e}"));
+        }
+        for (reason, n) in &self.suppressed {
+            s.push_str(&format!(
+                "\n  suppressed {reason}: {n} (not counted as recipients)"
+            ));
+        }
+        for (reason, n) in &self.rejected_rows {
+            s.push_str(&format!("\n  rows rejected {reason}: {n}"));
         }
         if let Some(c) = self.estimated_cost_krw {
             s.push_str(&format!(
@@ -92,6 +109,7 @@ pub async fn segment(store: &dyn Store, name: &str) -> anyhow::Result<Segment> {
                 .collect();
             bail!(
                 "no segment named {name:?}; import one with `munja segment import {name} FILE.csv` \
+                 or define one with `munja segment define {name} --source SRC --query-file F.sql` \
                  (existing segments: {})",
                 if names.is_empty() {
                     "none".into()
@@ -173,35 +191,89 @@ pub async fn plan(
         let Some(last) = page.last() else { break };
         after = last.0;
         for (_, phone_no, vars, _) in &page {
-            plan.recipients += 1;
-            match composer.compose_json(vars) {
-                Ok(c) if c.kind == MessageType::Sms => plan.sms += 1,
-                Ok(_) => plan.lms += 1,
-                // A runaway template is the template's fault, not the recipient's: checking
-                // the rest of a large segment would only repeat it, slowly.
-                Err(e) if e.code == "template_error" && e.message.contains(TOO_MUCH_WORK) => {
-                    bail!(
-                        "{} (for recipient {}); nothing was created",
-                        e.message,
-                        crate::audit::masked(phone_no)
-                    );
-                }
-                Err(e) => {
-                    *plan.refused.entry(e.code.clone()).or_default() += 1;
-                    if plan.examples.len() < 3 {
-                        plan.examples.push(format!(
-                            "{}: {}",
-                            crate::audit::masked(phone_no),
-                            e.message
-                        ));
-                    }
-                }
+            tally(&mut plan, composer, phone_no, vars)?;
+        }
+    }
+    plan.price(cfg);
+    Ok(plan)
+}
+
+impl Plan {
+    fn price(&mut self, cfg: &Config) {
+        if let (Some(s), Some(l)) = (cfg.pricing.sms, cfg.pricing.lms) {
+            self.estimated_cost_krw = Some(self.sms as f64 * s + self.lms as f64 * l);
+        }
+    }
+}
+
+/// Composes one recipient's message and counts the outcome.
+fn tally(plan: &mut Plan, composer: &Composer, phone_no: &str, vars: &str) -> anyhow::Result<()> {
+    plan.recipients += 1;
+    match composer.compose_json(vars) {
+        Ok(c) if c.kind == MessageType::Sms => plan.sms += 1,
+        Ok(_) => plan.lms += 1,
+        // A runaway template is the template's fault, not the recipient's: checking
+        // the rest of a large segment would only repeat it, slowly.
+        Err(e) if e.code == "template_error" && e.message.contains(TOO_MUCH_WORK) => {
+            bail!(
+                "{} (for recipient {}); nothing was created",
+                e.message,
+                crate::audit::masked(phone_no)
+            );
+        }
+        Err(e) => {
+            *plan.refused.entry(e.code.clone()).or_default() += 1;
+            if plan.examples.len() < 3 {
+                plan.examples
+                    .push(format!("{}: {}", crate::audit::masked(phone_no), e.message));
             }
         }
     }
-    if let (Some(s), Some(l)) = (cfg.pricing.sms, cfg.pricing.lms) {
-        plan.estimated_cost_krw = Some(plan.sms as f64 * s + plan.lms as f64 * l);
+    Ok(())
+}
+
+/// Reads an SQL segment's query once (now) and composes every recipient it selects; rejected
+/// rows and consent suppressions are counted apart. The snapshot reads it again at the run.
+async fn plan_sql(
+    cfg: &Config,
+    src: &TemplateSource,
+    ad: Option<AdFrame>,
+    seg: &SqlSegment,
+) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
+    let mut composer: Option<Composer> = None;
+    let mut failed: Option<anyhow::Error> = None;
+    let is_ad = ad.is_some();
+    let report = segment_sql::scan(cfg, seg, is_ad, chrono::Utc::now(), &mut |layout, _, r| {
+        let Ok(c) = r else { return true };
+        if c.suppress.is_some() {
+            return true;
+        }
+        let step = match &composer {
+            Some(comp) => tally(&mut plan, comp, c.member.phone.as_str(), &c.member.vars),
+            None => match Composer::new(src, ad.clone()) {
+                Ok(comp) => {
+                    let comp = composer.insert(comp.with_columns(layout.variables.clone()));
+                    tally(&mut plan, comp, c.member.phone.as_str(), &c.member.vars)
+                }
+                Err(e) => Err(e.into()),
+            },
+        };
+        match step {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })
+    .await?;
+    if let Some(e) = failed {
+        return Err(e);
     }
+    plan.suppressed = report.suppressed;
+    plan.rejected_rows = report.rejected;
+    plan.price(cfg);
     Ok(plan)
 }
 
@@ -233,7 +305,21 @@ pub async fn create(
         .create_campaign(&new)
         .await
         .context("storing the campaign")?;
+    link_query(store, id, &plan).await?;
     Ok((id, plan))
+}
+
+/// Records on campaign `id` the SQL segment version its plan was made from (nothing for a CSV
+/// segment). A campaign that does not know its query must not exist: on failure it is deleted.
+pub async fn link_query(store: &dyn Store, id: i64, plan: &Plan) -> anyhow::Result<()> {
+    let Some(version) = plan.sql_segment else {
+        return Ok(());
+    };
+    if let Err(e) = store.link_sql_segment(id, version).await {
+        let _ = store.delete_campaign(id, None).await;
+        return Err(e).context("recording the segment's query on the campaign");
+    }
+    Ok(())
 }
 
 /// Checks everything and returns the campaign to store, with its plan; stores nothing.
@@ -243,7 +329,11 @@ pub async fn prepare(
     req: &CreateRequest,
 ) -> anyhow::Result<(NewCampaign, Plan)> {
     anyhow::ensure!(!req.name.trim().is_empty(), "--name must not be empty");
-    let segment = segment(store, &req.segment).await?;
+    let sql = segment_sql::latest(store, &req.segment).await?;
+    let segment = match &sql {
+        Some(s) => sql_as_segment(s),
+        None => segment(store, &req.segment).await?,
+    };
     let gateway = gateway_list(cfg, &req.gateways)?;
     if req.split && !gateway.contains(',') {
         bail!("--split shares traffic between gateways: give at least two --gateway NAME");
@@ -257,8 +347,13 @@ pub async fn prepare(
         Some(ad_frame(cfg)?)
     };
     let src = load_template(cfg, &req.template, ad.is_some(), req.subject.as_deref())?;
-    let composer = Composer::new(&src, ad.clone())?.with_columns(segment.columns.clone());
-    let plan = plan(store, cfg, &composer, &segment).await?;
+    let mut plan = match &sql {
+        Some(s) => plan_sql(cfg, &src, ad.clone(), s).await?,
+        None => {
+            let composer = Composer::new(&src, ad.clone())?.with_columns(segment.columns.clone());
+            plan(store, cfg, &composer, &segment).await?
+        }
+    };
     if plan.sendable() == 0 {
         bail!(
             "no recipient of segment {:?} can be sent this message; nothing was created\n{}",
@@ -280,7 +375,20 @@ pub async fn prepare(
         brand: ad.as_ref().map(|a| a.brand.clone()),
         optout_number: ad.as_ref().map(|a| a.optout_display.clone()),
     };
+    plan.sql_segment = sql.as_ref().map(|s| s.id);
     Ok((new, plan))
+}
+
+/// An SQL segment in the shape `campaign create` records (`imported_at`: its definition time).
+fn sql_as_segment(s: &SqlSegment) -> Segment {
+    Segment {
+        id: 0,
+        name: s.name.clone(),
+        source: format!("sql:{} v{}", s.source, s.version),
+        columns: Vec::new(),
+        member_count: 0,
+        imported_at: s.defined_at.clone(),
+    }
 }
 
 /// One previewed message.
@@ -320,11 +428,25 @@ pub async fn preview(
     no_ad: bool,
 ) -> anyhow::Result<Vec<PreviewRow>> {
     anyhow::ensure!(limit >= 1, "--limit must be at least 1, got {limit}");
-    let segment = segment(store, segment_name).await?;
     let ad = if no_ad { None } else { Some(ad_frame(cfg)?) };
     let src = load_template(cfg, template, ad.is_some(), None)?;
-    let composer = Composer::new(&src, ad)?.with_columns(segment.columns.clone());
-    let members = store.segment_members(segment.id, 0, limit).await?;
+    let (members, columns) = match segment_sql::latest(store, segment_name).await? {
+        Some(s) => {
+            let (members, columns) =
+                segment_sql::first_members(cfg, &s, limit as usize, ad.is_some()).await?;
+            let members = members
+                .into_iter()
+                .map(|m| (0, m.phone.as_str().to_string(), m.vars, m.night_consent))
+                .collect();
+            (members, columns)
+        }
+        None => {
+            let segment = segment(store, segment_name).await?;
+            let members = store.segment_members(segment.id, 0, limit).await?;
+            (members, segment.columns)
+        }
+    };
+    let composer = Composer::new(&src, ad)?.with_columns(columns);
     Ok(members
         .into_iter()
         .map(|(_, p, vars, _)| PreviewRow {

@@ -25,6 +25,8 @@ use crate::progress;
 use crate::store::{self, AuditFilter, Store};
 use crate::summary::{print_summary, summary_json};
 
+mod sql_segments;
+
 const ABOUT: &str =
     "munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.";
 
@@ -72,7 +74,7 @@ pub enum Command {
     /// Manage the opt-out list (수신거부).
     #[command(subcommand)]
     Optout(OptoutCmd),
-    /// Import and list recipient segments.
+    /// Import, define and list recipient segments (CSV files, or SQL queries on your database).
     #[command(subcommand)]
     Segment(SegmentCmd),
     /// Check and preview message templates.
@@ -138,8 +140,59 @@ pub enum SegmentCmd {
     /// column becomes a template variable; an optional `night_consent` column (true/false, Y/N, 1/0)
     /// allows ads during quiet hours.
     Import { name: String, file: PathBuf },
-    /// List segments.
+    /// List segments: kind (csv or sql), source and size where known.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Define (or redefine) segment NAME as one SELECT on a `[sources.SRC]` database.
+    ///
+    /// The query runs when a campaign on it first runs (and for previews), read-only and
+    /// within the source's statement_timeout_secs. Its columns work like a CSV's:
+    ///   phone          the mobile number (or name another column with --phone-column)
+    ///   night_consent  allows quiet-hour ads
+    ///   ad_consent_at  checked against policy.ad_consent_max_age_days (730)
+    ///   anything else  a template variable
+    /// `:as_of` is bound to the time of the read (the run's start), never pasted in:
+    ///   munja segment define vip --source crm --query \
+    ///     "SELECT mobile AS phone, name FROM customers WHERE grade = 'VIP' AND joined_at < :as_of"
+    /// Redefining keeps the earlier versions; a campaign keeps the version it was created from.
+    #[command(verbatim_doc_comment)]
+    Define {
+        name: String,
+        /// The `[sources.NAME]` of munja.toml to read.
+        #[arg(long)]
+        source: String,
+        /// A file holding the query.
+        #[arg(
+            long,
+            value_name = "FILE.sql",
+            conflicts_with = "query",
+            required_unless_present = "query"
+        )]
+        query_file: Option<PathBuf>,
+        /// The query itself.
+        #[arg(long, value_name = "SQL")]
+        query: Option<String>,
+        /// The column holding the mobile number (default: phone).
+        #[arg(long, value_name = "COLUMN")]
+        phone_column: Option<String>,
+    },
+    /// Print an SQL segment's query, source and versions (add --json for scripts).
+    Show {
+        name: String,
+        /// Print every version's query, oldest first.
+        #[arg(long)]
+        all_versions: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an SQL segment's query now and print its first rows (numbers masked) and the counts of
+    /// the whole result: recipients, rejected rows by reason, expired ad consents.
+    Preview {
+        name: String,
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -443,23 +496,9 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             eprintln!("segment {name}: {} recipients", r.imported);
         }
         Command::Segment(SegmentCmd::List { json }) => {
-            let segs = store.segments().await?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&segs)?)?;
-            } else {
-                for s in segs {
-                    writeln!(
-                        out,
-                        "{:<20} {:>9} recipients  columns: {}  (from {}, {})",
-                        s.name,
-                        s.member_count,
-                        s.columns.join(", "),
-                        s.source,
-                        s.imported_at
-                    )?;
-                }
-            }
+            sql_segments::list(&*store, json, out).await?;
         }
+        Command::Segment(cmd) => return sql_segments::run(cmd, cfg, &*store, out).await,
         Command::Template(TemplateCmd::Check { name, no_ad }) => {
             template_check(cfg, &name, no_ad, out)?;
         }
@@ -771,8 +810,10 @@ async fn campaign_status(
     let counts = store.counts(id).await?;
     let execs = store.executions(id).await?;
     let workers = store.workers(id).await?;
+    let sql = store.campaign_sql_segment(id).await?;
     if json {
         let v = serde_json::json!({
+            "sql_segment": sql,
             "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
             "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "gateways": c.gateways(), "split": c.split, "ad": c.ad,
             "total": counts.total, "pending": counts.pending, "sending": counts.sending,
@@ -800,6 +841,19 @@ async fn campaign_status(
             if c.split { " (split by weight)" } else { "" },
             if c.ad { "ad" } else { "informational" }
         )?;
+        if let Some(l) = &sql {
+            writeln!(
+                out,
+                "  SQL segment {} version {} on source {}: {}",
+                l.segment.name,
+                l.segment.version,
+                l.segment.source,
+                match (&l.as_of, l.rows_read) {
+                    (Some(at), Some(n)) => format!("read at {at} (:as_of), {n} rows"),
+                    _ => "read at the first run".to_string(),
+                }
+            )?;
+        }
         writeln!(
             out,
             "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",

@@ -6,11 +6,15 @@
 //!
 //! Every error names the file, the key and the expected form, so the user can fix it in one go.
 
+mod sources;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
+pub use sources::{DEFAULT_STATEMENT_TIMEOUT_SECS, SourceConfig};
 
 mod kinds;
 pub use kinds::{GatewayKind, NHN_DEFAULT_URL};
@@ -57,6 +61,8 @@ pub struct Config {
     pub policy: Policy,
     pub pricing: Pricing,
     pub gateways: Vec<GatewayConfig>,
+    /// `[sources.NAME]`: company databases that SQL segments read.
+    pub sources: BTreeMap<String, SourceConfig>,
     /// `[server]`: what `munja serve` listens on and how it is guarded.
     pub server: ServerConfig,
 }
@@ -114,6 +120,9 @@ pub struct Policy {
     /// How late `munja serve` still runs an occurrence of a recurring schedule it missed
     /// (it was down); older ones are skipped with a log line.
     pub misfire_grace_secs: u64,
+    /// Ads go only to recipients whose `ad_consent_at` is at most this many days old (the law
+    /// asks to re-confirm ad consent every two years: 730); `None` when set to 0 (off).
+    pub ad_consent_max_age_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -219,6 +228,7 @@ struct RawConfig {
     gateways: Vec<RawGateway>,
     #[serde(default)]
     server: RawServer,
+    sources: BTreeMap<String, sources::RawSource>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +241,7 @@ struct RawPolicy {
     max_consecutive_failures: Option<i64>,
     max_ads_per_recipient: Option<FrequencyCap>,
     misfire_grace_secs: Option<i64>,
+    ad_consent_max_age_days: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +395,7 @@ impl Config {
                 "policy.misfire_grace_secs",
                 &err,
             )? as u64,
+            ad_consent_max_age_days: consent_max_age(p.ad_consent_max_age_days, &err)?,
         };
         let server = server_config(raw.server, &err)?;
 
@@ -414,7 +426,9 @@ impl Config {
             gateways.push(kinds::parse(g, &key, &err)?);
         }
 
+        let sources = sources::validate(raw.sources, &err)?;
         Ok(Config {
+            sources,
             source: path.map(Path::to_path_buf),
             database_url,
             templates_dir,
@@ -696,6 +710,27 @@ fn server_config(
         token_env,
         max_concurrent_runs,
     })
+}
+
+/// Default of `policy.ad_consent_max_age_days`: two years, as the law asks.
+pub const DEFAULT_AD_CONSENT_MAX_AGE_DAYS: u32 = 730;
+
+/// `policy.ad_consent_max_age_days`: 730 by default, 0 turns the check off.
+fn consent_max_age(
+    v: Option<i64>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<u32>, ConfigError> {
+    match v {
+        None => Ok(Some(DEFAULT_AD_CONSENT_MAX_AGE_DAYS)),
+        Some(0) => Ok(None),
+        Some(d) if (1..=i64::from(MAX_CAP_DAYS)).contains(&d) => Ok(Some(d as u32)),
+        Some(d) => Err(err(
+            "policy.ad_consent_max_age_days",
+            format!(
+                "expected days from 1 to {MAX_CAP_DAYS} (730 is the legal two years), or 0 to                  turn the check off; got {d}"
+            ),
+        )),
+    }
 }
 
 fn positive(

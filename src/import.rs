@@ -258,12 +258,11 @@ pub async fn segment(
     path: &Path,
     on_reject: &mut dyn FnMut(&Rejected),
 ) -> anyhow::Result<ImportReport> {
+    check_segment_name(name)?;
     anyhow::ensure!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '_'),
-        "segment name {name:?} is not valid: use letters, digits, '-' and '_'"
+        store.sql_segment_versions(name).await?.is_empty(),
+        "segment {name:?} is an SQL segment (`munja segment show {name}`); a CSV import cannot \
+         replace it: choose another name"
     );
     let src = CsvSource::open(path)?;
     let mut report = ImportReport::default();
@@ -299,9 +298,22 @@ pub async fn segment(
     Ok(report)
 }
 
+/// Refuses a segment name that is not letters, digits, '-' and '_'.
+pub fn check_segment_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_'),
+        "segment name {name:?} is not valid: use letters, digits, '-' and '_'"
+    );
+    Ok(())
+}
+
 /// The segment member of a data row: its number and its other columns as template
-/// variables, `night_consent` apart.
-fn new_member(row: Row) -> Result<NewMember, Rejected> {
+/// variables, `night_consent` apart. CSV files and SQL segments (`crate::segment_sql`) both
+/// go through here, so a row means the same whatever it came from.
+pub(crate) fn new_member(row: Row) -> Result<NewMember, Rejected> {
     let phone = row_phone(&row)?;
     let mut vars = Map::new();
     let mut night_consent = false;

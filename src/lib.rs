@@ -11,6 +11,8 @@
 //! - [`model`]: campaigns, executions, leases, messages and their states (no I/O);
 //! - [`phone`], [`sizing`], [`compliance`], [`template`], [`message`]: the domain rules;
 //! - [`csvin`], [`import`]: reading user CSV files (UTF-8 or CP949) into segments and opt-outs;
+//! - [`segment_sql`]: SQL segments, a query on the company's database read at the first run
+//!   (the query itself runs through [`store::source`]: read-only, timed, streamed);
 //! - [`campaign`]: the checks before a campaign is created, and previews;
 //! - [`store`]: the job repository (SQLite or PostgreSQL), the only place with SQL;
 //! - [`lease`]: one runner per campaign, takeover of dead runs, stop/cancel/delete of a campaign
@@ -45,6 +47,7 @@ pub mod model;
 pub mod phone;
 pub mod progress;
 pub mod schedule;
+pub mod segment_sql;
 pub mod server;
 pub mod sizing;
 pub mod store;

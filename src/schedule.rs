@@ -138,6 +138,7 @@ pub async fn create_at(
         .create_scheduled_campaign(&new, at, None)
         .await
         .context("storing the campaign")?;
+    campaign::link_query(store, id, &plan).await?;
     Ok((id, plan))
 }
 
@@ -291,10 +292,13 @@ async fn occurrence(
         subject: None,
     };
     let made = match campaign::prepare(store, cfg, &req).await {
-        Ok((new, _)) => store
+        Ok((new, plan)) => match store
             .create_scheduled_campaign(&new, at, Some((s.id, at)))
             .await
-            .map_err(anyhow::Error::from),
+        {
+            Ok(id) => campaign::link_query(store, id, &plan).await.map(|()| id),
+            Err(e) => Err(e.into()),
+        },
         Err(e) => Err(e),
     };
     match made {

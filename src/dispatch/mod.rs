@@ -263,7 +263,22 @@ impl LeasedRun<'_> {
             progress: opts.progress.take(),
             sent_now: 0,
         };
-        let outcome = runner.drive(opts.retry_failed, settle_only).await;
+        // An SQL segment is read now, at the first run (a CSV one was imported before).
+        let outcome = if settle_only {
+            Ok(())
+        } else {
+            crate::segment_sql::snapshot_for_run(
+                &**store,
+                self.cfg,
+                campaign,
+                self.worker.execution,
+            )
+            .await
+        };
+        let outcome = match outcome {
+            Ok(()) => runner.drive(opts.retry_failed, settle_only).await,
+            Err(e) => Err(e),
+        };
         // A cancel that emptied the queue before the heartbeat saw it is still a cancel.
         let outcome = match outcome {
             Ok(None)

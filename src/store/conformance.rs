@@ -78,6 +78,7 @@ mod imports;
 mod lifecycle;
 mod outcomes;
 mod schedules;
+mod sql_segments;
 mod workers;
 
 /// The i-th test mobile number.

@@ -31,6 +31,8 @@
 #[cfg(test)]
 mod conformance;
 pub mod postgres;
+pub mod segdefs;
+pub mod source;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -46,6 +48,9 @@ pub use crate::model::{
     Rescued, Schedule, Segment, StoredReport, WorkerRecord, WorkerToken,
 };
 use crate::phone::Phone;
+pub use segdefs::{
+    CampaignSqlSegment, MessageSnapshot, NewSqlSegment, SnapshotRow, SnapshotTotals, SqlSegment,
+};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -247,6 +252,26 @@ pub trait Store: Send + Sync {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String, bool)>>;
+
+    // SQL segments (a query on a `[sources.NAME]` database; see `segdefs`).
+    /// Stores `def` as the next version of its name (version 1 when new) and returns it.
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment>;
+    /// Every version of SQL segment `name`, oldest first (empty when there is none).
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>>;
+    /// The latest version of every SQL segment, by name.
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>>;
+    /// Records that `campaign` was created from SQL segment version `sql_segment_id`: its
+    /// snapshot runs exactly that query text, whatever is defined later.
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()>;
+    /// The SQL segment version `campaign` was created from; `None` for a CSV segment.
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>>;
+    /// Opens the streamed snapshot of `campaign` for its lease holder `execution`; `None` when
+    /// the campaign was snapshotted before.
+    async fn begin_message_snapshot(
+        &self,
+        campaign: i64,
+        execution: i64,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>>;
 
     // Campaigns (job instances).
     async fn create_campaign(&self, c: &NewCampaign) -> Result<i64>;

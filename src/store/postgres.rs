@@ -27,6 +27,7 @@ mod rows;
 mod run;
 mod schedules;
 pub mod scratch;
+mod sql_segments;
 mod workers;
 
 use import::PgImport;
@@ -189,6 +190,34 @@ impl Store for PgStore {
             .run(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        self.define_sql(def).await
+    }
+
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        self.sql_versions(name).await
+    }
+
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        self.sql_latest().await
+    }
+
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        self.link_sql(campaign, sql_segment_id).await
+    }
+
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        self.campaign_sql(campaign).await
+    }
+
+    async fn begin_message_snapshot(
+        &self,
+        campaign: i64,
+        execution: i64,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        self.begin_snapshot(campaign, execution).await
     }
 
     async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {

@@ -30,6 +30,7 @@ mod workers;
 
 use workers::{Tally, tally};
 pub(super) mod schedules;
+mod sql_segments;
 
 /// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
 const FINISHED: &str = "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
@@ -443,6 +444,34 @@ impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
         Ok(())
+    }
+
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        self.define_sql(def).await
+    }
+
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        self.sql_versions(name).await
+    }
+
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        self.sql_latest().await
+    }
+
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        self.link_sql(campaign, sql_segment_id).await
+    }
+
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        self.campaign_sql(campaign).await
+    }
+
+    async fn begin_message_snapshot(
+        &self,
+        campaign: i64,
+        execution: i64,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        self.begin_snapshot(campaign, execution).await
     }
 
     async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {

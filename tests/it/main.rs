@@ -2,7 +2,8 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`, `workers::`, `gateways::`, `delivery::`).
+//! `memory::`, `postgres::`, `workers::`, `gateways::`, `delivery::`, `segments::`,
+//! `server::`, `schedules::`, `dashboard::`).
 
 mod common;
 
@@ -15,6 +16,7 @@ mod memory;
 mod postgres;
 mod resume;
 mod schedules;
+mod segments;
 mod server;
 mod server_process;
 mod workers;

@@ -29,7 +29,7 @@ pub fn test_server_url() -> String {
 }
 
 /// `url` with its database (the path) replaced by `name`; the query string is kept.
-fn with_database(url: &str, name: &str) -> String {
+pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
