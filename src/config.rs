@@ -228,6 +228,7 @@ struct RawConfig {
     gateways: Vec<RawGateway>,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
     sources: BTreeMap<String, sources::RawSource>,
 }
 

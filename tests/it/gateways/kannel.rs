@@ -318,6 +318,55 @@ async fn a_run_killed_mid_way_resends_nothing_without_proof() {
     let doubt = audit.iter().filter(|r| r["status"] == "in_doubt").count();
     assert_eq!(doubt as i64, in_doubt);
 
+    // A delivery report proves one of them sent: the next run settles it as sent, resends
+    // nothing, and leaves the others in doubt.
+    let proved = audit
+        .iter()
+        .find(|r| r["status"] == "in_doubt")
+        .expect("a message in doubt");
+    let (proved_ref, proved_phone) = (
+        proved["ref"].as_str().expect("ref").to_string(),
+        proved["phone"].as_str().expect("phone").to_string(),
+    );
+    let url = match &env.pg {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", env.path("munja.db").display()),
+    };
+    let store = munja::store::open_existing(&url)
+        .await
+        .expect("open the store");
+    store
+        .record_delivery(&munja::model::DeliveryReport {
+            gateway: "kannel".into(),
+            msg_ref: proved_ref.clone(),
+            status: munja::model::ReportStatus::Final(munja::model::DeliveryState::Delivered),
+            code: Some("type 1".into()),
+            at: chrono::Utc::now(),
+        })
+        .await
+        .expect("record the report");
+    let before = k.per_receiver().get(&proved_phone).copied().unwrap_or(0);
+    let o = run_with(&env, &vars, &["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "the rest stay in doubt:\n{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(
+        (n(&st, "sent"), n(&st, "in_doubt")),
+        (sent + 1, in_doubt - 1),
+        "{st}"
+    );
+    let row = env
+        .audit_json(&id)
+        .await
+        .into_iter()
+        .find(|r| r["ref"] == proved_ref.as_str())
+        .expect("the proved row");
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(
+        k.per_receiver().get(&proved_phone).copied().unwrap_or(0),
+        before,
+        "proved by its report, not resent"
+    );
+
     // Only the operator's explicit word resends them.
     let o = run_with(&env, &vars, &["campaign", "run", &id, "--resend-in-doubt"]).await;
     assert_eq!(o.code, 0, "{}", o.all());
