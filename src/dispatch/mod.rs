@@ -347,14 +347,25 @@ impl LeasedRun<'_> {
             }
         }
         let end = ending(id, &outcome, &counts, &failure_reasons);
-        let last = store
+        let finished = store
             .finish_worker(
                 &self.worker,
                 end.status.execution_status().as_str(),
                 &end.message,
             )
-            .await
-            .context("recording the end of this worker")?;
+            .await;
+        let last = match finished {
+            Ok(last) => last,
+            // Rescued or taken over while it failed: its messages are another worker's now.
+            Err(StoreError::LeaseLost { .. }) => {
+                let message = format!("{}; {}", end.message, StopReason::LeaseLost.message());
+                warn!("{message}");
+                return Ok(report(RunStatus::Failed, message, counts, Vec::new()));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context("recording the end of this worker"));
+            }
+        };
         if !last {
             let message = format!(
                 "{}; this worker ended, other workers still run execution {}",

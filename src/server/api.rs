@@ -121,6 +121,10 @@ async fn summary(s: &AppState, c: &Campaign) -> Result<Value, ApiError> {
         "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "ad": c.ad,
         "created_at": c.created_at, "scheduled_at": c.scheduled_at, "schedule_id": c.schedule_id,
         "running": c.lease.is_some(), "counts": k,
+        "deliveries": (k.delivered + k.undelivered > 0).then(|| json!({
+            "delivered": k.delivered, "undelivered": k.undelivered,
+            "no_report_yet": k.sent - k.delivered - k.undelivered,
+        })),
     }))
 }
 

@@ -47,6 +47,11 @@ use super::*;
 /// the memory of one statement).
 const INSERT_BATCH: usize = 5000;
 
+/// How long a session of munja may sit idle inside a transaction before the server ends it
+/// (munja's transactions issue their statements back to back; the longest pauses are between
+/// the batches of an import or a snapshot).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
 /// How long opening waits for a connection before naming the server as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,12 +74,19 @@ impl PgStore {
     /// creates the tables, not the database). Unless `init` is true, a database without
     /// munja's tables is [`StoreError::NoDatabase`], as a missing SQLite file is.
     pub async fn open(url: &str, init: bool) -> Result<PgStore> {
-        let opts = PgConnectOptions::from_str(url).map_err(|e| {
-            StoreError::Unreachable(format!(
-                "database_url is not a valid PostgreSQL URL ({e}); expected \
-                 postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-            ))
-        })?;
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::Unreachable(format!(
+                    "database_url is not a valid PostgreSQL URL ({e}); expected \
+                     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+                ))
+            })?
+            // A worker frozen inside a transaction (stopped, partitioned) would hold its row
+            // lock, and so its claims, for ever: the server ends such a session instead.
+            .options([(
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            )]);
         let server = server_name(&opts);
         let unreachable = |e: sqlx::Error| {
             StoreError::Unreachable(format!(

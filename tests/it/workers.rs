@@ -257,7 +257,9 @@ async fn a_takeover_racing_a_frozen_worker_never_sends_twice() {
     let t = Instant::now();
     let rescued =
         format!("SELECT COUNT(*) FROM workers WHERE id = {worker} AND status = 'ABANDONED'");
-    until(60, "the rescue of the frozen worker", || async {
+    // Frozen between transactions it is rescued once silent for lease_timeout_secs; frozen
+    // inside one, once the server has also ended its idle transaction (60 s).
+    until(150, "the rescue of the frozen worker", || async {
         pg_scalar(&env, &rescued).await == 1
     })
     .await;
