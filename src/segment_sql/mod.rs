@@ -291,9 +291,19 @@ pub async fn first_members(
     Ok((members, report.variables))
 }
 
+/// The `:as_of` of campaign `c`'s query: its scheduled time (a recurring schedule's occurrence
+/// selects "customers who signed up before this run"), else `now`.
+pub fn as_of_for(c: &Campaign, now: DateTime<Utc>) -> DateTime<Utc> {
+    c.scheduled_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(now, |t| t.with_timezone(&Utc))
+}
+
 /// Snapshots campaign `c`'s SQL segment into its messages, if it has one and was not
-/// snapshotted yet: the query runs now (`:as_of` = now), rows stream into one transaction of
-/// munja's database, which commits only when every row is in.
+/// snapshotted yet: the query runs now with `:as_of` = the campaign's scheduled time (or now),
+/// rows stream into one transaction of munja's database, which commits only when every row is
+/// in.
 pub async fn snapshot_for_run(
     store: &dyn Store,
     cfg: &Config,
@@ -328,7 +338,7 @@ async fn snapshot(
     execution: i64,
     seg: &SqlSegment,
 ) -> anyhow::Result<()> {
-    let as_of = Utc::now();
+    let as_of = as_of_for(c, Utc::now());
     let spec = cfg.source(&seg.source)?;
     let mut conv = Converter::new(rules(cfg, seg, c.ad, as_of));
     // Connect to the source before taking munja's write transaction.

@@ -533,4 +533,44 @@ async fn sqlite_source_is_read_with_as_of_bound() {
     assert_eq!(v["rows"][0]["phone"], "010-****-0001", "{}", o.stdout);
     assert_eq!(v["rows"][0]["vars"]["vip"], "true", "{}", o.stdout);
     assert_eq!(v["rows"][0]["vars"]["name"], "한지민", "{}", o.stdout);
+    // A scheduled campaign reads as of its scheduled time: a customer who joins before it is
+    // in, one who joins after is not.
+    let db = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&src.url)
+        .await
+        .expect("open crm.db");
+    sqlx::query(
+        "INSERT INTO customers VALUES (1020000003, '박서준', 0, '2030-01-01 00:00:00'), \
+         (1020000004, '김유진', 0, '2032-01-01 00:00:00')",
+    )
+    .execute(&db)
+    .await
+    .expect("more customers");
+    db.close().await;
+    let id = ok_src(
+        &env,
+        &src,
+        &[
+            "campaign",
+            "create",
+            "--name",
+            "later",
+            "--segment",
+            "lite",
+            "--template",
+            "hello",
+            "--no-ad",
+            "--at",
+            "2031-01-01T10:00:00+09:00",
+        ],
+    )
+    .await
+    .stdout
+    .trim()
+    .to_string();
+    let o = ok_src(&env, &src, &["campaign", "run", &id]).await;
+    assert!(o.stderr.contains("COMPLETED"), "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(st["total"], 2, "joined before 2031 only: {st}");
 }
