@@ -19,13 +19,16 @@ use crate::delivery;
 use crate::dispatch::{self, RunOptions};
 use crate::gateway::sim::{self, SimConfig};
 use crate::import::{self, ImportReport};
-use crate::lease::{self, Holder, StopRequest};
+use crate::lease::{self, StopRequest};
 use crate::phone;
 use crate::progress;
 use crate::store::{self, AuditFilter, Store};
 use crate::summary::{print_summary, summary_json};
 
 mod sql_segments;
+mod status;
+
+use status::{campaign_list, campaign_status};
 
 const ABOUT: &str =
     "munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.";
@@ -796,175 +799,4 @@ async fn campaign_cmd(
         }
     }
     Ok(0)
-}
-
-/// `campaign status`: counts, the lease holder and every execution.
-async fn campaign_status(
-    store: &dyn Store,
-    cfg: &Config,
-    id: i64,
-    json: bool,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let c = store.campaign(id).await?;
-    let counts = store.counts(id).await?;
-    let execs = store.executions(id).await?;
-    let workers = store.workers(id).await?;
-    let sql = store.campaign_sql_segment(id).await?;
-    if json {
-        let v = serde_json::json!({
-            "sql_segment": sql,
-            "id": c.id, "name": c.name, "status": c.status, "exit_message": c.exit_message,
-            "segment": c.segment_name, "template": c.template_name, "gateway": c.gateway, "gateways": c.gateways(), "split": c.split, "ad": c.ad,
-            "total": counts.total, "pending": counts.pending, "sending": counts.sending,
-            "in_doubt": counts.in_doubt,
-            "delivered": counts.delivered, "undelivered": counts.undelivered,
-            "sent": counts.sent, "failed": counts.failed, "suppressed": counts.suppressed,
-            "cancelled": counts.cancelled, "executions": execs, "workers": workers, "lease": c.lease,
-            "scheduled_at": c.scheduled_at, "schedule_id": c.schedule_id,
-        });
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-    } else {
-        writeln!(out, "campaign {} {:?}: {}", c.id, c.name, c.status)?;
-        if let Some(m) = &c.exit_message {
-            writeln!(out, "  {m}")?;
-        }
-        if let (Some(at), "SCHEDULED") = (&c.scheduled_at, c.status.as_str()) {
-            writeln!(out, "  scheduled at {at} (started by `munja serve`)")?;
-        }
-        writeln!(
-            out,
-            "  segment {}, template {}, gateway {}{}, {}",
-            c.segment_name,
-            c.template_name,
-            c.gateways().join(if c.split { " + " } else { " then " }),
-            if c.split { " (split by weight)" } else { "" },
-            if c.ad { "ad" } else { "informational" }
-        )?;
-        if let Some(l) = &sql {
-            writeln!(
-                out,
-                "  SQL segment {} version {} on source {}: {}",
-                l.segment.name,
-                l.segment.version,
-                l.segment.source,
-                match (&l.as_of, l.rows_read) {
-                    (Some(at), Some(n)) => format!("read at {at} (:as_of), {n} rows"),
-                    _ => "read at the first run".to_string(),
-                }
-            )?;
-        }
-        writeln!(
-            out,
-            "  total {}: pending {}, sending {}, in doubt {}, sent {}, failed {}, suppressed {}, cancelled {}",
-            counts.total,
-            counts.pending,
-            counts.sending,
-            counts.in_doubt,
-            counts.sent,
-            counts.failed,
-            counts.suppressed,
-            counts.cancelled
-        )?;
-        if counts.delivered + counts.undelivered > 0 {
-            writeln!(
-                out,
-                "  delivery reports: delivered {}, undelivered {}, none yet {}",
-                counts.delivered,
-                counts.undelivered,
-                counts.sent - counts.delivered - counts.undelivered
-            )?;
-        }
-        if c.lease.is_none() && counts.sending > 0 {
-            writeln!(
-                out,
-                "  {n} messages were left sending by a run that ended before recording them: \
-                 they are in doubt (the gateway may have them); `munja campaign run {id}` \
-                 settles them by lookup, `munja audit --campaign {id} --status sending` lists them",
-                n = counts.sending,
-                id = c.id
-            )?;
-        }
-        if let Some(l) = &c.lease {
-            let gone = matches!(
-                Holder::of(&c, cfg.policy.lease_timeout_secs, store).await?,
-                Holder::Gone(..)
-            );
-            writeln!(
-                out,
-                "  running: execution {} on {} pid {}, heartbeat {}{}",
-                l.execution,
-                l.host,
-                l.pid,
-                l.heartbeat_at.to_rfc3339(),
-                if gone {
-                    " (holder gone: `munja campaign run` takes over)"
-                } else {
-                    ""
-                }
-            )?;
-        }
-        writeln!(out, "  executions:")?;
-        for e in execs {
-            writeln!(
-                out,
-                "   #{:<4} {:<10} {} → {}  read {} sent {} failed {} suppressed {} commits {}  {}",
-                e.id,
-                e.status,
-                e.started_at,
-                e.ended_at.as_deref().unwrap_or("…"),
-                e.read_count,
-                e.sent,
-                e.failed,
-                e.suppressed,
-                e.commits,
-                e.exit_message.as_deref().unwrap_or("")
-            )?;
-            let mine: Vec<_> = workers.iter().filter(|w| w.execution_id == e.id).collect();
-            if mine.len() > 1 || mine.iter().any(|w| w.status == "ABANDONED") {
-                for w in mine {
-                    writeln!(
-                        out,
-                        "      worker {:<4} {:<10} {} pid {}  sent {} failed {} suppressed {} commits {}  {}",
-                        w.id,
-                        w.status,
-                        w.host,
-                        w.pid,
-                        w.sent,
-                        w.failed,
-                        w.suppressed,
-                        w.commits,
-                        w.exit_message.as_deref().unwrap_or("")
-                    )?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `campaign list`.
-async fn campaign_list(store: &dyn Store, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let list = store.campaigns().await?;
-    if json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|c| serde_json::json!({"id": c.id, "name": c.name, "status": c.status, "segment": c.segment_name, "template": c.template_name, "total": c.total, "created_at": c.created_at, "scheduled_at": c.scheduled_at}))
-            .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-    } else {
-        writeln!(
-            out,
-            "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  CREATED",
-            "ID", "NAME", "STATUS", "SEGMENT", "TEMPLATE", "MESSAGES"
-        )?;
-        for c in list {
-            writeln!(
-                out,
-                "{:>4}  {:<24} {:<10} {:<16} {:<16} {:>9}  {}",
-                c.id, c.name, c.status, c.segment_name, c.template_name, c.total, c.created_at
-            )?;
-        }
-    }
-    Ok(())
 }
