@@ -277,6 +277,9 @@ pub struct Rescued {
     pub messages: u64,
     /// Messages other live workers of the campaign have claimed and not yet committed.
     pub others_sending: i64,
+    /// Other STARTED workers silent for a third of the lease timeout: probably dead, rescued
+    /// once the timeout has passed.
+    pub others_silent: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -130,14 +130,18 @@ impl Runner<'_> {
         Ok(rescued)
     }
 
-    /// The queue is dry for this worker: `true` while other workers still hold claims (this
-    /// one waits a little, rescuing them if they die) or a rescue just gave it work.
+    /// The queue is dry for this worker: `true` while other workers still hold claims or look
+    /// dead (this one waits a little, rescuing them once the lease timeout allows) or a rescue
+    /// just gave it work.
     async fn others_still_working(&mut self) -> anyhow::Result<bool> {
         let rescued = self.rescue().await?;
         if rescued.workers > 0 {
             return Ok(true);
         }
-        if rescued.others_sending == 0 || self.ctx.ctl.stopping() {
+        // Done once no other worker holds claims, and none is silent: a worker that died idle
+        // is waited for until the lease timeout lets this one rescue (close) it, so that the
+        // last live worker can end the execution.
+        if (rescued.others_sending == 0 && rescued.others_silent == 0) || self.ctx.ctl.stopping() {
             return Ok(false);
         }
         debug!(

@@ -239,6 +239,15 @@ impl PgStore {
             rescued.workers = gone.len() as u64;
             rescued.messages = n as u64;
         }
+        rescued.others_silent = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM workers WHERE campaign_id = $1 AND status = 'STARTED' AND id <> $2 \
+             AND heartbeat_at < munja_now() - make_interval(secs => $3)",
+        )
+        .bind(w.campaign)
+        .bind(w.worker)
+        .bind(timeout_secs as f64 / 3.0)
+        .fetch_one(&mut *tx)
+        .await?;
         rescued.others_sending = sqlx::query_scalar(
             "SELECT COUNT(*) FROM messages m JOIN workers k ON k.id = m.claimed_by \
              WHERE m.campaign_id = $1 AND m.state = 'sending' AND k.status = 'STARTED' AND k.id <> $2",
