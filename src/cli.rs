@@ -7,28 +7,24 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::audit::{self, Format};
-use crate::campaign::{self, CreateRequest};
+use crate::campaign;
 use crate::config::Config;
 use crate::delivery;
-use crate::dispatch::{self, RunOptions};
 use crate::gateway::sim::{self, SimConfig};
 use crate::import::{self, ImportReport};
-use crate::lease::{self, StopRequest};
 use crate::phone;
-use crate::progress;
 use crate::store::{self, AuditFilter, Store};
-use crate::summary::{print_summary, summary_json};
 
+mod campaign_cmd;
 mod sql_segments;
 mod status;
 
-use status::{campaign_list, campaign_status};
+use campaign_cmd::campaign_cmd;
 
 const ABOUT: &str =
     "munja (문자): send advertising SMS campaigns to large segments, lawfully and exactly once.";
@@ -690,113 +686,6 @@ async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyho
             return Ok(if opted { 0 } else { 1 });
         }
         OptoutCmd::Sync { .. } => unreachable!("handled by run_command"),
-    }
-    Ok(0)
-}
-
-async fn campaign_cmd(
-    cmd: CampaignCmd,
-    cfg: &Config,
-    store: Arc<dyn Store>,
-    out: &mut dyn Write,
-) -> anyhow::Result<i32> {
-    match cmd {
-        CampaignCmd::Create {
-            name,
-            segment,
-            template,
-            gateways,
-            split,
-            no_ad,
-            subject,
-            at,
-        } => {
-            let req = CreateRequest {
-                name,
-                segment,
-                template,
-                gateways,
-                split,
-                no_ad,
-                subject,
-            };
-            let id = crate::cli_schedule::create(&*store, cfg, &req, at.as_deref()).await?;
-            writeln!(out, "{id}")?;
-        }
-        CampaignCmd::Schedule { id, at, now } => {
-            crate::cli_schedule::set(&*store, cfg, id, at.as_deref(), now).await?;
-        }
-        CampaignCmd::Unschedule { id } => {
-            crate::schedule::set(&*store, cfg, id, None).await?;
-            eprintln!("campaign {id} unscheduled: CREATED, started only by hand or a new schedule");
-        }
-        CampaignCmd::Run {
-            id,
-            retry_failed,
-            resend_in_doubt,
-            json,
-        } => {
-            let opts = RunOptions {
-                retry_failed,
-                resend_in_doubt,
-                handle_signals: true,
-                progress: Some(progress::for_stderr(Duration::from_secs(3))),
-                ..Default::default()
-            };
-            let report = dispatch::run(store, cfg, id, opts).await?;
-            print_summary(&report);
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summary_json(&report))?
-                )?;
-            }
-            return Ok(report.status.exit_code());
-        }
-        CampaignCmd::Status { id, json } => {
-            campaign_status(&*store, cfg, id, json, out).await?;
-        }
-        CampaignCmd::List { json } => {
-            campaign_list(&*store, json, out).await?;
-        }
-        CampaignCmd::Stop { id } => {
-            match lease::request_stop(&*store, id, cfg.policy.lease_timeout_secs).await? {
-                StopRequest::Requested => eprintln!(
-                    "stop requested: the run finishes its in-flight requests, commits and exits"
-                ),
-                StopRequest::NotRunning(status) => {
-                    eprintln!("campaign {id} is not running (status {status})");
-                    return Ok(1);
-                }
-                StopRequest::HolderGone => {
-                    eprintln!(
-                        "campaign {id} is not running: its process is gone. `munja campaign run {id}` \
-                         resumes it; `munja campaign cancel {id}` cancels it"
-                    );
-                    return Ok(1);
-                }
-            }
-        }
-        CampaignCmd::Cancel { id } => {
-            let r = lease::cancel(&*store, id, cfg.policy.lease_timeout_secs).await?;
-            eprintln!(
-                "campaign {id} cancelled: {} pending messages will never be sent",
-                r.cancelled
-            );
-            if r.in_doubt > 0 {
-                eprintln!(
-                    "{} messages are in doubt (the gateway may have them): `munja campaign run {id}` \
-                     looks them up and records them as sent or cancelled; it sends nothing",
-                    r.in_doubt
-                );
-            }
-        }
-        CampaignCmd::SyncResults { .. } => unreachable!("handled by run_command"),
-        CampaignCmd::Delete { id } => {
-            lease::delete(&*store, id, cfg.policy.lease_timeout_secs).await?;
-            eprintln!("campaign {id} deleted with its messages and logs");
-        }
     }
     Ok(0)
 }
