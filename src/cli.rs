@@ -269,8 +269,12 @@ pub enum CampaignCmd {
     Unschedule { id: i64 },
     /// Run (or resume) a campaign. Exit 0 COMPLETED, 2 STOPPED (resumable), 1 FAILED or nothing
     /// sent. Ctrl-C / SIGTERM stops after the in-flight requests; a second one abandons them
-    /// (their messages stay in doubt, settled by lookup on the next run).
+    /// (their messages stay in doubt, settled by lookup on the next run). On PostgreSQL, start
+    /// it on several processes or hosts to share the campaign: each is a worker of the same
+    /// execution, and survivors rescue a dead worker's messages; on SQLite a second run of the
+    /// same campaign is refused.
     Run {
+        /// The campaign id (`munja campaign list`).
         id: i64,
         /// Re-queue messages whose attempts ran out on transient errors (never permanent ones).
         #[arg(long)]
