@@ -2,6 +2,10 @@
 //! SQLite file and a fresh PostgreSQL database (created on the server of `MUNJA_TEST_PG_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/test`, and dropped afterwards).
 //!
+//! Time is injected: a check moves the store's clock ([`Clock::advance`]) to see a lease, a
+//! worker's claims, a launch claim or the rate budget expire or refill at a chosen instant, on
+//! both backends, instead of sleeping or relying on zero timeouts.
+//!
 //! Each check is an `async fn(Arc<dyn Store>)`; [`conformance!`] makes one `#[tokio::test]` per
 //! backend of it. The PostgreSQL half fails, never skips, when the server is unreachable: the
 //! message says how to start it. Run with `cargo test --lib store::conformance`.

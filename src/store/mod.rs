@@ -27,7 +27,12 @@
 //! - imports: one transaction each, invisible until `commit`; a segment's old members stay
 //!   readable until then;
 //! - reads (`counts`, `audit`, `in_doubt`, …): one statement each, committed data only.
+//!
+//! Times: every comparison of a lease, claim or launch with "now" is made by the store's
+//! [`Clock`], never by the caller's; a time handed back for the caller to compare with its own
+//! clock (a lease's last heartbeat) is converted to it first ([`Clock::to_local`]).
 
+pub mod clock;
 #[cfg(test)]
 mod conformance;
 pub mod postgres;
@@ -48,6 +53,7 @@ pub use crate::model::{
     Rescued, Schedule, Segment, StoredReport, WorkerRecord, WorkerToken,
 };
 use crate::phone::Phone;
+pub use clock::Clock;
 pub use segdefs::{
     CampaignSqlSegment, MessageSnapshot, NewSqlSegment, SnapshotRow, SnapshotTotals, SqlSegment,
 };
@@ -218,6 +224,9 @@ pub trait Import: Send {
 pub trait Store: Send + Sync {
     /// Creates the schema or brings it up to date; harmless to repeat.
     async fn migrate(&self) -> Result<()>;
+    /// The clock this store judges leases, claim expiries and the rate budget by (the
+    /// database server's on PostgreSQL); its tests move it to check expiry at a chosen time.
+    fn clock(&self) -> &Clock;
 
     // Opt-outs (수신거부).
     async fn begin_optout_import(&self, source: &str) -> Result<Box<dyn Import>>;

@@ -14,7 +14,8 @@
 //!   segment `FOR SHARE`, so it never copies a half-replaced list.
 //!
 //! Times that leases and expiries are compared by come from the database clock (`munja_now()`,
-//! milliseconds). A [`Lease`]'s `heartbeat_at` is handed out in this machine's clock: now minus
+//! milliseconds, and `munja_clock_now()` where the moment of the call matters), plus the
+//! [`Clock`]'s offset, which only tests move (migration 0008). A [`Lease`]'s `heartbeat_at` is handed out in this machine's clock: now minus
 //! the age the database measured, so a caller comparing it with `Utc::now()` gets the true age
 //! even when the two clocks disagree.
 //!
@@ -57,6 +58,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PgStore {
     pool: PgPool,
+    clock: Clock,
 }
 
 /// `host:port/database` of a PostgreSQL URL, for messages: never the user's password.
@@ -67,6 +69,32 @@ pub fn server_name(opts: &PgConnectOptions) -> String {
         opts.get_port(),
         opts.get_database().unwrap_or(opts.get_username())
     )
+}
+
+/// Has every connection the pool hands out read the clock's offset (`munja.clock_offset_ms`,
+/// added by `munja_now()`) once a test has moved it; an unmoved clock costs nothing.
+fn with_clock(pool: PgPoolOptions, clock: &Clock) -> PgPoolOptions {
+    let (on_connect, on_acquire) = (clock.clone(), clock.clone());
+    pool.after_connect(move |conn, _| {
+        let clock = on_connect.clone();
+        Box::pin(async move { set_clock_offset(conn, &clock).await })
+    })
+    .before_acquire(move |conn, _| {
+        let clock = on_acquire.clone();
+        Box::pin(async move { set_clock_offset(conn, &clock).await.map(|()| true) })
+    })
+}
+
+async fn set_clock_offset(conn: &mut sqlx::PgConnection, clock: &Clock) -> sqlx::Result<()> {
+    let offset = clock.offset_ms();
+    if offset != 0 {
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(clock::OFFSET_SETTING)
+            .bind(offset.to_string())
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 impl PgStore {
@@ -103,7 +131,8 @@ impl PgStore {
             .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
             .map_err(unreachable)?;
         let _ = probe.close().await;
-        let pool = PgPoolOptions::new()
+        let clock = Clock::default();
+        let pool = with_clock(PgPoolOptions::new(), &clock)
             .max_connections(8)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(opts)
@@ -120,7 +149,7 @@ impl PgStore {
                 )));
             }
         }
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, clock })
     }
 
     /// Runs a `DELETE … WHERE id IN (SELECT … < $1 LIMIT $2)` until it deletes nothing.
@@ -448,6 +477,10 @@ impl Store for PgStore {
 
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         self.delete(campaign, expected_lease).await
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn several_workers(&self) -> bool {

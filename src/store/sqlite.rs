@@ -53,6 +53,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file as opened; every write checks it is still the same file.
     file: Option<FileIdentity>,
+    clock: Clock,
 }
 
 impl SqliteStore {
@@ -106,7 +107,11 @@ impl SqliteStore {
         } else {
             None
         };
-        Ok(SqliteStore { pool, file })
+        Ok(SqliteStore {
+            pool,
+            file,
+            clock: Clock::default(),
+        })
     }
 
     /// One attempt of [`Store::finish_execution`].
@@ -127,7 +132,7 @@ impl SqliteStore {
         .bind(status)
         .bind(exit_code)
         .bind(exit_message)
-        .bind(now())
+        .bind(self.now())
         .bind(execution)
         .execute(&mut *tx)
         .await?;
@@ -209,15 +214,16 @@ impl SqliteStore {
         Ok(total)
     }
 
+    /// The store's clock as the text every time column holds.
+    fn now(&self) -> String {
+        ts(self.clock.now())
+    }
+
     /// Every write transaction starts here, after checking the file is still the one opened.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
         self.check_file()?;
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
-}
-
-fn now() -> String {
-    ts(Utc::now())
 }
 
 /// The execution holding the campaign's lease, if any; `NotFound` for an unknown campaign.
@@ -242,7 +248,8 @@ async fn fence(tx: &mut Transaction<'static, Sqlite>, campaign: i64, execution: 
     }
 }
 
-fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
+/// A campaign row; its lease's heartbeat as the caller's clock puts it (see [`Clock::to_local`]).
+fn campaign_from_row(r: &sqlx::sqlite::SqliteRow, clock: &Clock) -> Result<Campaign> {
     let lease = match r.try_get::<Option<i64>, _>("lease_execution")? {
         Some(execution) => Some(Lease {
             execution,
@@ -256,7 +263,7 @@ fn campaign_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Campaign> {
             heartbeat_at: r
                 .try_get::<Option<String>, _>("lease_heartbeat_at")?
                 .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-                .map(|t| t.with_timezone(&Utc))
+                .map(|t| clock.to_local(t.with_timezone(&Utc)))
                 .unwrap_or_else(Utc::now),
         }),
         None => None,
@@ -377,13 +384,14 @@ struct SqliteImport {
     segment_id: Option<i64>,
     next_seq: i64,
     total: i64,
+    clock: Clock,
 }
 
 #[async_trait]
 impl Import for SqliteImport {
     async fn add_optouts(&mut self, phones: &[Phone]) -> Result<ImportCounts> {
         let mut counts = ImportCounts::default();
-        let at = now();
+        let at = ts(self.clock.now());
         for batch in phones.chunks(INSERT_BATCH) {
             let mut qb =
                 QueryBuilder::<Sqlite>::new("INSERT INTO optouts (phone, source, created_at) ");
@@ -480,6 +488,7 @@ impl Store for SqliteStore {
             segment_id: None,
             next_seq: 0,
             total: 0,
+            clock: self.clock.clone(),
         }))
     }
 
@@ -489,7 +498,7 @@ impl Store for SqliteStore {
         )
         .bind(phone.as_str())
         .bind(source)
-        .bind(now())
+        .bind(self.now())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -552,7 +561,7 @@ impl Store for SqliteStore {
                 )
                 .bind(source)
                 .bind(&cols)
-                .bind(now())
+                .bind(self.now())
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -564,7 +573,7 @@ impl Store for SqliteStore {
             .bind(name)
             .bind(source)
             .bind(&cols)
-            .bind(now())
+            .bind(self.now())
             .fetch_one(&mut *tx)
             .await?,
         };
@@ -573,6 +582,7 @@ impl Store for SqliteStore {
             segment_id: Some(id),
             next_seq: 1,
             total: 0,
+            clock: self.clock.clone(),
         }))
     }
 
@@ -632,14 +642,16 @@ impl Store for SqliteStore {
                     "no campaign with id {id}; `munja campaign list` shows the existing ones"
                 ))
             })?;
-        campaign_from_row(&row)
+        campaign_from_row(&row, &self.clock)
     }
 
     async fn campaigns(&self) -> Result<Vec<Campaign>> {
         let rows = sqlx::query("SELECT * FROM campaigns ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(campaign_from_row).collect()
+        rows.iter()
+            .map(|r| campaign_from_row(r, &self.clock))
+            .collect()
     }
 
     async fn counts(&self, campaign: i64) -> Result<Counts> {
@@ -718,6 +730,10 @@ impl Store for SqliteStore {
 
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         self.delete(campaign, expected_lease).await
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn several_workers(&self) -> bool {

@@ -9,13 +9,23 @@ conformance!(
     concurrent_takers_never_share_a_token,
 );
 
-/// At 1 token a second a slow test machine adds at most a few tokens between two calls.
+/// At 1 token a second a slow test machine adds at most a few tokens between two calls; the
+/// store's clock, moved forward, stands for the time that refills the bucket.
 async fn a_new_bucket_grants_its_burst_and_then_only_what_the_rate_refills(s: Arc<dyn Store>) {
     assert_eq!(s.take_tokens("gw", 8, 1, 10).await.expect("take"), 8);
     let rest = s.take_tokens("gw", 8, 1, 10).await.expect("take");
     assert!((2..=4).contains(&rest), "granted {rest} of the 2 left");
     let empty = s.take_tokens("gw", 8, 1, 10).await.expect("take");
     assert!(empty <= 2, "an emptied bucket granted {empty}");
+    s.clock().advance(std::time::Duration::from_secs(5));
+    let refilled = s.take_tokens("gw", 100, 1, 10).await.expect("take");
+    assert!(
+        (5..=7).contains(&refilled),
+        "5 s at 1/s refilled {refilled}"
+    );
+    // A long idle time fills the bucket to its burst, never beyond.
+    s.clock().advance(std::time::Duration::from_secs(600));
+    assert_eq!(s.take_tokens("gw", 100, 1, 10).await.expect("take"), 10);
     // Another gateway has its own full bucket; asking for 0 takes nothing.
     assert_eq!(s.take_tokens("other", 0, 1, 10).await.expect("take"), 0);
     assert_eq!(s.take_tokens("other", 100, 1, 10).await.expect("take"), 10);

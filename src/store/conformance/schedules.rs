@@ -129,6 +129,7 @@ async fn schedules_are_added_paused_marked_and_removed_by_name(s: Arc<dyn Store>
 }
 
 async fn one_of_several_servers_claims_a_launch_until_it_expires(s: Arc<dyn Store>) {
+    const TTL_MS: i64 = 60_000;
     import_segment(&*s, "cl", 0..2).await;
     let seg = s.segment("cl").await.expect("segment").expect("exists");
     let c = s
@@ -138,7 +139,7 @@ async fn one_of_several_servers_claims_a_launch_until_it_expires(s: Arc<dyn Stor
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let s = s.clone();
-        set.spawn(async move { s.claim_launch(c, "SCHEDULED", 400).await });
+        set.spawn(async move { s.claim_launch(c, "SCHEDULED", TTL_MS).await });
     }
     let mut won = 0;
     while let Some(r) = set.join_next().await {
@@ -146,14 +147,16 @@ async fn one_of_several_servers_claims_a_launch_until_it_expires(s: Arc<dyn Stor
     }
     assert_eq!(won, 1, "exactly one claim wins");
     // A claim for a status the campaign no longer has, or for an unknown one, never wins.
-    assert!(!s.claim_launch(c, "STOPPED", 400).await.expect("claim"));
+    assert!(!s.claim_launch(c, "STOPPED", TTL_MS).await.expect("claim"));
     assert!(
-        !s.claim_launch(c + 100, "SCHEDULED", 400)
+        !s.claim_launch(c + 100, "SCHEDULED", TTL_MS)
             .await
             .expect("claim")
     );
-    // Once it expires, the next claim wins.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(s.claim_launch(c, "SCHEDULED", 400).await.expect("claim"));
-    assert!(!s.claim_launch(c, "SCHEDULED", 400).await.expect("claim"));
+    // Until it expires by the store's clock nobody else wins; then the next claim does.
+    s.clock().advance(std::time::Duration::from_secs(58));
+    assert!(!s.claim_launch(c, "SCHEDULED", TTL_MS).await.expect("claim"));
+    s.clock().advance(std::time::Duration::from_secs(3));
+    assert!(s.claim_launch(c, "SCHEDULED", TTL_MS).await.expect("claim"));
+    assert!(!s.claim_launch(c, "SCHEDULED", TTL_MS).await.expect("claim"));
 }

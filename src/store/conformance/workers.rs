@@ -2,6 +2,8 @@
 //! rescue of a dead worker's claims, fencing of the rescued worker, the last worker's end.
 //! On a store with one worker per campaign (SQLite) joining is refused, and that is checked.
 
+use std::time::Duration;
+
 use super::*;
 
 conformance!(
@@ -150,19 +152,27 @@ async fn a_dead_worker_is_rescued_and_fenced_off(s: Arc<dyn Store>) {
     let dead = rows.iter().find(|r| r.id == a.worker).expect("a");
     assert_eq!(dead.status, "ABANDONED");
     assert!(dead.ended_at.is_some());
-    // A silent worker is rescued by the timeout of the database clock.
+    // A silent worker is rescued once it has been silent for the timeout by the store's
+    // clock, and not a moment before; one that beats in time is left alone.
     let Some(d) = join(&*s, a, "host-d").await else {
         return;
     };
     claim(&*s, c, d, 1).await;
-    let r = loop {
-        let r = s.rescue(&b, 0, &[]).await.expect("rescue");
-        if r.workers > 0 {
-            break r;
-        }
-        tokio::task::yield_now().await;
-    };
-    assert_eq!((r.workers, r.messages), (1, 1));
+    s.clock().advance(Duration::from_secs(25));
+    let r = s.rescue(&b, 30, &[]).await.expect("rescue");
+    let silent_but_within_the_timeout = (0, 0, 1, 1);
+    assert_eq!(
+        (r.workers, r.messages, r.others_sending, r.others_silent),
+        silent_but_within_the_timeout
+    );
+    s.heartbeat(&b).await.expect("b beats");
+    s.clock().advance(Duration::from_secs(10));
+    let r = s.rescue(&b, 30, &[]).await.expect("rescue");
+    assert_eq!(
+        (r.workers, r.messages, r.others_sending, r.others_silent),
+        (1, 1, 0, 0)
+    );
+    assert!(s.heartbeat(&b).await.is_ok(), "the rescuer beat 10 s ago");
 }
 
 async fn only_the_last_worker_ends_the_execution(s: Arc<dyn Store>) {

@@ -1,8 +1,9 @@
 //! The PostgreSQL side of the shared rate limit: one token bucket row per gateway name, refilled
 //! by the database clock and taken from in one transaction. The upsert locks the bucket's row
 //! until commit, so concurrent takers (any worker, any campaign) queue on it and never share a
-//! token. `clock_timestamp()`, not `now()`: a taker that waited on the lock must refill from the
-//! moment it got the row, not from when its transaction began.
+//! token. `munja_clock_now()` (the store's clock read at the call, see migration 0008), not
+//! `munja_now()`: a taker that waited on the lock must refill from the moment it got the row,
+//! not from when its transaction began.
 
 use super::*;
 
@@ -20,11 +21,11 @@ impl PgStore {
         // (a clock that went back adds nothing).
         let tokens: f64 = sqlx::query_scalar(
             "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) \
-             VALUES ($1, $3, clock_timestamp()) \
+             VALUES ($1, $3, munja_clock_now()) \
              ON CONFLICT (gateway) DO UPDATE SET \
              tokens = LEAST($3, gateway_buckets.tokens + GREATEST(0.0, \
-                 EXTRACT(EPOCH FROM clock_timestamp() - gateway_buckets.refilled_at)::float8) * $2), \
-             refilled_at = clock_timestamp() \
+                 EXTRACT(EPOCH FROM munja_clock_now() - gateway_buckets.refilled_at)::float8) * $2), \
+             refilled_at = munja_clock_now() \
              RETURNING tokens",
         )
         .bind(gateway)

@@ -9,8 +9,9 @@ pub(super) fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(ts)
 }
 
-/// Columns of a campaign row plus the age of its heartbeat on the database clock.
-pub(super) const CAMPAIGN_COLS: &str = "*, (EXTRACT(EPOCH FROM (clock_timestamp() - lease_heartbeat_at)) \
+/// Columns of a campaign row plus the age of its heartbeat by the store's clock, read at the
+/// call (`munja_clock_now()`, migration 0008).
+pub(super) const CAMPAIGN_COLS: &str = "*, (EXTRACT(EPOCH FROM (munja_clock_now() - lease_heartbeat_at)) \
      * 1000)::BIGINT AS lease_age_ms";
 
 pub(super) fn campaign_from_row(r: &PgRow) -> Result<Campaign> {

@@ -52,7 +52,7 @@ impl SqliteStore {
         .bind(r.status.as_str())
         .bind(&r.code)
         .bind(ts(r.at))
-        .bind(now())
+        .bind(self.now())
         .bind(effect.as_str())
         .execute(&mut *tx)
         .await?;

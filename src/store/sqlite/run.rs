@@ -43,7 +43,7 @@ impl SqliteStore {
                 break;
             }
         }
-        let at = now();
+        let at = self.now();
         if holder.is_some() && holder == dead_lease {
             sqlx::query(
                 "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = ?, \
@@ -182,7 +182,7 @@ impl SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query("UPDATE campaigns SET snapshot_at = ?, total = ? WHERE id = ?")
-            .bind(now())
+            .bind(self.now())
             .bind(total as i64)
             .bind(campaign)
             .execute(&mut *tx)
@@ -344,7 +344,7 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        let at = now();
+        let at = self.now();
         // One statement per INSERT_BATCH messages, not one per message.
         for batch in updates.chunks(INSERT_BATCH) {
             let mut qb = QueryBuilder::<Sqlite>::new(

@@ -69,7 +69,7 @@ impl SqliteStore {
         .bind(&c.brand)
         .bind(&c.optout_number)
         .bind(status)
-        .bind(now())
+        .bind(self.now())
         .bind(at.map(ts))
         .bind(occurrence.map(|o| o.0))
         .bind(occurrence.map(|o| ts(o.1)))
@@ -115,7 +115,7 @@ impl SqliteStore {
         ttl_ms: i64,
     ) -> Result<bool> {
         self.check_file()?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let n = sqlx::query(
             "UPDATE campaigns SET launch_claim_until = ?1 WHERE id = ?2 AND status = ?3 \
              AND (launch_claim_until IS NULL OR launch_claim_until < ?4)",
@@ -152,7 +152,7 @@ impl SqliteStore {
         .bind(&s.gateway)
         .bind(s.ad)
         .bind(&s.cron)
-        .bind(now())
+        .bind(self.now())
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {

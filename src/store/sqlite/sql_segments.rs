@@ -36,7 +36,7 @@ impl SqliteStore {
         .bind(&def.source)
         .bind(&def.query)
         .bind(&def.phone_column)
-        .bind(now())
+        .bind(self.now())
         .fetch_one(&mut *tx)
         .await?;
         let seg = sql_segment_from_row(&row)?;
@@ -123,6 +123,7 @@ impl SqliteStore {
             execution,
             uid,
             total: 0,
+            clock: self.clock.clone(),
         })))
     }
 }
@@ -133,6 +134,7 @@ struct SqliteSnapshot {
     execution: i64,
     uid: String,
     total: u64,
+    clock: Clock,
 }
 
 #[async_trait]
@@ -186,7 +188,7 @@ impl MessageSnapshot for SqliteSnapshot {
         .fetch_one(&mut **tx)
         .await?;
         sqlx::query("UPDATE campaigns SET snapshot_at = ?, total = ? WHERE id = ?")
-            .bind(now())
+            .bind(ts(self.clock.now()))
             .bind(self.total as i64)
             .bind(self.campaign)
             .execute(&mut **tx)

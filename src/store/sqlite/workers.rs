@@ -45,7 +45,7 @@ impl SqliteStore {
                 holder.unwrap_or_default()
             )));
         }
-        let at = now();
+        let at = self.now();
         // Close whatever an earlier holder left STARTED: a dead run is never left STARTED.
         for table in ["executions", "workers"] {
             let extra = if table == "executions" {
@@ -108,7 +108,7 @@ impl SqliteStore {
     /// [`Store::heartbeat`].
     pub(super) async fn beat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
         self.check_file()?;
-        let at = now();
+        let at = self.now();
         let row: Option<(bool, bool)> = sqlx::query_as(
             "UPDATE campaigns SET lease_heartbeat_at = ? WHERE id = ? AND lease_execution = ? \
              RETURNING stop_requested, cancel_requested",
@@ -144,7 +144,7 @@ impl SqliteStore {
         )
         .bind(status)
         .bind(exit_message)
-        .bind(now())
+        .bind(self.now())
         .bind(w.worker)
         .execute(&mut *tx)
         .await?;
