@@ -233,34 +233,237 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
-        self.define_sql(def).await
+    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
+        self.create(c).await
     }
 
-    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        self.sql_versions(name).await
+    async fn campaign(&self, id: i64) -> Result<Campaign> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| no_campaign(id))?;
+        campaign_from_row(&row)
     }
 
-    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
-        self.sql_latest().await
+    async fn campaigns(&self) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(campaign_from_row).collect()
     }
 
-    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
-        self.link_sql(campaign, sql_segment_id).await
+    async fn counts(&self, campaign: i64) -> Result<Counts> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY state",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut c = Counts::default();
+        for (state, n) in rows {
+            c.total += n;
+            match MessageState::parse(&state) {
+                Some(MessageState::Pending) => c.pending = n,
+                Some(MessageState::Sending) => c.sending = n,
+                Some(MessageState::InDoubt) => c.in_doubt = n,
+                Some(MessageState::Sent) => c.sent = n,
+                Some(MessageState::Failed) => c.failed = n,
+                Some(MessageState::Suppressed) => c.suppressed = n,
+                Some(MessageState::Cancelled) => c.cancelled = n,
+                None => {}
+            }
+        }
+        let delivery: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = $1 \
+             AND delivery IS NOT NULL GROUP BY delivery",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        crate::store::add_delivery_counts(&mut c, delivery);
+        Ok(c)
     }
 
-    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        self.campaign_sql(campaign).await
+    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
+        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = $1 ORDER BY id")
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(execution_from_row).collect()
     }
 
-    async fn begin_message_snapshot(
+    async fn request_stop(&self, campaign: i64) -> Result<()> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "UPDATE campaigns SET stop_requested = (lease_execution IS NOT NULL) OR stop_requested \
+             WHERE id = $1 RETURNING id",
+        )
+        .bind(campaign)
+        .fetch_optional(&self.pool)
+        .await?;
+        found.map(|_| ()).ok_or_else(|| no_campaign(campaign))
+    }
+
+    async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
+        self.cancel_campaign(campaign, dead_lease).await
+    }
+
+    async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
+        self.delete(campaign, expected_lease).await
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
+        self.take_bucket_tokens(gateway, want, rate, burst).await
+    }
+
+    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE campaign_id = $1 AND state = 'pending' \
+             AND NOT night_consent)",
+        )
+        .bind(campaign)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
+             WHERE campaign_id = $1 AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT $2",
+        )
+        .bind(campaign)
+        .bind(row_limit(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        lock_campaign(&mut tx, campaign).await?;
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'pending', reason = NULL, retryable = FALSE \
+             WHERE campaign_id = $1 AND state = 'in_doubt'",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        lock_campaign(&mut tx, campaign).await?;
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'pending', retryable = FALSE \
+             WHERE campaign_id = $1 AND state = 'failed' AND retryable",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn finish_execution(
         &self,
-        campaign: i64,
-        execution: i64,
-    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
-        self.begin_snapshot(campaign, execution).await
+        w: &WorkerToken,
+        status: &str,
+        exit_code: &str,
+        exit_message: &str,
+        campaign_status: &str,
+    ) -> Result<()> {
+        let (campaign, execution) = (w.campaign, w.execution);
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, campaign, execution).await?;
+        sqlx::query(
+            "UPDATE executions SET status = $1, exit_code = $2, exit_message = $3, \
+             ended_at = munja_now() WHERE id = $4",
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(exit_message)
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaigns SET status = $1, exit_message = $2, lease_execution = NULL, \
+             lease_host = NULL, lease_pid = NULL, lease_process = NULL, lease_heartbeat_at = NULL, \
+             stop_requested = FALSE WHERE id = $3",
+        )
+        .bind(campaign_status)
+        .bind(exit_message)
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
+        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
+        const FINISHED: &str =
+            "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
+        let attempts_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
+                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < $1 LIMIT $2)"
+                ),
+                before,
+                batch,
+            )
+            .await?;
+        let executions_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
+                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
+                     AND e.ended_at IS NOT NULL AND e.ended_at < $1 LIMIT $2)"
+                ),
+                before,
+                batch,
+            )
+            .await?;
+        let usage = self.disk_usage().await?;
+        Ok(PurgeReport {
+            attempts_deleted,
+            executions_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        })
+    }
+
+    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
+    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(DiskUsage {
+            db_bytes: u64::try_from(bytes).unwrap_or(0),
+            free_bytes: 0,
+        })
+    }
+}
+
+#[async_trait]
+impl ImportStore for PgStore {
     async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
         Ok(Box::new(PgImport {
             tx: self.pool.begin().await?,
@@ -395,94 +598,41 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?)
     }
+}
 
-    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        self.create(c).await
+#[async_trait]
+impl SqlSegmentStore for PgStore {
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        self.define_sql(def).await
     }
 
-    async fn campaign(&self, id: i64) -> Result<Campaign> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| no_campaign(id))?;
-        campaign_from_row(&row)
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        self.sql_versions(name).await
     }
 
-    async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CAMPAIGN_COLS} FROM campaigns ORDER BY id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(campaign_from_row).collect()
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        self.sql_latest().await
     }
 
-    async fn counts(&self, campaign: i64) -> Result<Counts> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY state",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut c = Counts::default();
-        for (state, n) in rows {
-            c.total += n;
-            match MessageState::parse(&state) {
-                Some(MessageState::Pending) => c.pending = n,
-                Some(MessageState::Sending) => c.sending = n,
-                Some(MessageState::InDoubt) => c.in_doubt = n,
-                Some(MessageState::Sent) => c.sent = n,
-                Some(MessageState::Failed) => c.failed = n,
-                Some(MessageState::Suppressed) => c.suppressed = n,
-                Some(MessageState::Cancelled) => c.cancelled = n,
-                None => {}
-            }
-        }
-        let delivery: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = $1 \
-             AND delivery IS NOT NULL GROUP BY delivery",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        crate::store::add_delivery_counts(&mut c, delivery);
-        Ok(c)
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        self.link_sql(campaign, sql_segment_id).await
     }
 
-    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = $1 ORDER BY id")
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(execution_from_row).collect()
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        self.campaign_sql(campaign).await
     }
 
-    async fn request_stop(&self, campaign: i64) -> Result<()> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "UPDATE campaigns SET stop_requested = (lease_execution IS NOT NULL) OR stop_requested \
-             WHERE id = $1 RETURNING id",
-        )
-        .bind(campaign)
-        .fetch_optional(&self.pool)
-        .await?;
-        found.map(|_| ()).ok_or_else(|| no_campaign(campaign))
+    async fn begin_message_snapshot(
+        &self,
+        campaign: i64,
+        execution: i64,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        self.begin_snapshot(campaign, execution).await
     }
+}
 
-    async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
-        self.cancel_campaign(campaign, dead_lease).await
-    }
-
-    async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
-        self.delete(campaign, expected_lease).await
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
+#[async_trait]
+impl WorkerStore for PgStore {
     fn several_workers(&self) -> bool {
         true
     }
@@ -495,6 +645,26 @@ impl Store for PgStore {
         self.beat(w).await
     }
 
+    async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued> {
+        self.rescue_dead(w, timeout_secs, dead).await
+    }
+
+    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+        self.list_workers(campaign).await
+    }
+
+    async fn finish_worker(
+        &self,
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool> {
+        self.end_worker(w, status, exit_message).await
+    }
+}
+
+#[async_trait]
+impl ChunkStore for PgStore {
     async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
         self.snapshot_segment(w).await
     }
@@ -515,114 +685,10 @@ impl Store for PgStore {
     async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
         self.commit(w, updates).await
     }
+}
 
-    async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued> {
-        self.rescue_dead(w, timeout_secs, dead).await
-    }
-
-    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
-        self.list_workers(campaign).await
-    }
-
-    async fn finish_worker(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_message: &str,
-    ) -> Result<bool> {
-        self.end_worker(w, status, exit_message).await
-    }
-
-    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
-        self.take_bucket_tokens(gateway, want, rate, burst).await
-    }
-
-    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM messages WHERE campaign_id = $1 AND state = 'pending' \
-             AND NOT night_consent)",
-        )
-        .bind(campaign)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
-             WHERE campaign_id = $1 AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT $2",
-        )
-        .bind(campaign)
-        .bind(row_limit(limit))
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        let n = sqlx::query(
-            "UPDATE messages SET state = 'pending', reason = NULL, retryable = FALSE \
-             WHERE campaign_id = $1 AND state = 'in_doubt'",
-        )
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        let n = sqlx::query(
-            "UPDATE messages SET state = 'pending', retryable = FALSE \
-             WHERE campaign_id = $1 AND state = 'failed' AND retryable",
-        )
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        let (campaign, execution) = (w.campaign, w.execution);
-        let mut tx = self.pool.begin().await?;
-        fence(&mut tx, campaign, execution).await?;
-        sqlx::query(
-            "UPDATE executions SET status = $1, exit_code = $2, exit_message = $3, \
-             ended_at = munja_now() WHERE id = $4",
-        )
-        .bind(status)
-        .bind(exit_code)
-        .bind(exit_message)
-        .bind(execution)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE campaigns SET status = $1, exit_message = $2, lease_execution = NULL, \
-             lease_host = NULL, lease_pid = NULL, lease_process = NULL, lease_heartbeat_at = NULL, \
-             stop_requested = FALSE WHERE id = $3",
-        )
-        .bind(campaign_status)
-        .bind(exit_message)
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl DeliveryStore for PgStore {
     async fn record_delivery(&self, report: &DeliveryReport) -> Result<DeliveryEffect> {
         self.record_delivery_report(report).await
     }
@@ -634,7 +700,10 @@ impl Store for PgStore {
     async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
         self.count_reports(gateway).await
     }
+}
 
+#[async_trait]
+impl ScheduleStore for PgStore {
     async fn create_scheduled_campaign(
         &self,
         c: &NewCampaign,
@@ -674,57 +743,6 @@ impl Store for PgStore {
 
     async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
         self.mark_schedule(schedule, at).await
-    }
-
-    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter().map(audit_from_row).collect()
-    }
-
-    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
-        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        const FINISHED: &str =
-            "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
-        let attempts_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
-                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < $1 LIMIT $2)"
-                ),
-                before,
-                batch,
-            )
-            .await?;
-        let executions_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
-                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
-                     AND e.ended_at IS NOT NULL AND e.ended_at < $1 LIMIT $2)"
-                ),
-                before,
-                batch,
-            )
-            .await?;
-        let usage = self.disk_usage().await?;
-        Ok(PurgeReport {
-            attempts_deleted,
-            executions_deleted,
-            db_bytes: usage.db_bytes,
-            free_bytes: usage.free_bytes,
-        })
-    }
-
-    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
-    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
-    async fn disk_usage(&self) -> Result<DiskUsage> {
-        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(DiskUsage {
-            db_bytes: u64::try_from(bytes).unwrap_or(0),
-            free_bytes: 0,
-        })
     }
 }
 

@@ -454,34 +454,267 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
-        self.define_sql(def).await
+    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
+        self.insert_campaign(c, None, None).await
     }
 
-    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        self.sql_versions(name).await
+    async fn campaign(&self, id: i64) -> Result<Campaign> {
+        let row = sqlx::query("SELECT * FROM campaigns WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "no campaign with id {id}; `munja campaign list` shows the existing ones"
+                ))
+            })?;
+        campaign_from_row(&row, &self.clock)
     }
 
-    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
-        self.sql_latest().await
+    async fn campaigns(&self) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query("SELECT * FROM campaigns ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| campaign_from_row(r, &self.clock))
+            .collect()
     }
 
-    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
-        self.link_sql(campaign, sql_segment_id).await
+    async fn counts(&self, campaign: i64) -> Result<Counts> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = ? GROUP BY state",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut c = Counts::default();
+        for (state, n) in rows {
+            c.total += n;
+            match MessageState::parse(&state) {
+                Some(MessageState::Pending) => c.pending = n,
+                Some(MessageState::Sending) => c.sending = n,
+                Some(MessageState::InDoubt) => c.in_doubt = n,
+                Some(MessageState::Sent) => c.sent = n,
+                Some(MessageState::Failed) => c.failed = n,
+                Some(MessageState::Suppressed) => c.suppressed = n,
+                Some(MessageState::Cancelled) => c.cancelled = n,
+                None => {}
+            }
+        }
+        let delivery: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = ? \
+             AND delivery IS NOT NULL GROUP BY delivery",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
+        crate::store::add_delivery_counts(&mut c, delivery);
+        Ok(c)
     }
 
-    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        self.campaign_sql(campaign).await
+    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
+        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = ? ORDER BY id")
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Execution {
+                    id: r.try_get("id")?,
+                    campaign_id: r.try_get("campaign_id")?,
+                    status: r.try_get("status")?,
+                    exit_code: r.try_get("exit_code")?,
+                    exit_message: r.try_get("exit_message")?,
+                    started_at: r.try_get("started_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    read_count: r.try_get("read_count")?,
+                    sent: r.try_get("sent")?,
+                    failed: r.try_get("failed")?,
+                    suppressed: r.try_get("suppressed")?,
+                    commits: r.try_get("commits")?,
+                })
+            })
+            .collect()
     }
 
-    async fn begin_message_snapshot(
+    async fn request_stop(&self, campaign: i64) -> Result<()> {
+        self.campaign(campaign).await?;
+        sqlx::query(
+            "UPDATE campaigns SET stop_requested = 1 WHERE id = ? AND lease_execution IS NOT NULL",
+        )
+        .bind(campaign)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
+        self.cancel_campaign(campaign, dead_lease).await
+    }
+
+    async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
+        self.delete(campaign, expected_lease).await
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
+        self.take_bucket_tokens(gateway, want, rate, burst).await
+    }
+
+    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM messages WHERE campaign_id = ? AND state = 'pending' AND night_consent = 0 LIMIT 1",
+        )
+        .bind(campaign)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(n.is_some())
+    }
+
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
+             WHERE campaign_id = ? AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
+        )
+        .bind(campaign)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE messages SET state = 'pending', reason = NULL, retryable = 0 \
+             WHERE campaign_id = ? AND state = 'in_doubt'",
+        )
+        .bind(campaign)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE messages SET state = 'pending', retryable = 0 \
+             WHERE campaign_id = ? AND state = 'failed' AND retryable = 1",
+        )
+        .bind(campaign)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn finish_execution(
         &self,
-        campaign: i64,
-        execution: i64,
-    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
-        self.begin_snapshot(campaign, execution).await
+        w: &WorkerToken,
+        status: &str,
+        exit_code: &str,
+        exit_message: &str,
+        campaign_status: &str,
+    ) -> Result<()> {
+        // The end of a run is a small in-place update, and a run that cannot record it would
+        // stay STARTED: retry what may pass (a full disk that a checkpoint or cleanup relieves,
+        // a busy database), never a lost lease or a replaced file.
+        let mut wait = Duration::from_millis(100);
+        let mut tries = 1;
+        loop {
+            let r = self
+                .finish_once(w, status, exit_code, exit_message, campaign_status)
+                .await;
+            match r {
+                Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
+                    tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
+                    if matches!(e, StoreError::Full) {
+                        // Copy the WAL into the database and start it over, so that the retry
+                        // reuses the WAL file's space instead of growing it on a full disk.
+                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                            .execute(&self.pool)
+                            .await;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get("id")?,
+                    seq: r.try_get("seq")?,
+                    msg_ref: r.try_get("ref")?,
+                    phone: r.try_get("phone")?,
+                    status: r.try_get("state")?,
+                    attempts: r.try_get("attempts")?,
+                    gateway: r.try_get("gateway")?,
+                    gateway_id: r.try_get("gateway_id")?,
+                    error: r.try_get("reason")?,
+                    last_attempt_at: r.try_get("last_attempt_at")?,
+                    kind: r.try_get("type")?,
+                    bytes: r.try_get("bytes")?,
+                    delivery: r.try_get("delivery")?,
+                    delivery_code: r.try_get("delivery_code")?,
+                    delivered_at: r.try_get("delivered_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
+        let before = ts(before);
+        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
+        let attempts_deleted = self.purge_attempts(&before, batch).await?;
+        let executions_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
+                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
+                     AND e.ended_at IS NOT NULL AND e.ended_at < ? LIMIT ?)"
+                ),
+                &before,
+                batch,
+            )
+            .await?;
+        let usage = self.disk_usage().await?;
+        let report = PurgeReport {
+            attempts_deleted,
+            executions_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        };
+        Ok(report)
+    }
+
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        let mut conn = self.pool.acquire().await?;
+        let mut pragma = async |name: &str| -> Result<u64> {
+            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        let page = pragma("page_size").await?;
+        let pages = pragma("page_count").await?;
+        let free = pragma("freelist_count").await?;
+        Ok(DiskUsage {
+            db_bytes: page * pages,
+            free_bytes: page * free,
+        })
+    }
+}
+
+#[async_trait]
+impl ImportStore for SqliteStore {
     async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
         Ok(Box::new(SqliteImport {
             tx: self.write_tx().await?,
@@ -627,115 +860,41 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?)
     }
+}
 
-    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        self.insert_campaign(c, None, None).await
+#[async_trait]
+impl SqlSegmentStore for SqliteStore {
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        self.define_sql(def).await
     }
 
-    async fn campaign(&self, id: i64) -> Result<Campaign> {
-        let row = sqlx::query("SELECT * FROM campaigns WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!(
-                    "no campaign with id {id}; `munja campaign list` shows the existing ones"
-                ))
-            })?;
-        campaign_from_row(&row, &self.clock)
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        self.sql_versions(name).await
     }
 
-    async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        let rows = sqlx::query("SELECT * FROM campaigns ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| campaign_from_row(r, &self.clock))
-            .collect()
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        self.sql_latest().await
     }
 
-    async fn counts(&self, campaign: i64) -> Result<Counts> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = ? GROUP BY state",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut c = Counts::default();
-        for (state, n) in rows {
-            c.total += n;
-            match MessageState::parse(&state) {
-                Some(MessageState::Pending) => c.pending = n,
-                Some(MessageState::Sending) => c.sending = n,
-                Some(MessageState::InDoubt) => c.in_doubt = n,
-                Some(MessageState::Sent) => c.sent = n,
-                Some(MessageState::Failed) => c.failed = n,
-                Some(MessageState::Suppressed) => c.suppressed = n,
-                Some(MessageState::Cancelled) => c.cancelled = n,
-                None => {}
-            }
-        }
-        let delivery: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = ? \
-             AND delivery IS NOT NULL GROUP BY delivery",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        crate::store::add_delivery_counts(&mut c, delivery);
-        Ok(c)
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        self.link_sql(campaign, sql_segment_id).await
     }
 
-    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = ? ORDER BY id")
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Execution {
-                    id: r.try_get("id")?,
-                    campaign_id: r.try_get("campaign_id")?,
-                    status: r.try_get("status")?,
-                    exit_code: r.try_get("exit_code")?,
-                    exit_message: r.try_get("exit_message")?,
-                    started_at: r.try_get("started_at")?,
-                    ended_at: r.try_get("ended_at")?,
-                    host: r.try_get("host")?,
-                    pid: r.try_get("pid")?,
-                    read_count: r.try_get("read_count")?,
-                    sent: r.try_get("sent")?,
-                    failed: r.try_get("failed")?,
-                    suppressed: r.try_get("suppressed")?,
-                    commits: r.try_get("commits")?,
-                })
-            })
-            .collect()
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        self.campaign_sql(campaign).await
     }
 
-    async fn request_stop(&self, campaign: i64) -> Result<()> {
-        self.campaign(campaign).await?;
-        sqlx::query(
-            "UPDATE campaigns SET stop_requested = 1 WHERE id = ? AND lease_execution IS NOT NULL",
-        )
-        .bind(campaign)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn begin_message_snapshot(
+        &self,
+        campaign: i64,
+        execution: i64,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        self.begin_snapshot(campaign, execution).await
     }
+}
 
-    async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
-        self.cancel_campaign(campaign, dead_lease).await
-    }
-
-    async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
-        self.delete(campaign, expected_lease).await
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
+#[async_trait]
+impl WorkerStore for SqliteStore {
     fn several_workers(&self) -> bool {
         false
     }
@@ -748,6 +907,27 @@ impl Store for SqliteStore {
         self.beat(w).await
     }
 
+    async fn rescue(&self, _w: &WorkerToken, _timeout_secs: u64, _dead: &[i64]) -> Result<Rescued> {
+        // One worker per campaign: a dead one's execution is taken over whole (`start_worker`).
+        Ok(Rescued::default())
+    }
+
+    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+        self.list_workers(campaign).await
+    }
+
+    async fn finish_worker(
+        &self,
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool> {
+        self.end_worker(w, status, exit_message).await
+    }
+}
+
+#[async_trait]
+impl ChunkStore for SqliteStore {
     async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
         self.snapshot_segment(w).await
     }
@@ -768,108 +948,10 @@ impl Store for SqliteStore {
     async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
         self.commit(w, updates).await
     }
+}
 
-    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
-        self.take_bucket_tokens(gateway, want, rate, burst).await
-    }
-
-    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM messages WHERE campaign_id = ? AND state = 'pending' AND night_consent = 0 LIMIT 1",
-        )
-        .bind(campaign)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(n.is_some())
-    }
-
-    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
-             WHERE campaign_id = ? AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
-        )
-        .bind(campaign)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE messages SET state = 'pending', reason = NULL, retryable = 0 \
-             WHERE campaign_id = ? AND state = 'in_doubt'",
-        )
-        .bind(campaign)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE messages SET state = 'pending', retryable = 0 \
-             WHERE campaign_id = ? AND state = 'failed' AND retryable = 1",
-        )
-        .bind(campaign)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    async fn rescue(&self, _w: &WorkerToken, _timeout_secs: u64, _dead: &[i64]) -> Result<Rescued> {
-        // One worker per campaign: a dead one's execution is taken over whole (`start_worker`).
-        Ok(Rescued::default())
-    }
-
-    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
-        self.list_workers(campaign).await
-    }
-
-    async fn finish_worker(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_message: &str,
-    ) -> Result<bool> {
-        self.end_worker(w, status, exit_message).await
-    }
-
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        // The end of a run is a small in-place update, and a run that cannot record it would
-        // stay STARTED: retry what may pass (a full disk that a checkpoint or cleanup relieves,
-        // a busy database), never a lost lease or a replaced file.
-        let mut wait = Duration::from_millis(100);
-        let mut tries = 1;
-        loop {
-            let r = self
-                .finish_once(w, status, exit_code, exit_message, campaign_status)
-                .await;
-            match r {
-                Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
-                    tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
-                    if matches!(e, StoreError::Full) {
-                        // Copy the WAL into the database and start it over, so that the retry
-                        // reuses the WAL file's space instead of growing it on a full disk.
-                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                            .execute(&self.pool)
-                            .await;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                    tries += 1;
-                }
-                r => return r,
-            }
-        }
-    }
-
+#[async_trait]
+impl DeliveryStore for SqliteStore {
     async fn record_delivery(&self, report: &DeliveryReport) -> Result<DeliveryEffect> {
         self.record_delivery_report(report).await
     }
@@ -881,7 +963,10 @@ impl Store for SqliteStore {
     async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
         self.count_reports(gateway).await
     }
+}
 
+#[async_trait]
+impl ScheduleStore for SqliteStore {
     async fn create_scheduled_campaign(
         &self,
         c: &NewCampaign,
@@ -921,73 +1006,6 @@ impl Store for SqliteStore {
 
     async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
         self.mark_schedule(schedule, at).await
-    }
-
-    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    id: r.try_get("id")?,
-                    seq: r.try_get("seq")?,
-                    msg_ref: r.try_get("ref")?,
-                    phone: r.try_get("phone")?,
-                    status: r.try_get("state")?,
-                    attempts: r.try_get("attempts")?,
-                    gateway: r.try_get("gateway")?,
-                    gateway_id: r.try_get("gateway_id")?,
-                    error: r.try_get("reason")?,
-                    last_attempt_at: r.try_get("last_attempt_at")?,
-                    kind: r.try_get("type")?,
-                    bytes: r.try_get("bytes")?,
-                    delivery: r.try_get("delivery")?,
-                    delivery_code: r.try_get("delivery_code")?,
-                    delivered_at: r.try_get("delivered_at")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
-        let before = ts(before);
-        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        let attempts_deleted = self.purge_attempts(&before, batch).await?;
-        let executions_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
-                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
-                     AND e.ended_at IS NOT NULL AND e.ended_at < ? LIMIT ?)"
-                ),
-                &before,
-                batch,
-            )
-            .await?;
-        let usage = self.disk_usage().await?;
-        let report = PurgeReport {
-            attempts_deleted,
-            executions_deleted,
-            db_bytes: usage.db_bytes,
-            free_bytes: usage.free_bytes,
-        };
-        Ok(report)
-    }
-
-    async fn disk_usage(&self) -> Result<DiskUsage> {
-        let mut conn = self.pool.acquire().await?;
-        let mut pragma = async |name: &str| -> Result<u64> {
-            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok(u64::try_from(v).unwrap_or(0))
-        };
-        let page = pragma("page_size").await?;
-        let pages = pragma("page_count").await?;
-        let free = pragma("freelist_count").await?;
-        Ok(DiskUsage {
-            db_bytes: page * pages,
-            free_bytes: page * free,
-        })
     }
 }
 
