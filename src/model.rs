@@ -512,7 +512,7 @@ pub struct ReportCounts {
     pub unknown: i64,
 }
 
-/// One logged report of a message (oldest first), as `Store::delivery_reports` returns it.
+/// One logged report of a message (oldest first), as `DeliveryStore::delivery_reports` returns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredReport {
     pub gateway: String,

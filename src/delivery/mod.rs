@@ -12,7 +12,7 @@
 //! - `delivered` and `undelivered` are final: the first final report wins; a later intermediate
 //!   one (Kannel's "buffered" or "SMSC accepted") or a contradicting final one is only logged;
 //! - every report is logged (`delivery_reports`), those for refs no message has too: they are
-//!   counted (`Store::report_counts`) and logged with a masked number, never dropped in silence.
+//!   counted (`DeliveryStore::report_counts`) and logged with a masked number, never dropped in silence.
 //!
 //! NHN Cloud's `UNSUBSCRIBE` webhook and `munja optout sync` add numbers to munja's own opt-out
 //! list, which every run checks right before sending.

@@ -66,11 +66,6 @@ pub trait Store:
         campaign_status: &str,
     ) -> Result<()>;
 
-    /// Records one delivery report by message ref, in one transaction: logs it in the report
-    /// log and, when it is final and the message has no final delivery state yet, sets the
-    /// message's `delivery`, `delivery_code` and `delivered_at`. Applied whatever the message's
-    /// send state (a report may beat the send's own commit, which never touches these columns);
-
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
     async fn disk_usage(&self) -> Result<DiskUsage>;
@@ -153,7 +148,7 @@ pub trait WorkerStore: Send + Sync {
     async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)>;
     /// Closes the campaign's other STARTED workers that are dead as ABANDONED: those silent for
     /// more than `timeout_secs` of the database clock, and those in `dead` (whose process this
-    /// host saw gone). Their `sending` messages become the in-doubt work of [`Store::in_doubt`].
+    /// host saw gone). Their `sending` messages become the in-doubt work of [`ChunkStore::in_doubt`].
     /// A no-op on stores with one worker.
     async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued>;
     /// The workers of a campaign, oldest first.
@@ -197,6 +192,10 @@ pub trait ChunkStore: Send + Sync {
 /// Delivery reports: the report log and each message's delivery state.
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
+    /// Records one delivery report by message ref, in one transaction: logs it in the report
+    /// log and, when it is final and the message has no final delivery state yet, sets the
+    /// message's `delivery`, `delivery_code` and `delivered_at`. Applied whatever the message's
+    /// send state (a report may beat the send's own commit, which never touches these columns);
     /// a final state is never changed afterwards (the first final report wins). Two concurrent
     /// reports for one ref: exactly one is `Applied`.
     async fn record_delivery(&self, report: &DeliveryReport) -> Result<DeliveryEffect>;

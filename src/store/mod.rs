@@ -241,7 +241,7 @@ pub(crate) fn split_ref(r: &str) -> Option<(&str, i64)> {
 }
 
 /// What a report does to the message it names, given the message's `(id, delivery,
-/// delivery_code)` (`None`: no message has the ref), for [`Store::record_delivery`]
+/// delivery_code)` (`None`: no message has the ref), for [`DeliveryStore::record_delivery`]
 /// implementations: only `Applied` writes the message.
 pub(crate) fn delivery_effect(
     message: &Option<(i64, Option<String>, Option<String>)>,
@@ -272,7 +272,7 @@ pub(crate) fn add_delivery_counts(c: &mut Counts, rows: Vec<(String, i64)>) {
     }
 }
 
-/// Report counts from `(effect, count)` rows, for [`Store::report_counts`] implementations.
+/// Report counts from `(effect, count)` rows, for [`DeliveryStore::report_counts`] implementations.
 pub(crate) fn report_counts_from(rows: Vec<(String, i64)>) -> ReportCounts {
     let mut c = ReportCounts::default();
     for (effect, n) in rows {

@@ -1,6 +1,7 @@
 //! Tests of the SQLite store's reads that must stay index walks at ten million messages: their
 //! query plans (no scan, no sort of a whole campaign) and the audit's keyset pages.
 
+use super::import::{FRESH_OPTOUTS_IN_FLIGHT, OPTOUT_CONTAINS};
 use super::*;
 use crate::phone::normalize_mobile;
 use crate::store::conformance::start;

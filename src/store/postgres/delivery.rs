@@ -4,12 +4,12 @@
 
 use super::*;
 
-impl PgStore {
-    /// See [`Store::record_delivery`].
-    pub(super) async fn record_delivery_report(
-        &self,
-        r: &DeliveryReport,
-    ) -> Result<DeliveryEffect> {
+impl PgStore {}
+
+#[async_trait]
+impl DeliveryStore for PgStore {
+    /// See [`DeliveryStore::record_delivery`].
+    async fn record_delivery(&self, r: &DeliveryReport) -> Result<DeliveryEffect> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, Option<String>, Option<String>)> = match split_ref(&r.msg_ref) {
             None => None,
@@ -59,8 +59,8 @@ impl PgStore {
         Ok(effect)
     }
 
-    /// See [`Store::delivery_reports`].
-    pub(super) async fn reports_of(&self, msg_ref: &str) -> Result<Vec<StoredReport>> {
+    /// See [`DeliveryStore::delivery_reports`].
+    async fn delivery_reports(&self, msg_ref: &str) -> Result<Vec<StoredReport>> {
         let rows = sqlx::query(
             "SELECT gateway, status, code, reported_at, effect FROM delivery_reports \
              WHERE ref = $1 ORDER BY id",
@@ -81,8 +81,8 @@ impl PgStore {
             .collect()
     }
 
-    /// See [`Store::report_counts`].
-    pub(super) async fn count_reports(&self, gateway: Option<&str>) -> Result<ReportCounts> {
+    /// See [`DeliveryStore::report_counts`].
+    async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT effect, COUNT(*) FROM delivery_reports \
              WHERE $1::text IS NULL OR gateway = $1 GROUP BY effect",

@@ -1,5 +1,5 @@
-//! Opt-out and segment imports on PostgreSQL: one transaction per import, one `UNNEST`
-//! statement per batch.
+//! Opt-out lists (수신거부) and CSV segments on PostgreSQL: imports in one transaction each
+//! (one `UNNEST` statement per batch), invisible until commit, and their reads.
 
 use super::*;
 
@@ -75,5 +75,143 @@ impl Import for PgImport {
         }
         self.tx.commit().await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ImportStore for PgStore {
+    async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
+        Ok(Box::new(PgImport {
+            tx: self.pool.begin().await?,
+            segment_id: None,
+            next_seq: 0,
+            total: 0,
+        }))
+    }
+
+    async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO optouts (phone, source, created_at) VALUES ($1, $2, munja_now()) \
+             ON CONFLICT (phone) DO NOTHING",
+        )
+        .bind(phone.as_str())
+        .bind(source)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn optout_remove(&self, phone: &Phone) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM optouts WHERE phone = $1")
+            .bind(phone.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM optouts WHERE phone = $1)")
+                .bind(phone.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn optout_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM optouts")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        // The claimed messages drive the join: one primary-key probe of the list each.
+        Ok(sqlx::query_scalar(
+            "SELECT m.phone FROM messages m JOIN optouts o ON o.phone = m.phone \
+             WHERE m.campaign_id = $1 AND m.state = 'sending' AND o.created_at >= $2",
+        )
+        .bind(campaign)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn begin_segment_import(
+        &self,
+        name: &str,
+        source: &str,
+        columns: &[String],
+    ) -> Result<Box<dyn Import>> {
+        let mut tx = self.pool.begin().await?;
+        let cols = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
+        // The upsert locks the segment row until commit: a second import of the same name
+        // waits, and a snapshot (FOR SHARE) never reads a half-replaced list.
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO segments (name, source, columns, member_count, imported_at) \
+             VALUES ($1, $2, $3, 0, munja_now()) \
+             ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, columns = EXCLUDED.columns, \
+             member_count = 0, imported_at = EXCLUDED.imported_at RETURNING id",
+        )
+        .bind(name)
+        .bind(source)
+        .bind(&cols)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM segment_members WHERE segment_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Box::new(PgImport {
+            tx,
+            segment_id: Some(id),
+            next_seq: 1,
+            total: 0,
+        }))
+    }
+
+    async fn segment(&self, name: &str) -> Result<Option<Segment>> {
+        Ok(self.segments().await?.into_iter().find(|s| s.name == name))
+    }
+
+    async fn segments(&self) -> Result<Vec<Segment>> {
+        let rows = sqlx::query(
+            "SELECT id, name, source, columns, member_count, imported_at FROM segments ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let cols: String = r.try_get("columns")?;
+                Ok(Segment {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    source: r.try_get("source")?,
+                    columns: serde_json::from_str(&cols).unwrap_or_default(),
+                    member_count: r.try_get("member_count")?,
+                    imported_at: ts(r.try_get("imported_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn segment_members(
+        &self,
+        segment_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, bool)>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, phone, vars, night_consent FROM segment_members \
+             WHERE segment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(segment_id)
+        .bind(after_seq)
+        .bind(row_limit(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

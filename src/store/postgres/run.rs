@@ -10,10 +10,6 @@ use super::workers::{Tally, fence_worker, tally};
 use super::*;
 
 impl PgStore {
-    pub(super) async fn create(&self, c: &NewCampaign) -> Result<i64> {
-        self.insert_campaign(c, None, None).await
-    }
-
     pub(super) async fn cancel_campaign(
         &self,
         campaign: i64,
@@ -94,10 +90,84 @@ impl PgStore {
         tx.commit().await?;
         Ok(())
     }
+}
 
+/// The message updates of a chunk as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct UpdateColumns<'a> {
+    id: Vec<i64>,
+    state: Vec<&'static str>,
+    reason: Vec<Option<&'a str>>,
+    retryable: Vec<bool>,
+    gateway_id: Vec<Option<&'a str>>,
+    gateway: Vec<Option<&'a str>>,
+    kind: Vec<Option<&'a str>>,
+    bytes: Vec<Option<i64>>,
+    sends: Vec<i64>,
+    last_at: Vec<Option<DateTime<Utc>>>,
+    sent: i64,
+    failed: i64,
+    suppressed: i64,
+}
+
+impl<'a> UpdateColumns<'a> {
+    fn push(&mut self, u: &'a MessageUpdate) {
+        match u.state {
+            MessageState::Sent => self.sent += 1,
+            MessageState::Failed => self.failed += 1,
+            MessageState::Suppressed => self.suppressed += 1,
+            _ => {}
+        }
+        self.id.push(u.id);
+        self.state.push(u.state.as_str());
+        self.reason.push(u.reason.as_deref());
+        self.retryable.push(u.retryable);
+        self.gateway_id.push(u.gateway_id.as_deref());
+        self.gateway.push(u.gateway.as_deref());
+        self.kind.push(u.kind.as_deref());
+        self.bytes.push(u.bytes);
+        self.sends.push(u.sends());
+        self.last_at.push(u.attempts.last().map(|a| a.at));
+    }
+}
+
+/// The attempts of a chunk as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    message_id: Vec<i64>,
+    at: Vec<DateTime<Utc>>,
+    outcome: Vec<&'a str>,
+    http_status: Vec<Option<i32>>,
+    gateway_id: Vec<Option<&'a str>>,
+    error: Vec<Option<&'a str>>,
+    latency_ms: Vec<i64>,
+    gateway: Vec<Option<&'a str>>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn of(updates: &'a [MessageUpdate]) -> AttemptColumns<'a> {
+        let mut c = AttemptColumns::default();
+        for u in updates {
+            for a in &u.attempts {
+                c.message_id.push(u.id);
+                c.at.push(a.at);
+                c.outcome.push(&a.outcome);
+                c.http_status.push(a.http_status.map(i32::from));
+                c.gateway_id.push(a.gateway_id.as_deref());
+                c.error.push(a.error.as_deref());
+                c.latency_ms.push(a.latency_ms);
+                c.gateway.push(a.gateway.as_deref());
+            }
+        }
+        c
+    }
+}
+
+#[async_trait]
+impl ChunkStore for PgStore {
     /// The campaign row first (it serializes the workers that snapshot at once), then the
     /// worker's fence: the lock order of a takeover.
-    pub(super) async fn snapshot_segment(&self, w: &WorkerToken) -> Result<u64> {
+    async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
         let campaign = w.campaign;
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;
@@ -177,9 +247,18 @@ impl PgStore {
         Ok(total)
     }
 
+    async fn in_doubt(
+        &self,
+        w: &WorkerToken,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        self.claim_in_doubt(w, after_id, limit).await
+    }
+
     /// Pending messages locked with `FOR UPDATE SKIP LOCKED`: workers claiming at once each
     /// get other messages, and none waits for another's claim.
-    pub(super) async fn claim(&self, req: ClaimRequest) -> Result<Claim> {
+    async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
         let w = req.worker;
         let mut tx = self.pool.begin().await?;
         fence_worker(&mut tx, &w).await?;
@@ -272,7 +351,7 @@ impl PgStore {
     /// Every outcome of a chunk, its attempts and the counters: a few statements in one
     /// transaction fenced on the worker, whatever the size of the chunk. Each message is
     /// written only while this worker still has it claimed; otherwise nothing is.
-    pub(super) async fn commit(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
+    async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
         let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.pool.begin().await?;
         fence_worker(&mut tx, w).await?;
@@ -352,76 +431,5 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-}
-
-/// The message updates of a chunk as one array per column, for `UNNEST`.
-#[derive(Default)]
-struct UpdateColumns<'a> {
-    id: Vec<i64>,
-    state: Vec<&'static str>,
-    reason: Vec<Option<&'a str>>,
-    retryable: Vec<bool>,
-    gateway_id: Vec<Option<&'a str>>,
-    gateway: Vec<Option<&'a str>>,
-    kind: Vec<Option<&'a str>>,
-    bytes: Vec<Option<i64>>,
-    sends: Vec<i64>,
-    last_at: Vec<Option<DateTime<Utc>>>,
-    sent: i64,
-    failed: i64,
-    suppressed: i64,
-}
-
-impl<'a> UpdateColumns<'a> {
-    fn push(&mut self, u: &'a MessageUpdate) {
-        match u.state {
-            MessageState::Sent => self.sent += 1,
-            MessageState::Failed => self.failed += 1,
-            MessageState::Suppressed => self.suppressed += 1,
-            _ => {}
-        }
-        self.id.push(u.id);
-        self.state.push(u.state.as_str());
-        self.reason.push(u.reason.as_deref());
-        self.retryable.push(u.retryable);
-        self.gateway_id.push(u.gateway_id.as_deref());
-        self.gateway.push(u.gateway.as_deref());
-        self.kind.push(u.kind.as_deref());
-        self.bytes.push(u.bytes);
-        self.sends.push(u.sends());
-        self.last_at.push(u.attempts.last().map(|a| a.at));
-    }
-}
-
-/// The attempts of a chunk as one array per column, for `UNNEST`.
-#[derive(Default)]
-struct AttemptColumns<'a> {
-    message_id: Vec<i64>,
-    at: Vec<DateTime<Utc>>,
-    outcome: Vec<&'a str>,
-    http_status: Vec<Option<i32>>,
-    gateway_id: Vec<Option<&'a str>>,
-    error: Vec<Option<&'a str>>,
-    latency_ms: Vec<i64>,
-    gateway: Vec<Option<&'a str>>,
-}
-
-impl<'a> AttemptColumns<'a> {
-    fn of(updates: &'a [MessageUpdate]) -> AttemptColumns<'a> {
-        let mut c = AttemptColumns::default();
-        for u in updates {
-            for a in &u.attempts {
-                c.message_id.push(u.id);
-                c.at.push(a.at);
-                c.outcome.push(&a.outcome);
-                c.http_status.push(a.http_status.map(i32::from));
-                c.gateway_id.push(a.gateway_id.as_deref());
-                c.error.push(a.error.as_deref());
-                c.latency_ms.push(a.latency_ms);
-                c.gateway.push(a.gateway.as_deref());
-            }
-        }
-        c
     }
 }

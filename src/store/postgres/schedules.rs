@@ -70,12 +70,20 @@ impl PgStore {
             _ => e.into(),
         })
     }
+}
 
-    pub(super) async fn set_campaign_scheduled_at(
+#[async_trait]
+impl ScheduleStore for PgStore {
+    async fn create_scheduled_campaign(
         &self,
-        campaign: i64,
-        at: Option<DateTime<Utc>>,
-    ) -> Result<()> {
+        c: &NewCampaign,
+        at: DateTime<Utc>,
+        occurrence: Option<(i64, DateTime<Utc>)>,
+    ) -> Result<i64> {
+        self.insert_campaign(c, Some(at), occurrence).await
+    }
+
+    async fn set_scheduled_at(&self, campaign: i64, at: Option<DateTime<Utc>>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1 FOR UPDATE")
@@ -96,12 +104,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn claim_campaign_launch(
-        &self,
-        campaign: i64,
-        status: &str,
-        ttl_ms: i64,
-    ) -> Result<bool> {
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE campaigns SET launch_claim_until = munja_now() + $1 * INTERVAL '1 millisecond' \
              WHERE id = $2 AND status = $3 \
@@ -116,7 +119,7 @@ impl PgStore {
         Ok(n == 1)
     }
 
-    pub(super) async fn due(&self, at: DateTime<Utc>) -> Result<Vec<i64>> {
+    async fn due_campaigns(&self, at: DateTime<Utc>) -> Result<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM campaigns WHERE status = 'SCHEDULED' AND scheduled_at <= $1 \
              ORDER BY scheduled_at, id",
@@ -126,7 +129,7 @@ impl PgStore {
         .await?)
     }
 
-    pub(super) async fn insert_schedule(&self, s: &NewSchedule) -> Result<i64> {
+    async fn add_schedule(&self, s: &NewSchedule) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO schedules (name, segment_name, template_name, gateway, ad, cron, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, munja_now()) RETURNING id",
@@ -148,14 +151,14 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn all_schedules(&self) -> Result<Vec<Schedule>> {
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
         let rows = sqlx::query("SELECT * FROM schedules ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(schedule_from_row).collect()
     }
 
-    pub(super) async fn pause_schedule(&self, name: &str, paused: bool) -> Result<()> {
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<()> {
         let n = sqlx::query("UPDATE schedules SET paused = $1 WHERE name = $2")
             .bind(paused)
             .bind(name)
@@ -165,7 +168,7 @@ impl PgStore {
         found(n, name)
     }
 
-    pub(super) async fn delete_schedule(&self, name: &str) -> Result<()> {
+    async fn remove_schedule(&self, name: &str) -> Result<()> {
         let n = sqlx::query("DELETE FROM schedules WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
@@ -174,7 +177,7 @@ impl PgStore {
         found(n, name)
     }
 
-    pub(super) async fn mark_schedule(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
+    async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "UPDATE schedules SET last_occurrence_at = $1 WHERE id = $2 \
              AND (last_occurrence_at IS NULL OR last_occurrence_at < $1)",

@@ -19,117 +19,7 @@ fn sql_segment_from_row(r: &PgRow) -> Result<SqlSegment> {
     })
 }
 
-impl PgStore {
-    pub(super) async fn define_sql(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
-        let mut tx = self.pool.begin().await?;
-        // Two concurrent definitions of one name: the loser's insert hits UNIQUE (name,
-        // version) and is reported as a conflict, never a silent overwrite.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sql_segments (name, version, source, query, phone_column, defined_at) \
-             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, munja_now() \
-             FROM sql_segments WHERE name = $1 RETURNING {SEGMENT_COLUMNS}"
-        )))
-        .bind(&def.name)
-        .bind(&def.source)
-        .bind(&def.query)
-        .bind(&def.phone_column)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => StoreError::Conflict(format!(
-                "segment {:?} was defined by someone else at the same moment; run the \
-                 definition again",
-                def.name
-            )),
-            _ => StoreError::from(e),
-        })?;
-        let seg = sql_segment_from_row(&row)?;
-        tx.commit().await?;
-        Ok(seg)
-    }
-
-    pub(super) async fn sql_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = $1 ORDER BY version"
-        )))
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(sql_segment_from_row).collect()
-    }
-
-    pub(super) async fn sql_latest(&self) -> Result<Vec<SqlSegment>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT DISTINCT ON (name) {SEGMENT_COLUMNS} FROM sql_segments \
-             ORDER BY name, version DESC"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(sql_segment_from_row).collect()
-    }
-
-    pub(super) async fn link_sql(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        sqlx::query(
-            "INSERT INTO campaign_sql_segments (campaign_id, sql_segment_id) VALUES ($1, $2)",
-        )
-        .bind(campaign)
-        .bind(sql_segment_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(super) async fn campaign_sql(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        let row = sqlx::query(
-            "SELECT s.id, s.name, s.version, s.source, s.query, s.phone_column, s.defined_at, \
-                    c.as_of, c.rows_read \
-             FROM campaign_sql_segments c JOIN sql_segments s ON s.id = c.sql_segment_id \
-             WHERE c.campaign_id = $1",
-        )
-        .bind(campaign)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(CampaignSqlSegment {
-                segment: sql_segment_from_row(&r)?,
-                as_of: r.try_get::<Option<DateTime<Utc>>, _>("as_of")?.map(ts),
-                rows_read: r.try_get("rows_read")?,
-            })
-        })
-        .transpose()
-    }
-
-    pub(super) async fn begin_snapshot(
-        &self,
-        campaign: i64,
-        execution: i64,
-    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
-        let mut tx = self.pool.begin().await?;
-        fence(&mut tx, campaign, execution).await?;
-        let (uid, done): (String, Option<DateTime<Utc>>) =
-            sqlx::query_as("SELECT uid, snapshot_at FROM campaigns WHERE id = $1")
-                .bind(campaign)
-                .fetch_one(&mut *tx)
-                .await?;
-        if done.is_some() {
-            return Ok(None);
-        }
-        sqlx::query("DELETE FROM messages WHERE campaign_id = $1")
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-        Ok(Some(Box::new(PgSnapshot {
-            tx,
-            campaign,
-            execution,
-            uid,
-            total: 0,
-        })))
-    }
-}
+impl PgStore {}
 
 struct PgSnapshot {
     tx: Transaction<'static, Postgres>,
@@ -220,5 +110,118 @@ impl MessageSnapshot for PgSnapshot {
             messages: self.total,
             suppressed: suppressed as u64,
         })
+    }
+}
+
+#[async_trait]
+impl SqlSegmentStore for PgStore {
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        let mut tx = self.pool.begin().await?;
+        // Two concurrent definitions of one name: the loser's insert hits UNIQUE (name,
+        // version) and is reported as a conflict, never a silent overwrite.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO sql_segments (name, version, source, query, phone_column, defined_at) \
+             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, munja_now() \
+             FROM sql_segments WHERE name = $1 RETURNING {SEGMENT_COLUMNS}"
+        )))
+        .bind(&def.name)
+        .bind(&def.source)
+        .bind(&def.query)
+        .bind(&def.phone_column)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => StoreError::Conflict(format!(
+                "segment {:?} was defined by someone else at the same moment; run the \
+                 definition again",
+                def.name
+            )),
+            _ => StoreError::from(e),
+        })?;
+        let seg = sql_segment_from_row(&row)?;
+        tx.commit().await?;
+        Ok(seg)
+    }
+
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = $1 ORDER BY version"
+        )))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql_segment_from_row).collect()
+    }
+
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT ON (name) {SEGMENT_COLUMNS} FROM sql_segments \
+             ORDER BY name, version DESC"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql_segment_from_row).collect()
+    }
+
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_campaign(&mut tx, campaign).await?;
+        sqlx::query(
+            "INSERT INTO campaign_sql_segments (campaign_id, sql_segment_id) VALUES ($1, $2)",
+        )
+        .bind(campaign)
+        .bind(sql_segment_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        let row = sqlx::query(
+            "SELECT s.id, s.name, s.version, s.source, s.query, s.phone_column, s.defined_at, \
+                    c.as_of, c.rows_read \
+             FROM campaign_sql_segments c JOIN sql_segments s ON s.id = c.sql_segment_id \
+             WHERE c.campaign_id = $1",
+        )
+        .bind(campaign)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(CampaignSqlSegment {
+                segment: sql_segment_from_row(&r)?,
+                as_of: r.try_get::<Option<DateTime<Utc>>, _>("as_of")?.map(ts),
+                rows_read: r.try_get("rows_read")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn begin_message_snapshot(
+        &self,
+        campaign: i64,
+        execution: i64,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, campaign, execution).await?;
+        let (uid, done): (String, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT uid, snapshot_at FROM campaigns WHERE id = $1")
+                .bind(campaign)
+                .fetch_one(&mut *tx)
+                .await?;
+        if done.is_some() {
+            return Ok(None);
+        }
+        sqlx::query("DELETE FROM messages WHERE campaign_id = $1")
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Some(Box::new(PgSnapshot {
+            tx,
+            campaign,
+            execution,
+            uid,
+            total: 0,
+        })))
     }
 }

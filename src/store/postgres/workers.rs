@@ -73,57 +73,6 @@ pub(super) async fn tally(
 }
 
 impl PgStore {
-    /// [`Store::start_worker`].
-    pub(super) async fn enlist(
-        &self,
-        campaign: i64,
-        how: &Enlist,
-        me: &Process,
-    ) -> Result<WorkerToken> {
-        let mut tx = self.pool.begin().await?;
-        let holder = lock_campaign(&mut tx, campaign).await?;
-        let execution = match how {
-            Enlist::Join { execution } => {
-                if holder != Some(*execution) {
-                    return Err(StoreError::Conflict(format!(
-                        "execution {execution} of campaign {campaign} has just ended or been taken over"
-                    )));
-                }
-                *execution
-            }
-            Enlist::New {
-                expected,
-                abandon_message,
-            } => {
-                if holder != *expected {
-                    return Err(StoreError::Conflict(format!(
-                        "campaign {campaign} was just started by another run (execution {})",
-                        holder.unwrap_or_default()
-                    )));
-                }
-                self.new_execution(&mut tx, campaign, me, abandon_message)
-                    .await?
-            }
-        };
-        let worker: i64 = sqlx::query_scalar(
-            "INSERT INTO workers (campaign_id, execution_id, status, host, pid, process, started_at, heartbeat_at) \
-             VALUES ($1, $2, 'STARTED', $3, $4, $5, munja_now(), munja_now()) RETURNING id",
-        )
-        .bind(campaign)
-        .bind(execution)
-        .bind(&me.host)
-        .bind(me.pid)
-        .bind(&me.identity)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(WorkerToken {
-            campaign,
-            execution,
-            worker,
-        })
-    }
-
     /// Closes what an earlier holder left STARTED and starts a new execution holding the lease.
     async fn new_execution(
         &self,
@@ -170,9 +119,96 @@ impl PgStore {
         Ok(id)
     }
 
-    /// [`Store::heartbeat`]: the lease's row, then the worker's (the lock order of a snapshot
+    /// [`ChunkStore::in_doubt`]: claims the messages this worker must settle by lookup, skipping
+    /// those another transaction holds.
+    pub(super) async fn claim_in_doubt(
+        &self,
+        w: &WorkerToken,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        let mut tx = self.pool.begin().await?;
+        fence_worker(&mut tx, w).await?;
+        let rows = sqlx::query(
+            "UPDATE messages SET claimed_by = $2 WHERE id IN ( \
+                SELECT m.id FROM messages m LEFT JOIN workers k ON k.id = m.claimed_by \
+                WHERE m.campaign_id = $1 AND m.id > $3 AND ( \
+                    (m.state = 'in_doubt' AND (k.id IS NULL OR k.id = $2 OR k.status <> 'STARTED')) \
+                    OR (m.state = 'sending' AND (k.id IS NULL OR k.status <> 'STARTED'))) \
+                ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED) \
+             RETURNING id, ref, phone, vars, night_consent, attempts, gateway",
+        )
+        .bind(w.campaign)
+        .bind(w.worker)
+        .bind(after_id)
+        .bind(row_limit(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by_key(|m| m.id);
+        Ok(claimed)
+    }
+}
+
+#[async_trait]
+impl WorkerStore for PgStore {
+    fn several_workers(&self) -> bool {
+        true
+    }
+
+    /// [`WorkerStore::start_worker`].
+    async fn start_worker(&self, campaign: i64, how: &Enlist, me: &Process) -> Result<WorkerToken> {
+        let mut tx = self.pool.begin().await?;
+        let holder = lock_campaign(&mut tx, campaign).await?;
+        let execution = match how {
+            Enlist::Join { execution } => {
+                if holder != Some(*execution) {
+                    return Err(StoreError::Conflict(format!(
+                        "execution {execution} of campaign {campaign} has just ended or been taken over"
+                    )));
+                }
+                *execution
+            }
+            Enlist::New {
+                expected,
+                abandon_message,
+            } => {
+                if holder != *expected {
+                    return Err(StoreError::Conflict(format!(
+                        "campaign {campaign} was just started by another run (execution {})",
+                        holder.unwrap_or_default()
+                    )));
+                }
+                self.new_execution(&mut tx, campaign, me, abandon_message)
+                    .await?
+            }
+        };
+        let worker: i64 = sqlx::query_scalar(
+            "INSERT INTO workers (campaign_id, execution_id, status, host, pid, process, started_at, heartbeat_at) \
+             VALUES ($1, $2, 'STARTED', $3, $4, $5, munja_now(), munja_now()) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(execution)
+        .bind(&me.host)
+        .bind(me.pid)
+        .bind(&me.identity)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(WorkerToken {
+            campaign,
+            execution,
+            worker,
+        })
+    }
+
+    /// [`WorkerStore::heartbeat`]: the lease's row, then the worker's (the lock order of a snapshot
     /// or a takeover, which hold the campaign row while they lock worker rows).
-    pub(super) async fn beat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
+    async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
         let lost = || StoreError::LeaseLost {
             campaign: w.campaign,
             execution: w.execution,
@@ -198,13 +234,8 @@ impl PgStore {
         Ok(row)
     }
 
-    /// [`Store::rescue`].
-    pub(super) async fn rescue_dead(
-        &self,
-        w: &WorkerToken,
-        timeout_secs: u64,
-        dead: &[i64],
-    ) -> Result<Rescued> {
+    /// [`WorkerStore::rescue`].
+    async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued> {
         let mut tx = self.pool.begin().await?;
         fence_worker(&mut tx, w).await?;
         // SKIP LOCKED: a worker in the middle of a write is alive, whatever its heartbeat says.
@@ -260,9 +291,18 @@ impl PgStore {
         Ok(rescued)
     }
 
-    /// [`Store::finish_worker`]: the campaign row serializes the last workers of an execution,
+    /// [`WorkerStore::workers`].
+    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query("SELECT * FROM workers WHERE campaign_id = $1 ORDER BY id")
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    /// [`WorkerStore::finish_worker`]: the campaign row serializes the last workers of an execution,
     /// so exactly one of them learns it was the last.
-    pub(super) async fn end_worker(
+    async fn finish_worker(
         &self,
         w: &WorkerToken,
         status: &str,
@@ -299,48 +339,5 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(others == 0)
-    }
-
-    /// [`Store::in_doubt`]: claims the messages this worker must settle by lookup, skipping
-    /// those another transaction holds.
-    pub(super) async fn claim_in_doubt(
-        &self,
-        w: &WorkerToken,
-        after_id: i64,
-        limit: i64,
-    ) -> Result<Vec<ClaimedMessage>> {
-        let mut tx = self.pool.begin().await?;
-        fence_worker(&mut tx, w).await?;
-        let rows = sqlx::query(
-            "UPDATE messages SET claimed_by = $2 WHERE id IN ( \
-                SELECT m.id FROM messages m LEFT JOIN workers k ON k.id = m.claimed_by \
-                WHERE m.campaign_id = $1 AND m.id > $3 AND ( \
-                    (m.state = 'in_doubt' AND (k.id IS NULL OR k.id = $2 OR k.status <> 'STARTED')) \
-                    OR (m.state = 'sending' AND (k.id IS NULL OR k.status <> 'STARTED'))) \
-                ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED) \
-             RETURNING id, ref, phone, vars, night_consent, attempts, gateway",
-        )
-        .bind(w.campaign)
-        .bind(w.worker)
-        .bind(after_id)
-        .bind(row_limit(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut claimed = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        claimed.sort_by_key(|m| m.id);
-        Ok(claimed)
-    }
-
-    /// [`Store::workers`].
-    pub(super) async fn list_workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
-        let rows = sqlx::query("SELECT * FROM workers WHERE campaign_id = $1 ORDER BY id")
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(worker_from_row).collect()
     }
 }

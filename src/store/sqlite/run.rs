@@ -118,8 +118,11 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+}
 
-    pub(super) async fn snapshot_segment(&self, w: &WorkerToken) -> Result<u64> {
+#[async_trait]
+impl ChunkStore for SqliteStore {
+    async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
         let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
         fence(&mut tx, campaign, execution).await?;
@@ -201,7 +204,7 @@ impl SqliteStore {
         Ok(total)
     }
 
-    pub(super) async fn doubtful(
+    async fn in_doubt(
         &self,
         w: &WorkerToken,
         after_id: i64,
@@ -224,7 +227,7 @@ impl SqliteStore {
         rows.iter().map(claimed_from_row).collect()
     }
 
-    pub(super) async fn claim(&self, req: ClaimRequest) -> Result<Claim> {
+    async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
         let w = req.worker;
         let mut tx = self.write_tx().await?;
         fence(&mut tx, w.campaign, w.execution).await?;
@@ -331,7 +334,7 @@ impl SqliteStore {
         Ok(claim)
     }
 
-    pub(super) async fn commit(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
+    async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
         let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
         fence(&mut tx, campaign, execution).await?;

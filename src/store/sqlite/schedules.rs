@@ -81,129 +81,6 @@ impl SqliteStore {
             _ => e.into(),
         })
     }
-
-    pub(super) async fn set_campaign_scheduled_at(
-        &self,
-        campaign: i64,
-        at: Option<DateTime<Utc>>,
-    ) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
-                .bind(campaign)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let status = status
-            .ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))?;
-        if status != "CREATED" && status != "SCHEDULED" {
-            return Err(not_schedulable(campaign, &status));
-        }
-        sqlx::query("UPDATE campaigns SET scheduled_at = ?, status = ? WHERE id = ?")
-            .bind(at.map(ts))
-            .bind(if at.is_some() { "SCHEDULED" } else { "CREATED" })
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(super) async fn claim_campaign_launch(
-        &self,
-        campaign: i64,
-        status: &str,
-        ttl_ms: i64,
-    ) -> Result<bool> {
-        self.check_file()?;
-        let now = self.clock.now();
-        let n = sqlx::query(
-            "UPDATE campaigns SET launch_claim_until = ?1 WHERE id = ?2 AND status = ?3 \
-             AND (launch_claim_until IS NULL OR launch_claim_until < ?4)",
-        )
-        .bind(ts(now + chrono::Duration::milliseconds(ttl_ms)))
-        .bind(campaign)
-        .bind(status)
-        .bind(ts(now))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    pub(super) async fn due(&self, at: DateTime<Utc>) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM campaigns WHERE status = 'SCHEDULED' AND scheduled_at <= ? \
-             ORDER BY scheduled_at, id",
-        )
-        .bind(ts(at))
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn insert_schedule(&self, s: &NewSchedule) -> Result<i64> {
-        self.check_file()?;
-        sqlx::query_scalar(
-            "INSERT INTO schedules (name, segment_name, template_name, gateway, ad, cron, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&s.name)
-        .bind(&s.segment_name)
-        .bind(&s.template_name)
-        .bind(&s.gateway)
-        .bind(s.ad)
-        .bind(&s.cron)
-        .bind(self.now())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                schedule_name_taken(&s.name)
-            } else {
-                e.into()
-            }
-        })
-    }
-
-    pub(super) async fn all_schedules(&self) -> Result<Vec<Schedule>> {
-        let rows = sqlx::query("SELECT * FROM schedules ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(schedule_from_row).collect()
-    }
-
-    pub(super) async fn pause_schedule(&self, name: &str, paused: bool) -> Result<()> {
-        self.check_file()?;
-        let n = sqlx::query("UPDATE schedules SET paused = ? WHERE name = ?")
-            .bind(paused)
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        found(n, name)
-    }
-
-    pub(super) async fn delete_schedule(&self, name: &str) -> Result<()> {
-        self.check_file()?;
-        let n = sqlx::query("DELETE FROM schedules WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        found(n, name)
-    }
-
-    pub(super) async fn mark_schedule(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
-        self.check_file()?;
-        sqlx::query(
-            "UPDATE schedules SET last_occurrence_at = ?1 WHERE id = ?2 \
-             AND (last_occurrence_at IS NULL OR last_occurrence_at < ?1)",
-        )
-        .bind(ts(at))
-        .bind(schedule)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
 }
 
 /// Refusal of a time change on a campaign that already ran.
@@ -228,4 +105,130 @@ pub(in crate::store) fn found(rows: u64, name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[async_trait]
+impl ScheduleStore for SqliteStore {
+    async fn create_scheduled_campaign(
+        &self,
+        c: &NewCampaign,
+        at: DateTime<Utc>,
+        occurrence: Option<(i64, DateTime<Utc>)>,
+    ) -> Result<i64> {
+        self.insert_campaign(c, Some(at), occurrence).await
+    }
+
+    async fn set_scheduled_at(&self, campaign: i64, at: Option<DateTime<Utc>>) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+                .bind(campaign)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let status = status
+            .ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))?;
+        if status != "CREATED" && status != "SCHEDULED" {
+            return Err(not_schedulable(campaign, &status));
+        }
+        sqlx::query("UPDATE campaigns SET scheduled_at = ?, status = ? WHERE id = ?")
+            .bind(at.map(ts))
+            .bind(if at.is_some() { "SCHEDULED" } else { "CREATED" })
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        self.check_file()?;
+        let now = self.clock.now();
+        let n = sqlx::query(
+            "UPDATE campaigns SET launch_claim_until = ?1 WHERE id = ?2 AND status = ?3 \
+             AND (launch_claim_until IS NULL OR launch_claim_until < ?4)",
+        )
+        .bind(ts(now + chrono::Duration::milliseconds(ttl_ms)))
+        .bind(campaign)
+        .bind(status)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn due_campaigns(&self, at: DateTime<Utc>) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM campaigns WHERE status = 'SCHEDULED' AND scheduled_at <= ? \
+             ORDER BY scheduled_at, id",
+        )
+        .bind(ts(at))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn add_schedule(&self, s: &NewSchedule) -> Result<i64> {
+        self.check_file()?;
+        sqlx::query_scalar(
+            "INSERT INTO schedules (name, segment_name, template_name, gateway, ad, cron, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&s.name)
+        .bind(&s.segment_name)
+        .bind(&s.template_name)
+        .bind(&s.gateway)
+        .bind(s.ad)
+        .bind(&s.cron)
+        .bind(self.now())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                schedule_name_taken(&s.name)
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        let rows = sqlx::query("SELECT * FROM schedules ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<()> {
+        self.check_file()?;
+        let n = sqlx::query("UPDATE schedules SET paused = ? WHERE name = ?")
+            .bind(paused)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        found(n, name)
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<()> {
+        self.check_file()?;
+        let n = sqlx::query("DELETE FROM schedules WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        found(n, name)
+    }
+
+    async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
+        self.check_file()?;
+        sqlx::query(
+            "UPDATE schedules SET last_occurrence_at = ?1 WHERE id = ?2 \
+             AND (last_occurrence_at IS NULL OR last_occurrence_at < ?1)",
+        )
+        .bind(ts(at))
+        .bind(schedule)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }

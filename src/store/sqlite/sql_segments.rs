@@ -18,115 +18,7 @@ fn sql_segment_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SqlSegment> {
     })
 }
 
-impl SqliteStore {
-    pub(super) async fn define_sql(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
-        let mut tx = self.write_tx().await?;
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM sql_segments WHERE name = ?",
-        )
-        .bind(&def.name)
-        .fetch_one(&mut *tx)
-        .await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sql_segments (name, version, source, query, phone_column, defined_at) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING {SEGMENT_COLUMNS}"
-        )))
-        .bind(&def.name)
-        .bind(version)
-        .bind(&def.source)
-        .bind(&def.query)
-        .bind(&def.phone_column)
-        .bind(self.now())
-        .fetch_one(&mut *tx)
-        .await?;
-        let seg = sql_segment_from_row(&row)?;
-        tx.commit().await?;
-        Ok(seg)
-    }
-
-    pub(super) async fn sql_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = ? ORDER BY version"
-        )))
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(sql_segment_from_row).collect()
-    }
-
-    pub(super) async fn sql_latest(&self) -> Result<Vec<SqlSegment>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SEGMENT_COLUMNS} FROM sql_segments s WHERE version = \
-             (SELECT MAX(version) FROM sql_segments WHERE name = s.name) ORDER BY name"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(sql_segment_from_row).collect()
-    }
-
-    pub(super) async fn link_sql(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        lease_holder(&mut tx, campaign).await?;
-        sqlx::query(
-            "INSERT INTO campaign_sql_segments (campaign_id, sql_segment_id) VALUES (?, ?)",
-        )
-        .bind(campaign)
-        .bind(sql_segment_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(super) async fn campaign_sql(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        let row = sqlx::query(
-            "SELECT s.id, s.name, s.version, s.source, s.query, s.phone_column, s.defined_at, \
-                    c.as_of, c.rows_read \
-             FROM campaign_sql_segments c JOIN sql_segments s ON s.id = c.sql_segment_id \
-             WHERE c.campaign_id = ?",
-        )
-        .bind(campaign)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(CampaignSqlSegment {
-                segment: sql_segment_from_row(&r)?,
-                as_of: r.try_get("as_of")?,
-                rows_read: r.try_get("rows_read")?,
-            })
-        })
-        .transpose()
-    }
-
-    pub(super) async fn begin_snapshot(
-        &self,
-        campaign: i64,
-        execution: i64,
-    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, campaign, execution).await?;
-        let (uid, done): (String, Option<String>) =
-            sqlx::query_as("SELECT uid, snapshot_at FROM campaigns WHERE id = ?")
-                .bind(campaign)
-                .fetch_one(&mut *tx)
-                .await?;
-        if done.is_some() {
-            return Ok(None);
-        }
-        sqlx::query("DELETE FROM messages WHERE campaign_id = ?")
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-        Ok(Some(Box::new(SqliteSnapshot {
-            tx,
-            campaign,
-            execution,
-            uid,
-            total: 0,
-            clock: self.clock.clone(),
-        })))
-    }
-}
+impl SqliteStore {}
 
 struct SqliteSnapshot {
     tx: Transaction<'static, Sqlite>,
@@ -214,5 +106,116 @@ impl MessageSnapshot for SqliteSnapshot {
             messages: self.total,
             suppressed: suppressed as u64,
         })
+    }
+}
+
+#[async_trait]
+impl SqlSegmentStore for SqliteStore {
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        let mut tx = self.write_tx().await?;
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM sql_segments WHERE name = ?",
+        )
+        .bind(&def.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO sql_segments (name, version, source, query, phone_column, defined_at) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING {SEGMENT_COLUMNS}"
+        )))
+        .bind(&def.name)
+        .bind(version)
+        .bind(&def.source)
+        .bind(&def.query)
+        .bind(&def.phone_column)
+        .bind(self.now())
+        .fetch_one(&mut *tx)
+        .await?;
+        let seg = sql_segment_from_row(&row)?;
+        tx.commit().await?;
+        Ok(seg)
+    }
+
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = ? ORDER BY version"
+        )))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql_segment_from_row).collect()
+    }
+
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SEGMENT_COLUMNS} FROM sql_segments s WHERE version = \
+             (SELECT MAX(version) FROM sql_segments WHERE name = s.name) ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql_segment_from_row).collect()
+    }
+
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        lease_holder(&mut tx, campaign).await?;
+        sqlx::query(
+            "INSERT INTO campaign_sql_segments (campaign_id, sql_segment_id) VALUES (?, ?)",
+        )
+        .bind(campaign)
+        .bind(sql_segment_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        let row = sqlx::query(
+            "SELECT s.id, s.name, s.version, s.source, s.query, s.phone_column, s.defined_at, \
+                    c.as_of, c.rows_read \
+             FROM campaign_sql_segments c JOIN sql_segments s ON s.id = c.sql_segment_id \
+             WHERE c.campaign_id = ?",
+        )
+        .bind(campaign)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(CampaignSqlSegment {
+                segment: sql_segment_from_row(&r)?,
+                as_of: r.try_get("as_of")?,
+                rows_read: r.try_get("rows_read")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn begin_message_snapshot(
+        &self,
+        campaign: i64,
+        execution: i64,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, campaign, execution).await?;
+        let (uid, done): (String, Option<String>) =
+            sqlx::query_as("SELECT uid, snapshot_at FROM campaigns WHERE id = ?")
+                .bind(campaign)
+                .fetch_one(&mut *tx)
+                .await?;
+        if done.is_some() {
+            return Ok(None);
+        }
+        sqlx::query("DELETE FROM messages WHERE campaign_id = ?")
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Some(Box::new(SqliteSnapshot {
+            tx,
+            campaign,
+            execution,
+            uid,
+            total: 0,
+            clock: self.clock.clone(),
+        })))
     }
 }

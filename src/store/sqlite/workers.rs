@@ -14,15 +14,40 @@ pub(super) struct Tally {
     pub commits: i64,
 }
 
-impl SqliteStore {
-    /// [`Store::start_worker`]: a new execution with its one worker (compare and swap of the
+impl SqliteStore {}
+
+/// Adds `t` to the counters of the worker and of its execution.
+pub(super) async fn tally(
+    tx: &mut Transaction<'static, Sqlite>,
+    w: &WorkerToken,
+    t: Tally,
+) -> Result<()> {
+    for (table, id) in [("executions", w.execution), ("workers", w.worker)] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET read_count = read_count + ?, sent = sent + ?, failed = failed + ?, \
+             suppressed = suppressed + ?, commits = commits + ? WHERE id = ?"
+        )))
+        .bind(t.read)
+        .bind(t.sent)
+        .bind(t.failed)
+        .bind(t.suppressed)
+        .bind(t.commits)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl WorkerStore for SqliteStore {
+    fn several_workers(&self) -> bool {
+        false
+    }
+
+    /// [`WorkerStore::start_worker`]: a new execution with its one worker (compare and swap of the
     /// lease); joining a live one is refused with what to do instead.
-    pub(super) async fn enlist(
-        &self,
-        campaign: i64,
-        how: &Enlist,
-        me: &Process,
-    ) -> Result<WorkerToken> {
+    async fn start_worker(&self, campaign: i64, how: &Enlist, me: &Process) -> Result<WorkerToken> {
         let (expected, abandon_message) = match how {
             Enlist::New {
                 expected,
@@ -105,8 +130,8 @@ impl SqliteStore {
         })
     }
 
-    /// [`Store::heartbeat`].
-    pub(super) async fn beat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
+    /// [`WorkerStore::heartbeat`].
+    async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
         self.check_file()?;
         let at = self.now();
         let row: Option<(bool, bool)> = sqlx::query_as(
@@ -130,30 +155,13 @@ impl SqliteStore {
         Ok(row)
     }
 
-    /// [`Store::finish_worker`]: the one worker of its execution is always the last.
-    pub(super) async fn end_worker(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_message: &str,
-    ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, w.campaign, w.execution).await?;
-        sqlx::query(
-            "UPDATE workers SET status = ?, exit_message = ?, ended_at = ? WHERE id = ? AND status = 'STARTED'",
-        )
-        .bind(status)
-        .bind(exit_message)
-        .bind(self.now())
-        .bind(w.worker)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+    async fn rescue(&self, _w: &WorkerToken, _timeout_secs: u64, _dead: &[i64]) -> Result<Rescued> {
+        // One worker per campaign: a dead one's execution is taken over whole (`start_worker`).
+        Ok(Rescued::default())
     }
 
-    /// [`Store::workers`].
-    pub(super) async fn list_workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
+    /// [`WorkerStore::workers`].
+    async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
         let rows = sqlx::query("SELECT * FROM workers WHERE campaign_id = ? ORDER BY id")
             .bind(campaign)
             .fetch_all(&self.pool)
@@ -180,27 +188,26 @@ impl SqliteStore {
             })
             .collect()
     }
-}
 
-/// Adds `t` to the counters of the worker and of its execution.
-pub(super) async fn tally(
-    tx: &mut Transaction<'static, Sqlite>,
-    w: &WorkerToken,
-    t: Tally,
-) -> Result<()> {
-    for (table, id) in [("executions", w.execution), ("workers", w.worker)] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET read_count = read_count + ?, sent = sent + ?, failed = failed + ?, \
-             suppressed = suppressed + ?, commits = commits + ? WHERE id = ?"
-        )))
-        .bind(t.read)
-        .bind(t.sent)
-        .bind(t.failed)
-        .bind(t.suppressed)
-        .bind(t.commits)
-        .bind(id)
-        .execute(&mut **tx)
+    /// [`WorkerStore::finish_worker`]: the one worker of its execution is always the last.
+    async fn finish_worker(
+        &self,
+        w: &WorkerToken,
+        status: &str,
+        exit_message: &str,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, w.campaign, w.execution).await?;
+        sqlx::query(
+            "UPDATE workers SET status = ?, exit_message = ?, ended_at = ? WHERE id = ? AND status = 'STARTED'",
+        )
+        .bind(status)
+        .bind(exit_message)
+        .bind(self.now())
+        .bind(w.worker)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(true)
     }
-    Ok(())
 }
