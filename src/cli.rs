@@ -90,7 +90,8 @@ pub enum Command {
     Serve(crate::cli_schedule::ServeArgs),
     /// One row per message of a campaign: ref, phone, status, attempts, gateway id, error, ...
     Audit(AuditArgs),
-    /// Delete attempt logs and executions of finished campaigns older than a date.
+    /// Delete attempt logs, executions and delivery reports of finished campaigns older than
+    /// a date (messages and their final states stay until `campaign delete`).
     Purge {
         /// Delete what is older than this date (YYYY-MM-DD, in policy.timezone) or RFC 3339 time.
         #[arg(long)]
@@ -572,10 +573,12 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             anyhow::ensure!(batch > 0, "--batch must be at least 1");
             let r = store.purge(t, batch).await?;
             eprintln!(
-                "purged {} attempts and {} executions of finished campaigns before {}; \
-                 {:.1} MB of the {:.1} MB database are free for new campaigns (VACUUM shrinks the file)",
+                "purged {} attempts, {} executions and {} delivery reports of finished campaigns \
+                 before {}; {:.1} MB of the {:.1} MB database are free for new campaigns (VACUUM \
+                 shrinks the file)",
                 r.attempts_deleted,
                 r.executions_deleted,
+                r.reports_deleted,
                 t.to_rfc3339(),
                 r.free_bytes as f64 / 1e6,
                 r.db_bytes as f64 / 1e6

@@ -38,7 +38,8 @@ pub trait Store:
     /// execution (`dead_lease`, checked by the caller) is closed as ABANDONED. Refused for
     /// COMPLETED and CANCELLED campaigns.
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64>;
-    /// Deletes a campaign with all its messages; refused while a lease other than
+    /// Deletes a campaign with all its messages, attempts, executions and delivery reports, in
+    /// one transaction; refused while a lease other than
     /// `expected_lease` (a dead holder the caller has checked) is held.
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()>;
     /// The shared rate limit: takes up to `want` tokens from gateway `gateway`'s bucket, which
@@ -67,6 +68,10 @@ pub trait Store:
     ) -> Result<()>;
 
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
+    /// Deletes what finished (COMPLETED or CANCELLED, not running) campaigns logged before
+    /// `before`: attempts, ended executions and delivery reports, plus reports of refs no
+    /// message has; messages stay. Small auto-committed batches of `batch` rows, so a running
+    /// campaign's writer waits for one batch at most.
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
     async fn disk_usage(&self) -> Result<DiskUsage>;
 }

@@ -191,6 +191,8 @@ pub struct AuditFilter {
 pub struct PurgeReport {
     pub attempts_deleted: u64,
     pub executions_deleted: u64,
+    /// Logged delivery reports of finished campaigns, and of refs no message has.
+    pub reports_deleted: u64,
     /// Size of the database after the purge, in bytes.
     pub db_bytes: u64,
     /// Bytes of the database that are free for new rows (the file does not shrink by itself).

@@ -439,10 +439,23 @@ impl Store for PgStore {
                 batch,
             )
             .await?;
+        let reports_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM delivery_reports WHERE id IN (SELECT r.id FROM delivery_reports r \
+                     LEFT JOIN messages m ON m.id = r.message_id \
+                     LEFT JOIN campaigns c ON c.id = m.campaign_id \
+                     WHERE r.received_at < $1 AND (m.id IS NULL OR {FINISHED}) LIMIT $2)"
+                ),
+                before,
+                batch,
+            )
+            .await?;
         let usage = self.disk_usage().await?;
         Ok(PurgeReport {
             attempts_deleted,
             executions_deleted,
+            reports_deleted,
             db_bytes: usage.db_bytes,
             free_bytes: usage.free_bytes,
         })

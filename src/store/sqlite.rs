@@ -609,10 +609,23 @@ impl Store for SqliteStore {
                 batch,
             )
             .await?;
+        let reports_deleted = self
+            .delete_in_batches(
+                &format!(
+                    "DELETE FROM delivery_reports WHERE id IN (SELECT r.id FROM delivery_reports r \
+                     LEFT JOIN messages m ON m.id = r.message_id \
+                     LEFT JOIN campaigns c ON c.id = m.campaign_id \
+                     WHERE r.received_at < ? AND (m.id IS NULL OR {FINISHED}) LIMIT ?)"
+                ),
+                &before,
+                batch,
+            )
+            .await?;
         let usage = self.disk_usage().await?;
         let report = PurgeReport {
             attempts_deleted,
             executions_deleted,
+            reports_deleted,
             db_bytes: usage.db_bytes,
             free_bytes: usage.free_bytes,
         };

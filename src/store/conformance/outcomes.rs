@@ -315,6 +315,7 @@ async fn audit_filters_and_pages(s: Arc<dyn Store>) {
 async fn purge_deletes_only_old_rows_of_finished_campaigns(s: Arc<dyn Store>) {
     let (done, de) = running(&*s, "done", 3).await;
     let got = claim(&*s, done, de, 3).await;
+    let done_refs: Vec<String> = got.iter().map(|m| m.msg_ref.clone()).collect();
     let sent: Vec<_> = got
         .iter()
         .map(|m| update(m.id, MessageState::Sent, vec![attempt("accepted", 0)]))
@@ -331,13 +332,30 @@ async fn purge_deletes_only_old_rows_of_finished_campaigns(s: Arc<dyn Store>) {
         vec![attempt("accepted", 0)],
     )];
     s.commit_chunk(&le, &live_sent).await.expect("commit live");
+    let live_ref = got[0].msg_ref.clone();
+    // Delivery reports for every sent message, and one for a ref no message has.
+    for r in done_refs.iter().chain([&live_ref, &"nobody-1".to_string()]) {
+        s.record_delivery(&delivered(r)).await.expect("report");
+    }
 
     let past = Utc::now() - chrono::Duration::hours(1);
     let r = s.purge(past, 2).await.expect("purge nothing");
-    assert_eq!((r.attempts_deleted, r.executions_deleted), (0, 0));
+    let counts = (r.attempts_deleted, r.executions_deleted, r.reports_deleted);
+    assert_eq!(counts, (0, 0, 0));
     let future = Utc::now() + chrono::Duration::hours(1);
     let r = s.purge(future, 2).await.expect("purge");
-    assert_eq!((r.attempts_deleted, r.executions_deleted), (3, 1));
+    let counts = (r.attempts_deleted, r.executions_deleted, r.reports_deleted);
+    assert_eq!(counts, (3, 1, 4), "the running campaign's report stays");
+    assert!(
+        s.delivery_reports(&done_refs[0])
+            .await
+            .expect("reports")
+            .is_empty()
+    );
+    assert_eq!(
+        s.delivery_reports(&live_ref).await.expect("reports").len(),
+        1
+    );
     assert!(r.db_bytes > 0 && r.free_bytes <= r.db_bytes, "{r:?}");
     assert!(s.disk_usage().await.expect("disk usage").db_bytes > 0);
     assert!(s.executions(done).await.expect("executions").is_empty());
@@ -355,6 +373,9 @@ async fn delete_refuses_a_live_lease_and_removes_everything(s: Arc<dyn Store>) {
         vec![attempt("accepted", 0)],
     )];
     s.commit_chunk(&e, &sent).await.expect("commit");
+    s.record_delivery(&delivered(&got[0].msg_ref))
+        .await
+        .expect("report");
     let m = assert_conflict(s.delete_campaign(c, None).await, "delete while running");
     assert!(m.contains("stop it first"), "{m}");
     assert_eq!(s.counts(c).await.expect("counts").total, 2);
@@ -364,8 +385,24 @@ async fn delete_refuses_a_live_lease_and_removes_everything(s: Arc<dyn Store>) {
     assert_not_found(s.campaign(c).await, "deleted campaign");
     assert_eq!(s.counts(c).await.expect("counts"), Counts::default());
     assert!(s.executions(c).await.expect("executions").is_empty());
+    let reports = s.delivery_reports(&got[0].msg_ref).await.expect("reports");
+    assert!(
+        reports.is_empty(),
+        "its delivery reports go with it: {reports:?}"
+    );
     assert_not_found(s.delete_campaign(c, None).await, "delete twice");
     // The segment is untouched: a new campaign can use it (SQLite may reuse the id).
     let again = create_campaign(&*s, "seg", true).await;
     assert_eq!(s.campaign(again).await.expect("new").status, "CREATED");
+}
+
+/// A final "delivered" report for `msg_ref`, as a gateway sends it.
+fn delivered(msg_ref: &str) -> DeliveryReport {
+    DeliveryReport {
+        gateway: "sim".into(),
+        msg_ref: msg_ref.into(),
+        status: ReportStatus::Final(DeliveryState::Delivered),
+        code: Some("0".into()),
+        at: Utc::now(),
+    }
 }

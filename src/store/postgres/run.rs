@@ -80,6 +80,8 @@ impl PgStore {
             )));
         }
         for sql in [
+            "DELETE FROM delivery_reports r USING messages m \
+             WHERE m.id = r.message_id AND m.campaign_id = $1",
             "DELETE FROM attempts WHERE campaign_id = $1",
             "DELETE FROM messages WHERE campaign_id = $1",
             "DELETE FROM executions WHERE campaign_id = $1",

@@ -95,6 +95,8 @@ impl SqliteStore {
         // Still one transaction, but in batches: one DELETE of ten million rows first gathers
         // every rowid it will delete, in memory.
         for sql in [
+            "DELETE FROM delivery_reports WHERE id IN (SELECT r.id FROM delivery_reports r \
+             JOIN messages m ON m.id = r.message_id WHERE m.campaign_id = ?1 LIMIT ?2)",
             "DELETE FROM attempts WHERE id IN \
              (SELECT id FROM attempts WHERE campaign_id = ?1 LIMIT ?2)",
             "DELETE FROM messages WHERE id IN \
