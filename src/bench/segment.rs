@@ -174,7 +174,7 @@ async fn measure(source: &str, rows: u64) -> anyhow::Result<SegmentReport> {
         .start_worker(id, &how, &crate::lease::Process::me())
         .await?;
     let t = Instant::now();
-    segment_sql::snapshot_for_run(&*store, &cfg, &c, worker.execution).await?;
+    segment_sql::snapshot_for_run(&*store, &cfg, &c, &worker).await?;
     r.snapshot_secs = t.elapsed().as_secs_f64();
     r.snapshot_rows_per_sec = rows as f64 / r.snapshot_secs;
     r.messages = store.counts(id).await?.total;

@@ -267,13 +267,7 @@ impl LeasedRun<'_> {
         let outcome = if settle_only {
             Ok(())
         } else {
-            crate::segment_sql::snapshot_for_run(
-                &**store,
-                self.cfg,
-                campaign,
-                self.worker.execution,
-            )
-            .await
+            crate::segment_sql::snapshot_for_run(&**store, self.cfg, campaign, &self.worker).await
         };
         let outcome = match outcome {
             Ok(()) => runner.drive(opts.retry_failed, settle_only).await,

@@ -19,7 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::Config;
 use crate::import::{Rejected, check_segment_name};
-use crate::model::{Campaign, NewMember};
+use crate::model::{Campaign, NewMember, WorkerToken};
 use crate::store::source::SourceRow;
 use crate::store::{NewSqlSegment, SnapshotRow, SqlSegment, Store};
 pub use rows::{AD_CONSENT_COLUMN, CONSENT_EXPIRED, CONSENT_MISSING, Layout, Rules};
@@ -308,7 +308,7 @@ pub async fn snapshot_for_run(
     store: &dyn Store,
     cfg: &Config,
     c: &Campaign,
-    execution: i64,
+    worker: &WorkerToken,
 ) -> anyhow::Result<()> {
     if c.snapshot_at.is_some() {
         return Ok(());
@@ -319,7 +319,7 @@ pub async fn snapshot_for_run(
     let seg = link.segment;
     let span =
         info_span!("sql_snapshot", campaign = c.id, segment = %seg.name, version = seg.version);
-    snapshot(store, cfg, c, execution, &seg)
+    snapshot(store, cfg, c, worker, &seg)
         .instrument(span)
         .await
         .with_context(|| {
@@ -335,7 +335,7 @@ async fn snapshot(
     store: &dyn Store,
     cfg: &Config,
     c: &Campaign,
-    execution: i64,
+    worker: &WorkerToken,
     seg: &SqlSegment,
 ) -> anyhow::Result<()> {
     let as_of = as_of_for(c, Utc::now());
@@ -343,7 +343,7 @@ async fn snapshot(
     let mut conv = Converter::new(rules(cfg, seg, c.ad, as_of));
     // Connect to the source before taking munja's write transaction.
     let mut reader = spec.open(&seg.query, as_of).await?;
-    let Some(mut snap) = store.begin_message_snapshot(c.id, execution).await? else {
+    let Some(mut snap) = store.begin_message_snapshot(worker).await? else {
         reader.close().await;
         return Ok(());
     };

@@ -127,12 +127,12 @@ pub trait SqlSegmentStore: Send + Sync {
     async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()>;
     /// The SQL segment version `campaign` was created from; `None` for a CSV segment.
     async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>>;
-    /// Opens the streamed snapshot of `campaign` for its lease holder `execution`; `None` when
-    /// the campaign was snapshotted before.
+    /// Opens the streamed snapshot of worker `w`'s campaign (fenced on its execution holding
+    /// the lease); `None` when the campaign was snapshotted before. Its suppressions count on
+    /// the worker and the execution.
     async fn begin_message_snapshot(
         &self,
-        campaign: i64,
-        execution: i64,
+        w: &WorkerToken,
     ) -> Result<Option<Box<dyn MessageSnapshot>>>;
 }
 

@@ -207,6 +207,16 @@ pub struct DiskUsage {
     pub free_bytes: u64,
 }
 
+/// Counter increments of one write, added to a worker's and its execution's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    pub read: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub commits: i64,
+}
+
 /// Outcome of an opt-out or segment import batch.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ImportCounts {

@@ -116,7 +116,7 @@ async fn streamed_snapshot_merges_suppresses_and_records(s: Arc<dyn Store>) {
     let (c, e) = sql_campaign(&*s).await;
     s.optout_add(&phone(3), "cli").await.expect("opt out");
     let mut snap = s
-        .begin_message_snapshot(c, e.execution)
+        .begin_message_snapshot(&e)
         .await
         .expect("begin")
         .expect("not done yet");
@@ -139,6 +139,11 @@ async fn streamed_snapshot_merges_suppresses_and_records(s: Arc<dyn Store>) {
     assert_eq!((totals.messages, totals.suppressed), (4, 2));
     let counts = s.counts(c).await.expect("counts");
     assert_eq!((counts.total, counts.pending, counts.suppressed), (4, 2, 2));
+    // The suppressions count on the worker that snapshotted and on its execution.
+    let worker = &s.workers(c).await.expect("workers")[0];
+    assert_eq!((worker.id, worker.suppressed), (e.worker, 2));
+    let ex = &s.executions(c).await.expect("executions")[0];
+    assert_eq!(ex.suppressed, 2);
     let link = s
         .campaign_sql_segment(c)
         .await
@@ -179,10 +184,7 @@ async fn streamed_snapshot_merges_suppresses_and_records(s: Arc<dyn Store>) {
         ]
     );
     assert!(
-        s.begin_message_snapshot(c, e.execution)
-            .await
-            .expect("again")
-            .is_none(),
+        s.begin_message_snapshot(&e).await.expect("again").is_none(),
         "a snapshotted campaign is never snapshotted again"
     );
     assert_eq!(s.snapshot(&e).await.expect("csv snapshot path"), 0);
@@ -192,7 +194,7 @@ async fn streamed_snapshot_is_all_or_nothing_and_fenced(s: Arc<dyn Store>) {
     let (c, e) = sql_campaign(&*s).await;
     {
         let mut snap = s
-            .begin_message_snapshot(c, e.execution)
+            .begin_message_snapshot(&e)
             .await
             .expect("begin")
             .expect("open");
@@ -207,13 +209,11 @@ async fn streamed_snapshot_is_all_or_nothing_and_fenced(s: Arc<dyn Store>) {
         .await
         .expect("takeover");
     assert_lease_lost(
-        s.begin_message_snapshot(c, e.execution)
-            .await
-            .map(|o| o.is_some()),
+        s.begin_message_snapshot(&e).await.map(|o| o.is_some()),
         "a stale execution's snapshot",
     );
     let mut snap = s
-        .begin_message_snapshot(c, e2.execution)
+        .begin_message_snapshot(&e2)
         .await
         .expect("begin")
         .expect("open");

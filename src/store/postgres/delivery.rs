@@ -4,8 +4,6 @@
 
 use super::*;
 
-impl PgStore {}
-
 #[async_trait]
 impl DeliveryStore for PgStore {
     /// See [`DeliveryStore::record_delivery`].

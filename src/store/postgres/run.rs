@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::workers::{Tally, fence_worker, tally};
+use super::workers::{fence_worker, tally};
 use super::*;
 
 impl PgStore {

@@ -19,12 +19,10 @@ fn sql_segment_from_row(r: &PgRow) -> Result<SqlSegment> {
     })
 }
 
-impl PgStore {}
-
 struct PgSnapshot {
     tx: Transaction<'static, Postgres>,
     campaign: i64,
-    execution: i64,
+    worker: WorkerToken,
     uid: String,
     total: u64,
 }
@@ -97,14 +95,12 @@ impl MessageSnapshot for PgSnapshot {
         .bind(self.campaign)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
-            "UPDATE executions SET suppressed = suppressed + $1, read_count = read_count + $1 \
-             WHERE id = $2",
-        )
-        .bind(suppressed)
-        .bind(self.execution)
-        .execute(&mut **tx)
-        .await?;
+        let counted = Tally {
+            read: suppressed,
+            suppressed,
+            ..Tally::default()
+        };
+        super::workers::tally(tx, &self.worker, counted).await?;
         self.tx.commit().await?;
         Ok(SnapshotTotals {
             messages: self.total,
@@ -199,9 +195,9 @@ impl SqlSegmentStore for PgStore {
 
     async fn begin_message_snapshot(
         &self,
-        campaign: i64,
-        execution: i64,
+        w: &WorkerToken,
     ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, campaign, execution).await?;
         let (uid, done): (String, Option<DateTime<Utc>>) =
@@ -219,7 +215,7 @@ impl SqlSegmentStore for PgStore {
         Ok(Some(Box::new(PgSnapshot {
             tx,
             campaign,
-            execution,
+            worker: *w,
             uid,
             total: 0,
         })))

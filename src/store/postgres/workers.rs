@@ -13,16 +13,6 @@
 
 use super::*;
 
-/// Counter increments of one write.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Tally {
-    pub read: i64,
-    pub sent: i64,
-    pub failed: i64,
-    pub suppressed: i64,
-    pub commits: i64,
-}
-
 /// Fails with `LeaseLost` unless worker `w` is STARTED and its execution holds the lease; the
 /// worker row stays locked until the transaction ends (`FOR NO KEY UPDATE`: a worker's own
 /// writes take turns, since each updates its counters; other workers' writes do not wait).

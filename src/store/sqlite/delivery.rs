@@ -4,8 +4,6 @@
 
 use super::*;
 
-impl SqliteStore {}
-
 #[async_trait]
 impl DeliveryStore for SqliteStore {
     /// See [`DeliveryStore::record_delivery`].

@@ -2,7 +2,7 @@
 //! claim and commit. Each write is one `BEGIN IMMEDIATE` transaction that checks the lease
 //! first (fencing): SQLite has one writer, so a campaign has one worker at a time.
 
-use super::workers::{Tally, tally};
+use super::workers::tally;
 use super::*;
 
 impl SqliteStore {

@@ -18,12 +18,10 @@ fn sql_segment_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SqlSegment> {
     })
 }
 
-impl SqliteStore {}
-
 struct SqliteSnapshot {
     tx: Transaction<'static, Sqlite>,
     campaign: i64,
-    execution: i64,
+    worker: WorkerToken,
     uid: String,
     total: u64,
     clock: Clock,
@@ -93,14 +91,12 @@ impl MessageSnapshot for SqliteSnapshot {
         .bind(self.campaign)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
-            "UPDATE executions SET suppressed = suppressed + ?, read_count = read_count + ? WHERE id = ?",
-        )
-        .bind(suppressed)
-        .bind(suppressed)
-        .bind(self.execution)
-        .execute(&mut **tx)
-        .await?;
+        let counted = Tally {
+            read: suppressed,
+            suppressed,
+            ..Tally::default()
+        };
+        super::workers::tally(tx, &self.worker, counted).await?;
         self.tx.commit().await?;
         Ok(SnapshotTotals {
             messages: self.total,
@@ -192,9 +188,9 @@ impl SqlSegmentStore for SqliteStore {
 
     async fn begin_message_snapshot(
         &self,
-        campaign: i64,
-        execution: i64,
+        w: &WorkerToken,
     ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
         fence(&mut tx, campaign, execution).await?;
         let (uid, done): (String, Option<String>) =
@@ -212,7 +208,7 @@ impl SqlSegmentStore for SqliteStore {
         Ok(Some(Box::new(SqliteSnapshot {
             tx,
             campaign,
-            execution,
+            worker: *w,
             uid,
             total: 0,
             clock: self.clock.clone(),

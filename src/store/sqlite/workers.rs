@@ -4,18 +4,6 @@
 
 use super::*;
 
-/// Counter increments of one write: (read, sent, failed, suppressed, commits).
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Tally {
-    pub read: i64,
-    pub sent: i64,
-    pub failed: i64,
-    pub suppressed: i64,
-    pub commits: i64,
-}
-
-impl SqliteStore {}
-
 /// Adds `t` to the counters of the worker and of its execution.
 pub(super) async fn tally(
     tx: &mut Transaction<'static, Sqlite>,
