@@ -10,15 +10,16 @@
 //! With `--resume-at`, the run is stopped once that many messages are sent, and the bench
 //! measures how long a resumed run takes to commit its first chunk.
 
+mod child;
+mod inputs;
 mod peak;
+mod report;
 mod segment;
 
 pub use peak::{PEAK_RSS_FILE_ENV, PeakReport, PeakWatch, peak_rss_mib};
+pub use report::Report;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -28,6 +29,10 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::gateway::sim::{self, SimConfig};
 use crate::store;
+use crate::store::postgres::scratch::ScratchDb;
+use child::{Bench, ChildRun, Stdout};
+use inputs::{generate, number, write_config};
+use report::print_report;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -83,196 +88,10 @@ pub struct Phase {
     pub per_sec: Option<f64>,
 }
 
-/// What the child's stdout is used for.
-enum Stdout {
-    /// Kept (ids, JSON summaries: small).
-    Keep,
-    /// Counted line by line and dropped (exports: large).
-    CountLines,
-}
-
-struct ChildRun {
-    status: ExitStatus,
-    secs: f64,
-    peak_kib: u64,
-    stdout: String,
-    lines: u64,
-}
-
-/// Where the bench keeps its files and how it runs `munja`.
-#[derive(Clone)]
-struct Bench {
-    exe: PathBuf,
-    root: PathBuf,
-    config: PathBuf,
-}
-
-impl Bench {
-    /// Runs `munja --config munja.toml ARGS` and measures it; stderr goes to `NAME.log`.
-    fn child(&self, name: &str, args: &[&str], stdout: Stdout) -> anyhow::Result<ChildRun> {
-        let log_path = self.root.join(format!("{}.log", name.replace(' ', "-")));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let started = Instant::now();
-        let (mut child, watch) = PeakWatch::spawn(
-            Command::new(&self.exe)
-                .current_dir(&self.root)
-                .arg("--config")
-                .arg(&self.config)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log),
-            self.root.join(format!("{}.peak", name.replace(' ', "-"))),
-        )
-        .with_context(|| format!("starting {}", self.exe.display()))?;
-        let mut out = child.stdout.take().context("child stdout")?;
-        let (mut text, mut lines) = (String::new(), 0u64);
-        match stdout {
-            Stdout::Keep => {
-                out.read_to_string(&mut text)?;
-            }
-            Stdout::CountLines => {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = out.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
-                }
-            }
-        }
-        let (status, peak_kib) = watch.finish(child)?;
-        Ok(ChildRun {
-            status,
-            secs: started.elapsed().as_secs_f64(),
-            peak_kib,
-            stdout: text,
-            lines,
-        })
-    }
-
-    /// Like [`Bench::child`], failing with the end of its log unless it exits with one of `ok`.
-    async fn phase(
-        &self,
-        name: &str,
-        args: &[&str],
-        stdout: Stdout,
-        ok: &[i32],
-    ) -> anyhow::Result<(Phase, ChildRun)> {
-        let this = self.clone();
-        let (n, a): (String, Vec<String>) =
-            (name.into(), args.iter().map(|s| s.to_string()).collect());
-        let run = tokio::task::spawn_blocking(move || {
-            let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            this.child(&n, &a, stdout)
-        })
-        .await??;
-        let code = run.status.code().unwrap_or(-1);
-        if !ok.contains(&code) {
-            let log =
-                std::fs::read_to_string(self.root.join(format!("{}.log", name.replace(' ', "-"))))
-                    .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            bail!(
-                "bench phase {name:?} (munja {}) exited with {code}:\n{}",
-                args.join(" "),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        let phase = Phase {
-            name: name.into(),
-            secs: run.secs,
-            peak_rss_mib: run.peak_kib as f64 / 1024.0,
-            rows: None,
-            per_sec: None,
-        };
-        Ok((phase, run))
-    }
-}
-
 fn with_rows(mut p: Phase, rows: u64, secs: f64) -> Phase {
     p.rows = Some(rows);
     p.per_sec = Some(rows as f64 / secs.max(1e-9));
     p
-}
-
-/// The national form of generated number `i` (recipients from 0, other numbers from 10^7).
-fn number(i: u64) -> String {
-    format!("010-{:04}-{:04}", 1000 + i / 10_000, i % 10_000)
-}
-
-/// Writes the segment (and opt-out) CSVs; returns how many opt-outs are in the segment.
-fn generate(root: &Path, recipients: u64, optouts: u64) -> anyhow::Result<u64> {
-    anyhow::ensure!(
-        recipients <= 10_000_000 && optouts <= 70_000_000,
-        "the bench generates at most 10,000,000 recipients and 70,000,000 opt-outs"
-    );
-    let mut w = std::io::BufWriter::new(std::fs::File::create(root.join("segment.csv"))?);
-    writeln!(w, "phone,name")?;
-    for i in 0..recipients {
-        writeln!(w, "{},고객{i}", number(i))?;
-    }
-    w.flush()?;
-    let inside = optouts.min(recipients.div_ceil(10));
-    if optouts > 0 {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(root.join("optouts.csv"))?);
-        writeln!(w, "phone")?;
-        for k in 0..inside {
-            writeln!(w, "{}", number(k * 10))?;
-        }
-        for k in 0..optouts - inside {
-            writeln!(w, "{}", number(10_000_000 + k))?;
-        }
-        w.flush()?;
-    }
-    Ok(inside)
-}
-
-fn write_config(
-    root: &Path,
-    args: &BenchArgs,
-    url: &str,
-    database_url: Option<&str>,
-) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(root.join("templates"))?;
-    std::fs::write(
-        root.join("templates/bench.txt"),
-        "{{ name }}님, 이번 주 회원 전용 할인 쿠폰이 도착했어요.",
-    )?;
-    let path = root.join("munja.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"{database}[sender]
-number = "1588-1234"
-brand = "munja"
-optout_number = "080-600-5653"
-[policy]
-chunk_size = {chunk}
-quiet_hours = "off"
-lease_timeout_secs = 3
-[[gateways]]
-name = "sim"
-kind = "http-json"
-url = "{url}"
-rate_per_sec = 1000000
-burst = 100000
-concurrency = {conc}
-timeout_ms = 10000
-max_attempts = 5
-batch_size = {batch}
-"#,
-            database = database_url
-                .map(|u| format!("database_url = \"{u}\"\n"))
-                .unwrap_or_default(),
-            chunk = args.chunk_size,
-            conc = args.concurrency,
-            batch = args.batch_size,
-        ),
-    )?;
-    Ok(path)
 }
 
 /// Size of the database in bytes, as its pages count (free pages included).
@@ -280,36 +99,6 @@ async fn db_bytes(b: &Bench) -> anyhow::Result<u64> {
     let cfg = Config::load(&b.config)?;
     let store = store::open(&cfg.database_url).await?;
     Ok(store.disk_usage().await?.db_bytes)
-}
-
-/// The whole report.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub recipients: u64,
-    /// `campaign run` processes that worked the campaign at once.
-    pub workers: usize,
-    pub optouts: u64,
-    pub optouts_in_segment: u64,
-    pub batch_size: usize,
-    pub chunk_size: usize,
-    pub concurrency: usize,
-    pub phases: Vec<Phase>,
-    /// Sent per second of the run, as the run reports it (snapshot included).
-    pub run_sent_per_sec: f64,
-    pub sent: i64,
-    pub suppressed: i64,
-    pub accepted_at_gateway: u64,
-    pub numbers_accepted_twice: u64,
-    /// Seconds from starting the resumed run to its first committed chunk.
-    pub resume_first_commit_secs: Option<f64>,
-    /// Database after the imports: the segment and the opt-out list.
-    pub db_bytes_after_imports: u64,
-    pub db_bytes_after_run: u64,
-    /// What the run added (message rows, attempt rows, indexes), per million messages.
-    pub db_bytes_per_million_messages: f64,
-    pub purge_freed_bytes: Option<u64>,
-    /// Peak RSS of the bench process itself (the gateway simulator), in MiB.
-    pub bench_process_peak_rss_mib: Option<f64>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
@@ -323,19 +112,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         args.workers == 1 || args.resume_at.is_none(),
         "--resume-at measures one worker's resume: use it without --workers"
     );
-    let scratch = match args.database_url.as_deref() {
-        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Some(
-            store::postgres::scratch::ScratchDb::create(u)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
-        Some(u) => bail!(
-            "--database-url {}: the bench takes a postgres:// server URL (it creates its own \
-             database there); without it, it uses a SQLite file",
-            store::redact(u)
-        ),
-        None => None,
-    };
+    let scratch = scratch_db(args.database_url.as_deref()).await?;
     anyhow::ensure!(
         args.workers == 1 || scratch.is_some(),
         "--workers {} needs PostgreSQL: add --database-url postgres://USER@HOST/DB",
@@ -393,6 +170,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         print_report(&report);
     }
     Ok(0)
+}
+
+/// The PostgreSQL scratch database the bench creates on the server of `database_url`;
+/// `None` (a SQLite file) without one.
+async fn scratch_db(database_url: Option<&str>) -> anyhow::Result<Option<ScratchDb>> {
+    Ok(match database_url {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Some(
+            ScratchDb::create(u)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        Some(u) => bail!(
+            "--database-url {}: the bench takes a postgres:// server URL (it creates its own \
+             database there); without it, it uses a SQLite file",
+            store::redact(u)
+        ),
+        None => None,
+    })
 }
 
 /// Runs every phase in order, filling `report`.
@@ -661,55 +456,5 @@ async fn first_commit(
             "the resumed run committed nothing in 10 minutes"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn print_report(r: &Report) {
-    println!(
-        "{} recipients, {} opt-outs ({} of them in the segment); batch {}, chunk {}, concurrency {}, workers {}",
-        r.recipients,
-        r.optouts,
-        r.optouts_in_segment,
-        r.batch_size,
-        r.chunk_size,
-        r.concurrency,
-        r.workers
-    );
-    println!(
-        "{:<24} {:>9} {:>14} {:>14}",
-        "phase", "seconds", "peak RSS MiB", "rows/s"
-    );
-    for p in &r.phases {
-        println!(
-            "{:<24} {:>9.2} {:>14.1} {:>14}",
-            p.name,
-            p.secs,
-            p.peak_rss_mib,
-            p.per_sec
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "-".into())
-        );
-    }
-    println!(
-        "run: {:.0} messages/s sent (snapshot included); {} sent, {} suppressed; gateway accepted {}, numbers accepted twice {}",
-        r.run_sent_per_sec, r.sent, r.suppressed, r.accepted_at_gateway, r.numbers_accepted_twice
-    );
-    if let Some(s) = r.resume_first_commit_secs {
-        println!("resume: first chunk committed {s:.3}s after the resumed run started");
-    }
-    println!(
-        "database: {:.1} MiB after the imports, {:.1} MiB after the run: {:.0} MiB per million messages",
-        r.db_bytes_after_imports as f64 / 1048576.0,
-        r.db_bytes_after_run as f64 / 1048576.0,
-        r.db_bytes_per_million_messages / 1048576.0
-    );
-    if let Some(f) = r.purge_freed_bytes {
-        println!(
-            "purge: {:.1} MiB of the file free for new campaigns (the file keeps its size; VACUUM shrinks it)",
-            f as f64 / 1048576.0
-        );
-    }
-    if let Some(m) = r.bench_process_peak_rss_mib {
-        println!("bench process (gateway simulator): peak RSS {m:.1} MiB");
     }
 }

@@ -3,7 +3,6 @@
 //! Every command loads the config, opens the store and calls one function of the library;
 //! stdout carries results (ids, tables, JSON) and stderr carries reports and progress.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,18 +10,18 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::audit::{self, Format};
-use crate::campaign;
+use crate::audit::Format;
 use crate::config::Config;
 use crate::delivery;
 use crate::gateway::sim::{self, SimConfig};
 use crate::import::{self, ImportReport};
-use crate::phone;
-use crate::store::{self, AuditFilter, Store};
+use crate::store::{self, Store};
 
 mod campaign_cmd;
+mod records;
 mod sql_segments;
 mod status;
+mod template_cmd;
 
 use campaign_cmd::campaign_cmd;
 
@@ -426,7 +425,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let cfg = Config::discover(cli.config.as_deref())?;
             if let Command::Template(TemplateCmd::Check { name, no_ad }) = command {
                 // Checking a template needs no database.
-                template_check(&cfg, &name, no_ad, &mut std::io::stdout().lock())?;
+                template_cmd::check(&cfg, &name, no_ad, &mut std::io::stdout().lock())?;
                 return Ok(0);
             }
             // Only `init` creates the database; every other command needs it to exist.
@@ -446,32 +445,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// `munja template check`: syntax, variables, ad markers and the work budget.
-fn template_check(
-    cfg: &Config,
-    name: &str,
-    no_ad: bool,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    let src = campaign::load_template(cfg, name, !no_ad, None)?;
-    let r = crate::template::Renderer::new(&src)?;
-    let vars: Vec<String> = r.variables().into_iter().collect();
-    writeln!(out, "template {name}: OK")?;
-    writeln!(
-        out,
-        "variables: {}",
-        if vars.is_empty() {
-            "(none)".into()
-        } else {
-            vars.join(", ")
-        }
-    )?;
-    if let Some(s) = &src.subject {
-        writeln!(out, "subject: {s}")?;
-    }
-    Ok(())
-}
-
+/// Runs a command that needs the config and the database.
 async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
     let out = &mut std::io::stdout().lock();
     match command {
@@ -482,7 +456,7 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
         Command::Optout(OptoutCmd::Sync { gateway, json }) => {
             return delivery::commands::optout_sync(&*store, cfg, &gateway, json, out).await;
         }
-        Command::Optout(cmd) => return optout(cmd, &*store, out).await,
+        Command::Optout(cmd) => return records::optout(cmd, &*store, out).await,
         Command::Campaign(CampaignCmd::SyncResults { id, gateway, json }) => {
             return delivery::commands::sync_results(
                 &*store,
@@ -504,108 +478,30 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
         }
         Command::Segment(cmd) => return sql_segments::run(cmd, cfg, &*store, out).await,
         Command::Template(TemplateCmd::Check { name, no_ad }) => {
-            template_check(cfg, &name, no_ad, out)?;
+            template_cmd::check(cfg, &name, no_ad, out)?;
         }
         Command::Template(TemplateCmd::Preview {
             name,
             segment,
             limit,
             no_ad,
-        }) => {
-            let rows = campaign::preview(&*store, cfg, &name, &segment, limit, no_ad).await?;
-            let mut bad = 0;
-            for r in rows {
-                writeln!(out, "── {} ──", r.phone)?;
-                match r.result {
-                    Ok(t) => {
-                        writeln!(out, "[{} {} bytes]", t.kind, t.bytes)?;
-                        if let Some(s) = t.subject {
-                            writeln!(out, "subject: {s}")?;
-                        }
-                        writeln!(out, "{}", t.text)?;
-                    }
-                    Err(e) => {
-                        bad += 1;
-                        writeln!(out, "REFUSED {e}")?;
-                    }
-                }
-            }
-            return Ok(i32::from(bad > 0));
-        }
+        }) => return template_cmd::preview(&*store, cfg, &name, &segment, limit, no_ad, out).await,
         Command::Campaign(cmd) => return campaign_cmd(cmd, cfg, store, out).await,
         Command::Schedule(cmd) => {
             return crate::cli_schedule::schedule_cmd(cmd, cfg, store, out).await;
         }
         Command::Serve(args) => return crate::cli_schedule::serve(args, cfg, store).await,
-        Command::Audit(a) => {
-            let phone = match &a.phone {
-                Some(p) => Some(
-                    phone::normalize_mobile(p)
-                        .map_err(|e| anyhow::anyhow!("--phone {}: {e}", phone::mask(p)))?
-                        .as_str()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            let (state, delivery) = match &a.status {
-                Some(s) => delivery::commands::audit_status(s)?,
-                None => (None, None),
-            };
-            store.campaign(a.campaign).await?;
-            let filter = AuditFilter {
-                campaign: a.campaign,
-                phone,
-                state,
-                delivery,
-                ..Default::default()
-            };
-            let n = audit::write(&*store, filter, a.format, out).await?;
-            if a.format == Format::Table {
-                eprintln!("{n} messages");
-            }
-        }
+        Command::Audit(a) => records::audit(&a, &*store, out).await?,
         Command::Purge {
             before,
             batch,
             json,
-        } => {
-            let t = parse_date(&before, cfg)?;
-            anyhow::ensure!(batch > 0, "--batch must be at least 1");
-            let r = store.purge(t, batch).await?;
-            eprintln!(
-                "purged {} attempts, {} executions and {} delivery reports of finished campaigns \
-                 before {}; {:.1} MB of the {:.1} MB database are free for new campaigns (VACUUM \
-                 shrinks the file)",
-                r.attempts_deleted,
-                r.executions_deleted,
-                r.reports_deleted,
-                t.to_rfc3339(),
-                r.free_bytes as f64 / 1e6,
-                r.db_bytes as f64 / 1e6
-            );
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
-            }
-        }
+        } => records::purge(&before, batch, json, cfg, &*store, out).await?,
         Command::GatewaySim(_) | Command::Demo(_) | Command::Bench(_) => {
             unreachable!("handled above")
         }
     }
     Ok(0)
-}
-
-fn parse_date(s: &str, cfg: &Config) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").with_context(|| {
-        format!("--before {s:?}: expected a date YYYY-MM-DD or an RFC 3339 time")
-    })?;
-    let local = d
-        .and_hms_opt(0, 0, 0)
-        .and_then(|t| t.and_local_timezone(cfg.policy.timezone).earliest())
-        .context("--before: that midnight does not exist in policy.timezone")?;
-    Ok(local.with_timezone(&chrono::Utc))
 }
 
 /// Prints what an import did, and how every line of the file was used.
@@ -631,68 +527,4 @@ fn print_rejected(file: &std::path::Path) -> impl FnMut(&import::Rejected) + '_ 
             x.detail
         )
     }
-}
-
-async fn optout(cmd: OptoutCmd, store: &dyn Store, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let parse = |p: &str| {
-        phone::normalize_mobile(p).map_err(|e| anyhow::anyhow!("{}: {e}", phone::mask(p)))
-    };
-    match cmd {
-        OptoutCmd::Import { file } => {
-            let r = import::optouts(store, &file, &mut print_rejected(&file)).await?;
-            print_import(&r, "already present");
-        }
-        OptoutCmd::Add { phone } => {
-            let p = parse(&phone)?;
-            let new = store.optout_add(&p, "cli").await?;
-            writeln!(
-                out,
-                "{} {}",
-                p.masked(),
-                if new {
-                    "opted out"
-                } else {
-                    "was already opted out"
-                }
-            )?;
-        }
-        OptoutCmd::Remove { phone } => {
-            let p = parse(&phone)?;
-            let gone = store.optout_remove(&p).await?;
-            writeln!(
-                out,
-                "{} {}",
-                p.masked(),
-                if gone {
-                    "removed from the opt-out list"
-                } else {
-                    "was not opted out"
-                }
-            )?;
-        }
-        OptoutCmd::Check { phone } => {
-            // Exit 1 means "not opted out": bad input must not look like that to a script.
-            let p = match parse(&phone) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(2);
-                }
-            };
-            let opted = store.optout_contains(&p).await?;
-            writeln!(
-                out,
-                "{} {}",
-                p.masked(),
-                if opted {
-                    "is opted out"
-                } else {
-                    "is not opted out"
-                }
-            )?;
-            return Ok(if opted { 0 } else { 1 });
-        }
-        OptoutCmd::Sync { .. } => unreachable!("handled by run_command"),
-    }
-    Ok(0)
 }

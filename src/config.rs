@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
+use crate::compliance::QuietHours;
 pub use sources::{DEFAULT_STATEMENT_TIMEOUT_SECS, SourceConfig};
 
 mod errors;
 use errors::{describe_parse_error, describe_toml_error};
 mod kinds;
 pub use kinds::{GatewayKind, NHN_DEFAULT_URL};
+mod policy;
+use policy::positive;
 
 /// Environment variable overriding `database_url`.
 pub const DATABASE_URL_ENV: &str = "MUNJA_DATABASE_URL";
@@ -82,14 +84,6 @@ pub struct ServerConfig {
     pub token_env: String,
     /// Campaigns the server runs at once; due campaigns beyond it wait their turn.
     pub max_concurrent_runs: usize,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    token_env: Option<String>,
-    max_concurrent_runs: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -223,55 +217,15 @@ struct RawConfig {
     #[serde(default)]
     sender: Sender,
     #[serde(default)]
-    policy: RawPolicy,
+    policy: policy::RawPolicy,
     #[serde(default)]
     pricing: Pricing,
     #[serde(default)]
-    gateways: Vec<RawGateway>,
+    gateways: Vec<kinds::RawGateway>,
     #[serde(default)]
-    server: RawServer,
+    server: policy::RawServer,
     #[serde(default)]
     sources: BTreeMap<String, sources::RawSource>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    timezone: Option<String>,
-    chunk_size: Option<i64>,
-    quiet_hours: Option<String>,
-    lease_timeout_secs: Option<i64>,
-    max_consecutive_failures: Option<i64>,
-    max_ads_per_recipient: Option<FrequencyCap>,
-    misfire_grace_secs: Option<i64>,
-    ad_consent_max_age_days: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGateway {
-    name: String,
-    kind: String,
-    url: Option<String>,
-    api_key_env: Option<String>,
-    rate_per_sec: i64,
-    burst: Option<i64>,
-    concurrency: Option<i64>,
-    timeout_ms: Option<i64>,
-    max_attempts: Option<i64>,
-    batch_size: Option<i64>,
-    max_retry_after_secs: Option<i64>,
-    username: Option<String>,
-    password_env: Option<String>,
-    app_key_env: Option<String>,
-    secret_key_env: Option<String>,
-    dlr_url: Option<String>,
-    method: Option<String>,
-    weight: Option<i64>,
-    breaker_failures: Option<i64>,
-    breaker_cooldown_secs: Option<i64>,
-    dlr_token_env: Option<String>,
-    webhook_signature_env: Option<String>,
 }
 
 impl Config {
@@ -316,17 +270,12 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        let raw: RawConfig = toml::Deserializer::parse(text)
-            .map_err(|e| describe_toml_error(text, String::new(), &e))
-            .and_then(|de| {
-                serde_path_to_error::deserialize(de).map_err(|e| describe_parse_error(text, &e))
-            })
-            .map_err(|(key, message)| {
-                err(
-                    &key,
-                    format!("{message}; see config/munja.example.toml for every key"),
-                )
-            })?;
+        let raw = parse_raw(text).map_err(|(key, message)| {
+            err(
+                &key,
+                format!("{message}; see config/munja.example.toml for every key"),
+            )
+        })?;
         let base = path
             .and_then(Path::parent)
             .map(Path::to_path_buf)
@@ -342,93 +291,10 @@ impl Config {
             resolve_sqlite_url(&database_url, &base).map_err(|m| err("database_url", m))?;
         let templates_dir = base.join(raw.templates_dir.unwrap_or_else(|| "templates".into()));
 
-        let p = raw.policy;
-        let timezone: chrono_tz::Tz = p
-            .timezone
-            .as_deref()
-            .unwrap_or("Asia/Seoul")
-            .parse()
-            .map_err(|_| {
-                err(
-                    "policy.timezone",
-                    "expected an IANA time zone name such as \"Asia/Seoul\"".into(),
-                )
-            })?;
-        let quiet_hours: QuietHours = p
-            .quiet_hours
-            .as_deref()
-            .unwrap_or(DEFAULT_QUIET_HOURS)
-            .parse()
-            .map_err(|e| err("policy.quiet_hours", format!("{e}")))?;
-        if let Some(cap) = p.max_ads_per_recipient
-            && (cap.count == 0 || cap.days == 0 || cap.days > MAX_CAP_DAYS)
-        {
-            return Err(err(
-                "policy.max_ads_per_recipient",
-                format!(
-                    "expected {{ count = N, days = D }} with N at least 1 and D from 1 to \
-                     {MAX_CAP_DAYS}, got count = {}, days = {}",
-                    cap.count, cap.days
-                ),
-            ));
-        }
-        let policy = Policy {
-            timezone,
-            chunk_size: positive(p.chunk_size, 500, 10_000, "policy.chunk_size", &err)? as usize,
-            quiet_hours,
-            lease_timeout_secs: positive(
-                p.lease_timeout_secs,
-                30,
-                86_400,
-                "policy.lease_timeout_secs",
-                &err,
-            )? as u64,
-            max_consecutive_failures: positive(
-                p.max_consecutive_failures,
-                50,
-                1_000_000,
-                "policy.max_consecutive_failures",
-                &err,
-            )? as u32,
-            max_ads_per_recipient: p.max_ads_per_recipient,
-            misfire_grace_secs: positive(
-                p.misfire_grace_secs,
-                3600,
-                30 * 86_400,
-                "policy.misfire_grace_secs",
-                &err,
-            )? as u64,
-            ad_consent_max_age_days: consent_max_age(p.ad_consent_max_age_days, &err)?,
-        };
-        let server = server_config(raw.server, &err)?;
-
-        for (key, price) in [
-            ("pricing.sms", raw.pricing.sms),
-            ("pricing.lms", raw.pricing.lms),
-        ] {
-            if price.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
-                return Err(err(key, "expected a price in KRW, zero or more".into()));
-            }
-        }
-
-        let mut gateways = Vec::new();
-        for (i, g) in raw.gateways.into_iter().enumerate() {
-            let key = |k: &str| format!("gateways[{i}].{k}");
-            if g.name.trim().is_empty() {
-                return Err(err(&key("name"), "expected a non-empty name".into()));
-            }
-            if gateways.iter().any(|x: &GatewayConfig| x.name == g.name) {
-                return Err(err(
-                    &key("name"),
-                    format!(
-                        "gateway name {:?} is used twice; names must be unique",
-                        g.name
-                    ),
-                ));
-            }
-            gateways.push(kinds::parse(g, &key, &err)?);
-        }
-
+        let policy = policy::validate(raw.policy, &err)?;
+        let server = policy::server_config(raw.server, &err)?;
+        check_pricing(&raw.pricing, &err)?;
+        let gateways = kinds::parse_all(raw.gateways, &err)?;
         let sources = sources::validate(raw.sources, &err)?;
         Ok(Config {
             sources,
@@ -529,82 +395,29 @@ impl Config {
     }
 }
 
-/// Validates `[server]`.
-fn server_config(
-    raw: RawServer,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<ServerConfig, ConfigError> {
-    let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = listen.parse().map_err(|_| {
-        err(
-            "server.listen",
-            format!("{listen:?} is not an address; expected IP:PORT such as \"{DEFAULT_LISTEN}\""),
-        )
-    })?;
-    let token_env = raw.token_env.unwrap_or_else(|| DEFAULT_TOKEN_ENV.into());
-    if token_env.is_empty()
-        || !token_env
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(err(
-            "server.token_env",
-            format!(
-                "{token_env:?} is not an environment variable name; expected letters, digits and \
-                 _ such as \"{DEFAULT_TOKEN_ENV}\" (the name of the variable, never the token)"
-            ),
-        ));
-    }
-    let max_concurrent_runs = positive(
-        raw.max_concurrent_runs,
-        2,
-        1000,
-        "server.max_concurrent_runs",
-        err,
-    )? as usize;
-    Ok(ServerConfig {
-        listen,
-        token_env,
-        max_concurrent_runs,
-    })
-}
-
 /// Default of `policy.ad_consent_max_age_days`: two years, as the law asks.
 pub const DEFAULT_AD_CONSENT_MAX_AGE_DAYS: u32 = 730;
 
-/// `policy.ad_consent_max_age_days`: 730 by default, 0 turns the check off.
-fn consent_max_age(
-    v: Option<i64>,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Option<u32>, ConfigError> {
-    match v {
-        None => Ok(Some(DEFAULT_AD_CONSENT_MAX_AGE_DAYS)),
-        Some(0) => Ok(None),
-        Some(d) if (1..=i64::from(MAX_CAP_DAYS)).contains(&d) => Ok(Some(d as u32)),
-        Some(d) => Err(err(
-            "policy.ad_consent_max_age_days",
-            format!(
-                "expected days from 1 to {MAX_CAP_DAYS} (730 is the legal two years), or 0 to                  turn the check off; got {d}"
-            ),
-        )),
-    }
+/// Parses the TOML text strictly into its raw form; `Err((dotted key, message))`.
+fn parse_raw(text: &str) -> Result<RawConfig, (String, String)> {
+    toml::Deserializer::parse(text)
+        .map_err(|e| describe_toml_error(text, String::new(), &e))
+        .and_then(|de| {
+            serde_path_to_error::deserialize(de).map_err(|e| describe_parse_error(text, &e))
+        })
 }
 
-fn positive(
-    v: Option<i64>,
-    default: i64,
-    max: i64,
-    key: &str,
+/// Checks `[pricing]`: prices in KRW, zero or more.
+fn check_pricing(
+    pricing: &Pricing,
     err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<i64, ConfigError> {
-    let v = v.unwrap_or(default);
-    if v < 1 || v > max {
-        return Err(err(
-            key,
-            format!("expected a whole number from 1 to {max}, got {v}"),
-        ));
+) -> Result<(), ConfigError> {
+    for (key, price) in [("pricing.sms", pricing.sms), ("pricing.lms", pricing.lms)] {
+        if price.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+            return Err(err(key, "expected a price in KRW, zero or more".into()));
+        }
     }
-    Ok(v)
+    Ok(())
 }
 
 /// Makes a relative `sqlite://` path relative to the config file's directory.

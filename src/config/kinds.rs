@@ -3,7 +3,9 @@
 //! to the public base), the shared limits and the circuit breaker, and reading the secrets the
 //! entry names from the environment when a gateway is about to be used.
 
-use super::{ConfigError, DEFAULT_MAX_RETRY_AFTER_SECS, GatewayConfig, RawGateway, positive};
+use serde::Deserialize;
+
+use super::{ConfigError, DEFAULT_MAX_RETRY_AFTER_SECS, GatewayConfig, positive};
 
 /// NHN Cloud SMS's public API base.
 pub const NHN_DEFAULT_URL: &str = "https://sms.api.nhncloudservice.com";
@@ -39,6 +41,56 @@ impl GatewayKind {
 
 type Err<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
+/// One `[[gateways]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    name: String,
+    kind: String,
+    url: Option<String>,
+    api_key_env: Option<String>,
+    rate_per_sec: i64,
+    burst: Option<i64>,
+    concurrency: Option<i64>,
+    timeout_ms: Option<i64>,
+    max_attempts: Option<i64>,
+    batch_size: Option<i64>,
+    max_retry_after_secs: Option<i64>,
+    username: Option<String>,
+    password_env: Option<String>,
+    app_key_env: Option<String>,
+    secret_key_env: Option<String>,
+    dlr_url: Option<String>,
+    method: Option<String>,
+    weight: Option<i64>,
+    breaker_failures: Option<i64>,
+    breaker_cooldown_secs: Option<i64>,
+    dlr_token_env: Option<String>,
+    webhook_signature_env: Option<String>,
+}
+
+/// Validates every `[[gateways]]` entry; names must be unique and not empty.
+pub(super) fn parse_all(raw: Vec<RawGateway>, err: Err) -> Result<Vec<GatewayConfig>, ConfigError> {
+    let mut gateways = Vec::new();
+    for (i, g) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("gateways[{i}].{k}");
+        if g.name.trim().is_empty() {
+            return Err(err(&key("name"), "expected a non-empty name".into()));
+        }
+        if gateways.iter().any(|x: &GatewayConfig| x.name == g.name) {
+            return Err(err(
+                &key("name"),
+                format!(
+                    "gateway name {:?} is used twice; names must be unique",
+                    g.name
+                ),
+            ));
+        }
+        gateways.push(parse(g, &key, err)?);
+    }
+    Ok(gateways)
+}
+
 /// Validates entry `g` (`key` names its keys, `gateways[i].KEY`).
 pub(super) fn parse(
     g: RawGateway,
@@ -63,55 +115,9 @@ pub(super) fn parse(
             ),
         ));
     }
-    let url = match (&g.url, kind) {
-        (Some(u), _) => u.clone(),
-        (None, GatewayKind::NhnCloud) => NHN_DEFAULT_URL.to_string(),
-        (None, _) => {
-            return Err(err(
-                &key("url"),
-                format!(
-                    "missing; expected a text in quotes: kind {:?} needs the gateway's base URL \
-                     (url = \"http://host:port\")",
-                    g.kind
-                ),
-            ));
-        }
-    };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(err(
-            &key("url"),
-            format!("expected an http:// or https:// URL, got {url:?}"),
-        ));
-    }
+    let url = gateway_url(&g, kind, key, err)?;
     require_kind_keys(&g, kind, key, err)?;
-    let rate = positive(
-        Some(g.rate_per_sec),
-        1,
-        1_000_000,
-        &key("rate_per_sec"),
-        err,
-    )?;
-    let burst = positive(g.burst, rate.min(100), 1_000_000, &key("burst"), err)?;
-    let (default_batch, max_batch) = match kind {
-        GatewayKind::HttpJson => (1, 10_000),
-        GatewayKind::Kannel => (1, 1_000),
-        GatewayKind::NhnCloud => (NHN_MAX_RECIPIENTS.min(burst), NHN_MAX_RECIPIENTS),
-    };
-    let batch_size = positive(
-        g.batch_size,
-        default_batch,
-        max_batch,
-        &key("batch_size"),
-        err,
-    )?;
-    if batch_size > burst {
-        return Err(err(
-            &key("batch_size"),
-            format!(
-                "batch_size {batch_size} is larger than burst {burst}; a batch must fit in one burst"
-            ),
-        ));
-    }
+    let (rate, burst, batch_size) = rate_burst_batch(&g, kind, key, err)?;
     Ok(GatewayConfig {
         name: g.name,
         kind: g.kind,
@@ -159,6 +165,75 @@ pub(super) fn parse(
             err,
         )? as u64,
     })
+}
+
+/// The entry's base URL (`nhn-cloud` defaults to the public one): http:// or https://.
+fn gateway_url(
+    g: &RawGateway,
+    kind: GatewayKind,
+    key: &dyn Fn(&str) -> String,
+    err: Err,
+) -> Result<String, ConfigError> {
+    let url = match (&g.url, kind) {
+        (Some(u), _) => u.clone(),
+        (None, GatewayKind::NhnCloud) => NHN_DEFAULT_URL.to_string(),
+        (None, _) => {
+            return Err(err(
+                &key("url"),
+                format!(
+                    "missing; expected a text in quotes: kind {:?} needs the gateway's base URL \
+                     (url = \"http://host:port\")",
+                    g.kind
+                ),
+            ));
+        }
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(err(
+            &key("url"),
+            format!("expected an http:// or https:// URL, got {url:?}"),
+        ));
+    }
+    Ok(url)
+}
+
+/// `rate_per_sec`, `burst` and `batch_size` (its default and maximum depend on the kind);
+/// a batch must fit in one burst.
+fn rate_burst_batch(
+    g: &RawGateway,
+    kind: GatewayKind,
+    key: &dyn Fn(&str) -> String,
+    err: Err,
+) -> Result<(i64, i64, i64), ConfigError> {
+    let rate = positive(
+        Some(g.rate_per_sec),
+        1,
+        1_000_000,
+        &key("rate_per_sec"),
+        err,
+    )?;
+    let burst = positive(g.burst, rate.min(100), 1_000_000, &key("burst"), err)?;
+    let (default_batch, max_batch) = match kind {
+        GatewayKind::HttpJson => (1, 10_000),
+        GatewayKind::Kannel => (1, 1_000),
+        GatewayKind::NhnCloud => (NHN_MAX_RECIPIENTS.min(burst), NHN_MAX_RECIPIENTS),
+    };
+    let batch_size = positive(
+        g.batch_size,
+        default_batch,
+        max_batch,
+        &key("batch_size"),
+        err,
+    )?;
+    if batch_size > burst {
+        return Err(err(
+            &key("batch_size"),
+            format!(
+                "batch_size {batch_size} is larger than burst {burst}; a batch must fit in one burst"
+            ),
+        ));
+    }
+    Ok((rate, burst, batch_size))
 }
 
 /// The keys a kind needs, and the keys of other kinds it refuses (a typo'd kind would

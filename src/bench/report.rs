@@ -1,0 +1,86 @@
+//! The bench's [`Report`]: every phase's figures and the run's totals, printed as a table or
+//! serialised as JSON.
+
+use serde::Serialize;
+
+use super::Phase;
+
+/// The whole report.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub recipients: u64,
+    /// `campaign run` processes that worked the campaign at once.
+    pub workers: usize,
+    pub optouts: u64,
+    pub optouts_in_segment: u64,
+    pub batch_size: usize,
+    pub chunk_size: usize,
+    pub concurrency: usize,
+    pub phases: Vec<Phase>,
+    /// Sent per second of the run, as the run reports it (snapshot included).
+    pub run_sent_per_sec: f64,
+    pub sent: i64,
+    pub suppressed: i64,
+    pub accepted_at_gateway: u64,
+    pub numbers_accepted_twice: u64,
+    /// Seconds from starting the resumed run to its first committed chunk.
+    pub resume_first_commit_secs: Option<f64>,
+    /// Database after the imports: the segment and the opt-out list.
+    pub db_bytes_after_imports: u64,
+    pub db_bytes_after_run: u64,
+    /// What the run added (message rows, attempt rows, indexes), per million messages.
+    pub db_bytes_per_million_messages: f64,
+    pub purge_freed_bytes: Option<u64>,
+    /// Peak RSS of the bench process itself (the gateway simulator), in MiB.
+    pub bench_process_peak_rss_mib: Option<f64>,
+}
+
+pub(super) fn print_report(r: &Report) {
+    println!(
+        "{} recipients, {} opt-outs ({} of them in the segment); batch {}, chunk {}, concurrency {}, workers {}",
+        r.recipients,
+        r.optouts,
+        r.optouts_in_segment,
+        r.batch_size,
+        r.chunk_size,
+        r.concurrency,
+        r.workers
+    );
+    println!(
+        "{:<24} {:>9} {:>14} {:>14}",
+        "phase", "seconds", "peak RSS MiB", "rows/s"
+    );
+    for p in &r.phases {
+        println!(
+            "{:<24} {:>9.2} {:>14.1} {:>14}",
+            p.name,
+            p.secs,
+            p.peak_rss_mib,
+            p.per_sec
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    println!(
+        "run: {:.0} messages/s sent (snapshot included); {} sent, {} suppressed; gateway accepted {}, numbers accepted twice {}",
+        r.run_sent_per_sec, r.sent, r.suppressed, r.accepted_at_gateway, r.numbers_accepted_twice
+    );
+    if let Some(s) = r.resume_first_commit_secs {
+        println!("resume: first chunk committed {s:.3}s after the resumed run started");
+    }
+    println!(
+        "database: {:.1} MiB after the imports, {:.1} MiB after the run: {:.0} MiB per million messages",
+        r.db_bytes_after_imports as f64 / 1048576.0,
+        r.db_bytes_after_run as f64 / 1048576.0,
+        r.db_bytes_per_million_messages / 1048576.0
+    );
+    if let Some(f) = r.purge_freed_bytes {
+        println!(
+            "purge: {:.1} MiB of the file free for new campaigns (the file keeps its size; VACUUM shrinks it)",
+            f as f64 / 1048576.0
+        );
+    }
+    if let Some(m) = r.bench_process_peak_rss_mib {
+        println!("bench process (gateway simulator): peak RSS {m:.1} MiB");
+    }
+}
