@@ -5,7 +5,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::db::TestDb;
-use crate::common::{Env, Gw, Out, n, number, signal, wait};
+use crate::common::{Env, Gw, Out, n, number, signal, wait, wait_until};
 use munja::gateway::sim::SimConfig;
 use rand::RngExt;
 
@@ -235,7 +235,7 @@ async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_ti
     let seg = env.segment_csv("seg.csv", 0, 400);
     let id = env.campaign(&seg, "hello", &[]).await;
     let first = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.until_accepted(5).await;
     let t = Instant::now();
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 1, "{}", o.all());
@@ -244,11 +244,24 @@ async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_ti
 
     // Freeze the holder: its process exists but its heartbeat stops.
     signal(&first, libc::SIGSTOP);
+    let frozen = Instant::now();
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 1, "a fresh heartbeat still holds: {}", o.all());
-    tokio::time::sleep(Duration::from_secs(6)).await; // lease_timeout_secs = 5
-    let o = env.run(&["campaign", "run", &id]).await;
+    // Retried until the lease times out (lease_timeout_secs = 5): refused until then.
+    let o = loop {
+        let o = env.run(&["campaign", "run", &id]).await;
+        if o.code != 1 || frozen.elapsed() > Duration::from_secs(20) {
+            break o;
+        }
+        assert!(o.stderr.contains("already running"), "{}", o.all());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(o.code, 0, "taken over after the lease timeout: {}", o.all());
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(4),
+        "taken over {:?} after the holder froze, before its lease timed out",
+        frozen.elapsed()
+    );
     signal(&first, libc::SIGKILL);
     wait(first).await;
     let st = env.status(&id).await;
@@ -277,7 +290,7 @@ async fn stop_with(how: &str) {
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.until_accepted(50).await;
     let t = Instant::now();
     match how {
         "stop" => {
@@ -334,7 +347,7 @@ async fn cancel_never_sends_the_pending_messages() {
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.until_accepted(50).await;
     env.ok(&["campaign", "cancel", &id]).await;
     let o = wait(child).await;
     assert_eq!(o.code, 2, "{}", o.all());
@@ -363,7 +376,7 @@ async fn an_optout_added_mid_run_suppresses_the_rest() {
     let seg = env.segment_csv("seg.csv", 0, 600);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    env.until_accepted(20).await;
     let late = number(599);
     env.ok(&["optout", "add", &late]).await;
     let o = wait(child).await;
@@ -455,7 +468,7 @@ async fn purge_keeps_final_states_and_delete_is_refused_while_running() {
     let seg = env.segment_csv("seg.csv", 0, 300);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.until_accepted(10).await;
     let o = env.run(&["campaign", "delete", &id]).await;
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stderr.contains("running"), "{}", o.all());
@@ -492,7 +505,7 @@ async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    env.until_accepted(50).await;
     signal(&child, libc::SIGKILL);
     wait(child).await;
     let o = env.ok(&["campaign", "cancel", &id]).await;
@@ -538,7 +551,6 @@ async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stderr.contains("cancelled"), "{}", o.all());
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         env.sim.stats().accepted,
         accepted,
@@ -621,10 +633,13 @@ async fn a_stop_cuts_the_in_doubt_lookups_short() {
     // Now the gateway hangs: it accepts connections and never answers.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hole_url = format!("http://{}", hole.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
     let _held = std::thread::spawn(move || {
         let mut conns = Vec::new();
         for c in hole.incoming().flatten() {
             conns.push(c);
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
     let cfg = std::fs::read_to_string(env.path("munja.toml")).unwrap();
@@ -633,7 +648,11 @@ async fn a_stop_cuts_the_in_doubt_lookups_short() {
         .replace("timeout_ms = 30000", "timeout_ms = 1000");
     env.write("munja.toml", &cfg);
     let child = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let what = "the run's first lookup at the hanging gateway";
+    wait_until(what, Duration::from_secs(20), || async {
+        connections.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
     let t = Instant::now();
     signal(&child, libc::SIGTERM);
     let o = wait(child).await;
@@ -662,7 +681,7 @@ async fn a_cancel_that_empties_the_queue_before_the_heartbeat_still_ends_cancell
     let seg = env.segment_csv("seg.csv", 0, 2000);
     let id = env.campaign(&seg, "hello", &[]).await;
     let child = spawn_run(&env, &id, &[]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.until_accepted(100).await;
     env.ok(&["campaign", "cancel", &id]).await;
     let o = wait(child).await;
     assert_eq!(o.code, 2, "{}", o.all());

@@ -356,3 +356,30 @@ pub fn n(v: &serde_json::Value, k: &str) -> i64 {
     v[k].as_i64()
         .unwrap_or_else(|| panic!("no integer {k} in {v}"))
 }
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: std::time::Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = std::time::Instant::now();
+    while !cond().await {
+        assert!(
+            t0.elapsed() < within,
+            "waited {within:?} for {what}, in vain"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+impl Env {
+    /// Waits until the simulator has accepted at least `n` messages: a run is under way.
+    pub async fn until_accepted(&self, n: u64) {
+        let what = format!("the gateway to accept {n} messages");
+        wait_until(&what, std::time::Duration::from_secs(30), || async {
+            self.sim.stats().accepted >= n
+        })
+        .await;
+    }
+}
