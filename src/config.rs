@@ -82,7 +82,18 @@ pub struct ServerConfig {
     pub token_env: String,
     /// Campaigns the server runs at once; due campaigns beyond it wait their turn.
     pub max_concurrent_runs: usize,
+    /// How often the server syncs NHN Cloud delivery results (`campaign sync-results`) of
+    /// recent campaigns, in seconds; 0 turns it off.
+    pub sync_results_every_secs: u64,
+    /// Campaigns whose last run ended more than this many days ago are no longer synced.
+    pub sync_results_days: u32,
 }
+
+/// Default of `[server] sync_results_every_secs`.
+pub const DEFAULT_SYNC_RESULTS_EVERY_SECS: u64 = 300;
+/// Default of `[server] sync_results_days`: NHN gives up on a result after 25 hours (SMS) or
+/// 80 hours (LMS).
+pub const DEFAULT_SYNC_RESULTS_DAYS: u32 = 4;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +101,8 @@ struct RawServer {
     listen: Option<String>,
     token_env: Option<String>,
     max_concurrent_runs: Option<i64>,
+    sync_results_every_secs: Option<i64>,
+    sync_results_days: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -562,10 +575,28 @@ fn server_config(
         "server.max_concurrent_runs",
         err,
     )? as usize;
+    let every = raw
+        .sync_results_every_secs
+        .unwrap_or(DEFAULT_SYNC_RESULTS_EVERY_SECS as i64);
+    if !(0..=86_400).contains(&every) {
+        return Err(err(
+            "server.sync_results_every_secs",
+            format!("expected seconds from 0 (off) to 86400, got {every}"),
+        ));
+    }
+    let days = positive(
+        raw.sync_results_days,
+        i64::from(DEFAULT_SYNC_RESULTS_DAYS),
+        30,
+        "server.sync_results_days",
+        err,
+    )?;
     Ok(ServerConfig {
         listen,
         token_env,
         max_concurrent_runs,
+        sync_results_every_secs: every as u64,
+        sync_results_days: days as u32,
     })
 }
 
