@@ -12,9 +12,11 @@
 //!
 //! [`ImportStore::optout_add`]: crate::store::ImportStore::optout_add
 
+use std::collections::HashMap;
+
 use tracing::{debug, info, warn};
 
-use crate::model::{DeliveryEffect, DeliveryReport, ReportStatus};
+use crate::model::{DeliveryEffect, DeliveryReport, MessageState, MessageUpdate, ReportStatus};
 use crate::phone;
 use crate::store::{AuditFilter, Store, StoreError};
 
@@ -41,6 +43,26 @@ pub struct GatewayOptout {
     /// The configured name of the gateway that said so.
     pub gateway: String,
     pub msg_ref: String,
+}
+
+/// The recipients of a chunk's `updates` a gateway refused as opted out (failed with reason
+/// [`OPTED_OUT`]); `phones`: message id -> (phone, ref).
+pub fn refused_in(
+    updates: &[MessageUpdate],
+    phones: &HashMap<i64, (String, String)>,
+) -> Vec<GatewayOptout> {
+    updates
+        .iter()
+        .filter(|u| u.state == MessageState::Failed && u.reason.as_deref() == Some(OPTED_OUT))
+        .filter_map(|u| {
+            let (phone, msg_ref) = phones.get(&u.id)?;
+            Some(GatewayOptout {
+                phone: phone.clone(),
+                gateway: u.gateway.clone()?,
+                msg_ref: msg_ref.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Adds every number of `list`; returns how many were not on the list before.
@@ -134,5 +156,37 @@ mod tests {
         assert!(nhn_code_opted_out(" 3006 "));
         assert!(!nhn_code_opted_out("3001") && !nhn_code_opted_out("1000"));
         assert_eq!(source("nhn"), "result:nhn");
+    }
+
+    #[test]
+    fn only_failed_opted_out_sends_with_a_gateway_count() {
+        let u = |id, state, reason: &str, gateway: Option<&str>| MessageUpdate {
+            id,
+            state,
+            reason: Some(reason.to_string()),
+            retryable: false,
+            gateway_id: None,
+            gateway: gateway.map(str::to_string),
+            kind: None,
+            bytes: None,
+            attempts: Vec::new(),
+        };
+        let phones: HashMap<i64, (String, String)> = (1..=4)
+            .map(|i| (i, (format!("0101234000{i}"), format!("r-{i}"))))
+            .collect();
+        let updates = [
+            u(1, MessageState::Failed, OPTED_OUT, Some("nhn")),
+            u(2, MessageState::Suppressed, OPTED_OUT, None),
+            u(3, MessageState::Failed, "invalid_number", Some("nhn")),
+            u(4, MessageState::Failed, OPTED_OUT, None),
+        ];
+        assert_eq!(
+            refused_in(&updates, &phones),
+            vec![GatewayOptout {
+                phone: "01012340001".into(),
+                gateway: "nhn".into(),
+                msg_ref: "r-1".into(),
+            }]
+        );
     }
 }

@@ -22,7 +22,7 @@ use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections, s
 use super::lanes::{Lane, Lanes, Pick, group_items};
 use super::lease::FreshOptouts;
 use crate::config::{Config, GatewayConfig};
-use crate::delivery::optouts::{GatewayOptout, OPTED_OUT};
+use crate::delivery::optouts::{self, GatewayOptout};
 use crate::gateway::{Attempt, OutMessage, Outcome};
 use crate::message::Composer;
 use crate::model::{AttemptRecord, Campaign, ClaimedMessage, MessageState, MessageUpdate};
@@ -192,31 +192,12 @@ pub(super) async fn send_chunk(
             Err(e) => warn!("send task failed: {e}"),
         }
     }
-    let opted_out = opted_out(&updates, &phones);
+    let opted_out = optouts::refused_in(&updates, &phones);
     ChunkSent {
         updates,
         first_error,
         opted_out,
     }
-}
-
-/// The recipients of `updates` a gateway refused as opted out (`phones`: id -> (phone, ref)).
-fn opted_out(
-    updates: &[MessageUpdate],
-    phones: &HashMap<i64, (String, String)>,
-) -> Vec<GatewayOptout> {
-    updates
-        .iter()
-        .filter(|u| u.state == MessageState::Failed && u.reason.as_deref() == Some(OPTED_OUT))
-        .filter_map(|u| {
-            let (phone, msg_ref) = phones.get(&u.id)?;
-            Some(GatewayOptout {
-                phone: phone.clone(),
-                gateway: u.gateway.clone()?,
-                msg_ref: msg_ref.clone(),
-            })
-        })
-        .collect()
 }
 
 /// A `Retry-After` pause at least this long is logged at default verbosity.
