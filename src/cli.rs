@@ -84,7 +84,8 @@ pub enum Command {
     /// Recurring schedules: a new campaign at every cron occurrence (run by `munja serve`).
     #[command(subcommand)]
     Schedule(crate::cli_schedule::ScheduleCmd),
-    /// Run the server: launches scheduled campaigns, resumes and takes over runs, serves the
+    /// Run the server: launches scheduled campaigns, resumes and takes over runs, syncs NHN
+    /// delivery results of recent campaigns ([server] sync_results_every_secs), serves the
     /// admin API, /metrics and the dashboard. Needs the admin token in $MUNJA_TOKEN.
     Serve(crate::cli_schedule::ServeArgs),
     /// One row per message of a campaign: ref, phone, status, attempts, gateway id, error, ...
@@ -289,7 +290,8 @@ pub enum CampaignCmd {
         json: bool,
     },
     /// Fetch delivery results from a gateway without push (NHN Cloud's result search) and
-    /// record them as delivery reports; idempotent, safe to repeat (e.g. from cron).
+    /// record them as delivery reports (a result 3006 or -6001 also opts the number out);
+    /// idempotent. `munja serve` runs it by itself every [server] sync_results_every_secs.
     SyncResults {
         /// Campaign id (from `campaign create` or `campaign list`).
         id: i64,

@@ -243,8 +243,33 @@ pub async fn serve(args: ServeArgs, cfg: &Config, store: Arc<dyn Store>) -> anyh
             g.name, g.kind, running.addr, g.name
         );
     }
+    print_result_sync(cfg);
     server::shutdown_on_signals(&running);
     running.wait().await.context("munja serve")?;
     crate::delivery::serve::report_summary(&*store_for_summary).await;
     Ok(0)
+}
+
+/// Says at start whether and how often NHN delivery results are synced.
+fn print_result_sync(cfg: &Config) {
+    let nhn: Vec<&str> = cfg
+        .gateways
+        .iter()
+        .filter(|g| g.kind == "nhn-cloud")
+        .map(|g| g.name.as_str())
+        .collect();
+    if nhn.is_empty() {
+        return;
+    }
+    match cfg.server.sync_results_every_secs {
+        0 => eprintln!(
+            "  NHN delivery results of {nhn:?}: not synced ([server] sync_results_every_secs = 0); \
+             run `munja campaign sync-results ID`"
+        ),
+        every => eprintln!(
+            "  NHN delivery results of {nhn:?}: synced every {every}s for campaigns run in the \
+             last {} days",
+            cfg.server.sync_results_days
+        ),
+    }
 }

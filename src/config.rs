@@ -75,6 +75,11 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8070";
 /// Default of `[server] token_env`.
 pub const DEFAULT_TOKEN_ENV: &str = "MUNJA_TOKEN";
+/// Default of `[server] sync_results_every_secs`.
+pub const DEFAULT_SYNC_RESULTS_EVERY_SECS: u64 = 300;
+/// Default of `[server] sync_results_days`: NHN gives up on a result after 25 hours (SMS) or
+/// 80 hours (LMS).
+pub const DEFAULT_SYNC_RESULTS_DAYS: u32 = 4;
 
 /// `[server]`: the listener of `munja serve` and its admin token.
 #[derive(Debug, Clone)]
@@ -84,6 +89,11 @@ pub struct ServerConfig {
     pub token_env: String,
     /// Campaigns the server runs at once; due campaigns beyond it wait their turn.
     pub max_concurrent_runs: usize,
+    /// How often the server syncs NHN Cloud delivery results (`campaign sync-results`) of
+    /// recent campaigns, in seconds; 0 turns it off.
+    pub sync_results_every_secs: u64,
+    /// Campaigns whose last run ended more than this many days ago are no longer synced.
+    pub sync_results_days: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

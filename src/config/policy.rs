@@ -6,8 +6,9 @@
 use serde::Deserialize;
 
 use super::{
-    ConfigError, DEFAULT_AD_CONSENT_MAX_AGE_DAYS, DEFAULT_LISTEN, DEFAULT_TOKEN_ENV, FrequencyCap,
-    MAX_CAP_DAYS, Policy, ServerConfig,
+    ConfigError, DEFAULT_AD_CONSENT_MAX_AGE_DAYS, DEFAULT_LISTEN, DEFAULT_SYNC_RESULTS_DAYS,
+    DEFAULT_SYNC_RESULTS_EVERY_SECS, DEFAULT_TOKEN_ENV, FrequencyCap, MAX_CAP_DAYS, Policy,
+    ServerConfig,
 };
 use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
 
@@ -17,6 +18,8 @@ pub(super) struct RawServer {
     listen: Option<String>,
     token_env: Option<String>,
     max_concurrent_runs: Option<i64>,
+    sync_results_every_secs: Option<i64>,
+    sync_results_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,10 +132,28 @@ pub(super) fn server_config(
         "server.max_concurrent_runs",
         err,
     )? as usize;
+    let every = raw
+        .sync_results_every_secs
+        .unwrap_or(DEFAULT_SYNC_RESULTS_EVERY_SECS as i64);
+    if !(0..=86_400).contains(&every) {
+        return Err(err(
+            "server.sync_results_every_secs",
+            format!("expected seconds from 0 (off) to 86400, got {every}"),
+        ));
+    }
+    let days = positive(
+        raw.sync_results_days,
+        i64::from(DEFAULT_SYNC_RESULTS_DAYS),
+        30,
+        "server.sync_results_days",
+        err,
+    )?;
     Ok(ServerConfig {
         listen,
         token_env,
         max_concurrent_runs,
+        sync_results_every_secs: every as u64,
+        sync_results_days: days as u32,
     })
 }
 

@@ -28,14 +28,16 @@ pub async fn sync_results(
         writeln!(
             out,
             "campaign {id} via {}: {} results listed, {} newly recorded, {} already recorded, \
-             {} contradicting a recorded result (kept the first), {} not final yet, {} unknown refs",
+             {} contradicting a recorded result (kept the first), {} not final yet, {} unknown refs, \
+             {} numbers newly opted out",
             r.gateway,
             r.listed,
             r.effects.applied,
             r.effects.duplicate,
             r.effects.ignored,
             r.not_final,
-            r.effects.unknown
+            r.effects.unknown,
+            r.opted_out
         )?;
     }
     Ok(0)

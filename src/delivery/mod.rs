@@ -15,9 +15,11 @@
 //!   counted (`DeliveryStore::report_counts`) and logged with a masked number, never dropped in silence.
 //!
 //! NHN Cloud's `UNSUBSCRIBE` webhook and `munja optout sync` add numbers to munja's own opt-out
-//! list, which every run checks right before sending.
+//! list, which every run checks right before sending; so do a send a gateway refused as
+//! `opted_out` and an NHN result code that says so ([`optouts`]).
 
 pub mod commands;
+pub mod optouts;
 pub mod parse;
 pub mod routes;
 pub mod serve;

@@ -71,18 +71,18 @@ async fn report(
     let now = Utc::now();
     match gw.kind.as_str() {
         "http-json" if method == Method::POST => match parse::http_json(&gw.name, &body, now) {
-            Ok(reports) => apply(&*st.store, &reports, 0).await,
+            Ok(reports) => apply(&*st.store, &reports, 0, false).await,
             Err(e) => fail(StatusCode::BAD_REQUEST, e.to_string()),
         },
         "kannel" => match parse::kannel(&gw.name, &query, now) {
-            Ok(r) => apply(&*st.store, &[r], 0).await,
+            Ok(r) => apply(&*st.store, &[r], 0, false).await,
             Err(e) => fail(StatusCode::BAD_REQUEST, e.to_string()),
         },
         "nhn-cloud" if method == Method::POST => match parse::nhn(&gw.name, &body, now) {
             Ok(NhnHook::Results {
                 reports,
                 without_ref,
-            }) => apply(&*st.store, &reports, without_ref).await,
+            }) => apply(&*st.store, &reports, without_ref, true).await,
             Ok(NhnHook::Unsubscribe(numbers)) => unsubscribe(&*st.store, &gw.name, &numbers).await,
             Ok(NhnHook::Other(event)) => {
                 tracing::info!(gateway = %gw.name, event, "NHN webhook event ignored");
@@ -150,10 +150,22 @@ fn authorize(
 }
 
 /// Records reports; answers what they did. `without_ref`: reports that named no ref at all.
-async fn apply(store: &dyn Store, reports: &[DeliveryReport], without_ref: usize) -> Response {
+/// `nhn`: NHN Cloud's, whose result codes -6001 and 3006 also opt the number out.
+async fn apply(
+    store: &dyn Store,
+    reports: &[DeliveryReport],
+    without_ref: usize,
+    nhn: bool,
+) -> Response {
     let mut c = ReportCounts::default();
     for r in reports {
-        match super::record(store, r).await {
+        let recorded = match super::record(store, r).await {
+            Ok(e) if nhn => super::optouts::from_nhn_report(store, None, r, e)
+                .await
+                .map(|_| e),
+            other => other,
+        };
+        match recorded {
             Ok(DeliveryEffect::Unknown) => {
                 c.unknown += 1;
                 if let Ok(all) = store.report_counts(Some(&r.gateway)).await {

@@ -35,6 +35,8 @@ pub struct SyncReport {
     pub listed: u64,
     /// Listed without a final result yet (requesting, processing, waiting, duplicate).
     pub not_final: u64,
+    /// Numbers added to munja's opt-out list because their result said opted out (-6001, 3006).
+    pub opted_out: u64,
     #[serde(flatten)]
     pub effects: ReportCounts,
 }
@@ -161,6 +163,9 @@ async fn sync_window(
             };
             let effect = super::record(store, &r).await?;
             *super::routes::slot(&mut report.effects, effect) += 1;
+            if super::optouts::from_nhn_report(store, Some(report.campaign), &r, effect).await? {
+                report.opted_out += 1;
+            }
         }
         if n == 0 || u64::from(page) * u64::from(PAGE_SIZE) >= p.total {
             break;

@@ -13,7 +13,7 @@ use chrono::Utc;
 use tracing::{Instrument, debug, info, warn};
 
 use super::control::StopReason;
-use super::sender::{SendCtx, quiet_stop, send_chunk};
+use super::sender::{ChunkSent, SendCtx, quiet_stop, send_chunk};
 use crate::lease::Process;
 use crate::message::Composer;
 use crate::model::{Campaign, Counts, MessageState, MessageUpdate, Rescued, WorkerToken};
@@ -45,7 +45,7 @@ enum Fill {
     End(Option<StopReason>),
 }
 
-type InFlight = tokio::task::JoinSet<(Vec<MessageUpdate>, Option<String>)>;
+type InFlight = tokio::task::JoinSet<ChunkSent>;
 
 impl Runner<'_> {
     /// Returns `None` when the queue ran dry, or why it stopped early.
@@ -86,12 +86,19 @@ impl Runner<'_> {
                 // Nothing in flight and told to stop.
                 return Ok(self.ctx.ctl.reason());
             };
-            let (updates, first_error) = joined.context("a send task panicked")?;
+            let sent = joined.context("a send task panicked")?;
+            let updates = sent.updates;
             log_refused(&updates);
-            if first_chunk && let Some(why) = self.template_failed(&updates, first_error).await? {
+            if first_chunk
+                && let Some(why) = self.template_failed(&updates, sent.first_error).await?
+            {
                 return Ok(Some(why));
             }
             first_chunk = false;
+            // Before the commit: a number the gateway said opted out is never lost with it.
+            crate::delivery::optouts::add_all(&*self.store, &sent.opted_out)
+                .await
+                .context("adding numbers the gateway refused as opted out to the opt-out list")?;
             self.commit(&updates, &mut counts).await?;
             debug!(messages = updates.len(), dry, "chunk committed");
         }

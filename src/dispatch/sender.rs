@@ -6,6 +6,7 @@
 //! rule, opt-outs that arrived after the claim). A message that may have reached a gateway that
 //! does not dedupe is never retried blindly: it is looked up, or stays in doubt.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +22,7 @@ use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections, s
 use super::lanes::{Lane, Lanes, Pick, group_items};
 use super::lease::FreshOptouts;
 use crate::config::{Config, GatewayConfig};
+use crate::delivery::optouts::{self, GatewayOptout};
 use crate::gateway::{Attempt, OutMessage, Outcome};
 use crate::message::Composer;
 use crate::model::{AttemptRecord, Campaign, ClaimedMessage, MessageState, MessageUpdate};
@@ -115,13 +117,26 @@ pub(super) fn send_ctx(
     })
 }
 
-/// Composes and sends one claimed chunk; returns one update per message, and the first
-/// reason a message could not be composed.
+/// What sending one claimed chunk came to.
+pub(super) struct ChunkSent {
+    /// One update per message.
+    pub(super) updates: Vec<MessageUpdate>,
+    /// The first reason a message could not be composed.
+    pub(super) first_error: Option<String>,
+    /// Recipients a gateway refused as opted out: they join munja's opt-out list.
+    pub(super) opted_out: Vec<GatewayOptout>,
+}
+
+/// Composes and sends one claimed chunk.
 pub(super) async fn send_chunk(
     ctx: Arc<SendCtx>,
     composer: Arc<Composer>,
     messages: Vec<ClaimedMessage>,
-) -> (Vec<MessageUpdate>, Option<String>) {
+) -> ChunkSent {
+    let phones: HashMap<i64, (String, String)> = messages
+        .iter()
+        .map(|m| (m.id, (m.phone.clone(), m.msg_ref.clone())))
+        .collect();
     let mut first_error = None;
     let mut updates = Vec::with_capacity(messages.len());
     let mut items = Vec::with_capacity(messages.len());
@@ -177,7 +192,12 @@ pub(super) async fn send_chunk(
             Err(e) => warn!("send task failed: {e}"),
         }
     }
-    (updates, first_error)
+    let opted_out = optouts::refused_in(&updates, &phones);
+    ChunkSent {
+        updates,
+        first_error,
+        opted_out,
+    }
 }
 
 /// A `Retry-After` pause at least this long is logged at default verbosity.

@@ -5,7 +5,8 @@
 //! campaigns `/sender/ad-sms` and `/sender/ad-mms`. One `body` for up to 1,000 recipients (so
 //! only identical texts share a request), `senderGroupingKey` = the campaign, each recipient's
 //! `recipientGroupingKey` = the message's ref. The answer's `sendResultList` gives each
-//! recipient a `resultCode` (0 accepted; -6001 and 3006 opted out; 3003 and -2019 invalid
+//! recipient a `resultCode` (0 accepted; -6001 and 3006 opted out, and the run then adds the
+//! number to munja's opt-out list ([`crate::delivery::optouts`]); 3003 and -2019 invalid
 //! number; anything else rejected as `nhn_CODE`); `requestId/recipientSeq` is the gateway id.
 //! A whole-request failure (`header.isSuccessful = false`) about the account, the sender or the
 //! 080 service halts the campaign; -2021 and -9999 (NHN's own errors) are transient.
@@ -348,7 +349,7 @@ pub fn recipient_outcome(code: i64, message: &str) -> Outcome {
                 duplicate: false,
             };
         }
-        -6001 | 3006 => "opted_out".to_string(),
+        -6001 | 3006 => crate::delivery::optouts::OPTED_OUT.to_string(),
         3003 | -2019 | -2018 | 1002 => "invalid_number".to_string(),
         3001 => "no_subscriber".to_string(),
         -2023 => "unencodable_char".to_string(),

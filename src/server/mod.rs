@@ -4,14 +4,15 @@
 //!
 //! [`app`] builds the whole HTTP application from an [`AppState`]: other routers (such as the
 //! delivery-report routes, authenticated per gateway) merge into it with one `.merge(…)`; the
-//! admin token guards only the `/v1` routes built here. [`serve`] binds, runs the launcher and
-//! shuts down on SIGTERM/SIGINT: runs stop as SHUTDOWN (resumable, and resumed by the next
-//! server), then the process exits.
+//! admin token guards only the `/v1` routes built here. [`start`] binds, runs the launcher and
+//! the periodic NHN delivery-result sync ([`result_sync`]) and shuts down on SIGTERM/SIGINT:
+//! runs stop as SHUTDOWN (resumable, and resumed by the next server), then the process exits.
 
 pub mod api;
 pub mod dashboard;
 pub mod launcher;
 pub mod metrics;
+pub mod result_sync;
 
 use std::sync::Arc;
 
@@ -196,6 +197,11 @@ pub async fn start(state: AppState, listen: std::net::SocketAddr) -> anyhow::Res
     let (tx, rx) = tokio::sync::watch::channel(false);
     let launcher = state.launcher.clone();
     let loop_task = tokio::spawn(launcher.clone().run(rx.clone()));
+    let sync_task = tokio::spawn(result_sync::run(
+        state.store.clone(),
+        state.cfg.clone(),
+        rx.clone(),
+    ));
     let router = app(state);
     let mut http_rx = rx.clone();
     let task = tokio::spawn(async move {
@@ -206,6 +212,9 @@ pub async fn start(state: AppState, listen: std::net::SocketAddr) -> anyhow::Res
             .await
             .context("serving HTTP")?;
         loop_task.await.context("joining the launcher")?;
+        sync_task
+            .await
+            .context("joining the delivery-result sync")?;
         launcher.drain().await;
         Ok(())
     });

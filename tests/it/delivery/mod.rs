@@ -91,8 +91,14 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(env: &Env) -> Serve {
+        Serve::start_with(env, &[])
+    }
+
+    /// [`Serve::start`] with more environment variables (other gateways' secrets).
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Serve {
         let mut c = env.cmd(&["serve", "--listen", "127.0.0.1:0", "-v"]);
         c.envs(SECRETS)
+            .envs(vars.iter().copied())
             .env("MUNJA_TOKEN", "delivery-tests-admin-token")
             .stderr(Stdio::piped())
             .stdout(Stdio::null());

@@ -277,6 +277,10 @@ async fn nhn_webhook_checks_its_signature_and_unsubscribes_at_once() {
     assert_eq!((n(&st, "delivered"), n(&st, "undelivered")), (1, 1), "{st}");
     let rows = audit(&env, &id, Some("undelivered")).await;
     assert_eq!(rows[0]["delivery_code"], "3006");
+    // 3006: the recipient refused; the message's own number (not the hook's) is opted out.
+    let refused = rows[0]["phone"].as_str().expect("phone");
+    assert_eq!(run(&env, &["optout", "check", refused]).await.code, 0);
+    assert_eq!(run(&env, &["optout", "check", "01012341234"]).await.code, 1);
 
     let unsub = json!({"hooksId": "h2", "productName": "SMS", "appKey": NHN_APP_KEY,
         "event": "UNSUBSCRIBE", "hooks": [{"hookId": "x", "recipientNo": number(7),

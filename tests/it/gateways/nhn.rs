@@ -45,9 +45,16 @@ struct Fake {
     /// How many times each recipientGroupingKey was taken.
     times: HashMap<String, u32>,
     invalid: HashSet<String>,
+    /// Numbers on NHN's 080 opt-out list: per-recipient result -6001.
     refused: HashSet<String>,
+    /// Numbers the carrier refuses as opted out: per-recipient result 3006.
+    refused_3006: HashSet<String>,
     stalls: VecDeque<Option<Stall>>,
     seq: i64,
+    /// Taken rows start as "processing" (msgStatus 2, no result yet) instead of successful.
+    results_later: bool,
+    /// Result searches over a time window (no recipientGroupingKey): `sync-results`.
+    window_searches: u32,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -94,14 +101,23 @@ async fn send(
                 3003
             } else if f.refused.contains(&no) {
                 -6001
+            } else if f.refused_3006.contains(&no) {
+                3006
             } else {
                 0
             };
             if code == 0 {
                 *f.times.entry(key.clone()).or_insert(0) += 1;
+                let (status, name) = if f.results_later {
+                    ("2", "processing")
+                } else {
+                    ("3", "successful")
+                };
+                let kind = if ep.ends_with("mms") { "LMS" } else { "SMS" };
                 let row = json!({"requestId": request_id, "recipientSeq": seq, "recipientNo": no,
-                    "msgStatus": "3", "msgStatusName": "successful", "recipientGroupingKey": key,
-                    "senderGroupingKey": body["senderGroupingKey"], "body": body["body"]});
+                    "msgStatus": status, "msgStatusName": name, "recipientGroupingKey": key,
+                    "messageType": kind, "senderGroupingKey": body["senderGroupingKey"],
+                    "body": body["body"]});
                 f.taken.insert(key.clone(), row);
             }
             results.push(json!({"recipientNo": no, "resultCode": code,
@@ -125,7 +141,7 @@ fn rand_id(fake: &Shared) -> i64 {
 
 async fn search(
     State(fake): State<Shared>,
-    Path((_app, _ep)): Path<(String, String)>,
+    Path((_app, ep)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Json<Value> {
     let mut f = fake.lock().expect("fake");
@@ -136,14 +152,39 @@ async fn search(
             json!({"header": header(false, -2011, "RequestId or start/endRequestDate is required.")}),
         );
     }
-    let data: Vec<Value> = q
-        .get("recipientGroupingKey")
-        .and_then(|k| f.taken.get(k))
-        .cloned()
-        .into_iter()
+    if let Some(key) = q.get("recipientGroupingKey") {
+        let data: Vec<Value> = f.taken.get(key).cloned().into_iter().collect();
+        return Json(json!({"header": header(true, 0, "SUCCESS"),
+            "body": {"pageNum": 1, "pageSize": 15, "totalCount": data.len(), "data": data}}));
+    }
+    // The whole window, a page at a time, of this endpoint's message type.
+    f.window_searches += 1;
+    let kind = if ep.ends_with("mms") { "LMS" } else { "SMS" };
+    let mut rows: Vec<&Value> = f
+        .taken
+        .values()
+        .filter(|r| r["messageType"] == kind)
+        .collect();
+    rows.sort_by_key(|r| r["recipientSeq"].as_i64());
+    let num: usize = q.get("pageNum").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let size: usize = q.get("pageSize").and_then(|v| v.parse().ok()).unwrap_or(15);
+    let data: Vec<&Value> = rows
+        .iter()
+        .skip((num - 1) * size)
+        .take(size)
+        .copied()
         .collect();
     Json(json!({"header": header(true, 0, "SUCCESS"),
-        "body": {"pageNum": 1, "pageSize": 15, "totalCount": data.len(), "data": data}}))
+        "body": {"pageNum": num, "pageSize": size, "totalCount": rows.len(), "data": data}}))
+}
+
+/// The fake's carrier reports the final result of the message with ref `key`.
+fn report(fake: &Shared, key: &str, msg_status: &str, result_code: &str) {
+    let mut f = fake.lock().expect("fake");
+    let row = f.taken.get_mut(key).expect("a taken message");
+    row["msgStatus"] = json!(msg_status);
+    row["resultCode"] = json!(result_code);
+    row["resultDate"] = json!("2026-11-27 10:06:42.0");
 }
 
 async fn spawn_fake(fake: Shared) -> SocketAddr {
@@ -299,4 +340,191 @@ async fn an_lms_times_out_and_is_looked_up_before_any_resend() {
         7,
         "six messages, one lost request sent again"
     );
+}
+
+/// `status`, `sent`, `error` of each number's message in `audit`.
+fn by_number(audit: &[Value]) -> HashMap<String, &Value> {
+    audit
+        .iter()
+        .map(|r| (r["phone"].as_str().expect("phone").to_string(), r))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_nhn_refuses_as_opted_out_join_the_optout_list_and_are_skipped_next_time() {
+    let fake = Shared::default();
+    {
+        let mut f = fake.lock().expect("fake");
+        f.refused.insert(number(2));
+        f.refused_3006.insert(number(4));
+    }
+    let addr = spawn_fake(fake.clone()).await;
+    let env = nhn_env("", addr, "rate_per_sec = 1000\n").await;
+    let seg = env.segment_csv("seg.csv", 0, 6);
+    let id = create(
+        &env,
+        &VARS,
+        seg.to_str().expect("utf-8"),
+        &["--template", "hello", "--gateway", "nhn"],
+    )
+    .await;
+    assert_eq!(
+        run_with(&env, &VARS, &["optout", "check", &number(2)])
+            .await
+            .code,
+        1,
+        "not opted out before the run"
+    );
+    let o = run_with(&env, &VARS, &["campaign", "run", &id, "-v"]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        o.all().contains("added to munja's opt-out list"),
+        "{}",
+        o.all()
+    );
+    for i in [2, 4] {
+        assert!(!o.all().contains(&number(i)), "numbers masked: {}", o.all());
+    }
+    let audit = env.audit_json(&id).await;
+    let rows = by_number(&audit);
+    for i in [2, 4] {
+        let r = rows[&number(i)];
+        assert_eq!(
+            (&r["status"], &r["error"]),
+            (&json!("failed"), &json!("opted_out")),
+            "{r}"
+        );
+        let o = run_with(&env, &VARS, &["optout", "check", &number(i)]).await;
+        assert_eq!(o.code, 0, "number {i} opted out: {}", o.all());
+    }
+    assert_eq!(
+        run_with(&env, &VARS, &["optout", "check", &number(1)])
+            .await
+            .code,
+        1
+    );
+
+    // A second campaign on the same segment never sends to them.
+    let o = run_with(
+        &env,
+        &VARS,
+        &[
+            "campaign",
+            "create",
+            "--name",
+            "t2",
+            "--segment",
+            "seg",
+            "--template",
+            "hello",
+            "--gateway",
+            "nhn",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let id2 = o.stdout.trim().to_string();
+    let o = run_with(&env, &VARS, &["campaign", "run", &id2]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id2).await;
+    assert_eq!((n(&st, "sent"), n(&st, "suppressed")), (4, 2), "{st}");
+    let audit = env.audit_json(&id2).await;
+    let rows = by_number(&audit);
+    for i in [2, 4] {
+        assert_eq!(
+            rows[&number(i)]["status"],
+            "suppressed",
+            "{}",
+            rows[&number(i)]
+        );
+    }
+    let f = fake.lock().expect("fake");
+    for i in [2, 4] {
+        let sends = f
+            .sends
+            .iter()
+            .flat_map(|(_, b)| b["recipientList"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["recipientNo"] == number(i))
+            .count();
+        assert_eq!(
+            sends, 1,
+            "number {i} was sent to by the first campaign only"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_syncs_nhn_delivery_results_by_itself() {
+    let fake = Shared::default();
+    fake.lock().expect("fake").results_later = true;
+    let addr = spawn_fake(fake.clone()).await;
+    let env = nhn_env("", addr, "rate_per_sec = 1000\n").await;
+    let text = std::fs::read_to_string(env.path("munja.toml")).expect("config");
+    env.write(
+        "munja.toml",
+        &format!("{text}\n[server]\nsync_results_every_secs = 1\n"),
+    );
+    let seg = env.segment_csv("seg.csv", 0, 4);
+    let id = create(
+        &env,
+        &VARS,
+        seg.to_str().expect("utf-8"),
+        &["--template", "hello", "--gateway", "nhn"],
+    )
+    .await;
+    let o = run_with(&env, &VARS, &["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let refs: HashMap<String, String> = env
+        .audit_json(&id)
+        .await
+        .iter()
+        .map(|r| {
+            let phone = r["phone"].as_str().expect("phone").to_string();
+            (phone, r["ref"].as_str().expect("ref").to_string())
+        })
+        .collect();
+
+    let serve = crate::delivery::Serve::start_with(&env, &VARS);
+    // The server searches by itself; nothing is final at NHN yet.
+    let searched = |want: u32| {
+        let fake = fake.clone();
+        move || fake.lock().expect("fake").window_searches >= want
+    };
+    super::wait_until("a first sync round", 30, searched(2)).await;
+    let st = env.status(&id).await;
+    assert_eq!((n(&st, "delivered"), n(&st, "undelivered")), (0, 0), "{st}");
+
+    // Then the carrier reports: delivered, no subscriber, refused (opted out); one still open.
+    report(&fake, &refs[&number(0)], "3", "1000");
+    report(&fake, &refs[&number(1)], "0", "3001");
+    report(&fake, &refs[&number(2)], "0", "3006");
+    crate::delivery::eventually(30, "the server to record the results", || async {
+        let st = env.status(&id).await;
+        (n(&st, "delivered") == 1 && n(&st, "undelivered") == 2).then_some(())
+    })
+    .await;
+    let audit = env.audit_json(&id).await;
+    let rows = by_number(&audit);
+    assert_eq!(rows[&number(0)]["delivery"], "delivered");
+    assert_eq!(rows[&number(1)]["delivery_code"], "3001");
+    assert_eq!(rows[&number(2)]["delivery_code"], "3006");
+    assert!(
+        rows[&number(3)]["delivery"].is_null(),
+        "{}",
+        rows[&number(3)]
+    );
+    let o = run_with(&env, &VARS, &["optout", "check", &number(2)]).await;
+    assert_eq!(o.code, 0, "a 3006 result opts the number out: {}", o.all());
+    assert_eq!(
+        run_with(&env, &VARS, &["optout", "check", &number(1)])
+            .await
+            .code,
+        1
+    );
+
+    let (code, log) = serve.stop().await;
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("delivery results synced"), "{log}");
+    assert!(!log.contains(&number(2)), "numbers masked: {log}");
+    assert!(!log.contains(APP_KEY) && !log.contains(SECRET), "{log}");
 }
