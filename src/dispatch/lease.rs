@@ -68,23 +68,30 @@ fn log_enlisted(how: &Enlist) {
 /// requests and a lost lease into a stop, and refreshes the fresh opt-outs. When no heartbeat
 /// has passed for half of `lease_timeout_secs` (the database is unreachable, say), the worker
 /// aborts its in-flight requests and stops: well before its claims could expire and another
-/// worker rescue them, so the two never send the same message at once.
+/// worker rescue them, so the two never send the same message at once. Its database calls are
+/// bounded in time (a partition may answer nothing at all), and once it gave up the task ends
+/// at three quarters of `lease_timeout_secs` after the last heartbeat: the run, which waits
+/// on it too, then ends without touching the database, even if its claim loop is stuck on it.
 pub(super) fn spawn_heartbeat(
     store: Arc<dyn Store>,
     w: WorkerToken,
     cfg: &Config,
     ctl: Arc<Control>,
     fresh: FreshOptouts,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<StopReason> {
     let every = Duration::from_millis((cfg.policy.lease_timeout_secs * 1000 / 6).clamp(200, 1000));
     // A margin for clocks of other hosts that add opt-outs; older ones were checked at claim.
     let since = Utc::now() - chrono::Duration::seconds(60);
     let give_up = Duration::from_millis(cfg.policy.lease_timeout_secs * 1000 / 2);
+    let stop_by = Duration::from_millis(cfg.policy.lease_timeout_secs * 1000 * 3 / 4);
     tokio::spawn(async move {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(every).await;
-            match store.fresh_optouts_in_flight(w.campaign, since).await {
+            // A database that answers nothing (a partition drops the packets) would hold these
+            // calls for the pool's timeout, or for ever on an open connection: bound them, so
+            // that the worker stops in time all the same.
+            match within(every, store.fresh_optouts_in_flight(w.campaign, since)).await {
                 Ok(list) => {
                     if let Ok(mut set) = fresh.write() {
                         *set = list.into_iter().collect();
@@ -92,7 +99,8 @@ pub(super) fn spawn_heartbeat(
                 }
                 Err(e) => warn!("reading new opt-outs failed: {e}"),
             }
-            match store.heartbeat(&w).await {
+            let left = give_up.saturating_sub(last_ok.elapsed()).max(every);
+            match within(left, store.heartbeat(&w)).await {
                 Ok(flags) => {
                     last_ok = Instant::now();
                     match flags {
@@ -107,10 +115,27 @@ pub(super) fn spawn_heartbeat(
                         "heartbeat failed for {:?}: {e}; stopping this worker before its claims expire",
                         last_ok.elapsed()
                     );
-                    ctl.abort(StopReason::HeartbeatLost(e.to_string()));
+                    let why = StopReason::HeartbeatLost(e.to_string());
+                    ctl.abort(why.clone());
+                    // The claim loop may be stuck on a database that answers nothing: this
+                    // task ends at three quarters of the lease, and the run with it.
+                    tokio::time::sleep(stop_by.saturating_sub(last_ok.elapsed())).await;
+                    return why;
                 }
                 Err(e) => warn!("heartbeat failed: {e}"),
             }
         }
+    })
+}
+
+/// `call`, or an [`StoreError::Unreachable`] when the database has not answered within `limit`.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Unreachable(format!(
+            "the database did not answer within {limit:?}"
+        )))
     })
 }
