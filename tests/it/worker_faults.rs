@@ -132,9 +132,13 @@ async fn cut_off_worker_stops_before_its_claims_expire(mode: Mode) {
          could expire ({LEASE_TIMEOUT:?}); stderr:\n{stderr}"
     );
     assert_ne!(code, 0, "{mode:?}: stderr:\n{stderr}");
+    // Cut in the middle of a write, the claim loop fails first; otherwise the heartbeat
+    // gives up after half of lease_timeout_secs. Either way stderr says the database failed.
+    let heartbeat = stderr.contains("heartbeat failed") && stderr.contains("before its claims");
+    let write = stderr.contains("error: ") && stderr.contains("error communicating with database");
     assert!(
-        stderr.contains("heartbeat failed") && stderr.contains("before its claims"),
-        "{mode:?}: exit {code} after {took:?} without saying the heartbeat failed:\n{stderr}"
+        heartbeat || write,
+        "{mode:?}: exit {code} after {took:?} without saying the database failed:\n{stderr}"
     );
     eprintln!("{mode:?}: the cut-off worker exited {code} {took:?} after the cut");
     drop(proxy);
@@ -163,11 +167,11 @@ async fn worker_value(env: &Env, id: i64, expr: &str) -> i64 {
 }
 
 /// A worker on another host (`MUNJA_HOSTNAME`) joins a run whose queue is already claimed and
-/// dies idle, holding nothing: its process cannot be seen from here, so the survivor finishes
-/// every message, then waits out `lease_timeout_secs` of the dead worker's silence before it
-/// closes it as ABANDONED and ends the execution COMPLETED.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_of_another_host_that_dies_idle_is_closed_after_the_lease_timeout() {
+/// dies idle, holding nothing, when the survivor still has `left_at_kill` messages in flight
+/// (at most; at least 100 when `None`): its process cannot be seen from here, so the survivor
+/// finishes every message, then waits out `lease_timeout_secs` of the dead worker's silence
+/// before it closes it as ABANDONED and ends the execution COMPLETED.
+async fn remote_worker_dies_idle(left_at_kill: Option<i64>) {
     let env = Env::on_pg(SimConfig::default(), slow_gateway(), "chunk_size = 100").await;
     let id = env
         .campaign(&env.segment_csv("seg.csv", 0, 500), "hello", &[])
@@ -176,10 +180,10 @@ async fn a_worker_of_another_host_that_dies_idle_is_closed_after_the_lease_timeo
     until(60, "the survivor to claim the whole queue", || async {
         pg_scalar(
             &env,
-            "SELECT COUNT(*) FROM messages WHERE state = 'pending'",
+            "SELECT COUNT(*) FROM messages WHERE state <> 'pending'",
         )
         .await
-            == 0
+            == 500
     })
     .await;
     let mut remote = Worker::spawn(&env, &id, "remote", &[("MUNJA_HOSTNAME", "elsewhere")]);
@@ -199,22 +203,32 @@ async fn a_worker_of_another_host_that_dies_idle_is_closed_after_the_lease_timeo
     let claims =
         format!("SELECT COUNT(*) FROM messages WHERE state = 'sending' AND claimed_by = {dead}");
     assert_eq!(pg_scalar(&env, &claims).await, 0, "it holds no claims");
-    let left = pg_scalar(
-        &env,
-        "SELECT COUNT(*) FROM messages WHERE state = 'sending'",
-    )
-    .await;
-    assert!(left >= 100, "the survivor has work left: {left}");
+    let sending = "SELECT COUNT(*) FROM messages WHERE state = 'sending'";
+    if let Some(most) = left_at_kill {
+        until(60, "the survivor's last messages", || async {
+            pg_scalar(&env, sending).await <= most
+        })
+        .await;
+    }
+    let left = pg_scalar(&env, sending).await;
+    assert!(
+        left > 0 && (left_at_kill.is_some() || left >= 100),
+        "the survivor has work left: {left}"
+    );
     signal(&remote.child, libc::SIGKILL);
     assert_eq!(remote.exit_within(Duration::from_secs(10)).await, Some(-1));
     let code = survivor.exit_within(Duration::from_secs(60)).await;
     let stderr = survivor.stderr();
     assert_eq!(code, Some(0), "the survivor:\n{stderr}");
+    let st = env.status(&id).await;
+    assert_eq!(
+        st["status"], "COMPLETED",
+        "killed with {left} messages left in flight; the survivor:\n{stderr}\n{st}"
+    );
     assert!(
         stderr.contains("rescued the claims of dead workers"),
         "{stderr}"
     );
-    let st = env.status(&id).await;
     let row = st["workers"]
         .as_array()
         .expect("workers")
@@ -254,5 +268,27 @@ async fn a_worker_of_another_host_that_dies_idle_is_closed_after_the_lease_timeo
         execution_after_ms >= LEASE_TIMEOUT.as_millis() as i64,
         "the execution ended {execution_after_ms} ms after the dead worker's last heartbeat"
     );
+    eprintln!(
+        "killed with {left} messages left in flight; closed after {silent_ms} ms of silence, \
+         the execution ended {execution_after_ms} ms after its last heartbeat"
+    );
     assert_exactly_once(&env, &id, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_another_host_that_dies_idle_is_closed_after_the_lease_timeout() {
+    remote_worker_dies_idle(None).await;
+}
+
+/// As above, but the remote worker dies while the survivor sends its last chunk (at most 1 s
+/// of work at 100/s): the survivor runs dry before the dead worker has been silent for a third
+/// of the lease, when `others_still_working` does not count it as silent yet.
+///
+/// KNOWN BUG (ignored until fixed): the survivor then ends as "this worker ended, other workers
+/// still run execution N", exit 0, and the execution and campaign stay STARTED with the dead
+/// worker STARTED, until a later `campaign run` takes the dead lease over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a survivor that runs dry within lease_timeout_secs / 3 of a remote worker's death leaves the execution STARTED"]
+async fn a_worker_of_another_host_that_dies_idle_near_the_end_is_closed_all_the_same() {
+    remote_worker_dies_idle(Some(100)).await;
 }
