@@ -140,7 +140,7 @@ async fn cut_off_worker_stops_before_its_claims_expire(mode: Mode) {
         heartbeat || write,
         "{mode:?}: exit {code} after {took:?} without saying the database failed:\n{stderr}"
     );
-    eprintln!("{mode:?}: the cut-off worker exited {code} {took:?} after the cut");
+    eprintln!("{mode:?}: the cut-off worker exited {code} {took:?} after the cut:\n{stderr}");
     drop(proxy);
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 0, "{}", o.all());
