@@ -68,10 +68,10 @@ fn log_enlisted(how: &Enlist) {
 /// requests and a lost lease into a stop, and refreshes the fresh opt-outs. When no heartbeat
 /// has passed for half of `lease_timeout_secs` (the database is unreachable, say), the worker
 /// aborts its in-flight requests and stops: well before its claims could expire and another
-/// worker rescue them, so the two never send the same message at once. Its database calls are
-/// bounded in time (a partition may answer nothing at all), and once it gave up the task ends
-/// at three quarters of `lease_timeout_secs` after the last heartbeat: the run, which waits
-/// on it too, then ends without touching the database, even if its claim loop is stuck on it.
+/// worker rescue them, so the two never send the same message at once. A heartbeat that gets
+/// no answer at all (a partition) counts as failed (see [`beat`]); once it gave up, the task
+/// ends at three quarters of the lease with the reason, and the run, which waits on it too,
+/// ends without touching the database even if its claim loop is stuck on it.
 pub(super) fn spawn_heartbeat(
     store: Arc<dyn Store>,
     w: WorkerToken,
@@ -88,19 +88,8 @@ pub(super) fn spawn_heartbeat(
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(every).await;
-            // A database that answers nothing (a partition drops the packets) would hold these
-            // calls for the pool's timeout, or for ever on an open connection: bound them, so
-            // that the worker stops in time all the same.
-            match within(every, store.fresh_optouts_in_flight(w.campaign, since)).await {
-                Ok(list) => {
-                    if let Ok(mut set) = fresh.write() {
-                        *set = list.into_iter().collect();
-                    }
-                }
-                Err(e) => warn!("reading new opt-outs failed: {e}"),
-            }
             let left = give_up.saturating_sub(last_ok.elapsed()).max(every);
-            match within(left, store.heartbeat(&w)).await {
+            match beat(&*store, &w, left, every).await {
                 Ok(flags) => {
                     last_ok = Instant::now();
                     match flags {
@@ -124,8 +113,44 @@ pub(super) fn spawn_heartbeat(
                 }
                 Err(e) => warn!("heartbeat failed: {e}"),
             }
+            // A plain read: one beat is plenty, unless the database answers nothing.
+            match within(every, store.fresh_optouts_in_flight(w.campaign, since)).await {
+                Ok(list) => {
+                    if let Ok(mut set) = fresh.write() {
+                        *set = list.into_iter().collect();
+                    }
+                }
+                Err(e) => warn!("reading new opt-outs failed: {e}"),
+            }
         }
     })
+}
+
+/// One heartbeat. A database that answers nothing (a partition drops the packets) would hold
+/// it for the pool's timeout, or for ever on an open connection; but on a busy database it
+/// may also wait seconds for row locks. So once it has waited `patience`, a plain read tells
+/// the two apart: while the database answers that within `probe`, the heartbeat is waited
+/// for; otherwise it fails as unreachable.
+async fn beat(
+    store: &dyn Store,
+    w: &WorkerToken,
+    patience: Duration,
+    probe: Duration,
+) -> Result<(bool, bool), StoreError> {
+    let heartbeat = store.heartbeat(w);
+    tokio::pin!(heartbeat);
+    let mut wait = patience;
+    loop {
+        if let Ok(done) = tokio::time::timeout(wait, &mut heartbeat).await {
+            return done;
+        }
+        if let Err(e) = within(probe, store.campaign(w.campaign)).await {
+            return Err(StoreError::Unreachable(format!(
+                "the heartbeat got no answer within {patience:?}, nor a read within {probe:?} ({e})"
+            )));
+        }
+        wait = probe;
+    }
 }
 
 /// `call`, or an [`StoreError::Unreachable`] when the database has not answered within `limit`.
