@@ -19,9 +19,18 @@ pub use crate::model::Process;
 use crate::model::{Campaign, Enlist, Lease};
 use crate::store::Store;
 
-/// This machine's host name, as recorded in leases.
+/// Environment variable replacing this machine's host name in leases and worker rows: for
+/// tests and diagnostics that make a process look like a worker on another host (so that only
+/// the heartbeat timeout, never the dead-process shortcut, can tell it is gone). Unset or empty:
+/// the real host name.
+pub const HOSTNAME_ENV: &str = "MUNJA_HOSTNAME";
+
+/// This machine's host name, as recorded in leases (or [`HOSTNAME_ENV`] when set).
 pub fn this_host() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
+    match std::env::var(HOSTNAME_ENV) {
+        Ok(name) if !name.is_empty() => name,
+        _ => gethostname::gethostname().to_string_lossy().into_owned(),
+    }
 }
 
 /// The kernel's boot id and this process's pid namespace: two processes that share them see

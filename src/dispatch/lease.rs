@@ -68,31 +68,28 @@ fn log_enlisted(how: &Enlist) {
 /// requests and a lost lease into a stop, and refreshes the fresh opt-outs. When no heartbeat
 /// has passed for half of `lease_timeout_secs` (the database is unreachable, say), the worker
 /// aborts its in-flight requests and stops: well before its claims could expire and another
-/// worker rescue them, so the two never send the same message at once.
+/// worker rescue them, so the two never send the same message at once. A heartbeat that gets
+/// no answer at all (a partition) counts as failed (see [`beat`]); once it gave up, the task
+/// ends at three quarters of the lease with the reason, and the run, which waits on it too,
+/// ends without touching the database even if its claim loop is stuck on it.
 pub(super) fn spawn_heartbeat(
     store: Arc<dyn Store>,
     w: WorkerToken,
     cfg: &Config,
     ctl: Arc<Control>,
     fresh: FreshOptouts,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<StopReason> {
     let every = Duration::from_millis((cfg.policy.lease_timeout_secs * 1000 / 6).clamp(200, 1000));
     // A margin for clocks of other hosts that add opt-outs; older ones were checked at claim.
     let since = Utc::now() - chrono::Duration::seconds(60);
     let give_up = Duration::from_millis(cfg.policy.lease_timeout_secs * 1000 / 2);
+    let stop_by = Duration::from_millis(cfg.policy.lease_timeout_secs * 1000 * 3 / 4);
     tokio::spawn(async move {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(every).await;
-            match store.fresh_optouts_in_flight(w.campaign, since).await {
-                Ok(list) => {
-                    if let Ok(mut set) = fresh.write() {
-                        *set = list.into_iter().collect();
-                    }
-                }
-                Err(e) => warn!("reading new opt-outs failed: {e}"),
-            }
-            match store.heartbeat(&w).await {
+            let left = give_up.saturating_sub(last_ok.elapsed()).max(every);
+            match beat(&*store, &w, left, every).await {
                 Ok(flags) => {
                     last_ok = Instant::now();
                     match flags {
@@ -107,10 +104,63 @@ pub(super) fn spawn_heartbeat(
                         "heartbeat failed for {:?}: {e}; stopping this worker before its claims expire",
                         last_ok.elapsed()
                     );
-                    ctl.abort(StopReason::HeartbeatLost(e.to_string()));
+                    let why = StopReason::HeartbeatLost(e.to_string());
+                    ctl.abort(why.clone());
+                    // The claim loop may be stuck on a database that answers nothing: this
+                    // task ends at three quarters of the lease, and the run with it.
+                    tokio::time::sleep(stop_by.saturating_sub(last_ok.elapsed())).await;
+                    return why;
                 }
                 Err(e) => warn!("heartbeat failed: {e}"),
             }
+            // A plain read: one beat is plenty, unless the database answers nothing.
+            match within(every, store.fresh_optouts_in_flight(w.campaign, since)).await {
+                Ok(list) => {
+                    if let Ok(mut set) = fresh.write() {
+                        *set = list.into_iter().collect();
+                    }
+                }
+                Err(e) => warn!("reading new opt-outs failed: {e}"),
+            }
         }
+    })
+}
+
+/// One heartbeat. A database that answers nothing (a partition drops the packets) would hold
+/// it for the pool's timeout, or for ever on an open connection; but on a busy database it
+/// may also wait seconds for row locks. So once it has waited `patience`, a plain read tells
+/// the two apart: while the database answers that within `probe`, the heartbeat is waited
+/// for; otherwise it fails as unreachable.
+async fn beat(
+    store: &dyn Store,
+    w: &WorkerToken,
+    patience: Duration,
+    probe: Duration,
+) -> Result<(bool, bool), StoreError> {
+    let heartbeat = store.heartbeat(w);
+    tokio::pin!(heartbeat);
+    let mut wait = patience;
+    loop {
+        if let Ok(done) = tokio::time::timeout(wait, &mut heartbeat).await {
+            return done;
+        }
+        if let Err(e) = within(probe, store.campaign(w.campaign)).await {
+            return Err(StoreError::Unreachable(format!(
+                "the heartbeat got no answer within {patience:?}, nor a read within {probe:?} ({e})"
+            )));
+        }
+        wait = probe;
+    }
+}
+
+/// `call`, or an [`StoreError::Unreachable`] when the database has not answered within `limit`.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Unreachable(format!(
+            "the database did not answer within {limit:?}"
+        )))
     })
 }

@@ -220,7 +220,7 @@ impl LeasedRun<'_> {
         info!(gateway = %self.campaign.gateway, split = self.campaign.split, "execution started");
         let ctl = Arc::new(Control::default());
         let fresh: FreshOptouts = Arc::default();
-        let heartbeat = spawn_heartbeat(
+        let mut heartbeat = spawn_heartbeat(
             store.clone(),
             self.worker,
             self.cfg,
@@ -270,7 +270,14 @@ impl LeasedRun<'_> {
             crate::segment_sql::snapshot_for_run(&**store, self.cfg, campaign, &self.worker).await
         };
         let outcome = match outcome {
-            Ok(()) => runner.drive(opts.retry_failed, settle_only).await,
+            // The heartbeat ends only once it gave up: the database is out of reach and the
+            // claims about to expire, whatever the claim loop waits for.
+            Ok(()) => tokio::select! {
+                o = runner.drive(opts.retry_failed, settle_only) => o,
+                why = &mut heartbeat => Ok(Some(why.unwrap_or_else(|e| {
+                    StopReason::HeartbeatLost(format!("the heartbeat task failed: {e}"))
+                }))),
+            },
             Err(e) => Err(e),
         };
         // A cancel that emptied the queue before the heartbeat saw it is still a cancel.
@@ -289,7 +296,12 @@ impl LeasedRun<'_> {
         for s in [signals, shutdown].into_iter().flatten() {
             s.abort();
         }
-        let counts = store.counts(campaign.id).await.unwrap_or_default();
+        // Without a heartbeat the database may answer nothing: the counts are not asked for.
+        let counts = if matches!(outcome, Ok(Some(StopReason::HeartbeatLost(_)))) {
+            Counts::default()
+        } else {
+            store.counts(campaign.id).await.unwrap_or_default()
+        };
         if let Some(p) = runner.progress.as_mut() {
             p.finish(&counts);
         }

@@ -2,7 +2,7 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`, `workers::`, `gateways::`, `delivery::`, `segments::`,
+//! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
 //! `server::`, `schedules::`, `dashboard::`).
 
 mod common;
@@ -19,5 +19,6 @@ mod schedules;
 mod segments;
 mod server;
 mod server_process;
+mod worker_faults;
 mod workers;
 mod workflow;

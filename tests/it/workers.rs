@@ -11,12 +11,12 @@ use crate::common::{Env, Gw, n, number, pg_count, signal, wait};
 use munja::gateway::sim::SimConfig;
 use rand::{RngExt, SeedableRng};
 
-async fn pg_scalar(env: &Env, sql: &str) -> i64 {
+pub(crate) async fn pg_scalar(env: &Env, sql: &str) -> i64 {
     pg_count(&env.pg.as_ref().expect("a PostgreSQL test").url, sql).await
 }
 
 /// Polls `cond` every 50 ms until it holds; panics with `what` after `secs`.
-async fn until<F, Fut>(secs: u64, what: &str, mut cond: F)
+pub(crate) async fn until<F, Fut>(secs: u64, what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -33,7 +33,7 @@ where
 
 /// Every eligible message sent once, the counters of executions and workers exact, and the
 /// simulator's holdings equal to the audit.
-async fn assert_exactly_once(env: &Env, id: &str, eligible: i64) {
+pub(crate) async fn assert_exactly_once(env: &Env, id: &str, eligible: i64) {
     let st = env.status(id).await;
     assert_eq!(st["status"], "COMPLETED", "{st}");
     assert_eq!(n(&st, "sent"), eligible, "0 lost: {st}");

@@ -11,6 +11,7 @@ use munja::store::postgres::scratch::{ScratchDb, test_server_url};
 
 pub mod agree;
 pub mod db;
+pub mod proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_munja");
 
