@@ -280,6 +280,12 @@ pub struct Rescued {
     /// Other STARTED workers silent for a third of the lease timeout: probably dead, rescued
     /// once the timeout has passed.
     pub others_silent: i64,
+    /// Other workers still STARTED (alive, or dead and not yet rescued).
+    pub others_started: i64,
+    /// Of those, the ones with a lower id than the caller that beat within a third of the
+    /// lease timeout: a worker whose queue ran dry leaves the end of the execution to the
+    /// lowest live one, which waits for the rest to end or be rescued.
+    pub lower_alive: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -67,6 +67,8 @@ impl Runner<'_> {
         let mut in_flight = InFlight::new();
         let several = self.store.several_workers();
         let mut last_rescue = Instant::now();
+        // When this worker last found the queue empty (cleared when it claims again).
+        let mut dry_since: Option<Instant> = None;
         loop {
             if several && last_rescue.elapsed() >= self.rescue_every() {
                 last_rescue = Instant::now();
@@ -75,12 +77,22 @@ impl Runner<'_> {
             }
             let limit = if first_chunk { 1 } else { PIPELINE };
             let dry = match self.fill(&mut in_flight, limit, &mut counts).await? {
-                Fill::End(None) if several && self.others_still_working().await? => {
+                Fill::End(None)
+                    if several
+                        && self
+                            .others_still_working(*dry_since.get_or_insert_with(Instant::now))
+                            .await? =>
+                {
                     counts = self.store.counts(self.campaign.id).await?;
                     continue;
                 }
                 Fill::End(why) => return Ok(why),
-                Fill::InFlight { dry } => dry,
+                Fill::InFlight { dry } => {
+                    if !dry {
+                        dry_since = None;
+                    }
+                    dry
+                }
             };
             let Some(joined) = in_flight.join_next().await else {
                 // Nothing in flight and told to stop.
@@ -137,23 +149,35 @@ impl Runner<'_> {
         Ok(rescued)
     }
 
-    /// The queue is dry for this worker: `true` while other workers still hold claims or look
-    /// dead (this one waits a little, rescuing them once the lease timeout allows) or a rescue
+    /// The queue is dry for this worker: `true` while it must wait (other workers hold claims,
+    /// or it is the worker that ends the execution and others are still STARTED) or a rescue
     /// just gave it work.
-    async fn others_still_working(&mut self) -> anyhow::Result<bool> {
+    ///
+    /// The execution is ended by its last worker, so one worker must outlive the rest, even a
+    /// worker that died idle on another host, which only the lease timeout can close: that is
+    /// the lowest-numbered live worker. Any other dry worker leaves once it sees a worker with
+    /// a lower id that beat after this one ran dry (`dry_since`: a third of the lease ago at
+    /// least, so a worker that has just died does not pass for live); the lowest one waits
+    /// until every other worker has ended or has been rescued, then ends the execution.
+    async fn others_still_working(&mut self, dry_since: Instant) -> anyhow::Result<bool> {
         let rescued = self.rescue().await?;
         if rescued.workers > 0 {
             return Ok(true);
         }
-        // Done once no other worker holds claims, and none is silent: a worker that died idle
-        // is waited for until the lease timeout lets this one rescue (close) it, so that the
-        // last live worker can end the execution.
-        if (rescued.others_sending == 0 && rescued.others_silent == 0) || self.ctx.ctl.stopping() {
+        if self.ctx.ctl.stopping() {
             return Ok(false);
+        }
+        if rescued.others_sending == 0 {
+            let lower_proven_alive =
+                rescued.lower_alive > 0 && dry_since.elapsed() >= self.rescue_every();
+            if rescued.others_started == 0 || lower_proven_alive {
+                return Ok(false);
+            }
         }
         debug!(
             messages = rescued.others_sending,
-            "queue dry; waiting for other workers' claims"
+            workers = rescued.others_started,
+            "queue dry; waiting for the other workers' claims, or for them to end or be rescued"
         );
         self.ctx
             .ctl

@@ -284,11 +284,8 @@ async fn a_worker_of_another_host_that_dies_idle_is_closed_after_the_lease_timeo
 /// of work at 100/s): the survivor runs dry before the dead worker has been silent for a third
 /// of the lease, when `others_still_working` does not count it as silent yet.
 ///
-/// KNOWN BUG (ignored until fixed): the survivor then ends as "this worker ended, other workers
-/// still run execution N", exit 0, and the execution and campaign stay STARTED with the dead
-/// worker STARTED, until a later `campaign run` takes the dead lease over.
+/// (This once left the execution STARTED: the survivor ended as "other workers still run".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a survivor that runs dry within lease_timeout_secs / 3 of a remote worker's death leaves the execution STARTED"]
 async fn a_worker_of_another_host_that_dies_idle_near_the_end_is_closed_all_the_same() {
     remote_worker_dies_idle(Some(100)).await;
 }

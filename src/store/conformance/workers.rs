@@ -158,6 +158,9 @@ async fn a_dead_worker_is_rescued_and_fenced_off(s: Arc<dyn Store>) {
         return;
     };
     claim(&*s, c, d, 1).await;
+    // d sees b alive with a lower id: b, not d, is the one to end the execution.
+    let r = s.rescue(&d, 30, &[]).await.expect("rescue");
+    assert_eq!((r.others_started, r.lower_alive), (1, 1));
     s.clock().advance(Duration::from_secs(25));
     let r = s.rescue(&b, 30, &[]).await.expect("rescue");
     let silent_but_within_the_timeout = (0, 0, 1, 1);
@@ -165,6 +168,7 @@ async fn a_dead_worker_is_rescued_and_fenced_off(s: Arc<dyn Store>) {
         (r.workers, r.messages, r.others_sending, r.others_silent),
         silent_but_within_the_timeout
     );
+    assert_eq!((r.others_started, r.lower_alive), (1, 0));
     s.heartbeat(&b).await.expect("b beats");
     s.clock().advance(Duration::from_secs(10));
     let r = s.rescue(&b, 30, &[]).await.expect("rescue");
@@ -172,6 +176,7 @@ async fn a_dead_worker_is_rescued_and_fenced_off(s: Arc<dyn Store>) {
         (r.workers, r.messages, r.others_sending, r.others_silent),
         (1, 1, 0, 0)
     );
+    assert_eq!(r.others_started, 0, "b is the last worker left");
     assert!(s.heartbeat(&b).await.is_ok(), "the rescuer beat 10 s ago");
 }
 

@@ -260,13 +260,23 @@ impl WorkerStore for PgStore {
             rescued.workers = gone.len() as u64;
             rescued.messages = n as u64;
         }
-        rescued.others_silent = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM workers WHERE campaign_id = $1 AND status = 'STARTED' AND id <> $2 \
-             AND heartbeat_at < munja_now() - make_interval(secs => $3)",
+        // The other workers left STARTED: how many, how many are silent, and how many with a
+        // lower id are alive (see `Rescued`).
+        // Silent: no beat for a third of the timeout (a live worker beats every sixth).
+        let third = timeout_secs as f64 / 3.0;
+        (
+            rescued.others_started,
+            rescued.others_silent,
+            rescued.lower_alive,
+        ) = sqlx::query_as(
+            "SELECT COUNT(*), \
+             COUNT(*) FILTER (WHERE heartbeat_at < munja_now() - make_interval(secs => $3)), \
+             COUNT(*) FILTER (WHERE id < $2 AND heartbeat_at >= munja_now() - make_interval(secs => $3)) \
+             FROM workers WHERE campaign_id = $1 AND status = 'STARTED' AND id <> $2",
         )
         .bind(w.campaign)
         .bind(w.worker)
-        .bind(timeout_secs as f64 / 3.0)
+        .bind(third)
         .fetch_one(&mut *tx)
         .await?;
         rescued.others_sending = sqlx::query_scalar(
