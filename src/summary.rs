@@ -16,21 +16,31 @@ pub fn summary_json(r: &RunReport) -> serde_json::Value {
 /// The final summary of a run, on stderr. Messages in doubt (the gateway may have them) are
 /// counted apart from pending ones; after a run, `sending` ones were left by a crash.
 pub fn print_summary(r: &RunReport) {
-    let c = &r.counts;
     let secs = r.elapsed.as_secs_f64().max(0.001);
-    let reasons = if r.failure_reasons.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", reasons_text(&r.failure_reasons))
-    };
     eprintln!(
-        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}\n  total {}: sent {}, failed {}{}, suppressed {}, cancelled {}, pending {}, in doubt {}",
+        "campaign {} execution {}: {} in {:.1}s ({:.0} msg/s sent this run)\n  {}",
         r.campaign,
         r.execution,
         r.status.as_str(),
         secs,
         r.sent_now as f64 / secs,
         r.exit_message,
+    );
+    let Some(c) = &r.counts else {
+        eprintln!(
+            "  counts not read: the database did not answer (`munja campaign status {}` shows \
+             them once it does)",
+            r.campaign
+        );
+        return;
+    };
+    let reasons = if r.failure_reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons_text(&r.failure_reasons))
+    };
+    eprintln!(
+        "  total {}: sent {}, failed {}{}, suppressed {}, cancelled {}, pending {}, in doubt {}",
         c.total,
         c.sent,
         c.failed,

@@ -106,7 +106,9 @@ pub struct RunReport {
     pub execution: i64,
     pub status: RunStatus,
     pub exit_message: String,
-    pub counts: Counts,
+    /// The campaign's counts at the end; `None` when they could not be read (the worker
+    /// stopped because the database did not answer).
+    pub counts: Option<Counts>,
     pub elapsed: Duration,
     /// Messages this execution moved to `sent`.
     pub sent_now: u64,
@@ -234,35 +236,7 @@ impl LeasedRun<'_> {
             .shutdown
             .take()
             .map(|rx| control::spawn_shutdown_watch(rx, ctl.clone()));
-        let mut runner = Runner {
-            store: store.clone(),
-            campaign,
-            worker: self.worker,
-            lease_timeout_secs: self.cfg.policy.lease_timeout_secs,
-            chunk_size: self.cfg.policy.chunk_size,
-            // The frequency cap counts and limits ads only.
-            cap: self
-                .cfg
-                .policy
-                .max_ads_per_recipient
-                .filter(|_| campaign.ad),
-            composer: Arc::new(composer),
-            ctx: Arc::new(SendCtx {
-                pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
-                resend_in_doubt: opts.resend_in_doubt,
-                ..send_ctx(
-                    store.clone(),
-                    &self.gateways,
-                    campaign.split,
-                    self.cfg,
-                    campaign,
-                    ctl.clone(),
-                    fresh,
-                )?
-            }),
-            progress: opts.progress.take(),
-            sent_now: 0,
-        };
+        let mut runner = self.runner(composer, &mut opts, ctl.clone(), fresh)?;
         // An SQL segment is read now, at the first run (a CSV one was imported before).
         let outcome = if settle_only {
             Ok(())
@@ -296,23 +270,64 @@ impl LeasedRun<'_> {
         for s in [signals, shutdown].into_iter().flatten() {
             s.abort();
         }
-        // Without a heartbeat the database may answer nothing: the counts are not asked for.
+        // Without a heartbeat the database may answer nothing: the counts are not asked for;
+        // counts that cannot be read are shown as such, never as zeros.
         let counts = if matches!(outcome, Ok(Some(StopReason::HeartbeatLost(_)))) {
-            Counts::default()
+            None
         } else {
-            store.counts(campaign.id).await.unwrap_or_default()
+            store.counts(campaign.id).await.ok()
         };
-        if let Some(p) = runner.progress.as_mut() {
-            p.finish(&counts);
+        if let (Some(p), Some(counts)) = (runner.progress.as_mut(), &counts) {
+            p.finish(counts);
         }
         self.record_end(outcome, counts, runner.sent_now).await
+    }
+
+    /// The claim/commit loop of this execution, with what its sends share.
+    fn runner(
+        &self,
+        composer: Composer,
+        opts: &mut RunOptions,
+        ctl: Arc<Control>,
+        fresh: FreshOptouts,
+    ) -> anyhow::Result<Runner<'_>> {
+        let (store, campaign) = (&self.store, self.campaign);
+        Ok(Runner {
+            store: store.clone(),
+            campaign,
+            worker: self.worker,
+            lease_timeout_secs: self.cfg.policy.lease_timeout_secs,
+            chunk_size: self.cfg.policy.chunk_size,
+            // The frequency cap counts and limits ads only.
+            cap: self
+                .cfg
+                .policy
+                .max_ads_per_recipient
+                .filter(|_| campaign.ad),
+            composer: Arc::new(composer),
+            ctx: Arc::new(SendCtx {
+                pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),
+                resend_in_doubt: opts.resend_in_doubt,
+                ..send_ctx(
+                    store.clone(),
+                    &self.gateways,
+                    campaign.split,
+                    self.cfg,
+                    campaign,
+                    ctl.clone(),
+                    fresh,
+                )?
+            }),
+            progress: opts.progress.take(),
+            sent_now: 0,
+        })
     }
 
     /// Writes how the execution ended (unless another run took the lease) and reports it.
     async fn record_end(
         &self,
         outcome: anyhow::Result<Option<StopReason>>,
-        counts: Counts,
+        counts: Option<Counts>,
         sent_now: u64,
     ) -> anyhow::Result<RunReport> {
         let (store, id) = (&*self.store, self.campaign.id);
@@ -352,7 +367,36 @@ impl LeasedRun<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let end = ending(id, &outcome, &counts, &failure_reasons);
+        // How the run ends depends on the counts: never judged from counts nobody could read.
+        let counts = match counts {
+            Some(c) => c,
+            None => store.counts(id).await.map_err(|e| {
+                let run = match &outcome {
+                    Err(run) => format!("{run:#}; "),
+                    Ok(_) => String::new(),
+                };
+                anyhow::anyhow!("{run}reading the campaign's counts to record the end failed: {e}")
+            })?,
+        };
+        let ended = self.end_worker(&outcome, counts, failure_reasons).await?;
+        Ok(report(
+            ended.status,
+            ended.message,
+            Some(ended.counts),
+            ended.failure_reasons,
+        ))
+    }
+
+    /// Records this worker's end and, when it was the execution's last worker, the
+    /// execution's: how it ended, and the counts to report.
+    async fn end_worker(
+        &self,
+        outcome: &anyhow::Result<Option<StopReason>>,
+        counts: Counts,
+        failure_reasons: Vec<(String, i64)>,
+    ) -> anyhow::Result<Ended> {
+        let (store, id) = (&*self.store, self.campaign.id);
+        let end = ending(id, outcome, &counts, &failure_reasons);
         let finished = store
             .finish_worker(
                 &self.worker,
@@ -366,10 +410,19 @@ impl LeasedRun<'_> {
             Err(StoreError::LeaseLost { .. }) => {
                 let message = format!("{}; {}", end.message, StopReason::LeaseLost.message());
                 warn!("{message}");
-                return Ok(report(RunStatus::Failed, message, counts, Vec::new()));
+                return Ok(Ended {
+                    status: RunStatus::Failed,
+                    message,
+                    counts,
+                    failure_reasons: Vec::new(),
+                });
             }
+            // Say why the run ended too: that failure is often the cause of this one.
             Err(e) => {
-                return Err(anyhow::Error::from(e).context("recording the end of this worker"));
+                return Err(anyhow::Error::from(e).context(format!(
+                    "{}; recording the end of this worker failed too",
+                    end.message
+                )));
             }
         };
         if !last {
@@ -379,12 +432,17 @@ impl LeasedRun<'_> {
             );
             info!(status = end.status.as_str(), message = %message, "worker ended");
             let counts = store.counts(id).await?;
-            return Ok(report(end.status, message, counts, failure_reasons));
+            return Ok(Ended {
+                status: end.status,
+                message,
+                counts,
+                failure_reasons,
+            });
         }
         // The last worker: the other workers' commits all precede their ends, so fresh counts
         // are final for this execution.
         let counts = store.counts(id).await?;
-        let end = ending(id, &outcome, &counts, &failure_reasons);
+        let end = ending(id, outcome, &counts, &failure_reasons);
         store
             .finish_execution(
                 &self.worker,
@@ -394,11 +452,26 @@ impl LeasedRun<'_> {
                 end.campaign.as_str(),
             )
             .await
-            .context("recording the end of the execution")?;
+            .with_context(|| {
+                format!("{}; recording the end of the execution failed", end.message)
+            })?;
         let counts = store.counts(id).await?;
         info!(status = end.status.as_str(), message = %end.message, "execution ended");
-        Ok(report(end.status, end.message, counts, failure_reasons))
+        Ok(Ended {
+            status: end.status,
+            message: end.message,
+            counts,
+            failure_reasons,
+        })
     }
+}
+
+/// What [`LeasedRun::end_worker`] recorded.
+struct Ended {
+    status: RunStatus,
+    message: String,
+    counts: Counts,
+    failure_reasons: Vec<(String, i64)>,
 }
 
 /// How a run ends.

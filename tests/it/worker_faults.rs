@@ -140,6 +140,10 @@ async fn cut_off_worker_stops_before_its_claims_expire(mode: Mode) {
         heartbeat || write,
         "{mode:?}: exit {code} after {took:?} without saying the database failed:\n{stderr}"
     );
+    assert!(
+        !stderr.contains("total 0:"),
+        "{mode:?}: a summary of counts nobody could read:\n{stderr}"
+    );
     eprintln!("{mode:?}: the cut-off worker exited {code} {took:?} after the cut:\n{stderr}");
     drop(proxy);
     let o = env.run(&["campaign", "run", &id]).await;
