@@ -22,7 +22,7 @@
 //!   `expected`, exactly one wins, the other gets [`StoreError::Conflict`];
 //! - `rescue`: closing a dead worker and taking over its claims in one transaction, judged by
 //!   the database clock;
-//! - `heartbeat`: one atomic conditional update; `cancel` and `delete_campaign`: the holder
+//! - `heartbeat`: atomic conditional updates (the lease's, then the worker's); `cancel` and `delete_campaign`: the holder
 //!   check and the writes in one transaction;
 //! - imports: one transaction each, invisible until `commit`; a segment's old members stay
 //!   readable until then;

@@ -196,31 +196,32 @@ impl WorkerStore for PgStore {
         })
     }
 
-    /// [`WorkerStore::heartbeat`]: the lease's row, then the worker's (the lock order of a snapshot
-    /// or a takeover, which hold the campaign row while they lock worker rows).
+    /// [`WorkerStore::heartbeat`]: the lease's row, then the worker's, each in its own
+    /// transaction.
     async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
         let lost = || StoreError::LeaseLost {
             campaign: w.campaign,
             execution: w.execution,
         };
-        let mut tx = self.pool.begin().await?;
+        // Two statements, each committed at once: the lease's row is never held while this
+        // waits for its own worker's row (which that worker's commit in flight locks), so the
+        // heartbeats of the other workers never queue behind this worker's commit.
         let row: Option<(bool, bool)> = sqlx::query_as(
             "UPDATE campaigns SET lease_heartbeat_at = munja_now() \
              WHERE id = $1 AND lease_execution = $2 RETURNING stop_requested, cancel_requested",
         )
         .bind(w.campaign)
         .bind(w.execution)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
         let row = row.ok_or_else(lost)?;
         let alive: Option<i64> = sqlx::query_scalar(
             "UPDATE workers SET heartbeat_at = munja_now() WHERE id = $1 AND status = 'STARTED' RETURNING id",
         )
         .bind(w.worker)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
         alive.ok_or_else(lost)?;
-        tx.commit().await?;
         Ok(row)
     }
 
