@@ -163,7 +163,24 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session first, so that chromedriver closes the browser (killing chromedriver
+    /// alone leaves chromium's processes running), then chromedriver. Plain blocking HTTP: a
+    /// drop cannot await.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        if let Some((host, path)) = self
+            .base
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split_once('/'))
+            && let Ok(mut s) = std::net::TcpStream::connect(host)
+        {
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let request =
+                format!("DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            if s.write_all(request.as_bytes()).is_ok() {
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
