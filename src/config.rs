@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::compliance::QuietHours;
-pub use sources::{DEFAULT_STATEMENT_TIMEOUT_SECS, SourceConfig};
+use crate::domain::compliance::QuietHours;
+pub use sources::{DEFAULT_STATEMENT_TIMEOUT_SECS, SourceConfig, SourceSpec};
 
 mod errors;
 use errors::{describe_parse_error, describe_toml_error};
@@ -464,3 +464,18 @@ fn resolve_sqlite_url(url: &str, base: &Path) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// A database URL fit for messages and logs: the password of a `scheme://user:password@host`
+/// URL is replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}

@@ -6,50 +6,26 @@
 //! gateway with retry, and records every message and every attempt so each one can be audited
 //! and an interrupted run resumes with no duplicate and no lost message.
 //!
-//! Where things live:
+//! The crate is in layers, each a folder, and a layer imports only the layers listed before
+//! it (checked by `tests/it/layers.rs`):
+//! - [`domain`]: the rules (phone numbers, EUC-KR sizing, the ad law, templates, messages, the
+//!   model of campaigns and message states); no I/O, nothing else of the crate;
 //! - [`config`]: `munja.toml`, found and validated;
-//! - [`model`]: campaigns, executions, leases, messages and their states (no I/O);
-//! - [`phone`], [`sizing`], [`compliance`], [`template`], [`message`]: the domain rules;
-//! - [`csvin`], [`import`]: reading user CSV files (UTF-8 or CP949) into segments and opt-outs;
-//! - [`segment_sql`]: SQL segments, a query on the company's database read at the first run
-//!   (the query itself runs through [`store::source`]: read-only, timed, streamed);
-//! - [`campaign`]: the checks before a campaign is created, and previews;
-//! - [`store`]: the job repository (SQLite or PostgreSQL), the only place with SQL;
-//! - [`lease`]: one runner per campaign, takeover of dead runs, stop/cancel/delete of a campaign
-//!   that may be running;
-//! - [`gateway`]: the seam to SMS gateways (`http-json`, `kannel`, `nhn-cloud`) and the
-//!   `http-json` simulator;
-//! - [`dispatch`]: running a campaign chunk by chunk (lease and heartbeat, claim loop, sender,
-//!   the campaign's gateways with failover and breakers, in-doubt settlement, rescue of dead
-//!   workers);
-//! - [`delivery`]: delivery reports (push routes, `munja serve`, polling) and provider opt-outs;
-//! - [`audit`], [`progress`], [`summary`]: what the operator reads;
-//! - [`schedule`]: one-off and recurring (cron) schedules; [`server`]: `munja serve`, the
-//!   launcher, the admin API, metrics and the dashboard;
-//! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive the library
-//!   end to end (the CLI calls them, never the other way round).
-pub mod audit;
-pub mod bench;
-pub mod campaign;
+//! - [`store`]: the job repository (SQLite or PostgreSQL), the only place with SQL; and
+//!   [`gateway`]: the seam to SMS gateways (`http-json`, `kannel`, `nhn-cloud`), the only place
+//!   with outgoing HTTP (these two do not import each other);
+//! - [`input`]: CSV files, segments, opt-out lists and SQL segments, read into the store;
+//! - [`run`]: campaigns created, run chunk by chunk, stopped, resumed, scheduled, audited;
+//! - [`server`]: `munja serve` (launcher, admin API, metrics, dashboard, delivery reports);
+//! - [`cli`]: the command line, a thin shell over the above;
+//! - [`tools`]: `munja demo`, `munja bench` and the gateway simulator, for trying munja.
+
 pub mod cli;
-pub mod cli_schedule;
-pub mod compliance;
 pub mod config;
-pub mod csvin;
-pub mod delivery;
-pub mod demo;
-pub mod dispatch;
+pub mod domain;
 pub mod gateway;
-pub mod import;
-pub mod lease;
-pub mod message;
-pub mod model;
-pub mod phone;
-pub mod progress;
-pub mod schedule;
-pub mod segment_sql;
+pub mod input;
+pub mod run;
 pub mod server;
-pub mod sizing;
 pub mod store;
-pub mod summary;
-pub mod template;
+pub mod tools;

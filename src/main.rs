@@ -1,10 +1,48 @@
-//! The `munja` binary: parses the command line and hands over to [`munja::cli`].
+//! The `munja` binary: the whole command line, put together from the commands of
+//! [`munja::cli`] and those of [`munja::tools`] (demo, bench, gateway-sim), which sit in the
+//! layer above the CLI (see src/lib.rs).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use munja::tools::{bench, demo, sim};
+
+#[derive(Debug, Parser)]
+#[command(name = "munja", version, about = munja::cli::ABOUT, long_about = munja::cli::LONG_ABOUT)]
+struct Cli {
+    #[command(flatten)]
+    global: munja::cli::Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Core(munja::cli::Command),
+    /// Serve the http-json gateway protocol on loopback, with injectable faults (for tests and demos).
+    GatewaySim(sim::SimArgs),
+    /// Run a whole campaign in a temporary directory against the built-in simulator.
+    Demo(demo::DemoArgs),
+    /// Measure throughput and peak memory with the in-process simulator.
+    Bench(bench::BenchArgs),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Writes this process's peak RSS for `munja bench` when it ends (MUNJA_PEAK_RSS_FILE).
+    let _peak = bench::PeakReport::from_env();
+    match cli.command {
+        Command::Core(command) => munja::cli::main(&cli.global, command).await,
+        Command::GatewaySim(args) => {
+            sim::serve_until_ctrl_c(args.listen, args.sim_config()?).await?;
+            Ok(0)
+        }
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
 
 fn main() -> std::process::ExitCode {
-    let cli = munja::cli::Cli::parse();
-    munja::cli::init_logging(cli.verbose);
+    let cli = Cli::parse();
+    munja::cli::init_logging(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -15,7 +53,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match runtime.block_on(munja::cli::main(cli)) {
+    match runtime.block_on(run(cli)) {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         // `munja audit | head` closing the pipe early is not an error.
         Err(e)

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use super::CampaignCmd;
 use super::status::{campaign_list, campaign_status};
-use crate::campaign::CreateRequest;
 use crate::config::Config;
-use crate::dispatch::{self, RunOptions};
-use crate::lease::{self, StopRequest};
-use crate::progress;
+use crate::run::campaign::CreateRequest;
+use crate::run::dispatch::{self, RunOptions};
+use crate::run::lease::{self, StopRequest};
+use crate::run::progress;
+use crate::run::summary::{print_summary, summary_json};
 use crate::store::Store;
-use crate::summary::{print_summary, summary_json};
 
 pub(super) async fn campaign_cmd(
     cmd: CampaignCmd,
@@ -41,14 +41,14 @@ pub(super) async fn campaign_cmd(
                 no_ad,
                 subject,
             };
-            let id = crate::cli_schedule::create(&*store, cfg, &req, at.as_deref()).await?;
+            let id = crate::cli::schedule::create(&*store, cfg, &req, at.as_deref()).await?;
             writeln!(out, "{id}")?;
         }
         CampaignCmd::Schedule { id, at, now } => {
-            crate::cli_schedule::set(&*store, cfg, id, at.as_deref(), now).await?;
+            crate::cli::schedule::set(&*store, cfg, id, at.as_deref(), now).await?;
         }
         CampaignCmd::Unschedule { id } => {
-            crate::schedule::set(&*store, cfg, id, None).await?;
+            crate::run::schedule::set(&*store, cfg, id, None).await?;
             eprintln!("campaign {id} unscheduled: CREATED, started only by hand or a new schedule");
         }
         CampaignCmd::Run {

@@ -6,11 +6,11 @@ use std::io::Write;
 use anyhow::Context;
 
 use super::{AuditArgs, OptoutCmd, print_import, print_rejected};
-use crate::audit::{self, Format};
 use crate::config::Config;
-use crate::delivery;
-use crate::import;
-use crate::phone;
+use crate::domain::phone;
+use crate::input::import;
+use crate::run::audit::{self, Format};
+use crate::run::delivery;
 use crate::store::{AuditFilter, Store};
 
 /// `munja optout import | add | remove | check`: the opt-out list (수신거부).

@@ -1,5 +1,5 @@
 //! `munja segment list | define | show | preview`: printing for CSV and SQL segments, over
-//! [`crate::segment_sql`].
+//! [`crate::input::segment_sql`].
 
 use std::io::Write;
 
@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::SegmentCmd;
 use crate::config::Config;
-use crate::segment_sql::{self, Definition};
+use crate::input::segment_sql::{self, Definition};
 use crate::store::{SqlSegment, Store};
 
 /// `segment list`: CSV segments with their size, SQL segments with their source and version.

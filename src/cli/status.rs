@@ -4,8 +4,8 @@
 use std::io::Write;
 
 use crate::config::Config;
-use crate::lease::Holder;
-use crate::model::{Campaign, Counts, Execution, WorkerRecord};
+use crate::domain::model::{Campaign, Counts, Execution, WorkerRecord};
+use crate::run::lease::Holder;
 use crate::store::{CampaignSqlSegment, Store};
 
 /// Everything `campaign status` shows of one campaign.

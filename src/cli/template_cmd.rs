@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
-use crate::campaign;
 use crate::config::Config;
+use crate::run::campaign;
 use crate::store::Store;
 
 /// `munja template check`: syntax, variables, ad markers and the work budget.
@@ -15,7 +15,7 @@ pub(super) fn check(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let src = campaign::load_template(cfg, name, !no_ad, None)?;
-    let r = crate::template::Renderer::new(&src)?;
+    let r = crate::domain::template::Renderer::new(&src)?;
     let vars: Vec<String> = r.variables().into_iter().collect();
     writeln!(out, "template {name}: OK")?;
     writeln!(

@@ -10,7 +10,7 @@ use super::{
     DEFAULT_SYNC_RESULTS_EVERY_SECS, DEFAULT_TOKEN_ENV, FrequencyCap, MAX_CAP_DAYS, Policy,
     ServerConfig,
 };
-use crate::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
+use crate::domain::compliance::{DEFAULT_QUIET_HOURS, QuietHours};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

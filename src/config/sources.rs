@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Config, ConfigError};
-use crate::store::source::SourceSpec;
 
 /// Default of `statement_timeout_secs`: five minutes.
 pub const DEFAULT_STATEMENT_TIMEOUT_SECS: u64 = 300;
@@ -131,5 +130,48 @@ impl Config {
             Duration::from_secs(s.statement_timeout_secs),
             self.policy.timezone,
         ))
+    }
+}
+
+/// A configured source, with its URL (secret: never shown, see [`SourceSpec::redacted_url`]; the store reads it, see
+/// the store's `source` module).
+#[derive(Clone)]
+pub struct SourceSpec {
+    pub name: String,
+    /// The URL with its password: only for connecting, never shown.
+    pub(crate) url: String,
+    pub statement_timeout: Duration,
+    /// The time zone `:as_of` is written in for MySQL `DATETIME` comparisons.
+    pub timezone: chrono_tz::Tz,
+}
+
+impl std::fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSpec")
+            .field("name", &self.name)
+            .field("url", &self.redacted_url())
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+impl SourceSpec {
+    pub fn new(
+        name: &str,
+        url: String,
+        statement_timeout: Duration,
+        timezone: chrono_tz::Tz,
+    ) -> SourceSpec {
+        SourceSpec {
+            name: name.to_string(),
+            url,
+            statement_timeout,
+            timezone,
+        }
+    }
+
+    /// The URL fit for messages: its password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        super::redact(&self.url)
     }
 }

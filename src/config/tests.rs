@@ -1,6 +1,6 @@
 //! Tests of munja.toml parsing: defaults, every key's errors, secrets from the environment.
 use super::*;
-use crate::compliance::DEFAULT_QUIET_HOURS;
+use crate::domain::compliance::DEFAULT_QUIET_HOURS;
 
 #[test]
 fn the_shipped_example_parses() {

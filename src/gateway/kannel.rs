@@ -206,7 +206,7 @@ impl KannelGateway {
     /// The outcome of a `sendsms` answer.
     pub fn classify(&self, status: StatusCode, body: &[u8]) -> Outcome {
         let text = body_excerpt(body, status).replace(&self.password, "<redacted>");
-        let text = crate::phone::mask_in_text(&text);
+        let text = crate::domain::phone::mask_in_text(&text);
         let name = &self.name;
         match status.as_u16() {
             200..=299 => Outcome::Accepted {

@@ -12,14 +12,13 @@
 //!   (`kannel`, which can be neither asked nor deduped).
 //!
 //! Each kind lives in its own module: [`client`] (`http-json`, the protocol in
-//! `docs/gateway-http-json.md`), [`kannel`], [`nhn`], sharing [`http`]; [`sim`] is the `http-json` simulator behind
-//! `munja gateway-sim`. Adding a kind means one module, one arm here, and its tests.
+//! `docs/gateway-http-json.md`), [`kannel`], [`nhn`], sharing [`http`]; the `http-json` simulator behind
+//! `munja gateway-sim` (munja's `tools::sim`). Adding a kind means one module, one arm here, and its tests.
 pub mod client;
 pub mod http;
 pub mod kannel;
 pub mod nhn;
 pub mod nhn_results;
-pub mod sim;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! only identical texts share a request), `senderGroupingKey` = the campaign, each recipient's
 //! `recipientGroupingKey` = the message's ref. The answer's `sendResultList` gives each
 //! recipient a `resultCode` (0 accepted; -6001 and 3006 opted out, and the run then adds the
-//! number to munja's opt-out list ([`crate::delivery::optouts`]); 3003 and -2019 invalid
+//! number to munja's opt-out list (munja's `run::delivery::optouts`); 3003 and -2019 invalid
 //! number; anything else rejected as `nhn_CODE`); `requestId/recipientSeq` is the gateway id.
 //! A whole-request failure (`header.isSuccessful = false`) about the account, the sender or the
 //! 080 service halts the campaign; -2021 and -9999 (NHN's own errors) are transient.
@@ -209,7 +209,7 @@ impl NhnGateway {
     /// A whole request refused (`header.isSuccessful = false`, `resultCode` `code`).
     pub fn request_failure(&self, code: i64, message: &str) -> Outcome {
         let name = &self.name;
-        let message = self.scrub(&crate::phone::mask_in_text(message));
+        let message = self.scrub(&crate::domain::phone::mask_in_text(message));
         let halt = |what: &str, fix: &str| Outcome::Halt {
             code: format!("nhn_{code}"),
             message: format!(
@@ -349,7 +349,7 @@ pub fn recipient_outcome(code: i64, message: &str) -> Outcome {
                 duplicate: false,
             };
         }
-        -6001 | 3006 => crate::delivery::optouts::OPTED_OUT.to_string(),
+        -6001 | 3006 => crate::domain::model::OPTED_OUT.to_string(),
         3003 | -2019 | -2018 | 1002 => "invalid_number".to_string(),
         3001 => "no_subscriber".to_string(),
         -2023 => "unencodable_char".to_string(),
@@ -357,7 +357,7 @@ pub fn recipient_outcome(code: i64, message: &str) -> Outcome {
     };
     Outcome::Rejected {
         code,
-        message: crate::phone::mask_in_text(message),
+        message: crate::domain::phone::mask_in_text(message),
     }
 }
 

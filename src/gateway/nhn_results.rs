@@ -113,8 +113,7 @@ fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 /// A string or a number (NHN sends codes as either), as text.
 fn opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(v.filter(|v| !v.is_null())
-        .map(|v| crate::delivery::parse::json_text(&v)))
+    Ok(v.filter(|v| !v.is_null()).map(|v| json_text(&v)))
 }
 
 /// An error and its causes, `a: b: c`.
@@ -267,5 +266,13 @@ impl NhnReader {
             rows: body.data,
             total: body.total_count,
         })
+    }
+}
+
+/// A JSON string's text, any other value's JSON (NHN sends codes as strings or numbers).
+pub fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }

@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::launcher::Launch;
-use crate::audit::masked;
-use crate::campaign::{self, CreateRequest};
-use crate::lease::{self, StopRequest};
-use crate::model::{Campaign, MessageState};
-use crate::phone;
-use crate::schedule;
+use crate::domain::model::{Campaign, MessageState};
+use crate::domain::phone;
+use crate::run::audit::masked;
+use crate::run::campaign::{self, CreateRequest};
+use crate::run::lease::{self, StopRequest};
+use crate::run::schedule;
 use crate::store::{AuditFilter, StoreError};
 
 /// Audit rows per page by default, and at most.
@@ -449,7 +449,7 @@ struct OptoutBody {
     phone: String,
 }
 
-fn parse_phone(p: &str) -> Result<crate::phone::Phone, ApiError> {
+fn parse_phone(p: &str) -> Result<crate::domain::phone::Phone, ApiError> {
     phone::normalize_mobile(p).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,

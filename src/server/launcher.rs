@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::Config;
-use crate::dispatch::{self, RunOptions};
-use crate::lease::Holder;
-use crate::model::CampaignStatus;
-use crate::schedule;
+use crate::domain::model::CampaignStatus;
+use crate::run::dispatch::{self, RunOptions};
+use crate::run::lease::Holder;
+use crate::run::schedule;
 use crate::store::Store;
 
 /// How the exit message of a run stopped by a server shutdown begins.

@@ -11,7 +11,6 @@
 pub mod api;
 pub mod dashboard;
 pub mod launcher;
-pub mod metrics;
 pub mod result_sync;
 
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use axum::routing::get;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::run::metrics;
 use crate::store::Store;
 pub use launcher::Launcher;
 
@@ -108,7 +108,7 @@ pub fn app(state: AppState) -> Router {
         .merge(v1)
         .with_state(state.clone())
         // Delivery reports: authenticated per gateway (its own secret), never by the token.
-        .merge(crate::delivery::routes::router(state.store, state.cfg))
+        .merge(crate::run::delivery::routes::router(state.store, state.cfg))
 }
 
 /// 401 unless `Authorization: Bearer <token>` matches. The token is never logged.

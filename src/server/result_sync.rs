@@ -25,9 +25,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::delivery::sync::sync_results;
-use crate::model::{Campaign, CampaignStatus};
-use crate::phone;
+use crate::domain::model::{Campaign, CampaignStatus};
+use crate::domain::phone;
+use crate::run::delivery::sync::sync_results;
 use crate::store::Store;
 
 /// What one round did.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::postgres::scratch::{ScratchDb, test_server_url};
 use super::*;
-use crate::phone::normalize_mobile;
+use crate::domain::phone::normalize_mobile;
 
 /// A migrated store and what keeps its database alive.
 pub(super) struct Backend {

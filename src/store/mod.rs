@@ -47,13 +47,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use crate::model::{
+pub use crate::domain::model::{
     AttemptRecord, AuditRow, Campaign, CampaignStatus, ClaimedMessage, Counts, DeliveryEffect,
     DeliveryReport, DeliveryState, Enlist, Execution, ExecutionStatus, Lease, MessageState,
     MessageUpdate, NewCampaign, NewMember, NewSchedule, Process, ReportCounts, ReportStatus,
     Rescued, Schedule, Segment, StoredReport, WorkerRecord, WorkerToken,
 };
-use crate::phone::Phone;
+use crate::domain::phone::Phone;
 pub use clock::Clock;
 pub use segdefs::{
     CampaignSqlSegment, MessageSnapshot, NewSqlSegment, SnapshotRow, SnapshotTotals, SqlSegment,
@@ -139,20 +139,7 @@ fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// A database URL fit for messages and logs: the password of a `scheme://user:password@host`
-/// URL is replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
+pub use crate::config::redact;
 
 /// What `claim_chunk` should do.
 #[derive(Debug, Clone, Copy)]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{ImportCounts, Result};
-use crate::model::NewMember;
+use crate::domain::model::NewMember;
 
 /// One version of a named SQL segment.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use super::import::{FRESH_OPTOUTS_IN_FLIGHT, OPTOUT_CONTAINS};
 use super::*;
-use crate::phone::normalize_mobile;
+use crate::domain::phone::normalize_mobile;
 use crate::store::conformance::start;
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {

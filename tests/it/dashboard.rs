@@ -5,7 +5,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 use serde_json::{Value, json};
 
 use crate::common::{Env, Gw};

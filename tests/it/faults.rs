@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::{BIN, Env, Gw, Out, n, wait};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 use sqlx::sqlite::SqlitePool;
 
 fn spawn_run(env: &Env, id: &str, envs: &[(&str, String)]) -> Child {

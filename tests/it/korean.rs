@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::common::{Env, Gw, Out, n, number};
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------

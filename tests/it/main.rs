@@ -12,6 +12,7 @@ mod delivery;
 mod faults;
 mod gateways;
 mod korean;
+mod layers;
 mod memory;
 mod postgres;
 mod resume;

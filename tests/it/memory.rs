@@ -8,8 +8,8 @@ use std::process::Stdio;
 
 use crate::common::{Env, Gw, n};
 use chrono::{TimeDelta, Utc};
-use munja::bench::PeakWatch;
-use munja::gateway::sim::SimConfig;
+use munja::tools::bench::PeakWatch;
+use munja::tools::sim::SimConfig;
 
 const MESSAGES: u64 = 200_000;
 

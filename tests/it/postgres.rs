@@ -4,8 +4,8 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); fails, never skips, without it.
 
 use crate::common::*;
-use munja::gateway::sim::SimConfig;
 use munja::store::postgres::scratch::{ScratchDb, test_server_url};
+use munja::tools::sim::SimConfig;
 
 /// Runs munja with `MUNJA_DATABASE_URL` set to `url`.
 async fn run_on(env: &Env, url: &str, args: &[&str]) -> Out {

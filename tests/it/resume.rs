@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::db::TestDb;
 use crate::common::{Env, Gw, Out, n, number, signal, wait, wait_until};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 use rand::RngExt;
 
 fn spawn_run(env: &Env, id: &str, extra: &[&str]) -> Child {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 
 use crate::common::{Env, Gw};
 use crate::server::{boot, import_segment, status_of, wait_for};

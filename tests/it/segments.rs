@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 
 use crate::common::*;
-use munja::gateway::sim::SimConfig;
 use munja::store::postgres::scratch::{ScratchDb, test_server_url};
 use munja::store::source::fixture::{self, MariaScratch, test_mariadb_url};
+use munja::tools::sim::SimConfig;
 
 /// (phone as written, name, points, night_consent, ad consent days ago (None: NULL), signed
 /// up days ago (negative: in the future, so `:as_of` excludes it)).

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use munja::config::Config;
-use munja::gateway::sim::SimConfig;
 use munja::server::{self, AppState, Running};
 use munja::store;
+use munja::tools::sim::SimConfig;
 use serde_json::{Value, json};
 
 use crate::common::{Env, Gw, n, number};

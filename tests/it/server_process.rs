@@ -4,7 +4,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 
 use crate::common::{Env, n};
 use crate::server::{

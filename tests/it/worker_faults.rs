@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::common::proxy::{Mode, Proxy};

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::{Env, Gw, n, number, pg_count, signal, wait};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 use rand::{RngExt, SeedableRng};
 
 pub(crate) async fn pg_scalar(env: &Env, sql: &str) -> i64 {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::common::{Env, Gw, n, number};
-use munja::gateway::sim::{self, FixedAnswer, SimConfig};
+use munja::tools::sim::{self, FixedAnswer, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_workflow_suppresses_optouts_merges_duplicates_and_reports_bad_rows() {

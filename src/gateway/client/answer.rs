@@ -85,7 +85,7 @@ impl HttpJsonGateway {
                          a redirect (it would send the messages, phone numbers included, to a host that \
                          is not in munja.toml): set url of gateway {name} in munja.toml to the address \
                          the provider documents",
-                        self.scrub(&crate::phone::mask_in_text(
+                        self.scrub(&crate::domain::phone::mask_in_text(
                             location.unwrap_or("(no Location header)")
                         ))
                     ),
@@ -149,7 +149,7 @@ impl HttpJsonGateway {
         // The code is shown in summaries, status and audit: a gateway that echoes the
         // recipient or the key in it must not put them there.
         let code: String = self
-            .scrub(&crate::phone::mask_in_text(&code))
+            .scrub(&crate::domain::phone::mask_in_text(&code))
             .chars()
             .take(MAX_CODE_CHARS)
             .collect();
@@ -169,7 +169,7 @@ impl HttpJsonGateway {
             message: format!(
                 "gateway {name} refused the request with {code} ({}): it applies to every \
                  message; {fix}",
-                crate::phone::mask_in_text(&message)
+                crate::domain::phone::mask_in_text(&message)
             ),
             code,
         }

@@ -102,34 +102,29 @@ async fn heartbeat_reports_stop_and_cancel_requests(s: Arc<dyn Store>) {
 }
 
 /// The lease's last heartbeat comes back on the caller's clock, aged by the store's: a holder
-/// silent past the timeout is judged gone, and one heartbeat makes it live again.
+/// silent 59 s is within a 60 s timeout, at 62 s past it (the run layer's `Holder::judge`
+/// compares this age with `lease_timeout_secs`), and one heartbeat makes it fresh again.
 async fn a_lease_ages_by_the_store_clock_until_its_holder_beats(s: Arc<dyn Store>) {
     import_segment(&*s, "seg", 0..2).await;
     let c = create_campaign(&*s, "seg", true).await;
     let e = start(&*s, c, None, "elsewhere", 1, "x")
         .await
         .expect("start");
-    let judge = |camp: &Campaign| {
-        crate::lease::Holder::judge(camp.lease.as_ref(), 60, Utc::now(), s.several_workers())
-    };
     let age = |camp: &Campaign| {
         let lease = camp.lease.as_ref().expect("lease");
         (Utc::now() - lease.heartbeat_at).num_seconds()
     };
     let camp = s.campaign(c).await.expect("campaign");
     assert!(age(&camp) <= 2, "a fresh lease is {}s old", age(&camp));
-    assert!(matches!(judge(&camp), crate::lease::Holder::Live(_)));
     s.clock().advance(std::time::Duration::from_secs(59));
     let camp = s.campaign(c).await.expect("campaign");
     assert!((59..=61).contains(&age(&camp)), "aged {}s", age(&camp));
-    assert!(matches!(judge(&camp), crate::lease::Holder::Live(_)));
     s.clock().advance(std::time::Duration::from_secs(3));
     let camp = s.campaign(c).await.expect("campaign");
-    assert!(matches!(judge(&camp), crate::lease::Holder::Gone(..)));
+    assert!(age(&camp) > 60, "aged {}s: past 60 s", age(&camp));
     s.heartbeat(&e).await.expect("beat");
     let camp = s.campaign(c).await.expect("campaign");
     assert!(age(&camp) <= 2, "a renewed lease is {}s old", age(&camp));
-    assert!(matches!(judge(&camp), crate::lease::Holder::Live(_)));
 }
 
 async fn snapshot_is_idempotent_and_suppresses_opted_out(s: Arc<dyn Store>) {

@@ -34,30 +34,10 @@ use tokio::time::Instant;
 pub use query::{Placeholder, Prepared, QueryTextError};
 pub use value::Value;
 
-use super::redact;
+pub use crate::config::SourceSpec;
 
 /// How long connecting to a source may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A configured source, with its URL (secret: never shown, see [`SourceSpec::redacted_url`]).
-#[derive(Clone)]
-pub struct SourceSpec {
-    pub name: String,
-    url: String,
-    pub statement_timeout: Duration,
-    /// The time zone `:as_of` is written in for MySQL `DATETIME` comparisons.
-    pub timezone: chrono_tz::Tz,
-}
-
-impl std::fmt::Debug for SourceSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceSpec")
-            .field("name", &self.name)
-            .field("url", &self.redacted_url())
-            .field("statement_timeout", &self.statement_timeout)
-            .finish()
-    }
-}
 
 /// Why a source could not be read. Every message names the source, never its password.
 #[derive(Debug, thiserror::Error)]
@@ -116,25 +96,6 @@ pub struct SourceReader {
 }
 
 impl SourceSpec {
-    pub fn new(
-        name: &str,
-        url: String,
-        statement_timeout: Duration,
-        timezone: chrono_tz::Tz,
-    ) -> SourceSpec {
-        SourceSpec {
-            name: name.to_string(),
-            url,
-            statement_timeout,
-            timezone,
-        }
-    }
-
-    /// The URL fit for messages: its password replaced by `***`.
-    pub fn redacted_url(&self) -> String {
-        redact(&self.url)
-    }
-
     fn placeholder(&self) -> Result<Placeholder, SourceError> {
         if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
             Ok(Placeholder::Dollar)

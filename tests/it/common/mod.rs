@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use munja::gateway::sim::{self, SimConfig, SimHandle};
 use munja::store::postgres::scratch::{ScratchDb, test_server_url};
+use munja::tools::sim::{self, SimConfig, SimHandle};
 
 pub mod agree;
 pub mod db;

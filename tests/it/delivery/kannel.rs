@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::common::{Env, n};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 
 const BEARERBOX: &str = "/usr/sbin/bearerbox";
 const SMSBOX: &str = "/usr/sbin/smsbox";
@@ -113,7 +113,7 @@ async fn kannel_delivery_reports_reach_the_audit_through_munja_serve() {
     let dlr_base = format!("{}/v1/dlr/kannel", serve.base);
     let http = reqwest::Client::new();
     for (i, r) in refs.iter().enumerate() {
-        let dlr = munja::delivery::kannel_dlr_url(&dlr_base, Some(KANNEL_TOKEN), r);
+        let dlr = munja::run::delivery::kannel_dlr_url(&dlr_base, Some(KANNEL_TOKEN), r);
         let to = crate::common::number(i as u64);
         let params = [
             ("username", "munja"),
@@ -178,7 +178,7 @@ async fn kannel_delivery_reports_reach_the_audit_through_munja_serve() {
         "{log:?}"
     );
     assert!(log.iter().all(|l| l.gateway == "kannel"), "{log:?}");
-    assert!(munja::delivery::kannel_proves_sent(&log), "{log:?}");
+    assert!(munja::run::delivery::kannel_proves_sent(&log), "{log:?}");
     assert!(
         log.iter()
             .any(|l| l.code.as_deref() == Some("type 8: ACK/")),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::common::{Env, n, number};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 
 struct Fake {
     /// Rows of `GET /sender/sms` (the documented `body.data[]`).

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::common::{Env, Gw, n};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 
 async fn post(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = reqwest::Client::new().post(url).json(&body);
@@ -24,7 +24,7 @@ async fn get(url: &str) -> (u16, Value) {
 }
 
 fn kannel_url(serve: &Serve, token: &str, r: &str, kind: u32, reply: &str) -> String {
-    munja::delivery::kannel_dlr_url(&format!("{}/v1/dlr/kannel", serve.base), Some(token), r)
+    munja::run::delivery::kannel_dlr_url(&format!("{}/v1/dlr/kannel", serve.base), Some(token), r)
         .replace("%d", &kind.to_string())
         .replace("%A", reply)
         .replace("%T", "1795776555")

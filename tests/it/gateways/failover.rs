@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use munja::gateway::sim::{self, SimConfig};
+use munja::tools::sim::{self, SimConfig};
 
 use super::{add_gateway, refusing_port, sql, wait_until};
 use crate::common::{Env, Gw, Out, n};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 
 use super::{add_gateway, create, free_port, run_with, wait_until};
 use crate::common::{Env, Gw, n, number};
@@ -336,10 +336,12 @@ async fn a_run_killed_mid_way_resends_nothing_without_proof() {
         .await
         .expect("open the store");
     store
-        .record_delivery(&munja::model::DeliveryReport {
+        .record_delivery(&munja::domain::model::DeliveryReport {
             gateway: "kannel".into(),
             msg_ref: proved_ref.clone(),
-            status: munja::model::ReportStatus::Final(munja::model::DeliveryState::Delivered),
+            status: munja::domain::model::ReportStatus::Final(
+                munja::domain::model::DeliveryState::Delivered,
+            ),
             code: Some("type 1".into()),
             at: chrono::Utc::now(),
         })

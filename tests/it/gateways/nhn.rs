@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use munja::gateway::sim::SimConfig;
+use munja::tools::sim::SimConfig;
 use serde_json::{Value, json};
 
 use super::{add_gateway, create, run_with};

@@ -1,0 +1,354 @@
+//! The claim loop of one worker: claims chunks of pending messages (up to [`PIPELINE`] in
+//! flight), hands each to the sender, and commits every chunk's outcomes with the running
+//! counts. With several workers on one campaign it also rescues the claims of dead workers
+//! (settling them by lookup before anything is resent), and when the queue runs dry it stays
+//! until the other workers' claims are committed or rescued, so that no claim of a worker that
+//! dies near the end is left behind.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use tracing::{Instrument, debug, info, warn};
+
+use super::control::StopReason;
+use super::sender::{ChunkSent, SendCtx, quiet_stop, send_chunk};
+use crate::domain::message::Composer;
+use crate::domain::model::{Campaign, Counts, MessageState, MessageUpdate, Rescued, WorkerToken};
+use crate::run::lease::Process;
+use crate::run::progress::Progress;
+use crate::store::{ClaimRequest, Store};
+
+/// Chunks in flight at once after the first.
+pub(super) const PIPELINE: usize = 4;
+
+/// The claim/commit loop of one execution and what it shares with the in-doubt settlement.
+pub(super) struct Runner<'a> {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) campaign: &'a Campaign,
+    pub(super) worker: WorkerToken,
+    pub(super) lease_timeout_secs: u64,
+    pub(super) chunk_size: usize,
+    pub(super) cap: Option<crate::config::FrequencyCap>,
+    pub(super) composer: Arc<Composer>,
+    pub(super) ctx: Arc<SendCtx>,
+    pub(super) progress: Option<Box<dyn Progress>>,
+    pub(super) sent_now: u64,
+}
+
+/// What claiming more chunks came to.
+enum Fill {
+    /// Chunks are in flight (none was claimed when `dry`: the queue is empty for now).
+    InFlight { dry: bool },
+    /// The run ends: the queue ran dry (`None`), or why it stops early.
+    End(Option<StopReason>),
+}
+
+type InFlight = tokio::task::JoinSet<ChunkSent>;
+
+impl Runner<'_> {
+    /// Returns `None` when the queue ran dry, or why it stopped early.
+    ///
+    /// Up to [`PIPELINE`] chunks are in flight at once (claimed and committed separately), so one
+    /// slow message does not idle the gateway; the first chunk runs alone, so that a template
+    /// that fails every message stops the run before more is claimed.
+    pub(super) async fn drive(
+        &mut self,
+        retry_failed: bool,
+        settle_only: bool,
+    ) -> anyhow::Result<Option<StopReason>> {
+        if settle_only {
+            self.settle_in_doubt(true).await?;
+            return Ok(Some(StopReason::Cancelled));
+        }
+        let mut counts = self.prepare(retry_failed).await?;
+        let mut first_chunk = true;
+        let mut in_flight = InFlight::new();
+        let several = self.store.several_workers();
+        let mut last_rescue = Instant::now();
+        // When this worker last found the queue empty (cleared when it claims again).
+        let mut dry_since: Option<Instant> = None;
+        loop {
+            if several && last_rescue.elapsed() >= self.rescue_every() {
+                last_rescue = Instant::now();
+                self.rescue().await?;
+                counts = self.store.counts(self.campaign.id).await?;
+            }
+            let limit = if first_chunk { 1 } else { PIPELINE };
+            let dry = match self.fill(&mut in_flight, limit, &mut counts).await? {
+                Fill::End(None)
+                    if several
+                        && self
+                            .others_still_working(*dry_since.get_or_insert_with(Instant::now))
+                            .await? =>
+                {
+                    counts = self.store.counts(self.campaign.id).await?;
+                    continue;
+                }
+                Fill::End(why) => return Ok(why),
+                Fill::InFlight { dry } => {
+                    if !dry {
+                        dry_since = None;
+                    }
+                    dry
+                }
+            };
+            let Some(joined) = in_flight.join_next().await else {
+                // Nothing in flight and told to stop.
+                return Ok(self.ctx.ctl.reason());
+            };
+            let sent = joined.context("a send task panicked")?;
+            let updates = sent.updates;
+            log_refused(&updates);
+            if first_chunk
+                && let Some(why) = self.template_failed(&updates, sent.first_error).await?
+            {
+                return Ok(Some(why));
+            }
+            first_chunk = false;
+            // Before the commit: a number the gateway said opted out is never lost with it.
+            crate::run::delivery::optouts::add_all(&*self.store, &sent.opted_out)
+                .await
+                .context("adding numbers the gateway refused as opted out to the opt-out list")?;
+            self.commit(&updates, &mut counts).await?;
+            debug!(messages = updates.len(), dry, "chunk committed");
+        }
+    }
+
+    /// How often a worker looks for dead workers to rescue: a third of the lease timeout.
+    fn rescue_every(&self) -> Duration {
+        Duration::from_millis((self.lease_timeout_secs * 1000 / 3).max(200))
+    }
+
+    /// Closes dead workers of the campaign (silent past the lease timeout, or their process seen
+    /// gone on this host) and settles their claimed messages by lookup.
+    async fn rescue(&mut self) -> anyhow::Result<Rescued> {
+        let me = self.worker.worker;
+        let dead: Vec<i64> = self
+            .store
+            .workers(self.campaign.id)
+            .await?
+            .iter()
+            .filter(|k| k.status == "STARTED" && k.id != me)
+            .filter(|k| Process::is_gone(&k.host, k.pid, k.process.as_deref()))
+            .map(|k| k.id)
+            .collect();
+        let rescued = self
+            .store
+            .rescue(&self.worker, self.lease_timeout_secs, &dead)
+            .await?;
+        if rescued.workers > 0 {
+            warn!(
+                workers = rescued.workers,
+                messages = rescued.messages,
+                "rescued the claims of dead workers: settling them by lookup before anything is resent"
+            );
+            self.settle_in_doubt(false).await?;
+        }
+        Ok(rescued)
+    }
+
+    /// The queue is dry for this worker: `true` while it must wait (other workers hold claims,
+    /// or it is the worker that ends the execution and others are still STARTED) or a rescue
+    /// just gave it work.
+    ///
+    /// The execution is ended by its last worker, so one worker must outlive the rest, even a
+    /// worker that died idle on another host, which only the lease timeout can close: that is
+    /// the lowest-numbered live worker. Any other dry worker leaves once it sees a worker with
+    /// a lower id that beat after this one ran dry (`dry_since`: a third of the lease ago at
+    /// least, so a worker that has just died does not pass for live); the lowest one waits
+    /// until every other worker has ended or has been rescued, then ends the execution.
+    async fn others_still_working(&mut self, dry_since: Instant) -> anyhow::Result<bool> {
+        let rescued = self.rescue().await?;
+        if rescued.workers > 0 {
+            return Ok(true);
+        }
+        if self.ctx.ctl.stopping() {
+            return Ok(false);
+        }
+        if rescued.others_sending == 0 {
+            let lower_proven_alive =
+                rescued.lower_alive > 0 && dry_since.elapsed() >= self.rescue_every();
+            if rescued.others_started == 0 || lower_proven_alive {
+                return Ok(false);
+            }
+        }
+        debug!(
+            messages = rescued.others_sending,
+            workers = rescued.others_started,
+            "queue dry; waiting for the other workers' claims, or for them to end or be rescued"
+        );
+        self.ctx
+            .ctl
+            .sleep(Duration::from_millis(
+                (self.lease_timeout_secs * 1000 / 6).clamp(200, 1000),
+            ))
+            .await;
+        Ok(true)
+    }
+
+    /// Before the first claim: snapshot the segment, re-queue retryable failures when asked,
+    /// settle messages in doubt; returns the counts the progress display starts from.
+    async fn prepare(&mut self, retry_failed: bool) -> anyhow::Result<Counts> {
+        let id = self.campaign.id;
+        let total = self
+            .store
+            .snapshot(&self.worker)
+            .await
+            .context("snapshotting the segment")?;
+        if total > 0 {
+            info!(messages = total, "segment snapshotted");
+        }
+        if retry_failed {
+            let n = self.store.requeue_retryable(id).await?;
+            info!(
+                messages = n,
+                "re-queued messages whose attempts ran out on transient errors"
+            );
+        }
+        self.settle_in_doubt(false).await?;
+        if self.ctx.resend_in_doubt {
+            let n = self.store.requeue_in_doubt(id).await?;
+            info!(
+                messages = n,
+                "--resend-in-doubt: messages still in doubt are sent again"
+            );
+        }
+        let counts = self.store.counts(id).await?;
+        if let Some(p) = self.progress.as_mut() {
+            p.start(&counts);
+        }
+        Ok(counts)
+    }
+
+    /// Claims chunks and starts sending them while fewer than `limit` are in flight and there
+    /// is no reason to stop. Suppressions made by the claims are counted in `counts`.
+    async fn fill(
+        &self,
+        in_flight: &mut InFlight,
+        limit: usize,
+        counts: &mut Counts,
+    ) -> anyhow::Result<Fill> {
+        let id = self.campaign.id;
+        while in_flight.len() < limit && !self.ctx.ctl.stopping() {
+            let quiet = self.ctx.quiet.filter(|q| q.now());
+            let cap = self.cap.map(|c| {
+                (
+                    c.count,
+                    Utc::now() - chrono::Duration::days(i64::from(c.days)),
+                )
+            });
+            let claim = self
+                .store
+                .claim_chunk(ClaimRequest {
+                    worker: self.worker,
+                    limit: self.chunk_size,
+                    night_only: quiet.is_some(),
+                    cap,
+                })
+                .await?;
+            let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
+            counts.suppressed += suppressed;
+            counts.pending -= suppressed;
+            if claim.suppressed_opted_out > 0 {
+                info!(
+                    messages = claim.suppressed_opted_out,
+                    "suppressed: opted out during the run"
+                );
+            }
+            if claim.messages.is_empty() {
+                if suppressed > 0 {
+                    continue;
+                }
+                if !in_flight.is_empty() {
+                    return Ok(Fill::InFlight { dry: true });
+                }
+                if let Some(q) = quiet
+                    && self.store.has_pending_without_consent(id).await?
+                {
+                    return Ok(Fill::End(Some(quiet_stop(q))));
+                }
+                return Ok(Fill::End(None));
+            }
+            let ctx = self.ctx.clone();
+            let composer = self.composer.clone();
+            in_flight.spawn(
+                async move { send_chunk(ctx, composer, claim.messages).await }
+                    .instrument(tracing::Span::current()),
+            );
+        }
+        Ok(Fill::InFlight { dry: false })
+    }
+
+    /// The first chunk: when the template failed every message, nothing was sent; the chunk
+    /// goes back to the queue so that nothing is lost, and the run stops.
+    async fn template_failed(
+        &self,
+        updates: &[MessageUpdate],
+        first_error: Option<String>,
+    ) -> anyhow::Result<Option<StopReason>> {
+        let template_failures = updates
+            .iter()
+            .filter(|u| u.reason.as_deref() == Some("template_error"))
+            .count();
+        if updates.is_empty() || template_failures != updates.len() {
+            return Ok(None);
+        }
+        let back: Vec<MessageUpdate> = updates
+            .iter()
+            .cloned()
+            .map(|mut u| {
+                u.state = MessageState::Pending;
+                u.reason = None;
+                u
+            })
+            .collect();
+        self.store.commit_chunk(&self.worker, &back).await?;
+        Ok(Some(StopReason::TemplateError(
+            first_error.unwrap_or_default(),
+        )))
+    }
+
+    /// Commits one chunk's outcomes and advances the running counts and the progress display.
+    async fn commit(
+        &mut self,
+        updates: &[MessageUpdate],
+        counts: &mut Counts,
+    ) -> anyhow::Result<()> {
+        for u in updates {
+            let slot = match u.state {
+                MessageState::Sent => {
+                    self.sent_now += 1;
+                    &mut counts.sent
+                }
+                MessageState::Failed => &mut counts.failed,
+                MessageState::Suppressed => &mut counts.suppressed,
+                MessageState::InDoubt => &mut counts.in_doubt,
+                _ => continue,
+            };
+            *slot += 1;
+            counts.pending -= 1;
+        }
+        self.store.commit_chunk(&self.worker, updates).await?;
+        crate::run::metrics::record_outcomes(self.campaign.id, &self.campaign.gateway, updates);
+        if let Some(p) = self.progress.as_mut() {
+            p.update(counts);
+        }
+        Ok(())
+    }
+}
+
+/// Messages refused before any request (they cannot be composed) are logged per chunk.
+fn log_refused(updates: &[MessageUpdate]) {
+    let refused = updates
+        .iter()
+        .filter(|u| u.attempts.is_empty() && u.state == MessageState::Failed)
+        .count();
+    if refused > 0 {
+        info!(
+            messages = refused,
+            "refused before sending (see audit --status failed)"
+        );
+    }
+}
