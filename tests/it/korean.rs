@@ -778,14 +778,9 @@ async fn utf8_with_bom_and_cp949_files_render_hangul_and_other_bytes_are_refused
     bom.extend_from_slice(format!("김민수,{}\n", number(0)).as_bytes());
     let f = env.path("bom.csv");
     std::fs::write(&f, bom).unwrap();
-    let o = env
-        .ok(&["segment", "import", "bom", f.to_str().unwrap()])
-        .await;
-    assert!(
-        o.stdout.contains("imported 1") && o.stdout.contains("(UTF-8)"),
-        "{}",
-        o.all()
-    );
+    let o = env.import("bom", &f).await;
+    o.assert_stdout_has("imported 1");
+    o.assert_stdout_has("(UTF-8)");
     let o = env
         .ok(&["template", "preview", "hello", "--segment", "bom"])
         .await;
@@ -804,9 +799,7 @@ async fn utf8_with_bom_and_cp949_files_render_hangul_and_other_bytes_are_refused
         )),
     )
     .unwrap();
-    let o = env
-        .ok(&["segment", "import", "cp", f.to_str().unwrap()])
-        .await;
+    let o = env.import("cp", &f).await;
     o.assert_stdout_has("imported 3, merged duplicates 0, rejected 0 (CP949)");
     let opt = env.path("optout-cp949.csv");
     std::fs::write(
@@ -815,11 +808,8 @@ async fn utf8_with_bom_and_cp949_files_render_hangul_and_other_bytes_are_refused
     )
     .unwrap();
     let o = env.ok(&["optout", "import", opt.to_str().unwrap()]).await;
-    assert!(
-        o.stdout.contains("imported 1") && o.stdout.contains("(CP949)"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("imported 1");
+    o.assert_stdout_has("(CP949)");
     let o = env
         .ok(&["template", "preview", "hello", "--segment", "cp"])
         .await;

@@ -747,16 +747,7 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
         .await;
     let listed: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(listed.len() as i64, in_doubt);
-    let view = crate::common::agree::gateway_view(&env, &id).await;
-    assert_eq!(
-        view["cancelled"].0, 0,
-        "nothing the gateway took is cancelled: {view:?}"
-    );
-    assert_eq!(
-        view["in_doubt"].0,
-        env.sim.stats().accepted,
-        "what it took is in doubt, not cancelled: {view:?}"
-    );
+    crate::common::agree::assert_taken_only_in_doubt(&env, &id, "cancelled").await;
 
     // The next run only settles them: found means sent, not found means cancelled.
     env.sim.set_faults(0.0, 0.0, 0.0);
@@ -925,16 +916,7 @@ async fn a_halt_keeps_what_the_gateway_may_have_in_doubt_not_pending() {
     let st = env.status_is(&id, "FAILED").await;
     assert_eq!(n(&st, "failed"), 0, "{st}");
     env.sim.set_api_key(None);
-    let view = crate::common::agree::gateway_view(&env, &id).await;
-    assert_eq!(
-        view["pending"].0, 0,
-        "no pending message is on the gateway: {view:?}"
-    );
-    assert_eq!(
-        view["in_doubt"].0,
-        env.sim.stats().accepted,
-        "every message it took is in doubt: {view:?}"
-    );
+    crate::common::agree::assert_taken_only_in_doubt(&env, &id, "pending").await;
 
     // Restored: the next run finds them by lookup and sends the rest.
     env.sim.set_faults(0.0, 0.0, 0.0);
