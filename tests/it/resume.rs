@@ -65,12 +65,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         max_attempts: 10,
         ..Gw::default()
     };
-    let env = Setup::new(0)
-        .sim(sim)
-        .gw(gw)
-        .policy("max_consecutive_failures = 100000")
-        .env()
-        .await;
+    let env = Setup::new(0).sim(sim).gw(gw).never_pause().env().await;
     let seg = env.segment_csv("seg.csv", 0, 20_000);
     let mut opt = String::from("phone\n");
     for i in (0..20_000).step_by(100) {
@@ -620,7 +615,7 @@ async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
     let (env, id) = Setup::new(300)
         .sim(sim)
         .gw(gw)
-        .policy("max_consecutive_failures = 100000")
+        .never_pause()
         .campaign()
         .await;
     env.exits(0, &["campaign", "run", &id]).await;
@@ -692,7 +687,7 @@ async fn unreadable_broken_or_missing_answers_are_never_failures() {
         let (env, id) = Setup::new(200)
             .sim(sim)
             .gw(gw)
-            .policy("max_consecutive_failures = 100000")
+            .never_pause()
             .campaign()
             .await;
         let o = env.run(&["campaign", "run", &id]).await;
@@ -720,7 +715,7 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
     let (env, id) = Setup::new(300)
         .sim(sim)
         .gw(gw)
-        .policy("max_consecutive_failures = 100000")
+        .never_pause()
         .campaign()
         .await;
     let child = env.start(&id, 20).await;
@@ -841,7 +836,7 @@ async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until
     let (env, id) = Setup::new(100)
         .sim(sim)
         .gw(gw)
-        .policy("max_consecutive_failures = 100000")
+        .never_pause()
         .campaign()
         .await;
     let o = env.exits(2, &["campaign", "run", &id]).await;
@@ -892,7 +887,7 @@ async fn a_halt_keeps_what_the_gateway_may_have_in_doubt_not_pending() {
     let env = Setup::new(200)
         .sim(sim)
         .gw(gw)
-        .policy("max_consecutive_failures = 100000")
+        .never_pause()
         .segment()
         .await;
     let key = [(KEY_ENV, "k-right")];

@@ -63,6 +63,12 @@ impl Setup {
         self
     }
 
+    /// A run that never pauses for failures in a row (`max_consecutive_failures = 100000`):
+    /// for tests whose gateway fails on purpose.
+    pub fn never_pause(self) -> Setup {
+        self.policy("max_consecutive_failures = 100000")
+    }
+
     /// On a SQLite file whatever `MUNJA_TEST_BACKEND` says (see [`Env::on_sqlite`]).
     pub fn on_sqlite(mut self) -> Setup {
         self.sqlite_only = true;
