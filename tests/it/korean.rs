@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::common::{Env, Gw, Out, n, number};
+use crate::common::{Env, Gw, Out, Setup, create_args, n, number};
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use munja::tools::sim::SimConfig;
 use serde_json::Value;
@@ -22,18 +22,7 @@ fn mixed(bytes: usize) -> String {
 
 /// `campaign create --name TEMPLATE --segment SEG --template TEMPLATE EXTRA...`, any exit code.
 async fn create(env: &Env, segment: &str, template: &str, extra: &[&str]) -> Out {
-    let mut args = vec![
-        "campaign",
-        "create",
-        "--name",
-        template,
-        "--segment",
-        segment,
-        "--template",
-        template,
-    ];
-    args.extend_from_slice(extra);
-    env.run(&args).await
+    env.create(template, segment, template, extra).await
 }
 
 /// The id printed by a successful `campaign create`, which must be alone on stdout.
@@ -51,8 +40,7 @@ fn id_of(o: &Out) -> String {
 /// Writes `NAME.csv` and imports it as segment NAME.
 async fn import(env: &Env, name: &str, csv: &str) -> Out {
     let f = env.write(&format!("{name}.csv"), csv);
-    env.ok(&["segment", "import", name, f.to_str().expect("utf-8 path")])
-        .await
+    env.import(name, &f).await
 }
 
 /// The audit row of `phone` (canonical digits).
@@ -95,19 +83,6 @@ fn zone_where_it_is(hour: i64) -> String {
         o if o > 0 => format!("Etc/GMT-{o}"), // POSIX sign: Etc/GMT-9 is UTC+9
         o => format!("Etc/GMT+{}", -o),
     }
-}
-
-/// Runs the binary with extra environment variables.
-async fn run_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Out {
-    let mut c = env.cmd(args);
-    for (k, v) in vars {
-        c.env(k, v);
-    }
-    tokio::task::spawn_blocking(move || c.output())
-        .await
-        .expect("join")
-        .expect("spawn munja")
-        .into()
 }
 
 /// A recording proxy in front of the simulator: every message exactly as it reached the
@@ -224,40 +199,19 @@ async fn unencodable_characters_are_refused_naming_character_and_position() {
         "a refused recipient makes preview fail:\n{}",
         o.all()
     );
-    assert!(
-        o.stdout.contains(
-            "REFUSED unencodable_char: '₩' (U+20A9) at character 26 of the text cannot be sent"
-        ),
-        "{}",
-        o.all()
+    o.assert_stdout_has(
+        "REFUSED unencodable_char: '₩' (U+20A9) at character 26 of the text cannot be sent",
     );
-    assert!(
-        o.stdout
-            .contains("'😀' (U+1F600) at character 14 of the text"),
-        "{}",
-        o.all()
-    );
-    assert!(o.stdout.contains("[SMS 67 bytes]"), "{}", o.all());
+    o.assert_stdout_has("'😀' (U+1F600) at character 14 of the text");
+    o.assert_stdout_has("[SMS 67 bytes]");
     // The full-width won sign is in EUC-KR: 2 bytes, not an HTML escape.
-    assert!(o.stdout.contains("[SMS 61 bytes]"), "{}", o.all());
+    o.assert_stdout_has("[SMS 61 bytes]");
 
     let o = create(&env, "seg", "price", &[]).await;
     let id = id_of(&o);
-    assert!(
-        o.stderr.contains("4 recipients: 2 SMS, 0 LMS, 2 refused"),
-        "{}",
-        o.all()
-    );
-    assert!(
-        o.stderr.contains("refused unencodable_char: 2"),
-        "{}",
-        o.all()
-    );
-    assert!(
-        o.stderr.contains("'₩' (U+20A9) at character 26"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("4 recipients: 2 SMS, 0 LMS, 2 refused");
+    o.assert_stderr_has("refused unencodable_char: 2");
+    o.assert_stderr_has("'₩' (U+20A9) at character 26");
 
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 0, "{}", o.all());
@@ -321,11 +275,7 @@ async fn lms_text_and_subject_limits_hold_at_the_byte_edges_with_the_ad_frame() 
 
     let o = create(&env, "edges", "lms", &[]).await;
     let id = id_of(&o);
-    assert!(
-        o.stderr.contains("8 recipients: 2 SMS, 3 LMS, 3 refused"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("8 recipients: 2 SMS, 3 LMS, 3 refused");
     for reason in ["too_long", "subject_too_long", "unencodable_char"] {
         assert!(
             o.stderr.contains(&format!("refused {reason}: 1")),
@@ -334,25 +284,10 @@ async fn lms_text_and_subject_limits_hold_at_the_byte_edges_with_the_ad_frame() 
         );
     }
     // 2 SMS at 9.9 and 3 LMS at 29 KRW.
-    assert!(o.stderr.contains("estimated cost: 107 KRW"), "{}", o.all());
-    assert!(
-        o.stderr
-            .contains("2001 bytes in EUC-KR, more than the LMS limit of 2000"),
-        "{}",
-        o.all()
-    );
-    assert!(
-        o.stderr
-            .contains("the subject is 41 bytes in EUC-KR, more than the limit of 40"),
-        "{}",
-        o.all()
-    );
-    assert!(
-        o.stderr
-            .contains("'😀' (U+1F600) at character 3 of the subject"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("estimated cost: 107 KRW");
+    o.assert_stderr_has("2001 bytes in EUC-KR, more than the LMS limit of 2000");
+    o.assert_stderr_has("the subject is 41 bytes in EUC-KR, more than the limit of 40");
+    o.assert_stderr_has("'😀' (U+1F600) at character 3 of the subject");
 
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 0, "{}", o.all());
@@ -385,21 +320,13 @@ async fn lms_text_and_subject_limits_hold_at_the_byte_edges_with_the_ad_frame() 
     // --subject replaces the template's subject for every LMS.
     let subject = mixed(40);
     let o = create(&env, "edges", "lms", &["--subject", &subject]).await;
-    assert!(
-        o.stderr.contains("8 recipients: 2 SMS, 5 LMS, 1 refused"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("8 recipients: 2 SMS, 5 LMS, 1 refused");
     let id = id_of(&o);
     env.ok(&["campaign", "run", &id]).await;
     assert_eq!(cap.to(&number(5))["subject"], subject.as_str());
     assert_eq!(cap.to(&number(4))["subject"], subject.as_str());
     let o = create(&env, "edges", "lms", &["--subject", &mixed(41)]).await;
-    assert!(
-        o.stderr.contains("refused subject_too_long: 5"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("refused subject_too_long: 5");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -442,11 +369,7 @@ async fn every_ad_reaches_the_gateway_framed_and_informational_messages_do_not()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_writing_its_own_ad_header_or_opt_out_line_is_refused() {
-    let env = Env::new(SimConfig::default()).await;
-    let seg = env.segment_csv("seg.csv", 0, 3);
-    env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", seg.to_str().unwrap()])
-        .await;
+    let env = Setup::new(3).segment().await;
     let cases = [
         ("(광고) {{ name }}님 봄 세일", 1, "\"(광고)\""),
         ("[광고] {{ name }}님 봄 세일", 1, "\"[광고]\""),
@@ -513,11 +436,7 @@ async fn a_template_writing_its_own_ad_header_or_opt_out_line_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ad_campaign_needs_a_brand_and_a_free_080_opt_out_number() {
-    let env = Env::new(SimConfig::default()).await;
-    let seg = env.segment_csv("seg.csv", 0, 2);
-    env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", seg.to_str().unwrap()])
-        .await;
+    let env = Setup::new(2).segment().await;
     let good = std::fs::read_to_string(env.path("munja.toml")).unwrap();
     let cases = [
         ("brand = \"토스페이먼츠\"\n", "", "sender.brand"),
@@ -561,11 +480,7 @@ async fn an_ad_campaign_needs_a_brand_and_a_free_080_opt_out_number() {
     let o = env
         .ok(&["template", "preview", "hello", "--segment", "seg"])
         .await;
-    assert!(
-        o.stdout.contains("\n무료수신거부 080-600-5653\n"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("\n무료수신거부 080-600-5653\n");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -594,17 +509,8 @@ async fn at_night_ads_go_only_to_night_consent_and_the_rest_wait_for_the_morning
     csv.push_str(&format!("{},고객x,maybe\n", number(99)));
     env.ok(&["init"]).await;
     let o = import(&env, "night", &csv).await;
-    assert!(
-        o.stdout
-            .contains("imported 10, merged duplicates 0, rejected 1"),
-        "{}",
-        o.all()
-    );
-    assert!(
-        o.stderr.contains("line 12: invalid_night_consent"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("imported 10, merged duplicates 0, rejected 1");
+    o.assert_stderr_has("line 12: invalid_night_consent");
     let ad = id_of(&create(&env, "night", "hello", &[]).await);
     let info = id_of(&create(&env, "night", "hello", &["--no-ad"]).await);
     let consenting: Vec<u64> = (0..10).filter(|&i| consent[i as usize].1).collect();
@@ -622,7 +528,7 @@ async fn at_night_ads_go_only_to_night_consent_and_the_rest_wait_for_the_morning
         "{}",
         o.all()
     );
-    assert!(o.stderr.contains("21:00-08:00"), "{}", o.all());
+    o.assert_stderr_has("21:00-08:00");
     let st = env.status(&ad).await;
     assert_eq!(st["status"], "STOPPED");
     assert!(
@@ -764,13 +670,9 @@ async fn check_preview_and_create_report_what_will_be_sent() {
     );
     env.ok(&["init"]).await;
     let o = env.ok(&["template", "check", "offer"]).await;
-    assert!(o.stdout.contains("template offer: OK"), "{}", o.all());
-    assert!(o.stdout.contains("variables: body, name"), "{}", o.all());
-    assert!(
-        o.stdout.contains("subject: {{ name }}님께 드리는 혜택"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("template offer: OK");
+    o.assert_stdout_has("variables: body, name");
+    o.assert_stdout_has("subject: {{ name }}님께 드리는 혜택");
     let mut csv = String::from("phone,name,body\n");
     for i in 0..3 {
         csv.push_str(&format!("{},고객{i},봄 세일\n", number(i)));
@@ -787,13 +689,9 @@ async fn check_preview_and_create_report_what_will_be_sent() {
         .await;
     assert_eq!(o.stdout.matches("── 010-****-").count(), 3, "{}", o.all());
     for i in 0..3 {
-        assert!(
-            o.stdout.contains(&format!(
-                "── 010-****-000{i} ──\n[SMS 61 bytes]\n{HEADER}고객{i}님 봄 세일{FOOTER}\n"
-            )),
-            "{}",
-            o.all()
-        );
+        o.assert_stdout_has(&format!(
+            "── 010-****-000{i} ──\n[SMS 61 bytes]\n{HEADER}고객{i}님 봄 세일{FOOTER}\n"
+        ));
     }
     let o = env
         .run(&[
@@ -813,18 +711,8 @@ async fn check_preview_and_create_report_what_will_be_sent() {
         o.all()
     );
     assert_eq!(o.stdout.matches("── 010-****-").count(), 6, "{}", o.all());
-    assert!(
-        o.stdout
-            .contains("[LMS 154 bytes]\nsubject: 고객3님께 드리는 혜택\n"),
-        "{}",
-        o.all()
-    );
-    assert!(
-        o.stdout
-            .contains("── 010-****-0005 ──\nREFUSED unencodable_char: '🌸'"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("[LMS 154 bytes]\nsubject: 고객3님께 드리는 혜택\n");
+    o.assert_stdout_has("── 010-****-0005 ──\nREFUSED unencodable_char: '🌸'");
     let o = env
         .ok(&[
             "template",
@@ -842,38 +730,22 @@ async fn check_preview_and_create_report_what_will_be_sent() {
             .run(&["template", "preview", "offer", "--segment", "seg", bad])
             .await;
         assert_eq!(o.code, 1, "{bad}: {}", o.all());
-        assert!(
-            o.stderr.contains("--limit must be at least 1"),
-            "{}",
-            o.all()
-        );
+        o.assert_stderr_has("--limit must be at least 1");
     }
     let o = env
         .run(&["template", "preview", "offer", "--segment", "nope"])
         .await;
     assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains("no segment named \"nope\""),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("no segment named \"nope\"");
 
     // create: counts on stderr, id alone on stdout.
     let o = create(&env, "seg", "offer", &[]).await;
     id_of(&o);
-    assert!(
-        o.stderr.contains("6 recipients: 3 SMS, 2 LMS, 1 refused"),
-        "{}",
-        o.all()
-    );
-    assert!(
-        o.stderr.contains("refused unencodable_char: 1"),
-        "{}",
-        o.all()
-    );
-    assert!(o.stderr.contains("010-****-0005"), "{}", o.all());
+    o.assert_stderr_has("6 recipients: 3 SMS, 2 LMS, 1 refused");
+    o.assert_stderr_has("refused unencodable_char: 1");
+    o.assert_stderr_has("010-****-0005");
     // 3 × 9.9 + 2 × 29 = 87.7
-    assert!(o.stderr.contains("estimated cost: 88 KRW"), "{}", o.all());
+    o.assert_stderr_has("estimated cost: 88 KRW");
 
     // Nobody can be sent: nothing is created.
     import(
@@ -906,18 +778,13 @@ async fn utf8_with_bom_and_cp949_files_render_hangul_and_other_bytes_are_refused
     bom.extend_from_slice(format!("김민수,{}\n", number(0)).as_bytes());
     let f = env.path("bom.csv");
     std::fs::write(&f, bom).unwrap();
-    let o = env
-        .ok(&["segment", "import", "bom", f.to_str().unwrap()])
-        .await;
-    assert!(
-        o.stdout.contains("imported 1") && o.stdout.contains("(UTF-8)"),
-        "{}",
-        o.all()
-    );
+    let o = env.import("bom", &f).await;
+    o.assert_stdout_has("imported 1");
+    o.assert_stdout_has("(UTF-8)");
     let o = env
         .ok(&["template", "preview", "hello", "--segment", "bom"])
         .await;
-    assert!(o.stdout.contains("\n김민수님 안녕하세요\n"), "{}", o.all());
+    o.assert_stdout_has("\n김민수님 안녕하세요\n");
 
     // A Korean Excel export: CP949, with syllables beyond EUC-KR (똠, 햏).
     let cp949 = |s: &str| encoding_rs::EUC_KR.encode(s).0.into_owned();
@@ -932,15 +799,8 @@ async fn utf8_with_bom_and_cp949_files_render_hangul_and_other_bytes_are_refused
         )),
     )
     .unwrap();
-    let o = env
-        .ok(&["segment", "import", "cp", f.to_str().unwrap()])
-        .await;
-    assert!(
-        o.stdout
-            .contains("imported 3, merged duplicates 0, rejected 0 (CP949)"),
-        "{}",
-        o.all()
-    );
+    let o = env.import("cp", &f).await;
+    o.assert_stdout_has("imported 3, merged duplicates 0, rejected 0 (CP949)");
     let opt = env.path("optout-cp949.csv");
     std::fs::write(
         &opt,
@@ -948,20 +808,13 @@ async fn utf8_with_bom_and_cp949_files_render_hangul_and_other_bytes_are_refused
     )
     .unwrap();
     let o = env.ok(&["optout", "import", opt.to_str().unwrap()]).await;
-    assert!(
-        o.stdout.contains("imported 1") && o.stdout.contains("(CP949)"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("imported 1");
+    o.assert_stdout_has("(CP949)");
     let o = env
         .ok(&["template", "preview", "hello", "--segment", "cp"])
         .await;
-    assert!(o.stdout.contains("\n김민수님 안녕하세요\n"), "{}", o.all());
-    assert!(
-        o.stdout.contains("\n똠방각하님 안녕하세요\n"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("\n김민수님 안녕하세요\n");
+    o.assert_stdout_has("\n똠방각하님 안녕하세요\n");
     let id = id_of(&create(&env, "cp", "hello", &[]).await);
     env.ok(&["campaign", "run", &id]).await;
     let rows = env.audit_json(&id).await;
@@ -1084,29 +937,16 @@ async fn no_command_prints_a_full_number_or_the_gateway_key_even_with_debug_logs
         ],
     ];
     for args in &commands {
-        let o = run_with(&env, args, &vars).await;
+        let o = env.run_with(args, &vars).await;
         assert_private(&format!("munja {args:?}"), &o, &phones, KEY);
     }
-    let o = run_with(
-        &env,
-        &[
-            "-vv",
-            "campaign",
-            "create",
-            "--name",
-            "p",
-            "--segment",
-            "seg",
-            "--template",
-            "ratio",
-        ],
-        &vars,
-    )
-    .await;
+    let mut create = vec!["-vv"];
+    create.extend(create_args("p", "seg", "ratio", &[]));
+    let o = env.run_with(&create, &vars).await;
     assert_private("campaign create", &o, &phones, KEY);
     let id = id_of(&o);
-    assert!(o.stderr.contains("010-****-0004"), "{}", o.all());
-    let o = run_with(&env, &["-vv", "campaign", "run", &id], &vars).await;
+    o.assert_stderr_has("010-****-0004");
+    let o = env.run_with(&["-vv", "campaign", "run", &id], &vars).await;
     assert_eq!(o.code, 0, "{}", o.all());
     assert!(
         o.stderr.contains("DEBUG"),
@@ -1125,7 +965,7 @@ async fn no_command_prints_a_full_number_or_the_gateway_key_even_with_debug_logs
         vec!["audit", "--campaign", &id, "--phone", &bad],
     ];
     for args in &later {
-        let o = run_with(&env, args, &vars).await;
+        let o = env.run_with(args, &vars).await;
         assert_private(&format!("munja {args:?}"), &o, &phones, KEY);
     }
     // Explicit exports do carry the numbers.
@@ -1177,19 +1017,15 @@ async fn age_campaign(env: &Env, id: &str, days: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frequency_cap_suppresses_recipients_who_had_enough_ads_in_the_window() {
-    let env = Env::with(
-        SimConfig::default(),
-        Gw::default(),
-        "max_ads_per_recipient = { count = 2, days = 30 }",
-    )
-    .await;
+    let env = Setup::new(0)
+        .policy("max_ads_per_recipient = { count = 2, days = 30 }")
+        .env()
+        .await;
     env.ok(&["init"]).await;
     let six = env.segment_csv("six.csv", 0, 6);
     let ten = env.segment_csv("ten.csv", 0, 10);
-    env.ok(&["segment", "import", "six", six.to_str().unwrap()])
-        .await;
-    env.ok(&["segment", "import", "ten", ten.to_str().unwrap()])
-        .await;
+    env.import("six", &six).await;
+    env.import("ten", &ten).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let id = id_of(&create(&env, "six", "hello", &[]).await);
@@ -1244,14 +1080,11 @@ async fn frequency_cap_suppresses_recipients_who_had_enough_ads_in_the_window() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn informational_messages_are_neither_capped_nor_counted_as_ads() {
-    let env = Env::with(
-        SimConfig::default(),
-        Gw::default(),
-        "max_ads_per_recipient = { count = 1, days = 30 }",
-    )
-    .await;
-    let seg = env.segment_csv("seg.csv", 0, 5);
-    let info = env.campaign(&seg, "hello", &["--no-ad"]).await;
+    let (env, info) = Setup::new(5)
+        .policy("max_ads_per_recipient = { count = 1, days = 30 }")
+        .create_with(&["--no-ad"])
+        .campaign()
+        .await;
     env.ok(&["campaign", "run", &info]).await;
     // The informational message did not count: the ad goes out.
     let ad = id_of(&create(&env, "seg", "hello", &[]).await);
@@ -1286,12 +1119,7 @@ async fn a_cp949_file_whose_hangul_starts_after_the_first_64_kib_is_read_as_cp94
         .run(&["segment", "import", "late", f.to_str().unwrap()])
         .await;
     assert_eq!(o.code, 0, "{}", o.all());
-    assert!(
-        o.stdout
-            .contains("imported 4501, merged duplicates 0, rejected 0 (CP949)"),
-        "{}",
-        o.all()
-    );
+    o.assert_stdout_has("imported 4501, merged duplicates 0, rejected 0 (CP949)");
     let id = id_of(&create(&env, "late", "raw", &["--no-ad"]).await);
     env.ok(&["campaign", "run", &id]).await;
     let one = env
@@ -1317,7 +1145,7 @@ async fn hangul_column_names_are_template_variables() {
     let env = Env::new(SimConfig::default()).await;
     env.write("templates/ko.txt", "{{ 이름 }}님, {{ 등급 }} 혜택");
     let o = env.ok(&["template", "check", "ko"]).await;
-    assert!(o.stdout.contains("variables: 등급, 이름"), "{}", o.all());
+    o.assert_stdout_has("variables: 등급, 이름");
     env.ok(&["init"]).await;
     import(
         &env,
@@ -1328,5 +1156,5 @@ async fn hangul_column_names_are_template_variables() {
     let o = env
         .ok(&["template", "preview", "ko", "--segment", "ko"])
         .await;
-    assert!(o.stdout.contains("\n김민수님, VIP 혜택\n"), "{}", o.all());
+    o.assert_stdout_has("\n김민수님, VIP 혜택\n");
 }

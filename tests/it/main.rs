@@ -3,12 +3,13 @@
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
 //! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
-//! `server::`, `schedules::`, `dashboard::`).
+//! `server::`, `schedules::`, `dashboard::`, `docs_links::`).
 
 mod common;
 
 mod dashboard;
 mod delivery;
+mod docs_links;
 mod faults;
 mod gateways;
 mod korean;

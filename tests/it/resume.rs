@@ -1,25 +1,16 @@
 //! Crash safety: kill -9 and resume, in-doubt settling, the lease, stop, cancel, mid-run
 //! opt-outs, auto-pause and --retry-failed. Real binary, real simulator, real SQLite file.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::db::TestDb;
-use crate::common::{Env, Gw, Out, n, number, signal, wait, wait_until};
+use crate::common::{Env, Gw, Setup, create_args, exit_code, n, number, signal, wait, wait_until};
 use munja::tools::sim::SimConfig;
-use rand::RngExt;
+use rand::{RngExt, SeedableRng};
 
-fn spawn_run(env: &Env, id: &str, extra: &[&str]) -> Child {
-    env.spawn_run(id, extra)
-}
-
-async fn scalar(db: &TestDb, sql: &str) -> i64 {
-    db.scalar(sql).await
-}
-
-/// A campaign of 300 whose run was killed while its first requests were accepted by the
-/// gateway but not yet answered: those messages are left `sending`, in doubt.
-async fn leave_in_doubt() -> (Env, String) {
+/// A campaign of 300 on a gateway that accepts every request and then never answers (within
+/// the 30 s request timeout): its run has messages in doubt as soon as it sends.
+async fn stalled_gateway() -> (Env, String) {
     let sim = SimConfig {
         timeout_rate: 1.0,
         stall_ms: 60_000,
@@ -30,25 +21,36 @@ async fn leave_in_doubt() -> (Env, String) {
         concurrency: 8,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 300);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    let t0 = Instant::now();
-    while env.sim.stats().accepted < 8 {
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Setup::new(300).sim(sim).gw(gw).campaign().await
+}
+
+/// A campaign of 300 whose run was killed while its first requests were accepted by the
+/// gateway but not yet answered: those messages are left `sending`, in doubt.
+async fn leave_in_doubt() -> (Env, String) {
+    let (env, id) = stalled_gateway().await;
+    let child = env.start(&id, 8).await;
     signal(&child, libc::SIGKILL);
     wait(child).await;
     (env, id)
+}
+
+/// A campaign of `recipients` on a gateway at `rate` messages a second (burst 10), whose run
+/// is under way: the gateway has accepted `accepted` of its messages.
+async fn under_way(
+    recipients: u64,
+    rate: u32,
+    accepted: u64,
+) -> (Env, String, std::process::Child) {
+    let (env, id) = Setup::new(recipients).rate(rate, 10).campaign().await;
+    let child = env.start(&id, accepted).await;
+    (env, id, child)
 }
 
 /// The acceptance test of resume: SIGKILL at random moments, one during the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let seed: u64 = rand::rng().random();
-    eprintln!("seed {seed}");
+    eprintln!("seed {seed} (the simulator's faults and the kill moments)");
     let sim = SimConfig {
         fail_rate: 0.01,
         timeout_rate: 0.01,
@@ -63,7 +65,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         max_attempts: 10,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
+    let env = Setup::new(0).sim(sim).gw(gw).never_pause().env().await;
     let seg = env.segment_csv("seg.csv", 0, 20_000);
     let mut opt = String::from("phone\n");
     for i in (0..20_000).step_by(100) {
@@ -77,15 +79,14 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let pool = env.db().await;
 
     // 1. During the snapshot: the execution has started but the snapshot is not committed.
-    let child = spawn_run(&env, &id, &[]);
+    // (Polled every 300 µs, not with wait_until's 20 ms: the window is short.)
+    let child = env.spawn_run(&id, &[]);
     let t0 = Instant::now();
     loop {
-        let started = scalar(&pool, "SELECT COUNT(*) FROM executions").await;
-        let snap = scalar(
-            &pool,
-            "SELECT COUNT(*) FROM campaigns WHERE snapshot_at IS NOT NULL",
-        )
-        .await;
+        let started = pool.scalar("SELECT COUNT(*) FROM executions").await;
+        let snap = pool
+            .scalar("SELECT COUNT(*) FROM campaigns WHERE snapshot_at IS NOT NULL")
+            .await;
         if started > 0 && snap == 0 {
             signal(&child, libc::SIGKILL);
             break;
@@ -96,28 +97,31 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         );
         tokio::time::sleep(Duration::from_micros(300)).await;
     }
-    let o = wait(child).await;
-    assert_eq!(o.code, -1, "killed by a signal: {}", o.all());
+    exit_code(child, -1).await;
     assert_eq!(
-        scalar(
-            &pool,
-            "SELECT COUNT(*) FROM campaigns WHERE snapshot_at IS NOT NULL"
-        )
-        .await,
+        pool.scalar("SELECT COUNT(*) FROM campaigns WHERE snapshot_at IS NOT NULL")
+            .await,
         0
     );
     assert_eq!(
-        scalar(&pool, "SELECT COUNT(*) FROM messages").await,
+        pool.scalar("SELECT COUNT(*) FROM messages").await,
         0,
         "no half-snapshot left behind"
     );
 
-    // 2. Kill while sending, at random moments, and resume each time.
-    let mut rng = rand::rng();
+    // 2. Kill while sending, at random moments, and resume each time. A moment is a point of
+    // progress, not a time: once the gateway has accepted 1 to 3,000 more messages (so the run
+    // is a recorded worker, and six rounds never finish the 19,800).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills = 1;
     for _ in 0..6 {
-        let child = spawn_run(&env, &id, &[]);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        let target = env.sim.stats().accepted + rng.random_range(1..3000);
+        let child = env.spawn_run(&id, &[]);
+        let what = format!("the gateway to accept {target} messages in all");
+        wait_until(&what, Duration::from_secs(30), || async {
+            env.sim.stats().accepted >= target
+        })
+        .await;
         signal(&child, libc::SIGKILL);
         let o = wait(child).await;
         if o.code == -1 {
@@ -198,8 +202,7 @@ async fn in_doubt_messages_are_settled_by_lookup_not_resent() {
     );
 
     env.sim.set_faults(0.0, 0.0, 0.0);
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
+    env.exits(0, &["campaign", "run", &id]).await;
     let stats = env.sim.stats();
     assert_eq!(stats.accepted, 300);
     assert_eq!(
@@ -207,17 +210,13 @@ async fn in_doubt_messages_are_settled_by_lookup_not_resent() {
         "found by lookup, so never sent again"
     );
     let pool = env.db().await;
-    let found = scalar(
-        &pool,
-        "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_found'",
-    )
-    .await;
+    let found = pool
+        .scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_found'")
+        .await;
     assert_eq!(found, accepted_before as i64);
-    let missing = scalar(
-        &pool,
-        "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_missing'",
-    )
-    .await;
+    let missing = pool
+        .scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_missing'")
+        .await;
     assert!(
         missing > 0,
         "claimed but never sent: looked up, not found, resent"
@@ -226,20 +225,11 @@ async fn in_doubt_messages_are_settled_by_lookup_not_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_timeout() {
-    let gw = Gw {
-        rate: 50,
-        burst: 5,
-        ..Gw::default()
-    };
-    let env = Env::on_sqlite(SimConfig::default(), gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 400);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let first = spawn_run(&env, &id, &[]);
-    env.until_accepted(5).await;
+    let (env, id) = Setup::new(400).rate(50, 5).on_sqlite().campaign().await;
+    let first = env.start(&id, 5).await;
     let t = Instant::now();
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stderr.contains("already running"), "{}", o.all());
+    let o = env.exits(1, &["campaign", "run", &id]).await;
+    o.assert_stderr_has("already running");
     assert!(t.elapsed() < Duration::from_secs(3), "fails at once");
 
     // Freeze the holder: its process exists but its heartbeat stops.
@@ -253,7 +243,7 @@ async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_ti
         if o.code != 1 || frozen.elapsed() > Duration::from_secs(20) {
             break o;
         }
-        assert!(o.stderr.contains("already running"), "{}", o.all());
+        o.assert_stderr_has("already running");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(o.code, 0, "taken over after the lease timeout: {}", o.all());
@@ -264,8 +254,7 @@ async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_ti
     );
     signal(&first, libc::SIGKILL);
     wait(first).await;
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "COMPLETED");
+    let st = env.status_is(&id, "COMPLETED").await;
     let execs = st["executions"].as_array().unwrap();
     assert_eq!(execs[0]["status"], "ABANDONED");
     assert!(
@@ -275,8 +264,7 @@ async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_ti
             .contains("no heartbeat"),
         "{execs:?}"
     );
-    let s = env.sim.stats();
-    assert_eq!((s.accepted, s.numbers_accepted_twice), (400, 0));
+    env.assert_accepted_once(400);
 }
 
 async fn stop_with(how: &str) {
@@ -286,11 +274,8 @@ async fn stop_with(how: &str) {
         timeout_ms: 1000,
         ..Gw::default()
     };
-    let env = Env::with(SimConfig::default(), gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 1000);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    env.until_accepted(50).await;
+    let (env, id) = Setup::new(1000).gw(gw).campaign().await;
+    let child = env.start(&id, 50).await;
     let t = Instant::now();
     match how {
         "stop" => {
@@ -299,14 +284,12 @@ async fn stop_with(how: &str) {
         "SIGTERM" => signal(&child, libc::SIGTERM),
         _ => signal(&child, libc::SIGINT),
     }
-    let o = wait(child).await;
-    assert_eq!(o.code, 2, "{}", o.all());
+    exit_code(child, 2).await;
     assert!(
         t.elapsed() < Duration::from_secs(2 + 2),
         "within twice the gateway timeout (plus the heartbeat)"
     );
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "STOPPED", "{st}");
+    let st = env.status_is(&id, "STOPPED").await;
     assert_eq!(
         n(&st, "sending"),
         0,
@@ -318,12 +301,10 @@ async fn stop_with(how: &str) {
         env.sim.stats().accepted,
         "status agrees with the gateway"
     );
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "a STOPPED campaign restarts: {}", o.all());
+    env.exits(0, &["campaign", "run", &id]).await;
     let st = env.status(&id).await;
     assert_eq!(st["executions"].as_array().unwrap().len(), 2);
-    let s = env.sim.stats();
-    assert_eq!((s.accepted, s.numbers_accepted_twice), (1000, 0));
+    env.assert_accepted_once(1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,49 +319,27 @@ async fn sigterm_stops_gracefully() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_never_sends_the_pending_messages() {
-    let gw = Gw {
-        rate: 100,
-        burst: 10,
-        ..Gw::default()
-    };
-    let env = Env::with(SimConfig::default(), gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 1000);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    env.until_accepted(50).await;
+    let (env, id, child) = under_way(1000, 100, 50).await;
     env.ok(&["campaign", "cancel", &id]).await;
-    let o = wait(child).await;
-    assert_eq!(o.code, 2, "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "CANCELLED");
+    exit_code(child, 2).await;
+    let st = env.status_is(&id, "CANCELLED").await;
     assert_eq!((n(&st, "pending"), n(&st, "sending")), (0, 0));
     assert!(n(&st, "cancelled") > 500, "{st}");
     let accepted = env.sim.stats().accepted;
     assert_eq!(n(&st, "sent") as u64, accepted);
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 1);
-    assert!(o.stderr.contains("cancelled"), "{}", o.all());
+    let o = env.exits(1, &["campaign", "run", &id]).await;
+    o.assert_stderr_has("cancelled");
     assert_eq!(env.sim.stats().accepted, accepted, "nothing more was sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optout_added_mid_run_suppresses_the_rest() {
-    let gw = Gw {
-        rate: 200,
-        burst: 10,
-        ..Gw::default()
-    };
     // With chunks of 200 and four chunks in flight, every message is claimed at once: the
     // opt-out must still be honoured right before sending.
-    let env = Env::with(SimConfig::default(), gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 600);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    env.until_accepted(20).await;
+    let (env, id, child) = under_way(600, 200, 20).await;
     let late = number(599);
     env.ok(&["optout", "add", &late]).await;
-    let o = wait(child).await;
-    assert_eq!(o.code, 0, "{}", o.all());
+    exit_code(child, 0).await;
     let rows = env.audit_json(&id).await;
     let row = rows.iter().find(|r| r["phone"] == late.as_str()).unwrap();
     assert_eq!(row["status"], "suppressed");
@@ -400,14 +359,10 @@ async fn a_sick_gateway_pauses_the_run_and_retry_failed_resends_only_transient_f
         max_attempts: 3,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw.clone(), "").await;
-    let seg = env.segment_csv("seg.csv", 0, 500);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 2, "{}", o.all());
-    assert!(o.stderr.contains("gateway_unhealthy"), "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "STOPPED");
+    let (env, id) = Setup::new(500).sim(sim).gw(gw.clone()).campaign().await;
+    let o = env.exits(2, &["campaign", "run", &id]).await;
+    o.assert_stderr_has("gateway_unhealthy");
+    let st = env.status_is(&id, "STOPPED").await;
     assert!(n(&st, "pending") > 300, "the list was not walked: {st}");
 
     // 2. A flaky gateway and a permanent rejection: attempts run out on some messages.
@@ -419,20 +374,18 @@ async fn a_sick_gateway_pauses_the_run_and_retry_failed_resends_only_transient_f
         },
         "quiet_hours = \"off\"\nmax_consecutive_failures = 100000",
     );
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
+    env.exits(0, &["campaign", "run", &id]).await;
     let st = env.status(&id).await;
     let failed = n(&st, "failed");
     assert!(failed > 50, "{st}");
 
     // 3. Healed: --retry-failed re-sends exactly the transient failures.
     env.sim.set_faults(0.0, 0.0, 0.0);
-    let o = env.run(&["campaign", "run", &id, "--retry-failed"]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
+    env.exits(0, &["campaign", "run", &id, "--retry-failed"])
+        .await;
     let st = env.status(&id).await;
     assert_eq!((n(&st, "sent"), n(&st, "failed")), (500, 0));
-    let s = env.sim.stats();
-    assert_eq!((s.accepted, s.numbers_accepted_twice), (500, 0));
+    env.assert_accepted_once(500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,9 +394,7 @@ async fn retry_failed_never_resends_permanent_rejections() {
         invalid_prefix: Some("0102000001".into()),
         ..SimConfig::default()
     };
-    let env = Env::new(sim).await;
-    let seg = env.segment_csv("seg.csv", 0, 50);
-    let id = env.campaign(&seg, "hello", &[]).await;
+    let (env, id) = Setup::new(50).sim(sim).campaign().await;
     env.ok(&["campaign", "run", &id]).await;
     let st = env.status(&id).await;
     assert_eq!(n(&st, "failed"), 10);
@@ -459,30 +410,20 @@ async fn retry_failed_never_resends_permanent_rejections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_keeps_final_states_and_delete_is_refused_while_running() {
-    let gw = Gw {
-        rate: 100,
-        burst: 10,
-        ..Gw::default()
-    };
-    let env = Env::with(SimConfig::default(), gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 300);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    env.until_accepted(10).await;
-    let o = env.run(&["campaign", "delete", &id]).await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stderr.contains("running"), "{}", o.all());
-    assert_eq!(wait(child).await.code, 0);
+    let (env, id, child) = under_way(300, 100, 10).await;
+    let o = env.exits(1, &["campaign", "delete", &id]).await;
+    o.assert_stderr_has("running");
+    exit_code(child, 0).await;
     let pool = env.db().await;
-    assert!(scalar(&pool, "SELECT COUNT(*) FROM attempts").await >= 300);
+    assert!(pool.scalar("SELECT COUNT(*) FROM attempts").await >= 300);
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(2))
         .format("%Y-%m-%d")
         .to_string();
     let o = env
         .ok(&["purge", "--before", &tomorrow, "--batch", "50"])
         .await;
-    assert!(o.stderr.contains("purged"), "{}", o.all());
-    assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM attempts").await, 0);
+    o.assert_stderr_has("purged");
+    assert_eq!(pool.scalar("SELECT COUNT(*) FROM attempts").await, 0);
     let rows = env.audit_json(&id).await;
     assert_eq!(rows.len(), 300);
     assert!(
@@ -490,28 +431,18 @@ async fn purge_keeps_final_states_and_delete_is_refused_while_running() {
         "final states stay"
     );
     env.ok(&["campaign", "delete", &id]).await;
-    assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM messages").await, 0);
-    assert_eq!(env.run(&["campaign", "status", &id]).await.code, 1);
+    assert_eq!(pool.scalar("SELECT COUNT(*) FROM messages").await, 0);
+    env.exits(1, &["campaign", "status", &id]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
-    let gw = Gw {
-        rate: 200,
-        burst: 10,
-        ..Gw::default()
-    };
-    let env = Env::with(SimConfig::default(), gw, "").await;
-    let seg = env.segment_csv("seg.csv", 0, 1000);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    env.until_accepted(50).await;
+    let (env, id, child) = under_way(1000, 200, 50).await;
     signal(&child, libc::SIGKILL);
     wait(child).await;
     let o = env.ok(&["campaign", "cancel", &id]).await;
-    assert!(o.stderr.contains("cancelled"), "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "CANCELLED", "{st}");
+    o.assert_stderr_has("cancelled");
+    let st = env.status_is(&id, "CANCELLED").await;
     assert!(
         st["lease"].is_null(),
         "the dead run's lease is released: {st}"
@@ -535,51 +466,30 @@ async fn cancelling_a_crashed_run_closes_it_and_nothing_more_is_sent() {
         )),
         "status says what `sending` means when no run holds them: {text}"
     );
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 2, "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(
-        (st["status"].as_str(), n(&st, "sending")),
-        (Some("CANCELLED"), 0),
-        "{st}"
-    );
+    env.exits(2, &["campaign", "run", &id]).await;
+    let st = env.status_is(&id, "CANCELLED").await;
+    assert_eq!(n(&st, "sending"), 0, "{st}");
     assert_eq!(
         n(&st, "sent") as u64,
         accepted,
         "found by lookup = what the gateway took"
     );
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stderr.contains("cancelled"), "{}", o.all());
+    let o = env.exits(1, &["campaign", "run", &id]).await;
+    o.assert_stderr_has("cancelled");
     assert_eq!(
         env.sim.stats().accepted,
         accepted,
         "nothing is sent after a cancel"
     );
     // Cancelling again, or an unknown or completed campaign, is refused and changes nothing.
-    assert_eq!(env.run(&["campaign", "cancel", &id]).await.code, 1);
-    assert_eq!(env.run(&["campaign", "cancel", "999"]).await.code, 1);
+    env.exits(1, &["campaign", "cancel", &id]).await;
+    env.exits(1, &["campaign", "cancel", "999"]).await;
     let seg2 = env.segment_csv("seg2.csv", 5000, 10);
-    env.ok(&["segment", "import", "small", seg2.to_str().unwrap()])
-        .await;
-    let done = env
-        .ok(&[
-            "campaign",
-            "create",
-            "--name",
-            "d",
-            "--segment",
-            "small",
-            "--template",
-            "hello",
-        ])
-        .await
-        .stdout;
-    let done = done.trim();
-    env.ok(&["campaign", "run", done]).await;
-    let o = env.run(&["campaign", "cancel", done]).await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert_eq!(env.status(done).await["status"], "COMPLETED");
+    env.import("small", &seg2).await;
+    let done = env.create_ok("d", "small", "hello").await;
+    env.ok(&["campaign", "run", &done]).await;
+    env.exits(1, &["campaign", "cancel", &done]).await;
+    env.status_is(&done, "COMPLETED").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,8 +504,7 @@ async fn refused_recipients_in_the_first_chunk_do_not_block_the_rest() {
     }
     let seg = env.write("emoji.csv", &csv);
     let id = env.campaign(&seg, "hello", &[]).await;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
+    let o = env.exits(0, &["campaign", "run", &id]).await;
     let st = env.status(&id).await;
     assert_eq!((n(&st, "sent"), n(&st, "failed")), (10, 250));
     let rows = env.audit_json(&id).await;
@@ -609,15 +518,11 @@ async fn refused_recipients_in_the_first_chunk_do_not_block_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_reimported_after_create_is_refused_at_run() {
-    let env = Env::new(SimConfig::default()).await;
-    let seg = env.segment_csv("seg.csv", 0, 20);
-    let id = env.campaign(&seg, "hello", &[]).await;
+    let (env, id) = Setup::new(20).campaign().await;
     let other = env.segment_csv("other.csv", 100, 5);
-    env.ok(&["segment", "import", "seg", other.to_str().unwrap()])
-        .await;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stderr.contains("re-imported"), "{}", o.all());
+    env.import("seg", &other).await;
+    let o = env.exits(1, &["campaign", "run", &id]).await;
+    o.assert_stderr_has("re-imported");
     assert_eq!(env.sim.stats().accepted, 0);
     assert_eq!(
         n(&env.status(&id).await, "total"),
@@ -647,7 +552,7 @@ async fn a_stop_cuts_the_in_doubt_lookups_short() {
         .replace(&env.sim.url(), &hole_url)
         .replace("timeout_ms = 30000", "timeout_ms = 1000");
     env.write("munja.toml", &cfg);
-    let child = spawn_run(&env, &id, &[]);
+    let child = env.spawn_run(&id, &[]);
     let what = "the run's first lookup at the hanging gateway";
     wait_until(what, Duration::from_secs(20), || async {
         connections.load(std::sync::atomic::Ordering::SeqCst) > 0
@@ -655,61 +560,40 @@ async fn a_stop_cuts_the_in_doubt_lookups_short() {
     .await;
     let t = Instant::now();
     signal(&child, libc::SIGTERM);
-    let o = wait(child).await;
-    assert_eq!(o.code, 2, "{}", o.all());
+    exit_code(child, 2).await;
     assert!(
         t.elapsed() < Duration::from_secs(3),
         "stopped after {:?}",
         t.elapsed()
     );
-    let st = env.status(&id).await;
+    let st = env.status_is(&id, "STOPPED").await;
     assert!(
         n(&st, "sending") > 0,
         "unsettled messages stay in doubt: {st}"
     );
-    assert_eq!(st["status"], "STOPPED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_empties_the_queue_before_the_heartbeat_still_ends_cancelled() {
-    let gw = Gw {
-        rate: 1000,
-        burst: 50,
-        ..Gw::default()
-    };
-    let env = Env::with(SimConfig::default(), gw, "chunk_size = 20").await;
-    let seg = env.segment_csv("seg.csv", 0, 2000);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    env.until_accepted(100).await;
+    let (env, id) = Setup::new(2000)
+        .rate(1000, 50)
+        .policy("chunk_size = 20")
+        .campaign()
+        .await;
+    let child = env.start(&id, 100).await;
     env.ok(&["campaign", "cancel", &id]).await;
-    let o = wait(child).await;
-    assert_eq!(o.code, 2, "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "CANCELLED", "{st}");
+    exit_code(child, 2).await;
+    let st = env.status_is(&id, "CANCELLED").await;
     assert!(n(&st, "cancelled") > 0);
     assert_eq!(n(&st, "sent") as u64, env.sim.stats().accepted);
-    assert_eq!(
-        env.run(&["campaign", "run", &id, "--retry-failed"])
-            .await
-            .code,
-        1
-    );
+    env.exits(1, &["campaign", "run", &id, "--retry-failed"])
+        .await;
 }
 
 /// The simulator's seed for a test, printed so that a failure can be replayed.
 fn seeded(seed: u64) -> u64 {
     eprintln!("simulator seed {seed}");
     seed
-}
-
-/// Waits for `cond`, polling, up to `bound`.
-async fn until(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < bound, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,34 +612,32 @@ async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
         max_attempts: 2,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
-    let seg = env.segment_csv("seg.csv", 0, 300);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "COMPLETED", "{st}");
+    let (env, id) = Setup::new(300)
+        .sim(sim)
+        .gw(gw)
+        .never_pause()
+        .campaign()
+        .await;
+    env.exits(0, &["campaign", "run", &id]).await;
+    let st = env.status_is(&id, "COMPLETED").await;
     let failed = n(&st, "failed");
     assert_eq!(n(&st, "sent") + failed, 300, "{st}");
     assert_eq!(env.sim.stats().accepted, 300 - failed as u64);
     let pool = env.db().await;
-    let missing = scalar(
-        &pool,
-        "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_missing'",
-    )
-    .await;
+    let missing = pool
+        .scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_missing'")
+        .await;
     // Only messages that were never in doubt (503 twice) or that the gateway was asked about
     // and does not have may fail.
-    let never_in_doubt = scalar(
-        &pool,
-        "SELECT COUNT(*) FROM messages m WHERE m.state = 'failed' AND m.reason = 'http_503' \
+    let never_in_doubt = pool
+        .scalar(
+            "SELECT COUNT(*) FROM messages m WHERE m.state = 'failed' AND m.reason = 'http_503' \
          AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.outcome = 'timeout')",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(failed, missing + never_in_doubt, "{st}");
     assert!(
-        scalar(
-            &pool,
+        pool.scalar(
             "SELECT COUNT(*) FROM messages m WHERE m.state = 'sent' AND EXISTS \
              (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.outcome = 'http_503' \
               AND a.id = (SELECT MAX(id) FROM attempts WHERE message_id = m.id AND outcome <> 'lookup_found'))",
@@ -765,11 +647,8 @@ async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
         "some messages timed out, then got a 503, and were found sent"
     );
     assert!(
-        scalar(
-            &pool,
-            "SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_found'"
-        )
-        .await
+        pool.scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'lookup_found'")
+            .await
             > 0,
         "some messages timed out twice and were found by lookup"
     );
@@ -805,9 +684,12 @@ async fn unreadable_broken_or_missing_answers_are_never_failures() {
             batch_size,
             ..Gw::default()
         };
-        let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
-        let seg = env.segment_csv("seg.csv", 0, 200);
-        let id = env.campaign(&seg, "hello", &[]).await;
+        let (env, id) = Setup::new(200)
+            .sim(sim)
+            .gw(gw)
+            .never_pause()
+            .campaign()
+            .await;
         let o = env.run(&["campaign", "run", &id]).await;
         assert_eq!(o.code, 0, "batch {batch_size}: {}", o.all());
         let st = env.status(&id).await;
@@ -830,19 +712,16 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
         concurrency: 8,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
-    let seg = env.segment_csv("seg.csv", 0, 300);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let child = spawn_run(&env, &id, &[]);
-    until(Duration::from_secs(20), "20 accepted", || {
-        env.sim.stats().accepted >= 20
-    })
-    .await;
+    let (env, id) = Setup::new(300)
+        .sim(sim)
+        .gw(gw)
+        .never_pause()
+        .campaign()
+        .await;
+    let child = env.start(&id, 20).await;
     env.ok(&["campaign", "cancel", &id]).await;
-    let o = wait(child).await;
-    assert_eq!(o.code, 2, "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "CANCELLED", "{st}");
+    let o = exit_code(child, 2).await;
+    let st = env.status_is(&id, "CANCELLED").await;
     let in_doubt = n(&st, "in_doubt");
     assert!(in_doubt >= 20, "{st}");
     assert!(
@@ -863,24 +742,13 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
         .await;
     let listed: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(listed.len() as i64, in_doubt);
-    let view = crate::common::agree::gateway_view(&env, &id).await;
-    assert_eq!(
-        view["cancelled"].0, 0,
-        "nothing the gateway took is cancelled: {view:?}"
-    );
-    assert_eq!(
-        view["in_doubt"].0,
-        env.sim.stats().accepted,
-        "what it took is in doubt, not cancelled: {view:?}"
-    );
+    crate::common::agree::assert_taken_only_in_doubt(&env, &id, "cancelled").await;
 
     // The next run only settles them: found means sent, not found means cancelled.
     env.sim.set_faults(0.0, 0.0, 0.0);
     let accepted = env.sim.stats().accepted;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 2, "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "CANCELLED", "{st}");
+    env.exits(2, &["campaign", "run", &id]).await;
+    let st = env.status_is(&id, "CANCELLED").await;
     assert_eq!((n(&st, "in_doubt"), n(&st, "pending")), (0, 0), "{st}");
     assert_eq!(env.sim.stats().accepted, accepted, "nothing more was sent");
     crate::common::agree::assert_agrees(&env, &id).await;
@@ -888,23 +756,8 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() {
-    let (env, id) = {
-        let sim = SimConfig {
-            timeout_rate: 1.0,
-            stall_ms: 60_000,
-            ..SimConfig::default()
-        };
-        let gw = Gw {
-            timeout_ms: 30_000,
-            concurrency: 8,
-            ..Gw::default()
-        };
-        let env = Env::with(sim, gw, "").await;
-        let seg = env.segment_csv("seg.csv", 0, 300);
-        let id = env.campaign(&seg, "hello", &[]).await;
-        (env, id)
-    };
-    let mut child = spawn_run(&env, &id, &[]);
+    let (env, id) = stalled_gateway().await;
+    let mut child = env.spawn_run(&id, &[]);
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -920,10 +773,7 @@ async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() 
         }
         all
     });
-    until(Duration::from_secs(20), "8 accepted", || {
-        env.sim.stats().accepted >= 8
-    })
-    .await;
+    env.until_accepted(8).await;
     signal(&child, libc::SIGTERM);
     // The second signal must come after the first was handled (two could merge into one).
     let t0 = Instant::now();
@@ -951,8 +801,7 @@ async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() 
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
     assert!(stderr.contains("aborted"), "{stderr}");
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "STOPPED", "{st}");
+    let st = env.status_is(&id, "STOPPED").await;
     assert_eq!(n(&st, "sending"), 0, "{st}");
     assert!(
         n(&st, "in_doubt") as u64 >= env.sim.stats().accepted,
@@ -960,11 +809,13 @@ async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() 
     );
 
     env.sim.set_faults(0.0, 0.0, 0.0);
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
-    let s = env.sim.stats();
-    assert_eq!((s.accepted, s.numbers_accepted_twice), (300, 0));
-    assert_eq!(s.duplicate_replays, 0, "found by lookup, never resent");
+    env.exits(0, &["campaign", "run", &id]).await;
+    env.assert_accepted_once(300);
+    assert_eq!(
+        env.sim.stats().duplicate_replays,
+        0,
+        "found by lookup, never resent"
+    );
     crate::common::agree::assert_agrees(&env, &id).await;
 }
 
@@ -982,21 +833,21 @@ async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until
         max_attempts: 2,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
-    let seg = env.segment_csv("seg.csv", 0, 100);
-    let id = env.campaign(&seg, "hello", &[]).await;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 2, "{}", o.all());
-    assert!(o.stderr.contains("run it again to settle"), "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "STOPPED", "{st}");
+    let (env, id) = Setup::new(100)
+        .sim(sim)
+        .gw(gw)
+        .never_pause()
+        .campaign()
+        .await;
+    let o = env.exits(2, &["campaign", "run", &id]).await;
+    o.assert_stderr_has("run it again to settle");
+    let st = env.status_is(&id, "STOPPED").await;
     assert_eq!((n(&st, "in_doubt"), n(&st, "failed")), (100, 0), "{st}");
     let human = env.ok(&["campaign", "status", &id]).await;
-    assert!(human.stdout.contains("in doubt 100"), "{}", human.all());
+    human.assert_stdout_has("in doubt 100");
     // Still unreachable: they stay in doubt, nothing is resent.
     let requests = env.sim.stats().requests;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 2, "{}", o.all());
+    env.exits(2, &["campaign", "run", &id]).await;
     assert_eq!(n(&env.status(&id).await, "in_doubt"), 100);
     assert_eq!(
         env.sim.stats().requests,
@@ -1007,9 +858,8 @@ async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until
 
     env.sim.set_lookups(true);
     env.sim.set_faults(0.0, 0.0, 0.0);
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
-    assert_eq!(env.status(&id).await["status"], "COMPLETED");
+    env.exits(0, &["campaign", "run", &id]).await;
+    env.status_is(&id, "COMPLETED").await;
     assert_eq!(
         env.sim.stats().duplicate_replays,
         replays,
@@ -1034,70 +884,39 @@ async fn a_halt_keeps_what_the_gateway_may_have_in_doubt_not_pending() {
         api_key_env: Some(KEY_ENV.into()),
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
-    let with_key = |args: &[&str]| {
-        let mut c = env.cmd(args);
-        c.env(KEY_ENV, "k-right");
-        c
-    };
-    let seg = env.segment_csv("seg.csv", 0, 200);
-    env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", seg.to_str().unwrap()])
+    let env = Setup::new(200)
+        .sim(sim)
+        .gw(gw)
+        .never_pause()
+        .segment()
         .await;
-    let mut create = with_key(&[
-        "campaign",
-        "create",
-        "--name",
-        "h",
-        "--segment",
-        "seg",
-        "--template",
-        "hello",
-    ]);
-    let out = tokio::task::spawn_blocking(move || create.output())
-        .await
-        .expect("join")
-        .expect("campaign create");
-    assert!(out.status.success(), "{out:?}");
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let child = with_key(&["campaign", "run", &id])
+    let key = [(KEY_ENV, "k-right")];
+    let o = env
+        .run_with(&create_args("h", "seg", "hello", &[]), &key)
+        .await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let id = o.stdout.trim().to_string();
+    let child = env
+        .cmd(&["campaign", "run", &id])
+        .env(KEY_ENV, "k-right")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn munja");
-    until(Duration::from_secs(20), "20 accepted", || {
-        env.sim.stats().accepted >= 20
-    })
-    .await;
+    env.until_accepted(20).await;
     // The account is suspended mid-run: every later answer is 401.
     env.sim.set_api_key(Some("k-rotated".into()));
-    let o = wait(child).await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stderr.contains("credentials"), "{}", o.all());
-    let st = env.status(&id).await;
-    assert_eq!(st["status"], "FAILED", "{st}");
+    let o = exit_code(child, 1).await;
+    o.assert_stderr_has("credentials");
+    let st = env.status_is(&id, "FAILED").await;
     assert_eq!(n(&st, "failed"), 0, "{st}");
     env.sim.set_api_key(None);
-    let view = crate::common::agree::gateway_view(&env, &id).await;
-    assert_eq!(
-        view["pending"].0, 0,
-        "no pending message is on the gateway: {view:?}"
-    );
-    assert_eq!(
-        view["in_doubt"].0,
-        env.sim.stats().accepted,
-        "every message it took is in doubt: {view:?}"
-    );
+    crate::common::agree::assert_taken_only_in_doubt(&env, &id, "pending").await;
 
     // Restored: the next run finds them by lookup and sends the rest.
     env.sim.set_faults(0.0, 0.0, 0.0);
     let replays = env.sim.stats().duplicate_replays;
-    let mut rerun = with_key(&["campaign", "run", &id]);
-    let o: Out = tokio::task::spawn_blocking(move || rerun.output())
-        .await
-        .expect("join")
-        .expect("run")
-        .into();
+    let o = env.run_with(&["campaign", "run", &id], &key).await;
     assert_eq!(o.code, 0, "{}", o.all());
     assert_eq!(
         env.sim.stats().duplicate_replays,

@@ -133,7 +133,8 @@ async fn postgres() -> Source {
     }
 }
 
-/// An environment whose munja.toml has `[sources.crm]` (URL from `CRM_URL`).
+/// An environment whose munja.toml has `[sources.crm]` (URL from `CRM_URL`), after
+/// `munja init`.
 async fn env_with_source(timeout_secs: u64) -> Env {
     let env = Env::new(SimConfig::default()).await;
     let cfg = std::fs::read_to_string(env.path("munja.toml")).expect("config");
@@ -144,17 +145,13 @@ async fn env_with_source(timeout_secs: u64) -> Env {
         ),
     );
     env.write("templates/points.txt", "{{ name }}님 적립금 {{ points }}점");
+    env.ok(&["init"]).await;
     env
 }
 
+/// Runs munja with the source's URL in `CRM_URL`.
 async fn run_src(env: &Env, url: &str, args: &[&str]) -> Out {
-    let mut c = env.cmd(args);
-    c.env("CRM_URL", url);
-    let out = tokio::task::spawn_blocking(move || c.output())
-        .await
-        .expect("join")
-        .expect("spawn munja");
-    Out::from(out)
+    env.run_with(args, &[("CRM_URL", url)]).await
 }
 
 async fn ok_src(env: &Env, src: &Source, args: &[&str]) -> Out {
@@ -181,7 +178,6 @@ async fn define_vip(env: &Env, src: &Source) {
 /// The whole flow on one server: define, preview, template preview, create, run, audit.
 async fn end_to_end(src: Source) {
     let env = env_with_source(60).await;
-    env.ok(&["init"]).await;
     env.ok(&["optout", "add", OPTED_OUT]).await;
     define_vip(&env, &src).await;
 
@@ -192,7 +188,7 @@ async fn end_to_end(src: Source) {
         o.all()
     );
     let o = ok_src(&env, &src, &["segment", "show", "vip"]).await;
-    assert!(o.stdout.contains(QUERY), "{}", o.all());
+    o.assert_stdout_has(QUERY);
 
     let o = ok_src(
         &env,
@@ -229,25 +225,12 @@ async fn end_to_end(src: Source) {
         ],
     )
     .await;
-    assert!(o.stdout.contains("김민준님 적립금 1500점"), "{}", o.all());
-    assert!(o.stdout.contains("이서연님 적립금 0.5점"), "{}", o.all());
+    o.assert_stdout_has("김민준님 적립금 1500점");
+    o.assert_stdout_has("이서연님 적립금 0.5점");
 
-    let args = [
-        "campaign",
-        "create",
-        "--name",
-        "sql",
-        "--segment",
-        "vip",
-        "--template",
-        "points",
-    ];
+    let args = create_args("sql", "vip", "points", &[]);
     let o = ok_src(&env, &src, &args).await;
-    assert!(
-        o.stderr.contains("suppressed consent_expired: 1"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("suppressed consent_expired: 1");
     let id = o.stdout.trim().to_string();
     // A redefinition after create does not change what the campaign reads.
     ok_src(
@@ -341,7 +324,6 @@ async fn postgres_segment_sends_what_the_query_selects() {
 /// the source is unchanged.
 async fn writes_are_refused(src: &Source, sneaky: &str) {
     let env = env_with_source(60).await;
-    env.ok(&["init"]).await;
     let url = src.admin_url.as_str();
     let define = |q: &'static str| {
         [
@@ -363,20 +345,15 @@ async fn writes_are_refused(src: &Source, sneaky: &str) {
     )
     .await;
     assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stderr.contains("more than one statement"), "{}", o.all());
+    o.assert_stderr_has("more than one statement");
     let o = run_src(&env, url, &define("DELETE FROM customers")).await;
-    assert!(o.stderr.contains("must read, not write"), "{}", o.all());
+    o.assert_stderr_has("must read, not write");
     let leaked: &'static str = Box::leak(sneaky.to_string().into_boxed_str());
     let o = run_src(&env, url, &define(leaked)).await;
     assert_eq!(o.code, 0, "{}", o.all());
     let o = run_src(&env, url, &["segment", "preview", "w"]).await;
     assert_eq!(o.code, 1, "{}", o.all());
-    assert!(
-        o.stderr
-            .contains("tried to change the database and was refused"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("tried to change the database and was refused");
     let n = fixture::scalar(url, "SELECT COUNT(*) FROM customers")
         .await
         .expect("count");
@@ -409,7 +386,6 @@ async fn postgres_query_that_writes_is_refused() {
 
 async fn timeout_is_reported(src: &Source, slow: &'static str) {
     let env = env_with_source(1).await;
-    env.ok(&["init"]).await;
     ok_src(
         &env,
         src,
@@ -421,12 +397,7 @@ async fn timeout_is_reported(src: &Source, slow: &'static str) {
     let started = std::time::Instant::now();
     let o = run_src(&env, &src.url, &["segment", "preview", "slow"]).await;
     assert_eq!(o.code, 1, "{}", o.all());
-    assert!(
-        o.stderr
-            .contains("ran longer than statement_timeout_secs = 1"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("ran longer than statement_timeout_secs = 1");
     assert!(started.elapsed().as_secs() < 20, "cut at the timeout");
     assert!(!o.all().contains(&src.password), "{}", o.all());
 }
@@ -455,44 +426,29 @@ async fn postgres_timeout_is_reported() {
 async fn a_wrong_password_is_never_printed() {
     let src = mariadb().await;
     let env = env_with_source(60).await;
-    env.ok(&["init"]).await;
     define_vip(&env, &src).await;
     let wrong = src.url.replace(&src.password, "Wr0ng-pa55word");
     for args in [
         &["segment", "preview", "vip"][..],
-        &[
-            "campaign",
-            "create",
-            "--name",
-            "x",
-            "--segment",
-            "vip",
-            "--template",
-            "points",
-        ][..],
+        &create_args("x", "vip", "points", &[])[..],
         &["segment", "preview", "vip", "-vv"][..],
     ] {
         let o = run_src(&env, &wrong, args).await;
         assert_eq!(o.code, 1, "{}", o.all());
-        assert!(o.stderr.contains("source \"crm\""), "{}", o.all());
-        assert!(o.stderr.contains(":***@127.0.0.1"), "{}", o.all());
+        o.assert_stderr_has("source \"crm\"");
+        o.assert_stderr_has(":***@127.0.0.1");
         assert!(!o.all().contains("Wr0ng-pa55word"), "{}", o.all());
     }
     // Without the variable, the error says which one to set.
     let mut c = env.cmd(&["segment", "preview", "vip"]);
     c.env_remove("CRM_URL");
     let o = Out::from(c.output().expect("spawn"));
-    assert!(
-        o.stderr.contains("environment variable CRM_URL is not set"),
-        "{}",
-        o.all()
-    );
+    o.assert_stderr_has("environment variable CRM_URL is not set");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_source_is_read_with_as_of_bound() {
     let env = env_with_source(60).await;
-    env.ok(&["init"]).await;
     let path = env.path("crm.db");
     let url = format!("sqlite://{}", path.display());
     {
@@ -548,29 +504,14 @@ async fn sqlite_source_is_read_with_as_of_bound() {
     .await
     .expect("more customers");
     db.close().await;
-    let id = ok_src(
-        &env,
-        &src,
-        &[
-            "campaign",
-            "create",
-            "--name",
-            "later",
-            "--segment",
-            "lite",
-            "--template",
-            "hello",
-            "--no-ad",
-            "--at",
-            "2031-01-01T10:00:00+09:00",
-        ],
-    )
-    .await
-    .stdout
-    .trim()
-    .to_string();
+    let at = ["--no-ad", "--at", "2031-01-01T10:00:00+09:00"];
+    let id = ok_src(&env, &src, &create_args("later", "lite", "hello", &at))
+        .await
+        .stdout
+        .trim()
+        .to_string();
     let o = ok_src(&env, &src, &["campaign", "run", &id]).await;
-    assert!(o.stderr.contains("COMPLETED"), "{}", o.all());
+    o.assert_stderr_has("COMPLETED");
     let st = env.status(&id).await;
     assert_eq!(st["total"], 2, "joined before 2031 only: {st}");
 }

@@ -4,7 +4,7 @@
 
 use std::process::{Child, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use munja::config::Config;
 use munja::server::{self, AppState, Running};
@@ -12,7 +12,7 @@ use munja::store;
 use munja::tools::sim::SimConfig;
 use serde_json::{Value, json};
 
-use crate::common::{Env, Gw, n, number};
+use crate::common::{Env, Gw, Setup, create_args, n, number, wait_until};
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -71,20 +71,13 @@ pub async fn send(r: reqwest::RequestBuilder) -> (u16, Value) {
     )
 }
 
-/// Polls `cond` every 50 ms until it holds, failing after `secs`.
-pub async fn wait_for<F, Fut>(what: &str, secs: u64, mut cond: F)
+/// Polls `cond` until it holds, failing after `secs` ([`wait_until`] in seconds).
+pub async fn wait_for<F, Fut>(what: &str, secs: u64, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let t0 = Instant::now();
-    while !cond().await {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(what, Duration::from_secs(secs), cond).await;
 }
 
 /// The campaign's status text, read through the CLI.
@@ -130,8 +123,7 @@ pub async fn wait_healthy(port: u16) {
 pub async fn import_segment(env: &Env, size: u64) {
     let seg = env.segment_csv("seg.csv", 0, size);
     env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", seg.to_str().expect("utf-8")])
-        .await;
+    env.import("seg", &seg).await;
 }
 
 /// A gateway at 100 messages a second: a campaign of 400 takes four seconds.
@@ -150,20 +142,39 @@ pub async fn campaign(env: &Env, size: u64) -> String {
     env.campaign(&seg, "hello", &["--no-ad"]).await
 }
 
+/// A new environment with an informational campaign of `size`, not started, and an in-process
+/// server on it.
+async fn served_campaign(setup: Setup, size: u64) -> (Env, String, Srv) {
+    let env = setup.env().await;
+    let id = campaign(&env, size).await;
+    let srv = boot(&env).await;
+    (env, id, srv)
+}
+
+/// A campaign of 400 on the slow gateway ([`slow_env_gw`]), started through the API: the
+/// gateway has accepted its first 20 messages.
+async fn running_through_the_api() -> (Env, String, Srv) {
+    let (env, id, srv) = served_campaign(Setup::new(0).gw(slow_env_gw()), 400).await;
+    let (code, body) = srv
+        .post(&format!("/v1/campaigns/{id}/run"), json!({}))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    env.until_accepted(20).await;
+    (env, id, srv)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_refuses_to_start_without_a_token() {
     let env = Env::new(SimConfig::default()).await;
     env.ok(&["init"]).await;
     let o = env.run(&["serve", "--listen", "127.0.0.1:0"]).await;
     assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stderr.contains("MUNJA_TOKEN"), "{}", o.all());
+    o.assert_stderr_has("MUNJA_TOKEN");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_v1_route_needs_the_token_and_health_does_not() {
-    let env = Env::new(SimConfig::default()).await;
-    let id = campaign(&env, 3).await;
-    let srv = boot(&env).await;
+    let (env, id, srv) = served_campaign(Setup::new(0), 3).await;
     let routes = [
         ("GET", "/v1/campaigns".to_string()),
         ("POST", "/v1/campaigns".to_string()),
@@ -210,8 +221,7 @@ async fn every_v1_route_needs_the_token_and_health_does_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_api_creates_schedules_runs_and_audits_a_campaign() {
-    let env = Env::new(SimConfig::default()).await;
-    import_segment(&env, 30).await;
+    let env = Setup::new(30).segment().await;
     let srv = boot(&env).await;
     // Create, scheduled far ahead: SCHEDULED, and not started.
     let (code, body) = srv
@@ -337,9 +347,7 @@ async fn the_api_creates_schedules_runs_and_audits_a_campaign() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
-    let env = Env::new(SimConfig::default()).await;
-    let id = campaign(&env, 3).await;
-    let srv = boot(&env).await;
+    let (env, id, srv) = served_campaign(Setup::new(0), 3).await;
     let cases = [
         (json!({"segment": "seg", "template": "hello"}), "name"),
         (
@@ -426,17 +434,7 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_api_optout_reaches_a_running_campaign_and_stop_cancel_work() {
-    let env = Env::with(SimConfig::default(), slow_env_gw(), "").await;
-    let id = campaign(&env, 400).await;
-    let srv = boot(&env).await;
-    let (code, body) = srv
-        .post(&format!("/v1/campaigns/{id}/run"), json!({}))
-        .await;
-    assert_eq!(code, 202, "{body}");
-    wait_for("the first messages", 30, || async {
-        env.sim.stats().accepted >= 20
-    })
-    .await;
+    let (env, id, srv) = running_through_the_api().await;
     // The last recipient opts out through the 080 provider's webhook mid-run.
     let last = number(399);
     let (code, _) = srv.post("/v1/optouts", json!({"phone": last})).await;
@@ -470,23 +468,12 @@ async fn an_api_optout_reaches_a_running_campaign_and_stop_cancel_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_servers_on_one_database_run_each_campaign_once() {
-    let env = Env::new(SimConfig::default()).await;
-    import_segment(&env, 50).await;
+    let env = Setup::new(50).segment().await;
     let mut ids = Vec::new();
     for i in 0..6 {
         let name = format!("c{i}");
         let o = env
-            .ok(&[
-                "campaign",
-                "create",
-                "--name",
-                &name,
-                "--segment",
-                "seg",
-                "--template",
-                "hello",
-                "--no-ad",
-            ])
+            .ok(&create_args(&name, "seg", "hello", &["--no-ad"]))
             .await;
         ids.push(o.stdout.trim().to_string());
     }
@@ -516,17 +503,7 @@ async fn three_servers_on_one_database_run_each_campaign_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_through_the_api_ends_a_running_campaign_and_sends_nothing_more() {
-    let env = Env::with(SimConfig::default(), slow_env_gw(), "").await;
-    let id = campaign(&env, 400).await;
-    let srv = boot(&env).await;
-    let (code, _) = srv
-        .post(&format!("/v1/campaigns/{id}/run"), json!({}))
-        .await;
-    assert_eq!(code, 202);
-    wait_for("the first messages", 30, || async {
-        env.sim.stats().accepted >= 20
-    })
-    .await;
+    let (env, id, srv) = running_through_the_api().await;
     let (code, body) = srv
         .post(&format!("/v1/campaigns/{id}/cancel"), json!({}))
         .await;

@@ -52,3 +52,24 @@ pub async fn assert_agrees(env: &Env, id: &str) {
     let st = env.status(id).await;
     assert_eq!(n(&st, "sent") as u64, accepted, "{st}");
 }
+
+/// The campaign has messages `in_doubt` and `other` (`cancelled`, `pending`); everything the
+/// gateway took is in doubt, none of it `other`: what a halted run leaves for a lookup to settle.
+pub async fn assert_taken_only_in_doubt(env: &Env, id: &str, other: &str) {
+    let view = gateway_view(env, id).await;
+    let on_gateway = |status: &str| {
+        view.get(status)
+            .unwrap_or_else(|| panic!("the campaign has no {status} message: {view:?}"))
+            .0
+    };
+    assert_eq!(
+        on_gateway(other),
+        0,
+        "no {other} message is on the gateway: {view:?}"
+    );
+    assert_eq!(
+        on_gateway("in_doubt"),
+        env.sim.stats().accepted,
+        "every message the gateway took is in doubt: {view:?}"
+    );
+}

@@ -11,7 +11,10 @@ use munja::tools::sim::{self, SimConfig, SimHandle};
 
 pub mod agree;
 pub mod db;
+pub mod fixture;
 pub mod proxy;
+
+pub use fixture::{Setup, create_args, exit_code};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_munja");
 
@@ -244,38 +247,16 @@ batch_size = {batch}
     /// init + segment import + campaign create; returns the campaign id.
     pub async fn campaign(&self, segment_file: &Path, template: &str, extra: &[&str]) -> String {
         self.ok(&["init"]).await;
-        let f = segment_file.to_str().expect("utf-8 path");
-        self.ok(&["segment", "import", "seg", f]).await;
-        let mut args = vec![
-            "campaign",
-            "create",
-            "--name",
-            "t",
-            "--segment",
-            "seg",
-            "--template",
-            template,
-        ];
-        args.extend_from_slice(extra);
+        self.import("seg", segment_file).await;
+        let args = create_args("t", "seg", template, extra);
         self.ok(&args).await.stdout.trim().to_string()
     }
 
     /// Imports `csv` as segment `name` and creates campaign `name` on it (after
     /// [`Env::campaign`], which ran `init`); returns its id.
     pub async fn another_campaign(&self, name: &str, csv: &Path, template: &str) -> String {
-        let f = csv.to_str().expect("utf-8 path");
-        self.ok(&["segment", "import", name, f]).await;
-        let args = [
-            "campaign",
-            "create",
-            "--name",
-            name,
-            "--segment",
-            name,
-            "--template",
-            template,
-        ];
-        self.ok(&args).await.stdout.trim().to_string()
+        self.import(name, csv).await;
+        self.create_ok(name, name, template).await
     }
 
     pub async fn status(&self, id: &str) -> serde_json::Value {
