@@ -3,7 +3,7 @@
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
 //! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
-//! `server::`, `schedules::`, `dashboard::`).
+//! `server::`, `schedules::`, `dashboard::`, `template_bound::`).
 
 mod common;
 
@@ -19,6 +19,7 @@ mod schedules;
 mod segments;
 mod server;
 mod server_process;
+mod template_bound;
 mod worker_faults;
 mod workers;
 mod workflow;
