@@ -408,7 +408,10 @@ pub fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::output::StderrWriter)
+        // A log line that cannot be written is remembered by the writer (see `output`);
+        // tracing's own report of it would panic on a closed stderr.
+        .log_internal_errors(false)
         .with_target(false)
         .try_init();
 }
@@ -427,7 +430,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let cfg = Config::discover(cli.config.as_deref())?;
             if let Command::Template(TemplateCmd::Check { name, no_ad }) = command {
                 // Checking a template needs no database.
-                template_cmd::check(&cfg, &name, no_ad, &mut std::io::stdout().lock())?;
+                template_cmd::check(&cfg, &name, no_ad, &mut crate::output::Stdout::lock())?;
                 return Ok(0);
             }
             // Only `init` creates the database; every other command needs it to exist.
@@ -449,7 +452,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
 
 /// Runs a command that needs the config and the database.
 async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
-    let out = &mut std::io::stdout().lock();
+    let out = &mut crate::output::Stdout::lock();
     match command {
         Command::Init => {
             store.migrate().await.context("running the migrations")?;

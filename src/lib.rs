@@ -27,7 +27,28 @@
 //! - [`schedule`]: one-off and recurring (cron) schedules; [`server`]: `munja serve`, the
 //!   launcher, the admin API, metrics and the dashboard;
 //! - [`cli`]: the command line, thin over the above; [`demo`] and [`bench`] drive the library
-//!   end to end (the CLI calls them, never the other way round).
+//!   end to end (the CLI calls them, never the other way round);
+//! - [`output`]: munja's own stdout and stderr, and the exit status when writing them fails.
+
+// munja's print macros, in scope for every module below: std's panic when a write fails (a
+// closed pipe, a full disk), which could cut a run short. These never panic; a failure is
+// remembered and decides the exit status (see [`output`]).
+macro_rules! eprintln {
+    () => { $crate::output::stderr_write(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stderr_write(format_args!($($arg)*), true) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr_write(format_args!($($arg)*), false) };
+}
+macro_rules! println {
+    () => { $crate::output::stdout_write(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stdout_write(format_args!($($arg)*), true) };
+}
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::stdout_write(format_args!($($arg)*), false) };
+}
+
 pub mod audit;
 pub mod bench;
 pub mod campaign;
@@ -44,6 +65,7 @@ pub mod import;
 pub mod lease;
 pub mod message;
 pub mod model;
+pub mod output;
 pub mod phone;
 pub mod progress;
 pub mod schedule;

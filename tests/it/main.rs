@@ -3,7 +3,7 @@
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
 //! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
-//! `server::`, `schedules::`, `dashboard::`, `template_bound::`).
+//! `server::`, `schedules::`, `dashboard::`, `output_errors::`, `template_bound::`).
 
 mod common;
 
@@ -13,6 +13,7 @@ mod faults;
 mod gateways;
 mod korean;
 mod memory;
+mod output_errors;
 mod postgres;
 mod resume;
 mod schedules;
