@@ -72,7 +72,8 @@ pub enum Command {
     /// Manage the opt-out list (수신거부).
     #[command(subcommand)]
     Optout(OptoutCmd),
-    /// Import, define and list recipient segments (CSV files, or SQL queries on your database).
+    /// Import, define, list and delete recipient segments (CSV files, or SQL queries on your
+    /// database).
     #[command(subcommand)]
     Segment(SegmentCmd),
     /// Check and preview message templates.
@@ -178,6 +179,10 @@ pub enum SegmentCmd {
         #[arg(long, value_name = "COLUMN")]
         phone_column: Option<String>,
     },
+    /// Delete segment NAME, CSV (with its recipients) or SQL (its versions leave the lists;
+    /// campaigns created from them keep their record). Refused, naming them, while a campaign
+    /// created from it is not COMPLETED or CANCELLED.
+    Delete { name: String },
     /// Print an SQL segment's query, source and versions (add --json for scripts).
     Show {
         name: String,
@@ -480,6 +485,12 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
         }
         Command::Segment(SegmentCmd::List { json }) => {
             sql_segments::list(&*store, json, out).await?;
+        }
+        Command::Segment(SegmentCmd::Delete { name }) => {
+            eprintln!(
+                "{}",
+                crate::segments::delete(&*store, &name).await?.summary()
+            );
         }
         Command::Segment(cmd) => return sql_segments::run(cmd, cfg, &*store, out).await,
         Command::Template(TemplateCmd::Check { name, no_ad }) => {

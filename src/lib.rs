@@ -13,6 +13,7 @@
 //! - [`csvin`], [`import`]: reading user CSV files (UTF-8 or CP949) into segments and opt-outs;
 //! - [`segment_sql`]: SQL segments, a query on the company's database read at the first run
 //!   (the query itself runs through [`store::source`]: read-only, timed, streamed);
+//! - [`segments`]: deleting a segment (CSV or SQL), refused while unfinished campaigns use it;
 //! - [`campaign`]: the checks before a campaign is created, and previews;
 //! - [`store`]: the job repository (SQLite or PostgreSQL), the only place with SQL;
 //! - [`lease`]: one runner per campaign, takeover of dead runs, stop/cancel/delete of a campaign
@@ -70,6 +71,7 @@ pub mod phone;
 pub mod progress;
 pub mod schedule;
 pub mod segment_sql;
+pub mod segments;
 pub mod server;
 pub mod sizing;
 pub mod store;

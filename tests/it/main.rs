@@ -3,7 +3,7 @@
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
 //! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
-//! `server::`, `schedules::`, `dashboard::`, `output_errors::`, `template_bound::`).
+//! `server::`, `schedules::`, `dashboard::`, `output_errors::`, `segment_delete::`, `template_bound::`).
 
 mod common;
 
@@ -17,6 +17,7 @@ mod output_errors;
 mod postgres;
 mod resume;
 mod schedules;
+mod segment_delete;
 mod segments;
 mod server;
 mod server_process;
