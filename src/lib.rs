@@ -19,12 +19,35 @@
 //! - [`server`]: `munja serve` (launcher, admin API, metrics, dashboard, delivery reports);
 //! - [`cli`]: the command line, a thin shell over the above;
 //! - [`tools`]: `munja demo`, `munja bench` and the gateway simulator, for trying munja.
+//!
+//! Beside the layers, [`output`] is munja's own stdout and stderr (and the exit status when
+//! writing them fails), reached from every layer through the print macros below.
+
+// munja's print macros, in scope for every module below: std's panic when a write fails (a
+// closed pipe, a full disk), which could cut a run short. These never panic; a failure is
+// remembered and decides the exit status (see [`output`]).
+macro_rules! eprintln {
+    () => { $crate::output::stderr_write(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stderr_write(format_args!($($arg)*), true) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr_write(format_args!($($arg)*), false) };
+}
+macro_rules! println {
+    () => { $crate::output::stdout_write(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stdout_write(format_args!($($arg)*), true) };
+}
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::stdout_write(format_args!($($arg)*), false) };
+}
 
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod gateway;
 pub mod input;
+pub mod output;
 pub mod run;
 pub mod server;
 pub mod store;

@@ -43,30 +43,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     munja::cli::init_logging(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let result = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        // `munja audit | head` closing the pipe early is not an error.
-        Err(e)
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) =>
-        {
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(1)
-        }
-    }
+    // A closed pipe ends quietly (status 141), any other failure says what failed.
+    std::process::ExitCode::from(munja::output::exit_status(result))
 }

@@ -70,7 +70,8 @@ pub enum Command {
     /// Manage the opt-out list (수신거부).
     #[command(subcommand)]
     Optout(OptoutCmd),
-    /// Import, define and list recipient segments (CSV files, or SQL queries on your database).
+    /// Import, define, list and delete recipient segments (CSV files, or SQL queries on your
+    /// database).
     #[command(subcommand)]
     Segment(SegmentCmd),
     /// Check and preview message templates.
@@ -170,6 +171,10 @@ pub enum SegmentCmd {
         #[arg(long, value_name = "COLUMN")]
         phone_column: Option<String>,
     },
+    /// Delete segment NAME, CSV (with its recipients) or SQL (its versions leave the lists;
+    /// campaigns created from them keep their record). Refused, naming them, while a campaign
+    /// created from it is not COMPLETED or CANCELLED.
+    Delete { name: String },
     /// Print an SQL segment's query, source and versions (add --json for scripts).
     Show {
         name: String,
@@ -341,7 +346,10 @@ pub fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::output::StderrWriter)
+        // A log line that cannot be written is remembered by the writer (see `output`);
+        // tracing's own report of it would panic on a closed stderr.
+        .log_internal_errors(false)
         .with_target(false)
         .try_init();
 }
@@ -351,7 +359,7 @@ pub async fn main(global: &Global, command: Command) -> anyhow::Result<i32> {
     let cfg = Config::discover(global.config.as_deref())?;
     if let Command::Template(TemplateCmd::Check { name, no_ad }) = command {
         // Checking a template needs no database.
-        template_cmd::check(&cfg, &name, no_ad, &mut std::io::stdout().lock())?;
+        template_cmd::check(&cfg, &name, no_ad, &mut crate::output::Stdout::lock())?;
         return Ok(0);
     }
     // Only `init` creates the database; every other command needs it to exist.
@@ -369,7 +377,7 @@ pub async fn main(global: &Global, command: Command) -> anyhow::Result<i32> {
 
 /// Runs a command that needs the config and the database.
 async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
-    let out = &mut std::io::stdout().lock();
+    let out = &mut crate::output::Stdout::lock();
     match command {
         Command::Init => {
             store.migrate().await.context("running the migrations")?;
@@ -397,6 +405,14 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
         }
         Command::Segment(SegmentCmd::List { json }) => {
             sql_segments::list(&*store, json, out).await?;
+        }
+        Command::Segment(SegmentCmd::Delete { name }) => {
+            eprintln!(
+                "{}",
+                crate::run::segments::delete(&*store, &name)
+                    .await?
+                    .summary()
+            );
         }
         Command::Segment(cmd) => return sql_segments::run(cmd, cfg, &*store, out).await,
         Command::Template(TemplateCmd::Check { name, no_ad }) => {

@@ -118,7 +118,7 @@ pub(super) async fn run(
                 writeln!(out, "variables: {}", report.variables.join(", "))?;
             }
         }
-        SegmentCmd::Import { .. } | SegmentCmd::List { .. } => {
+        SegmentCmd::Import { .. } | SegmentCmd::List { .. } | SegmentCmd::Delete { .. } => {
             unreachable!("handled by the caller")
         }
     }

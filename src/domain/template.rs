@@ -26,6 +26,13 @@
 //! Rendering runs on a budget ([`FUEL`] engine steps per message), so a runaway loop is an
 //! error naming the template instead of a hang. [`Renderer::new`] already renders once with
 //! placeholder values, so a template that cannot finish is refused before anything is sent.
+//!
+//! The text a render writes is bounded too ([`MAX_TEXT_BYTES`], before EUC-KR sizing): it is
+//! written into a buffer that refuses to grow past the bound, so a template that writes more
+//! (`{{ "x" * 100000 }}`, a loop of long lines) stops at the write that crosses it, however few
+//! steps it took. Texts built along the way and never written are bounded by the fuel, which
+//! minijinja also charges per byte it builds and checks before building (about 6 MB per
+//! message at [`FUEL`]): `{{ "x" * 100000000 }}` fails before the string exists.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
@@ -48,6 +55,11 @@ pub const FRONT_MATTER_LINES: usize = 3;
 /// Engine steps one message may take (minijinja fuel). A real message template takes a few
 /// hundred; a loop of a thousand short iterations takes some ten thousand.
 pub const FUEL: u64 = 100_000;
+/// Bytes (UTF-8, before EUC-KR sizing) one render of a body or a subject may write: far above
+/// any lawful message (an LMS holds 2,000 EUC-KR bytes), far below what costs memory.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// How an error for a text over [`MAX_TEXT_BYTES`] begins (after any "in the subject: ").
+pub const TEXT_TOO_LARGE: &str = "the template writes a text longer than the bound for one message";
 /// How an out-of-[`FUEL`] error begins (after any "in the subject: "), so that callers can
 /// tell a runaway template from a problem with one recipient's values.
 pub const TOO_MUCH_WORK: &str = "the template does too much work for one message";
@@ -219,7 +231,7 @@ impl Renderer {
                 .iter()
                 .map(|n| (n.clone(), Value::String(n.clone())))
                 .collect();
-            if let Err(e) = template.render(Serde(&vars))
+            if let Err(e) = render_bounded(&template, &vars)
                 && runs_away(&e)
             {
                 return Err(self.convert(&e, part, Some(&vars)));
@@ -280,9 +292,7 @@ impl Renderer {
             .env
             .get_template(template_name)
             .map_err(|e| self.convert(&e, part, Some(vars)))?;
-        template
-            .render(Serde(vars))
-            .map_err(|e| self.convert(&e, part, Some(vars)))
+        render_bounded(&template, vars).map_err(|e| self.convert(&e, part, Some(vars)))
     }
 
     /// Map a template-relative line to a file line.
@@ -360,8 +370,22 @@ impl Renderer {
                 &self.name,
                 line,
                 format!(
-                    "{where_}{TOO_MUCH_WORK} (more than {FUEL} steps): a loop runs too long, \
-                     e.g. nested range() loops; make its loops shorter"
+                    "{where_}{TOO_MUCH_WORK} (more than {FUEL} steps, or about {} MB of text \
+                     built along the way): a loop runs too long (nested range() loops) or a \
+                     text is repeated too often (\"x\" * 100000000); make it shorter (a \
+                     message's text may be at most {} KiB)",
+                    FUEL * 64 / 1_000_000,
+                    MAX_TEXT_BYTES / 1024
+                ),
+            ),
+            ErrorKind::WriteFailure if text_too_large(e) => TemplateError::new(
+                &self.name,
+                line,
+                format!(
+                    "{where_}{TEXT_TOO_LARGE} ({} KiB, before EUC-KR sizing; an LMS holds at \
+                     most 2,000 EUC-KR bytes): a text repeated too often (\"x\" * 100000) or \
+                     a loop that writes too much; make it shorter",
+                    MAX_TEXT_BYTES / 1024
                 ),
             ),
             ErrorKind::SyntaxError => {
@@ -421,11 +445,62 @@ pub struct Rendered {
     pub subject: Option<String>,
 }
 
+/// Renders `template` into a buffer bounded by [`MAX_TEXT_BYTES`]: the write that would cross
+/// the bound fails, and with it the render, before the text grows further.
+fn render_bounded(
+    template: &minijinja::Template<'_, '_>,
+    vars: &Map<String, Value>,
+) -> Result<String, minijinja::Error> {
+    let mut out = BoundedText(Vec::new());
+    template.render_captured_to(Serde(vars), &mut out)?;
+    // Every write is a whole `&str`, so the bytes are UTF-8; lossy never replaces anything.
+    Ok(String::from_utf8_lossy(&out.0).into_owned())
+}
+
+/// The text of one render, refusing to hold more than [`MAX_TEXT_BYTES`].
+struct BoundedText(Vec<u8>);
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len().saturating_add(buf.len()) > MAX_TEXT_BYTES {
+            return Err(std::io::Error::other(TextTooLarge));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The error [`BoundedText`] fails a write with.
+#[derive(Debug)]
+struct TextTooLarge;
+
+impl std::fmt::Display for TextTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "text over {MAX_TEXT_BYTES} bytes")
+    }
+}
+
+impl std::error::Error for TextTooLarge {}
+
+/// Whether a render failed because its text crossed [`MAX_TEXT_BYTES`].
+fn text_too_large(e: &minijinja::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<TextTooLarge>())
+}
+
 /// Whether a render error means the template runs away whatever the data: it used up its
-/// fuel, or a macro called itself past minijinja's recursion limit. (Other errors of a render
-/// with placeholder values, such as arithmetic on a text placeholder, say nothing yet.)
+/// fuel, wrote more than [`MAX_TEXT_BYTES`], or a macro called itself past minijinja's
+/// recursion limit. (Other errors of a render with placeholder values, such as arithmetic on a
+/// text placeholder, say nothing yet.)
 fn runs_away(e: &minijinja::Error) -> bool {
     e.kind() == ErrorKind::OutOfFuel
+        || text_too_large(e)
         || (e.kind() == ErrorKind::InvalidOperation
             && e.detail().is_some_and(|d| d.contains("recursion limit")))
 }

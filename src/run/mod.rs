@@ -9,6 +9,7 @@
 //!   settlement, rescue of dead workers);
 //! - [`delivery`]: delivery reports (push routes, polling) and provider opt-outs;
 //! - [`schedule`]: one-off and recurring (cron) schedules;
+//! - [`segments`]: deleting a segment (CSV or SQL), refused while unfinished campaigns use it;
 //! - [`audit`], [`progress`], [`summary`]: what the operator reads;
 //! - [`metrics`]: the process's Prometheus counters, recorded by runs and served by the server.
 
@@ -20,4 +21,5 @@ pub mod lease;
 pub mod metrics;
 pub mod progress;
 pub mod schedule;
+pub mod segments;
 pub mod summary;

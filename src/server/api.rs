@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -39,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/optouts", post(optout_add))
         .route("/v1/optouts/{phone}", get(optout_get).delete(optout_remove))
         .route("/v1/schedules", get(schedules))
+        .route("/v1/segments/{name}", delete(segment_delete))
 }
 
 /// A refused request: its status, the field (or part of the request) to fix, and why.
@@ -504,6 +505,18 @@ async fn optout_remove(State(s): State<AppState>, Path(raw): Path<String>) -> Ap
         ));
     }
     Ok(Json(json!({"phone": p.masked(), "opted_out": false, "removed": true})).into_response())
+}
+
+/// Deletes a CSV or SQL segment: 200 with what went, 404 unknown, 409 naming the unfinished
+/// campaigns that use it (nothing deleted).
+async fn segment_delete(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let done = crate::run::segments::delete(&*s.store, &name)
+        .await
+        .map_err(|e| failed("name", e))?;
+    Ok(Json(json!({
+        "deleted": done.name, "csv_members": done.csv_members, "sql_versions": done.sql_versions,
+    }))
+    .into_response())
 }
 
 async fn schedules(State(s): State<AppState>) -> ApiResult {

@@ -82,6 +82,7 @@ mod imports;
 mod lifecycle;
 mod outcomes;
 mod schedules;
+mod segment_delete;
 mod sql_segments;
 mod workers;
 

@@ -110,6 +110,34 @@ pub trait ImportStore: Send + Sync {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String, bool)>>;
+    /// Deletes segment `name` in one transaction: a CSV segment with its members, and an SQL
+    /// segment's versions from every list (kept for the campaigns created from them; a later
+    /// `define` continues their numbering). Refused, deleting nothing, while a campaign that is
+    /// not COMPLETED or CANCELLED was created from the name ([`SegmentDeletion::InUse`]).
+    async fn delete_segment(&self, name: &str) -> Result<SegmentDeletion>;
+}
+
+/// What [`ImportStore::delete_segment`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentDeletion {
+    /// Deleted: the CSV segment's member count (`None`: there was none of that name) and the
+    /// number of SQL segment versions taken off the lists (0: none).
+    Deleted {
+        csv_members: Option<i64>,
+        sql_versions: u64,
+    },
+    /// Nothing deleted: these unfinished campaigns use it, oldest first.
+    InUse(Vec<SegmentUser>),
+    /// No CSV or SQL segment has this name.
+    NotFound,
+}
+
+/// An unfinished campaign created from a segment.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SegmentUser {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
 }
 
 /// SQL segments (a query on a `[sources.NAME]` database; see `segdefs`) and the streamed

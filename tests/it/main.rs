@@ -3,7 +3,8 @@
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
 //! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
-//! `server::`, `schedules::`, `dashboard::`, `docs_links::`).
+//! `server::`, `schedules::`, `dashboard::`, `docs_links::`, `layers::`, `output_errors::`,
+//! `segment_delete::`, `template_bound::`).
 
 mod common;
 
@@ -15,12 +16,15 @@ mod gateways;
 mod korean;
 mod layers;
 mod memory;
+mod output_errors;
 mod postgres;
 mod resume;
 mod schedules;
+mod segment_delete;
 mod segments;
 mod server;
 mod server_process;
+mod template_bound;
 mod worker_faults;
 mod workers;
 mod workflow;

@@ -343,3 +343,60 @@ fn the_budget_is_generous_for_real_templates() {
     let r = Renderer::new(&TemplateSource::parse("long", text).unwrap()).unwrap();
     assert!(r.render(&Map::new()).unwrap().body.ends_with("998"));
 }
+
+#[test]
+fn a_huge_repetition_is_refused_at_once_naming_the_template_and_the_bound() {
+    for text in [
+        r#"{{ "x" * 100000000 }}"#,
+        r#"{% set s = "x" * 100000000 %}{{ s|length }}"#,
+    ] {
+        let t0 = std::time::Instant::now();
+        let e = Renderer::new(&TemplateSource::parse("huge", text).unwrap()).unwrap_err();
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "{text}: at once"
+        );
+        assert_eq!(e.template, "huge");
+        assert!(e.message.contains(TOO_MUCH_WORK), "{e}");
+        assert!(e.message.contains("64 KiB"), "{e}");
+    }
+}
+
+#[test]
+fn a_text_over_64_kib_is_refused_in_one_step() {
+    // 70,000 bytes built in one step (within the fuel), refused when written.
+    let e =
+        Renderer::new(&TemplateSource::parse("big", r#"{{ "x" * 70000 }}"#).unwrap()).unwrap_err();
+    assert_eq!(e.template, "big");
+    assert!(e.message.contains(TEXT_TOO_LARGE), "{e}");
+    assert!(e.message.contains("64 KiB"), "{e}");
+    assert!(e.to_string().starts_with("template 'big'"), "{e}");
+    // Many writes: stops at the one crossing the bound.
+    let text = r#"{% for i in range(1000) %}{{ "y" * 1000 }}{% endfor %}"#;
+    let e = Renderer::new(&TemplateSource::parse("loop", text).unwrap()).unwrap_err();
+    assert!(e.message.contains(TEXT_TOO_LARGE), "{e}");
+    // In the subject.
+    let text = "---\nsubject: \"{{ 'x' * 70000 }}\"\n---\nbody";
+    let e = Renderer::new(&TemplateSource::parse("subj", text).unwrap()).unwrap_err();
+    assert!(
+        e.message
+            .contains(&format!("in the subject: {TEXT_TOO_LARGE}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_text_up_to_the_bound_renders_and_data_past_it_fails_that_message() {
+    let text = r#"{{ "x" * 65000 }}"#;
+    let r = Renderer::new(&TemplateSource::parse("edge", text).unwrap()).unwrap();
+    assert_eq!(r.render(&Map::new()).unwrap().body.len(), 65000);
+    let r = Renderer::new(&TemplateSource::parse("data", "{{ bio }}").unwrap()).unwrap();
+    let long = "가".repeat(MAX_TEXT_BYTES / 3 + 1);
+    let e = r.render(&vars(json!({ "bio": long }))).unwrap_err();
+    assert!(e.message.contains(TEXT_TOO_LARGE), "{e}");
+    let fits = "가".repeat(MAX_TEXT_BYTES / 3);
+    assert_eq!(
+        r.render(&vars(json!({ "bio": fits }))).unwrap().body.len(),
+        MAX_TEXT_BYTES / 3 * 3
+    );
+}

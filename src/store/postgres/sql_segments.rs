@@ -141,7 +141,8 @@ impl SqlSegmentStore for PgStore {
 
     async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = $1 ORDER BY version"
+            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = $1 AND deleted_at IS NULL \
+             ORDER BY version"
         )))
         .bind(name)
         .fetch_all(&self.pool)
@@ -152,7 +153,7 @@ impl SqlSegmentStore for PgStore {
     async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT ON (name) {SEGMENT_COLUMNS} FROM sql_segments \
-             ORDER BY name, version DESC"
+             WHERE deleted_at IS NULL ORDER BY name, version DESC"
         )))
         .fetch_all(&self.pool)
         .await?;

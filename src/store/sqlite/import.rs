@@ -227,4 +227,45 @@ impl ImportStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    async fn delete_segment(&self, name: &str) -> Result<SegmentDeletion> {
+        let mut tx = self.write_tx().await?;
+        let users: Vec<SegmentUser> = sqlx::query_as(
+            "SELECT id, name, status FROM campaigns WHERE segment_name = ? \
+             AND status NOT IN ('COMPLETED', 'CANCELLED') ORDER BY id",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !users.is_empty() {
+            return Ok(SegmentDeletion::InUse(users));
+        }
+        sqlx::query(
+            "DELETE FROM segment_members WHERE segment_id IN (SELECT id FROM segments WHERE name = ?)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        let csv_members: Option<i64> =
+            sqlx::query_scalar("DELETE FROM segments WHERE name = ? RETURNING member_count")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let sql_versions = sqlx::query(
+            "UPDATE sql_segments SET deleted_at = ? WHERE name = ? AND deleted_at IS NULL",
+        )
+        .bind(self.now())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if csv_members.is_none() && sql_versions == 0 {
+            return Ok(SegmentDeletion::NotFound);
+        }
+        tx.commit().await?;
+        Ok(SegmentDeletion::Deleted {
+            csv_members,
+            sql_versions,
+        })
+    }
 }

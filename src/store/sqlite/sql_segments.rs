@@ -134,7 +134,8 @@ impl SqlSegmentStore for SqliteStore {
 
     async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = ? ORDER BY version"
+            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = ? AND deleted_at IS NULL \
+             ORDER BY version"
         )))
         .bind(name)
         .fetch_all(&self.pool)
@@ -144,7 +145,7 @@ impl SqlSegmentStore for SqliteStore {
 
     async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SEGMENT_COLUMNS} FROM sql_segments s WHERE version = \
+            "SELECT {SEGMENT_COLUMNS} FROM sql_segments s WHERE deleted_at IS NULL AND version = \
              (SELECT MAX(version) FROM sql_segments WHERE name = s.name) ORDER BY name"
         )))
         .fetch_all(&self.pool)
