@@ -182,6 +182,19 @@ pub struct GatewayConfig {
     pub breaker_failures: u32,
     /// Seconds an open breaker waits before one probe request may close it.
     pub breaker_cooldown_secs: u64,
+    /// How long after a request the gateway may still not list a message it took: a lookup
+    /// answering "not found" is believed only when made at least this long after the message's
+    /// last request, and only after it was asked again with backoff (a half, one and two
+    /// delays later); until then the message stays in doubt and is never resent.
+    ///
+    /// NHN Cloud (default 5,000 ms) queues what its send API takes and lists it in the search
+    /// (`GET /sender/sms`, `/sender/mms`) only once processed; its documentation gives no
+    /// figure for that lag, only that it exists (TOAST-DOCS/SMS `api-guide.md`: the send
+    /// answer's `body.data.statusCode` is "1: Requesting, 2: Request completed"; `error-code.md`
+    /// -2021 "System error (failed in saving queue)"; `sending-policy.md`: "there may be a delay
+    /// in updating message receiving results"). `http-json` (default 0): munja's protocol lists
+    /// a message as soon as it answers for it. `kannel` cannot be asked at all (refused there).
+    pub lookup_delay_ms: u64,
     /// Env var holding the token a gateway must present on `/v1/dlr/{name}` (http-json, kannel).
     pub dlr_token_env: Option<String>,
     /// The token read from `dlr_token_env` by [`Config::gateway`]; never printed.
@@ -212,6 +225,7 @@ impl std::fmt::Debug for GatewayConfig {
             )
             .field("dlr_url", &self.dlr_url)
             .field("weight", &self.weight)
+            .field("lookup_delay_ms", &self.lookup_delay_ms)
             .field("dlr_token_env", &self.dlr_token_env)
             .field("dlr_token", &self.dlr_token.as_ref().map(|_| "<redacted>"))
             .field("webhook_signature_env", &self.webhook_signature_env)

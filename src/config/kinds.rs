@@ -65,6 +65,7 @@ pub(super) struct RawGateway {
     weight: Option<i64>,
     breaker_failures: Option<i64>,
     breaker_cooldown_secs: Option<i64>,
+    lookup_delay_ms: Option<i64>,
     dlr_token_env: Option<String>,
     webhook_signature_env: Option<String>,
 }
@@ -164,7 +165,34 @@ pub(super) fn parse(
             &key("breaker_cooldown_secs"),
             err,
         )? as u64,
+        lookup_delay_ms: lookup_delay(g.lookup_delay_ms, kind, &key("lookup_delay_ms"), err)?,
     })
+}
+
+/// NHN Cloud lists a message a while after it took it: see [`GatewayConfig::lookup_delay_ms`].
+pub const NHN_DEFAULT_LOOKUP_DELAY_MS: u64 = 5_000;
+
+/// `lookup_delay_ms`: 0 to 600,000; by default 5 s on `nhn-cloud`, 0 on `http-json` (munja's
+/// protocol lists a message as soon as it answers). Kannel cannot be asked: the key is refused
+/// there by [`require_kind_keys`].
+fn lookup_delay(
+    v: Option<i64>,
+    kind: GatewayKind,
+    key: &str,
+    err: Err,
+) -> Result<u64, ConfigError> {
+    let default = match kind {
+        GatewayKind::NhnCloud => NHN_DEFAULT_LOOKUP_DELAY_MS,
+        GatewayKind::HttpJson | GatewayKind::Kannel => 0,
+    };
+    match v {
+        None => Ok(default),
+        Some(ms @ 0..=600_000) => Ok(ms as u64),
+        Some(ms) => Err(err(
+            key,
+            format!("expected a whole number of milliseconds from 0 to 600000, got {ms}"),
+        )),
+    }
 }
 
 /// The entry's base URL (`nhn-cloud` defaults to the public one): http:// or https://.
@@ -254,9 +282,10 @@ fn require_kind_keys(
         ("method", g.method.is_some()),
         ("dlr_token_env", g.dlr_token_env.is_some()),
         ("webhook_signature_env", g.webhook_signature_env.is_some()),
+        ("lookup_delay_ms", g.lookup_delay_ms.is_some()),
     ];
     let (required, allowed): (&[&str], &[&str]) = match kind {
-        GatewayKind::HttpJson => (&[], &["api_key_env", "dlr_token_env"]),
+        GatewayKind::HttpJson => (&[], &["api_key_env", "dlr_token_env", "lookup_delay_ms"]),
         GatewayKind::Kannel => (
             &["username", "password_env"],
             &[
@@ -269,7 +298,12 @@ fn require_kind_keys(
         ),
         GatewayKind::NhnCloud => (
             &["app_key_env", "secret_key_env"],
-            &["app_key_env", "secret_key_env", "webhook_signature_env"],
+            &[
+                "app_key_env",
+                "secret_key_env",
+                "webhook_signature_env",
+                "lookup_delay_ms",
+            ],
         ),
     };
     for (k, is_set) in present {

@@ -220,3 +220,26 @@ fn max_retry_after_secs_defaults_and_is_validated() {
         assert!(e.message.contains("from 1 to 86400"), "{e}");
     }
 }
+
+#[test]
+fn lookup_delay_ms_defaults_per_kind_is_validated_and_refused_on_kannel() {
+    let nhn = "[[gateways]]\nname='n'\nkind='nhn-cloud'\napp_key_env='A'\nsecret_key_env='S'\n\
+               rate_per_sec = 5\n";
+    let c = Config::from_toml_str(nhn, None).expect("nhn");
+    assert_eq!(c.gateways[0].lookup_delay_ms, 5_000);
+    let c = Config::from_toml_str(&format!("{nhn}lookup_delay_ms = 0\n"), None).expect("0");
+    assert_eq!(c.gateways[0].lookup_delay_ms, 0);
+    let c = Config::from_toml_str(&format!("{GATEWAY}rate_per_sec = 5\n"), None).expect("ok");
+    assert_eq!(c.gateways[0].lookup_delay_ms, 0, "http-json lists at once");
+    for bad in ["-1", "600001"] {
+        let e = parse_err(&format!("{nhn}lookup_delay_ms = {bad}\n"));
+        assert_eq!(e.key, "gateways[0].lookup_delay_ms", "{e}");
+        assert!(e.message.contains("from 0 to 600000"), "{e}");
+    }
+    let e = parse_err(
+        "[[gateways]]\nname='k'\nkind='kannel'\nurl='http://x'\nrate_per_sec=5\n\
+         username='u'\npassword_env='P'\nlookup_delay_ms = 100\n",
+    );
+    assert_eq!(e.key, "gateways[0].lookup_delay_ms", "{e}");
+    assert!(e.message.contains("not a key of kind"), "{e}");
+}

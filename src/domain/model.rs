@@ -341,8 +341,12 @@ pub struct ClaimedMessage {
     pub vars: String,
     pub night_consent: bool,
     pub attempts: i64,
-    /// The gateway its last request went to, when one was recorded (only read by `in_doubt`).
+    /// The gateway its last request went to, when one was recorded.
     pub gateway: Option<String>,
+    /// Only from `in_doubt`: for a message recorded `in_doubt`, when its last attempt (request
+    /// or lookup) was recorded, a bound on when the gateway may have taken it; `None` for one
+    /// an earlier run left `sending` (its last request was never recorded).
+    pub in_doubt_at: Option<DateTime<Utc>>,
 }
 
 /// One recorded request (or lookup) for a message.

@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/optouts/{phone}", get(optout_get).delete(optout_remove))
         .route("/v1/schedules", get(schedules))
         .route("/v1/segments/{name}", delete(segment_delete))
+        .route("/v1/events", get(super::live::events))
 }
 
 /// A refused request: its status, the field (or part of the request) to fix, and why.
@@ -48,6 +49,13 @@ pub struct ApiError {
     status: StatusCode,
     field: String,
     message: String,
+}
+
+impl ApiError {
+    /// Why the request was refused.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -130,6 +138,12 @@ async fn summary(s: &AppState, c: &Campaign) -> Result<Value, ApiError> {
 }
 
 async fn list(State(s): State<AppState>) -> ApiResult {
+    Ok(Json(campaigns_json(&s).await?).into_response())
+}
+
+/// `{"campaigns": [...]}`, newest first: what `GET /v1/campaigns` answers and the dashboard's
+/// stream sends.
+pub(super) async fn campaigns_json(s: &AppState) -> Result<Value, ApiError> {
     let all = s
         .store
         .campaigns()
@@ -137,14 +151,20 @@ async fn list(State(s): State<AppState>) -> ApiResult {
         .map_err(|e| failed("-", e.into()))?;
     let mut out = Vec::with_capacity(all.len());
     for c in all.iter().rev() {
-        out.push(summary(&s, c).await?);
+        out.push(summary(s, c).await?);
     }
-    Ok(Json(json!({ "campaigns": out })).into_response())
+    Ok(json!({ "campaigns": out }))
 }
 
 async fn show(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult {
-    let c = campaign_or_404(&s, id).await?;
-    let mut v = summary(&s, &c).await?;
+    Ok(Json(campaign_json(&s, id).await?).into_response())
+}
+
+/// One campaign with its executions, failure reasons, schedule and lease: what
+/// `GET /v1/campaigns/{id}` answers and the dashboard's stream sends for the open campaign.
+pub(super) async fn campaign_json(s: &AppState, id: i64) -> Result<Value, ApiError> {
+    let c = campaign_or_404(s, id).await?;
+    let mut v = summary(s, &c).await?;
     let execs = s
         .store
         .executions(id)
@@ -173,7 +193,7 @@ async fn show(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult {
         .collect();
     v["schedule"] = json!(sched);
     v["lease"] = json!(c.lease);
-    Ok(Json(v).into_response())
+    Ok(v)
 }
 
 #[derive(Deserialize)]
@@ -520,6 +540,11 @@ async fn segment_delete(State(s): State<AppState>, Path(name): Path<String>) -> 
 }
 
 async fn schedules(State(s): State<AppState>) -> ApiResult {
+    Ok(Json(schedules_json(&s).await?).into_response())
+}
+
+/// `{"schedules": [...]}` with each one's next three runs.
+pub(super) async fn schedules_json(s: &AppState) -> Result<Value, ApiError> {
     let tz = s.cfg.policy.timezone;
     let list = s
         .store
@@ -541,5 +566,5 @@ async fn schedules(State(s): State<AppState>) -> ApiResult {
             })
         })
         .collect();
-    Ok(Json(json!({ "schedules": out })).into_response())
+    Ok(json!({ "schedules": out }))
 }

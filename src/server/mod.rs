@@ -11,6 +11,7 @@
 pub mod api;
 pub mod dashboard;
 pub mod launcher;
+pub mod live;
 pub mod result_sync;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub cfg: Arc<Config>,
     pub launcher: Arc<Launcher>,
+    /// The dashboard's live updates ([`live`]).
+    pub live: Arc<live::Feed>,
     token: Arc<str>,
 }
 
@@ -45,6 +48,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, cfg: Arc<Config>, token: String) -> AppState {
         AppState {
             launcher: Launcher::new(store.clone(), cfg.clone()),
+            live: Arc::default(),
             store,
             cfg,
             token: token.into(),
@@ -202,6 +206,7 @@ pub async fn start(state: AppState, listen: std::net::SocketAddr) -> anyhow::Res
         state.cfg.clone(),
         rx.clone(),
     ));
+    state.live.close_on(rx.clone());
     let router = app(state);
     let mut http_rx = rx.clone();
     let task = tokio::spawn(async move {

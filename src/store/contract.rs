@@ -52,6 +52,9 @@ pub trait Store:
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
     /// The most frequent reasons of failed messages, most frequent first: (reason, count).
     async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>>;
+    /// Messages of the campaign per gateway of their last request (`--split` carries on from
+    /// them): (gateway, messages), by name; messages never sent are left out.
+    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>>;
     /// `--resend-in-doubt`: messages `in_doubt` go back to `pending` (the operator accepts that
     /// a gateway which could not be asked may send them twice); returns how many.
     async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64>;

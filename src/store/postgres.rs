@@ -344,6 +344,16 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT gateway, COUNT(*) FROM messages \
+             WHERE campaign_id = $1 AND gateway IS NOT NULL GROUP BY gateway ORDER BY gateway",
+        )
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;

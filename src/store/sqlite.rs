@@ -304,8 +304,14 @@ fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
         vars: r.try_get("vars")?,
         night_consent: r.try_get("night_consent")?,
         attempts: r.try_get("attempts")?,
-        // Only `in_doubt` selects it.
         gateway: r.try_get("gateway").unwrap_or(None),
+        // Only `in_doubt` selects it.
+        in_doubt_at: r
+            .try_get::<Option<String>, _>("in_doubt_at")
+            .ok()
+            .flatten()
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc)),
     })
 }
 
@@ -507,6 +513,16 @@ impl Store for SqliteStore {
         )
         .bind(campaign)
         .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT gateway, COUNT(*) FROM messages \
+             WHERE campaign_id = ? AND gateway IS NOT NULL GROUP BY gateway ORDER BY gateway",
+        )
+        .bind(campaign)
         .fetch_all(&self.pool)
         .await?)
     }

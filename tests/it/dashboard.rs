@@ -1,7 +1,9 @@
 //! The dashboard in a real browser: Debian's chromium, headless, driven over the WebDriver
 //! protocol by chromedriver (plain HTTP + JSON, spoken here with reqwest). A wrong token is
-//! refused; with the right one the page shows a running campaign's progress moving, and its
-//! stop button stops it (STOPPED on the page and in the database).
+//! refused; with the right one the page shows a running campaign's progress moving (pushed by
+//! the server's event stream, with no polling request), and its stop button stops it (STOPPED
+//! on the page and in the database); when the server goes away and comes back the page
+//! reconnects by itself and shows a campaign created meanwhile, without a reload.
 
 use std::process::{Child, Command, Stdio};
 
@@ -9,7 +11,7 @@ use munja::tools::sim::SimConfig;
 use serde_json::{Value, json};
 
 use crate::common::{Env, Gw};
-use crate::server::{TOKEN, boot, free_port, status_of, wait_for};
+use crate::server::{Srv, TOKEN, boot, free_port, status_of, wait_for};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -218,6 +220,11 @@ async fn the_dashboard_shows_progress_moving_and_its_stop_button_stops_the_campa
     browser.click("#login-button").await;
     let row = format!("#campaign-{id}");
     browser.find(&row).await;
+    wait_for("the live stream", 20, || async {
+        browser.eval("return document.body.dataset.live").await == "stream"
+    })
+    .await;
+    let polls_before = browser.eval(POLLS).await.as_i64().unwrap_or(-1);
     let (code, body) = srv
         .post(&format!("/v1/campaigns/{id}/run"), json!({}))
         .await;
@@ -235,6 +242,17 @@ async fn the_dashboard_shows_progress_moving_and_its_stop_button_stops_the_campa
     })
     .await;
     assert_eq!(browser.text(&format!("{row} .status")).await, "STARTED");
+    // Seconds of progress came without the page asking: no request to the list route, one
+    // stream since the page opened.
+    assert_eq!(
+        browser.eval(POLLS).await.as_i64().unwrap_or(-1),
+        polls_before,
+        "no polling request while the campaign ran"
+    );
+    assert_eq!(
+        browser.eval("return document.body.dataset.streams").await,
+        "1"
+    );
     // Open it and press stop.
     browser.click(&row).await;
     browser.find("#btn-stop").await;
@@ -245,6 +263,71 @@ async fn the_dashboard_shows_progress_moving_and_its_stop_button_stops_the_campa
     .await;
     assert_eq!(status_of(&env, &id).await, "STOPPED");
     assert!(env.sim.stats().accepted < 2000, "stopped before the end");
+
+    // The server goes away: the stream ends and the page says so; a server back on the same
+    // address gets a new stream, and a campaign created meanwhile appears without a reload.
+    let addr = srv.running.addr;
+    srv.running.shutdown().await.expect("shutdown");
+    wait_for("the page to notice", 20, || async {
+        browser.eval("return document.body.dataset.live").await == "reconnecting"
+    })
+    .await;
+    let srv = boot_at(&env, addr).await;
+    let (code, body) = srv
+        .post(
+            "/v1/campaigns",
+            json!({"name": "second", "segment": "seg", "template": "hello", "no_ad": true}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let second = format!("#campaign-{}", body["id"]);
+    wait_for("the new campaign on the page", 30, || async {
+        browser
+            .eval(&format!("return !!document.querySelector('{second}')"))
+            .await
+            == true
+    })
+    .await;
+    assert_eq!(
+        browser.eval("return document.body.dataset.live").await,
+        "stream"
+    );
+    assert_eq!(
+        browser.eval(POLLS).await.as_i64().unwrap_or(-1),
+        polls_before,
+        "reconnected by stream, not by polling"
+    );
     drop(browser);
     srv.running.shutdown().await.expect("shutdown");
+}
+
+/// Requests the page made to the list route (the old per-second poll), by the browser's own
+/// resource timing.
+const POLLS: &str = "return performance.getEntriesByType('resource')\
+    .filter((e) => new URL(e.name).pathname === '/v1/campaigns').length;";
+
+/// `munja serve` in this process again, on `addr` (a server that was shut down).
+async fn boot_at(env: &Env, addr: std::net::SocketAddr) -> Srv {
+    use std::sync::Arc;
+    let cfg = munja::config::Config::load(&env.path("munja.toml")).expect("config");
+    let store = munja::store::open_existing(&cfg.database_url)
+        .await
+        .expect("open store");
+    let state = munja::server::AppState::new(store, Arc::new(cfg), TOKEN.into());
+    let t0 = std::time::Instant::now();
+    let running = loop {
+        match munja::server::start(state.clone(), addr).await {
+            Ok(r) => break r,
+            Err(e) if t0.elapsed().as_secs() < 20 => {
+                eprintln!("binding {addr} again: {e:#}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("server back on {addr}: {e:#}"),
+        }
+    };
+    Srv {
+        running,
+        url: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+    }
 }

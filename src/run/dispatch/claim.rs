@@ -215,6 +215,11 @@ impl Runner<'_> {
                 "--resend-in-doubt: messages still in doubt are sent again"
             );
         }
+        if self.ctx.lanes.split {
+            // Exact shares over the whole campaign, not only this run's messages.
+            let recorded = self.store.gateway_messages(id).await?;
+            self.ctx.lanes.seed_shares(&recorded);
+        }
         let counts = self.store.counts(id).await?;
         if let Some(p) = self.progress.as_mut() {
             p.start(&counts);

@@ -1,8 +1,9 @@
 //! The gateways of one run ("lanes"): each with its client, its rate limits (this run's pace
 //! and the budget shared with every run, keyed by the gateway's name), its request slots, its
 //! `Retry-After` pause and its circuit breaker; and the choice of a lane for each request:
-//! failover (the first lane whose breaker is closed) or `--split` (by `weight`); and how a
-//! chunk's messages are grouped into requests, as the lanes batch.
+//! failover (the first lane whose breaker is closed) or `--split` (each message's lane dealt by
+//! `weight`, exactly: [`super::split`]); and how a chunk's messages are grouped into requests,
+//! as the lanes batch.
 //!
 //! The breaker: `breaker_failures` requests in a row that failed transiently open it; after
 //! `breaker_cooldown_secs` one probe request may pass, and its success closes it (a failure
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 
 use super::limiter::SharedLimiter;
 use super::sender::{Item, SendCtx};
+use super::split::Shares;
 use crate::config::GatewayConfig;
 use crate::gateway::{Attempt, Batching, Capabilities, Gateway, Outcome};
 use crate::store::Store;
@@ -39,6 +41,8 @@ pub(super) struct Lane {
     /// `Retry-After` slows the whole gateway: nobody sends before this instant.
     pub(super) pause_until: Mutex<Option<Instant>>,
     pub(super) max_attempts: u32,
+    /// `lookup_delay_ms`: how long after a request a lookup's "not found" may still be wrong.
+    pub(super) lookup_delay: Duration,
     weight: u32,
     breaker: Breaker,
 }
@@ -77,6 +81,7 @@ impl Lane {
             in_flight: Semaphore::new(g.concurrency),
             pause_until: Mutex::new(None),
             max_attempts: g.max_attempts,
+            lookup_delay: Duration::from_millis(g.lookup_delay_ms),
             weight: g.weight.max(1),
             breaker: Breaker {
                 failures_to_open: several.then_some(g.breaker_failures.max(1)),
@@ -183,6 +188,8 @@ impl Lane {
 pub(super) struct Lanes {
     pub(super) lanes: Vec<Lane>,
     pub(super) split: bool,
+    /// `--split`: the messages dealt to each lane so far.
+    shares: Mutex<Shares>,
 }
 
 /// Where a request goes.
@@ -209,17 +216,58 @@ impl Lanes {
             .iter()
             .map(|g| Lane::new(store.clone(), g, several))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Lanes { lanes, split })
+        let weights: Vec<u32> = lanes.iter().map(|l| l.weight).collect();
+        Ok(Lanes {
+            lanes,
+            split,
+            shares: Mutex::new(Shares::new(&weights)),
+        })
+    }
+
+    /// `--split` carries on from the messages the campaign's earlier runs recorded at each
+    /// gateway (`(gateway, messages)`; names no longer among the lanes are left out).
+    pub(super) fn seed_shares(&self, recorded: &[(String, i64)]) {
+        let counts: Vec<u64> = self
+            .lanes
+            .iter()
+            .map(|l| {
+                recorded
+                    .iter()
+                    .find(|(g, _)| g == l.name())
+                    .map_or(0, |(_, n)| (*n).max(0) as u64)
+            })
+            .collect();
+        let weights: Vec<u32> = self.lanes.iter().map(|l| l.weight).collect();
+        *self.shares.lock().unwrap_or_else(PoisonError::into_inner) =
+            Shares::seeded(&weights, &counts);
+    }
+
+    /// Under `--split`, the lane each item should go to: the gateway its last request went to
+    /// when one is recorded (a message resumed after a crash, a lookup or `--resend-in-doubt`
+    /// keeps going where it was), else its share ([`Shares`]). Without `--split`, none: the
+    /// failover order decides.
+    pub(super) fn assign(&self, items: &mut [Item]) {
+        if !self.split {
+            return;
+        }
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        for item in items {
+            item.prefer = item
+                .gateway
+                .as_deref()
+                .and_then(|g| self.by_name(g))
+                .or_else(|| Some(shares.next()));
+        }
     }
 
     pub(super) fn by_name(&self, name: &str) -> Option<usize> {
         self.lanes.iter().position(|l| l.name() == name)
     }
 
-    /// The lane for a request whose first message has id `key`: `sticky` when a message of it
-    /// may be at that gateway (it must be retried there, or nowhere), else failover order or
-    /// the weighted split.
-    pub(super) fn pick(&self, key: i64, sticky: Option<usize>) -> Pick<'_> {
+    /// The lane for a request: `sticky` when a message of it may be at that gateway (it must be
+    /// retried there, or nowhere), else its `prefer`red lane (`--split`) and then the others in
+    /// configured order (failover), skipping lanes whose breaker is open.
+    pub(super) fn pick(&self, prefer: Option<usize>, sticky: Option<usize>) -> Pick<'_> {
         if let Some(i) = sticky {
             return match self.lanes.get(i) {
                 Some(l) if l.admit() => Pick::Lane(i, l),
@@ -227,35 +275,16 @@ impl Lanes {
                 _ => self.none_open(),
             };
         }
-        let order: Vec<usize> = if self.split {
-            self.split_order(key)
-        } else {
-            (0..self.lanes.len()).collect()
-        };
+        let first = prefer.filter(|&i| i < self.lanes.len());
+        let order = first
+            .into_iter()
+            .chain((0..self.lanes.len()).filter(|&i| Some(i) != first));
         for i in order {
             if self.lanes[i].admit() {
                 return Pick::Lane(i, &self.lanes[i]);
             }
         }
         self.none_open()
-    }
-
-    /// Lanes in order of preference for `key` under `--split`: the weighted choice first, then
-    /// the rest in configured order.
-    fn split_order(&self, key: i64) -> Vec<usize> {
-        let total: u64 = self.lanes.iter().map(|l| u64::from(l.weight)).sum();
-        let mut at = (key.unsigned_abs().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % total.max(1);
-        let mut first = 0;
-        for (i, l) in self.lanes.iter().enumerate() {
-            if at < u64::from(l.weight) {
-                first = i;
-                break;
-            }
-            at -= u64::from(l.weight);
-        }
-        let mut order = vec![first];
-        order.extend((0..self.lanes.len()).filter(|&i| i != first));
-        order
     }
 
     fn none_open(&self) -> Pick<'_> {
@@ -274,6 +303,22 @@ impl Lanes {
 /// Groups items into requests as the campaign's gateways batch: up to the largest batch of
 /// its lanes, and only identical texts together when any lane sends one text per request.
 pub(super) fn group_items(ctx: &SendCtx, items: Vec<Item>) -> Vec<Vec<Item>> {
+    // Under `--split` a request goes to one lane: only items for the same lane share one.
+    let mut by_lane: Vec<(Option<usize>, Vec<Item>)> = Vec::new();
+    for item in items {
+        match by_lane.iter_mut().find(|(p, _)| *p == item.prefer) {
+            Some((_, v)) => v.push(item),
+            None => by_lane.push((item.prefer, vec![item])),
+        }
+    }
+    by_lane
+        .into_iter()
+        .flat_map(|(_, items)| group_lane_items(ctx, items))
+        .collect()
+}
+
+/// [`group_items`] for items bound for one lane (or, in failover order, any).
+fn group_lane_items(ctx: &SendCtx, items: Vec<Item>) -> Vec<Vec<Item>> {
     let lanes = &ctx.lanes.lanes;
     let max = lanes
         .iter()

@@ -39,12 +39,16 @@ mod doubt;
 mod lanes;
 mod lease;
 mod limiter;
+mod lookup;
 mod sender;
+mod split;
+mod unaskable;
 
 use claim::Runner;
 pub use control::{Control, StopReason};
 use lease::{FreshOptouts, acquire, spawn_heartbeat};
 use sender::{SendCtx, send_ctx};
+use unaskable::{Unaskable, in_doubt_message};
 
 /// How an execution ended (Spring Batch's BatchStatus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,7 +401,7 @@ impl LeasedRun<'_> {
         failure_reasons: Vec<(String, i64)>,
     ) -> anyhow::Result<Ended> {
         let (store, id) = (&*self.store, self.campaign.id);
-        let end = ending(id, outcome, &counts, &failure_reasons);
+        let end = ending(id, outcome, &counts, &failure_reasons, &self.unaskable());
         let finished = store
             .finish_worker(
                 &self.worker,
@@ -443,7 +447,7 @@ impl LeasedRun<'_> {
         // The last worker: the other workers' commits all precede their ends, so fresh counts
         // are final for this execution.
         let counts = store.counts(id).await?;
-        let end = ending(id, outcome, &counts, &failure_reasons);
+        let end = ending(id, outcome, &counts, &failure_reasons, &self.unaskable());
         store
             .finish_execution(
                 &self.worker,
@@ -490,6 +494,7 @@ fn ending(
     outcome: &anyhow::Result<Option<StopReason>>,
     counts: &Counts,
     failure_reasons: &[(String, i64)],
+    unaskable: &Unaskable,
 ) -> Ending {
     // After a run, a message still `sending` was left by a crash: it is in doubt too.
     let in_doubt = counts.in_doubt + counts.sending;
@@ -538,12 +543,7 @@ fn ending(
             RunStatus::Stopped,
             CampaignStatus::Stopped,
             "IN_DOUBT",
-            format!(
-                "{in_doubt} messages are in doubt: the gateway could not be asked whether it has \
-                 them; run it again to settle them by lookup (a Kannel gateway can never be \
-                 asked: only its delivery report proves a message sent, and `munja campaign run \
-                 {id} --resend-in-doubt` sends the rest again, at the risk of a duplicate)"
-            ),
+            in_doubt_message(id, in_doubt, unaskable),
         ),
         Ok(None) => end(
             RunStatus::Stopped,

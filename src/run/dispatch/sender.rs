@@ -85,6 +85,8 @@ pub(super) struct Item {
     /// The lane the message may be at while `doubt` holds (a deduping gateway, where a retry
     /// with the same ref is safe): it is retried there or nowhere.
     pub(super) sticky: Option<usize>,
+    /// `--split`: the lane this message is dealt to (tried first; others if its breaker is open).
+    pub(super) prefer: Option<usize>,
 }
 
 pub(super) fn send_ctx(
@@ -177,11 +179,14 @@ pub(super) async fn send_chunk(
                 wait: Duration::ZERO,
                 doubt: None,
                 lane: None,
-                gateway: None,
+                // The gateway of its last request, if any (a resumed message).
+                gateway: m.gateway,
                 sticky: None,
+                prefer: None,
             }),
         }
     }
+    ctx.lanes.assign(&mut items);
     let mut set = tokio::task::JoinSet::new();
     for group in group_items(&ctx, items) {
         set.spawn(send_group(ctx.clone(), group).instrument(tracing::Span::current()));
@@ -311,7 +316,7 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
             break;
         }
         let sticky = items.iter().find_map(|i| i.sticky);
-        let (li, lane) = match ctx.lanes.pick(items[0].id, sticky) {
+        let (li, lane) = match ctx.lanes.pick(items[0].prefer, sticky) {
             Pick::Lane(i, lane) => (i, lane),
             Pick::StickyClosed(i) => {
                 let (stuck, rest): (Vec<Item>, Vec<Item>) =

@@ -57,6 +57,16 @@ async fn in_doubt_names_the_gateway_of_the_last_request(s: Arc<dyn Store>) {
     assert_eq!(doubt.len(), 3, "one in doubt, two left sending");
     assert_eq!(doubt[0].gateway.as_deref(), Some("kannel"));
     assert!(doubt[1..].iter().all(|m| m.gateway.is_none()));
+    // When it went in doubt is known (a bound on when the gateway may have taken it); not for
+    // those left `sending`, whose last request was never recorded.
+    let since = doubt[0]
+        .in_doubt_at
+        .expect("in doubt since its recorded attempt");
+    assert!(
+        (chrono::Utc::now() - since).num_seconds().abs() < 60,
+        "{since}"
+    );
+    assert!(doubt[1..].iter().all(|m| m.in_doubt_at.is_none()));
     // A later update without a gateway keeps the recorded one.
     let mut again = update(got[0].id, MessageState::InDoubt, vec![]);
     again.gateway = None;
@@ -78,6 +88,20 @@ async fn in_doubt_names_the_gateway_of_the_last_request(s: Arc<dyn Store>) {
         rows.iter()
             .filter(|r| r.id != got[0].id)
             .all(|r| r.gateway.is_none())
+    );
+    // `--split` carries on from the messages recorded per gateway.
+    let mut u = update(got[1].id, MessageState::Sent, vec![attempt("accepted", 0)]);
+    u.gateway = Some("nhn".into());
+    let mut v = update(
+        got[2].id,
+        MessageState::Failed,
+        vec![attempt("rejected", 0)],
+    );
+    v.gateway = Some("kannel".into());
+    s.commit_chunk(&e, &[u, v]).await.expect("commit");
+    assert_eq!(
+        s.gateway_messages(c).await.expect("per gateway"),
+        vec![("kannel".to_string(), 2), ("nhn".to_string(), 1)]
     );
 }
 

@@ -107,8 +107,11 @@ pub(super) fn claimed_from_row(r: &PgRow) -> Result<ClaimedMessage> {
         vars: r.try_get("vars")?,
         night_consent: r.try_get("night_consent")?,
         attempts: r.try_get("attempts")?,
-        // Only `in_doubt` selects it.
         gateway: r.try_get("gateway").unwrap_or(None),
+        // Only `in_doubt` selects it.
+        in_doubt_at: r
+            .try_get::<Option<DateTime<Utc>>, _>("in_doubt_at")
+            .unwrap_or(None),
     })
 }
 

@@ -126,7 +126,8 @@ impl PgStore {
                     (m.state = 'in_doubt' AND (k.id IS NULL OR k.id = $2 OR k.status <> 'STARTED')) \
                     OR (m.state = 'sending' AND (k.id IS NULL OR k.status <> 'STARTED'))) \
                 ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED) \
-             RETURNING id, ref, phone, vars, night_consent, attempts, gateway",
+             RETURNING id, ref, phone, vars, night_consent, attempts, gateway, \
+                       CASE WHEN state = 'in_doubt' THEN last_attempt_at END AS in_doubt_at",
         )
         .bind(w.campaign)
         .bind(w.worker)

@@ -215,7 +215,9 @@ impl ChunkStore for SqliteStore {
         // One worker per campaign: every `sending` message is a dead run's, never a live one's.
         let campaign = w.campaign;
         let rows = sqlx::query(
-            "SELECT id, ref, phone, vars, night_consent, attempts, gateway FROM messages \
+            "SELECT id, ref, phone, vars, night_consent, attempts, gateway, \
+                    CASE WHEN state = 'in_doubt' THEN last_attempt_at END AS in_doubt_at \
+             FROM messages \
              WHERE campaign_id = ? AND id > ? AND (state = 'in_doubt' \
                    OR (state = 'sending' AND (claimed_by IS NULL OR claimed_by <> ?))) \
              ORDER BY id LIMIT ?",

@@ -135,9 +135,8 @@ async fn split_shares_traffic_by_weight_and_sends_each_message_once() {
     let (sa, sb) = (env.sim.stats(), b.stats());
     assert_eq!(sa.accepted + sb.accepted, 800, "A {sa:?}\nB {sb:?}");
     assert_eq!(sa.distinct_numbers + sb.distinct_numbers, 800);
-    // Weights 1:3 give B about three quarters (the split hashes message ids: not exact).
-    assert!((450..=750).contains(&sb.accepted), "B took {}", sb.accepted);
-    assert!(sa.accepted >= 50, "A took {}", sa.accepted);
+    // Weights 1:3 of 800: exactly a quarter and three quarters.
+    assert_eq!((sa.accepted, sb.accepted), (200, 600), "A {sa:?}\nB {sb:?}");
     let st = env.status(&id).await;
     assert_eq!(st["split"], true);
     assert_eq!(st["gateways"], serde_json::json!(["sim", "b"]));
@@ -158,6 +157,66 @@ async fn split_shares_traffic_by_weight_and_sends_each_message_once() {
         .await;
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("--split"), "{}", o.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_shares_are_exact_over_a_campaign_killed_and_resumed() {
+    // Three gateways 5:3:2; 1003 messages in chunks of 37; the first run killed mid-way.
+    let gw = Gw {
+        rate: 400,
+        burst: 20,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "chunk_size = 37").await;
+    add_gateway_weight(&env, 5);
+    let b = second_sim(&env, "b", SimConfig::default(), "weight = 3\n").await;
+    let c = second_sim(&env, "c", SimConfig::default(), "weight = 2\n").await;
+    let total = 1003;
+    let seg = env.segment_csv("seg.csv", 0, total);
+    let id = env
+        .campaign(
+            &seg,
+            "hello",
+            &[
+                "--gateway",
+                "sim",
+                "--gateway",
+                "b",
+                "--gateway",
+                "c",
+                "--split",
+            ],
+        )
+        .await;
+    let mut child = env.spawn_run(&id, &[]);
+    let accepted = || env.sim.stats().accepted + b.stats().accepted + c.stats().accepted;
+    wait_until("300 messages accepted", 60, || accepted() >= 300).await;
+    child.kill().expect("SIGKILL the run");
+    child.wait().expect("reap");
+    assert!(accepted() < total, "killed mid-way: {}", accepted());
+    env.ok(&["campaign", "run", &id]).await;
+
+    let got = [env.sim.stats(), b.stats(), c.stats()];
+    assert_eq!(
+        got.iter().map(|s| s.distinct_numbers).sum::<u64>(),
+        total,
+        "{got:?}"
+    );
+    assert!(got.iter().all(|s| s.numbers_accepted_twice == 0), "{got:?}");
+    for (s, weight) in got.iter().zip([5u64, 3, 2]) {
+        let share = total as f64 * weight as f64 / 10.0;
+        assert!(
+            (s.distinct_numbers as f64 - share).abs() < 1.0,
+            "weight {weight}: {} messages, share {share}: {got:?}",
+            s.distinct_numbers
+        );
+    }
+    // The audit says the same.
+    let audit = env.audit_json(&id).await;
+    for (name, s) in ["sim", "b", "c"].iter().zip(&got) {
+        let through = audit.iter().filter(|r| r["gateway"] == *name).count() as u64;
+        assert_eq!(through, s.distinct_numbers, "{name}");
+    }
 }
 
 /// Sets `weight` on the test config's first gateway (`sim`).

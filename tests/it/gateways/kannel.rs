@@ -317,6 +317,31 @@ async fn a_run_killed_mid_way_resends_nothing_without_proof() {
     }
     let doubt = audit.iter().filter(|r| r["status"] == "in_doubt").count();
     assert_eq!(doubt as i64, in_doubt);
+    // Each was recorded in doubt once; runs that can learn nothing new add nothing to it.
+    let db = env.db().await;
+    let doubt_attempts = format!(
+        "SELECT COUNT(*) FROM attempts a JOIN messages m ON m.id = a.message_id \
+         WHERE m.campaign_id = {id} AND m.state = 'in_doubt'"
+    );
+    let unavailable_per_message = format!(
+        "SELECT COALESCE(MAX(k), 0) FROM (SELECT COUNT(*) AS k FROM attempts \
+         WHERE campaign_id = {id} AND outcome = 'lookup_unavailable' GROUP BY message_id) t"
+    );
+    let attempts_before = db.scalar(&doubt_attempts).await;
+    let o = run_with(&env, &vars, &["campaign", "run", &id]).await;
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(
+        o.stderr.contains("cannot be asked") && o.stderr.contains("--resend-in-doubt"),
+        "says why it stops and what settles them:\n{}",
+        o.all()
+    );
+    assert_eq!(
+        db.scalar(&doubt_attempts).await,
+        attempts_before,
+        "a run with nothing new to learn records nothing"
+    );
+    assert!(db.scalar(&unavailable_per_message).await <= 1);
+    assert_eq!(n(&env.status(&id).await, "in_doubt"), in_doubt);
 
     // A delivery report proves one of them sent: the next run settles it as sent, resends
     // nothing, and leaves the others in doubt.
@@ -368,6 +393,17 @@ async fn a_run_killed_mid_way_resends_nothing_without_proof() {
         before,
         "proved by its report, not resent"
     );
+    let proved_attempts = format!(
+        "SELECT COUNT(*) FROM attempts a JOIN messages m ON m.id = a.message_id \
+         WHERE m.campaign_id = {id} AND m.ref = '{proved_ref}'"
+    );
+    assert!(db.scalar(&proved_attempts).await >= 1);
+    assert_eq!(
+        db.scalar(&doubt_attempts).await + db.scalar(&proved_attempts).await,
+        attempts_before + 1,
+        "only the proved message got an attempt (its lookup_found)"
+    );
+    assert!(db.scalar(&unavailable_per_message).await <= 1);
 
     // Only the operator's explicit word resends them.
     let o = run_with(&env, &vars, &["campaign", "run", &id, "--resend-in-doubt"]).await;

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -55,6 +55,10 @@ struct Fake {
     results_later: bool,
     /// Result searches over a time window (no recipientGroupingKey): `sync-results`.
     window_searches: u32,
+    /// A taken message is listed by the search only this long after it was taken (NHN queues
+    /// what it takes), and when it was taken.
+    list_after: Duration,
+    taken_at: HashMap<String, Instant>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -119,6 +123,7 @@ async fn send(
                     "messageType": kind, "senderGroupingKey": body["senderGroupingKey"],
                     "body": body["body"]});
                 f.taken.insert(key.clone(), row);
+                f.taken_at.insert(key.clone(), Instant::now());
             }
             results.push(json!({"recipientNo": no, "resultCode": code,
                 "resultMessage": if code == 0 { "SUCCESS" } else { "FAILED" },
@@ -153,7 +158,17 @@ async fn search(
         );
     }
     if let Some(key) = q.get("recipientGroupingKey") {
-        let data: Vec<Value> = f.taken.get(key).cloned().into_iter().collect();
+        let listed = f
+            .taken_at
+            .get(key)
+            .is_some_and(|t| t.elapsed() >= f.list_after);
+        let data: Vec<Value> = f
+            .taken
+            .get(key)
+            .filter(|_| listed)
+            .cloned()
+            .into_iter()
+            .collect();
         return Json(json!({"header": header(true, 0, "SUCCESS"),
             "body": {"pageNum": 1, "pageSize": 15, "totalCount": data.len(), "data": data}}));
     }
@@ -307,7 +322,8 @@ async fn an_lms_times_out_and_is_looked_up_before_any_resend() {
     let env = nhn_env(
         "",
         addr,
-        "rate_per_sec = 100\nconcurrency = 1\ntimeout_ms = 500\nmax_attempts = 4\n",
+        "rate_per_sec = 100\nconcurrency = 1\ntimeout_ms = 500\nmax_attempts = 4\n\
+         lookup_delay_ms = 100\n",
     )
     .await;
     env.write(
@@ -527,4 +543,49 @@ async fn serve_syncs_nhn_delivery_results_by_itself() {
     assert!(log.contains("delivery results synced"), "{log}");
     assert!(!log.contains(&number(2)), "numbers masked: {log}");
     assert!(!log.contains(APP_KEY) && !log.contains(SECRET), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nhn_lists_only_later_is_looked_up_again_and_never_resent() {
+    // NHN takes the message, answers too late, and lists it only 1.5 s after taking it: a
+    // lookup right after the timeout says "not found", which must not be believed.
+    let fake = Shared::default();
+    {
+        let mut f = fake.lock().expect("fake");
+        f.stalls.push_back(Some(Stall::AfterTaking));
+        f.list_after = Duration::from_millis(1500);
+    }
+    let addr = spawn_fake(fake.clone()).await;
+    let env = nhn_env(
+        "",
+        addr,
+        "rate_per_sec = 100\nconcurrency = 1\ntimeout_ms = 400\nmax_attempts = 3\n\
+         lookup_delay_ms = 500\n",
+    )
+    .await;
+    let seg = env.segment_csv("seg.csv", 0, 3);
+    let id = create(
+        &env,
+        &VARS,
+        seg.to_str().expect("utf-8"),
+        &["--template", "hello", "--gateway", "nhn", "--no-ad"],
+    )
+    .await;
+    let o = run_with(&env, &VARS, &["campaign", "run", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+    let st = env.status(&id).await;
+    assert_eq!(n(&st, "sent"), 3, "{st}");
+    let f = fake.lock().expect("fake");
+    assert_eq!(f.times.len(), 3, "{:?}", f.times);
+    assert!(
+        f.times.values().all(|&t| t == 1),
+        "the message NHN listed late was not sent again: {:?}",
+        f.times
+    );
+    assert_eq!(f.sends.len(), 3, "one request per message, none resent");
+    assert!(
+        f.lookups >= 3,
+        "asked again until NHN listed it: {} lookups",
+        f.lookups
+    );
 }
