@@ -2,7 +2,7 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
+//! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `worker_lease::`, `gateways::`, `delivery::`, `segments::`,
 //! `server::`, `schedules::`, `dashboard::`).
 
 mod common;
@@ -20,5 +20,6 @@ mod segments;
 mod server;
 mod server_process;
 mod worker_faults;
+mod worker_lease;
 mod workers;
 mod workflow;
