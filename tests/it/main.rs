@@ -2,7 +2,7 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `worker_lease::`, `gateways::`, `delivery::`, `segments::`,
+//! `memory::`, `postgres::`, `rate_budget::`, `workers::`, `worker_faults::`, `worker_lease::`, `gateways::`, `delivery::`, `segments::`,
 //! `server::`, `schedules::`, `dashboard::`).
 
 mod common;
@@ -14,6 +14,7 @@ mod gateways;
 mod korean;
 mod memory;
 mod postgres;
+mod rate_budget;
 mod resume;
 mod schedules;
 mod segments;
