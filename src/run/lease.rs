@@ -101,11 +101,15 @@ pub fn holder_gone(
             lease.execution, lease.pid, lease.host
         ));
     }
-    let silent = (now - lease.heartbeat_at).num_seconds();
-    if silent > timeout_secs as i64 {
+    // Milliseconds: a lease silent for 5.9 s of a 5 s timeout is gone, not "5 s" and live.
+    let silent_ms = (now - lease.heartbeat_at).num_milliseconds();
+    if silent_ms > timeout_secs as i64 * 1000 {
         return Some(format!(
-            "execution {} was abandoned: no heartbeat from {} pid {} for {silent}s (lease_timeout_secs = {timeout_secs})",
-            lease.execution, lease.host, lease.pid
+            "execution {} was abandoned: no heartbeat from {} pid {} for {:.1}s (lease_timeout_secs = {timeout_secs})",
+            lease.execution,
+            lease.host,
+            lease.pid,
+            silent_ms as f64 / 1000.0
         ));
     }
     None

@@ -43,11 +43,18 @@ pub trait Store:
     /// `expected_lease` (a dead holder the caller has checked) is held.
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()>;
     /// The shared rate limit: takes up to `want` tokens from gateway `gateway`'s bucket, which
-    /// every run on this database draws from. The bucket holds at most `burst` tokens (full when
-    /// new) and gains `rate` per second of the database clock; returns how many were granted
-    /// (0 when it is empty). Refill and take are one atomic write: two callers never get the
-    /// same token.
-    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32>;
+    /// every run on this database draws from, but none unless it holds at least `need`. The
+    /// bucket holds at most `capacity` tokens (full when new) and gains `rate` per second of
+    /// the database clock; returns how many were granted (0 when fewer than `need` are there).
+    /// Refill and take are one atomic write: two callers never get the same token.
+    async fn take_tokens(
+        &self,
+        gateway: &str,
+        need: u32,
+        want: u32,
+        rate: u32,
+        capacity: u32,
+    ) -> Result<u32>;
     /// Whether pending messages without night consent remain.
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
     /// The most frequent reasons of failed messages, most frequent first: (reason, count).

@@ -221,9 +221,15 @@ pub trait Import: Send {
 
 pub use contract::*;
 
-/// The whole tokens of a rate bucket's level (0 for a negative or NaN level), for
-/// [`Store::take_tokens`] implementations.
-pub(crate) fn whole_tokens(level: f64) -> u32 {
+/// What [`Store::take_tokens`] grants from a bucket at `level`: up to `want` whole tokens, none
+/// unless there are `need`.
+pub(crate) fn granted_tokens(level: f64, need: u32, want: u32) -> u32 {
+    let whole = whole_tokens(level);
+    if whole < need { 0 } else { whole.min(want) }
+}
+
+/// The whole tokens of a rate bucket's level (0 for a negative or NaN level).
+fn whole_tokens(level: f64) -> u32 {
     if level >= 1.0 {
         // Saturates at u32::MAX; a bucket never holds more than its burst.
         level.floor() as u32

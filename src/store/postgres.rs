@@ -9,7 +9,8 @@
 //!   same row first, so a takeover waits for an in-flight commit, the loser of two racing starts
 //!   sees the winner, and all of them take their row locks in one order (campaign, messages,
 //!   executions);
-//! - the heartbeat is one `UPDATE … WHERE lease_execution = $me`;
+//! - the heartbeat writes only its worker's heartbeat row, on connections of its own (see
+//!   `workers`);
 //! - a segment import holds its segment row (upsert) until it commits; a snapshot reads the
 //!   segment `FOR SHARE`, so it never copies a half-replaced list.
 //!
@@ -30,6 +31,8 @@ mod schedules;
 pub mod scratch;
 mod sql_segments;
 mod workers;
+#[cfg(test)]
+mod workers_tests;
 
 use rows::*;
 
@@ -57,6 +60,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PgStore {
     pool: PgPool,
+    /// The heartbeats' own connections (opened on first use): a heartbeat never waits for a
+    /// connection that a commit stuck on a lock holds (see `workers`).
+    beats: PgPool,
     clock: Clock,
 }
 
@@ -134,9 +140,13 @@ impl PgStore {
         let pool = with_clock(PgPoolOptions::new(), &clock)
             .max_connections(8)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(unreachable)?;
+        let beats = with_clock(PgPoolOptions::new(), &clock)
+            .max_connections(2)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(opts);
         if !init {
             let migrated: bool =
                 sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -148,7 +158,7 @@ impl PgStore {
                 )));
             }
         }
-        Ok(PgStore { pool, clock })
+        Ok(PgStore { pool, beats, clock })
     }
 
     /// Runs a `DELETE … WHERE id IN (SELECT … < $1 LIMIT $2)` until it deletes nothing.
@@ -319,8 +329,16 @@ impl Store for PgStore {
         &self.clock
     }
 
-    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
-        self.take_bucket_tokens(gateway, want, rate, burst).await
+    async fn take_tokens(
+        &self,
+        gateway: &str,
+        need: u32,
+        want: u32,
+        rate: u32,
+        capacity: u32,
+    ) -> Result<u32> {
+        self.take_bucket_tokens(gateway, need, want, rate, capacity)
+            .await
     }
 
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {

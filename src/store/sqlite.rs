@@ -492,8 +492,16 @@ impl Store for SqliteStore {
         &self.clock
     }
 
-    async fn take_tokens(&self, gateway: &str, want: u32, rate: u32, burst: u32) -> Result<u32> {
-        self.take_bucket_tokens(gateway, want, rate, burst).await
+    async fn take_tokens(
+        &self,
+        gateway: &str,
+        need: u32,
+        want: u32,
+        rate: u32,
+        capacity: u32,
+    ) -> Result<u32> {
+        self.take_bucket_tokens(gateway, need, want, rate, capacity)
+            .await
     }
 
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {

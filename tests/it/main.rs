@@ -2,9 +2,9 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
-//! `server::`, `schedules::`, `dashboard::`, `docs_links::`, `layers::`, `output_errors::`,
-//! `segment_delete::`, `template_bound::`).
+//! `memory::`, `postgres::`, `rate_budget::`, `workers::`, `worker_faults::`, `worker_lease::`,
+//! `gateways::`, `delivery::`, `segments::`, `server::`, `schedules::`, `dashboard::`, `docs_links::`,
+//! `layers::`, `output_errors::`, `segment_delete::`, `template_bound::`).
 
 mod common;
 
@@ -18,6 +18,7 @@ mod layers;
 mod memory;
 mod output_errors;
 mod postgres;
+mod rate_budget;
 mod resume;
 mod schedules;
 mod segment_delete;
@@ -26,5 +27,6 @@ mod server;
 mod server_process;
 mod template_bound;
 mod worker_faults;
+mod worker_lease;
 mod workers;
 mod workflow;

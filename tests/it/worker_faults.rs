@@ -18,9 +18,9 @@ use crate::common::{Env, Gw, n, signal};
 use crate::workers::{assert_exactly_once, pg_scalar, until};
 
 /// `policy.lease_timeout_secs` of every test here (written by [`Env`]).
-const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn slow_gateway() -> Gw {
+pub(crate) fn slow_gateway() -> Gw {
     Gw {
         rate: 100,
         burst: 10,
@@ -31,13 +31,13 @@ fn slow_gateway() -> Gw {
 
 /// A `munja campaign run ID` whose stdout and stderr go to files of the test directory, so
 /// that it never blocks on a full pipe while the test polls it.
-struct Worker {
-    child: Child,
+pub(crate) struct Worker {
+    pub(crate) child: Child,
     stderr: std::path::PathBuf,
 }
 
 impl Worker {
-    fn spawn(env: &Env, id: &str, name: &str, vars: &[(&str, &str)]) -> Worker {
+    pub(crate) fn spawn(env: &Env, id: &str, name: &str, vars: &[(&str, &str)]) -> Worker {
         let stderr = env.path(&format!("{name}.stderr"));
         let mut cmd = env.cmd(&["campaign", "run", id]);
         cmd.envs(vars.iter().copied())
@@ -51,13 +51,13 @@ impl Worker {
         }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// Polls for the exit for up to `limit`: its exit code (-1: killed by a signal), or `None`
     /// when it still runs.
-    async fn exit_within(&mut self, limit: Duration) -> Option<i32> {
+    pub(crate) async fn exit_within(&mut self, limit: Duration) -> Option<i32> {
         let t0 = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -161,11 +161,14 @@ async fn a_worker_whose_database_is_black_holed_stops_by_itself() {
     cut_off_worker_stops_before_its_claims_expire(Mode::BlackHole).await;
 }
 
-/// One integer of worker `id`'s row: `expr` over its columns.
-async fn worker_value(env: &Env, id: i64, expr: &str) -> i64 {
+/// One integer of worker `id`'s row: `expr` over its columns and its `heartbeat_at`.
+pub(crate) async fn worker_value(env: &Env, id: i64, expr: &str) -> i64 {
     pg_scalar(
         env,
-        &format!("SELECT ({expr})::BIGINT FROM workers WHERE id = {id}"),
+        &format!(
+            "SELECT ({expr})::BIGINT FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id \
+             WHERE k.id = {id}"
+        ),
     )
     .await
 }
@@ -196,7 +199,8 @@ async fn remote_worker_dies_idle(left_at_kill: Option<i64>) {
         pg_scalar(
             &env,
             &format!(
-                "SELECT COUNT(*) FROM workers WHERE id = {dead} AND heartbeat_at > started_at"
+                "SELECT COUNT(*) FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id \
+                 WHERE k.id = {dead} AND h.heartbeat_at > k.started_at"
             ),
         )
         .await
@@ -253,7 +257,7 @@ async fn remote_worker_dies_idle(left_at_kill: Option<i64>) {
     let silent_ms = worker_value(
         &env,
         dead,
-        "EXTRACT(EPOCH FROM ended_at - heartbeat_at) * 1000",
+        "EXTRACT(EPOCH FROM k.ended_at - h.heartbeat_at) * 1000",
     )
     .await;
     assert!(
@@ -263,8 +267,9 @@ async fn remote_worker_dies_idle(left_at_kill: Option<i64>) {
     let execution_after_ms = pg_scalar(
         &env,
         &format!(
-            "SELECT (EXTRACT(EPOCH FROM e.ended_at - k.heartbeat_at) * 1000)::BIGINT \
-             FROM executions e JOIN workers k ON k.execution_id = e.id WHERE k.id = {dead}"
+            "SELECT (EXTRACT(EPOCH FROM e.ended_at - h.heartbeat_at) * 1000)::BIGINT \
+             FROM executions e JOIN workers k ON k.execution_id = e.id \
+             JOIN worker_heartbeats h ON h.worker_id = k.id WHERE k.id = {dead}"
         ),
     )
     .await;

@@ -265,7 +265,10 @@ async fn a_takeover_racing_a_frozen_worker_never_sends_twice() {
     .await;
     let silence = pg_scalar(
         &env,
-        &format!("SELECT (EXTRACT(EPOCH FROM ended_at - heartbeat_at) * 1000)::BIGINT FROM workers WHERE id = {worker}"),
+        &format!(
+            "SELECT (EXTRACT(EPOCH FROM k.ended_at - h.heartbeat_at) * 1000)::BIGINT \
+             FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id WHERE k.id = {worker}"
+        ),
     )
     .await;
     assert!(

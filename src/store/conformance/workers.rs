@@ -10,6 +10,7 @@ conformance!(
     workers_join_claim_disjoint_chunks_and_keep_exact_counters,
     a_dead_worker_is_rescued_and_fenced_off,
     only_the_last_worker_ends_the_execution,
+    a_heartbeat_renews_its_worker_and_the_lease_until_it_ends,
 );
 
 /// Joins the execution of `first` as worker on `host`, or `None` where a store refuses it.
@@ -215,4 +216,61 @@ async fn only_the_last_worker_ends_the_execution(s: Arc<dyn Store>) {
     assert!(camp.lease.is_none());
     let rows = s.workers(c).await.expect("workers");
     assert!(rows.iter().all(|r| r.status == "COMPLETED"), "{rows:?}");
+}
+
+/// Seconds between `at` (RFC 3339, the store's clock) and the store's clock now.
+fn age_secs(s: &dyn Store, at: &str) -> i64 {
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("a stored time");
+    (s.clock().now() - at.with_timezone(&Utc)).num_seconds()
+}
+
+/// A heartbeat renews its worker's heartbeat and the lease, whichever worker of the execution
+/// beats; the lease ages from the latest beat of any of them, and an ended worker's heartbeat
+/// fails without renewing anything.
+async fn a_heartbeat_renews_its_worker_and_the_lease_until_it_ends(s: Arc<dyn Store>) {
+    let (c, a) = running(&*s, "seg", 4).await;
+    let lease_age = |camp: &Campaign| {
+        (Utc::now() - camp.lease.as_ref().expect("lease").heartbeat_at).num_seconds()
+    };
+    s.clock().advance(Duration::from_secs(40));
+    let b = join(&*s, a, "host-b").await;
+    s.heartbeat(&a).await.expect("a beats");
+    let camp = s.campaign(c).await.expect("campaign");
+    assert!(lease_age(&camp) <= 2, "renewed: {}s old", lease_age(&camp));
+    let rows = s.workers(c).await.expect("workers");
+    let row_a = rows.iter().find(|r| r.id == a.worker).expect("a");
+    assert!(age_secs(&*s, &row_a.heartbeat_at) <= 2, "{row_a:?}");
+    assert!(age_secs(&*s, &row_a.started_at) >= 39, "{row_a:?}");
+    let Some(b) = b else {
+        return;
+    };
+    // Only b beats from now on: the lease lives by b's beats, a's row ages.
+    s.clock().advance(Duration::from_secs(40));
+    s.heartbeat(&b).await.expect("b beats");
+    let camp = s.campaign(c).await.expect("campaign");
+    assert!(
+        lease_age(&camp) <= 2,
+        "b keeps the lease: {}s old",
+        lease_age(&camp)
+    );
+    let rows = s.workers(c).await.expect("workers");
+    let row_a = rows.iter().find(|r| r.id == a.worker).expect("a");
+    assert!(
+        (39..=42).contains(&age_secs(&*s, &row_a.heartbeat_at)),
+        "{row_a:?}"
+    );
+    assert!(
+        !s.finish_worker(&b, "COMPLETED", "queue dry")
+            .await
+            .expect("finish b"),
+        "a still runs"
+    );
+    assert_lease_lost(s.heartbeat(&b).await, "an ended worker's heartbeat");
+    s.clock().advance(Duration::from_secs(40));
+    let camp = s.campaign(c).await.expect("campaign");
+    assert!(
+        lease_age(&camp) >= 39,
+        "an ended worker's failed beat renews nothing: {}s old",
+        lease_age(&camp)
+    );
 }

@@ -12,12 +12,13 @@ impl PgStore {
     pub(super) async fn take_bucket_tokens(
         &self,
         gateway: &str,
+        need: u32,
         want: u32,
         rate: u32,
-        burst: u32,
+        capacity: u32,
     ) -> Result<u32> {
         let mut tx = self.pool.begin().await?;
-        // A new bucket starts full; an old one gains `rate` per elapsed second, up to `burst`
+        // A new bucket starts full; an old one gains `rate` per elapsed second, up to `capacity`
         // (a clock that went back adds nothing).
         let tokens: f64 = sqlx::query_scalar(
             "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) \
@@ -30,10 +31,10 @@ impl PgStore {
         )
         .bind(gateway)
         .bind(f64::from(rate))
-        .bind(f64::from(burst))
+        .bind(f64::from(capacity))
         .fetch_one(&mut *tx)
         .await?;
-        let granted = whole_tokens(tokens).min(want);
+        let granted = granted_tokens(tokens, need, want);
         if granted > 0 {
             sqlx::query("UPDATE gateway_buckets SET tokens = tokens - $1 WHERE gateway = $2")
                 .bind(f64::from(granted))

@@ -9,10 +9,15 @@ pub(super) fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(ts)
 }
 
-/// Columns of a campaign row plus the age of its heartbeat by the store's clock, read at the
-/// call (`munja_clock_now()`, migration 0008).
-pub(super) const CAMPAIGN_COLS: &str = "*, (EXTRACT(EPOCH FROM (munja_clock_now() - lease_heartbeat_at)) \
-     * 1000)::BIGINT AS lease_age_ms";
+/// Columns of a campaign row plus the age of its lease by the store's clock, read at the call
+/// (`munja_clock_now()`, migration 0008): since the latest heartbeat of any worker of the
+/// execution holding it (its own row, migration 0011), or since the execution started.
+pub(super) const CAMPAIGN_COLS: &str = "*, (EXTRACT(EPOCH FROM (munja_clock_now() - GREATEST(lease_heartbeat_at, \
+     (SELECT MAX(h.heartbeat_at) FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id \
+      WHERE k.execution_id = campaigns.lease_execution)))) * 1000)::BIGINT AS lease_age_ms";
+
+/// Columns of a worker row (`k`) with its heartbeat (`h`, its own row: migration 0011).
+pub(super) const WORKER_COLS: &str = "k.*, h.heartbeat_at";
 
 pub(super) fn campaign_from_row(r: &PgRow) -> Result<Campaign> {
     let lease = match r.try_get::<Option<i64>, _>("lease_execution")? {

@@ -7,9 +7,15 @@
 //! write in flight, and every later write of the stale worker fails with `LeaseLost`. Workers
 //! never lock the campaign row to write, so their claims and commits run side by side.
 //!
-//! A claim expires with its worker: the worker's `heartbeat_at` older than the lease timeout on
-//! the database clock (or its process seen gone on this host) lets any surviving worker close it
-//! as ABANDONED and take over its `sending` messages, in one transaction ([`PgStore::rescue_dead`]).
+//! A claim expires with its worker: the worker's heartbeat older than the lease timeout on the
+//! database clock (or its process seen gone on this host) lets any surviving worker close it as
+//! ABANDONED and take over its `sending` messages, in one transaction ([`WorkerStore::rescue`]).
+//!
+//! The heartbeat has a row of its own (`worker_heartbeats`, migration 0011) that no commit,
+//! claim, snapshot or end locks, and a connection pool of its own (`PgStore::beats`): however
+//! long its worker's commit waits for locks, the heartbeat neither waits for it nor for a
+//! connection it holds, so a slow commit never costs a live worker its lease. The lease's age
+//! is that of the latest beat of any worker of its execution.
 
 use super::*;
 
@@ -179,8 +185,8 @@ impl WorkerStore for PgStore {
             }
         };
         let worker: i64 = sqlx::query_scalar(
-            "INSERT INTO workers (campaign_id, execution_id, status, host, pid, process, started_at, heartbeat_at) \
-             VALUES ($1, $2, 'STARTED', $3, $4, $5, munja_now(), munja_now()) RETURNING id",
+            "INSERT INTO workers (campaign_id, execution_id, status, host, pid, process, started_at) \
+             VALUES ($1, $2, 'STARTED', $3, $4, $5, munja_now()) RETURNING id",
         )
         .bind(campaign)
         .bind(execution)
@@ -188,6 +194,12 @@ impl WorkerStore for PgStore {
         .bind(me.pid)
         .bind(&me.identity)
         .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO worker_heartbeats (worker_id, heartbeat_at) VALUES ($1, munja_now())",
+        )
+        .bind(worker)
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(WorkerToken {
@@ -197,44 +209,43 @@ impl WorkerStore for PgStore {
         })
     }
 
-    /// [`WorkerStore::heartbeat`]: the lease's row, then the worker's, each in its own
-    /// transaction.
+    /// [`WorkerStore::heartbeat`]: one statement on the heartbeat's own pool, writing only the
+    /// worker's heartbeat row; the worker's status and the campaign's lease and requests are
+    /// read, never locked, so no commit, claim, snapshot or end in flight delays it.
     async fn heartbeat(&self, w: &WorkerToken) -> Result<(bool, bool)> {
-        let lost = || StoreError::LeaseLost {
-            campaign: w.campaign,
-            execution: w.execution,
-        };
-        // Two statements, each committed at once: the lease's row is never held while this
-        // waits for its own worker's row (which that worker's commit in flight locks), so the
-        // heartbeats of the other workers never queue behind this worker's commit.
-        let row: Option<(bool, bool)> = sqlx::query_as(
-            "UPDATE campaigns SET lease_heartbeat_at = munja_now() \
-             WHERE id = $1 AND lease_execution = $2 RETURNING stop_requested, cancel_requested",
-        )
-        .bind(w.campaign)
-        .bind(w.execution)
-        .fetch_optional(&self.pool)
-        .await?;
-        let row = row.ok_or_else(lost)?;
-        let alive: Option<i64> = sqlx::query_scalar(
-            "UPDATE workers SET heartbeat_at = munja_now() WHERE id = $1 AND status = 'STARTED' RETURNING id",
+        let row: Option<(bool, bool, bool)> = sqlx::query_as(
+            "WITH beat AS ( \
+                UPDATE worker_heartbeats h SET heartbeat_at = munja_now() FROM workers k \
+                WHERE h.worker_id = $1 AND k.id = h.worker_id AND k.status = 'STARTED' \
+                RETURNING h.worker_id) \
+             SELECT stop_requested, cancel_requested, EXISTS (SELECT 1 FROM beat) \
+             FROM campaigns WHERE id = $2 AND lease_execution = $3",
         )
         .bind(w.worker)
-        .fetch_optional(&self.pool)
+        .bind(w.campaign)
+        .bind(w.execution)
+        .fetch_optional(&self.beats)
         .await?;
-        alive.ok_or_else(lost)?;
-        Ok(row)
+        match row {
+            Some((stop, cancel, true)) => Ok((stop, cancel)),
+            _ => Err(StoreError::LeaseLost {
+                campaign: w.campaign,
+                execution: w.execution,
+            }),
+        }
     }
 
     /// [`WorkerStore::rescue`].
     async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued> {
         let mut tx = self.pool.begin().await?;
         fence_worker(&mut tx, w).await?;
-        // SKIP LOCKED: a worker in the middle of a write is alive, whatever its heartbeat says.
+        // SKIP LOCKED: a worker in the middle of a write, or of a beat, is alive, whatever its
+        // heartbeat says.
         let gone: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM workers WHERE campaign_id = $1 AND status = 'STARTED' AND id <> $2 \
-             AND (heartbeat_at < munja_now() - make_interval(secs => $3) OR id = ANY($4)) \
-             FOR UPDATE SKIP LOCKED",
+            "SELECT k.id FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id \
+             WHERE k.campaign_id = $1 AND k.status = 'STARTED' AND k.id <> $2 \
+             AND (h.heartbeat_at < munja_now() - make_interval(secs => $3) OR k.id = ANY($4)) \
+             FOR UPDATE OF k, h SKIP LOCKED",
         )
         .bind(w.campaign)
         .bind(w.worker)
@@ -272,9 +283,10 @@ impl WorkerStore for PgStore {
             rescued.lower_alive,
         ) = sqlx::query_as(
             "SELECT COUNT(*), \
-             COUNT(*) FILTER (WHERE heartbeat_at < munja_now() - make_interval(secs => $3)), \
-             COUNT(*) FILTER (WHERE id < $2 AND heartbeat_at >= munja_now() - make_interval(secs => $3)) \
-             FROM workers WHERE campaign_id = $1 AND status = 'STARTED' AND id <> $2",
+             COUNT(*) FILTER (WHERE h.heartbeat_at < munja_now() - make_interval(secs => $3)), \
+             COUNT(*) FILTER (WHERE k.id < $2 AND h.heartbeat_at >= munja_now() - make_interval(secs => $3)) \
+             FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id \
+             WHERE k.campaign_id = $1 AND k.status = 'STARTED' AND k.id <> $2",
         )
         .bind(w.campaign)
         .bind(w.worker)
@@ -295,10 +307,13 @@ impl WorkerStore for PgStore {
 
     /// [`WorkerStore::workers`].
     async fn workers(&self, campaign: i64) -> Result<Vec<WorkerRecord>> {
-        let rows = sqlx::query("SELECT * FROM workers WHERE campaign_id = $1 ORDER BY id")
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {WORKER_COLS} FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id \
+             WHERE k.campaign_id = $1 ORDER BY k.id"
+        )))
+        .bind(campaign)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(worker_from_row).collect()
     }
 

@@ -13,12 +13,13 @@ impl SqliteStore {
     pub(super) async fn take_bucket_tokens(
         &self,
         gateway: &str,
+        need: u32,
         want: u32,
         rate: u32,
-        burst: u32,
+        capacity: u32,
     ) -> Result<u32> {
         let mut tx = self.write_tx().await?;
-        // A new bucket starts full; an old one gains `rate` per elapsed second, up to `burst`
+        // A new bucket starts full; an old one gains `rate` per elapsed second, up to `capacity`
         // (a clock that went back adds nothing).
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) VALUES (?1, ?3, {NOW}) \
@@ -27,7 +28,7 @@ impl SqliteStore {
         )))
         .bind(gateway)
         .bind(f64::from(rate))
-        .bind(f64::from(burst))
+        .bind(f64::from(capacity))
         .bind(self.clock.offset_ms() as f64 / 1000.0)
         .execute(&mut *tx)
         .await?;
@@ -36,7 +37,7 @@ impl SqliteStore {
                 .bind(gateway)
                 .fetch_one(&mut *tx)
                 .await?;
-        let granted = whole_tokens(tokens).min(want);
+        let granted = granted_tokens(tokens, need, want);
         if granted > 0 {
             sqlx::query("UPDATE gateway_buckets SET tokens = tokens - ? WHERE gateway = ?")
                 .bind(f64::from(granted))
@@ -64,7 +65,10 @@ mod tests {
     async fn two_stores_on_one_file_share_the_bucket() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (a, b) = (store(&dir).await, store(&dir).await);
-        let (x, y) = tokio::join!(a.take_tokens("g", 6, 1, 10), b.take_tokens("g", 6, 1, 10));
+        let (x, y) = tokio::join!(
+            a.take_tokens("g", 1, 6, 1, 10),
+            b.take_tokens("g", 1, 6, 1, 10)
+        );
         let (x, y) = (x.expect("take a"), y.expect("take b"));
         // At 1 token a second, a test run cannot add a whole token beyond the burst of 10.
         assert!(x + y <= 11 && x + y >= 10, "granted {x} + {y}");
