@@ -39,6 +39,7 @@ mod contract;
 pub mod postgres;
 pub mod segdefs;
 pub mod source;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -1,94 +1,27 @@
-//! The SQLite side of delivery reports: the report log and the message's delivery columns,
-//! written together in one `BEGIN IMMEDIATE` transaction, so two reports for one ref are
-//! serialised and a final state is set once.
+//! The SQLite side of delivery reports: the shared statements (`store::sql::delivery`) in one
+//! `BEGIN IMMEDIATE` transaction, so two reports for one ref are serialised and a final state
+//! is set once.
 
 use super::*;
+use crate::store::sql::delivery;
 
 #[async_trait]
 impl DeliveryStore for SqliteStore {
     /// See [`DeliveryStore::record_delivery`].
     async fn record_delivery(&self, r: &DeliveryReport) -> Result<DeliveryEffect> {
         let mut tx = self.write_tx().await?;
-        let row: Option<(i64, Option<String>, Option<String>)> = match split_ref(&r.msg_ref) {
-            None => None,
-            Some((uid, seq)) => {
-                sqlx::query_as(
-                    "SELECT m.id, m.delivery, m.delivery_code FROM campaigns c \
-                     JOIN messages m ON m.campaign_id = c.id AND m.seq = ?2 \
-                     WHERE c.uid = ?1 AND m.ref = ?3",
-                )
-                .bind(uid)
-                .bind(seq)
-                .bind(&r.msg_ref)
-                .fetch_optional(&mut *tx)
-                .await?
-            }
-        };
-        let effect = delivery_effect(&row, r);
-        if let (Some((id, _, _)), ReportStatus::Final(d)) = (&row, r.status)
-            && effect == DeliveryEffect::Applied
-        {
-            sqlx::query(
-                "UPDATE messages SET delivery = ?, delivery_code = ?, delivered_at = ? \
-                 WHERE id = ? AND delivery IS NULL",
-            )
-            .bind(d.as_str())
-            .bind(&r.code)
-            .bind(ts(r.at))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO delivery_reports \
-             (gateway, ref, message_id, status, code, reported_at, received_at, effect) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.gateway)
-        .bind(&r.msg_ref)
-        .bind(row.map(|(id, _, _)| id))
-        .bind(r.status.as_str())
-        .bind(&r.code)
-        .bind(ts(r.at))
-        .bind(self.now())
-        .bind(effect.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let effect = delivery::record::<Sqlite>(&mut tx, &self.clock, r).await?;
         tx.commit().await?;
         Ok(effect)
     }
 
     /// See [`DeliveryStore::delivery_reports`].
     async fn delivery_reports(&self, msg_ref: &str) -> Result<Vec<StoredReport>> {
-        let rows = sqlx::query(
-            "SELECT gateway, status, code, reported_at, effect FROM delivery_reports \
-             WHERE ref = ? ORDER BY id",
-        )
-        .bind(msg_ref)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredReport {
-                    gateway: r.try_get("gateway")?,
-                    status: r.try_get("status")?,
-                    code: r.try_get("code")?,
-                    reported_at: r.try_get("reported_at")?,
-                    effect: r.try_get("effect")?,
-                })
-            })
-            .collect()
+        delivery::reports::<Sqlite>(&mut *self.pool.acquire().await?, msg_ref).await
     }
 
     /// See [`DeliveryStore::report_counts`].
     async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT effect, COUNT(*) FROM delivery_reports \
-             WHERE ?1 IS NULL OR gateway = ?1 GROUP BY effect",
-        )
-        .bind(gateway)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(crate::store::report_counts_from(rows))
+        delivery::counts::<Sqlite>(&mut *self.pool.acquire().await?, gateway).await
     }
 }
