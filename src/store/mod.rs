@@ -218,6 +218,17 @@ pub(crate) struct Tally {
     pub commits: i64,
 }
 
+impl Tally {
+    /// `n` messages made final as suppressed (by a snapshot or a claim).
+    pub fn suppressed(n: i64) -> Tally {
+        Tally {
+            read: n,
+            suppressed: n,
+            ..Tally::default()
+        }
+    }
+}
+
 /// Outcome of an opt-out or segment import batch.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ImportCounts {

@@ -22,11 +22,9 @@
 //! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
 
 mod buckets;
-mod delivery;
 mod import;
 mod rows;
 mod run;
-mod schedules;
 pub mod scratch;
 mod sql_segments;
 mod workers;
@@ -38,9 +36,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row, Transaction};
 
+use super::sql::Backend;
 use super::sql::campaigns as sql;
 use super::*;
 
@@ -171,6 +171,43 @@ impl PgStore {
     }
 }
 
+#[async_trait]
+impl Backend for PgStore {
+    type DB = Postgres;
+
+    fn time(&self) -> &Clock {
+        &self.clock
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn write(&self) -> Result<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// The claim's expiry is the database clock plus `ttl_ms`, as an interval.
+    async fn launch_claim(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE campaigns SET launch_claim_until = munja_now() + $1 * INTERVAL '1 millisecond' \
+             WHERE id = $2 AND status = $3 \
+             AND (launch_claim_until IS NULL OR launch_claim_until < munja_now())",
+        )
+        .bind(ttl_ms as f64)
+        .bind(campaign)
+        .bind(status)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
 /// The cause of a failed connection, without anything from the URL.
 fn connect_reason(e: &sqlx::Error) -> String {
     match e {
@@ -234,7 +271,7 @@ impl Store for PgStore {
     }
 
     async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        self.insert_campaign(c, None, None).await
+        super::sql::schedules::create(self, c, None, None).await
     }
 
     async fn campaign(&self, id: i64) -> Result<Campaign> {

@@ -15,23 +15,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
+use super::sql::Backend;
 use super::sql::campaigns::{self as sql, FINISHED};
 use super::*;
 use file_identity::FileIdentity;
 
 mod buckets;
-mod delivery;
 mod file_identity;
 mod import;
 mod run;
 mod workers;
 
-mod schedules;
 mod sql_segments;
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters).
@@ -215,6 +215,46 @@ impl SqliteStore {
     }
 }
 
+#[async_trait]
+impl Backend for SqliteStore {
+    type DB = Sqlite;
+
+    fn time(&self) -> &Clock {
+        &self.clock
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Sqlite>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn write(&self) -> Result<PoolConnection<Sqlite>> {
+        self.check_file()?;
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.write_tx().await
+    }
+
+    /// The claim's expiry is text in the times' RFC 3339 form, so comparing is text order.
+    async fn launch_claim(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        self.check_file()?;
+        let now = self.clock.now();
+        let n = sqlx::query(
+            "UPDATE campaigns SET launch_claim_until = ?1 WHERE id = ?2 AND status = ?3 \
+             AND (launch_claim_until IS NULL OR launch_claim_until < ?4)",
+        )
+        .bind(ts(now + chrono::Duration::milliseconds(ttl_ms)))
+        .bind(campaign)
+        .bind(status)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
 /// The execution holding the campaign's lease, if any; `NotFound` for an unknown campaign.
 async fn lease_holder(tx: &mut Transaction<'static, Sqlite>, campaign: i64) -> Result<Option<i64>> {
     let holder: Option<Option<i64>> =
@@ -304,7 +344,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        self.insert_campaign(c, None, None).await
+        super::sql::schedules::create(self, c, None, None).await
     }
 
     async fn campaign(&self, id: i64) -> Result<Campaign> {

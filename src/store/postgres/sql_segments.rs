@@ -68,11 +68,7 @@ impl MessageSnapshot for PgSnapshot {
         let suppressed =
             sql::end_snapshot::<Postgres>(tx, &self.clock, self.campaign, total).await?;
         sql::record_read::<Postgres>(tx, self.campaign, as_of, rows_read).await?;
-        let counted = Tally {
-            read: suppressed,
-            suppressed,
-            ..Tally::default()
-        };
+        let counted = Tally::suppressed(suppressed);
         super::workers::tally(tx, &self.worker, counted).await?;
         self.tx.commit().await?;
         Ok(SnapshotTotals {

@@ -3,15 +3,35 @@
 //! the message row is locked `FOR UPDATE`), so two reports for one ref are serialised and a
 //! final state is set once.
 
-use super::{At, Dialect, Stamp, Stmt, query};
+use async_trait::async_trait;
+
+use super::{At, Backend, Dialect, Stamp, Stmt, query};
 use crate::store::{
-    Clock, DeliveryEffect, DeliveryReport, ReportCounts, ReportStatus, Result, StoredReport,
-    delivery_effect, report_counts_from, split_ref,
+    Clock, DeliveryEffect, DeliveryReport, DeliveryStore, ReportCounts, ReportStatus, Result,
+    StoredReport, delivery_effect, report_counts_from, split_ref,
 };
 
-/// See [`crate::store::DeliveryStore::record_delivery`]; `tx` is the caller's transaction,
-/// which the caller commits.
-pub(crate) async fn record<DB: Dialect>(
+/// Both stores' delivery reports: the statements below, in one transaction per report.
+#[async_trait]
+impl<B: Backend> DeliveryStore for B {
+    async fn record_delivery(&self, r: &DeliveryReport) -> Result<DeliveryEffect> {
+        let mut tx = self.begin().await?;
+        let effect = record::<B::DB>(&mut tx, self.time(), r).await?;
+        tx.commit().await?;
+        Ok(effect)
+    }
+
+    async fn delivery_reports(&self, msg_ref: &str) -> Result<Vec<StoredReport>> {
+        reports::<B::DB>(&mut *self.read().await?, msg_ref).await
+    }
+
+    async fn report_counts(&self, gateway: Option<&str>) -> Result<ReportCounts> {
+        counts::<B::DB>(&mut *self.read().await?, gateway).await
+    }
+}
+
+/// See [`crate::store::DeliveryStore::record_delivery`]; `tx` is the transaction of the report.
+async fn record<DB: Dialect>(
     tx: &mut DB::Connection,
     clock: &Clock,
     r: &DeliveryReport,
@@ -77,10 +97,7 @@ pub(crate) async fn record<DB: Dialect>(
 }
 
 /// See [`crate::store::DeliveryStore::delivery_reports`].
-pub(crate) async fn reports<DB: Dialect>(
-    c: &mut DB::Connection,
-    msg_ref: &str,
-) -> Result<Vec<StoredReport>> {
+async fn reports<DB: Dialect>(c: &mut DB::Connection, msg_ref: &str) -> Result<Vec<StoredReport>> {
     let rows = sqlx::query::<DB>(
         "SELECT gateway, status, code, reported_at, effect FROM delivery_reports \
          WHERE ref = $1 ORDER BY id",
@@ -102,7 +119,7 @@ pub(crate) async fn reports<DB: Dialect>(
 }
 
 /// See [`crate::store::DeliveryStore::report_counts`].
-pub(crate) async fn counts<DB: Dialect>(
+async fn counts<DB: Dialect>(
     c: &mut DB::Connection,
     gateway: Option<&str>,
 ) -> Result<ReportCounts> {

@@ -26,12 +26,36 @@ pub(crate) mod run;
 pub(crate) mod schedules;
 pub(crate) mod segments;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use sqlx::Database;
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
+use sqlx::{Database, Transaction};
 
 use super::{Clock, Result};
+
+/// A store on one database, as the contract's parts written once for both (the operations of
+/// `delivery` and `schedules`) see it: where its connections come from, and the one such
+/// operation the two write differently.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync {
+    type DB: Dialect;
+    /// The store's clock (see [`crate::store::Store::clock`]).
+    fn time(&self) -> &Clock;
+    /// A pooled connection, for reads.
+    async fn read(&self) -> Result<PoolConnection<Self::DB>>;
+    /// A pooled connection for a one-statement write (SQLite first checks its file is still
+    /// the one it opened).
+    async fn write(&self) -> Result<PoolConnection<Self::DB>>;
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite, after the file check; a plain `BEGIN`
+    /// on PostgreSQL, whose statements lock the rows they need.
+    async fn begin(&self) -> Result<Transaction<'static, Self::DB>>;
+    /// [`crate::store::ScheduleStore::claim_launch`]: its expiry is "now" plus a duration,
+    /// which the two databases add differently (an interval on PostgreSQL's clock, RFC 3339
+    /// text of this host's on SQLite).
+    async fn launch_claim(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool>;
+}
 
 /// A statement with its arguments, as [`Dialect`] runs it.
 pub(crate) type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments>;

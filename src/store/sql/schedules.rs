@@ -2,10 +2,72 @@
 //! (schedule, occurrence) key that makes each occurrence one campaign at most. The launch claim
 //! stays in each backend: it adds a duration to "now", which the two write differently.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{At, Dialect, Stmt, query};
-use crate::store::{Clock, NewCampaign, NewSchedule, Result, Schedule, StoreError, ts};
+use super::{At, Backend, Dialect, Stmt, query};
+use crate::store::{
+    Clock, NewCampaign, NewSchedule, Result, Schedule, ScheduleStore, StoreError, ts,
+};
+
+/// Both stores' schedules: the statements below, each write after SQLite's file check; the
+/// launch claim is the backend's ([`Backend::launch_claim`]).
+#[async_trait]
+impl<B: Backend> ScheduleStore for B {
+    async fn create_scheduled_campaign(
+        &self,
+        c: &NewCampaign,
+        at: DateTime<Utc>,
+        occurrence: Option<(i64, DateTime<Utc>)>,
+    ) -> Result<i64> {
+        create(self, c, Some(at), occurrence).await
+    }
+
+    async fn set_scheduled_at(&self, campaign: i64, at: Option<DateTime<Utc>>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        set_scheduled_at::<B::DB>(&mut tx, campaign, at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_launch(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        self.launch_claim(campaign, status, ttl_ms).await
+    }
+
+    async fn due_campaigns(&self, at: DateTime<Utc>) -> Result<Vec<i64>> {
+        due_campaigns::<B::DB>(&mut *self.read().await?, at).await
+    }
+
+    async fn add_schedule(&self, s: &NewSchedule) -> Result<i64> {
+        add_schedule::<B::DB>(&mut *self.write().await?, self.time(), s).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        schedules::<B::DB>(&mut *self.read().await?).await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<()> {
+        set_paused::<B::DB>(&mut *self.write().await?, name, paused).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<()> {
+        remove::<B::DB>(&mut *self.write().await?, name).await
+    }
+
+    async fn mark_occurrence(&self, schedule: i64, at: DateTime<Utc>) -> Result<()> {
+        mark_occurrence::<B::DB>(&mut *self.write().await?, schedule, at).await
+    }
+}
+
+/// Creates a campaign, CREATED or (with a time) SCHEDULED; returns its id.
+pub(crate) async fn create<B: Backend>(
+    b: &B,
+    c: &NewCampaign,
+    at: Option<DateTime<Utc>>,
+    occurrence: Option<(i64, DateTime<Utc>)>,
+) -> Result<i64> {
+    insert_campaign::<B::DB>(&mut *b.read().await?, b.time(), c, at, occurrence).await
+}
 
 /// The text of a unique-key refusal of an occurrence.
 fn occurrence_taken(schedule: i64, at: DateTime<Utc>) -> StoreError {
@@ -46,7 +108,7 @@ fn found(rows: u64, name: &str) -> Result<()> {
 }
 
 /// Inserts a campaign, CREATED or (with a time) SCHEDULED; returns its id.
-pub(crate) async fn insert_campaign<DB: Dialect>(
+async fn insert_campaign<DB: Dialect>(
     conn: &mut DB::Connection,
     clock: &Clock,
     c: &NewCampaign,
@@ -99,7 +161,7 @@ pub(crate) async fn insert_campaign<DB: Dialect>(
 }
 
 /// See [`crate::store::ScheduleStore::set_scheduled_at`]; `tx` is the caller's transaction.
-pub(crate) async fn set_scheduled_at<DB: Dialect>(
+async fn set_scheduled_at<DB: Dialect>(
     tx: &mut DB::Connection,
     campaign: i64,
     at: Option<DateTime<Utc>>,
@@ -130,10 +192,7 @@ pub(crate) async fn set_scheduled_at<DB: Dialect>(
 }
 
 /// See [`crate::store::ScheduleStore::due_campaigns`].
-pub(crate) async fn due_campaigns<DB: Dialect>(
-    c: &mut DB::Connection,
-    at: DateTime<Utc>,
-) -> Result<Vec<i64>> {
+async fn due_campaigns<DB: Dialect>(c: &mut DB::Connection, at: DateTime<Utc>) -> Result<Vec<i64>> {
     let rows = sqlx::query::<DB>(
         "SELECT id FROM campaigns WHERE status = 'SCHEDULED' AND scheduled_at <= $1 \
          ORDER BY scheduled_at, id",
@@ -145,7 +204,7 @@ pub(crate) async fn due_campaigns<DB: Dialect>(
 }
 
 /// See [`crate::store::ScheduleStore::add_schedule`].
-pub(crate) async fn add_schedule<DB: Dialect>(
+async fn add_schedule<DB: Dialect>(
     c: &mut DB::Connection,
     clock: &Clock,
     s: &NewSchedule,
@@ -175,7 +234,7 @@ pub(crate) async fn add_schedule<DB: Dialect>(
 }
 
 /// See [`crate::store::ScheduleStore::schedules`].
-pub(crate) async fn schedules<DB: Dialect>(c: &mut DB::Connection) -> Result<Vec<Schedule>> {
+async fn schedules<DB: Dialect>(c: &mut DB::Connection) -> Result<Vec<Schedule>> {
     let rows = sqlx::query::<DB>("SELECT * FROM schedules ORDER BY name")
         .all(c)
         .await?;
@@ -198,11 +257,7 @@ pub(crate) async fn schedules<DB: Dialect>(c: &mut DB::Connection) -> Result<Vec
 }
 
 /// See [`crate::store::ScheduleStore::set_schedule_paused`].
-pub(crate) async fn set_paused<DB: Dialect>(
-    c: &mut DB::Connection,
-    name: &str,
-    paused: bool,
-) -> Result<()> {
+async fn set_paused<DB: Dialect>(c: &mut DB::Connection, name: &str, paused: bool) -> Result<()> {
     let n = sqlx::query::<DB>("UPDATE schedules SET paused = $1 WHERE name = $2")
         .arg(paused)
         .arg(name)
@@ -212,7 +267,7 @@ pub(crate) async fn set_paused<DB: Dialect>(
 }
 
 /// See [`crate::store::ScheduleStore::remove_schedule`].
-pub(crate) async fn remove<DB: Dialect>(c: &mut DB::Connection, name: &str) -> Result<()> {
+async fn remove<DB: Dialect>(c: &mut DB::Connection, name: &str) -> Result<()> {
     let n = sqlx::query::<DB>("DELETE FROM schedules WHERE name = $1")
         .arg(name)
         .run(c)
@@ -221,7 +276,7 @@ pub(crate) async fn remove<DB: Dialect>(c: &mut DB::Connection, name: &str) -> R
 }
 
 /// See [`crate::store::ScheduleStore::mark_occurrence`].
-pub(crate) async fn mark_occurrence<DB: Dialect>(
+async fn mark_occurrence<DB: Dialect>(
     c: &mut DB::Connection,
     schedule: i64,
     at: DateTime<Utc>,

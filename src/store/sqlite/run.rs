@@ -100,16 +100,7 @@ impl ChunkStore for SqliteStore {
         else {
             return Ok(0);
         };
-        tally(
-            &mut tx,
-            w,
-            Tally {
-                read: suppressed,
-                suppressed,
-                ..Tally::default()
-            },
-        )
-        .await?;
+        tally(&mut tx, w, Tally::suppressed(suppressed)).await?;
         tx.commit().await?;
         Ok(total)
     }
@@ -160,16 +151,7 @@ impl ChunkStore for SqliteStore {
         let claim = sql::claim::<Sqlite>(&mut tx, &req, &rows).await?;
         let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
         // Read = made final by this execution; claimed messages count when committed.
-        tally(
-            &mut tx,
-            &w,
-            Tally {
-                read: suppressed,
-                suppressed,
-                ..Tally::default()
-            },
-        )
-        .await?;
+        tally(&mut tx, &w, Tally::suppressed(suppressed)).await?;
         tx.commit().await?;
         Ok(claim)
     }

@@ -61,11 +61,7 @@ impl MessageSnapshot for SqliteSnapshot {
         let total = self.total as i64;
         let suppressed = sql::end_snapshot::<Sqlite>(tx, &self.clock, self.campaign, total).await?;
         sql::record_read::<Sqlite>(tx, self.campaign, as_of, rows_read).await?;
-        let counted = Tally {
-            read: suppressed,
-            suppressed,
-            ..Tally::default()
-        };
+        let counted = Tally::suppressed(suppressed);
         super::workers::tally(tx, &self.worker, counted).await?;
         self.tx.commit().await?;
         Ok(SnapshotTotals {
