@@ -35,17 +35,17 @@ pub(crate) async fn snapshot<DB: Dialect>(
     clock: &Clock,
     campaign: i64,
 ) -> Result<Option<(u64, i64)>> {
-    let row = sqlx::query::<DB>(
-        "SELECT uid, segment_name, snapshot_at, segment_imported_at FROM campaigns WHERE id = $1",
-    )
-    .arg(campaign)
-    .first(&mut *tx)
-    .await?
-    .ok_or(sqlx::Error::RowNotFound)?;
-    if DB::col::<Option<Stamp>>(&row, "snapshot_at")?.is_some() {
+    // Its old messages go first: a half-written snapshot cannot exist (this is one
+    // transaction), but be explicit.
+    let Some(uid) = segments::open_snapshot::<DB>(&mut *tx, campaign).await? else {
         return Ok(None);
-    }
-    let uid: String = DB::col(&row, "uid")?;
+    };
+    let row =
+        sqlx::query::<DB>("SELECT segment_name, segment_imported_at FROM campaigns WHERE id = $1")
+            .arg(campaign)
+            .first(&mut *tx)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
     let segment: String = DB::col(&row, "segment_name")?;
     let checked: Option<Stamp> = DB::col(&row, "segment_imported_at")?;
     let found = query::<DB>(format!(
@@ -71,11 +71,6 @@ pub(crate) async fn snapshot<DB: Dialect>(
              (its checks and estimate covered the import of {checked}); create a new campaign for the new list"
         )));
     }
-    // A half-written snapshot cannot exist (this is one transaction), but be explicit.
-    sqlx::query::<DB>("DELETE FROM messages WHERE campaign_id = $1")
-        .arg(campaign)
-        .run(&mut *tx)
-        .await?;
     let total = sqlx::query::<DB>(
         "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) \
          SELECT $1, m.seq, CAST($2 AS TEXT) || '-' || m.seq, m.phone, m.vars, m.night_consent, \
