@@ -39,6 +39,7 @@ mod contract;
 pub mod postgres;
 pub mod segdefs;
 pub mod source;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -202,6 +203,17 @@ pub(crate) struct Tally {
     pub failed: i64,
     pub suppressed: i64,
     pub commits: i64,
+}
+
+impl Tally {
+    /// `n` messages made final as suppressed (by a snapshot or a claim).
+    pub fn suppressed(n: i64) -> Tally {
+        Tally {
+            read: n,
+            suppressed: n,
+            ..Tally::default()
+        }
+    }
 }
 
 /// Outcome of an opt-out or segment import batch.

@@ -23,11 +23,9 @@
 //! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
 
 mod buckets;
-mod delivery;
 mod import;
 mod rows;
 mod run;
-mod schedules;
 pub mod scratch;
 mod sql_segments;
 mod workers;
@@ -41,9 +39,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row, Transaction};
 
+use super::sql::Backend;
+use super::sql::campaigns as sql;
 use super::*;
 
 /// Rows per `UNNEST` statement of an import (arrays, so no bound-parameter limit; this bounds
@@ -180,6 +181,43 @@ impl PgStore {
     }
 }
 
+#[async_trait]
+impl Backend for PgStore {
+    type DB = Postgres;
+
+    fn time(&self) -> &Clock {
+        &self.clock
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn write(&self) -> Result<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// The claim's expiry is the database clock plus `ttl_ms`, as an interval.
+    async fn launch_claim(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE campaigns SET launch_claim_until = munja_now() + $1 * INTERVAL '1 millisecond' \
+             WHERE id = $2 AND status = $3 \
+             AND (launch_claim_until IS NULL OR launch_claim_until < munja_now())",
+        )
+        .bind(ttl_ms as f64)
+        .bind(campaign)
+        .bind(status)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
 /// The cause of a failed connection, without anything from the URL.
 fn connect_reason(e: &sqlx::Error) -> String {
     match e {
@@ -243,78 +281,27 @@ impl Store for PgStore {
     }
 
     async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        self.insert_campaign(c, None, None).await
+        super::sql::schedules::create(self, c, None, None).await
     }
 
     async fn campaign(&self, id: i64) -> Result<Campaign> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| no_campaign(id))?;
-        campaign_from_row(&row)
+        sql::campaign::<Postgres>(&mut *self.pool.acquire().await?, &self.clock, id).await
     }
 
     async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CAMPAIGN_COLS} FROM campaigns ORDER BY id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(campaign_from_row).collect()
+        sql::campaigns::<Postgres>(&mut *self.pool.acquire().await?, &self.clock).await
     }
 
     async fn counts(&self, campaign: i64) -> Result<Counts> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY state",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut c = Counts::default();
-        for (state, n) in rows {
-            c.total += n;
-            match MessageState::parse(&state) {
-                Some(MessageState::Pending) => c.pending = n,
-                Some(MessageState::Sending) => c.sending = n,
-                Some(MessageState::InDoubt) => c.in_doubt = n,
-                Some(MessageState::Sent) => c.sent = n,
-                Some(MessageState::Failed) => c.failed = n,
-                Some(MessageState::Suppressed) => c.suppressed = n,
-                Some(MessageState::Cancelled) => c.cancelled = n,
-                None => {}
-            }
-        }
-        let delivery: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = $1 \
-             AND delivery IS NOT NULL GROUP BY delivery",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        crate::store::add_delivery_counts(&mut c, delivery);
-        Ok(c)
+        sql::counts::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = $1 ORDER BY id")
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(execution_from_row).collect()
+        sql::executions::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn request_stop(&self, campaign: i64) -> Result<()> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "UPDATE campaigns SET stop_requested = (lease_execution IS NOT NULL) OR stop_requested \
-             WHERE id = $1 RETURNING id",
-        )
-        .bind(campaign)
-        .fetch_optional(&self.pool)
-        .await?;
-        found.map(|_| ()).ok_or_else(|| no_campaign(campaign))
+        sql::request_stop::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
@@ -342,24 +329,12 @@ impl Store for PgStore {
     }
 
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM messages WHERE campaign_id = $1 AND state = 'pending' \
-             AND NOT night_consent)",
-        )
-        .bind(campaign)
-        .fetch_one(&self.pool)
-        .await?)
+        let mut c = self.pool.acquire().await?;
+        sql::has_pending_without_consent::<Postgres>(&mut c, campaign).await
     }
 
     async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
-             WHERE campaign_id = $1 AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT $2",
-        )
-        .bind(campaign)
-        .bind(row_limit(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        sql::failure_reasons::<Postgres>(&mut *self.pool.acquire().await?, campaign, limit).await
     }
 
     async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
@@ -372,32 +347,20 @@ impl Store for PgStore {
         .await?)
     }
 
+    /// The campaign row is locked first, the order of every lock taker (see the module doc).
     async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;
-        let n = sqlx::query(
-            "UPDATE messages SET state = 'pending', reason = NULL, retryable = FALSE \
-             WHERE campaign_id = $1 AND state = 'in_doubt'",
-        )
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = sql::requeue_in_doubt::<Postgres>(&mut tx, campaign).await?;
         tx.commit().await?;
         Ok(n)
     }
 
+    /// The campaign row is locked first, the order of every lock taker (see the module doc).
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;
-        let n = sqlx::query(
-            "UPDATE messages SET state = 'pending', retryable = FALSE \
-             WHERE campaign_id = $1 AND state = 'failed' AND retryable",
-        )
-        .bind(campaign)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = sql::requeue_retryable::<Postgres>(&mut tx, campaign).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -410,28 +373,17 @@ impl Store for PgStore {
         exit_message: &str,
         campaign_status: &str,
     ) -> Result<()> {
-        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.pool.begin().await?;
-        fence(&mut tx, campaign, execution).await?;
-        sqlx::query(
-            "UPDATE executions SET status = $1, exit_code = $2, exit_message = $3, \
-             ended_at = munja_now() WHERE id = $4",
+        fence(&mut tx, w.campaign, w.execution).await?;
+        sql::finish_execution::<Postgres>(
+            &mut tx,
+            &self.clock,
+            w,
+            status,
+            exit_code,
+            exit_message,
+            campaign_status,
         )
-        .bind(status)
-        .bind(exit_code)
-        .bind(exit_message)
-        .bind(execution)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE campaigns SET status = $1, exit_message = $2, lease_execution = NULL, \
-             lease_host = NULL, lease_pid = NULL, lease_process = NULL, lease_heartbeat_at = NULL, \
-             stop_requested = FALSE WHERE id = $3",
-        )
-        .bind(campaign_status)
-        .bind(exit_message)
-        .bind(campaign)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -439,13 +391,12 @@ impl Store for PgStore {
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
         let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter().map(audit_from_row).collect()
+        rows.iter().map(sql::audit_from_row::<Postgres>).collect()
     }
 
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
         // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        const FINISHED: &str =
-            "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
+        use sql::FINISHED;
         let attempts_deleted = self
             .delete_in_batches(
                 &format!(
@@ -457,27 +408,10 @@ impl Store for PgStore {
             )
             .await?;
         let executions_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
-                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
-                     AND e.ended_at IS NOT NULL AND e.ended_at < $1 LIMIT $2)"
-                ),
-                before,
-                batch,
-            )
+            .delete_in_batches(&sql::purge_executions(), before, batch)
             .await?;
         let reports_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM delivery_reports WHERE id IN (SELECT r.id FROM delivery_reports r \
-                     LEFT JOIN messages m ON m.id = r.message_id \
-                     LEFT JOIN campaigns c ON c.id = m.campaign_id \
-                     WHERE r.received_at < $1 AND (m.id IS NULL OR {FINISHED}) LIMIT $2)"
-                ),
-                before,
-                batch,
-            )
+            .delete_in_batches(&sql::purge_reports(), before, batch)
             .await?;
         let usage = self.disk_usage().await?;
         Ok(PurgeReport {

@@ -15,26 +15,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
+use super::sql::Backend;
+use super::sql::campaigns::{self as sql, FINISHED};
 use super::*;
 use file_identity::FileIdentity;
 
 mod buckets;
-mod delivery;
 mod file_identity;
 mod import;
 mod run;
 mod workers;
 
-pub(super) mod schedules;
 mod sql_segments;
-
-/// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
-const FINISHED: &str = "c.status IN ('COMPLETED', 'CANCELLED') AND c.lease_execution IS NULL";
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters).
 const INSERT_BATCH: usize = 1000;
@@ -124,27 +122,17 @@ impl SqliteStore {
         exit_message: &str,
         campaign_status: &str,
     ) -> Result<()> {
-        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
-        fence(&mut tx, campaign, execution).await?;
-        sqlx::query(
-            "UPDATE executions SET status = ?, exit_code = ?, exit_message = ?, ended_at = ? WHERE id = ?",
+        fence(&mut tx, w.campaign, w.execution).await?;
+        sql::finish_execution::<Sqlite>(
+            &mut tx,
+            &self.clock,
+            w,
+            status,
+            exit_code,
+            exit_message,
+            campaign_status,
         )
-        .bind(status)
-        .bind(exit_code)
-        .bind(exit_message)
-        .bind(self.now())
-        .bind(execution)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE campaigns SET status = ?, exit_message = ?, lease_execution = NULL, lease_host = NULL, \
-             lease_pid = NULL, lease_process = NULL, lease_heartbeat_at = NULL, stop_requested = 0 WHERE id = ?",
-        )
-        .bind(campaign_status)
-        .bind(exit_message)
-        .bind(campaign)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -227,6 +215,46 @@ impl SqliteStore {
     }
 }
 
+#[async_trait]
+impl Backend for SqliteStore {
+    type DB = Sqlite;
+
+    fn time(&self) -> &Clock {
+        &self.clock
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Sqlite>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn write(&self) -> Result<PoolConnection<Sqlite>> {
+        self.check_file()?;
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.write_tx().await
+    }
+
+    /// The claim's expiry is text in the times' RFC 3339 form, so comparing is text order.
+    async fn launch_claim(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool> {
+        self.check_file()?;
+        let now = self.clock.now();
+        let n = sqlx::query(
+            "UPDATE campaigns SET launch_claim_until = ?1 WHERE id = ?2 AND status = ?3 \
+             AND (launch_claim_until IS NULL OR launch_claim_until < ?4)",
+        )
+        .bind(ts(now + chrono::Duration::milliseconds(ttl_ms)))
+        .bind(campaign)
+        .bind(status)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
 /// The execution holding the campaign's lease, if any; `NotFound` for an unknown campaign.
 async fn lease_holder(tx: &mut Transaction<'static, Sqlite>, campaign: i64) -> Result<Option<i64>> {
     let holder: Option<Option<i64>> =
@@ -249,72 +277,6 @@ async fn fence(tx: &mut Transaction<'static, Sqlite>, campaign: i64, execution: 
     }
 }
 
-/// A campaign row; its lease's heartbeat as the caller's clock puts it (see [`Clock::to_local`]).
-fn campaign_from_row(r: &sqlx::sqlite::SqliteRow, clock: &Clock) -> Result<Campaign> {
-    let lease = match r.try_get::<Option<i64>, _>("lease_execution")? {
-        Some(execution) => Some(Lease {
-            execution,
-            host: r
-                .try_get::<Option<String>, _>("lease_host")?
-                .unwrap_or_default(),
-            pid: r
-                .try_get::<Option<i64>, _>("lease_pid")?
-                .unwrap_or_default(),
-            process: r.try_get("lease_process")?,
-            heartbeat_at: r
-                .try_get::<Option<String>, _>("lease_heartbeat_at")?
-                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-                .map(|t| clock.to_local(t.with_timezone(&Utc)))
-                .unwrap_or_else(Utc::now),
-        }),
-        None => None,
-    };
-    Ok(Campaign {
-        id: r.try_get("id")?,
-        uid: r.try_get("uid")?,
-        name: r.try_get("name")?,
-        segment_name: r.try_get("segment_name")?,
-        template_name: r.try_get("template_name")?,
-        template_body: r.try_get("template_body")?,
-        template_subject: r.try_get("template_subject")?,
-        gateway: r.try_get("gateway")?,
-        split: r.try_get("gateway_split")?,
-        ad: r.try_get("ad")?,
-        sender_number: r.try_get("sender_number")?,
-        brand: r.try_get("brand")?,
-        optout_number: r.try_get("optout_number")?,
-        status: r.try_get("status")?,
-        exit_message: r.try_get("exit_message")?,
-        created_at: r.try_get("created_at")?,
-        snapshot_at: r.try_get("snapshot_at")?,
-        total: r.try_get("total")?,
-        stop_requested: r.try_get("stop_requested")?,
-        cancel_requested: r.try_get("cancel_requested")?,
-        lease,
-        scheduled_at: r.try_get("scheduled_at")?,
-        schedule_id: r.try_get("schedule_id")?,
-    })
-}
-
-fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
-    Ok(ClaimedMessage {
-        id: r.try_get("id")?,
-        msg_ref: r.try_get("ref")?,
-        phone: r.try_get("phone")?,
-        vars: r.try_get("vars")?,
-        night_consent: r.try_get("night_consent")?,
-        attempts: r.try_get("attempts")?,
-        gateway: r.try_get("gateway").unwrap_or(None),
-        // Only `in_doubt` selects it.
-        in_doubt_at: r
-            .try_get::<Option<String>, _>("in_doubt_at")
-            .ok()
-            .flatten()
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc)),
-    })
-}
-
 /// One page of the audit, each filter combination walking an index in output order, so a page
 /// costs its own rows and never a sort of the whole campaign (ids and seqs of a campaign grow
 /// together: its messages are inserted in seq order by one snapshot).
@@ -323,10 +285,7 @@ fn claimed_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedMessage> {
 /// - `--status`: the `(campaign_id, state, id)` index;
 /// - neither: the `(campaign_id, seq)` unique index.
 fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
-    let mut qb = QueryBuilder::<Sqlite>::new(
-        "SELECT id, seq, ref, phone, state, reason, attempts, gateway, gateway_id, last_attempt_at, \
-         type, bytes, delivery, delivery_code, delivered_at FROM messages WHERE ",
-    );
+    let mut qb = QueryBuilder::<Sqlite>::new(sql::AUDIT_COLUMNS);
     match (&f.phone, f.state, f.delivery) {
         (Some(p), state, delivery) => {
             qb.push("phone = ")
@@ -385,99 +344,27 @@ impl Store for SqliteStore {
     }
 
     async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        self.insert_campaign(c, None, None).await
+        super::sql::schedules::create(self, c, None, None).await
     }
 
     async fn campaign(&self, id: i64) -> Result<Campaign> {
-        let row = sqlx::query("SELECT * FROM campaigns WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!(
-                    "no campaign with id {id}; `munja campaign list` shows the existing ones"
-                ))
-            })?;
-        campaign_from_row(&row, &self.clock)
+        sql::campaign::<Sqlite>(&mut *self.pool.acquire().await?, &self.clock, id).await
     }
 
     async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        let rows = sqlx::query("SELECT * FROM campaigns ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| campaign_from_row(r, &self.clock))
-            .collect()
+        sql::campaigns::<Sqlite>(&mut *self.pool.acquire().await?, &self.clock).await
     }
 
     async fn counts(&self, campaign: i64) -> Result<Counts> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM messages WHERE campaign_id = ? GROUP BY state",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut c = Counts::default();
-        for (state, n) in rows {
-            c.total += n;
-            match MessageState::parse(&state) {
-                Some(MessageState::Pending) => c.pending = n,
-                Some(MessageState::Sending) => c.sending = n,
-                Some(MessageState::InDoubt) => c.in_doubt = n,
-                Some(MessageState::Sent) => c.sent = n,
-                Some(MessageState::Failed) => c.failed = n,
-                Some(MessageState::Suppressed) => c.suppressed = n,
-                Some(MessageState::Cancelled) => c.cancelled = n,
-                None => {}
-            }
-        }
-        let delivery: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT delivery, COUNT(*) FROM messages WHERE campaign_id = ? \
-             AND delivery IS NOT NULL GROUP BY delivery",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?;
-        crate::store::add_delivery_counts(&mut c, delivery);
-        Ok(c)
+        sql::counts::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        let rows = sqlx::query("SELECT * FROM executions WHERE campaign_id = ? ORDER BY id")
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Execution {
-                    id: r.try_get("id")?,
-                    campaign_id: r.try_get("campaign_id")?,
-                    status: r.try_get("status")?,
-                    exit_code: r.try_get("exit_code")?,
-                    exit_message: r.try_get("exit_message")?,
-                    started_at: r.try_get("started_at")?,
-                    ended_at: r.try_get("ended_at")?,
-                    host: r.try_get("host")?,
-                    pid: r.try_get("pid")?,
-                    read_count: r.try_get("read_count")?,
-                    sent: r.try_get("sent")?,
-                    failed: r.try_get("failed")?,
-                    suppressed: r.try_get("suppressed")?,
-                    commits: r.try_get("commits")?,
-                })
-            })
-            .collect()
+        sql::executions::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn request_stop(&self, campaign: i64) -> Result<()> {
-        self.campaign(campaign).await?;
-        sqlx::query(
-            "UPDATE campaigns SET stop_requested = 1 WHERE id = ? AND lease_execution IS NOT NULL",
-        )
-        .bind(campaign)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        sql::request_stop::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
@@ -505,24 +392,12 @@ impl Store for SqliteStore {
     }
 
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM messages WHERE campaign_id = ? AND state = 'pending' AND night_consent = 0 LIMIT 1",
-        )
-        .bind(campaign)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(n.is_some())
+        let mut c = self.pool.acquire().await?;
+        sql::has_pending_without_consent::<Sqlite>(&mut c, campaign).await
     }
 
     async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT COALESCE(reason, 'unknown'), COUNT(*) AS n FROM messages \
-             WHERE campaign_id = ? AND state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
-        )
-        .bind(campaign)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        sql::failure_reasons::<Sqlite>(&mut *self.pool.acquire().await?, campaign, limit).await
     }
 
     async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
@@ -536,25 +411,11 @@ impl Store for SqliteStore {
     }
 
     async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE messages SET state = 'pending', reason = NULL, retryable = 0 \
-             WHERE campaign_id = ? AND state = 'in_doubt'",
-        )
-        .bind(campaign)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        sql::requeue_in_doubt::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE messages SET state = 'pending', retryable = 0 \
-             WHERE campaign_id = ? AND state = 'failed' AND retryable = 1",
-        )
-        .bind(campaign)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        sql::requeue_retryable::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn finish_execution(
@@ -595,27 +456,7 @@ impl Store for SqliteStore {
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
         let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    id: r.try_get("id")?,
-                    seq: r.try_get("seq")?,
-                    msg_ref: r.try_get("ref")?,
-                    phone: r.try_get("phone")?,
-                    status: r.try_get("state")?,
-                    attempts: r.try_get("attempts")?,
-                    gateway: r.try_get("gateway")?,
-                    gateway_id: r.try_get("gateway_id")?,
-                    error: r.try_get("reason")?,
-                    last_attempt_at: r.try_get("last_attempt_at")?,
-                    kind: r.try_get("type")?,
-                    bytes: r.try_get("bytes")?,
-                    delivery: r.try_get("delivery")?,
-                    delivery_code: r.try_get("delivery_code")?,
-                    delivered_at: r.try_get("delivered_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(sql::audit_from_row::<Sqlite>).collect()
     }
 
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
@@ -623,27 +464,10 @@ impl Store for SqliteStore {
         // Small auto-committed batches: a running campaign's writer waits for one batch at most.
         let attempts_deleted = self.purge_attempts(&before, batch).await?;
         let executions_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
-                     JOIN campaigns c ON c.id = e.campaign_id WHERE {FINISHED} \
-                     AND e.ended_at IS NOT NULL AND e.ended_at < ? LIMIT ?)"
-                ),
-                &before,
-                batch,
-            )
+            .delete_in_batches(&sql::purge_executions(), &before, batch)
             .await?;
         let reports_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM delivery_reports WHERE id IN (SELECT r.id FROM delivery_reports r \
-                     LEFT JOIN messages m ON m.id = r.message_id \
-                     LEFT JOIN campaigns c ON c.id = m.campaign_id \
-                     WHERE r.received_at < ? AND (m.id IS NULL OR {FINISHED}) LIMIT ?)"
-                ),
-                &before,
-                batch,
-            )
+            .delete_in_batches(&sql::purge_reports(), &before, batch)
             .await?;
         let usage = self.disk_usage().await?;
         let report = PurgeReport {

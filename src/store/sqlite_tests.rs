@@ -1,10 +1,10 @@
 //! Tests of the SQLite store's reads that must stay index walks at ten million messages: their
 //! query plans (no scan, no sort of a whole campaign) and the audit's keyset pages.
 
-use super::import::{FRESH_OPTOUTS_IN_FLIGHT, OPTOUT_CONTAINS};
 use super::*;
 use crate::domain::phone::normalize_mobile;
 use crate::store::conformance::start;
+use crate::store::sql::imports::{OPTOUT_CONTAINS, fresh_optouts_in_flight};
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -85,7 +85,7 @@ async fn opt_out_lookups_probe_the_primary_key() {
         "{p:?}"
     );
     // The check before sending walks the claimed messages and probes the list for each.
-    let p = plan(&s, FRESH_OPTOUTS_IN_FLIGHT).await;
+    let p = plan(&s, &fresh_optouts_in_flight::<Sqlite>()).await;
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(
         p[0].starts_with("SEARCH m USING")

@@ -1,7 +1,9 @@
 //! Opt-out lists (수신거부) and CSV segments on PostgreSQL: imports in one transaction each
-//! (one `UNNEST` statement per batch), invisible until commit, and their reads.
+//! (one `UNNEST` statement per batch), invisible until commit; the rest the shared statements
+//! of `store::sql::imports`.
 
 use super::*;
+use crate::store::sql::imports as sql;
 
 pub(super) struct PgImport {
     pub(super) tx: Transaction<'static, Postgres>,
@@ -67,11 +69,7 @@ impl Import for PgImport {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         if let Some(id) = self.segment_id {
-            sqlx::query("UPDATE segments SET member_count = $1 WHERE id = $2")
-                .bind(self.total)
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await?;
+            sql::end_segment::<Postgres>(&mut self.tx, id, self.total).await?;
         }
         self.tx.commit().await?;
         Ok(())
@@ -90,38 +88,20 @@ impl ImportStore for PgStore {
     }
 
     async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "INSERT INTO optouts (phone, source, created_at) VALUES ($1, $2, munja_now()) \
-             ON CONFLICT (phone) DO NOTHING",
-        )
-        .bind(phone.as_str())
-        .bind(source)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        let mut c = self.pool.acquire().await?;
+        sql::optout_add::<Postgres>(&mut c, &self.clock, phone, source).await
     }
 
     async fn optout_remove(&self, phone: &Phone) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM optouts WHERE phone = $1")
-            .bind(phone.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        sql::optout_remove::<Postgres>(&mut *self.pool.acquire().await?, phone).await
     }
 
     async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM optouts WHERE phone = $1)")
-                .bind(phone.as_str())
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        sql::optout_contains::<Postgres>(&mut *self.pool.acquire().await?, phone).await
     }
 
     async fn optout_count(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM optouts")
-            .fetch_one(&self.pool)
-            .await?)
+        sql::optout_count::<Postgres>(&mut *self.pool.acquire().await?).await
     }
 
     async fn fresh_optouts_in_flight(
@@ -129,15 +109,7 @@ impl ImportStore for PgStore {
         campaign: i64,
         since: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        // The claimed messages drive the join: one primary-key probe of the list each.
-        Ok(sqlx::query_scalar(
-            "SELECT m.phone FROM messages m JOIN optouts o ON o.phone = m.phone \
-             WHERE m.campaign_id = $1 AND m.state = 'sending' AND o.created_at >= $2",
-        )
-        .bind(campaign)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?)
+        sql::fresh_optouts::<Postgres>(&mut *self.pool.acquire().await?, campaign, since).await
     }
 
     async fn begin_segment_import(
@@ -147,24 +119,8 @@ impl ImportStore for PgStore {
         columns: &[String],
     ) -> Result<Box<dyn Import>> {
         let mut tx = self.pool.begin().await?;
-        let cols = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
-        // The upsert locks the segment row until commit: a second import of the same name
-        // waits, and a snapshot (FOR SHARE) never reads a half-replaced list.
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO segments (name, source, columns, member_count, imported_at) \
-             VALUES ($1, $2, $3, 0, munja_now()) \
-             ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, columns = EXCLUDED.columns, \
-             member_count = 0, imported_at = EXCLUDED.imported_at RETURNING id",
-        )
-        .bind(name)
-        .bind(source)
-        .bind(&cols)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM segment_members WHERE segment_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let id =
+            sql::begin_segment::<Postgres>(&mut tx, &self.clock, name, source, columns).await?;
         Ok(Box::new(PgImport {
             tx,
             segment_id: Some(id),
@@ -178,24 +134,7 @@ impl ImportStore for PgStore {
     }
 
     async fn segments(&self) -> Result<Vec<Segment>> {
-        let rows = sqlx::query(
-            "SELECT id, name, source, columns, member_count, imported_at FROM segments ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let cols: String = r.try_get("columns")?;
-                Ok(Segment {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    source: r.try_get("source")?,
-                    columns: serde_json::from_str(&cols).unwrap_or_default(),
-                    member_count: r.try_get("member_count")?,
-                    imported_at: ts(r.try_get("imported_at")?),
-                })
-            })
-            .collect()
+        sql::segments::<Postgres>(&mut *self.pool.acquire().await?).await
     }
 
     async fn segment_members(
@@ -204,15 +143,8 @@ impl ImportStore for PgStore {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String, bool)>> {
-        Ok(sqlx::query_as(
-            "SELECT seq, phone, vars, night_consent FROM segment_members \
-             WHERE segment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(segment_id)
-        .bind(after_seq)
-        .bind(row_limit(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        let mut c = self.pool.acquire().await?;
+        sql::members::<Postgres>(&mut c, segment_id, after_seq, limit).await
     }
 
     async fn delete_segment(&self, name: &str) -> Result<SegmentDeletion> {

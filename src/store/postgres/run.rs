@@ -4,10 +4,9 @@
 //! claims and commits lock only their worker's row (shared) and their messages, so the workers
 //! of one campaign write side by side.
 
-use std::collections::HashSet;
-
 use super::workers::{fence_worker, tally};
 use super::*;
+use crate::store::sql::run as sql;
 
 impl PgStore {
     pub(super) async fn cancel_campaign(
@@ -38,33 +37,9 @@ impl PgStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if holder.is_some() && holder == dead_lease {
-            for sql in [
-                "UPDATE workers SET status = 'ABANDONED', ended_at = munja_now(), \
-                 exit_message = 'its process was gone when the campaign was cancelled' \
-                 WHERE campaign_id = $1 AND status = 'STARTED'",
-                "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = munja_now(), \
-                 exit_message = 'its process was gone when the campaign was cancelled' \
-                 WHERE campaign_id = $1 AND status = 'STARTED'",
-            ] {
-                sqlx::query(sql).bind(campaign).execute(&mut *tx).await?;
-            }
-        }
+        let dead = holder.is_some() && holder == dead_lease;
         let live = holder.is_some() && holder != dead_lease;
-        sqlx::query(
-            "UPDATE campaigns SET cancel_requested = TRUE, stop_requested = $2, \
-             status = CASE WHEN $2 THEN status ELSE 'CANCELLED' END, \
-             exit_message = CASE WHEN $2 THEN exit_message ELSE 'cancelled by operator' END, \
-             lease_execution = CASE WHEN $2 THEN lease_execution END, \
-             lease_host = CASE WHEN $2 THEN lease_host END, \
-             lease_pid = CASE WHEN $2 THEN lease_pid END, \
-             lease_heartbeat_at = CASE WHEN $2 THEN lease_heartbeat_at END \
-             WHERE id = $1",
-        )
-        .bind(campaign)
-        .bind(live)
-        .execute(&mut *tx)
-        .await?;
+        sql::end_cancel::<Postgres>(&mut tx, &self.clock, campaign, dead, live).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -174,77 +149,12 @@ impl ChunkStore for PgStore {
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;
         fence_worker(&mut tx, w).await?;
-        let (uid, segment, done, checked): (
-            String,
-            String,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-        ) = sqlx::query_as(
-            "SELECT uid, segment_name, snapshot_at, segment_imported_at FROM campaigns WHERE id = $1",
-        )
-        .bind(campaign)
-        .fetch_one(&mut *tx)
-        .await?;
-        if done.is_some() {
+        let Some((total, suppressed)) =
+            sql::snapshot::<Postgres>(&mut tx, &self.clock, campaign).await?
+        else {
             return Ok(0);
-        }
-        // FOR SHARE waits for an import of this segment in flight, then reads its result.
-        let found: Option<(i64, DateTime<Utc>)> =
-            sqlx::query_as("SELECT id, imported_at FROM segments WHERE name = $1 FOR SHARE")
-                .bind(&segment)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((segment_id, imported)) = found else {
-            return Err(StoreError::NotFound(format!(
-                "segment {segment:?} of campaign {campaign} does not exist any more; import it again with \
-                 `munja segment import {segment} FILE`"
-            )));
         };
-        if let Some(checked) = checked
-            && ts(checked) != ts(imported)
-        {
-            return Err(StoreError::Conflict(format!(
-                "segment {segment:?} was re-imported at {}, after campaign {campaign} was created \
-                 (its checks and estimate covered the import of {}); create a new campaign for the new list",
-                ts(imported),
-                ts(checked)
-            )));
-        }
-        let total = sqlx::query(
-            "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) \
-             SELECT $1, m.seq, $2::TEXT || '-' || m.seq, m.phone, m.vars, m.night_consent, \
-                    CASE WHEN o.phone IS NULL THEN 'pending' ELSE 'suppressed' END, \
-                    CASE WHEN o.phone IS NULL THEN NULL ELSE 'opted_out' END \
-             FROM segment_members m LEFT JOIN optouts o ON o.phone = m.phone \
-             WHERE m.segment_id = $3 ORDER BY m.seq",
-        )
-        .bind(campaign)
-        .bind(&uid)
-        .bind(segment_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let suppressed: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM messages WHERE campaign_id = $1 AND state = 'suppressed'",
-        )
-        .bind(campaign)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE campaigns SET snapshot_at = munja_now(), total = $1 WHERE id = $2")
-            .bind(total as i64)
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-        tally(
-            &mut tx,
-            w,
-            Tally {
-                read: suppressed,
-                suppressed,
-                ..Tally::default()
-            },
-        )
-        .await?;
+        tally(&mut tx, w, Tally::suppressed(suppressed)).await?;
         tx.commit().await?;
         Ok(total)
     }
@@ -277,75 +187,10 @@ impl ChunkStore for PgStore {
         .bind(req.limit as i64)
         .fetch_all(&mut *tx)
         .await?;
-        let mut claim = Claim::default();
-        let mut opted = Vec::new();
-        for r in &rows {
-            if r.try_get::<bool, _>("opted_out")? {
-                opted.push(r.try_get::<i64, _>("id")?);
-            } else {
-                claim.messages.push(claimed_from_row(r)?);
-            }
-        }
-        let mut capped = Vec::new();
-        if let (Some((count, since)), false) = (req.cap, claim.messages.is_empty()) {
-            let phones: Vec<&str> = claim.messages.iter().map(|m| m.phone.as_str()).collect();
-            let over: HashSet<String> = sqlx::query_scalar(
-                "SELECT m.phone FROM messages m JOIN campaigns c ON c.id = m.campaign_id \
-                 WHERE c.ad AND m.state = 'sent' AND m.sent_at >= $1 AND m.phone = ANY($2) \
-                 GROUP BY m.phone HAVING COUNT(*) >= $3",
-            )
-            .bind(since)
-            .bind(&phones)
-            .bind(i64::from(count))
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-            claim.messages.retain(|m| {
-                let keep = !over.contains(&m.phone);
-                if !keep {
-                    capped.push(m.id);
-                }
-                keep
-            });
-        }
-        for (ids, reason) in [(&opted, "opted_out_during_run"), (&capped, "frequency_cap")] {
-            if !ids.is_empty() {
-                sqlx::query(
-                    "UPDATE messages SET state = 'suppressed', reason = $1 WHERE id = ANY($2)",
-                )
-                .bind(reason)
-                .bind(ids)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if !claim.messages.is_empty() {
-            let ids: Vec<i64> = claim.messages.iter().map(|m| m.id).collect();
-            sqlx::query(
-                "UPDATE messages SET state = 'sending', execution_id = $1, claimed_by = $2 \
-                 WHERE id = ANY($3)",
-            )
-            .bind(w.execution)
-            .bind(w.worker)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        }
-        claim.suppressed_opted_out = opted.len() as u64;
-        claim.suppressed_capped = capped.len() as u64;
-        let suppressed = (opted.len() + capped.len()) as i64;
+        let claim = sql::claim::<Postgres>(&mut tx, &req, &rows).await?;
+        let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
         // Read = made final by this execution; claimed messages count when committed.
-        tally(
-            &mut tx,
-            &w,
-            Tally {
-                read: suppressed,
-                suppressed,
-                ..Tally::default()
-            },
-        )
-        .await?;
+        tally(&mut tx, &w, Tally::suppressed(suppressed)).await?;
         tx.commit().await?;
         Ok(claim)
     }

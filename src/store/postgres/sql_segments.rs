@@ -4,20 +4,7 @@
 
 use super::*;
 use crate::store::segdefs::SNAPSHOT_INSERT_BATCH;
-
-const SEGMENT_COLUMNS: &str = "id, name, version, source, query, phone_column, defined_at";
-
-fn sql_segment_from_row(r: &PgRow) -> Result<SqlSegment> {
-    Ok(SqlSegment {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        version: r.try_get("version")?,
-        source: r.try_get("source")?,
-        query: r.try_get("query")?,
-        phone_column: r.try_get("phone_column")?,
-        defined_at: ts(r.try_get::<DateTime<Utc>, _>("defined_at")?),
-    })
-}
+use crate::store::sql::segments as sql;
 
 struct PgSnapshot {
     tx: Transaction<'static, Postgres>,
@@ -25,6 +12,7 @@ struct PgSnapshot {
     worker: WorkerToken,
     uid: String,
     total: u64,
+    clock: Clock,
 }
 
 #[async_trait]
@@ -76,30 +64,11 @@ impl MessageSnapshot for PgSnapshot {
         .bind(self.campaign)
         .execute(&mut **tx)
         .await?;
-        let suppressed: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM messages WHERE campaign_id = $1 AND state = 'suppressed'",
-        )
-        .bind(self.campaign)
-        .fetch_one(&mut **tx)
-        .await?;
-        sqlx::query("UPDATE campaigns SET snapshot_at = munja_now(), total = $1 WHERE id = $2")
-            .bind(self.total as i64)
-            .bind(self.campaign)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-            "UPDATE campaign_sql_segments SET as_of = $1, rows_read = $2 WHERE campaign_id = $3",
-        )
-        .bind(as_of)
-        .bind(rows_read as i64)
-        .bind(self.campaign)
-        .execute(&mut **tx)
-        .await?;
-        let counted = Tally {
-            read: suppressed,
-            suppressed,
-            ..Tally::default()
-        };
+        let total = self.total as i64;
+        let suppressed =
+            sql::end_snapshot::<Postgres>(tx, &self.clock, self.campaign, total).await?;
+        sql::record_read::<Postgres>(tx, self.campaign, as_of, rows_read).await?;
+        let counted = Tally::suppressed(suppressed);
         super::workers::tally(tx, &self.worker, counted).await?;
         self.tx.commit().await?;
         Ok(SnapshotTotals {
@@ -113,85 +82,29 @@ impl MessageSnapshot for PgSnapshot {
 impl SqlSegmentStore for PgStore {
     async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
         let mut tx = self.pool.begin().await?;
-        // Two concurrent definitions of one name: the loser's insert hits UNIQUE (name,
-        // version) and is reported as a conflict, never a silent overwrite.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sql_segments (name, version, source, query, phone_column, defined_at) \
-             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, munja_now() \
-             FROM sql_segments WHERE name = $1 RETURNING {SEGMENT_COLUMNS}"
-        )))
-        .bind(&def.name)
-        .bind(&def.source)
-        .bind(&def.query)
-        .bind(&def.phone_column)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => StoreError::Conflict(format!(
-                "segment {:?} was defined by someone else at the same moment; run the \
-                 definition again",
-                def.name
-            )),
-            _ => StoreError::from(e),
-        })?;
-        let seg = sql_segment_from_row(&row)?;
+        let seg = sql::define::<Postgres>(&mut tx, &self.clock, def).await?;
         tx.commit().await?;
         Ok(seg)
     }
 
     async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SEGMENT_COLUMNS} FROM sql_segments WHERE name = $1 AND deleted_at IS NULL \
-             ORDER BY version"
-        )))
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(sql_segment_from_row).collect()
+        sql::versions::<Postgres>(&mut *self.pool.acquire().await?, name).await
     }
 
     async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT DISTINCT ON (name) {SEGMENT_COLUMNS} FROM sql_segments \
-             WHERE deleted_at IS NULL ORDER BY name, version DESC"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(sql_segment_from_row).collect()
+        sql::latest::<Postgres>(&mut *self.pool.acquire().await?).await
     }
 
     async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;
-        sqlx::query(
-            "INSERT INTO campaign_sql_segments (campaign_id, sql_segment_id) VALUES ($1, $2)",
-        )
-        .bind(campaign)
-        .bind(sql_segment_id)
-        .execute(&mut *tx)
-        .await?;
+        sql::link::<Postgres>(&mut tx, campaign, sql_segment_id).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        let row = sqlx::query(
-            "SELECT s.id, s.name, s.version, s.source, s.query, s.phone_column, s.defined_at, \
-                    c.as_of, c.rows_read \
-             FROM campaign_sql_segments c JOIN sql_segments s ON s.id = c.sql_segment_id \
-             WHERE c.campaign_id = $1",
-        )
-        .bind(campaign)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(CampaignSqlSegment {
-                segment: sql_segment_from_row(&r)?,
-                as_of: r.try_get::<Option<DateTime<Utc>>, _>("as_of")?.map(ts),
-                rows_read: r.try_get("rows_read")?,
-            })
-        })
-        .transpose()
+        sql::of_campaign::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
     }
 
     async fn begin_message_snapshot(
@@ -201,24 +114,16 @@ impl SqlSegmentStore for PgStore {
         let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, campaign, execution).await?;
-        let (uid, done): (String, Option<DateTime<Utc>>) =
-            sqlx::query_as("SELECT uid, snapshot_at FROM campaigns WHERE id = $1")
-                .bind(campaign)
-                .fetch_one(&mut *tx)
-                .await?;
-        if done.is_some() {
+        let Some(uid) = sql::open_snapshot::<Postgres>(&mut tx, campaign).await? else {
             return Ok(None);
-        }
-        sqlx::query("DELETE FROM messages WHERE campaign_id = $1")
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
+        };
         Ok(Some(Box::new(PgSnapshot {
             tx,
             campaign,
             worker: *w,
             uid,
             total: 0,
+            clock: self.clock.clone(),
         })))
     }
 }

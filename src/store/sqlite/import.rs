@@ -1,16 +1,9 @@
 //! Opt-out lists (수신거부) and CSV segments on SQLite: imports in one write transaction each,
-//! invisible until commit (a segment's old members stay readable until then), and their reads.
+//! invisible until commit (a segment's old members stay readable until then): the batches as
+//! multi-row `VALUES`, the rest the shared statements of `store::sql::imports`.
 
 use super::*;
-
-/// One primary-key probe of the opt-out list.
-pub(super) const OPTOUT_CONTAINS: &str = "SELECT COUNT(*) FROM optouts WHERE phone = ?";
-
-/// CROSS JOIN keeps the claimed messages as the outer loop: a walk of the (campaign_id, state)
-/// index, one primary-key probe of the list each, however long the list or however many numbers
-/// were just imported into it.
-pub(super) const FRESH_OPTOUTS_IN_FLIGHT: &str = "SELECT m.phone FROM messages m CROSS JOIN optouts o ON o.phone = m.phone \
-     WHERE m.campaign_id = ? AND m.state = 'sending' AND o.created_at >= ?";
+use crate::store::sql::imports as sql;
 
 struct SqliteImport {
     tx: Transaction<'static, Sqlite>,
@@ -69,11 +62,7 @@ impl Import for SqliteImport {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         if let Some(id) = self.segment_id {
-            sqlx::query("UPDATE segments SET member_count = ? WHERE id = ?")
-                .bind(self.total)
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await?;
+            sql::end_segment::<Sqlite>(&mut self.tx, id, self.total).await?;
         }
         self.tx.commit().await?;
         Ok(())
@@ -93,37 +82,20 @@ impl ImportStore for SqliteStore {
     }
 
     async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "INSERT INTO optouts (phone, source, created_at) VALUES (?, ?, ?) ON CONFLICT(phone) DO NOTHING",
-        )
-        .bind(phone.as_str())
-        .bind(source)
-        .bind(self.now())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        let mut c = self.pool.acquire().await?;
+        sql::optout_add::<Sqlite>(&mut c, &self.clock, phone, source).await
     }
 
     async fn optout_remove(&self, phone: &Phone) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM optouts WHERE phone = ?")
-            .bind(phone.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        sql::optout_remove::<Sqlite>(&mut *self.pool.acquire().await?, phone).await
     }
 
     async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar(OPTOUT_CONTAINS)
-            .bind(phone.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n > 0)
+        sql::optout_contains::<Sqlite>(&mut *self.pool.acquire().await?, phone).await
     }
 
     async fn optout_count(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM optouts")
-            .fetch_one(&self.pool)
-            .await?)
+        sql::optout_count::<Sqlite>(&mut *self.pool.acquire().await?).await
     }
 
     async fn fresh_optouts_in_flight(
@@ -131,11 +103,7 @@ impl ImportStore for SqliteStore {
         campaign: i64,
         since: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(FRESH_OPTOUTS_IN_FLIGHT)
-            .bind(campaign)
-            .bind(ts(since))
-            .fetch_all(&self.pool)
-            .await?)
+        sql::fresh_optouts::<Sqlite>(&mut *self.pool.acquire().await?, campaign, since).await
     }
 
     async fn begin_segment_import(
@@ -145,38 +113,7 @@ impl ImportStore for SqliteStore {
         columns: &[String],
     ) -> Result<Box<dyn Import>> {
         let mut tx = self.write_tx().await?;
-        let cols = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
-        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM segments WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let id = match existing {
-            Some(id) => {
-                sqlx::query("DELETE FROM segment_members WHERE segment_id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE segments SET source = ?, columns = ?, imported_at = ?, member_count = 0 WHERE id = ?",
-                )
-                .bind(source)
-                .bind(&cols)
-                .bind(self.now())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                id
-            }
-            None => sqlx::query_scalar(
-                "INSERT INTO segments (name, source, columns, member_count, imported_at) VALUES (?, ?, ?, 0, ?) RETURNING id",
-            )
-            .bind(name)
-            .bind(source)
-            .bind(&cols)
-            .bind(self.now())
-            .fetch_one(&mut *tx)
-            .await?,
-        };
+        let id = sql::begin_segment::<Sqlite>(&mut tx, &self.clock, name, source, columns).await?;
         Ok(Box::new(SqliteImport {
             tx,
             segment_id: Some(id),
@@ -191,24 +128,7 @@ impl ImportStore for SqliteStore {
     }
 
     async fn segments(&self) -> Result<Vec<Segment>> {
-        let rows = sqlx::query(
-            "SELECT id, name, source, columns, member_count, imported_at FROM segments ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let cols: String = r.try_get("columns")?;
-                Ok(Segment {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    source: r.try_get("source")?,
-                    columns: serde_json::from_str(&cols).unwrap_or_default(),
-                    member_count: r.try_get("member_count")?,
-                    imported_at: r.try_get("imported_at")?,
-                })
-            })
-            .collect()
+        sql::segments::<Sqlite>(&mut *self.pool.acquire().await?).await
     }
 
     async fn segment_members(
@@ -217,15 +137,8 @@ impl ImportStore for SqliteStore {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String, bool)>> {
-        Ok(sqlx::query_as(
-            "SELECT seq, phone, vars, night_consent FROM segment_members \
-             WHERE segment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(segment_id)
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        let mut c = self.pool.acquire().await?;
+        sql::members::<Sqlite>(&mut c, segment_id, after_seq, limit).await
     }
 
     async fn delete_segment(&self, name: &str) -> Result<SegmentDeletion> {

@@ -4,6 +4,7 @@
 
 use super::workers::tally;
 use super::*;
+use crate::store::sql::run as sql;
 
 impl SqliteStore {
     pub(super) async fn cancel_campaign(
@@ -43,42 +44,9 @@ impl SqliteStore {
                 break;
             }
         }
-        let at = self.now();
-        if holder.is_some() && holder == dead_lease {
-            sqlx::query(
-                "UPDATE executions SET status = 'ABANDONED', exit_code = 'FAILED', ended_at = ?, \
-                 exit_message = 'its process was gone when the campaign was cancelled' \
-                 WHERE campaign_id = ? AND status = 'STARTED'",
-            )
-            .bind(&at)
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE workers SET status = 'ABANDONED', ended_at = ?, \
-                 exit_message = 'its process was gone when the campaign was cancelled' \
-                 WHERE campaign_id = ? AND status = 'STARTED'",
-            )
-            .bind(&at)
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let dead = holder.is_some() && holder == dead_lease;
         let live = holder.is_some() && holder != dead_lease;
-        sqlx::query(
-            "UPDATE campaigns SET cancel_requested = 1, stop_requested = ?2, \
-             status = CASE WHEN ?2 THEN status ELSE 'CANCELLED' END, \
-             exit_message = CASE WHEN ?2 THEN exit_message ELSE 'cancelled by operator' END, \
-             lease_execution = CASE WHEN ?2 THEN lease_execution END, \
-             lease_host = CASE WHEN ?2 THEN lease_host END, \
-             lease_pid = CASE WHEN ?2 THEN lease_pid END, \
-             lease_heartbeat_at = CASE WHEN ?2 THEN lease_heartbeat_at END \
-             WHERE id = ?1",
-        )
-        .bind(campaign)
-        .bind(live)
-        .execute(&mut *tx)
-        .await?;
+        sql::end_cancel::<Sqlite>(&mut tx, &self.clock, campaign, dead, live).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -125,83 +93,14 @@ impl SqliteStore {
 #[async_trait]
 impl ChunkStore for SqliteStore {
     async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
-        let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.write_tx().await?;
-        fence(&mut tx, campaign, execution).await?;
-        let (uid, segment, done): (String, String, Option<String>) =
-            sqlx::query_as("SELECT uid, segment_name, snapshot_at FROM campaigns WHERE id = ?")
-                .bind(campaign)
-                .fetch_one(&mut *tx)
-                .await?;
-        if done.is_some() {
+        fence(&mut tx, w.campaign, w.execution).await?;
+        let Some((total, suppressed)) =
+            sql::snapshot::<Sqlite>(&mut tx, &self.clock, w.campaign).await?
+        else {
             return Ok(0);
-        }
-        let checked: Option<String> =
-            sqlx::query_scalar("SELECT segment_imported_at FROM campaigns WHERE id = ?")
-                .bind(campaign)
-                .fetch_one(&mut *tx)
-                .await?;
-        let found: Option<(i64, String)> =
-            sqlx::query_as("SELECT id, imported_at FROM segments WHERE name = ?")
-                .bind(&segment)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let (Some(checked), Some((_, imported))) = (&checked, &found)
-            && checked != imported
-        {
-            return Err(StoreError::Conflict(format!(
-                "segment {segment:?} was re-imported at {imported}, after campaign {campaign} was created \
-                 (its checks and estimate covered the import of {checked}); create a new campaign for the new list"
-            )));
-        }
-        let segment_id = found.map(|(id, _)| id);
-        let Some(segment_id) = segment_id else {
-            return Err(StoreError::NotFound(format!(
-                "segment {segment:?} of campaign {campaign} does not exist any more; import it again with \
-                 `munja segment import {segment} FILE`"
-            )));
         };
-        // A half-written snapshot cannot exist (this is one transaction), but be explicit.
-        sqlx::query("DELETE FROM messages WHERE campaign_id = ?")
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-        let total = sqlx::query(
-            "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) \
-             SELECT ?1, m.seq, ?2 || '-' || m.seq, m.phone, m.vars, m.night_consent, \
-                    CASE WHEN o.phone IS NULL THEN 'pending' ELSE 'suppressed' END, \
-                    CASE WHEN o.phone IS NULL THEN NULL ELSE 'opted_out' END \
-             FROM segment_members m LEFT JOIN optouts o ON o.phone = m.phone \
-             WHERE m.segment_id = ?3 ORDER BY m.seq",
-        )
-        .bind(campaign)
-        .bind(&uid)
-        .bind(segment_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let suppressed: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM messages WHERE campaign_id = ? AND state = 'suppressed'",
-        )
-        .bind(campaign)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE campaigns SET snapshot_at = ?, total = ? WHERE id = ?")
-            .bind(self.now())
-            .bind(total as i64)
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await?;
-        tally(
-            &mut tx,
-            w,
-            Tally {
-                read: suppressed,
-                suppressed,
-                ..Tally::default()
-            },
-        )
-        .await?;
+        tally(&mut tx, w, Tally::suppressed(suppressed)).await?;
         tx.commit().await?;
         Ok(total)
     }
@@ -228,7 +127,7 @@ impl ChunkStore for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(claimed_from_row).collect()
+        rows.iter().map(sql::claimed::<Sqlite>).collect()
     }
 
     async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
@@ -251,89 +150,10 @@ impl ChunkStore for SqliteStore {
             .bind(req.limit as i64)
             .fetch_all(&mut *tx)
             .await?;
-        let mut claim = Claim::default();
-        let mut opted = Vec::new();
-        for r in &rows {
-            if r.try_get::<bool, _>("opted_out")? {
-                opted.push(r.try_get::<i64, _>("id")?);
-            } else {
-                claim.messages.push(claimed_from_row(r)?);
-            }
-        }
-        let mut capped = Vec::new();
-        if let (Some((count, since)), false) = (req.cap, claim.messages.is_empty()) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT m.phone, COUNT(*) FROM messages m JOIN campaigns c ON c.id = m.campaign_id \
-                 WHERE c.ad = 1 AND m.state = 'sent' AND m.sent_at >= ",
-            );
-            qb.push_bind(ts(since)).push(" AND m.phone IN (");
-            let mut sep = qb.separated(", ");
-            for m in &claim.messages {
-                sep.push_bind(m.phone.clone());
-            }
-            qb.push(") GROUP BY m.phone");
-            let over: std::collections::HashSet<String> = qb
-                .build_query_as::<(String, i64)>()
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .filter(|(_, n)| *n >= i64::from(count))
-                .map(|(p, _)| p)
-                .collect();
-            if !over.is_empty() {
-                claim.messages.retain(|m| {
-                    if over.contains(&m.phone) {
-                        capped.push(m.id);
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
-        }
-        for (ids, reason) in [(&opted, "opted_out_during_run"), (&capped, "frequency_cap")] {
-            if ids.is_empty() {
-                continue;
-            }
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("UPDATE messages SET state = 'suppressed', reason = ");
-            qb.push_bind(reason).push(" WHERE id IN (");
-            let mut sep = qb.separated(", ");
-            for id in ids {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
-            qb.build().execute(&mut *tx).await?;
-        }
-        if !claim.messages.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "UPDATE messages SET state = 'sending', execution_id = ",
-            );
-            qb.push_bind(w.execution)
-                .push(", claimed_by = ")
-                .push_bind(w.worker)
-                .push(" WHERE id IN (");
-            let mut sep = qb.separated(", ");
-            for m in &claim.messages {
-                sep.push_bind(m.id);
-            }
-            qb.push(")");
-            qb.build().execute(&mut *tx).await?;
-        }
-        claim.suppressed_opted_out = opted.len() as u64;
-        claim.suppressed_capped = capped.len() as u64;
-        let suppressed = (opted.len() + capped.len()) as i64;
+        let claim = sql::claim::<Sqlite>(&mut tx, &req, &rows).await?;
+        let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
         // Read = made final by this execution; claimed messages count when committed.
-        tally(
-            &mut tx,
-            &w,
-            Tally {
-                read: suppressed,
-                suppressed,
-                ..Tally::default()
-            },
-        )
-        .await?;
+        tally(&mut tx, &w, Tally::suppressed(suppressed)).await?;
         tx.commit().await?;
         Ok(claim)
     }

@@ -1,0 +1,187 @@
+//! Opt-out lists (수신거부) and CSV segments on either database: single-number writes, the
+//! start and end of a segment import, and the reads. The batches of an import stay in each
+//! backend (`UNNEST` arrays on PostgreSQL, multi-row `VALUES` on SQLite).
+
+use chrono::{DateTime, Utc};
+
+use super::{At, Dialect, Stamp, Stmt, query};
+use crate::domain::phone::Phone;
+use crate::store::{Clock, Result, Segment};
+
+/// One primary-key probe of the opt-out list.
+pub(crate) const OPTOUT_CONTAINS: &str =
+    "SELECT EXISTS (SELECT 1 FROM optouts WHERE phone = $1) AS found";
+
+/// Numbers of the campaign's claimed messages opted out since `$2`: the claimed messages are
+/// the outer loop (a walk of the (campaign_id, state) index), one primary-key probe of the list
+/// each, however long the list or however many numbers were just imported into it.
+pub(crate) fn fresh_optouts_in_flight<DB: Dialect>() -> String {
+    format!(
+        "SELECT m.phone FROM messages m {} optouts o ON o.phone = m.phone \
+         WHERE m.campaign_id = $1 AND m.state = 'sending' AND o.created_at >= $2",
+        DB::ORDERED_JOIN
+    )
+}
+
+/// See [`crate::store::ImportStore::optout_add`].
+pub(crate) async fn optout_add<DB: Dialect>(
+    c: &mut DB::Connection,
+    clock: &Clock,
+    phone: &Phone,
+    source: &str,
+) -> Result<bool> {
+    let n = query::<DB>(format!(
+        "INSERT INTO optouts (phone, source, created_at) VALUES ($1, $2, {}) \
+         ON CONFLICT (phone) DO NOTHING",
+        DB::now(3)
+    ))
+    .arg(phone.as_str())
+    .arg(source)
+    .now(clock)
+    .run(c)
+    .await?;
+    Ok(n == 1)
+}
+
+/// See [`crate::store::ImportStore::optout_remove`].
+pub(crate) async fn optout_remove<DB: Dialect>(
+    c: &mut DB::Connection,
+    phone: &Phone,
+) -> Result<bool> {
+    let n = sqlx::query::<DB>("DELETE FROM optouts WHERE phone = $1")
+        .arg(phone.as_str())
+        .run(c)
+        .await?;
+    Ok(n == 1)
+}
+
+/// See [`crate::store::ImportStore::optout_contains`].
+pub(crate) async fn optout_contains<DB: Dialect>(
+    c: &mut DB::Connection,
+    phone: &Phone,
+) -> Result<bool> {
+    let row = sqlx::query::<DB>(OPTOUT_CONTAINS)
+        .arg(phone.as_str())
+        .first(c)
+        .await?;
+    row.map_or(Ok(false), |r| DB::col(&r, "found"))
+}
+
+/// See [`crate::store::ImportStore::optout_count`].
+pub(crate) async fn optout_count<DB: Dialect>(c: &mut DB::Connection) -> Result<i64> {
+    let row = sqlx::query::<DB>("SELECT COUNT(*) AS n FROM optouts")
+        .first(c)
+        .await?;
+    row.map_or(Ok(0), |r| DB::col(&r, "n"))
+}
+
+/// See [`crate::store::ImportStore::fresh_optouts_in_flight`].
+pub(crate) async fn fresh_optouts<DB: Dialect>(
+    c: &mut DB::Connection,
+    campaign: i64,
+    since: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let rows = query::<DB>(fresh_optouts_in_flight::<DB>())
+        .arg(campaign)
+        .arg(At(since))
+        .all(c)
+        .await?;
+    rows.iter().map(|r| DB::col(r, "phone")).collect()
+}
+
+/// Starts replacing segment `name` in the caller's transaction `tx`: its row is upserted (on
+/// PostgreSQL that locks it until commit: a second import of the same name waits, and a
+/// snapshot, `FOR SHARE`, never reads a half-replaced list) and its members deleted. Returns the
+/// segment's id.
+pub(crate) async fn begin_segment<DB: Dialect>(
+    tx: &mut DB::Connection,
+    clock: &Clock,
+    name: &str,
+    source: &str,
+    columns: &[String],
+) -> Result<i64> {
+    let cols = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
+    let row = query::<DB>(format!(
+        "INSERT INTO segments (name, source, columns, member_count, imported_at) \
+         VALUES ($1, $2, $3, 0, {}) \
+         ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, columns = EXCLUDED.columns, \
+         member_count = 0, imported_at = EXCLUDED.imported_at RETURNING id",
+        DB::now(4)
+    ))
+    .arg(name)
+    .arg(source)
+    .arg(cols)
+    .now(clock)
+    .first(&mut *tx)
+    .await?;
+    let id: i64 = DB::col(&row.ok_or(sqlx::Error::RowNotFound)?, "id")?;
+    sqlx::query::<DB>("DELETE FROM segment_members WHERE segment_id = $1")
+        .arg(id)
+        .run(tx)
+        .await?;
+    Ok(id)
+}
+
+/// Records the member count of segment `id` at the end of its import (in `tx`, before commit).
+pub(crate) async fn end_segment<DB: Dialect>(
+    tx: &mut DB::Connection,
+    id: i64,
+    total: i64,
+) -> Result<()> {
+    sqlx::query::<DB>("UPDATE segments SET member_count = $1 WHERE id = $2")
+        .arg(total)
+        .arg(id)
+        .run(tx)
+        .await?;
+    Ok(())
+}
+
+/// See [`crate::store::ImportStore::segments`].
+pub(crate) async fn segments<DB: Dialect>(c: &mut DB::Connection) -> Result<Vec<Segment>> {
+    let rows = sqlx::query::<DB>(
+        "SELECT id, name, source, columns, member_count, imported_at FROM segments ORDER BY name",
+    )
+    .all(c)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let cols: String = DB::col(r, "columns")?;
+            Ok(Segment {
+                id: DB::col(r, "id")?,
+                name: DB::col(r, "name")?,
+                source: DB::col(r, "source")?,
+                columns: serde_json::from_str(&cols).unwrap_or_default(),
+                member_count: DB::col(r, "member_count")?,
+                imported_at: DB::col::<Stamp>(r, "imported_at")?.0,
+            })
+        })
+        .collect()
+}
+
+/// See [`crate::store::ImportStore::segment_members`].
+pub(crate) async fn members<DB: Dialect>(
+    c: &mut DB::Connection,
+    segment_id: i64,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String, String, bool)>> {
+    let rows = sqlx::query::<DB>(
+        "SELECT seq, phone, vars, night_consent FROM segment_members \
+         WHERE segment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .arg(segment_id)
+    .arg(after_seq)
+    .arg(DB::limit(limit))
+    .all(c)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                DB::col(r, "seq")?,
+                DB::col(r, "phone")?,
+                DB::col(r, "vars")?,
+                DB::col(r, "night_consent")?,
+            ))
+        })
+        .collect()
+}
