@@ -36,6 +36,8 @@ pub(super) struct Lane {
     /// The gateway's budget shared with every other run on the job repository.
     pub(super) shared: SharedLimiter,
     pub(super) in_flight: Semaphore,
+    /// The gateway's `concurrency`: the permits of `in_flight`.
+    pub(super) slots: usize,
     /// `Retry-After` slows the whole gateway: nobody sends before this instant.
     pub(super) pause_until: Mutex<Option<Instant>>,
     pub(super) max_attempts: u32,
@@ -75,6 +77,7 @@ impl Lane {
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             shared: SharedLimiter::new(store, g),
             in_flight: Semaphore::new(g.concurrency),
+            slots: g.concurrency,
             pause_until: Mutex::new(None),
             max_attempts: g.max_attempts,
             weight: g.weight.max(1),
@@ -210,6 +213,11 @@ impl Lanes {
             .map(|g| Lane::new(store.clone(), g, several))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Lanes { lanes, split })
+    }
+
+    /// Requests the run may have in flight at once: every lane's `concurrency` together.
+    pub(super) fn slots(&self) -> usize {
+        self.lanes.iter().map(|l| l.slots).sum::<usize>().max(1)
     }
 
     pub(super) fn by_name(&self, name: &str) -> Option<usize> {

@@ -2,11 +2,12 @@
 //! gateway simulator on loopback, on real SQLite files and a real PostgreSQL server.
 //!
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
-//! `memory::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
+//! `memory::`, `bench::`, `postgres::`, `workers::`, `worker_faults::`, `gateways::`, `delivery::`, `segments::`,
 //! `server::`, `schedules::`, `dashboard::`).
 
 mod common;
 
+mod bench;
 mod dashboard;
 mod delivery;
 mod faults;
