@@ -9,7 +9,12 @@
 //! it runs), so every figure is that command's alone, the simulator excluded.
 //! With `--resume-at`, the run is stopped once that many messages are sent, and the bench
 //! measures how long a resumed run takes to commit its first chunk.
+//!
+//! Before the run it measures the machine's two ceilings for the run's shape ([`ceiling`]):
+//! a bare HTTP load loop and the store's claims and commits alone; the report gives munja's
+//! rate as a share of each.
 
+mod ceiling;
 mod child;
 mod inputs;
 mod peak;
@@ -54,6 +59,9 @@ pub struct BenchArgs {
     /// Stop the run after this many messages are sent, then measure the resume.
     #[arg(long)]
     pub resume_at: Option<i64>,
+    /// Skip the HTTP and store ceilings measured before the run.
+    #[arg(long)]
+    pub no_ceilings: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +129,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;
     let config = write_config(
         &root,
+        "munja.toml",
         &args,
         &sim.url(),
         scratch.as_ref().map(|d| d.url.as_str()),
@@ -150,7 +159,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         workers: args.workers,
         ..Default::default()
     };
-    let result = phases(&bench, &args, &mut report).await;
+    let result = if args.no_ceilings {
+        Ok(())
+    } else {
+        ceiling::measure(&bench, &args, &sim.url(), &mut report).await
+    };
+    let result = match result {
+        Ok(()) => phases(&bench, &args, &mut report).await,
+        e => e,
+    };
     let s = sim.stats();
     report.accepted_at_gateway = s.accepted;
     report.numbers_accepted_twice = s.numbers_accepted_twice;
@@ -320,7 +337,7 @@ async fn run_workers(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> a
         sent += sent_now;
         r.phases.push(with_rows(p, sent_now, run.secs));
     }
-    r.run_sent_per_sec = sent as f64 / wall.max(1e-9);
+    r.set_rate(sent as f64 / wall.max(1e-9));
     status_phase(b, r, id).await
 }
 
@@ -337,7 +354,7 @@ async fn finish_run(
         .with_context(|| format!("campaign run --json printed {:?}", run.stdout))?;
     let sent_now = summary["sent_this_run"].as_u64().unwrap_or(0);
     let elapsed = summary["elapsed_secs"].as_f64().unwrap_or(run.secs);
-    r.run_sent_per_sec = sent_now as f64 / elapsed.max(1e-9);
+    r.set_rate(sent_now as f64 / elapsed.max(1e-9));
     r.phases.push(with_rows(p, sent_now, elapsed));
     r.phases.extend(resumed);
     status_phase(b, r, id).await

@@ -4,10 +4,11 @@
 //! Run one area with `cargo test --test it workflow::` (or `resume::`, `korean::`, `faults::`,
 //! `memory::`, `postgres::`, `rate_budget::`, `workers::`, `worker_faults::`, `worker_lease::`,
 //! `gateways::`, `delivery::`, `segments::`, `server::`, `schedules::`, `dashboard::`, `docs_links::`,
-//! `layers::`, `output_errors::`, `segment_delete::`, `template_bound::`).
+//! `layers::`, `output_errors::`, `segment_delete::`, `template_bound::`, `bench::`).
 
 mod common;
 
+mod bench;
 mod dashboard;
 mod delivery;
 mod docs_links;

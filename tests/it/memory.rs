@@ -1,7 +1,9 @@
 //! Memory that does not grow with the data, measured on the real binary: the peak RSS of each
 //! `munja` process (its own `VmHWM`) exporting a 200,000-message campaign.
 //! An export that collects its rows before writing needs over 400 MB here; one that streams
-//! needs the memory of one page. Also what `purge` gives back.
+//! needs the memory of one page. Also what `purge` gives back, and the peak of a run of single
+//! requests (one task per request used to be spawned for every message of every chunk in
+//! flight).
 
 use std::io::Read;
 use std::process::Stdio;
@@ -103,4 +105,37 @@ async fn purge_reports_the_space_it_gives_back() {
     );
     // The messages stay: the audit still has every one.
     assert_eq!(env.audit_json(&id).await.len(), 300);
+}
+
+/// Messages of the run below: enough chunks of 1,000 for the peak to settle.
+const RUN_MESSAGES: u64 = 20_000;
+
+/// The peak of that run (debug build): about 100 MiB when a chunk spawned one task per message
+/// (4 chunks in flight: 4,000 futures of several KiB, and the allocator's arenas around them),
+/// about 40 MiB with at most `concurrency` tasks per chunk.
+const RUN_BOUND_MIB: u64 = 70;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_single_requests_in_chunks_of_1000_stays_in_bounded_memory() {
+    let gw = Gw {
+        rate: 1_000_000,
+        burst: 100_000,
+        concurrency: 64,
+        timeout_ms: 10_000,
+        batch_size: 1,
+        ..Gw::default()
+    };
+    let env = Env::with(SimConfig::default(), gw, "chunk_size = 1000").await;
+    let seg = env.segment_csv("seg.csv", 0, RUN_MESSAGES);
+    let id = env.campaign(&seg, "hello", &[]).await;
+    let (code, _, peak) = measured(&env, &["campaign", "run", &id]).await;
+    eprintln!("campaign run of {RUN_MESSAGES} single requests: peak RSS {peak} MiB");
+    assert_eq!(code, 0, "campaign run exited {code}");
+    assert_eq!(n(&env.status(&id).await, "sent"), RUN_MESSAGES as i64);
+    assert_eq!(env.sim.stats().accepted, RUN_MESSAGES);
+    assert!(
+        peak < RUN_BOUND_MIB,
+        "campaign run of {RUN_MESSAGES} single requests in chunks of 1,000, 64 in flight, \
+         peaked at {peak} MiB (bound {RUN_BOUND_MIB} MiB)"
+    );
 }

@@ -38,6 +38,8 @@ pub(super) struct Lane {
     /// The gateway's budget shared with every other run on the job repository.
     pub(super) shared: SharedLimiter,
     pub(super) in_flight: Semaphore,
+    /// The gateway's `concurrency`: the permits of `in_flight`.
+    pub(super) slots: usize,
     /// `Retry-After` slows the whole gateway: nobody sends before this instant.
     pub(super) pause_until: Mutex<Option<Instant>>,
     pub(super) max_attempts: u32,
@@ -79,6 +81,7 @@ impl Lane {
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             shared: SharedLimiter::new(store, g),
             in_flight: Semaphore::new(g.concurrency),
+            slots: g.concurrency,
             pause_until: Mutex::new(None),
             max_attempts: g.max_attempts,
             lookup_delay: Duration::from_millis(g.lookup_delay_ms),
@@ -258,6 +261,11 @@ impl Lanes {
                 .and_then(|g| self.by_name(g))
                 .or_else(|| Some(shares.next()));
         }
+    }
+
+    /// Requests the run may have in flight at once: every lane's `concurrency` together.
+    pub(super) fn slots(&self) -> usize {
+        self.lanes.iter().map(|l| l.slots).sum::<usize>().max(1)
     }
 
     pub(super) fn by_name(&self, name: &str) -> Option<usize> {

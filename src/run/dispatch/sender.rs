@@ -187,14 +187,22 @@ pub(super) async fn send_chunk(
         }
     }
     ctx.lanes.assign(&mut items);
+    // One task per request group, but no more at once than the run has request slots: a
+    // task's future is kilobytes, and a chunk of 10,000 single requests spawned at once held
+    // every one of them (times the chunks in flight) while only `concurrency` could send.
+    let limit = ctx.lanes.slots();
+    let mut groups = group_items(&ctx, items).into_iter();
     let mut set = tokio::task::JoinSet::new();
-    for group in group_items(&ctx, items) {
-        set.spawn(send_group(ctx.clone(), group).instrument(tracing::Span::current()));
-    }
-    while let Some(done) = set.join_next().await {
-        match done {
-            Ok(mut u) => updates.append(&mut u),
-            Err(e) => warn!("send task failed: {e}"),
+    loop {
+        while set.len() < limit
+            && let Some(group) = groups.next()
+        {
+            set.spawn(send_group(ctx.clone(), group).instrument(tracing::Span::current()));
+        }
+        match set.join_next().await {
+            None => break,
+            Some(Ok(mut u)) => updates.append(&mut u),
+            Some(Err(e)) => warn!("send task failed: {e}"),
         }
     }
     let opted_out = optouts::refused_in(&updates, &phones);

@@ -38,8 +38,11 @@ pub(super) fn generate(root: &Path, recipients: u64, optouts: u64) -> anyhow::Re
     Ok(inside)
 }
 
+/// Writes `root/FILE` (`munja.toml`, or the store ceiling's own), pointing at the simulator
+/// `url` and the database `database_url` (default: `munja.db` next to it).
 pub(super) fn write_config(
     root: &Path,
+    file: &str,
     args: &BenchArgs,
     url: &str,
     database_url: Option<&str>,
@@ -49,7 +52,7 @@ pub(super) fn write_config(
         root.join("templates/bench.txt"),
         "{{ name }}님, 이번 주 회원 전용 할인 쿠폰이 도착했어요.",
     )?;
-    let path = root.join("munja.toml");
+    let path = root.join(file);
     std::fs::write(
         &path,
         format!(

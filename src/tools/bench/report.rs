@@ -19,6 +19,15 @@ pub struct Report {
     pub phases: Vec<Phase>,
     /// Sent per second of the run, as the run reports it (snapshot included).
     pub run_sent_per_sec: f64,
+    /// The same (with several workers: all of them over the wall time), next to the ceilings.
+    pub msgs_per_sec: f64,
+    /// A bare load loop against a simulator, same concurrency and batch size, no database.
+    pub http_ceiling_msgs_per_sec: Option<f64>,
+    /// Snapshot, claims and commits with the full log on a database of its own, no HTTP.
+    pub store_ceiling_msgs_per_sec: Option<f64>,
+    /// `msgs_per_sec` as a share of each ceiling.
+    pub http_ceiling_ratio: Option<f64>,
+    pub store_ceiling_ratio: Option<f64>,
     pub sent: i64,
     pub suppressed: i64,
     pub accepted_at_gateway: u64,
@@ -33,6 +42,20 @@ pub struct Report {
     pub purge_freed_bytes: Option<u64>,
     /// Peak RSS of the bench process itself (the gateway simulator), in MiB.
     pub bench_process_peak_rss_mib: Option<f64>,
+}
+
+impl Report {
+    /// Sets `msgs_per_sec` and its ratios to the ceilings measured.
+    pub(super) fn set_rate(&mut self, msgs_per_sec: f64) {
+        self.run_sent_per_sec = msgs_per_sec;
+        self.msgs_per_sec = msgs_per_sec;
+        self.http_ceiling_ratio = self
+            .http_ceiling_msgs_per_sec
+            .map(|h| msgs_per_sec / h.max(1e-9));
+        self.store_ceiling_ratio = self
+            .store_ceiling_msgs_per_sec
+            .map(|s| msgs_per_sec / s.max(1e-9));
+    }
 }
 
 pub(super) fn print_report(r: &Report) {
@@ -65,6 +88,15 @@ pub(super) fn print_report(r: &Report) {
         "run: {:.0} messages/s sent (snapshot included); {} sent, {} suppressed; gateway accepted {}, numbers accepted twice {}",
         r.run_sent_per_sec, r.sent, r.suppressed, r.accepted_at_gateway, r.numbers_accepted_twice
     );
+    if let (Some(h), Some(s)) = (r.http_ceiling_msgs_per_sec, r.store_ceiling_msgs_per_sec) {
+        println!(
+            "ceilings: HTTP {h:.0} msg/s, store {s:.0} msg/s; munja {:.0} msg/s is {:.0}% of the \
+             HTTP ceiling and {:.0}% of the store ceiling",
+            r.msgs_per_sec,
+            100.0 * r.msgs_per_sec / h.max(1e-9),
+            100.0 * r.msgs_per_sec / s.max(1e-9)
+        );
+    }
     if let Some(s) = r.resume_first_commit_secs {
         println!("resume: first chunk committed {s:.3}s after the resumed run started");
     }

@@ -1,0 +1,63 @@
+//! `munja bench` works end to end on a small size (CI checks it runs, not how fast): its JSON
+//! report has munja's rate, both ceilings measured in the same run (a bare HTTP load loop, the
+//! store's claims and commits alone) and every message sent once.
+
+use crate::common::BIN;
+
+/// Runs `munja bench --recipients 2000 ARGS --json`; returns its report.
+async fn bench(args: &[&str]) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["bench", "--recipients", "2000", "--json"])
+        .args(args)
+        .env_remove("MUNJA_CONFIG")
+        .env_remove("MUNJA_DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("spawn munja bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "munja bench {args:?} failed:\n{stderr}"
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("munja bench {args:?} printed no JSON report ({e}):\n{stderr}"))
+}
+
+fn positive(r: &serde_json::Value, key: &str) -> f64 {
+    let v = r[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing from the bench report: {r}"));
+    assert!(v > 0.0, "{key} = {v} in the bench report: {r}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_its_rate_and_both_ceilings() {
+    let postgres = crate::common::on_postgres();
+    let url = munja::store::postgres::scratch::test_server_url();
+    let mut args = vec!["--batch-size", "1", "--concurrency", "16"];
+    if postgres {
+        args.extend(["--database-url", url.as_str()]);
+    }
+    let r = bench(&args).await;
+    for key in [
+        "msgs_per_sec",
+        "http_ceiling_msgs_per_sec",
+        "store_ceiling_msgs_per_sec",
+        "http_ceiling_ratio",
+        "store_ceiling_ratio",
+    ] {
+        positive(&r, key);
+    }
+    assert_eq!(r["sent"], 2000, "{r}");
+    assert_eq!(r["accepted_at_gateway"], 2000, "{r}");
+    assert_eq!(r["numbers_accepted_twice"], 0, "{r}");
+    let run = r["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "campaign run"))
+        .unwrap_or_else(|| panic!("no campaign run phase: {r}"));
+    assert!(run["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0), "{r}");
+}
