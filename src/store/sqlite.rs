@@ -65,7 +65,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true)
-            .pragma("cache_size", "-8000");
+            // 2 MiB of page cache per connection (4 connections): the cache fills as the
+            // database grows, so a larger one made a run's peak RSS grow with the campaign
+            // (50 MiB at 100,000 messages, 63 MiB at 1,000,000 with 8 MiB each); pages past it
+            // come from the OS's file cache.
+            .pragma("cache_size", "-2000");
         if let Some(v) = std::env::var_os(MAX_PAGE_COUNT_ENV) {
             let pages = v
                 .to_str()

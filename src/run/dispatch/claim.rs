@@ -20,8 +20,18 @@ use crate::run::lease::Process;
 use crate::run::progress::Progress;
 use crate::store::{ClaimRequest, Store};
 
-/// Chunks in flight at once after the first.
+/// Chunks in flight at once after the first, at most.
 pub(super) const PIPELINE: usize = 4;
+
+/// Messages claimed and not yet committed, at most, whatever the chunk size: a claimed message
+/// holds its row, its rendered text and its result until its chunk commits, so large chunks are
+/// pipelined less deeply (chunks of 1,000: 4 in flight; of 2,000: 2; of 4,000 or more: 1).
+const IN_FLIGHT_MESSAGES: usize = 4_000;
+
+/// How many chunks of `chunk_size` may be in flight at once after the first.
+pub(super) fn pipeline_depth(chunk_size: usize) -> usize {
+    (IN_FLIGHT_MESSAGES / chunk_size.max(1)).clamp(1, PIPELINE)
+}
 
 /// The claim/commit loop of one execution and what it shares with the in-doubt settlement.
 pub(super) struct Runner<'a> {
@@ -75,7 +85,11 @@ impl Runner<'_> {
                 self.rescue().await?;
                 counts = self.store.counts(self.campaign.id).await?;
             }
-            let limit = if first_chunk { 1 } else { PIPELINE };
+            let limit = if first_chunk {
+                1
+            } else {
+                pipeline_depth(self.chunk_size)
+            };
             let dry = match self.fill(&mut in_flight, limit, &mut counts).await? {
                 Fill::End(None)
                     if several
@@ -355,5 +369,20 @@ fn log_refused(updates: &[MessageUpdate]) {
             messages = refused,
             "refused before sending (see audit --status failed)"
         );
+    }
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    use super::pipeline_depth;
+
+    #[test]
+    fn large_chunks_are_pipelined_less_deeply() {
+        assert_eq!(pipeline_depth(100), 4);
+        assert_eq!(pipeline_depth(1000), 4);
+        assert_eq!(pipeline_depth(2000), 2);
+        assert_eq!(pipeline_depth(3000), 1);
+        assert_eq!(pipeline_depth(10_000), 1);
+        assert_eq!(pipeline_depth(0), 4);
     }
 }

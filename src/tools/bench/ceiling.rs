@@ -21,11 +21,11 @@ use super::child::{Bench, Stdout};
 use super::inputs::write_config;
 use super::{BenchArgs, Report};
 use crate::config::Config;
-use crate::tools::sim::{self, SimConfig};
+use crate::domain::model::{AttemptRecord, Enlist, MessageState, MessageUpdate};
 use crate::gateway::{Gateway, OutMessage, Outcome};
 use crate::run::lease::Process;
-use crate::domain::model::{AttemptRecord, Enlist, MessageState, MessageUpdate};
 use crate::store::{self, ClaimRequest};
+use crate::tools::sim::{self, SimConfig};
 
 /// Messages per second of a bare load loop: `messages` messages, `batch` per request,
 /// `concurrency` requests in flight, against a fresh simulator, through the client of the
