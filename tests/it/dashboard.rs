@@ -190,12 +190,7 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_shows_progress_moving_and_its_stop_button_stops_the_campaign() {
-    let gw = Gw {
-        rate: 40,
-        burst: 5,
-        concurrency: 2,
-        ..Gw::default()
-    };
+    let gw = Gw::limited(40, 5, 2);
     let env = Env::with(SimConfig::default(), gw, "").await;
     let seg = env.segment_csv("seg.csv", 0, 2000);
     let id = env.campaign(&seg, "hello", &["--no-ad"]).await;

@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{BIN, Env, Gw, Out, n, wait};
+use crate::common::{BIN, Env, Gw, Out, create_args, n, wait};
 use munja::tools::sim::SimConfig;
 use sqlx::sqlite::SqlitePool;
 
@@ -158,16 +158,7 @@ async fn a_runaway_template_is_an_error_naming_it_in_check_preview_and_create() 
     let runs = [
         vec!["template", "check", "loop"],
         vec!["template", "preview", "loop", "--segment", "seg"],
-        vec![
-            "campaign",
-            "create",
-            "--name",
-            "x",
-            "--segment",
-            "seg",
-            "--template",
-            "loop",
-        ],
+        create_args("x", "seg", "loop", &[]),
     ];
     for args in runs {
         let t0 = Instant::now();
@@ -202,20 +193,8 @@ async fn create_stops_at_the_first_recipient_whose_values_make_the_template_run_
         "phone,n\n010-2000-0001,3\n010-2000-0002,100000\n010-2000-0003,2\n",
     );
     env.ok(&["init"]).await;
-    env.ok(&["segment", "import", "seg", csv.to_str().expect("utf-8")])
-        .await;
-    let o = env
-        .run(&[
-            "campaign",
-            "create",
-            "--name",
-            "x",
-            "--segment",
-            "seg",
-            "--template",
-            "rows",
-        ])
-        .await;
+    env.import("seg", &csv).await;
+    let o = env.create("x", "seg", "rows", &[]).await;
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(
         o.stderr.contains("template 'rows' line 1")
@@ -301,16 +280,12 @@ async fn page_count(env: &Env) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_the_run_saying_so_and_a_resume_completes_without_duplicates() {
     // First run: snapshot, then the gateway is down and the run pauses (STOPPED).
-    let sim = SimConfig {
-        fail_rate: 1.0,
-        seed: Some(3),
-        ..SimConfig::default()
-    };
     let gw = Gw {
         max_attempts: 100,
         ..Gw::default()
     };
-    let env = Env::on_sqlite(sim, gw, "max_consecutive_failures = 20").await;
+    let policy = "max_consecutive_failures = 20";
+    let env = Env::on_sqlite(crate::common::failing(1.0, 3), gw, policy).await;
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
     let o = env.run(&["campaign", "run", &id]).await;
@@ -353,27 +328,19 @@ async fn a_full_disk_fails_the_run_saying_so_and_a_resume_completes_without_dupl
     );
 
     // With room again, the run resumes and ends with every message sent exactly once.
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
+    env.run_sends_once(&id, 1000).await;
     let st = env.status(&id).await;
     assert_eq!((n(&st, "sent"), n(&st, "sending")), (1000, 0), "{st}");
-    let s = env.sim.stats();
-    assert_eq!((s.accepted, s.numbers_accepted_twice), (1000, 0));
 }
 
-/// Starts a slow run of 300 messages, waits for the first ten, then lets `swap` delete or
-/// replace the database file; returns the run's output.
-async fn run_and_swap_the_database(swap: impl FnOnce(&Env)) -> (Out, Env) {
+/// Runs a campaign, applies `swap` to the database file once the run is under way, and insists
+/// that the run fails (exit 1) saying `says`, without completing and before sending it all.
+async fn run_and_swap_the_database(swap: impl FnOnce(&Env), says: impl FnOnce(&Env) -> String) {
     let sim = SimConfig {
         latency_ms: 20,
         ..SimConfig::default()
     };
-    let gw = Gw {
-        rate: 50,
-        burst: 5,
-        concurrency: 4,
-        ..Gw::default()
-    };
+    let gw = Gw::limited(50, 5, 4);
     let env = Env::on_sqlite(sim, gw, "chunk_size = 20").await;
     let seg = env.segment_csv("seg.csv", 0, 300);
     let id = env.campaign(&seg, "hello", &[]).await;
@@ -381,43 +348,35 @@ async fn run_and_swap_the_database(swap: impl FnOnce(&Env)) -> (Out, Env) {
     wait_until("the first messages", 30, || env.sim.stats().accepted >= 10).await;
     swap(&env);
     let o = wait(child).await;
-    (o, env)
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains(&says(&env)), "{}", o.all());
+    assert!(!o.stderr.contains("COMPLETED"), "{}", o.all());
+    assert!(env.sim.stats().accepted < 300, "the run stopped sending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_database_mid_run_fails_the_run() {
-    let (o, env) = run_and_swap_the_database(|env| {
-        std::fs::remove_file(env.path("munja.db")).expect("delete the db");
-    })
+    run_and_swap_the_database(
+        |env| std::fs::remove_file(env.path("munja.db")).expect("delete the db"),
+        |env| {
+            let db = env.path("munja.db");
+            format!("the database file {} was deleted", db.display())
+        },
+    )
     .await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    let db = env.path("munja.db");
-    assert!(
-        o.stderr
-            .contains(&format!("the database file {} was deleted", db.display())),
-        "{}",
-        o.all()
-    );
-    assert!(!o.stderr.contains("COMPLETED"), "{}", o.all());
-    assert!(env.sim.stats().accepted < 300, "the run stopped sending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_the_database_mid_run_fails_the_run() {
-    let (o, env) = run_and_swap_the_database(|env| {
-        let copy = env.path("copy.db");
-        std::fs::copy(env.path("munja.db"), &copy).expect("copy the db");
-        std::fs::rename(&copy, env.path("munja.db")).expect("replace the db");
-    })
+    run_and_swap_the_database(
+        |env| {
+            let copy = env.path("copy.db");
+            std::fs::copy(env.path("munja.db"), &copy).expect("copy the db");
+            std::fs::rename(&copy, env.path("munja.db")).expect("replace the db");
+        },
+        |_| "was replaced by another file".to_string(),
+    )
     .await;
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(
-        o.stderr.contains("was replaced by another file"),
-        "{}",
-        o.all()
-    );
-    assert!(!o.stderr.contains("COMPLETED"), "{}", o.all());
-    assert!(env.sim.stats().accepted < 300, "the run stopped sending");
 }
 
 // ---------------------------------------------------------------------------------------------

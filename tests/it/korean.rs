@@ -26,6 +26,13 @@ async fn create(env: &Env, segment: &str, template: &str, extra: &[&str]) -> Out
 }
 
 /// The id printed by a successful `campaign create`, which must be alone on stdout.
+/// Creates a campaign of `hello` on `segment` (with `extra`), runs it and returns its status.
+async fn run_hello(env: &Env, segment: &str, extra: &[&str]) -> serde_json::Value {
+    let id = id_of(&create(env, segment, "hello", extra).await);
+    env.ok(&["campaign", "run", &id]).await;
+    env.status(&id).await
+}
+
 fn id_of(o: &Out) -> String {
     assert_eq!(o.code, 0, "campaign create failed:\n{}", o.all());
     let id = o.stdout.trim();
@@ -652,10 +659,7 @@ async fn quiet_hours_beginning_mid_run_stop_sends_to_recipients_without_night_co
     assert!(late_consenting > 0, "consenting recipients kept receiving");
 
     env.write_config(&gw, "");
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
-    let s = env.sim.stats();
-    assert_eq!((s.accepted, s.numbers_accepted_twice), (80, 0));
+    env.run_sends_once(&id, 80).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1066,14 +1070,10 @@ async fn frequency_cap_suppresses_recipients_who_had_enough_ads_in_the_window() 
     // 40 days later the first campaign is out of the window: 0-5 have one recent ad (the
     // second campaign), 6-9 one (the third), so everyone gets this one.
     age_campaign(&env, &ids[0], 40).await;
-    let fourth = id_of(&create(&env, "ten", "hello", &[]).await);
-    env.ok(&["campaign", "run", &fourth]).await;
-    let st = env.status(&fourth).await;
+    let st = run_hello(&env, "ten", &[]).await;
     assert_eq!((n(&st, "sent"), n(&st, "suppressed")), (10, 0));
     // And now everyone has two recent ads.
-    let fifth = id_of(&create(&env, "ten", "hello", &[]).await);
-    env.ok(&["campaign", "run", &fifth]).await;
-    let st = env.status(&fifth).await;
+    let st = run_hello(&env, "ten", &[]).await;
     assert_eq!((n(&st, "sent"), n(&st, "suppressed")), (0, 10));
     assert_eq!(st["status"], "COMPLETED");
 }
@@ -1091,14 +1091,10 @@ async fn informational_messages_are_neither_capped_nor_counted_as_ads() {
     env.ok(&["campaign", "run", &ad]).await;
     assert_eq!(n(&env.status(&ad).await, "sent"), 5);
     // Everyone had their one ad: another informational message still goes out...
-    let info2 = id_of(&create(&env, "seg", "hello", &["--no-ad"]).await);
-    env.ok(&["campaign", "run", &info2]).await;
-    let st = env.status(&info2).await;
+    let st = run_hello(&env, "seg", &["--no-ad"]).await;
     assert_eq!((n(&st, "sent"), n(&st, "suppressed")), (5, 0));
     // ...but another ad does not.
-    let ad2 = id_of(&create(&env, "seg", "hello", &[]).await);
-    env.ok(&["campaign", "run", &ad2]).await;
-    let st = env.status(&ad2).await;
+    let st = run_hello(&env, "seg", &[]).await;
     assert_eq!((n(&st, "sent"), n(&st, "suppressed")), (0, 5));
 }
 

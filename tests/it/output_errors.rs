@@ -3,7 +3,7 @@
 //! (`> /dev/full`) with an error naming standard output and status 1, never a panic; and a
 //! run whose stdout and stderr are closed from the start still sends and records every message.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use crate::common::{Env, Gw, n};
@@ -50,13 +50,7 @@ async fn a_closed_pipe_ends_an_export_quietly_with_status_141() {
             BufReader::new(child.stdout.take().expect("stdout"))
                 .read_line(&mut first)
                 .expect("read the first line");
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_string(&mut stderr)
-                .expect("read stderr");
+            let stderr = crate::common::read_stderr(&mut child);
             let status = child.wait().expect("wait for munja");
             (status.code(), first, stderr)
         })

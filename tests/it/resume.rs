@@ -51,20 +51,8 @@ async fn under_way(
 async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let seed: u64 = rand::rng().random();
     eprintln!("seed {seed} (the simulator's faults and the kill moments)");
-    let sim = SimConfig {
-        fail_rate: 0.01,
-        timeout_rate: 0.01,
-        stall_ms: 800,
-        seed: Some(seed),
-        ..SimConfig::default()
-    };
-    let gw = Gw {
-        rate: 4000,
-        burst: 400,
-        timeout_ms: 300,
-        max_attempts: 10,
-        ..Gw::default()
-    };
+    let sim = crate::common::flaky(seed);
+    let gw = Gw::fast_retrying();
     let env = Setup::new(0).sim(sim).gw(gw).never_pause().env().await;
     let seg = env.segment_csv("seg.csv", 0, 20_000);
     let mut opt = String::from("phone\n");
@@ -607,11 +595,7 @@ async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
         seed: Some(seeded(11)),
         ..SimConfig::default()
     };
-    let gw = Gw {
-        timeout_ms: 200,
-        max_attempts: 2,
-        ..Gw::default()
-    };
+    let gw = Gw::timing_out(200, 2);
     let (env, id) = Setup::new(300)
         .sim(sim)
         .gw(gw)
@@ -822,17 +806,8 @@ async fn a_second_sigterm_abandons_a_stalled_gateway_and_the_next_run_settles() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until_it_can() {
     // Every request is accepted and then times out, and lookups answer 503.
-    let sim = SimConfig {
-        timeout_rate: 1.0,
-        stall_ms: 1000,
-        lookups_unavailable: true,
-        ..SimConfig::default()
-    };
-    let gw = Gw {
-        timeout_ms: 200,
-        max_attempts: 2,
-        ..Gw::default()
-    };
+    let sim = crate::common::lookups_down();
+    let gw = Gw::timing_out(200, 2);
     let (env, id) = Setup::new(100)
         .sim(sim)
         .gw(gw)

@@ -72,19 +72,7 @@ async fn occurrences(env: &Env) -> Vec<chrono::DateTime<Utc>> {
 async fn a_recurring_schedule_makes_each_occurrence_once_across_a_restart_and_two_servers() {
     let env = Env::new(SimConfig::default()).await;
     import_segment(&env, 5).await;
-    env.ok(&[
-        "schedule",
-        "add",
-        "tick",
-        "--segment",
-        "seg",
-        "--template",
-        "hello",
-        "--no-ad",
-        "--cron",
-        "*/2 * * * * *",
-    ])
-    .await;
+    env.schedule_hello("tick", "*/2 * * * * *").await;
     let list = env.ok(&["schedule", "list"]).await;
     assert!(
         list.stdout.contains("tick") && list.stdout.contains("active"),

@@ -76,23 +76,12 @@ async fn an_sql_segment_is_deleted_and_its_completed_campaign_keeps_its_query() 
     );
     env.ok(&["init"]).await;
     let url = format!("sqlite://{}", env.path("crm.db").display());
-    {
-        use sqlx::ConnectOptions;
-        use std::str::FromStr;
-        let mut c = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
-            .expect("url")
-            .create_if_missing(true)
-            .connect()
-            .await
-            .expect("create crm.db");
-        sqlx::raw_sql(
-            "CREATE TABLE customers (phone TEXT, name TEXT);
-             INSERT INTO customers VALUES ('010-2000-0001', '한지민'), ('010-2000-0002', '오세훈');",
-        )
-        .execute(&mut c)
-        .await
-        .expect("fill crm.db");
-    }
+    crate::common::sqlite_crm(
+        &url,
+        "CREATE TABLE customers (phone TEXT, name TEXT);
+         INSERT INTO customers VALUES ('010-2000-0001', '한지민'), ('010-2000-0002', '오세훈');",
+    )
+    .await;
     let q = "SELECT phone, name FROM customers";
     let define = ["segment", "define", "lite", "--source", "crm", "--query", q];
     let o = with_source(&env, &url, &define).await;

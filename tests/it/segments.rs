@@ -451,24 +451,13 @@ async fn sqlite_source_is_read_with_as_of_bound() {
     let env = env_with_source(60).await;
     let path = env.path("crm.db");
     let url = format!("sqlite://{}", path.display());
-    {
-        use sqlx::ConnectOptions;
-        use std::str::FromStr;
-        let mut c = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
-            .expect("url")
-            .create_if_missing(true)
-            .connect()
-            .await
-            .expect("create crm.db");
-        sqlx::raw_sql(
-            "CREATE TABLE customers (phone INTEGER, name TEXT, vip BOOLEAN, joined TEXT);
-             INSERT INTO customers VALUES (1020000001, '한지민', 1, '2020-01-01 00:00:00');
-             INSERT INTO customers VALUES (1020000002, '오세훈', 0, '2999-01-01 00:00:00');",
-        )
-        .execute(&mut c)
-        .await
-        .expect("fill crm.db");
-    }
+    crate::common::sqlite_crm(
+        &url,
+        "CREATE TABLE customers (phone INTEGER, name TEXT, vip BOOLEAN, joined TEXT);
+         INSERT INTO customers VALUES (1020000001, '한지민', 1, '2020-01-01 00:00:00');
+         INSERT INTO customers VALUES (1020000002, '오세훈', 0, '2999-01-01 00:00:00');",
+    )
+    .await;
     let src = Source {
         url: url.clone(),
         password: "no-password-in-a-sqlite-url".into(),

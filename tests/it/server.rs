@@ -128,12 +128,7 @@ pub async fn import_segment(env: &Env, size: u64) {
 
 /// A gateway at 100 messages a second: a campaign of 400 takes four seconds.
 pub fn slow_env_gw() -> Gw {
-    Gw {
-        rate: 100,
-        burst: 10,
-        concurrency: 4,
-        ..Gw::default()
-    }
+    Gw::limited(100, 10, 4)
 }
 
 /// A segment of `size` and an informational campaign on it, not started; returns its id.
@@ -318,19 +313,7 @@ async fn the_api_creates_schedules_runs_and_audits_a_campaign() {
     let (_, body) = srv.get("/v1/optouts/01099990001").await;
     assert_eq!(body["opted_out"], false);
     // Schedules and the list.
-    env.ok(&[
-        "schedule",
-        "add",
-        "weekly",
-        "--segment",
-        "seg",
-        "--template",
-        "hello",
-        "--no-ad",
-        "--cron",
-        "0 10 * * MON",
-    ])
-    .await;
+    env.schedule_hello("weekly", "0 10 * * MON").await;
     let (_, body) = srv.get("/v1/schedules").await;
     assert_eq!(body["schedules"][0]["name"], "weekly");
     assert_eq!(

@@ -2,7 +2,6 @@
 //! that would build 100 MB (or write 5 MB) fails at once, naming the template and the bound,
 //! and the process never holds such a text (its own peak RSS, `VmHWM`).
 
-use std::io::Read;
 use std::process::Stdio;
 
 use crate::common::Env;
@@ -34,13 +33,7 @@ async fn template_check_refuses_a_huge_text_at_once_in_little_memory() {
         let report = env.path(&format!("peak-{name}"));
         let (code, stderr, peak_mib) = tokio::task::spawn_blocking(move || {
             let (mut child, watch) = PeakWatch::spawn(&mut cmd, report).expect("spawn munja");
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_string(&mut stderr)
-                .expect("read stderr");
+            let stderr = crate::common::read_stderr(&mut child);
             let (status, kib) = watch.finish(child).expect("wait for munja");
             (status.code(), stderr, kib / 1024)
         })

@@ -21,12 +21,7 @@ use crate::workers::{assert_exactly_once, pg_scalar, until};
 pub(crate) const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn slow_gateway() -> Gw {
-    Gw {
-        rate: 100,
-        burst: 10,
-        concurrency: 4,
-        ..Gw::default()
-    }
+    Gw::limited(100, 10, 4)
 }
 
 /// A `munja campaign run ID` whose stdout and stderr go to files of the test directory, so

@@ -67,20 +67,8 @@ async fn three_workers_killed_at_random_send_every_message_exactly_once() {
     let seed: u64 = rand::rng().random();
     eprintln!("seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let sim = SimConfig {
-        fail_rate: 0.01,
-        timeout_rate: 0.01,
-        stall_ms: 800,
-        seed: Some(seed),
-        ..SimConfig::default()
-    };
-    let gw = Gw {
-        rate: 4000,
-        burst: 400,
-        timeout_ms: 300,
-        max_attempts: 10,
-        ..Gw::default()
-    };
+    let sim = crate::common::flaky(seed);
+    let gw = Gw::fast_retrying();
     let env = Env::on_pg(sim, gw, "max_consecutive_failures = 100000").await;
     let seg = env.segment_csv("seg.csv", 0, 20_000);
     let mut opt = String::from("phone\n");
@@ -137,12 +125,7 @@ async fn three_workers_killed_at_random_send_every_message_exactly_once() {
 /// Three workers of one campaign and two of another on one gateway: together within its rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_and_two_campaigns_share_one_gateway_rate() {
-    let gw = Gw {
-        rate: 100,
-        burst: 10,
-        concurrency: 8,
-        ..Gw::default()
-    };
+    let gw = Gw::limited(100, 10, 8);
     let env = Env::on_pg(SimConfig::default(), gw, "chunk_size = 20").await;
     let a = env
         .campaign(&env.segment_csv("a.csv", 0, 400), "hello", &[])
@@ -160,19 +143,8 @@ async fn three_workers_and_two_campaigns_share_one_gateway_rate() {
         assert_eq!(o.code, 0, "{}", o.all());
     }
     let took = t.elapsed().as_secs_f64();
-    let s = env.sim.stats();
-    assert_eq!(s.accepted, 700);
-    assert_eq!(s.numbers_accepted_twice, 0);
-    assert!(
-        s.max_per_second <= 100 + 10,
-        "a calendar second saw {} messages: {:?}",
-        s.max_per_second,
-        s.per_second
-    );
-    assert!(
-        took >= (700.0 - 10.0) / 100.0,
-        "sent 700 in {took:.2}s, faster than the shared 100/s"
-    );
+    assert_eq!(env.sim.stats().numbers_accepted_twice, 0);
+    env.assert_shared_100_a_second(700, took);
     let st = env.status(&a).await;
     let busy = st["workers"]
         .as_array()
@@ -200,12 +172,7 @@ async fn two_workers_with_claims(env: &Env, id: &str) -> (Child, Child, i64) {
 }
 
 fn slow_gateway() -> Gw {
-    Gw {
-        rate: 150,
-        burst: 10,
-        concurrency: 4,
-        ..Gw::default()
-    }
+    Gw::limited(150, 10, 4)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::common::{Env, Gw, n, number};
+use crate::common::{Env, Gw, create_args, n, number};
 use munja::tools::sim::{self, FixedAnswer, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,11 +193,7 @@ async fn through_503_429_and_timeouts_every_number_is_accepted_exactly_once() {
         seed: Some(7),
         ..SimConfig::default()
     };
-    let gw = Gw {
-        timeout_ms: 300,
-        max_attempts: 12,
-        ..Gw::default()
-    };
+    let gw = Gw::timing_out(300, 12);
     let env = Env::with(sim, gw, "max_consecutive_failures = 1000").await;
     let seg = env.segment_csv("seg.csv", 0, 600);
     let id = env.campaign(&seg, "hello", &[]).await;
@@ -221,22 +217,14 @@ async fn through_503_429_and_timeouts_every_number_is_accepted_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_requests_reach_the_same_result() {
-    let sim = SimConfig {
-        fail_rate: 0.1,
-        seed: Some(3),
-        ..SimConfig::default()
-    };
     let gw = Gw {
         batch_size: 50,
         ..Gw::default()
     };
-    let env = Env::with(sim, gw, "").await;
+    let env = Env::with(crate::common::failing(0.1, 3), gw, "").await;
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
-    let o = env.run(&["campaign", "run", &id]).await;
-    assert_eq!(o.code, 0, "{}", o.all());
-    let s = env.sim.stats();
-    assert_eq!((s.accepted, s.numbers_accepted_twice), (1000, 0));
+    env.run_sends_once(&id, 1000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,16 +249,7 @@ async fn unauthorized_stops_the_campaign_without_failing_messages() {
             .unwrap()
             .success()
     );
-    let mut c = env.cmd(&[
-        "campaign",
-        "create",
-        "--name",
-        "x",
-        "--segment",
-        "seg",
-        "--template",
-        "hello",
-    ]);
+    let mut c = env.cmd(&create_args("x", "seg", "hello", &[]));
     let id = String::from_utf8(
         c.env("MUNJA_TEST_GW_KEY", "wrong-key-s3cr3t")
             .output()
@@ -490,12 +469,7 @@ async fn sms_and_lms_are_sized_at_the_byte_edges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_never_sees_more_than_the_configured_rate() {
-    let gw = Gw {
-        rate: 200,
-        burst: 20,
-        concurrency: 32,
-        ..Gw::default()
-    };
+    let gw = Gw::limited(200, 20, 32);
     let env = Env::with(SimConfig::default(), gw, "").await;
     let seg = env.segment_csv("seg.csv", 0, 1000);
     let id = env.campaign(&seg, "hello", &[]).await;
@@ -538,18 +512,7 @@ async fn two_campaigns_running_at_once_share_their_gateways_rate() {
     let (ra, rb) = tokio::join!(env.run(&run_a), env.run(&run_b));
     let took = t.elapsed().as_secs_f64();
     assert_eq!((ra.code, rb.code), (0, 0), "{}\n{}", ra.all(), rb.all());
-    let s = env.sim.stats();
-    assert_eq!(s.accepted, 600);
-    assert!(
-        s.max_per_second <= 100 + 10,
-        "a calendar second saw {} messages: {:?}",
-        s.max_per_second,
-        s.per_second
-    );
-    assert!(
-        took >= (600.0 - 10.0) / 100.0,
-        "sent 600 in {took:.2}s, faster than the shared 100/s"
-    );
+    env.assert_shared_100_a_second(600, took);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

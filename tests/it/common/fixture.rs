@@ -186,6 +186,47 @@ impl Env {
         self.ok(&args).await.stdout.trim().to_string()
     }
 
+    /// `schedule add NAME --segment seg --template hello --no-ad --cron CRON`, which must succeed.
+    pub async fn schedule_hello(&self, name: &str, cron: &str) -> Out {
+        let args = [
+            "schedule",
+            "add",
+            name,
+            "--segment",
+            "seg",
+            "--template",
+            "hello",
+            "--no-ad",
+            "--cron",
+            cron,
+        ];
+        self.ok(&args).await
+    }
+
+    /// `campaign run ID` exits 0, and the gateway has accepted `n` messages, none twice.
+    pub async fn run_sends_once(&self, id: &str, n: u64) {
+        self.exits(0, &["campaign", "run", id]).await;
+        let s = self.sim.stats();
+        assert_eq!((s.accepted, s.numbers_accepted_twice), (n, 0));
+    }
+
+    /// The gateway accepted `sent` messages in `took` seconds, never above its shared limit of
+    /// 100 a second (bucket 10) in any calendar second nor on average.
+    pub fn assert_shared_100_a_second(&self, sent: u64, took: f64) {
+        let s = self.sim.stats();
+        assert_eq!(s.accepted, sent);
+        assert!(
+            s.max_per_second <= 100 + 10,
+            "a calendar second saw {} messages: {:?}",
+            s.max_per_second,
+            s.per_second
+        );
+        assert!(
+            took >= (sent as f64 - 10.0) / 100.0,
+            "sent {sent} in {took:.2}s, faster than the shared 100/s"
+        );
+    }
+
     /// Starts `campaign run ID` and waits until the gateway has accepted `accepted` messages
     /// in all (the run is under way).
     pub async fn start(&self, id: &str, accepted: u64) -> Child {

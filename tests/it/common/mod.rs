@@ -66,6 +66,81 @@ impl Default for Gw {
     }
 }
 
+impl Gw {
+    /// A gateway limited to `rate` a second (bucket `burst`) and `concurrency` requests at once.
+    pub fn limited(rate: u32, burst: u32, concurrency: usize) -> Gw {
+        Gw {
+            rate,
+            burst,
+            concurrency,
+            ..Gw::default()
+        }
+    }
+
+    /// A gateway whose requests time out after `timeout_ms`, tried `max_attempts` times.
+    pub fn timing_out(timeout_ms: u64, max_attempts: u32) -> Gw {
+        Gw {
+            timeout_ms,
+            max_attempts,
+            ..Gw::default()
+        }
+    }
+
+    /// Fast and patient: 4000/s, short timeouts, ten attempts (for runs killed and resumed).
+    pub fn fast_retrying() -> Gw {
+        Gw {
+            rate: 4000,
+            burst: 400,
+            timeout_ms: 300,
+            max_attempts: 10,
+            ..Gw::default()
+        }
+    }
+}
+
+/// A simulator with a few failures and timeouts (1 % each, stalls of 800 ms), seeded.
+pub fn flaky(seed: u64) -> SimConfig {
+    SimConfig {
+        fail_rate: 0.01,
+        timeout_rate: 0.01,
+        stall_ms: 800,
+        seed: Some(seed),
+        ..SimConfig::default()
+    }
+}
+
+/// Reads a spawned child's piped stderr to its end.
+pub fn read_stderr(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    stderr
+}
+
+/// A simulator that fails a share `fail_rate` of the requests, seeded.
+pub fn failing(fail_rate: f64, seed: u64) -> SimConfig {
+    SimConfig {
+        fail_rate,
+        seed: Some(seed),
+        ..SimConfig::default()
+    }
+}
+
+/// A simulator that accepts every request and then times out, and whose lookups answer 503.
+pub fn lookups_down() -> SimConfig {
+    SimConfig {
+        timeout_rate: 1.0,
+        stall_ms: 1000,
+        lookups_unavailable: true,
+        ..SimConfig::default()
+    }
+}
+
 impl Env {
     pub async fn new(sim_cfg: SimConfig) -> Env {
         Env::with(sim_cfg, Gw::default(), "").await
@@ -270,6 +345,22 @@ batch_size = {batch}
             .await;
         serde_json::from_str(&o.stdout).expect("audit json")
     }
+}
+
+/// Creates the SQLite database at `url` (a source for SQL segments) and runs `sql` on it.
+pub async fn sqlite_crm(url: &str, sql: &'static str) {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let mut c = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .expect("url")
+        .create_if_missing(true)
+        .connect()
+        .await
+        .expect("create crm.db");
+    sqlx::raw_sql(sql)
+        .execute(&mut c)
+        .await
+        .expect("fill crm.db");
 }
 
 /// The i-th test number, canonical form: 010 + 8 digits.

@@ -147,17 +147,8 @@ fn refs_of(rows: &[Value]) -> Vec<String> {
 /// that settles the messages as sent does not undo them.
 #[tokio::test]
 async fn a_report_before_the_send_commits_is_kept_when_it_commits() {
-    let sim = SimConfig {
-        timeout_rate: 1.0,
-        stall_ms: 1000,
-        lookups_unavailable: true,
-        ..SimConfig::default()
-    };
-    let gw = Gw {
-        timeout_ms: 200,
-        max_attempts: 2,
-        ..Gw::default()
-    };
+    let sim = crate::common::lookups_down();
+    let gw = Gw::timing_out(200, 2);
     let env = Env::with(sim, gw, "max_consecutive_failures = 100000").await;
     let seg = env.segment_csv("seg.csv", 0, 3);
     let id = env.campaign(&seg, "hello", &[]).await;

@@ -12,12 +12,7 @@ use crate::common::{Env, Gw, Out, n};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_gateway_fails_over_and_comes_back_after_its_cooldown() {
     // B ("sim", the default gateway of the test config) is slow enough for A's phases to show.
-    let gw = Gw {
-        rate: 40,
-        burst: 4,
-        concurrency: 4,
-        ..Gw::default()
-    };
+    let gw = Gw::limited(40, 4, 4);
     let env = Env::with(SimConfig::default(), gw, "").await;
     let (a_socket, a_port) = refusing_port();
     add_gateway(
@@ -142,19 +137,7 @@ async fn split_shares_traffic_by_weight_and_sends_each_message_once() {
     assert_eq!(st["gateways"], serde_json::json!(["sim", "b"]));
 
     // --split needs two gateways.
-    let o = env
-        .run(&[
-            "campaign",
-            "create",
-            "--name",
-            "x",
-            "--segment",
-            "seg",
-            "--template",
-            "hello",
-            "--split",
-        ])
-        .await;
+    let o = env.create("x", "seg", "hello", &["--split"]).await;
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("--split"), "{}", o.all());
 }
