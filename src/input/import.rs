@@ -21,6 +21,8 @@ use serde_json::{Map, Value};
 use crate::domain::compliance::parse_consent;
 use crate::domain::phone::{self, Phone};
 use crate::input::csvin::{CsvSource, Row, RowResult, Rows, TextEncoding};
+use crate::input::segment_sql::AD_CONSENT_COLUMN;
+use crate::input::segment_sql::rows::check_consent_text;
 use crate::store::{ImportCounts, NewMember, Store};
 
 /// Rows sent to the store per batch.
@@ -326,6 +328,14 @@ pub(crate) fn new_member(row: Row) -> Result<NewMember, Rejected> {
                 detail,
             })?;
         } else {
+            if k.eq_ignore_ascii_case(AD_CONSENT_COLUMN) {
+                check_consent_text(&v).map_err(|detail| Rejected {
+                    line: row.line,
+                    end_line: row.line,
+                    reason: "invalid_ad_consent_at".to_string(),
+                    detail,
+                })?;
+            }
             vars.insert(k, Value::String(v));
         }
     }
@@ -380,6 +390,34 @@ mod tests {
         let r = row_phone(&row("010-1234-\r5678")).unwrap_err();
         assert_eq!(r.reason, "line_break_in_phone");
         assert!(r.detail.starts_with("010-****-\\r5678: "), "{}", r.detail);
+    }
+
+    #[test]
+    fn a_csv_ad_consent_at_that_is_not_a_date_is_rejected_with_its_line() {
+        let with = |v: &str| Row {
+            fields: vec![("AD_CONSENT_AT".to_string(), v.to_string())],
+            ..row("010-1234-5678")
+        };
+        for ok in [
+            "",
+            "2026-01-02",
+            "2026-01-02 03:04:05",
+            "2026-01-02T03:04:05+09:00",
+        ] {
+            let m = new_member(with(ok)).expect(ok);
+            assert!(
+                m.vars.contains("AD_CONSENT_AT"),
+                "kept as a variable: {}",
+                m.vars
+            );
+        }
+        let r = new_member(with("02/01/2026")).unwrap_err();
+        assert_eq!((r.line, r.reason.as_str()), (7, "invalid_ad_consent_at"));
+        assert!(
+            r.detail.contains("\"02/01/2026\" is not a date"),
+            "{}",
+            r.detail
+        );
     }
 
     #[test]

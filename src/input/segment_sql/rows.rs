@@ -140,6 +140,19 @@ fn local(t: NaiveDateTime, tz: Tz) -> DateTime<Utc> {
         .map_or_else(|| t.and_utc(), |l| l.with_timezone(&Utc))
 }
 
+/// Checks a CSV `ad_consent_at` text: empty, or a date in one of the forms SQL text columns
+/// accept. Only the form is checked here; the age rule is not applied to CSV segments yet.
+pub(crate) fn check_consent_text(t: &str) -> Result<(), String> {
+    let t = t.trim();
+    if t.is_empty() || parse_time(t, Tz::UTC).is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "{AD_CONSENT_COLUMN} {t:?} is not a date: expected YYYY-MM-DD, \
+         YYYY-MM-DD HH:MM:SS or an RFC 3339 time"
+    ))
+}
+
 fn parse_time(s: &str, tz: Tz) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
