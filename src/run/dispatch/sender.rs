@@ -129,6 +129,10 @@ pub(super) struct ChunkSent {
     pub(super) opted_out: Vec<GatewayOptout>,
 }
 
+/// Send tasks a chunk keeps at once per request slot, and at least (see [`send_chunk`]).
+const TASKS_PER_SLOT: usize = 2;
+const MIN_TASKS: usize = 64;
+
 /// Composes and sends one claimed chunk.
 pub(super) async fn send_chunk(
     ctx: Arc<SendCtx>,
@@ -187,10 +191,17 @@ pub(super) async fn send_chunk(
         }
     }
     ctx.lanes.assign(&mut items);
-    // One task per request group, but no more at once than the run has request slots: a
-    // task's future is kilobytes, and a chunk of 10,000 single requests spawned at once held
-    // every one of them (times the chunks in flight) while only `concurrency` could send.
-    let limit = ctx.lanes.slots();
+    // One task per request group, but no more at once than a few times the run's request
+    // slots: a task's future is kilobytes, and a chunk of 10,000 single requests spawned at
+    // once held every one of them (times the chunks in flight) while only `concurrency` could
+    // send. The headroom keeps requests flowing while some tasks wait out a retry's backoff
+    // (which holds no request slot): with exactly one task per slot, a gateway that times out
+    // every request left every task backing off and nothing new sent.
+    let limit = ctx
+        .lanes
+        .slots()
+        .saturating_mul(TASKS_PER_SLOT)
+        .max(MIN_TASKS);
     let mut groups = group_items(&ctx, items).into_iter();
     let mut set = tokio::task::JoinSet::new();
     loop {
