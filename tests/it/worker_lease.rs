@@ -153,6 +153,16 @@ async fn the_lowest_worker_dying_after_the_others_left_is_finished_by_serve() {
     .await;
     let low = pg_scalar(&env, "SELECT MIN(id) FROM workers").await;
     let mut other = Worker::spawn(&env, &id, "other", &[]);
+    // The other worker has joined (the lowest could otherwise send the rest alone first).
+    until(60, "the other worker to join", || async {
+        pg_scalar(
+            &env,
+            "SELECT COUNT(*) FROM workers WHERE status = 'STARTED'",
+        )
+        .await
+            == 2
+    })
+    .await;
     until(60, "every message committed", || async {
         pg_scalar(
             &env,
