@@ -238,10 +238,14 @@ pub struct WorkerToken {
 pub enum Enlist {
     /// Starts a new execution holding the lease, if the lease is still `expected` (compare and
     /// swap). The previous holder's execution and workers, if any, are closed as ABANDONED with
-    /// `abandon_message`.
+    /// `abandon_message`. With several workers, `judged_workers` lists the STARTED workers of
+    /// the campaign read before its holder was judged gone: the store refuses (a conflict, to
+    /// judge again) when `expected` has a STARTED worker that is not in it, one that joined
+    /// after the judgement and must not lose its execution to the takeover.
     New {
         expected: Option<i64>,
         abandon_message: String,
+        judged_workers: Vec<i64>,
     },
     /// Joins the live execution `execution` as one more worker (stores with several workers).
     Join { execution: i64 },

@@ -195,10 +195,12 @@ impl Holder {
             Holder::Free => Ok(Enlist::New {
                 expected: None,
                 abandon_message: String::new(),
+                judged_workers: Vec::new(),
             }),
             Holder::Gone(l, why) => Ok(Enlist::New {
                 expected: Some(l.execution),
                 abandon_message: why.clone(),
+                judged_workers: Vec::new(),
             }),
             Holder::Live(l) if several_workers => Ok(Enlist::Join {
                 execution: l.execution,
@@ -389,7 +391,8 @@ mod tests {
             free.enlist(1, false).expect("free"),
             Enlist::New {
                 expected: None,
-                abandon_message: String::new()
+                abandon_message: String::new(),
+                judged_workers: Vec::new(),
             }
         );
         let live = Holder::judge(Some(&lease(&elsewhere(), 10)), 30, now, false);
@@ -406,6 +409,7 @@ mod tests {
             Enlist::New {
                 expected,
                 abandon_message,
+                ..
             } => {
                 assert_eq!(expected, Some(7));
                 assert!(

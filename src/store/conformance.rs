@@ -142,6 +142,7 @@ pub(crate) async fn start(
     let how = Enlist::New {
         expected,
         abandon_message: abandon_message.into(),
+        judged_workers: Vec::new(),
     };
     s.start_worker(c, &how, &process(host, pid)).await
 }

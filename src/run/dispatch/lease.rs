@@ -31,11 +31,25 @@ pub(super) async fn acquire(
     c: &Campaign,
 ) -> anyhow::Result<WorkerToken> {
     let me = Process::me();
+    let several = store.several_workers();
     let mut c = c.clone();
     let mut tries = 0;
     loop {
+        // The workers are read before the lease: a worker that joins after this read is not in
+        // `judged`, and one that joined before it beats in the lease read below. Either way a
+        // takeover can never close a worker that joined a live execution (see `Enlist::New`).
+        let judged = match several {
+            true => started_workers(store, c.id).await?,
+            false => Vec::new(),
+        };
+        if several {
+            c = store.campaign(c.id).await?;
+        }
         let holder = Holder::of(&c, cfg.policy.lease_timeout_secs, store).await?;
-        let how = holder.enlist(c.id, store.several_workers())?;
+        let mut how = holder.enlist(c.id, several)?;
+        if let Enlist::New { judged_workers, .. } = &mut how {
+            *judged_workers = judged;
+        }
         match store.start_worker(c.id, &how, &me).await {
             Ok(w) => {
                 log_enlisted(&how);
@@ -51,11 +65,23 @@ pub(super) async fn acquire(
     }
 }
 
+/// The ids of campaign `id`'s STARTED workers.
+async fn started_workers(store: &dyn Store, id: i64) -> anyhow::Result<Vec<i64>> {
+    Ok(store
+        .workers(id)
+        .await?
+        .into_iter()
+        .filter(|w| w.status == "STARTED")
+        .map(|w| w.id)
+        .collect())
+}
+
 fn log_enlisted(how: &Enlist) {
     match how {
         Enlist::New {
             expected: Some(previous),
             abandon_message,
+            ..
         } => warn!(previous, "{abandon_message}; taking over"),
         Enlist::Join { execution } => {
             tracing::info!(execution, "joined the running execution as another worker")

@@ -11,6 +11,7 @@ conformance!(
     a_dead_worker_is_rescued_and_fenced_off,
     only_the_last_worker_ends_the_execution,
     a_heartbeat_renews_its_worker_and_the_lease_until_it_ends,
+    a_takeover_judged_before_a_worker_joined_is_refused,
 );
 
 /// Joins the execution of `first` as worker on `host`, or `None` where a store refuses it.
@@ -273,4 +274,38 @@ async fn a_heartbeat_renews_its_worker_and_the_lease_until_it_ends(s: Arc<dyn St
         "an ended worker's failed beat renews nothing: {}s old",
         lease_age(&camp)
     );
+}
+
+/// A takeover judged on the workers read before another one joined the execution must not
+/// close that newcomer: the store refuses it as a conflict (the caller judges again and finds
+/// the execution alive); judged with the newcomer in view, it goes ahead.
+async fn a_takeover_judged_before_a_worker_joined_is_refused(s: Arc<dyn Store>) {
+    let (c, a) = running(&*s, "seg", 10).await;
+    let Some(b) = join(&*s, a, "host-b").await else {
+        return;
+    };
+    let takeover = |judged: Vec<i64>| Enlist::New {
+        expected: Some(a.execution),
+        abandon_message: "judged gone".into(),
+        judged_workers: judged,
+    };
+    let refused = s
+        .start_worker(c, &takeover(vec![a.worker]), &process("host-c", 9))
+        .await;
+    let m = assert_conflict(refused, "takeover that missed a joined worker");
+    assert!(m.contains(&format!("worker {} joined", b.worker)), "{m}");
+    let rows = s.workers(c).await.expect("workers");
+    assert!(rows.iter().all(|r| r.status == "STARTED"), "{rows:?}");
+    let taken = s
+        .start_worker(
+            c,
+            &takeover(vec![a.worker, b.worker]),
+            &process("host-c", 9),
+        )
+        .await
+        .expect("takeover that saw every worker");
+    assert_ne!(taken.execution, a.execution);
+    let rows = s.workers(c).await.expect("workers");
+    let abandoned = rows.iter().filter(|r| r.status == "ABANDONED").count();
+    assert_eq!(abandoned, 2, "{rows:?}");
 }

@@ -68,6 +68,29 @@ pub(super) async fn tally(
     Ok(())
 }
 
+/// Fails with a conflict when `execution` has a STARTED worker that is not in `judged`: it
+/// joined after its execution was judged gone, so the execution may be alive after all and the
+/// caller must judge again. The caller holds the campaign row, which a join locks too, so no
+/// worker can join between this check and the takeover.
+async fn joined_since(
+    tx: &mut Transaction<'static, Postgres>,
+    execution: i64,
+    judged: &[i64],
+) -> Result<()> {
+    let started: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM workers WHERE execution_id = $1 AND status = 'STARTED' ORDER BY id",
+    )
+    .bind(execution)
+    .fetch_all(&mut **tx)
+    .await?;
+    match started.iter().find(|id| !judged.contains(id)) {
+        None => Ok(()),
+        Some(id) => Err(StoreError::Conflict(format!(
+            "worker {id} joined execution {execution} after it was judged abandoned"
+        ))),
+    }
+}
+
 impl PgStore {
     /// Closes what an earlier holder left STARTED and starts a new execution holding the lease.
     async fn new_execution(
@@ -173,12 +196,16 @@ impl WorkerStore for PgStore {
             Enlist::New {
                 expected,
                 abandon_message,
+                judged_workers,
             } => {
                 if holder != *expected {
                     return Err(StoreError::Conflict(format!(
                         "campaign {campaign} was just started by another run (execution {})",
                         holder.unwrap_or_default()
                     )));
+                }
+                if let Some(execution) = expected {
+                    joined_since(&mut tx, *execution, judged_workers).await?;
                 }
                 self.new_execution(&mut tx, campaign, me, abandon_message)
                     .await?

@@ -37,9 +37,12 @@ impl WorkerStore for SqliteStore {
     /// lease); joining a live one is refused with what to do instead.
     async fn start_worker(&self, campaign: i64, how: &Enlist, me: &Process) -> Result<WorkerToken> {
         let (expected, abandon_message) = match how {
+            // One worker per campaign: nobody can join a live run, so `judged_workers` says
+            // nothing more than `expected`.
             Enlist::New {
                 expected,
                 abandon_message,
+                ..
             } => (*expected, abandon_message.as_str()),
             Enlist::Join { execution } => {
                 return Err(StoreError::Conflict(format!(

@@ -133,6 +133,7 @@ pub(super) async fn store(
     let how = Enlist::New {
         expected: None,
         abandon_message: "bench".into(),
+        judged_workers: Vec::new(),
     };
     let worker = store.start_worker(campaign, &how, &Process::me()).await?;
     let started = Instant::now();

@@ -169,6 +169,7 @@ async fn measure(source: &str, rows: u64) -> anyhow::Result<SegmentReport> {
     let how = crate::domain::model::Enlist::New {
         expected: None,
         abandon_message: "bench".into(),
+        judged_workers: Vec::new(),
     };
     let worker = store
         .start_worker(id, &how, &crate::run::lease::Process::me())
