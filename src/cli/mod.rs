@@ -399,7 +399,8 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             .await;
         }
         Command::Segment(SegmentCmd::Import { name, file }) => {
-            let r = import::segment(&*store, &name, &file, &mut print_rejected(&file)).await?;
+            let tz = cfg.policy.timezone;
+            let r = import::segment(&*store, &name, &file, tz, &mut print_rejected(&file)).await?;
             print_import(&r, "merged duplicates");
             eprintln!("segment {name}: {} recipients", r.imported);
         }

@@ -102,6 +102,7 @@ pub(super) async fn import_segment(s: &dyn Store, name: &str, range: std::ops::R
             phone: phone(i),
             vars: format!("{{\"n\":{i}}}"),
             night_consent: i % 2 == 0,
+            ad_consent_at: None,
         })
         .collect();
     imp.add_members(&members).await.expect("add members");
@@ -171,7 +172,7 @@ pub(super) async fn running(s: &dyn Store, seg: &str, n: u64) -> (i64, WorkerTok
     let e = start(s, c, None, "host-a", 4242, "abandoned")
         .await
         .expect("start");
-    s.snapshot(&e).await.expect("snapshot");
+    s.snapshot(&e, None).await.expect("snapshot");
     (c, e)
 }
 
