@@ -76,6 +76,7 @@ macro_rules! conformance {
 }
 
 mod buckets;
+mod consent;
 mod delivery;
 mod gateways;
 mod imports;
