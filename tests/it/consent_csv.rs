@@ -112,3 +112,24 @@ async fn a_csv_without_the_column_suppresses_no_consent() {
         want(&[(1, "sent", ""), (2, "sent", ""), (3, "sent", "")])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ad_on_a_segment_imported_before_consent_times_were_kept_is_refused() {
+    let env = Env::new(SimConfig::default()).await;
+    import_with_consent(&env).await;
+    // What migration 0011 (SQLite) / 0012 (PostgreSQL) leaves on a segment imported before.
+    let db = env.db().await;
+    db.execute("UPDATE segments SET ad_consent_column = NULL")
+        .await;
+    db.execute("UPDATE segment_members SET ad_consent_at = NULL")
+        .await;
+    let o = env.create("ad", "seg", "hello", &[]).await;
+    assert_eq!(o.code, 1, "{}", o.all());
+    o.assert_stderr_has(
+        "segment \"seg\" was imported before munja kept the times of its ad_consent_at column",
+    );
+    o.assert_stderr_has("import it again (`munja segment import seg FILE.csv`)");
+    // An informational campaign does not need them.
+    let o = env.create("info", "seg", "hello", &["--no-ad"]).await;
+    assert_eq!(o.code, 0, "{}", o.all());
+}
