@@ -132,6 +132,17 @@ pub enum SegmentCmd {
     /// Import (or atomically replace) segment NAME from a CSV with a `phone` column; every other
     /// column becomes a template variable; an optional `night_consent` column (true/false, Y/N, 1/0)
     /// allows ads during quiet hours.
+    ///
+    /// Special columns (any case):
+    ///   phone          the mobile number, in any form
+    ///   night_consent  allows quiet-hour ads
+    ///   ad_consent_at  when ad consent was given: empty, YYYY-MM-DD, YYYY-MM-DD HH:MM:SS
+    ///                  (policy.timezone) or RFC 3339; anything else rejects the row
+    ///                  (invalid_ad_consent_at). An ad skips consents older than
+    ///                  policy.ad_consent_max_age_days (730) as consent_expired and empty
+    ///                  cells as consent_missing; also a template variable
+    ///   anything else  a template variable
+    #[command(verbatim_doc_comment)]
     Import { name: String, file: PathBuf },
     /// List segments: kind (csv or sql), source and size where known.
     List {
@@ -399,7 +410,8 @@ async fn run_command(command: Command, cfg: &Config, store: Arc<dyn Store>) -> a
             .await;
         }
         Command::Segment(SegmentCmd::Import { name, file }) => {
-            let r = import::segment(&*store, &name, &file, &mut print_rejected(&file)).await?;
+            let tz = cfg.policy.timezone;
+            let r = import::segment(&*store, &name, &file, tz, &mut print_rejected(&file)).await?;
             print_import(&r, "merged duplicates");
             eprintln!("segment {name}: {} recipients", r.imported);
         }

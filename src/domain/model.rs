@@ -126,6 +126,9 @@ pub struct NewMember {
     /// JSON object text of the template variables.
     pub vars: String,
     pub night_consent: bool,
+    /// When the recipient last gave ad consent (CSV `ad_consent_at`); `None` when the cell is
+    /// empty or there is no such column.
+    pub ad_consent_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +139,9 @@ pub struct Segment {
     pub columns: Vec<String>,
     pub member_count: i64,
     pub imported_at: String,
+    /// Whether the file had an `ad_consent_at` column (its ads are checked for consent age);
+    /// `None` for a segment imported before munja stored consent times (import it again).
+    pub ad_consent_column: Option<bool>,
 }
 
 #[derive(Debug, Clone)]

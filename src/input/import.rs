@@ -18,11 +18,12 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use chrono_tz::Tz;
+
 use crate::domain::compliance::parse_consent;
+use crate::domain::consent;
 use crate::domain::phone::{self, Phone};
 use crate::input::csvin::{CsvSource, Row, RowResult, Rows, TextEncoding};
-use crate::input::segment_sql::AD_CONSENT_COLUMN;
-use crate::input::segment_sql::rows::check_consent_text;
 use crate::store::{ImportCounts, NewMember, Store};
 
 /// Rows sent to the store per batch.
@@ -252,12 +253,14 @@ pub async fn optouts(
     Ok(report)
 }
 
-/// Imports (or atomically replaces) segment `name` from a CSV with a `phone` column.
+/// Imports (or atomically replaces) segment `name` from a CSV with a `phone` column; an
+/// `ad_consent_at` column's times without offset are local times in `tz` (`policy.timezone`).
 /// `on_reject` receives each rejected row with its line number and reason.
 pub async fn segment(
     store: &dyn Store,
     name: &str,
     path: &Path,
+    tz: Tz,
     on_reject: &mut dyn FnMut(&Rejected),
 ) -> anyhow::Result<ImportReport> {
     check_segment_name(name)?;
@@ -281,7 +284,7 @@ pub async fn segment(
     let mut batch: Vec<NewMember> = Vec::with_capacity(BATCH);
     let mut rows = src.rows();
     for row in rows.by_ref() {
-        match data_row(row?).and_then(new_member) {
+        match data_row(row?).and_then(|row| new_member(row, tz)) {
             Ok(m) => batch.push(m),
             Err(r) => report.reject(on_reject, r),
         }
@@ -313,12 +316,15 @@ pub fn check_segment_name(name: &str) -> anyhow::Result<()> {
 }
 
 /// The segment member of a data row: its number and its other columns as template
-/// variables, `night_consent` apart. CSV files and SQL segments (`crate::input::segment_sql`) both
-/// go through here, so a row means the same whatever it came from.
-pub(crate) fn new_member(row: Row) -> Result<NewMember, Rejected> {
+/// variables, `night_consent` apart; `ad_consent_at` is also read as the consent's time (a
+/// time without offset is local in `tz`). CSV files and SQL segments
+/// (`crate::input::segment_sql`) both go through here, so a row means the same whatever it
+/// came from.
+pub(crate) fn new_member(row: Row, tz: Tz) -> Result<NewMember, Rejected> {
     let phone = row_phone(&row)?;
     let mut vars = Map::new();
     let mut night_consent = false;
+    let mut ad_consent_at = None;
     for (k, v) in row.fields {
         if k.eq_ignore_ascii_case(NIGHT_CONSENT_COLUMN) {
             night_consent = parse_consent(&v).map_err(|detail| Rejected {
@@ -328,8 +334,8 @@ pub(crate) fn new_member(row: Row) -> Result<NewMember, Rejected> {
                 detail,
             })?;
         } else {
-            if k.eq_ignore_ascii_case(AD_CONSENT_COLUMN) {
-                check_consent_text(&v).map_err(|detail| Rejected {
+            if consent::is_consent_column(&k) {
+                ad_consent_at = consent::parse_cell(&v, tz).map_err(|detail| Rejected {
                     line: row.line,
                     end_line: row.line,
                     reason: "invalid_ad_consent_at".to_string(),
@@ -343,6 +349,7 @@ pub(crate) fn new_member(row: Row) -> Result<NewMember, Rejected> {
         phone,
         vars: Value::Object(vars).to_string(),
         night_consent,
+        ad_consent_at,
     })
 }
 
@@ -404,14 +411,22 @@ mod tests {
             "2026-01-02 03:04:05",
             "2026-01-02T03:04:05+09:00",
         ] {
-            let m = new_member(with(ok)).expect(ok);
+            let m = new_member(with(ok), chrono_tz::Asia::Seoul).expect(ok);
             assert!(
                 m.vars.contains("AD_CONSENT_AT"),
                 "kept as a variable: {}",
                 m.vars
             );
         }
-        let r = new_member(with("02/01/2026")).unwrap_err();
+        let seoul = chrono_tz::Asia::Seoul;
+        let at = |v: &str| new_member(with(v), seoul).unwrap().ad_consent_at;
+        assert_eq!(at(""), None, "an empty cell is no consent");
+        assert_eq!(
+            at("2026-01-02").map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-01-01T15:00:00+00:00"),
+            "a date is midnight in the policy timezone"
+        );
+        let r = new_member(with("02/01/2026"), seoul).unwrap_err();
         assert_eq!((r.line, r.reason.as_str()), (7, "invalid_ad_consent_at"));
         assert!(
             r.detail.contains("\"02/01/2026\" is not a date"),

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::domain::compliance::find_ad_marker;
+use crate::domain::consent;
 use crate::domain::message::{AdFrame, ComposeError, Composed, Composer};
 use crate::domain::model::{NewCampaign, Segment};
 use crate::domain::phone;
@@ -50,8 +51,13 @@ pub struct Plan {
     pub examples: Vec<String>,
     /// Estimated cost in KRW, when `[pricing]` gives both prices.
     pub estimated_cost_krw: Option<f64>,
-    /// SQL segments: recipients suppressed before sending (`consent_expired`, …), by reason.
+    /// Recipients the snapshot suppresses for their ad consent (`consent_expired`, …), by
+    /// reason.
     pub suppressed: BTreeMap<String, u64>,
+    /// CSV segments: the suppressed are among the recipients composed and counted above (an
+    /// SQL segment's are left out of them).
+    #[serde(skip)]
+    pub suppressed_among_recipients: bool,
     /// SQL segments: source rows that are no recipient (invalid numbers, …), by reason.
     pub rejected_rows: BTreeMap<String, u64>,
     /// SQL segments: the id of the query version the plan was made from.
@@ -81,7 +87,12 @@ impl Plan {
         }
         for (reason, n) in &self.suppressed {
             s.push_str(&format!(
-                "\n  suppressed {reason}: {n} (not counted as recipients)"
+                "\n  suppressed {reason}: {n} ({})",
+                if self.suppressed_among_recipients {
+                    "counted as recipients above; the run suppresses them"
+                } else {
+                    "not counted as recipients"
+                }
             ));
         }
         for (reason, n) in &self.rejected_rows {
@@ -89,7 +100,12 @@ impl Plan {
         }
         if let Some(c) = self.estimated_cost_krw {
             s.push_str(&format!(
-                "\nestimated cost: {c:.0} KRW (before opt-out suppression)"
+                "\nestimated cost: {c:.0} KRW (before opt-out{} suppression)",
+                if self.suppressed_among_recipients && !self.suppressed.is_empty() {
+                    " and consent"
+                } else {
+                    ""
+                }
             ));
         }
         s
@@ -354,7 +370,10 @@ pub async fn prepare(
         Some(s) => plan_sql(cfg, &src, ad.clone(), s).await?,
         None => {
             let composer = Composer::new(&src, ad.clone())?.with_columns(segment.columns.clone());
-            plan(store, cfg, &composer, &segment).await?
+            let mut plan = plan(store, cfg, &composer, &segment).await?;
+            plan.suppressed = csv_consent(store, cfg, &segment, ad.is_some()).await?;
+            plan.suppressed_among_recipients = true;
+            plan
         }
     };
     if plan.sendable() == 0 {
@@ -382,6 +401,38 @@ pub async fn prepare(
     Ok((new, plan))
 }
 
+/// What the snapshot of an ad (`ad`) on CSV segment `segment` would suppress now for ad
+/// consent, by reason. A segment imported before munja kept consent times, whose file had an
+/// `ad_consent_at` column, is refused for an ad: its consent ages are unknown until imported
+/// again.
+async fn csv_consent(
+    store: &dyn Store,
+    cfg: &Config,
+    segment: &Segment,
+    ad: bool,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let now = chrono::Utc::now();
+    let Some(cutoff) = consent::cutoff(cfg.policy.ad_consent_max_age_days, ad, now) else {
+        return Ok(BTreeMap::new());
+    };
+    if segment.ad_consent_column.is_none()
+        && segment
+            .columns
+            .iter()
+            .any(|c| consent::is_consent_column(c))
+    {
+        bail!(
+            "segment {:?} was imported before munja kept the times of its ad_consent_at column, \
+             so their age (policy.ad_consent_max_age_days) cannot be checked; import it again \
+             (`munja segment import {} FILE.csv`), or create an informational campaign with \
+             --no-ad; nothing was created",
+            segment.name,
+            segment.name
+        );
+    }
+    Ok(store.segment_consent_counts(segment.id, cutoff).await?)
+}
+
 /// An SQL segment in the shape `campaign create` records (`imported_at`: its definition time).
 fn sql_as_segment(s: &SqlSegment) -> Segment {
     Segment {
@@ -391,6 +442,7 @@ fn sql_as_segment(s: &SqlSegment) -> Segment {
         columns: Vec::new(),
         member_count: 0,
         imported_at: s.defined_at.clone(),
+        ad_consent_column: None,
     }
 }
 

@@ -76,6 +76,7 @@ macro_rules! conformance {
 }
 
 mod buckets;
+mod consent;
 mod delivery;
 mod gateways;
 mod imports;
@@ -102,6 +103,7 @@ pub(super) async fn import_segment(s: &dyn Store, name: &str, range: std::ops::R
             phone: phone(i),
             vars: format!("{{\"n\":{i}}}"),
             night_consent: i % 2 == 0,
+            ad_consent_at: None,
         })
         .collect();
     imp.add_members(&members).await.expect("add members");
@@ -172,7 +174,7 @@ pub(super) async fn running(s: &dyn Store, seg: &str, n: u64) -> (i64, WorkerTok
     let e = start(s, c, None, "host-a", 4242, "abandoned")
         .await
         .expect("start");
-    s.snapshot(&e).await.expect("snapshot");
+    s.snapshot(&e, None).await.expect("snapshot");
     (c, e)
 }
 

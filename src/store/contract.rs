@@ -2,6 +2,8 @@
 //! database (isolation, fencing, atomicity) is written on the operation and summed up in the
 //! doc of the `store` module.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -104,7 +106,9 @@ pub trait ImportStore: Send + Sync {
         since: DateTime<Utc>,
     ) -> Result<Vec<String>>;
 
-    /// Starts replacing segment `name`; the old members stay visible until commit.
+    /// Starts replacing segment `name`; the old members stay visible until commit. The
+    /// segment records whether `columns` has an `ad_consent_at` column (any case): only then
+    /// is a member without a consent time `consent_missing`.
     async fn begin_segment_import(
         &self,
         name: &str,
@@ -113,6 +117,15 @@ pub trait ImportStore: Send + Sync {
     ) -> Result<Box<dyn Import>>;
     async fn segment(&self, name: &str) -> Result<Option<Segment>>;
     async fn segments(&self) -> Result<Vec<Segment>>;
+    /// How many members of segment `segment_id` an ad snapshot with consent `cutoff` suppresses
+    /// for their consent, by reason (`consent_missing`, `consent_expired`; none absent): the
+    /// snapshot's own rule, so members on the opt-out list (suppressed as `opted_out`) are not
+    /// counted. `NotFound` when there is no such segment.
+    async fn segment_consent_counts(
+        &self,
+        segment_id: i64,
+        cutoff: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, u64>>;
     /// Members in file order, `after_seq` exclusive, at most `limit`: (seq, phone, vars, night_consent).
     async fn segment_members(
         &self,
@@ -210,7 +223,12 @@ pub trait WorkerStore: Send + Sync {
 #[async_trait]
 pub trait ChunkStore: Send + Sync {
     /// Snapshots the segment into messages, all or nothing; returns the total (0 if done before).
-    async fn snapshot(&self, w: &WorkerToken) -> Result<u64>;
+    /// Members on the opt-out list are suppressed as `opted_out`; then, with `consent_cutoff`
+    /// (an ad with `policy.ad_consent_max_age_days` on), members whose consent is older are
+    /// `consent_expired` and, when the segment's file had an `ad_consent_at` column, those
+    /// without one `consent_missing`.
+    async fn snapshot(&self, w: &WorkerToken, consent_cutoff: Option<DateTime<Utc>>)
+    -> Result<u64>;
     /// Messages to settle by lookup before anything is sent or cancelled: `in_doubt` ones and
     /// those an earlier execution left `sending` (it crashed), at most `limit`, id > after.
     ///

@@ -120,6 +120,7 @@ async fn campaign(s: &SqliteStore, n: u64) -> (i64, WorkerToken) {
             phone: p.clone(),
             vars: "{}".into(),
             night_consent: false,
+            ad_consent_at: None,
         })
         .collect();
     imp.add_members(&members).await.expect("members");
@@ -143,7 +144,7 @@ async fn campaign(s: &SqliteStore, n: u64) -> (i64, WorkerToken) {
         .await
         .expect("create");
     let exec = start(s, id, None, "h", 1, "").await.expect("start");
-    assert_eq!(s.snapshot(&exec).await.expect("snapshot"), n);
+    assert_eq!(s.snapshot(&exec, None).await.expect("snapshot"), n);
     (id, exec)
 }
 

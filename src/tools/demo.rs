@@ -87,7 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let store = store::open(&cfg.database_url).await?;
     store.migrate().await?;
     eprintln!("database ready: {}", cfg.database_url);
-    import_examples(&*store, root).await?;
+    import_examples(&*store, root, cfg.policy.timezone).await?;
     preview(&*store, &cfg).await?;
     let id = create_campaign(&*store, &cfg, args.delay).await?;
 
@@ -197,7 +197,7 @@ max_attempts = 6
 }
 
 /// Steps 2 and 3: the opt-out list and the customer segment.
-async fn import_examples(store: &dyn Store, root: &Path) -> anyhow::Result<()> {
+async fn import_examples(store: &dyn Store, root: &Path, tz: chrono_tz::Tz) -> anyhow::Result<()> {
     step(2, "munja optout import optouts.csv");
     let r = import::optouts(
         store,
@@ -215,6 +215,7 @@ async fn import_examples(store: &dyn Store, root: &Path) -> anyhow::Result<()> {
         store,
         "customers",
         &root.join("customers.csv"),
+        tz,
         &mut first_five("customers.csv"),
     )
     .await?;

@@ -9,6 +9,7 @@
 mod common;
 
 mod bench;
+mod consent_csv;
 mod dashboard;
 mod delivery;
 mod docs_links;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::Config;
+use crate::domain::consent;
 use crate::domain::model::{Campaign, NewMember, WorkerToken};
 use crate::input::import::{Rejected, check_segment_name};
 use crate::store::source::SourceRow;
@@ -94,11 +95,7 @@ pub fn rules(cfg: &Config, seg: &SqlSegment, ad: bool, as_of: DateTime<Utc>) -> 
     Rules {
         phone_column: seg.phone_column.clone(),
         timezone: cfg.policy.timezone,
-        consent_cutoff: cfg
-            .policy
-            .ad_consent_max_age_days
-            .filter(|_| ad)
-            .map(|days| as_of - chrono::Duration::days(i64::from(days))),
+        consent_cutoff: consent::cutoff(cfg.policy.ad_consent_max_age_days, ad, as_of),
     }
 }
 

@@ -4,21 +4,16 @@
 //! template variables are the CSV import's own. What only SQL segments have is here: the
 //! rendering of typed values and the age of `ad_consent_at`.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
+use crate::domain::consent::{self, local, local_date};
 use crate::domain::model::NewMember;
 use crate::input::csvin::Row;
 use crate::input::import::{NIGHT_CONSENT_COLUMN, Rejected, new_member};
 use crate::store::source::{SourceRow, Value};
 
-/// The optional column with the time the recipient last gave (or confirmed) ad consent.
-pub const AD_CONSENT_COLUMN: &str = "ad_consent_at";
-
-/// Suppression reason of an ad recipient whose consent is older than the policy allows.
-pub const CONSENT_EXPIRED: &str = "consent_expired";
-/// Suppression reason of an ad recipient with an `ad_consent_at` column but no date in it.
-pub const CONSENT_MISSING: &str = "consent_missing";
+pub use crate::domain::consent::{AD_CONSENT_COLUMN, CONSENT_EXPIRED, CONSENT_MISSING};
 
 /// What the rules need besides the row.
 #[derive(Debug, Clone)]
@@ -95,7 +90,7 @@ pub fn convert(
         phone: render_phone(&row.values[layout.phone]),
         fields,
     };
-    let member = new_member(csv_row)?;
+    let member = new_member(csv_row, rules.timezone)?;
     let suppress = match (rules.consent_cutoff, layout.consent) {
         (Some(cutoff), Some(i)) => {
             consent_state(&row.values[i], cutoff, rules.timezone).map_err(|detail| Rejected {
@@ -114,16 +109,13 @@ pub fn convert(
 fn consent_state(v: &Value, cutoff: DateTime<Utc>, tz: Tz) -> Result<Option<&'static str>, String> {
     let at = match v {
         Value::Null => return Ok(Some(CONSENT_MISSING)),
-        Value::Text(t) if t.trim().is_empty() => return Ok(Some(CONSENT_MISSING)),
         Value::Timestamp(t) => *t,
         Value::DateTime(t) => local(*t, tz),
-        Value::Date(d) => local(d.and_time(chrono::NaiveTime::MIN), tz),
-        Value::Text(t) => parse_time(t.trim(), tz).ok_or_else(|| {
-            format!(
-                "{AD_CONSENT_COLUMN} {t:?} is not a date: expected YYYY-MM-DD, \
-                 YYYY-MM-DD HH:MM:SS or an RFC 3339 time"
-            )
-        })?,
+        Value::Date(d) => local_date(*d, tz),
+        Value::Text(t) => match consent::parse_cell(t, tz)? {
+            Some(at) => at,
+            None => return Ok(Some(CONSENT_MISSING)),
+        },
         other => {
             return Err(format!(
                 "{AD_CONSENT_COLUMN} {:?} is not a date: select a date or timestamp column",
@@ -132,43 +124,6 @@ fn consent_state(v: &Value, cutoff: DateTime<Utc>, tz: Tz) -> Result<Option<&'st
         }
     };
     Ok((at < cutoff).then_some(CONSENT_EXPIRED))
-}
-
-fn local(t: NaiveDateTime, tz: Tz) -> DateTime<Utc> {
-    tz.from_local_datetime(&t)
-        .earliest()
-        .map_or_else(|| t.and_utc(), |l| l.with_timezone(&Utc))
-}
-
-/// Checks a CSV `ad_consent_at` text: empty, or a date in one of the forms SQL text columns
-/// accept. Only the form is checked here; the age rule is not applied to CSV segments yet.
-pub(crate) fn check_consent_text(t: &str) -> Result<(), String> {
-    let t = t.trim();
-    if t.is_empty() || parse_time(t, Tz::UTC).is_some() {
-        return Ok(());
-    }
-    Err(format!(
-        "{AD_CONSENT_COLUMN} {t:?} is not a date: expected YYYY-MM-DD, \
-         YYYY-MM-DD HH:MM:SS or an RFC 3339 time"
-    ))
-}
-
-fn parse_time(s: &str, tz: Tz) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for f in [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S%.f",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
-            return Some(local(t, tz));
-        }
-    }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .map(|d| local(d.and_time(chrono::NaiveTime::MIN), tz))
 }
 
 /// The phone value as text; a number column that lost the leading 0 (`1012345678`) gets it back.
@@ -217,6 +172,8 @@ fn trim_decimal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use chrono::NaiveDate;
 
     use super::*;
 

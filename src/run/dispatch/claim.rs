@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::control::StopReason;
 use super::sender::{ChunkSent, SendCtx, quiet_stop, send_chunk};
+use crate::domain::consent;
 use crate::domain::message::Composer;
 use crate::domain::model::{Campaign, Counts, MessageState, MessageUpdate, Rescued, WorkerToken};
 use crate::run::lease::Process;
@@ -41,6 +42,8 @@ pub(super) struct Runner<'a> {
     pub(super) lease_timeout_secs: u64,
     pub(super) chunk_size: usize,
     pub(super) cap: Option<crate::config::FrequencyCap>,
+    /// `policy.ad_consent_max_age_days` for an ad (`None`: no consent check).
+    pub(super) consent_max_age_days: Option<u32>,
     pub(super) composer: Arc<Composer>,
     pub(super) ctx: Arc<SendCtx>,
     pub(super) progress: Option<Box<dyn Progress>>,
@@ -206,9 +209,13 @@ impl Runner<'_> {
     /// settle messages in doubt; returns the counts the progress display starts from.
     async fn prepare(&mut self, retry_failed: bool) -> anyhow::Result<Counts> {
         let id = self.campaign.id;
+        // As for an SQL segment: consent ages are judged at the campaign's scheduled time
+        // (or now), read when the run starts.
+        let as_of = crate::input::segment_sql::as_of_for(self.campaign, Utc::now());
+        let cutoff = consent::cutoff(self.consent_max_age_days, self.campaign.ad, as_of);
         let total = self
             .store
-            .snapshot(&self.worker)
+            .snapshot(&self.worker, cutoff)
             .await
             .context("snapshotting the segment")?;
         if total > 0 {

@@ -309,6 +309,7 @@ impl LeasedRun<'_> {
                 .policy
                 .max_ads_per_recipient
                 .filter(|_| campaign.ad),
+            consent_max_age_days: self.cfg.policy.ad_consent_max_age_days,
             composer: Arc::new(composer),
             ctx: Arc::new(SendCtx {
                 pause_notice: opts.progress.as_ref().and_then(|p| p.pause_notice()),

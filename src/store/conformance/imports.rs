@@ -64,6 +64,7 @@ async fn segment_import_replaces_the_list_at_commit(s: Arc<dyn Store>) {
         phone: phone(10),
         vars: "{\"first\":false}".into(),
         night_consent: true,
+        ad_consent_at: None,
     };
     let c = imp
         .add_members(&[
@@ -71,6 +72,7 @@ async fn segment_import_replaces_the_list_at_commit(s: Arc<dyn Store>) {
                 phone: phone(10),
                 vars: "{\"first\":true}".into(),
                 night_consent: false,
+                ad_consent_at: None,
             },
             dup,
         ])

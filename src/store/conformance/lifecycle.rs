@@ -132,8 +132,8 @@ async fn snapshot_is_idempotent_and_suppresses_opted_out(s: Arc<dyn Store>) {
     s.optout_add(&phone(2), "cli").await.expect("optout");
     let c = create_campaign(&*s, "seg", true).await;
     let e = start(&*s, c, None, "h", 1, "x").await.expect("start");
-    assert_eq!(s.snapshot(&e).await.expect("snapshot"), 4);
-    assert_eq!(s.snapshot(&e).await.expect("again"), 0, "done before");
+    assert_eq!(s.snapshot(&e, None).await.expect("snapshot"), 4);
+    assert_eq!(s.snapshot(&e, None).await.expect("again"), 0, "done before");
     let n = s.counts(c).await.expect("counts");
     assert_eq!((n.total, n.pending, n.suppressed), (4, 3, 1));
     let camp = s.campaign(c).await.expect("campaign");
@@ -169,11 +169,17 @@ async fn snapshot_refuses_a_reimported_segment_and_writes_nothing(s: Arc<dyn Sto
         }
     }
     let e = start(&*s, c, None, "h", 1, "x").await.expect("start");
-    let m = assert_conflict(s.snapshot(&e).await, "snapshot of a re-imported segment");
+    let m = assert_conflict(
+        s.snapshot(&e, None).await,
+        "snapshot of a re-imported segment",
+    );
     assert!(m.contains("re-imported"), "{m}");
     assert_eq!(s.counts(c).await.expect("counts").total, 0);
     assert!(s.campaign(c).await.expect("campaign").snapshot_at.is_none());
-    assert_lease_lost(s.snapshot(&stranger(e)).await, "snapshot by a non-holder");
+    assert_lease_lost(
+        s.snapshot(&stranger(e), None).await,
+        "snapshot by a non-holder",
+    );
 }
 
 async fn claim_and_commit_keep_the_counters(s: Arc<dyn Store>) {
@@ -265,7 +271,7 @@ async fn claim_applies_optouts_night_consent_and_the_cap(s: Arc<dyn Store>) {
     import_segment(&*s, "seg", 0..6).await;
     let c = create_campaign(&*s, "seg", true).await;
     let e = start(&*s, c, None, "h", 1, "x").await.expect("start");
-    s.snapshot(&e).await.expect("snapshot");
+    s.snapshot(&e, None).await.expect("snapshot");
     s.optout_add(&phone(4), "cli")
         .await
         .expect("optout during run");

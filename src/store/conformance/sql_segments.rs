@@ -27,6 +27,7 @@ fn row(seq: i64, i: u64, suppress: Option<&str>) -> SnapshotRow {
             phone: phone(i),
             vars: format!("{{\"seq\":\"{seq}\"}}"),
             night_consent: seq % 2 == 0,
+            ad_consent_at: None,
         },
         suppress: suppress.map(str::to_string),
     }
@@ -187,7 +188,7 @@ async fn streamed_snapshot_merges_suppresses_and_records(s: Arc<dyn Store>) {
         s.begin_message_snapshot(&e).await.expect("again").is_none(),
         "a snapshotted campaign is never snapshotted again"
     );
-    assert_eq!(s.snapshot(&e).await.expect("csv snapshot path"), 0);
+    assert_eq!(s.snapshot(&e, None).await.expect("csv snapshot path"), 0);
 }
 
 async fn streamed_snapshot_is_all_or_nothing_and_fenced(s: Arc<dyn Store>) {

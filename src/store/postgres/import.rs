@@ -3,6 +3,8 @@
 //! of `store::sql::imports`.
 
 use super::*;
+use std::collections::BTreeMap;
+
 use crate::store::sql::imports as sql;
 
 pub(super) struct PgImport {
@@ -44,12 +46,16 @@ impl Import for PgImport {
             let phones: Vec<&str> = batch.iter().map(|m| m.phone.as_str()).collect();
             let vars: Vec<&str> = batch.iter().map(|m| m.vars.as_str()).collect();
             let night: Vec<bool> = batch.iter().map(|m| m.night_consent).collect();
+            let consent: Vec<Option<DateTime<Utc>>> =
+                batch.iter().map(|m| m.ad_consent_at).collect();
             self.next_seq += batch.len() as i64;
             // A number seen earlier (in this batch or an earlier one) keeps its first row.
             let n = sqlx::query(
-                "INSERT INTO segment_members (segment_id, seq, phone, vars, night_consent) \
-                 SELECT $1, s, p, v, c \
-                 FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[]) AS u(s, p, v, c) \
+                "INSERT INTO segment_members \
+                 (segment_id, seq, phone, vars, night_consent, ad_consent_at) \
+                 SELECT $1, s, p, v, c, a \
+                 FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[], \
+                             $6::TIMESTAMPTZ[]) AS u(s, p, v, c, a) \
                  ORDER BY s ON CONFLICT DO NOTHING",
             )
             .bind(segment)
@@ -57,6 +63,7 @@ impl Import for PgImport {
             .bind(&phones)
             .bind(&vars)
             .bind(&night)
+            .bind(&consent)
             .execute(&mut *self.tx)
             .await?
             .rows_affected();
@@ -135,6 +142,15 @@ impl ImportStore for PgStore {
 
     async fn segments(&self) -> Result<Vec<Segment>> {
         sql::segments::<Postgres>(&mut *self.pool.acquire().await?).await
+    }
+
+    async fn segment_consent_counts(
+        &self,
+        segment_id: i64,
+        cutoff: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut c = self.pool.acquire().await?;
+        sql::consent_counts::<Postgres>(&mut c, segment_id, cutoff).await
     }
 
     async fn segment_members(

@@ -144,13 +144,17 @@ impl<'a> AttemptColumns<'a> {
 impl ChunkStore for PgStore {
     /// The campaign row first (it serializes the workers that snapshot at once), then the
     /// worker's fence: the lock order of a takeover.
-    async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
+    async fn snapshot(
+        &self,
+        w: &WorkerToken,
+        consent_cutoff: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
         let campaign = w.campaign;
         let mut tx = self.pool.begin().await?;
         lock_campaign(&mut tx, campaign).await?;
         fence_worker(&mut tx, w).await?;
         let Some((total, suppressed)) =
-            sql::snapshot::<Postgres>(&mut tx, &self.clock, campaign).await?
+            sql::snapshot::<Postgres>(&mut tx, &self.clock, campaign, consent_cutoff).await?
         else {
             return Ok(0);
         };

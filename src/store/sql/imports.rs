@@ -2,11 +2,14 @@
 //! start and end of a segment import, and the reads. The batches of an import stay in each
 //! backend (`UNNEST` arrays on PostgreSQL, multi-row `VALUES` on SQLite).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use super::{At, Dialect, Stamp, Stmt, query};
+use crate::domain::consent::{CONSENT_EXPIRED, CONSENT_MISSING, is_consent_column};
 use crate::domain::phone::Phone;
-use crate::store::{Clock, Result, Segment};
+use crate::store::{Clock, Result, Segment, StoreError};
 
 /// One primary-key probe of the opt-out list.
 pub(crate) const OPTOUT_CONTAINS: &str =
@@ -101,16 +104,19 @@ pub(crate) async fn begin_segment<DB: Dialect>(
     columns: &[String],
 ) -> Result<i64> {
     let cols = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
+    let consent_column = columns.iter().any(|c| is_consent_column(c));
     let row = query::<DB>(format!(
-        "INSERT INTO segments (name, source, columns, member_count, imported_at) \
-         VALUES ($1, $2, $3, 0, {}) \
+        "INSERT INTO segments (name, source, columns, ad_consent_column, member_count, \
+         imported_at) VALUES ($1, $2, $3, $4, 0, {}) \
          ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, columns = EXCLUDED.columns, \
-         member_count = 0, imported_at = EXCLUDED.imported_at RETURNING id",
-        DB::now(4)
+         ad_consent_column = EXCLUDED.ad_consent_column, member_count = 0, \
+         imported_at = EXCLUDED.imported_at RETURNING id",
+        DB::now(5)
     ))
     .arg(name)
     .arg(source)
     .arg(cols)
+    .arg(consent_column)
     .now(clock)
     .first(&mut *tx)
     .await?;
@@ -139,7 +145,8 @@ pub(crate) async fn end_segment<DB: Dialect>(
 /// See [`crate::store::ImportStore::segments`].
 pub(crate) async fn segments<DB: Dialect>(c: &mut DB::Connection) -> Result<Vec<Segment>> {
     let rows = sqlx::query::<DB>(
-        "SELECT id, name, source, columns, member_count, imported_at FROM segments ORDER BY name",
+        "SELECT id, name, source, columns, member_count, imported_at, ad_consent_column \
+         FROM segments ORDER BY name",
     )
     .all(c)
     .await?;
@@ -153,6 +160,7 @@ pub(crate) async fn segments<DB: Dialect>(c: &mut DB::Connection) -> Result<Vec<
                 columns: serde_json::from_str(&cols).unwrap_or_default(),
                 member_count: DB::col(r, "member_count")?,
                 imported_at: DB::col::<Stamp>(r, "imported_at")?.0,
+                ad_consent_column: DB::col(r, "ad_consent_column")?,
             })
         })
         .collect()
@@ -182,6 +190,67 @@ pub(crate) async fn members<DB: Dialect>(
                 DB::col(r, "vars")?,
                 DB::col(r, "night_consent")?,
             ))
+        })
+        .collect()
+}
+
+/// Why a snapshot suppresses member `m` (`o`: its row of the opt-out list, if any), as an SQL
+/// expression, NULL when it does not: `opted_out` first; then, with `cutoff` (the parameter
+/// number of the consent cutoff: an ad with the check on), `consent_missing` for no consent
+/// time when the segment has the column (`missing`), and `consent_expired` for an older one.
+/// Consent times are TIMESTAMPTZ on PostgreSQL and RFC 3339 UTC text on SQLite ([`At`]), so
+/// one comparison orders both.
+pub(crate) fn member_reason(missing: bool, cutoff: Option<usize>) -> String {
+    let mut sql = "CASE WHEN o.phone IS NOT NULL THEN 'opted_out'".to_string();
+    if let Some(n) = cutoff {
+        if missing {
+            sql.push_str(&format!(
+                " WHEN m.ad_consent_at IS NULL THEN '{CONSENT_MISSING}'"
+            ));
+        }
+        sql.push_str(&format!(
+            " WHEN m.ad_consent_at < ${n} THEN '{CONSENT_EXPIRED}'"
+        ));
+    }
+    sql.push_str(" END");
+    sql
+}
+
+/// Whether segment `segment_id`'s file had an `ad_consent_at` column (`None`: imported before
+/// munja kept consent times); `NotFound` when there is no such segment.
+pub(crate) async fn consent_column<DB: Dialect>(
+    c: &mut DB::Connection,
+    segment_id: i64,
+) -> Result<Option<bool>> {
+    let row = sqlx::query::<DB>("SELECT ad_consent_column FROM segments WHERE id = $1")
+        .arg(segment_id)
+        .first(c)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("segment {segment_id} does not exist")))?;
+    DB::col(&row, "ad_consent_column")
+}
+
+/// See [`crate::store::ImportStore::segment_consent_counts`]: the snapshot's own expression.
+pub(crate) async fn consent_counts<DB: Dialect>(
+    c: &mut DB::Connection,
+    segment_id: i64,
+    cutoff: DateTime<Utc>,
+) -> Result<BTreeMap<String, u64>> {
+    let missing = consent_column::<DB>(&mut *c, segment_id).await? == Some(true);
+    let rows = query::<DB>(format!(
+        "SELECT reason, COUNT(*) AS n FROM (SELECT {} AS reason FROM segment_members m \
+         LEFT JOIN optouts o ON o.phone = m.phone WHERE m.segment_id = $1) r \
+         WHERE reason <> 'opted_out' GROUP BY reason",
+        member_reason(missing, Some(2))
+    ))
+    .arg(segment_id)
+    .arg(At(cutoff))
+    .all(c)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let n: i64 = DB::col(r, "n")?;
+            Ok((DB::col(r, "reason")?, n as u64))
         })
         .collect()
 }

@@ -86,6 +86,7 @@ pub(crate) trait Dialect:
     + Bind<Option<At>>
     + Get<i64>
     + Get<bool>
+    + Get<Option<bool>>
     + Get<String>
     + Get<Option<i64>>
     + Get<Option<String>>

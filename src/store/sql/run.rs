@@ -9,7 +9,9 @@
 
 use std::collections::HashSet;
 
-use super::{At, Dialect, Stamp, Stmt, query, segments};
+use chrono::{DateTime, Utc};
+
+use super::{At, Dialect, Stamp, Stmt, imports, query, segments};
 use crate::store::{Claim, ClaimRequest, ClaimedMessage, Clock, Result, StoreError};
 
 /// A claimed message from a row of `messages` (`gateway` only where the query selects it).
@@ -31,13 +33,15 @@ pub(crate) fn claimed<DB: Dialect>(r: &DB::Row) -> Result<ClaimedMessage> {
 }
 
 /// Snapshots the campaign's CSV segment into messages (numbers on the opt-out list
-/// suppressed); returns (messages, suppressed), or `None` when it was snapshotted before.
-/// On PostgreSQL the segment row is read `FOR SHARE`: that waits for an import of this segment
-/// in flight, then reads its result.
+/// suppressed, then, with `consent_cutoff`, old or missing ad consents: see
+/// [`imports::member_reason`]); returns (messages, suppressed), or `None` when it was
+/// snapshotted before. On PostgreSQL the segment row is read `FOR SHARE`: that waits for an
+/// import of this segment in flight, then reads its result.
 pub(crate) async fn snapshot<DB: Dialect>(
     tx: &mut DB::Connection,
     clock: &Clock,
     campaign: i64,
+    consent_cutoff: Option<DateTime<Utc>>,
 ) -> Result<Option<(u64, i64)>> {
     // Its old messages go first: a half-written snapshot cannot exist (this is one
     // transaction), but be explicit.
@@ -53,7 +57,7 @@ pub(crate) async fn snapshot<DB: Dialect>(
     let segment: String = DB::col(&row, "segment_name")?;
     let checked: Option<Stamp> = DB::col(&row, "segment_imported_at")?;
     let found = query::<DB>(format!(
-        "SELECT id, imported_at FROM segments WHERE name = $1{}",
+        "SELECT id, imported_at, ad_consent_column FROM segments WHERE name = $1{}",
         if DB::ROW_LOCKS { " FOR SHARE" } else { "" }
     ))
     .arg(segment.as_str())
@@ -75,19 +79,23 @@ pub(crate) async fn snapshot<DB: Dialect>(
              (its checks and estimate covered the import of {checked}); create a new campaign for the new list"
         )));
     }
-    let total = sqlx::query::<DB>(
+    let missing = DB::col::<Option<bool>>(&found, "ad_consent_column")? == Some(true);
+    let reason = imports::member_reason(missing, consent_cutoff.map(|_| 4));
+    let q = query::<DB>(format!(
         "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) \
          SELECT $1, m.seq, CAST($2 AS TEXT) || '-' || m.seq, m.phone, m.vars, m.night_consent, \
-                CASE WHEN o.phone IS NULL THEN 'pending' ELSE 'suppressed' END, \
-                CASE WHEN o.phone IS NULL THEN NULL ELSE 'opted_out' END \
+                CASE WHEN {reason} IS NULL THEN 'pending' ELSE 'suppressed' END, {reason} \
          FROM segment_members m LEFT JOIN optouts o ON o.phone = m.phone \
-         WHERE m.segment_id = $3 ORDER BY m.seq",
-    )
+         WHERE m.segment_id = $3 ORDER BY m.seq"
+    ))
     .arg(campaign)
     .arg(uid)
-    .arg(segment_id)
-    .run(&mut *tx)
-    .await?;
+    .arg(segment_id);
+    let q = match consent_cutoff {
+        Some(cutoff) => q.arg(At(cutoff)),
+        None => q,
+    };
+    let total = q.run(&mut *tx).await?;
     let suppressed = segments::end_snapshot::<DB>(tx, clock, campaign, total as i64).await?;
     Ok(Some((total, suppressed)))
 }

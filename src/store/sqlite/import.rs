@@ -3,6 +3,9 @@
 //! multi-row `VALUES`, the rest the shared statements of `store::sql::imports`.
 
 use super::*;
+use std::collections::BTreeMap;
+
+use crate::store::sql::At;
 use crate::store::sql::imports as sql;
 
 struct SqliteImport {
@@ -41,7 +44,8 @@ impl Import for SqliteImport {
         let mut counts = ImportCounts::default();
         for batch in members.chunks(INSERT_BATCH) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT OR IGNORE INTO segment_members (segment_id, seq, phone, vars, night_consent) ",
+                "INSERT OR IGNORE INTO segment_members \
+                 (segment_id, seq, phone, vars, night_consent, ad_consent_at) ",
             );
             let start = self.next_seq;
             qb.push_values(batch.iter().enumerate(), |mut b, (i, m)| {
@@ -49,7 +53,8 @@ impl Import for SqliteImport {
                     .push_bind(start + i as i64)
                     .push_bind(m.phone.as_str().to_string())
                     .push_bind(m.vars.clone())
-                    .push_bind(m.night_consent);
+                    .push_bind(m.night_consent)
+                    .push_bind(m.ad_consent_at.map(At));
             });
             self.next_seq += batch.len() as i64;
             let n = qb.build().execute(&mut *self.tx).await?.rows_affected();
@@ -129,6 +134,15 @@ impl ImportStore for SqliteStore {
 
     async fn segments(&self) -> Result<Vec<Segment>> {
         sql::segments::<Sqlite>(&mut *self.pool.acquire().await?).await
+    }
+
+    async fn segment_consent_counts(
+        &self,
+        segment_id: i64,
+        cutoff: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut c = self.pool.acquire().await?;
+        sql::consent_counts::<Sqlite>(&mut c, segment_id, cutoff).await
     }
 
     async fn segment_members(

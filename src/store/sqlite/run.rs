@@ -92,11 +92,15 @@ impl SqliteStore {
 
 #[async_trait]
 impl ChunkStore for SqliteStore {
-    async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
+    async fn snapshot(
+        &self,
+        w: &WorkerToken,
+        consent_cutoff: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
         let mut tx = self.write_tx().await?;
         fence(&mut tx, w.campaign, w.execution).await?;
         let Some((total, suppressed)) =
-            sql::snapshot::<Sqlite>(&mut tx, &self.clock, w.campaign).await?
+            sql::snapshot::<Sqlite>(&mut tx, &self.clock, w.campaign, consent_cutoff).await?
         else {
             return Ok(0);
         };
