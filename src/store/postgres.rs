@@ -22,7 +22,6 @@
 //!
 //! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
 
-mod buckets;
 mod import;
 mod rows;
 mod run;
@@ -41,10 +40,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Transaction};
 
 use super::sql::Backend;
-use super::sql::campaigns as sql;
+use super::sql::campaigns::{self as sql, lease_holder};
 use super::*;
 
 /// Rows per `UNNEST` statement of an import (arrays, so no bound-parameter limit; this bounds
@@ -216,6 +215,27 @@ impl Backend for PgStore {
         .rows_affected();
         Ok(n == 1)
     }
+
+    fn new_import(
+        &self,
+        tx: Transaction<'static, Postgres>,
+        segment: Option<i64>,
+    ) -> Box<dyn Import> {
+        import::new_import(tx, segment)
+    }
+
+    fn message_snapshot(
+        &self,
+        tx: Transaction<'static, Postgres>,
+        w: &WorkerToken,
+        uid: String,
+    ) -> Box<dyn MessageSnapshot> {
+        sql_segments::message_snapshot(tx, w, uid, &self.clock)
+    }
+
+    async fn retry_finish(&self, _: &StoreError, _: u32) -> bool {
+        false
+    }
 }
 
 /// The cause of a failed connection, without anything from the URL.
@@ -235,36 +255,6 @@ fn row_limit(limit: i64) -> Option<i64> {
     (limit >= 0).then_some(limit)
 }
 
-/// The campaign's lease holder, with the campaign row locked until the transaction ends;
-/// `NotFound` for an unknown campaign.
-async fn lock_campaign(
-    tx: &mut Transaction<'static, Postgres>,
-    campaign: i64,
-) -> Result<Option<i64>> {
-    let holder: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = $1 FOR UPDATE")
-            .bind(campaign)
-            .fetch_optional(&mut **tx)
-            .await?;
-    holder.ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))
-}
-
-/// Locks the campaign row and fails with `LeaseLost` unless `execution` holds its lease.
-async fn fence(
-    tx: &mut Transaction<'static, Postgres>,
-    campaign: i64,
-    execution: i64,
-) -> Result<()> {
-    match lock_campaign(tx, campaign).await {
-        Ok(Some(holder)) if holder == execution => Ok(()),
-        Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::LeaseLost {
-            campaign,
-            execution,
-        }),
-        Err(e) => Err(e),
-    }
-}
-
 fn no_campaign(id: i64) -> StoreError {
     StoreError::NotFound(format!(
         "no campaign with id {id}; `munja campaign list` shows the existing ones"
@@ -280,113 +270,12 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        super::sql::schedules::create(self, c, None, None).await
-    }
-
-    async fn campaign(&self, id: i64) -> Result<Campaign> {
-        sql::campaign::<Postgres>(&mut *self.pool.acquire().await?, &self.clock, id).await
-    }
-
-    async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        sql::campaigns::<Postgres>(&mut *self.pool.acquire().await?, &self.clock).await
-    }
-
-    async fn counts(&self, campaign: i64) -> Result<Counts> {
-        sql::counts::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        sql::executions::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn request_stop(&self, campaign: i64) -> Result<()> {
-        sql::request_stop::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
         self.cancel_campaign(campaign, dead_lease).await
     }
 
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         self.delete(campaign, expected_lease).await
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    async fn take_tokens(
-        &self,
-        gateway: &str,
-        need: u32,
-        want: u32,
-        rate: u32,
-        capacity: u32,
-    ) -> Result<u32> {
-        self.take_bucket_tokens(gateway, need, want, rate, capacity)
-            .await
-    }
-
-    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        let mut c = self.pool.acquire().await?;
-        sql::has_pending_without_consent::<Postgres>(&mut c, campaign).await
-    }
-
-    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        sql::failure_reasons::<Postgres>(&mut *self.pool.acquire().await?, campaign, limit).await
-    }
-
-    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT gateway, COUNT(*) FROM messages \
-             WHERE campaign_id = $1 AND gateway IS NOT NULL GROUP BY gateway ORDER BY gateway",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// The campaign row is locked first, the order of every lock taker (see the module doc).
-    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        let n = sql::requeue_in_doubt::<Postgres>(&mut tx, campaign).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    /// The campaign row is locked first, the order of every lock taker (see the module doc).
-    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        let n = sql::requeue_retryable::<Postgres>(&mut tx, campaign).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        fence(&mut tx, w.campaign, w.execution).await?;
-        sql::finish_execution::<Postgres>(
-            &mut tx,
-            &self.clock,
-            w,
-            status,
-            exit_code,
-            exit_message,
-            campaign_status,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {

@@ -19,14 +19,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
 
 use super::sql::Backend;
-use super::sql::campaigns::{self as sql, FINISHED};
+use super::sql::campaigns::{self as sql, FINISHED, fence, lease_holder};
 use super::*;
 use file_identity::FileIdentity;
 
-mod buckets;
 mod file_identity;
 mod import;
 mod run;
@@ -115,31 +114,6 @@ impl SqliteStore {
             file,
             clock: Clock::default(),
         })
-    }
-
-    /// One attempt of [`Store::finish_execution`].
-    async fn finish_once(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, w.campaign, w.execution).await?;
-        sql::finish_execution::<Sqlite>(
-            &mut tx,
-            &self.clock,
-            w,
-            status,
-            exit_code,
-            exit_message,
-            campaign_status,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Fails when the database file was deleted or replaced since it was opened.
@@ -257,27 +231,36 @@ impl Backend for SqliteStore {
         .rows_affected();
         Ok(n == 1)
     }
-}
 
-/// The execution holding the campaign's lease, if any; `NotFound` for an unknown campaign.
-async fn lease_holder(tx: &mut Transaction<'static, Sqlite>, campaign: i64) -> Result<Option<i64>> {
-    let holder: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
-            .bind(campaign)
-            .fetch_optional(&mut **tx)
-            .await?;
-    holder.ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))
-}
+    fn new_import(
+        &self,
+        tx: Transaction<'static, Sqlite>,
+        segment: Option<i64>,
+    ) -> Box<dyn Import> {
+        import::new_import(tx, segment, &self.clock)
+    }
 
-/// Fails with `LeaseLost` unless `execution` holds the campaign's lease.
-async fn fence(tx: &mut Transaction<'static, Sqlite>, campaign: i64, execution: i64) -> Result<()> {
-    match lease_holder(tx, campaign).await {
-        Ok(Some(holder)) if holder == execution => Ok(()),
-        Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::LeaseLost {
-            campaign,
-            execution,
-        }),
-        Err(e) => Err(e),
+    fn message_snapshot(
+        &self,
+        tx: Transaction<'static, Sqlite>,
+        w: &WorkerToken,
+        uid: String,
+    ) -> Box<dyn MessageSnapshot> {
+        sql_segments::message_snapshot(tx, w, uid, &self.clock)
+    }
+
+    async fn retry_finish(&self, e: &StoreError, tries: u32) -> bool {
+        if tries >= FINISH_TRIES || !matches!(e, StoreError::Db(_) | StoreError::Full) {
+            return false;
+        }
+        if matches!(e, StoreError::Full) {
+            // Copy the WAL into the database and start it over, so that the retry reuses the
+            // WAL file's space instead of growing it on a full disk.
+            let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                .execute(&self.pool)
+                .await;
+        }
+        true
     }
 }
 
@@ -347,115 +330,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        super::sql::schedules::create(self, c, None, None).await
-    }
-
-    async fn campaign(&self, id: i64) -> Result<Campaign> {
-        sql::campaign::<Sqlite>(&mut *self.pool.acquire().await?, &self.clock, id).await
-    }
-
-    async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        sql::campaigns::<Sqlite>(&mut *self.pool.acquire().await?, &self.clock).await
-    }
-
-    async fn counts(&self, campaign: i64) -> Result<Counts> {
-        sql::counts::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        sql::executions::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn request_stop(&self, campaign: i64) -> Result<()> {
-        sql::request_stop::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
         self.cancel_campaign(campaign, dead_lease).await
     }
 
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         self.delete(campaign, expected_lease).await
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    async fn take_tokens(
-        &self,
-        gateway: &str,
-        need: u32,
-        want: u32,
-        rate: u32,
-        capacity: u32,
-    ) -> Result<u32> {
-        self.take_bucket_tokens(gateway, need, want, rate, capacity)
-            .await
-    }
-
-    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        let mut c = self.pool.acquire().await?;
-        sql::has_pending_without_consent::<Sqlite>(&mut c, campaign).await
-    }
-
-    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        sql::failure_reasons::<Sqlite>(&mut *self.pool.acquire().await?, campaign, limit).await
-    }
-
-    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT gateway, COUNT(*) FROM messages \
-             WHERE campaign_id = ? AND gateway IS NOT NULL GROUP BY gateway ORDER BY gateway",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
-        sql::requeue_in_doubt::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
-        sql::requeue_retryable::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        // The end of a run is a small in-place update, and a run that cannot record it would
-        // stay STARTED: retry what may pass (a full disk that a checkpoint or cleanup relieves,
-        // a busy database), never a lost lease or a replaced file.
-        let mut wait = Duration::from_millis(100);
-        let mut tries = 1;
-        loop {
-            let r = self
-                .finish_once(w, status, exit_code, exit_message, campaign_status)
-                .await;
-            match r {
-                Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
-                    tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
-                    if matches!(e, StoreError::Full) {
-                        // Copy the WAL into the database and start it over, so that the retry
-                        // reuses the WAL file's space instead of growing it on a full disk.
-                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                            .execute(&self.pool)
-                            .await;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                    tries += 1;
-                }
-                r => return r,
-            }
-        }
     }
 
     async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {

@@ -46,7 +46,7 @@ impl PgStore {
 
     pub(super) async fn delete(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let holder = lock_campaign(&mut tx, campaign).await?;
+        let holder = lease_holder(&mut tx, campaign).await?;
         if let Some(h) = holder
             && holder != expected_lease
         {
@@ -147,7 +147,7 @@ impl ChunkStore for PgStore {
     async fn snapshot(&self, w: &WorkerToken) -> Result<u64> {
         let campaign = w.campaign;
         let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
+        lease_holder(&mut tx, campaign).await?;
         fence_worker(&mut tx, w).await?;
         let Some((total, suppressed)) =
             sql::snapshot::<Postgres>(&mut tx, &self.clock, campaign).await?

@@ -15,6 +15,23 @@ struct PgSnapshot {
     clock: Clock,
 }
 
+/// The snapshot in `tx` (see [`Backend::message_snapshot`]).
+pub(super) fn message_snapshot(
+    tx: Transaction<'static, Postgres>,
+    w: &WorkerToken,
+    uid: String,
+    clock: &Clock,
+) -> Box<dyn MessageSnapshot> {
+    Box::new(PgSnapshot {
+        tx,
+        campaign: w.campaign,
+        worker: *w,
+        uid,
+        total: 0,
+        clock: clock.clone(),
+    })
+}
+
 #[async_trait]
 impl MessageSnapshot for PgSnapshot {
     async fn add(&mut self, rows: &[SnapshotRow]) -> Result<ImportCounts> {
@@ -75,55 +92,5 @@ impl MessageSnapshot for PgSnapshot {
             messages: self.total,
             suppressed: suppressed as u64,
         })
-    }
-}
-
-#[async_trait]
-impl SqlSegmentStore for PgStore {
-    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
-        let mut tx = self.pool.begin().await?;
-        let seg = sql::define::<Postgres>(&mut tx, &self.clock, def).await?;
-        tx.commit().await?;
-        Ok(seg)
-    }
-
-    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        sql::versions::<Postgres>(&mut *self.pool.acquire().await?, name).await
-    }
-
-    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
-        sql::latest::<Postgres>(&mut *self.pool.acquire().await?).await
-    }
-
-    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        sql::link::<Postgres>(&mut tx, campaign, sql_segment_id).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        sql::of_campaign::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn begin_message_snapshot(
-        &self,
-        w: &WorkerToken,
-    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
-        let (campaign, execution) = (w.campaign, w.execution);
-        let mut tx = self.pool.begin().await?;
-        fence(&mut tx, campaign, execution).await?;
-        let Some(uid) = sql::open_snapshot::<Postgres>(&mut tx, campaign).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(PgSnapshot {
-            tx,
-            campaign,
-            worker: *w,
-            uid,
-            total: 0,
-            clock: self.clock.clone(),
-        })))
     }
 }

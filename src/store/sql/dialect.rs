@@ -49,6 +49,36 @@ impl Dialect for Sqlite {
         texts.iter().fold(q, |q, t| q.bind(t.to_string()))
     }
 
+    fn refill_bucket<'c>(
+        c: &'c mut SqliteConnection,
+        clock: &Clock,
+        gateway: &'c str,
+        rate: u32,
+        capacity: u32,
+    ) -> BoxFuture<'c, sqlx::Result<f64>> {
+        // Unix seconds (with milliseconds) of the store's clock (`?4` is its offset in
+        // seconds); stable within one statement.
+        const NOW: &str = "((julianday('now') - 2440587.5) * 86400.0 + ?4)";
+        let offset = clock.offset_ms() as f64 / 1000.0;
+        Box::pin(async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) VALUES (?1, ?3, {NOW}) \
+                 ON CONFLICT (gateway) DO UPDATE SET \
+                 tokens = MIN(?3, tokens + MAX(0.0, {NOW} - refilled_at) * ?2), refilled_at = {NOW}"
+            )))
+            .bind(gateway)
+            .bind(f64::from(rate))
+            .bind(f64::from(capacity))
+            .bind(offset)
+            .execute(&mut *c)
+            .await?;
+            sqlx::query_scalar("SELECT tokens FROM gateway_buckets WHERE gateway = ?")
+                .bind(gateway)
+                .fetch_one(&mut *c)
+                .await
+        })
+    }
+
     fn run<'c>(q: Q<'c, Sqlite>, c: &'c mut SqliteConnection) -> BoxFuture<'c, sqlx::Result<u64>> {
         Box::pin(async move { Ok(c.execute(q).await?.rows_affected()) })
     }
@@ -105,6 +135,30 @@ impl Dialect for Postgres {
 
     fn bind_texts<'q>(q: Q<'q, Postgres>, texts: &[&str]) -> Q<'q, Postgres> {
         q.bind(texts.iter().map(|t| t.to_string()).collect::<Vec<String>>())
+    }
+
+    fn refill_bucket<'c>(
+        c: &'c mut PgConnection,
+        _: &Clock,
+        gateway: &'c str,
+        rate: u32,
+        capacity: u32,
+    ) -> BoxFuture<'c, sqlx::Result<f64>> {
+        Box::pin(
+            sqlx::query_scalar(
+                "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) \
+                 VALUES ($1, $3, munja_clock_now()) \
+                 ON CONFLICT (gateway) DO UPDATE SET \
+                 tokens = LEAST($3, gateway_buckets.tokens + GREATEST(0.0, \
+                     EXTRACT(EPOCH FROM munja_clock_now() - gateway_buckets.refilled_at)::float8) * $2), \
+                 refilled_at = munja_clock_now() \
+                 RETURNING tokens",
+            )
+            .bind(gateway)
+            .bind(f64::from(rate))
+            .bind(f64::from(capacity))
+            .fetch_one(c),
+        )
     }
 
     fn run<'c>(q: Q<'c, Postgres>, c: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<u64>> {

@@ -25,6 +25,7 @@ pub(crate) mod imports;
 pub(crate) mod run;
 pub(crate) mod schedules;
 pub(crate) mod segments;
+pub(crate) mod workers;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -33,7 +34,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Database, Transaction};
 
-use super::{Clock, Result};
+use super::{Clock, Import, MessageSnapshot, Result, WorkerToken};
 
 /// A store on one database, as the contract's parts written once for both (the operations of
 /// `delivery` and `schedules`) see it: where its connections come from, and the one such
@@ -41,7 +42,7 @@ use super::{Clock, Result};
 #[async_trait]
 pub(crate) trait Backend: Send + Sync {
     type DB: Dialect;
-    /// The store's clock (see [`crate::store::Store::clock`]).
+    /// The store's clock (see [`crate::store::CampaignStore::clock`]).
     fn time(&self) -> &Clock;
     /// A pooled connection, for reads.
     async fn read(&self) -> Result<PoolConnection<Self::DB>>;
@@ -55,6 +56,28 @@ pub(crate) trait Backend: Send + Sync {
     /// which the two databases add differently (an interval on PostgreSQL's clock, RFC 3339
     /// text of this host's on SQLite).
     async fn launch_claim(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool>;
+    /// Whether recording the end of an execution is tried again after `e` on try `tries`: on
+    /// SQLite a full disk (after a WAL checkpoint) or a busy database may pass on a later try,
+    /// and a run that cannot record its end would stay STARTED; PostgreSQL's server-side
+    /// errors are not retried.
+    async fn retry_finish(&self, e: &crate::store::StoreError, tries: u32) -> bool;
+    /// An import in transaction `tx`, of CSV segment `segment` (its id) or, with `None`, of
+    /// opt-outs; its batches as each database takes many rows best (multi-row `VALUES` on
+    /// SQLite, `UNNEST` arrays on PostgreSQL).
+    fn new_import(
+        &self,
+        tx: Transaction<'static, Self::DB>,
+        segment: Option<i64>,
+    ) -> Box<dyn Import>;
+    /// The streamed snapshot of worker `w`'s campaign in transaction `tx` (fenced, and opened
+    /// with the campaign's `uid`, which prefixes each message's ref); its batches as in
+    /// [`Backend::new_import`].
+    fn message_snapshot(
+        &self,
+        tx: Transaction<'static, Self::DB>,
+        w: &WorkerToken,
+        uid: String,
+    ) -> Box<dyn MessageSnapshot>;
 }
 
 /// A statement with its arguments, as [`Dialect`] runs it.
@@ -77,6 +100,7 @@ pub(crate) struct Stamp(pub String);
 pub(crate) trait Dialect:
     Database
     + Bind<i64>
+    + Bind<f64>
     + Bind<bool>
     + Bind<String>
     + Bind<Option<i64>>
@@ -136,6 +160,21 @@ pub(crate) trait Dialect:
     fn bind_ids<'q>(q: Q<'q, Self>, ids: &[i64]) -> Q<'q, Self>;
     /// Binds the texts of an [`Dialect::in_list`].
     fn bind_texts<'q>(q: Q<'q, Self>, texts: &[&str]) -> Q<'q, Self>;
+
+    /// Refills gateway `gateway`'s token bucket in the caller's transaction and returns its
+    /// level: a new bucket starts full (`capacity`), an old one gains `rate` per elapsed second
+    /// of the store's clock, up to `capacity` (a clock that went back adds nothing). The
+    /// clocks differ: SQLite reads this host's (`julianday('now')`) plus the store clock's
+    /// offset, bound; PostgreSQL reads `munja_clock_now()` (the store's clock at the call, see
+    /// migration 0008), so that a taker that waited on the bucket's row lock refills from the
+    /// moment it got the row.
+    fn refill_bucket<'c>(
+        c: &'c mut Self::Connection,
+        clock: &Clock,
+        gateway: &'c str,
+        rate: u32,
+        capacity: u32,
+    ) -> BoxFuture<'c, sqlx::Result<f64>>;
 
     /// Runs a statement; returns how many rows it changed.
     fn run<'c>(q: Q<'c, Self>, c: &'c mut Self::Connection) -> BoxFuture<'c, sqlx::Result<u64>>;

@@ -1,12 +1,60 @@
-//! SQL segments on either database: versioned definitions, the campaign's link to the version
-//! it uses, and the statements a snapshot of a campaign's messages shares with the other
-//! backend (opening it, counting and recording it). The batches of a streamed snapshot stay in
+//! SQL segments on either database ([`SqlSegmentStore`], written once for both): versioned
+//! definitions, the campaign's link to the version it uses, and the statements a snapshot of
+//! a campaign's messages shares with the other backend (opening it, counting and recording
+//! it). The batches of a streamed snapshot stay in
 //! each backend (`UNNEST` arrays on PostgreSQL, multi-row `VALUES` on SQLite).
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{At, Dialect, Stamp, Stmt, query};
-use crate::store::{CampaignSqlSegment, Clock, NewSqlSegment, Result, SqlSegment, StoreError};
+use super::campaigns::{fence, lease_holder};
+use super::{At, Backend, Dialect, Stamp, Stmt, query};
+use crate::store::{
+    CampaignSqlSegment, Clock, MessageSnapshot, NewSqlSegment, Result, SqlSegment, SqlSegmentStore,
+    StoreError, WorkerToken,
+};
+
+#[async_trait]
+impl<B: Backend> SqlSegmentStore for B {
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        let mut tx = self.begin().await?;
+        let seg = define::<B::DB>(&mut tx, self.time(), def).await?;
+        tx.commit().await?;
+        Ok(seg)
+    }
+
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        versions::<B::DB>(&mut *self.read().await?, name).await
+    }
+
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        latest::<B::DB>(&mut *self.read().await?).await
+    }
+
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        lease_holder(&mut tx, campaign).await?;
+        link::<B::DB>(&mut tx, campaign, sql_segment_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        of_campaign::<B::DB>(&mut *self.read().await?, campaign).await
+    }
+
+    async fn begin_message_snapshot(
+        &self,
+        w: &WorkerToken,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        let mut tx = self.begin().await?;
+        fence(&mut tx, w.campaign, w.execution).await?;
+        let Some(uid) = open_snapshot::<B::DB>(&mut tx, w.campaign).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.message_snapshot(tx, w, uid)))
+    }
+}
 
 const SEGMENT_COLUMNS: &str = "id, name, version, source, query, phone_column, defined_at";
 

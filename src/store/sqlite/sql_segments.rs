@@ -14,6 +14,23 @@ struct SqliteSnapshot {
     clock: Clock,
 }
 
+/// The snapshot in `tx` (see [`Backend::message_snapshot`]).
+pub(super) fn message_snapshot(
+    tx: Transaction<'static, Sqlite>,
+    w: &WorkerToken,
+    uid: String,
+    clock: &Clock,
+) -> Box<dyn MessageSnapshot> {
+    Box::new(SqliteSnapshot {
+        tx,
+        campaign: w.campaign,
+        worker: *w,
+        uid,
+        total: 0,
+        clock: clock.clone(),
+    })
+}
+
 #[async_trait]
 impl MessageSnapshot for SqliteSnapshot {
     async fn add(&mut self, rows: &[SnapshotRow]) -> Result<ImportCounts> {
@@ -68,55 +85,5 @@ impl MessageSnapshot for SqliteSnapshot {
             messages: self.total,
             suppressed: suppressed as u64,
         })
-    }
-}
-
-#[async_trait]
-impl SqlSegmentStore for SqliteStore {
-    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
-        let mut tx = self.write_tx().await?;
-        let seg = sql::define::<Sqlite>(&mut tx, &self.clock, def).await?;
-        tx.commit().await?;
-        Ok(seg)
-    }
-
-    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        sql::versions::<Sqlite>(&mut *self.pool.acquire().await?, name).await
-    }
-
-    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
-        sql::latest::<Sqlite>(&mut *self.pool.acquire().await?).await
-    }
-
-    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        lease_holder(&mut tx, campaign).await?;
-        sql::link::<Sqlite>(&mut tx, campaign, sql_segment_id).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        sql::of_campaign::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn begin_message_snapshot(
-        &self,
-        w: &WorkerToken,
-    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
-        let (campaign, execution) = (w.campaign, w.execution);
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, campaign, execution).await?;
-        let Some(uid) = sql::open_snapshot::<Sqlite>(&mut tx, campaign).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(SqliteSnapshot {
-            tx,
-            campaign,
-            worker: *w,
-            uid,
-            total: 0,
-            clock: self.clock.clone(),
-        })))
     }
 }
