@@ -216,23 +216,6 @@ impl Backend for PgStore {
         Ok(n == 1)
     }
 
-    fn new_import(
-        &self,
-        tx: Transaction<'static, Postgres>,
-        segment: Option<i64>,
-    ) -> Box<dyn Import> {
-        import::new_import(tx, segment)
-    }
-
-    fn message_snapshot(
-        &self,
-        tx: Transaction<'static, Postgres>,
-        w: &WorkerToken,
-        uid: String,
-    ) -> Box<dyn MessageSnapshot> {
-        sql_segments::message_snapshot(tx, w, uid, &self.clock)
-    }
-
     async fn retry_finish(&self, _: &StoreError, _: u32) -> bool {
         false
     }

@@ -232,23 +232,6 @@ impl Backend for SqliteStore {
         Ok(n == 1)
     }
 
-    fn new_import(
-        &self,
-        tx: Transaction<'static, Sqlite>,
-        segment: Option<i64>,
-    ) -> Box<dyn Import> {
-        import::new_import(tx, segment, &self.clock)
-    }
-
-    fn message_snapshot(
-        &self,
-        tx: Transaction<'static, Sqlite>,
-        w: &WorkerToken,
-        uid: String,
-    ) -> Box<dyn MessageSnapshot> {
-        sql_segments::message_snapshot(tx, w, uid, &self.clock)
-    }
-
     async fn retry_finish(&self, e: &StoreError, tries: u32) -> bool {
         if tries >= FINISH_TRIES || !matches!(e, StoreError::Db(_) | StoreError::Full) {
             return false;

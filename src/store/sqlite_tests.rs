@@ -2,10 +2,10 @@
 //! query plans (no scan, no sort of a whole campaign) and the audit's keyset pages.
 
 use super::*;
-use sqlx::Row;
 use crate::domain::phone::normalize_mobile;
-use crate::store::conformance::start;
+use crate::store::conformance::{new_campaign, start};
 use crate::store::sql::imports::{OPTOUT_CONTAINS, fresh_optouts_in_flight};
+use sqlx::Row;
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -128,18 +128,9 @@ async fn campaign(s: &SqliteStore, n: u64) -> (i64, WorkerToken) {
     let seg = s.segment("seg").await.expect("segment").expect("exists");
     let id = s
         .create_campaign(&NewCampaign {
-            name: "t".into(),
-            segment_name: "seg".into(),
-            segment_imported_at: seg.imported_at,
-            template_name: "t".into(),
-            template_body: "hi".into(),
-            template_subject: None,
             gateway: "g".into(),
-            split: false,
             ad: false,
-            sender_number: "15881234".into(),
-            brand: None,
-            optout_number: None,
+            ..new_campaign("t", "seg", &seg.imported_at)
         })
         .await
         .expect("create");

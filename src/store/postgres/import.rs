@@ -3,30 +3,10 @@
 //! of `store::sql::imports`.
 
 use super::*;
-use crate::store::sql::imports as sql;
-
-pub(super) struct PgImport {
-    pub(super) tx: Transaction<'static, Postgres>,
-    pub(super) segment_id: Option<i64>,
-    pub(super) next_seq: i64,
-    pub(super) total: i64,
-}
-
-/// An import in `tx` (see [`Backend::new_import`]): segment members are numbered from 1.
-pub(super) fn new_import(
-    tx: Transaction<'static, Postgres>,
-    segment_id: Option<i64>,
-) -> Box<dyn Import> {
-    Box::new(PgImport {
-        tx,
-        segment_id,
-        next_seq: i64::from(segment_id.is_some()),
-        total: 0,
-    })
-}
+use crate::store::sql::imports::ImportTx;
 
 #[async_trait]
-impl Import for PgImport {
+impl Import for ImportTx<Postgres> {
     async fn add_optouts(&mut self, phones: &[Phone]) -> Result<ImportCounts> {
         let mut counts = ImportCounts::default();
         for batch in phones.chunks(INSERT_BATCH) {
@@ -80,11 +60,7 @@ impl Import for PgImport {
         Ok(counts)
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        if let Some(id) = self.segment_id {
-            sql::end_segment::<Postgres>(&mut self.tx, id, self.total).await?;
-        }
-        self.tx.commit().await?;
-        Ok(())
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.finish().await
     }
 }

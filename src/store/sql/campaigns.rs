@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Transaction;
 
-use super::{Backend, Dialect, Stamp, Stmt, query};
+use super::{Backend, Bucket, Dialect, Stamp, Stmt, query};
 use crate::store::{
     AuditRow, Campaign, CampaignStore, Clock, Counts, Execution, Lease, MessageState, NewCampaign,
     Result, StoreError, Take, WorkerToken, add_delivery_counts, granted_tokens,
@@ -49,8 +49,12 @@ impl<B: Backend> CampaignStore for B {
     /// row until commit, so concurrent takers (any worker, any campaign) queue on it.
     async fn take_tokens(&self, gateway: &str, take: Take) -> Result<u32> {
         let mut tx = self.begin().await?;
-        let tokens =
-            B::DB::refill_bucket(&mut tx, self.time(), gateway, take.rate, take.capacity).await?;
+        let bucket = Bucket {
+            gateway,
+            take,
+            clock: self.time(),
+        };
+        let tokens = B::DB::refill_bucket(&mut tx, bucket).await?;
         let granted = granted_tokens(tokens, take.need, take.want);
         if granted > 0 {
             sqlx::query::<B::DB>(

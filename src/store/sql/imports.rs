@@ -5,15 +5,53 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Transaction;
 
 use super::{At, Backend, Dialect, Stamp, Stmt, query};
 use crate::domain::phone::Phone;
 use crate::store::{Clock, Import, ImportStore, Result, Segment, SegmentDeletion, SegmentUser};
 
+/// An import in one write transaction, invisible until it commits; each backend writes its
+/// batches (`impl Import for ImportTx<…>` in its `import` module).
+pub(crate) struct ImportTx<DB: Dialect> {
+    pub tx: Transaction<'static, DB>,
+    /// The CSV segment imported; `None` for opt-outs.
+    pub segment_id: Option<i64>,
+    /// The seq of the next member: members are numbered from 1, in file order.
+    pub next_seq: i64,
+    /// Members inserted so far.
+    pub total: i64,
+    pub clock: Clock,
+}
+
+impl<DB: Dialect> ImportTx<DB> {
+    fn open(tx: Transaction<'static, DB>, segment_id: Option<i64>, clock: &Clock) -> Box<Self> {
+        Box::new(ImportTx {
+            tx,
+            segment_id,
+            next_seq: 1,
+            total: 0,
+            clock: clock.clone(),
+        })
+    }
+
+    /// [`Import::commit`]: records a segment's member count, then commits.
+    pub(crate) async fn finish(mut self: Box<Self>) -> Result<()> {
+        if let Some(id) = self.segment_id {
+            end_segment::<DB>(&mut self.tx, id, self.total).await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
-impl<B: Backend> ImportStore for B {
+impl<B: Backend> ImportStore for B
+where
+    ImportTx<B::DB>: Import,
+{
     async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
-        Ok(self.new_import(self.begin().await?, None))
+        Ok(ImportTx::open(self.begin().await?, None, self.time()))
     }
 
     async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
@@ -48,7 +86,7 @@ impl<B: Backend> ImportStore for B {
     ) -> Result<Box<dyn Import>> {
         let mut tx = self.begin().await?;
         let id = begin_segment::<B::DB>(&mut tx, self.time(), name, source, columns).await?;
-        Ok(self.new_import(tx, Some(id)))
+        Ok(ImportTx::open(tx, Some(id), self.time()))
     }
 
     async fn segment(&self, name: &str) -> Result<Option<Segment>> {

@@ -34,7 +34,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Database, Transaction};
 
-use super::{Clock, Import, MessageSnapshot, Result, WorkerToken};
+use super::{Clock, Result, Take};
 
 /// A store on one database, as the contract's parts written once for both (the operations of
 /// `delivery` and `schedules`) see it: where its connections come from, and the one such
@@ -61,23 +61,14 @@ pub(crate) trait Backend: Send + Sync {
     /// and a run that cannot record its end would stay STARTED; PostgreSQL's server-side
     /// errors are not retried.
     async fn retry_finish(&self, e: &crate::store::StoreError, tries: u32) -> bool;
-    /// An import in transaction `tx`, of CSV segment `segment` (its id) or, with `None`, of
-    /// opt-outs; its batches as each database takes many rows best (multi-row `VALUES` on
-    /// SQLite, `UNNEST` arrays on PostgreSQL).
-    fn new_import(
-        &self,
-        tx: Transaction<'static, Self::DB>,
-        segment: Option<i64>,
-    ) -> Box<dyn Import>;
-    /// The streamed snapshot of worker `w`'s campaign in transaction `tx` (fenced, and opened
-    /// with the campaign's `uid`, which prefixes each message's ref); its batches as in
-    /// [`Backend::new_import`].
-    fn message_snapshot(
-        &self,
-        tx: Transaction<'static, Self::DB>,
-        w: &WorkerToken,
-        uid: String,
-    ) -> Box<dyn MessageSnapshot>;
+}
+
+/// A token bucket to refill ([`Dialect::refill_bucket`]): the gateway's, as `take` sizes it,
+/// by the store's `clock`.
+pub(crate) struct Bucket<'a> {
+    pub gateway: &'a str,
+    pub take: Take,
+    pub clock: &'a Clock,
 }
 
 /// A statement with its arguments, as [`Dialect`] runs it.
@@ -161,7 +152,7 @@ pub(crate) trait Dialect:
     /// Binds the texts of an [`Dialect::in_list`].
     fn bind_texts<'q>(q: Q<'q, Self>, texts: &[&str]) -> Q<'q, Self>;
 
-    /// Refills gateway `gateway`'s token bucket in the caller's transaction and returns its
+    /// Refills the bucket of gateway `b.gateway` in the caller's transaction and returns its
     /// level: a new bucket starts full (`capacity`), an old one gains `rate` per elapsed second
     /// of the store's clock, up to `capacity` (a clock that went back adds nothing). The
     /// clocks differ: SQLite reads this host's (`julianday('now')`) plus the store clock's
@@ -170,10 +161,7 @@ pub(crate) trait Dialect:
     /// moment it got the row.
     fn refill_bucket<'c>(
         c: &'c mut Self::Connection,
-        clock: &Clock,
-        gateway: &'c str,
-        rate: u32,
-        capacity: u32,
+        b: Bucket<'c>,
     ) -> BoxFuture<'c, sqlx::Result<f64>>;
 
     /// Runs a statement; returns how many rows it changed.

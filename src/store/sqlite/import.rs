@@ -3,33 +3,10 @@
 //! multi-row `VALUES`, the rest the shared statements of `store::sql::imports`.
 
 use super::*;
-use crate::store::sql::imports as sql;
-
-struct SqliteImport {
-    tx: Transaction<'static, Sqlite>,
-    segment_id: Option<i64>,
-    next_seq: i64,
-    total: i64,
-    clock: Clock,
-}
-
-/// An import in `tx` (see [`Backend::new_import`]): segment members are numbered from 1.
-pub(super) fn new_import(
-    tx: Transaction<'static, Sqlite>,
-    segment_id: Option<i64>,
-    clock: &Clock,
-) -> Box<dyn Import> {
-    Box::new(SqliteImport {
-        tx,
-        segment_id,
-        next_seq: i64::from(segment_id.is_some()),
-        total: 0,
-        clock: clock.clone(),
-    })
-}
+use crate::store::sql::imports::ImportTx;
 
 #[async_trait]
-impl Import for SqliteImport {
+impl Import for ImportTx<Sqlite> {
     async fn add_optouts(&mut self, phones: &[Phone]) -> Result<ImportCounts> {
         let mut counts = ImportCounts::default();
         let at = ts(self.clock.now());
@@ -75,11 +52,7 @@ impl Import for SqliteImport {
         Ok(counts)
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        if let Some(id) = self.segment_id {
-            sql::end_segment::<Sqlite>(&mut self.tx, id, self.total).await?;
-        }
-        self.tx.commit().await?;
-        Ok(())
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.finish().await
     }
 }
