@@ -76,14 +76,29 @@ pub trait CampaignStore: Send + Sync {
     /// Failed messages whose attempts ran out on transient errors go back to `pending`.
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
     /// Records how the execution ended and releases the lease (fenced on the execution).
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()>;
+    async fn finish_execution(&self, w: &WorkerToken, end: &ExecutionEnd<'_>) -> Result<()>;
+}
+
+/// How an execution ended ([`CampaignStore::finish_execution`]): its status, exit code and
+/// message, and the campaign's status from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutionEnd<'a> {
+    pub status: &'a str,
+    pub exit_code: &'a str,
+    pub exit_message: &'a str,
+    pub campaign_status: &'a str,
+}
+
+impl<'a> ExecutionEnd<'a> {
+    /// The execution, its exit code and the campaign all `status`, with `exit_message`.
+    pub fn same(status: &'a str, exit_message: &'a str) -> ExecutionEnd<'a> {
+        ExecutionEnd {
+            status,
+            exit_code: status,
+            exit_message,
+            campaign_status: status,
+        }
+    }
 }
 
 /// A take from a gateway's token bucket ([`CampaignStore::take_tokens`]): at least `need`

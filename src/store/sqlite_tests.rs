@@ -158,7 +158,7 @@ async fn audit_pages_cover_every_message_once_in_order_for_every_filter() {
     let (_d, s) = store().await;
     // Two campaigns: the second one's pages must not leak into the first's.
     let (_, w) = campaign(&s, 23).await;
-    s.finish_execution(&w, "COMPLETED", "COMPLETED", "", "COMPLETED")
+    s.finish_execution(&w, &ExecutionEnd::same("COMPLETED", ""))
         .await
         .expect("finish");
     let (id, _) = campaign(&s, 23).await;

@@ -341,7 +341,7 @@ async fn stale_execution_is_fenced_off(s: Arc<dyn Store>) {
     assert_eq!(s.counts(c).await.expect("counts").pending, 1);
     assert_lease_lost(s.heartbeat(&stale).await, "stale heartbeat");
     assert_lease_lost(
-        s.finish_execution(&stale, "COMPLETED", "COMPLETED", "done", "COMPLETED")
+        s.finish_execution(&stale, &ExecutionEnd::same("COMPLETED", "done"))
             .await,
         "stale finish",
     );

@@ -10,8 +10,8 @@ use sqlx::Transaction;
 
 use super::{Backend, Bucket, Dialect, Stamp, Stmt, query};
 use crate::store::{
-    AuditRow, Campaign, CampaignStore, Clock, Counts, Execution, Lease, MessageState, NewCampaign,
-    Result, StoreError, Take, WorkerToken, add_delivery_counts, granted_tokens,
+    AuditRow, Campaign, CampaignStore, Clock, Counts, Execution, ExecutionEnd, Lease, MessageState,
+    NewCampaign, Result, StoreError, Take, WorkerToken, add_delivery_counts, granted_tokens,
 };
 
 #[async_trait]
@@ -108,22 +108,16 @@ impl<B: Backend> CampaignStore for B {
     }
 
     /// Tried again while [`Backend::retry_finish`] says so, waiting twice as long each time.
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
+    async fn finish_execution(&self, w: &WorkerToken, end: &ExecutionEnd<'_>) -> Result<()> {
         let mut wait = Duration::from_millis(100);
         let mut tries = 1;
         loop {
             let once = async || -> Result<()> {
                 let mut tx = self.begin().await?;
                 fence(&mut tx, w.campaign, w.execution).await?;
-                finish::<B::DB>(&mut tx, self.time(), w, [status, exit_code, exit_message]).await?;
-                end_lease::<B::DB>(&mut tx, w.campaign, campaign_status, exit_message).await?;
+                finish::<B::DB>(&mut tx, self.time(), w, end).await?;
+                end_lease::<B::DB>(&mut tx, w.campaign, end.campaign_status, end.exit_message)
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             };
@@ -392,22 +386,21 @@ pub(crate) async fn failure_reasons<DB: Dialect>(
         .collect()
 }
 
-/// Records how worker `w`'s execution ended (`[status, exit_code, exit_message]`), in the
-/// caller's fenced transaction.
+/// Records how worker `w`'s execution ended, in the caller's fenced transaction.
 async fn finish<DB: Dialect>(
     tx: &mut DB::Connection,
     clock: &Clock,
     w: &WorkerToken,
-    [status, exit_code, exit_message]: [&str; 3],
+    end: &ExecutionEnd<'_>,
 ) -> Result<()> {
     query::<DB>(format!(
         "UPDATE executions SET status = $1, exit_code = $2, exit_message = $3, ended_at = {} \
          WHERE id = $4",
         DB::now(5)
     ))
-    .arg(status)
-    .arg(exit_code)
-    .arg(exit_message)
+    .arg(end.status)
+    .arg(end.exit_code)
+    .arg(end.exit_message)
     .arg(w.execution)
     .now(clock)
     .run(tx)
