@@ -33,18 +33,10 @@ pub trait Store:
     /// one transaction; refused while a lease other than
     /// `expected_lease` (a dead holder the caller has checked) is held.
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()>;
-
-    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
-    /// Deletes what finished (COMPLETED or CANCELLED, not running) campaigns logged before
-    /// `before`: attempts, ended executions and delivery reports, plus reports of refs no
-    /// message has; messages stay. Small auto-committed batches of `batch` rows, so a running
-    /// campaign's writer waits for one batch at most.
-    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
-    async fn disk_usage(&self) -> Result<DiskUsage>;
 }
 
-/// Campaigns and their executions, the end of an execution, requeues and the shared rate
-/// budget: written once for both databases (`sql::campaigns`).
+/// Campaigns and their executions, the end of an execution, requeues, the shared rate budget,
+/// the audit and retention: written once for both databases (`sql::campaigns`).
 #[async_trait]
 pub trait CampaignStore: Send + Sync {
     /// The clock this store judges leases, claim expiries and the rate budget by (the
@@ -77,6 +69,14 @@ pub trait CampaignStore: Send + Sync {
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
     /// Records how the execution ended and releases the lease (fenced on the execution).
     async fn finish_execution(&self, w: &WorkerToken, end: &ExecutionEnd<'_>) -> Result<()>;
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
+    /// Deletes what finished (COMPLETED or CANCELLED, not running) campaigns logged before
+    /// `before`: attempts, ended executions and delivery reports, plus reports of refs no
+    /// message has; messages stay. Small auto-committed batches of `batch` rows, so a running
+    /// campaign's writer waits for one batch at most.
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
+    async fn disk_usage(&self) -> Result<DiskUsage>;
 }
 
 /// How an execution ended ([`CampaignStore::finish_execution`]): its status, exit code and

@@ -160,24 +160,6 @@ impl PgStore {
         }
         Ok(PgStore { pool, beats, clock })
     }
-
-    /// Runs a `DELETE … WHERE id IN (SELECT … < $1 LIMIT $2)` until it deletes nothing.
-    async fn delete_in_batches(&self, sql: &str, before: DateTime<Utc>, batch: i64) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(before)
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += n;
-            if n == 0 {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
-    }
 }
 
 #[async_trait]
@@ -189,10 +171,6 @@ impl Backend for PgStore {
     }
 
     async fn read(&self) -> Result<PoolConnection<Postgres>> {
-        Ok(self.pool.acquire().await?)
-    }
-
-    async fn write(&self) -> Result<PoolConnection<Postgres>> {
         Ok(self.pool.acquire().await?)
     }
 
@@ -216,6 +194,31 @@ impl Backend for PgStore {
         Ok(n == 1)
     }
 
+    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
+    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
+    async fn usage(&self) -> Result<DiskUsage> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(DiskUsage {
+            db_bytes: u64::try_from(bytes).unwrap_or(0),
+            free_bytes: 0,
+        })
+    }
+
+    async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<PgRow>> {
+        Ok(audit_query(f).build().fetch_all(&self.pool).await?)
+    }
+
+    /// Batches picked by a join of the attempts with their finished campaigns.
+    async fn purge_attempts(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let delete = format!(
+            "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
+             JOIN campaigns c ON c.id = a.campaign_id WHERE {} AND a.at < $1 LIMIT $2)",
+            sql::FINISHED
+        );
+        sql::delete_in_batches(self, &delete, before, batch).await
+    }
     async fn retry_finish(&self, _: &StoreError, _: u32) -> bool {
         false
     }
@@ -259,52 +262,6 @@ impl Store for PgStore {
 
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         self.delete(campaign, expected_lease).await
-    }
-
-    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter().map(sql::audit_from_row::<Postgres>).collect()
-    }
-
-    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
-        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        use sql::FINISHED;
-        let attempts_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
-                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < $1 LIMIT $2)"
-                ),
-                before,
-                batch,
-            )
-            .await?;
-        let executions_deleted = self
-            .delete_in_batches(&sql::purge_executions(), before, batch)
-            .await?;
-        let reports_deleted = self
-            .delete_in_batches(&sql::purge_reports(), before, batch)
-            .await?;
-        let usage = self.disk_usage().await?;
-        Ok(PurgeReport {
-            attempts_deleted,
-            executions_deleted,
-            reports_deleted,
-            db_bytes: usage.db_bytes,
-            free_bytes: usage.free_bytes,
-        })
-    }
-
-    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
-    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
-    async fn disk_usage(&self) -> Result<DiskUsage> {
-        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(DiskUsage {
-            db_bytes: u64::try_from(bytes).unwrap_or(0),
-            free_bytes: 0,
-        })
     }
 }
 

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
 
@@ -121,66 +122,6 @@ impl SqliteStore {
         self.file.as_ref().map_or(Ok(()), FileIdentity::check)
     }
 
-    /// Runs a `DELETE ... WHERE id IN (SELECT ... < ? LIMIT ?)` until it deletes nothing.
-    async fn delete_in_batches(&self, sql: &str, before: &str, batch: i64) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(before)
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += n;
-            if n == 0 {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Deletes the attempts of finished campaigns older than `before`, walking each campaign's
-    /// attempts once through the `(campaign_id, id)` index, `batch` ids per transaction (a scan
-    /// of the table per batch would re-read every attempt that stays, batch after batch).
-    async fn purge_attempts(&self, before: &str, batch: i64) -> Result<u64> {
-        let finished: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT c.id FROM campaigns c WHERE {FINISHED} ORDER BY c.id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        let delete = format!(
-            "DELETE FROM attempts WHERE campaign_id = ?1 AND id > ?2 AND id <= ?3 AND at < ?4 \
-             AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = ?1 AND {FINISHED})"
-        );
-        let mut total = 0;
-        for campaign in finished {
-            let mut after = 0i64;
-            loop {
-                let upto: Option<i64> = sqlx::query_scalar(
-                    "SELECT MAX(id) FROM (SELECT id FROM attempts WHERE campaign_id = ? AND id > ? \
-                     ORDER BY id LIMIT ?)",
-                )
-                .bind(campaign)
-                .bind(after)
-                .bind(batch)
-                .fetch_one(&self.pool)
-                .await?;
-                let Some(upto) = upto else { break };
-                total += sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
-                    .bind(campaign)
-                    .bind(after)
-                    .bind(upto)
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                after = upto;
-                tokio::task::yield_now().await;
-            }
-        }
-        Ok(total)
-    }
-
     /// The store's clock as the text every time column holds.
     fn now(&self) -> String {
         ts(self.clock.now())
@@ -230,6 +171,70 @@ impl Backend for SqliteStore {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn usage(&self) -> Result<DiskUsage> {
+        let mut conn = self.pool.acquire().await?;
+        let mut pragma = async |name: &str| -> Result<u64> {
+            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        let page = pragma("page_size").await?;
+        let pages = pragma("page_count").await?;
+        let free = pragma("freelist_count").await?;
+        Ok(DiskUsage {
+            db_bytes: page * pages,
+            free_bytes: page * free,
+        })
+    }
+
+    async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<SqliteRow>> {
+        Ok(audit_query(f).build().fetch_all(&self.pool).await?)
+    }
+
+    /// Deletes the attempts of finished campaigns older than `before`, walking each campaign's
+    /// attempts once through the `(campaign_id, id)` index, `batch` ids per transaction (a scan
+    /// of the table per batch would re-read every attempt that stays, batch after batch).
+    async fn purge_attempts(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let before = ts(before);
+        let finished: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT c.id FROM campaigns c WHERE {FINISHED} ORDER BY c.id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let delete = format!(
+            "DELETE FROM attempts WHERE campaign_id = ?1 AND id > ?2 AND id <= ?3 AND at < ?4 \
+             AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = ?1 AND {FINISHED})"
+        );
+        let mut total = 0;
+        for campaign in finished {
+            let mut after = 0i64;
+            loop {
+                let upto: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(id) FROM (SELECT id FROM attempts WHERE campaign_id = ? AND id > ? \
+                     ORDER BY id LIMIT ?)",
+                )
+                .bind(campaign)
+                .bind(after)
+                .bind(batch)
+                .fetch_one(&self.pool)
+                .await?;
+                let Some(upto) = upto else { break };
+                total += sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
+                    .bind(campaign)
+                    .bind(after)
+                    .bind(upto)
+                    .bind(&before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                after = upto;
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(total)
     }
 
     async fn retry_finish(&self, e: &StoreError, tries: u32) -> bool {
@@ -308,11 +313,6 @@ fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
-        Ok(())
-    }
-
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
         self.cancel_campaign(campaign, dead_lease).await
     }
@@ -321,47 +321,9 @@ impl Store for SqliteStore {
         self.delete(campaign, expected_lease).await
     }
 
-    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter().map(sql::audit_from_row::<Sqlite>).collect()
-    }
-
-    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
-        let before = ts(before);
-        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        let attempts_deleted = self.purge_attempts(&before, batch).await?;
-        let executions_deleted = self
-            .delete_in_batches(&sql::purge_executions(), &before, batch)
-            .await?;
-        let reports_deleted = self
-            .delete_in_batches(&sql::purge_reports(), &before, batch)
-            .await?;
-        let usage = self.disk_usage().await?;
-        let report = PurgeReport {
-            attempts_deleted,
-            executions_deleted,
-            reports_deleted,
-            db_bytes: usage.db_bytes,
-            free_bytes: usage.free_bytes,
-        };
-        Ok(report)
-    }
-
-    async fn disk_usage(&self) -> Result<DiskUsage> {
-        let mut conn = self.pool.acquire().await?;
-        let mut pragma = async |name: &str| -> Result<u64> {
-            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok(u64::try_from(v).unwrap_or(0))
-        };
-        let page = pragma("page_size").await?;
-        let pages = pragma("page_count").await?;
-        let free = pragma("freelist_count").await?;
-        Ok(DiskUsage {
-            db_bytes: page * pages,
-            free_bytes: page * free,
-        })
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
     }
 }
 

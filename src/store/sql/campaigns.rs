@@ -6,12 +6,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::Transaction;
 
-use super::{Backend, Bucket, Dialect, Stamp, Stmt, query};
+use super::{At, Backend, Bucket, Dialect, Stamp, Stmt, query};
 use crate::store::{
-    AuditRow, Campaign, CampaignStore, Clock, Counts, Execution, ExecutionEnd, Lease, MessageState,
-    NewCampaign, Result, StoreError, Take, WorkerToken, add_delivery_counts, granted_tokens,
+    AuditFilter, AuditRow, Campaign, CampaignStore, Clock, Counts, DiskUsage, Execution,
+    ExecutionEnd, Lease, MessageState, NewCampaign, PurgeReport, Result, StoreError, Take,
+    WorkerToken, add_delivery_counts, granted_tokens,
 };
 
 #[async_trait]
@@ -131,6 +133,54 @@ impl<B: Backend> CampaignStore for B {
                 r => return r,
             }
         }
+    }
+
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = self.audit_page(f).await?;
+        rows.iter().map(audit_from_row::<B::DB>).collect()
+    }
+
+    /// Small auto-committed batches: a running campaign's writer waits for one batch at most.
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
+        let attempts_deleted = self.purge_attempts(before, batch).await?;
+        let executions_deleted =
+            delete_in_batches(self, &purge_executions(), before, batch).await?;
+        let reports_deleted = delete_in_batches(self, &purge_reports(), before, batch).await?;
+        let usage = self.usage().await?;
+        Ok(PurgeReport {
+            attempts_deleted,
+            executions_deleted,
+            reports_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        })
+    }
+
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        self.usage().await
+    }
+}
+
+/// Runs a `DELETE … WHERE id IN (SELECT … < $1 LIMIT $2)` until it deletes nothing, each batch
+/// committed by itself.
+pub(crate) async fn delete_in_batches<B: Backend>(
+    b: &B,
+    sql: &str,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = query::<B::DB>(sql.to_string())
+            .arg(At(before))
+            .arg(batch)
+            .run(&mut *b.read().await?)
+            .await?;
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -34,7 +34,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Database, Transaction};
 
-use super::{Clock, Result, Take};
+use super::{AuditFilter, Clock, DiskUsage, Result, Take};
 
 /// A store on one database, as the contract's parts written once for both (the operations of
 /// `delivery` and `schedules`) see it: where its connections come from, and the one such
@@ -46,9 +46,11 @@ pub(crate) trait Backend: Send + Sync {
     fn time(&self) -> &Clock;
     /// A pooled connection, for reads.
     async fn read(&self) -> Result<PoolConnection<Self::DB>>;
-    /// A pooled connection for a one-statement write (SQLite first checks its file is still
-    /// the one it opened).
-    async fn write(&self) -> Result<PoolConnection<Self::DB>>;
+    /// A pooled connection for a one-statement write: a read's, unless the database has more
+    /// to check first (SQLite, that its file is still the one it opened).
+    async fn write(&self) -> Result<PoolConnection<Self::DB>> {
+        self.read().await
+    }
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite, after the file check; a plain `BEGIN`
     /// on PostgreSQL, whose statements lock the rows they need.
     async fn begin(&self) -> Result<Transaction<'static, Self::DB>>;
@@ -61,6 +63,17 @@ pub(crate) trait Backend: Send + Sync {
     /// and a run that cannot record its end would stay STARTED; PostgreSQL's server-side
     /// errors are not retried.
     async fn retry_finish(&self, e: &crate::store::StoreError, tries: u32) -> bool;
+    /// One page of [`crate::store::Store::audit`], as rows for [`campaigns::audit_from_row`]:
+    /// each filter combination walks an index in output order, which each planner is led to
+    /// differently (see each backend's `audit_query`).
+    async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<<Self::DB as Database>::Row>>;
+    /// The attempts part of [`crate::store::Store::purge`]: SQLite walks each finished
+    /// campaign's attempts through its index (a scan per batch would re-read every attempt
+    /// that stays); PostgreSQL deletes batches picked by a join.
+    async fn purge_attempts(&self, before: DateTime<Utc>, batch: i64) -> Result<u64>;
+    /// [`crate::store::Store::disk_usage`]: SQLite counts its pages; PostgreSQL asks the
+    /// server the database's size and cannot tell its free space.
+    async fn usage(&self) -> Result<DiskUsage>;
 }
 
 /// A token bucket to refill ([`Dialect::refill_bucket`]): the gateway's, as `take` sizes it,

@@ -4,8 +4,42 @@
 
 use sqlx::Transaction;
 
-use super::{Dialect, Stamp, Stmt, query};
-use crate::store::{Result, Tally, WorkerRecord, WorkerToken};
+use super::{Dialect, Q, Stamp, Stmt, query};
+use crate::store::{Claim, ClaimRequest, Clock, Result, Tally, WorkerRecord, WorkerToken};
+
+/// Snapshots worker `w`'s campaign in the caller's fenced transaction `tx` ([`super::run::snapshot`]),
+/// tallies the suppressed as read, and commits; the messages inserted (0 when the campaign was
+/// snapshotted before).
+pub(crate) async fn snapshot_in<DB: Dialect>(
+    mut tx: Transaction<'static, DB>,
+    clock: &Clock,
+    w: &WorkerToken,
+) -> Result<u64> {
+    let Some((total, suppressed)) = super::run::snapshot::<DB>(&mut tx, clock, w.campaign).await?
+    else {
+        return Ok(0);
+    };
+    tally(&mut tx, w, Tally::suppressed(suppressed)).await?;
+    tx.commit().await?;
+    Ok(total)
+}
+
+/// Ends a claim in the caller's fenced transaction `tx`: the pending messages the `picked`
+/// query returns become the request's worker's ([`super::run::claim`]), those suppressed
+/// count as read, and the claim commits.
+pub(crate) async fn claim_picked<DB: Dialect>(
+    mut tx: Transaction<'static, DB>,
+    req: &ClaimRequest,
+    picked: Q<'_, DB>,
+) -> Result<Claim> {
+    let rows = picked.all(&mut tx).await?;
+    let claim = super::run::claim::<DB>(&mut tx, req, &rows).await?;
+    let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
+    // Read = made final by this execution; claimed messages count when committed.
+    tally(&mut tx, &req.worker, Tally::suppressed(suppressed)).await?;
+    tx.commit().await?;
+    Ok(claim)
+}
 
 /// Adds `t` to the counters of worker `w` and of its execution, in the caller's transaction:
 /// the worker's row first, the lock order of every PostgreSQL writer (see `postgres::run`).
