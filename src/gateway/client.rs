@@ -47,6 +47,22 @@ pub struct OutMessage {
     pub campaign: String,
 }
 
+/// An advertising SMS to `to` from `from`, ref `msg_ref`, of campaign `c1`: the message the
+/// gateways' tests send.
+#[cfg(test)]
+pub(crate) fn test_message(msg_ref: &str, to: &str, from: &str) -> OutMessage {
+    OutMessage {
+        msg_ref: msg_ref.into(),
+        to: to.into(),
+        from: from.into(),
+        kind: "SMS".into(),
+        subject: None,
+        text: "(광고) 안녕하세요".into(),
+        ad: true,
+        campaign: "c1".into(),
+    }
+}
+
 /// How one attempt to hand a message to the gateway ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

@@ -302,16 +302,7 @@ mod tests {
     }
 
     fn out(to: &str) -> OutMessage {
-        OutMessage {
-            msg_ref: "c1-7".into(),
-            to: to.into(),
-            from: "0212345678".into(),
-            kind: "SMS".into(),
-            subject: None,
-            text: "(광고) 안녕하세요".into(),
-            ad: true,
-            campaign: "c1".into(),
-        }
+        crate::gateway::client::test_message("c1-7", to, "0212345678")
     }
 
     #[test]

@@ -166,6 +166,26 @@ pub async fn set(
     Ok(())
 }
 
+/// The campaign a schedule's occurrence creates, named `name`: the schedule's segment,
+/// template, gateway (if it names one) and ad flag.
+fn request(
+    name: String,
+    segment: &str,
+    template: &str,
+    gateway: Option<&str>,
+    ad: bool,
+) -> CreateRequest {
+    CreateRequest {
+        name,
+        segment: segment.to_string(),
+        template: template.to_string(),
+        gateways: gateway.map(str::to_string).into_iter().collect(),
+        split: false,
+        no_ad: !ad,
+        subject: None,
+    }
+}
+
 /// `schedule add`: checks the cron, the segment, the template and the gateway, then stores it.
 pub async fn add(store: &dyn Store, cfg: &Config, s: &NewSchedule) -> anyhow::Result<i64> {
     anyhow::ensure!(
@@ -174,15 +194,13 @@ pub async fn add(store: &dyn Store, cfg: &Config, s: &NewSchedule) -> anyhow::Re
         s.name
     );
     parse_cron(&s.cron)?;
-    let req = CreateRequest {
-        name: s.name.clone(),
-        segment: s.segment_name.clone(),
-        template: s.template_name.clone(),
-        gateways: s.gateway.clone().into_iter().collect(),
-        split: false,
-        no_ad: !s.ad,
-        subject: None,
-    };
+    let req = request(
+        s.name.clone(),
+        &s.segment_name,
+        &s.template_name,
+        s.gateway.as_deref(),
+        s.ad,
+    );
     // The same checks as an occurrence will run, now, so that mistakes show at once.
     campaign::prepare(store, cfg, &req).await?;
     Ok(store.add_schedule(s).await?)
@@ -282,15 +300,14 @@ async fn occurrence(
     at: DateTime<Utc>,
 ) -> Option<i64> {
     let local = at.with_timezone(&cfg.policy.timezone);
-    let req = CreateRequest {
-        name: format!("{}-{}", s.name, local.format("%Y%m%d-%H%M%S")),
-        segment: s.segment_name.clone(),
-        template: s.template_name.clone(),
-        gateways: s.gateway.clone().into_iter().collect(),
-        split: false,
-        no_ad: !s.ad,
-        subject: None,
-    };
+    let name = format!("{}-{}", s.name, local.format("%Y%m%d-%H%M%S"));
+    let req = request(
+        name,
+        &s.segment_name,
+        &s.template_name,
+        s.gateway.as_deref(),
+        s.ad,
+    );
     let made = match campaign::prepare(store, cfg, &req).await {
         Ok((new, plan)) => match store
             .create_scheduled_campaign(&new, at, Some((s.id, at)))

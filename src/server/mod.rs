@@ -235,17 +235,10 @@ pub async fn start(state: AppState, listen: std::net::SocketAddr) -> anyhow::Res
 pub fn shutdown_on_signals(running: &Running) -> tokio::task::JoinHandle<()> {
     let switch = running.shutdown_switch();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let Some(mut signals) = crate::run::dispatch::control::Signals::install() else {
             return;
         };
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
+        let name = signals.next().await;
         warn!("{name} received: stopping runs (they stay resumable) and shutting down");
         switch.send_replace(true);
     })

@@ -110,25 +110,45 @@ pub(super) async fn import_segment(s: &dyn Store, name: &str, range: std::ops::R
     imp.commit().await.expect("commit segment import");
 }
 
+/// An ad campaign `name` on segment `seg` (imported or defined at `imported_at`) through
+/// gateway `sim`, as `campaign create` makes it.
+pub(crate) fn new_campaign(name: &str, seg: &str, imported_at: &str) -> NewCampaign {
+    NewCampaign {
+        name: name.into(),
+        segment_name: seg.into(),
+        segment_imported_at: imported_at.into(),
+        template_name: "hello".into(),
+        template_body: "{{ name }}님".into(),
+        template_subject: None,
+        gateway: "sim".into(),
+        split: false,
+        ad: true,
+        sender_number: "15881234".into(),
+        brand: Some("브랜드".into()),
+        optout_number: None,
+    }
+}
+
 /// A campaign on segment `seg` as `campaign create` makes it.
 pub(super) async fn create_campaign(s: &dyn Store, seg: &str, ad: bool) -> i64 {
     let segment = s.segment(seg).await.expect("segment").expect("exists");
     s.create_campaign(&NewCampaign {
-        name: format!("c-{seg}"),
-        segment_name: seg.into(),
-        segment_imported_at: segment.imported_at,
-        template_name: "hello".into(),
-        template_body: "{{ name }}님".into(),
         template_subject: Some("제목".into()),
-        gateway: "sim".into(),
-        split: false,
         ad,
-        sender_number: "15881234".into(),
-        brand: Some("브랜드".into()),
-        optout_number: None,
+        ..new_campaign(&format!("c-{seg}"), seg, &segment.imported_at)
     })
     .await
     .expect("create campaign")
+}
+
+/// The first `limit` rows of campaign `campaign`'s audit.
+pub(super) async fn audit_page(s: &dyn Store, campaign: i64, limit: i64) -> Vec<AuditRow> {
+    let f = AuditFilter {
+        campaign,
+        limit,
+        ..AuditFilter::default()
+    };
+    s.audit(&f).await.expect("audit")
 }
 
 /// Starts worker 1 of a new execution of campaign `c`, replacing `expected`, as process

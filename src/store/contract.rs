@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 
-/// The job repository: the whole contract, in parts by concern ([`ImportStore`],
+/// The job repository: the whole contract, in parts by concern ([`CampaignStore`], [`ImportStore`],
 /// [`SqlSegmentStore`], [`WorkerStore`], [`ChunkStore`], [`DeliveryStore`], [`ScheduleStore`])
 /// that each backend implements in the module of that concern, and these operations on
 /// campaigns, the rate budget, the audit and retention.
 #[async_trait]
 pub trait Store:
-    ImportStore
+    CampaignStore
+    + ImportStore
     + SqlSegmentStore
     + WorkerStore
     + ChunkStore
@@ -26,16 +27,6 @@ pub trait Store:
 {
     /// Creates the schema or brings it up to date; harmless to repeat.
     async fn migrate(&self) -> Result<()>;
-    /// The clock this store judges leases, claim expiries and the rate budget by (the
-    /// database server's on PostgreSQL); its tests move it to check expiry at a chosen time.
-    fn clock(&self) -> &Clock;
-
-    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64>;
-    async fn campaign(&self, id: i64) -> Result<Campaign>;
-    async fn campaigns(&self) -> Result<Vec<Campaign>>;
-    async fn counts(&self, campaign: i64) -> Result<Counts>;
-    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>>;
-    async fn request_stop(&self, campaign: i64) -> Result<()>;
     /// Pending messages become `cancelled`. A live run is asked to stop; a dead holder's
     /// execution (`dead_lease`, checked by the caller) is closed as ABANDONED. Refused for
     /// COMPLETED and CANCELLED campaigns.
@@ -44,19 +35,28 @@ pub trait Store:
     /// one transaction; refused while a lease other than
     /// `expected_lease` (a dead holder the caller has checked) is held.
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()>;
-    /// The shared rate limit: takes up to `want` tokens from gateway `gateway`'s bucket, which
-    /// every run on this database draws from, but none unless it holds at least `need`. The
-    /// bucket holds at most `capacity` tokens (full when new) and gains `rate` per second of
-    /// the database clock; returns how many were granted (0 when fewer than `need` are there).
-    /// Refill and take are one atomic write: two callers never get the same token.
-    async fn take_tokens(
-        &self,
-        gateway: &str,
-        need: u32,
-        want: u32,
-        rate: u32,
-        capacity: u32,
-    ) -> Result<u32>;
+}
+
+/// Campaigns and their executions, the end of an execution, requeues, the shared rate budget,
+/// the audit and retention: written once for both databases (`sql::campaigns`).
+#[async_trait]
+pub trait CampaignStore: Send + Sync {
+    /// The clock this store judges leases, claim expiries and the rate budget by (the
+    /// database server's on PostgreSQL); its tests move it to check expiry at a chosen time.
+    fn clock(&self) -> &Clock;
+    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64>;
+    async fn campaign(&self, id: i64) -> Result<Campaign>;
+    async fn campaigns(&self) -> Result<Vec<Campaign>>;
+    async fn counts(&self, campaign: i64) -> Result<Counts>;
+    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>>;
+    async fn request_stop(&self, campaign: i64) -> Result<()>;
+    /// The shared rate limit: takes up to `take.want` tokens from gateway `gateway`'s bucket,
+    /// which every run on this database draws from, but none unless it holds at least
+    /// `take.need`. The bucket holds at most `take.capacity` tokens (full when new) and gains
+    /// `take.rate` per second of the database clock; returns how many were granted (0 when
+    /// fewer than `need` are there). Refill and take are one atomic write: two callers never get
+    /// the same token.
+    async fn take_tokens(&self, gateway: &str, take: Take) -> Result<u32>;
     /// Whether pending messages without night consent remain.
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
     /// The most frequent reasons of failed messages, most frequent first: (reason, count).
@@ -70,14 +70,7 @@ pub trait Store:
     /// Failed messages whose attempts ran out on transient errors go back to `pending`.
     async fn requeue_retryable(&self, campaign: i64) -> Result<u64>;
     /// Records how the execution ended and releases the lease (fenced on the execution).
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()>;
+    async fn finish_execution(&self, w: &WorkerToken, end: &ExecutionEnd<'_>) -> Result<()>;
 
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>>;
     /// Deletes what finished (COMPLETED or CANCELLED, not running) campaigns logged before
@@ -86,6 +79,39 @@ pub trait Store:
     /// campaign's writer waits for one batch at most.
     async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport>;
     async fn disk_usage(&self) -> Result<DiskUsage>;
+}
+
+/// How an execution ended ([`CampaignStore::finish_execution`]): its status, exit code and
+/// message, and the campaign's status from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutionEnd<'a> {
+    pub status: &'a str,
+    pub exit_code: &'a str,
+    pub exit_message: &'a str,
+    pub campaign_status: &'a str,
+}
+
+impl<'a> ExecutionEnd<'a> {
+    /// The execution, its exit code and the campaign all `status`, with `exit_message`.
+    pub fn same(status: &'a str, exit_message: &'a str) -> ExecutionEnd<'a> {
+        ExecutionEnd {
+            status,
+            exit_code: status,
+            exit_message,
+            campaign_status: status,
+        }
+    }
+}
+
+/// A take from a gateway's token bucket ([`CampaignStore::take_tokens`]): at least `need`
+/// tokens or none, at most `want`, from a bucket of `capacity` tokens refilled at `rate` a
+/// second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Take {
+    pub need: u32,
+    pub want: u32,
+    pub rate: u32,
+    pub capacity: u32,
 }
 
 /// Opt-out lists (수신거부) and CSV segments: imports and reads.

@@ -233,7 +233,7 @@ pub trait Import: Send {
 
 pub use contract::*;
 
-/// What [`Store::take_tokens`] grants from a bucket at `level`: up to `want` whole tokens, none
+/// What [`CampaignStore::take_tokens`] grants from a bucket at `level`: up to `want` whole tokens, none
 /// unless there are `need`.
 pub(crate) fn granted_tokens(level: f64, need: u32, want: u32) -> u32 {
     let whole = whole_tokens(level);
@@ -278,7 +278,7 @@ pub(crate) fn delivery_effect(
     }
 }
 
-/// Adds `(delivery, count)` rows to a campaign's counts, for [`Store::counts`] implementations.
+/// Adds `(delivery, count)` rows to a campaign's counts, for [`CampaignStore::counts`] implementations.
 pub(crate) fn add_delivery_counts(c: &mut Counts, rows: Vec<(String, i64)>) {
     for (d, n) in rows {
         match DeliveryState::parse(&d) {

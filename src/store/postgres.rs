@@ -22,7 +22,6 @@
 //!
 //! Writes are set-based: one statement per chunk with `UNNEST` arrays, never one per message.
 
-mod buckets;
 mod import;
 mod rows;
 mod run;
@@ -41,10 +40,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Transaction};
 
 use super::sql::Backend;
-use super::sql::campaigns as sql;
+use super::sql::campaigns::{self as sql, lease_holder};
 use super::*;
 
 /// Rows per `UNNEST` statement of an import (arrays, so no bound-parameter limit; this bounds
@@ -161,24 +160,6 @@ impl PgStore {
         }
         Ok(PgStore { pool, beats, clock })
     }
-
-    /// Runs a `DELETE … WHERE id IN (SELECT … < $1 LIMIT $2)` until it deletes nothing.
-    async fn delete_in_batches(&self, sql: &str, before: DateTime<Utc>, batch: i64) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(before)
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += n;
-            if n == 0 {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
-    }
 }
 
 #[async_trait]
@@ -190,10 +171,6 @@ impl Backend for PgStore {
     }
 
     async fn read(&self) -> Result<PoolConnection<Postgres>> {
-        Ok(self.pool.acquire().await?)
-    }
-
-    async fn write(&self) -> Result<PoolConnection<Postgres>> {
         Ok(self.pool.acquire().await?)
     }
 
@@ -216,6 +193,35 @@ impl Backend for PgStore {
         .rows_affected();
         Ok(n == 1)
     }
+
+    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
+    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
+    async fn usage(&self) -> Result<DiskUsage> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(DiskUsage {
+            db_bytes: u64::try_from(bytes).unwrap_or(0),
+            free_bytes: 0,
+        })
+    }
+
+    async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<PgRow>> {
+        Ok(audit_query(f).build().fetch_all(&self.pool).await?)
+    }
+
+    /// Batches picked by a join of the attempts with their finished campaigns.
+    async fn purge_attempts(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let delete = format!(
+            "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
+             JOIN campaigns c ON c.id = a.campaign_id WHERE {} AND a.at < $1 LIMIT $2)",
+            sql::FINISHED
+        );
+        sql::delete_in_batches(self, &delete, before, batch).await
+    }
+    async fn retry_finish(&self, _: &StoreError, _: u32) -> bool {
+        false
+    }
 }
 
 /// The cause of a failed connection, without anything from the URL.
@@ -235,36 +241,6 @@ fn row_limit(limit: i64) -> Option<i64> {
     (limit >= 0).then_some(limit)
 }
 
-/// The campaign's lease holder, with the campaign row locked until the transaction ends;
-/// `NotFound` for an unknown campaign.
-async fn lock_campaign(
-    tx: &mut Transaction<'static, Postgres>,
-    campaign: i64,
-) -> Result<Option<i64>> {
-    let holder: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = $1 FOR UPDATE")
-            .bind(campaign)
-            .fetch_optional(&mut **tx)
-            .await?;
-    holder.ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))
-}
-
-/// Locks the campaign row and fails with `LeaseLost` unless `execution` holds its lease.
-async fn fence(
-    tx: &mut Transaction<'static, Postgres>,
-    campaign: i64,
-    execution: i64,
-) -> Result<()> {
-    match lock_campaign(tx, campaign).await {
-        Ok(Some(holder)) if holder == execution => Ok(()),
-        Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::LeaseLost {
-            campaign,
-            execution,
-        }),
-        Err(e) => Err(e),
-    }
-}
-
 fn no_campaign(id: i64) -> StoreError {
     StoreError::NotFound(format!(
         "no campaign with id {id}; `munja campaign list` shows the existing ones"
@@ -280,159 +256,12 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        super::sql::schedules::create(self, c, None, None).await
-    }
-
-    async fn campaign(&self, id: i64) -> Result<Campaign> {
-        sql::campaign::<Postgres>(&mut *self.pool.acquire().await?, &self.clock, id).await
-    }
-
-    async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        sql::campaigns::<Postgres>(&mut *self.pool.acquire().await?, &self.clock).await
-    }
-
-    async fn counts(&self, campaign: i64) -> Result<Counts> {
-        sql::counts::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        sql::executions::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn request_stop(&self, campaign: i64) -> Result<()> {
-        sql::request_stop::<Postgres>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
         self.cancel_campaign(campaign, dead_lease).await
     }
 
     async fn delete_campaign(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         self.delete(campaign, expected_lease).await
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    async fn take_tokens(
-        &self,
-        gateway: &str,
-        need: u32,
-        want: u32,
-        rate: u32,
-        capacity: u32,
-    ) -> Result<u32> {
-        self.take_bucket_tokens(gateway, need, want, rate, capacity)
-            .await
-    }
-
-    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        let mut c = self.pool.acquire().await?;
-        sql::has_pending_without_consent::<Postgres>(&mut c, campaign).await
-    }
-
-    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        sql::failure_reasons::<Postgres>(&mut *self.pool.acquire().await?, campaign, limit).await
-    }
-
-    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT gateway, COUNT(*) FROM messages \
-             WHERE campaign_id = $1 AND gateway IS NOT NULL GROUP BY gateway ORDER BY gateway",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// The campaign row is locked first, the order of every lock taker (see the module doc).
-    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        let n = sql::requeue_in_doubt::<Postgres>(&mut tx, campaign).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    /// The campaign row is locked first, the order of every lock taker (see the module doc).
-    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
-        let n = sql::requeue_retryable::<Postgres>(&mut tx, campaign).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        fence(&mut tx, w.campaign, w.execution).await?;
-        sql::finish_execution::<Postgres>(
-            &mut tx,
-            &self.clock,
-            w,
-            status,
-            exit_code,
-            exit_message,
-            campaign_status,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter().map(sql::audit_from_row::<Postgres>).collect()
-    }
-
-    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
-        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        use sql::FINISHED;
-        let attempts_deleted = self
-            .delete_in_batches(
-                &format!(
-                    "DELETE FROM attempts WHERE id IN (SELECT a.id FROM attempts a \
-                     JOIN campaigns c ON c.id = a.campaign_id WHERE {FINISHED} AND a.at < $1 LIMIT $2)"
-                ),
-                before,
-                batch,
-            )
-            .await?;
-        let executions_deleted = self
-            .delete_in_batches(&sql::purge_executions(), before, batch)
-            .await?;
-        let reports_deleted = self
-            .delete_in_batches(&sql::purge_reports(), before, batch)
-            .await?;
-        let usage = self.disk_usage().await?;
-        Ok(PurgeReport {
-            attempts_deleted,
-            executions_deleted,
-            reports_deleted,
-            db_bytes: usage.db_bytes,
-            free_bytes: usage.free_bytes,
-        })
-    }
-
-    /// The size of the database on the server. `free_bytes` is 0: PostgreSQL reuses the space
-    /// of deleted rows after (auto)VACUUM and does not report it without an extension.
-    async fn disk_usage(&self) -> Result<DiskUsage> {
-        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(DiskUsage {
-            db_bytes: u64::try_from(bytes).unwrap_or(0),
-            free_bytes: 0,
-        })
     }
 }
 

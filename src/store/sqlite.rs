@@ -17,16 +17,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
 
 use super::sql::Backend;
-use super::sql::campaigns::{self as sql, FINISHED};
+use super::sql::campaigns::{self as sql, FINISHED, fence, lease_holder};
 use super::*;
 use file_identity::FileIdentity;
 
-mod buckets;
 mod file_identity;
 mod import;
 mod run;
@@ -117,94 +117,9 @@ impl SqliteStore {
         })
     }
 
-    /// One attempt of [`Store::finish_execution`].
-    async fn finish_once(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, w.campaign, w.execution).await?;
-        sql::finish_execution::<Sqlite>(
-            &mut tx,
-            &self.clock,
-            w,
-            status,
-            exit_code,
-            exit_message,
-            campaign_status,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Fails when the database file was deleted or replaced since it was opened.
     fn check_file(&self) -> Result<()> {
         self.file.as_ref().map_or(Ok(()), FileIdentity::check)
-    }
-
-    /// Runs a `DELETE ... WHERE id IN (SELECT ... < ? LIMIT ?)` until it deletes nothing.
-    async fn delete_in_batches(&self, sql: &str, before: &str, batch: i64) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(before)
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += n;
-            if n == 0 {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Deletes the attempts of finished campaigns older than `before`, walking each campaign's
-    /// attempts once through the `(campaign_id, id)` index, `batch` ids per transaction (a scan
-    /// of the table per batch would re-read every attempt that stays, batch after batch).
-    async fn purge_attempts(&self, before: &str, batch: i64) -> Result<u64> {
-        let finished: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT c.id FROM campaigns c WHERE {FINISHED} ORDER BY c.id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        let delete = format!(
-            "DELETE FROM attempts WHERE campaign_id = ?1 AND id > ?2 AND id <= ?3 AND at < ?4 \
-             AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = ?1 AND {FINISHED})"
-        );
-        let mut total = 0;
-        for campaign in finished {
-            let mut after = 0i64;
-            loop {
-                let upto: Option<i64> = sqlx::query_scalar(
-                    "SELECT MAX(id) FROM (SELECT id FROM attempts WHERE campaign_id = ? AND id > ? \
-                     ORDER BY id LIMIT ?)",
-                )
-                .bind(campaign)
-                .bind(after)
-                .bind(batch)
-                .fetch_one(&self.pool)
-                .await?;
-                let Some(upto) = upto else { break };
-                total += sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
-                    .bind(campaign)
-                    .bind(after)
-                    .bind(upto)
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                after = upto;
-                tokio::task::yield_now().await;
-            }
-        }
-        Ok(total)
     }
 
     /// The store's clock as the text every time column holds.
@@ -257,27 +172,83 @@ impl Backend for SqliteStore {
         .rows_affected();
         Ok(n == 1)
     }
-}
 
-/// The execution holding the campaign's lease, if any; `NotFound` for an unknown campaign.
-async fn lease_holder(tx: &mut Transaction<'static, Sqlite>, campaign: i64) -> Result<Option<i64>> {
-    let holder: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT lease_execution FROM campaigns WHERE id = ?")
-            .bind(campaign)
-            .fetch_optional(&mut **tx)
-            .await?;
-    holder.ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))
-}
+    async fn usage(&self) -> Result<DiskUsage> {
+        let mut conn = self.pool.acquire().await?;
+        let mut pragma = async |name: &str| -> Result<u64> {
+            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        let page = pragma("page_size").await?;
+        let pages = pragma("page_count").await?;
+        let free = pragma("freelist_count").await?;
+        Ok(DiskUsage {
+            db_bytes: page * pages,
+            free_bytes: page * free,
+        })
+    }
 
-/// Fails with `LeaseLost` unless `execution` holds the campaign's lease.
-async fn fence(tx: &mut Transaction<'static, Sqlite>, campaign: i64, execution: i64) -> Result<()> {
-    match lease_holder(tx, campaign).await {
-        Ok(Some(holder)) if holder == execution => Ok(()),
-        Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::LeaseLost {
-            campaign,
-            execution,
-        }),
-        Err(e) => Err(e),
+    async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<SqliteRow>> {
+        Ok(audit_query(f).build().fetch_all(&self.pool).await?)
+    }
+
+    /// Deletes the attempts of finished campaigns older than `before`, walking each campaign's
+    /// attempts once through the `(campaign_id, id)` index, `batch` ids per transaction (a scan
+    /// of the table per batch would re-read every attempt that stays, batch after batch).
+    async fn purge_attempts(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let before = ts(before);
+        let finished: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT c.id FROM campaigns c WHERE {FINISHED} ORDER BY c.id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let delete = format!(
+            "DELETE FROM attempts WHERE campaign_id = ?1 AND id > ?2 AND id <= ?3 AND at < ?4 \
+             AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = ?1 AND {FINISHED})"
+        );
+        let mut total = 0;
+        for campaign in finished {
+            let mut after = 0i64;
+            loop {
+                let upto: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(id) FROM (SELECT id FROM attempts WHERE campaign_id = ? AND id > ? \
+                     ORDER BY id LIMIT ?)",
+                )
+                .bind(campaign)
+                .bind(after)
+                .bind(batch)
+                .fetch_one(&self.pool)
+                .await?;
+                let Some(upto) = upto else { break };
+                total += sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
+                    .bind(campaign)
+                    .bind(after)
+                    .bind(upto)
+                    .bind(&before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                after = upto;
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn retry_finish(&self, e: &StoreError, tries: u32) -> bool {
+        if tries >= FINISH_TRIES || !matches!(e, StoreError::Db(_) | StoreError::Full) {
+            return false;
+        }
+        if matches!(e, StoreError::Full) {
+            // Copy the WAL into the database and start it over, so that the retry reuses the
+            // WAL file's space instead of growing it on a full disk.
+            let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                .execute(&self.pool)
+                .await;
+        }
+        true
     }
 }
 
@@ -342,35 +313,6 @@ fn audit_query(f: &AuditFilter) -> QueryBuilder<Sqlite> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
-        super::sql::schedules::create(self, c, None, None).await
-    }
-
-    async fn campaign(&self, id: i64) -> Result<Campaign> {
-        sql::campaign::<Sqlite>(&mut *self.pool.acquire().await?, &self.clock, id).await
-    }
-
-    async fn campaigns(&self) -> Result<Vec<Campaign>> {
-        sql::campaigns::<Sqlite>(&mut *self.pool.acquire().await?, &self.clock).await
-    }
-
-    async fn counts(&self, campaign: i64) -> Result<Counts> {
-        sql::counts::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
-        sql::executions::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn request_stop(&self, campaign: i64) -> Result<()> {
-        sql::request_stop::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
     async fn cancel(&self, campaign: i64, dead_lease: Option<i64>) -> Result<u64> {
         self.cancel_campaign(campaign, dead_lease).await
     }
@@ -379,126 +321,9 @@ impl Store for SqliteStore {
         self.delete(campaign, expected_lease).await
     }
 
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    async fn take_tokens(
-        &self,
-        gateway: &str,
-        need: u32,
-        want: u32,
-        rate: u32,
-        capacity: u32,
-    ) -> Result<u32> {
-        self.take_bucket_tokens(gateway, need, want, rate, capacity)
-            .await
-    }
-
-    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
-        let mut c = self.pool.acquire().await?;
-        sql::has_pending_without_consent::<Sqlite>(&mut c, campaign).await
-    }
-
-    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        sql::failure_reasons::<Sqlite>(&mut *self.pool.acquire().await?, campaign, limit).await
-    }
-
-    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT gateway, COUNT(*) FROM messages \
-             WHERE campaign_id = ? AND gateway IS NOT NULL GROUP BY gateway ORDER BY gateway",
-        )
-        .bind(campaign)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
-        sql::requeue_in_doubt::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
-        sql::requeue_retryable::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn finish_execution(
-        &self,
-        w: &WorkerToken,
-        status: &str,
-        exit_code: &str,
-        exit_message: &str,
-        campaign_status: &str,
-    ) -> Result<()> {
-        // The end of a run is a small in-place update, and a run that cannot record it would
-        // stay STARTED: retry what may pass (a full disk that a checkpoint or cleanup relieves,
-        // a busy database), never a lost lease or a replaced file.
-        let mut wait = Duration::from_millis(100);
-        let mut tries = 1;
-        loop {
-            let r = self
-                .finish_once(w, status, exit_code, exit_message, campaign_status)
-                .await;
-            match r {
-                Err(e @ (StoreError::Db(_) | StoreError::Full)) if tries < FINISH_TRIES => {
-                    tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
-                    if matches!(e, StoreError::Full) {
-                        // Copy the WAL into the database and start it over, so that the retry
-                        // reuses the WAL file's space instead of growing it on a full disk.
-                        let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                            .execute(&self.pool)
-                            .await;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                    tries += 1;
-                }
-                r => return r,
-            }
-        }
-    }
-
-    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = audit_query(f).build().fetch_all(&self.pool).await?;
-        rows.iter().map(sql::audit_from_row::<Sqlite>).collect()
-    }
-
-    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
-        let before = ts(before);
-        // Small auto-committed batches: a running campaign's writer waits for one batch at most.
-        let attempts_deleted = self.purge_attempts(&before, batch).await?;
-        let executions_deleted = self
-            .delete_in_batches(&sql::purge_executions(), &before, batch)
-            .await?;
-        let reports_deleted = self
-            .delete_in_batches(&sql::purge_reports(), &before, batch)
-            .await?;
-        let usage = self.disk_usage().await?;
-        let report = PurgeReport {
-            attempts_deleted,
-            executions_deleted,
-            reports_deleted,
-            db_bytes: usage.db_bytes,
-            free_bytes: usage.free_bytes,
-        };
-        Ok(report)
-    }
-
-    async fn disk_usage(&self) -> Result<DiskUsage> {
-        let mut conn = self.pool.acquire().await?;
-        let mut pragma = async |name: &str| -> Result<u64> {
-            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok(u64::try_from(v).unwrap_or(0))
-        };
-        let page = pragma("page_size").await?;
-        let pages = pragma("page_count").await?;
-        let free = pragma("freelist_count").await?;
-        Ok(DiskUsage {
-            db_bytes: page * pages,
-            free_bytes: page * free,
-        })
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use handlers::{count_request, lookup, not_found, send_batch, send_one, stats};
+use handlers::{count_request, lookup, not_found, send, stats};
 use state::Shared;
 
 /// How many seconds of per-second counts `SimStats::per_second` keeps.
@@ -265,8 +265,8 @@ pub async fn spawn(listen: SocketAddr, cfg: SimConfig) -> anyhow::Result<SimHand
         .saturating_add(1 << 20);
     let shared = Arc::new(Shared::new(cfg, shutdown_rx.clone()));
     let app = Router::new()
-        .route("/v1/messages", post(send_one))
-        .route("/v1/messages/batch", post(send_batch))
+        .route("/v1/messages", post(send::<false>))
+        .route("/v1/messages/batch", post(send::<true>))
         .route("/v1/messages/{ref}", get(lookup))
         .route("/stats", get(stats))
         .fallback(not_found)

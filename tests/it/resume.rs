@@ -8,6 +8,11 @@ use crate::common::{Env, Gw, Setup, create_args, exit_code, n, number, signal, w
 use munja::tools::sim::SimConfig;
 use rand::{RngExt, SeedableRng};
 
+/// A campaign of `n` on simulator `sim` through gateway `gw`, never paused for quiet hours.
+async fn unpaused(n: u64, sim: SimConfig, gw: Gw) -> (Env, String) {
+    Setup::new(n).sim(sim).gw(gw).never_pause().campaign().await
+}
+
 /// A campaign of 300 on a gateway that accepts every request and then never answers (within
 /// the 30 s request timeout): its run has messages in doubt as soon as it sends.
 async fn stalled_gateway() -> (Env, String) {
@@ -596,12 +601,7 @@ async fn timeouts_that_run_out_of_attempts_are_looked_up_never_failed() {
         ..SimConfig::default()
     };
     let gw = Gw::timing_out(200, 2);
-    let (env, id) = Setup::new(300)
-        .sim(sim)
-        .gw(gw)
-        .never_pause()
-        .campaign()
-        .await;
+    let (env, id) = unpaused(300, sim, gw).await;
     env.exits(0, &["campaign", "run", &id]).await;
     let st = env.status_is(&id, "COMPLETED").await;
     let failed = n(&st, "failed");
@@ -668,12 +668,7 @@ async fn unreadable_broken_or_missing_answers_are_never_failures() {
             batch_size,
             ..Gw::default()
         };
-        let (env, id) = Setup::new(200)
-            .sim(sim)
-            .gw(gw)
-            .never_pause()
-            .campaign()
-            .await;
+        let (env, id) = unpaused(200, sim, gw).await;
         let o = env.run(&["campaign", "run", &id]).await;
         assert_eq!(o.code, 0, "batch {batch_size}: {}", o.all());
         let st = env.status(&id).await;
@@ -696,12 +691,7 @@ async fn a_cancel_never_cancels_what_the_gateway_accepted_and_a_later_run_settle
         concurrency: 8,
         ..Gw::default()
     };
-    let (env, id) = Setup::new(300)
-        .sim(sim)
-        .gw(gw)
-        .never_pause()
-        .campaign()
-        .await;
+    let (env, id) = unpaused(300, sim, gw).await;
     let child = env.start(&id, 20).await;
     env.ok(&["campaign", "cancel", &id]).await;
     let o = exit_code(child, 2).await;
@@ -808,12 +798,7 @@ async fn in_doubt_messages_the_gateway_cannot_be_asked_about_stay_in_doubt_until
     // Every request is accepted and then times out, and lookups answer 503.
     let sim = crate::common::lookups_down();
     let gw = Gw::timing_out(200, 2);
-    let (env, id) = Setup::new(100)
-        .sim(sim)
-        .gw(gw)
-        .never_pause()
-        .campaign()
-        .await;
+    let (env, id) = unpaused(100, sim, gw).await;
     let o = env.exits(2, &["campaign", "run", &id]).await;
     o.assert_stderr_has("run it again to settle");
     let st = env.status_is(&id, "STOPPED").await;

@@ -15,16 +15,7 @@ fn gateway(url: &str, key: Option<&str>, timeout_ms: u64) -> HttpJsonGateway {
 }
 
 fn msg(r: &str) -> OutMessage {
-    OutMessage {
-        msg_ref: r.into(),
-        to: "01012345678".into(),
-        from: "15881234".into(),
-        kind: "SMS".into(),
-        subject: None,
-        text: "(광고) 안녕하세요".into(),
-        ad: true,
-        campaign: "c1".into(),
-    }
+    test_message(r, "01012345678", "15881234")
 }
 
 #[test]

@@ -203,22 +203,39 @@ impl Control {
     }
 }
 
+/// SIGINT and SIGTERM, as a run and `munja serve` wait for them.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; `None` when the OS refuses one (then nothing is caught).
+    pub fn install() -> Option<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt()).ok()?;
+        let term = signal(SignalKind::terminate()).ok()?;
+        Some(Signals { int, term })
+    }
+
+    /// The name of the next signal received.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
 /// Installs the SIGINT/SIGTERM handler of a run.
 pub(super) fn spawn_signal_handler(ctl: Arc<Control>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let Some(mut signals) = Signals::install() else {
             return;
         };
         let mut first = true;
         loop {
-            let name = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            };
+            let name = signals.next().await;
             if first {
                 warn!(
                     "{name} received: finishing in-flight requests, then stopping (send it again to abort them)"

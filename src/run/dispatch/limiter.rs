@@ -1,5 +1,5 @@
 //! The gateway's rate limit, shared by every run on the job repository: each run takes small
-//! slices of the gateway's token bucket from the database ([`Store::take_tokens`]) into a local
+//! slices of the gateway's token bucket from the database ([`CampaignStore::take_tokens`]) into a local
 //! budget, spends them request by request, and waits for the bucket to refill when the database
 //! grants nothing. However many runs and campaigns use a gateway, together they send at most
 //! `rate_per_sec + burst` messages in any one second.
@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::config::GatewayConfig;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Take};
 
 /// Slices hold at most this fraction of a second's rate beyond their request (and at most half
 /// the burst), so that a run never holds much of the budget that another run could use.
@@ -100,7 +100,15 @@ impl SharedLimiter {
         while local.0 < n {
             match self
                 .store
-                .take_tokens(&self.gateway, n, n + b.hold, b.rate, b.capacity)
+                .take_tokens(
+                    &self.gateway,
+                    Take {
+                        need: n,
+                        want: n + b.hold,
+                        rate: b.rate,
+                        capacity: b.capacity,
+                    },
+                )
                 .await
             {
                 Ok(0) => {

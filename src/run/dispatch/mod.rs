@@ -31,7 +31,7 @@ use crate::domain::message::{AdFrame, Composer};
 use crate::domain::model::{Campaign, CampaignStatus, Counts, ExecutionStatus, WorkerToken};
 use crate::domain::template::TemplateSource;
 use crate::run::progress::Progress;
-use crate::store::{Store, StoreError};
+use crate::store::{ExecutionEnd, Store, StoreError};
 
 mod claim;
 pub mod control;
@@ -452,10 +452,12 @@ impl LeasedRun<'_> {
         store
             .finish_execution(
                 &self.worker,
-                end.status.execution_status().as_str(),
-                &end.exit_code,
-                &end.message,
-                end.campaign.as_str(),
+                &ExecutionEnd {
+                    status: end.status.execution_status().as_str(),
+                    exit_code: &end.exit_code,
+                    exit_message: &end.message,
+                    campaign_status: end.campaign.as_str(),
+                },
             )
             .await
             .with_context(|| {

@@ -38,14 +38,7 @@ async fn sent(s: &dyn Store, c: i64, e: WorkerToken, n: usize) -> Vec<String> {
 }
 
 async fn delivery_of(s: &dyn Store, c: i64, r: &str) -> AuditRow {
-    let rows = s
-        .audit(&AuditFilter {
-            campaign: c,
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .expect("audit");
+    let rows = audit_page(s, c, 1000).await;
     rows.into_iter()
         .find(|row| row.msg_ref == r)
         .expect("row of ref")

@@ -16,18 +16,10 @@ async fn a_campaign_keeps_its_gateways_and_split(s: Arc<dyn Store>) {
     let segment = s.segment("seg").await.expect("segment").expect("exists");
     let id = s
         .create_campaign(&NewCampaign {
-            name: "two".into(),
-            segment_name: "seg".into(),
-            segment_imported_at: segment.imported_at,
-            template_name: "t".into(),
-            template_body: "hi".into(),
-            template_subject: None,
             gateway: "nhn,kannel".into(),
             split: true,
             ad: false,
-            sender_number: "15881234".into(),
-            brand: None,
-            optout_number: None,
+            ..new_campaign("two", "seg", &segment.imported_at)
         })
         .await
         .expect("create");
@@ -74,14 +66,7 @@ async fn in_doubt_names_the_gateway_of_the_last_request(s: Arc<dyn Store>) {
     let doubt = s.in_doubt(&e, 0, 1).await.expect("in doubt");
     assert_eq!(doubt[0].gateway.as_deref(), Some("kannel"));
     // The audit says through whom.
-    let rows = s
-        .audit(&AuditFilter {
-            campaign: c,
-            limit: 10,
-            ..AuditFilter::default()
-        })
-        .await
-        .expect("audit");
+    let rows = audit_page(&*s, c, 10).await;
     let first = rows.iter().find(|r| r.id == got[0].id).expect("row");
     assert_eq!(first.gateway.as_deref(), Some("kannel"));
     assert!(

@@ -141,14 +141,7 @@ async fn snapshot_is_idempotent_and_suppresses_opted_out(s: Arc<dyn Store>) {
     assert!(camp.snapshot_at.is_some());
     let ex = &s.executions(c).await.expect("executions")[0];
     assert_eq!((ex.read_count, ex.suppressed), (1, 1));
-    let rows = s
-        .audit(&AuditFilter {
-            campaign: c,
-            limit: 10,
-            ..AuditFilter::default()
-        })
-        .await
-        .expect("audit");
+    let rows = audit_page(&*s, c, 10).await;
     let refs: Vec<String> = rows.iter().map(|r| r.msg_ref.clone()).collect();
     let want: Vec<String> = (1..=4).map(|i| format!("{}-{i}", camp.uid)).collect();
     assert_eq!(refs, want, "one ref per member, in file order");
@@ -221,14 +214,7 @@ async fn claim_and_commit_keep_the_counters(s: Arc<dyn Store>) {
         (ex.read_count, ex.sent, ex.failed, ex.suppressed, ex.commits),
         (3, 1, 1, 1, 1)
     );
-    let rows = s
-        .audit(&AuditFilter {
-            campaign: c,
-            limit: 4,
-            ..AuditFilter::default()
-        })
-        .await
-        .expect("audit");
+    let rows = audit_page(&*s, c, 4).await;
     assert_eq!(rows[0].status, "sent");
     assert_eq!(rows[0].attempts, 2);
     assert_eq!(
@@ -361,7 +347,7 @@ async fn stale_execution_is_fenced_off(s: Arc<dyn Store>) {
     assert_eq!(s.counts(c).await.expect("counts").pending, 1);
     assert_lease_lost(s.heartbeat(&stale).await, "stale heartbeat");
     assert_lease_lost(
-        s.finish_execution(&stale, "COMPLETED", "COMPLETED", "done", "COMPLETED")
+        s.finish_execution(&stale, &ExecutionEnd::same("COMPLETED", "done"))
             .await,
         "stale finish",
     );

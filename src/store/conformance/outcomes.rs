@@ -210,7 +210,7 @@ async fn requeue_retryable_returns_only_retryable_failures(s: Arc<dyn Store>) {
 async fn finish_execution_releases_the_lease(s: Arc<dyn Store>) {
     let (c, e) = running(&*s, "seg", 1).await;
     s.request_stop(c).await.expect("stop");
-    s.finish_execution(&e, "STOPPED", "STOPPED", "stopped by operator", "STOPPED")
+    s.finish_execution(&e, &ExecutionEnd::same("STOPPED", "stopped by operator"))
         .await
         .expect("finish");
     let camp = s.campaign(c).await.expect("campaign");
@@ -321,7 +321,7 @@ async fn purge_deletes_only_old_rows_of_finished_campaigns(s: Arc<dyn Store>) {
         .map(|m| update(m.id, MessageState::Sent, vec![attempt("accepted", 0)]))
         .collect();
     s.commit_chunk(&de, &sent).await.expect("commit");
-    s.finish_execution(&de, "COMPLETED", "COMPLETED", "all sent", "COMPLETED")
+    s.finish_execution(&de, &ExecutionEnd::same("COMPLETED", "all sent"))
         .await
         .expect("finish");
     let (live, le) = running(&*s, "live", 1).await;

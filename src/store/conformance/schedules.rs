@@ -13,20 +13,11 @@ conformance!(
     schedules_are_added_paused_marked_and_removed_by_name,
 );
 
-fn new_campaign(seg: &Segment) -> NewCampaign {
+fn scheduled(seg: &Segment) -> NewCampaign {
     NewCampaign {
-        name: "scheduled".into(),
-        segment_name: seg.name.clone(),
-        segment_imported_at: seg.imported_at.clone(),
-        template_name: "hello".into(),
-        template_body: "{{ name }}님".into(),
-        template_subject: None,
-        gateway: "sim".into(),
-        split: false,
         ad: false,
-        sender_number: "15881234".into(),
         brand: None,
-        optout_number: None,
+        ..new_campaign("scheduled", &seg.name, &seg.imported_at)
     }
 }
 
@@ -35,7 +26,7 @@ async fn a_scheduled_campaign_is_due_at_its_time_and_only_until_it_starts(s: Arc
     let seg = s.segment("sch").await.expect("segment").expect("exists");
     let at = Utc::now() + Duration::seconds(60);
     let c = s
-        .create_scheduled_campaign(&new_campaign(&seg), at, None)
+        .create_scheduled_campaign(&scheduled(&seg), at, None)
         .await
         .expect("create");
     let got = s.campaign(c).await.expect("campaign");
@@ -64,7 +55,7 @@ async fn an_occurrence_is_created_once_even_by_racing_servers(s: Arc<dyn Store>)
     let occurrence = Utc::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let (s, c) = (s.clone(), new_campaign(&seg));
+        let (s, c) = (s.clone(), scheduled(&seg));
         set.spawn(async move {
             s.create_scheduled_campaign(&c, occurrence, Some((7, occurrence)))
                 .await
@@ -84,10 +75,10 @@ async fn an_occurrence_is_created_once_even_by_racing_servers(s: Arc<dyn Store>)
     assert_eq!((won, refused), (1, 3));
     // Another occurrence, or another schedule's, is another campaign.
     let later = occurrence + Duration::seconds(1);
-    s.create_scheduled_campaign(&new_campaign(&seg), later, Some((7, later)))
+    s.create_scheduled_campaign(&scheduled(&seg), later, Some((7, later)))
         .await
         .expect("next occurrence");
-    s.create_scheduled_campaign(&new_campaign(&seg), occurrence, Some((8, occurrence)))
+    s.create_scheduled_campaign(&scheduled(&seg), occurrence, Some((8, occurrence)))
         .await
         .expect("other schedule");
     let list = s.campaigns().await.expect("campaigns");
@@ -133,7 +124,7 @@ async fn one_of_several_servers_claims_a_launch_until_it_expires(s: Arc<dyn Stor
     import_segment(&*s, "cl", 0..2).await;
     let seg = s.segment("cl").await.expect("segment").expect("exists");
     let c = s
-        .create_scheduled_campaign(&new_campaign(&seg), Utc::now(), None)
+        .create_scheduled_campaign(&scheduled(&seg), Utc::now(), None)
         .await
         .expect("create");
     let mut set = tokio::task::JoinSet::new();

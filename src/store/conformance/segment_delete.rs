@@ -137,20 +137,7 @@ async fn an_sql_segment_leaves_the_lists_and_stays_for_its_campaigns(s: Arc<dyn 
 
 /// A campaign on SQL segment `seg` (defined at `defined_at`), as `campaign create` makes it.
 async fn create_campaign_on(s: &dyn Store, seg: &str, defined_at: &str) -> i64 {
-    s.create_campaign(&NewCampaign {
-        name: format!("c-{seg}"),
-        segment_name: seg.into(),
-        segment_imported_at: defined_at.into(),
-        template_name: "hello".into(),
-        template_body: "{{ name }}님".into(),
-        template_subject: None,
-        gateway: "sim".into(),
-        split: false,
-        ad: true,
-        sender_number: "15881234".into(),
-        brand: Some("브랜드".into()),
-        optout_number: None,
-    })
-    .await
-    .expect("create campaign")
+    s.create_campaign(&new_campaign(&format!("c-{seg}"), seg, defined_at))
+        .await
+        .expect("create campaign")
 }

@@ -41,18 +41,8 @@ async fn sql_campaign(s: &dyn Store) -> (i64, WorkerToken) {
         .expect("define");
     let c = s
         .create_campaign(&NewCampaign {
-            name: "sql".into(),
-            segment_name: v.name.clone(),
-            segment_imported_at: v.defined_at.clone(),
-            template_name: "hello".into(),
             template_body: "{{ seq }}".into(),
-            template_subject: None,
-            gateway: "sim".into(),
-            split: false,
-            ad: true,
-            sender_number: "15881234".into(),
-            brand: Some("브랜드".into()),
-            optout_number: None,
+            ..new_campaign("sql", &v.name, &v.defined_at)
         })
         .await
         .expect("create");
@@ -155,14 +145,7 @@ async fn streamed_snapshot_merges_suppresses_and_records(s: Arc<dyn Store>) {
     let camp = s.campaign(c).await.expect("campaign");
     assert_eq!(camp.total, 4);
     assert!(camp.snapshot_at.is_some());
-    let rows = s
-        .audit(&AuditFilter {
-            campaign: c,
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .expect("audit");
+    let rows = audit_page(&*s, c, 10).await;
     let got: Vec<(String, String, Option<String>)> = rows
         .into_iter()
         .map(|r| (r.phone, r.status, r.error))

@@ -199,7 +199,7 @@ async fn only_the_last_worker_ends_the_execution(s: Arc<dyn Store>) {
                 .await
                 .expect("finish b")
         );
-        s.finish_execution(&b, "COMPLETED", "COMPLETED", "done", "COMPLETED")
+        s.finish_execution(&b, &ExecutionEnd::same("COMPLETED", "done"))
             .await
             .expect("finish execution");
     } else {
@@ -208,7 +208,7 @@ async fn only_the_last_worker_ends_the_execution(s: Arc<dyn Store>) {
                 .await
                 .expect("finish")
         );
-        s.finish_execution(&a, "COMPLETED", "COMPLETED", "done", "COMPLETED")
+        s.finish_execution(&a, &ExecutionEnd::same("COMPLETED", "done"))
             .await
             .expect("finish execution");
     }

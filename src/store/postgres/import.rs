@@ -3,19 +3,10 @@
 //! of `store::sql::imports`.
 
 use super::*;
-use std::collections::BTreeMap;
-
-use crate::store::sql::imports as sql;
-
-pub(super) struct PgImport {
-    pub(super) tx: Transaction<'static, Postgres>,
-    pub(super) segment_id: Option<i64>,
-    pub(super) next_seq: i64,
-    pub(super) total: i64,
-}
+use crate::store::sql::imports::ImportTx;
 
 #[async_trait]
-impl Import for PgImport {
+impl Import for ImportTx<Postgres> {
     async fn add_optouts(&mut self, phones: &[Phone]) -> Result<ImportCounts> {
         let mut counts = ImportCounts::default();
         for batch in phones.chunks(INSERT_BATCH) {
@@ -74,132 +65,7 @@ impl Import for PgImport {
         Ok(counts)
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        if let Some(id) = self.segment_id {
-            sql::end_segment::<Postgres>(&mut self.tx, id, self.total).await?;
-        }
-        self.tx.commit().await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl ImportStore for PgStore {
-    async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
-        Ok(Box::new(PgImport {
-            tx: self.pool.begin().await?,
-            segment_id: None,
-            next_seq: 0,
-            total: 0,
-        }))
-    }
-
-    async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
-        let mut c = self.pool.acquire().await?;
-        sql::optout_add::<Postgres>(&mut c, &self.clock, phone, source).await
-    }
-
-    async fn optout_remove(&self, phone: &Phone) -> Result<bool> {
-        sql::optout_remove::<Postgres>(&mut *self.pool.acquire().await?, phone).await
-    }
-
-    async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
-        sql::optout_contains::<Postgres>(&mut *self.pool.acquire().await?, phone).await
-    }
-
-    async fn optout_count(&self) -> Result<i64> {
-        sql::optout_count::<Postgres>(&mut *self.pool.acquire().await?).await
-    }
-
-    async fn fresh_optouts_in_flight(
-        &self,
-        campaign: i64,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
-        sql::fresh_optouts::<Postgres>(&mut *self.pool.acquire().await?, campaign, since).await
-    }
-
-    async fn begin_segment_import(
-        &self,
-        name: &str,
-        source: &str,
-        columns: &[String],
-    ) -> Result<Box<dyn Import>> {
-        let mut tx = self.pool.begin().await?;
-        let id =
-            sql::begin_segment::<Postgres>(&mut tx, &self.clock, name, source, columns).await?;
-        Ok(Box::new(PgImport {
-            tx,
-            segment_id: Some(id),
-            next_seq: 1,
-            total: 0,
-        }))
-    }
-
-    async fn segment(&self, name: &str) -> Result<Option<Segment>> {
-        Ok(self.segments().await?.into_iter().find(|s| s.name == name))
-    }
-
-    async fn segments(&self) -> Result<Vec<Segment>> {
-        sql::segments::<Postgres>(&mut *self.pool.acquire().await?).await
-    }
-
-    async fn segment_consent_counts(
-        &self,
-        segment_id: i64,
-        cutoff: DateTime<Utc>,
-    ) -> Result<BTreeMap<String, u64>> {
-        let mut c = self.pool.acquire().await?;
-        sql::consent_counts::<Postgres>(&mut c, segment_id, cutoff).await
-    }
-
-    async fn segment_members(
-        &self,
-        segment_id: i64,
-        after_seq: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, String, String, bool)>> {
-        let mut c = self.pool.acquire().await?;
-        sql::members::<Postgres>(&mut c, segment_id, after_seq, limit).await
-    }
-
-    async fn delete_segment(&self, name: &str) -> Result<SegmentDeletion> {
-        let mut tx = self.pool.begin().await?;
-        let users: Vec<SegmentUser> = sqlx::query_as(
-            "SELECT id, name, status FROM campaigns WHERE segment_name = $1 \
-             AND status NOT IN ('COMPLETED', 'CANCELLED') ORDER BY id",
-        )
-        .bind(name)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !users.is_empty() {
-            return Ok(SegmentDeletion::InUse(users));
-        }
-        sqlx::query(
-            "DELETE FROM segment_members WHERE segment_id IN (SELECT id FROM segments WHERE name = $1)",
-        )
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-        let csv_members: Option<i64> =
-            sqlx::query_scalar("DELETE FROM segments WHERE name = $1 RETURNING member_count")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let sql_versions = sqlx::query(
-            "UPDATE sql_segments SET deleted_at = munja_now() WHERE name = $1 AND deleted_at IS NULL",
-        )
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if csv_members.is_none() && sql_versions == 0 {
-            return Ok(SegmentDeletion::NotFound);
-        }
-        tx.commit().await?;
-        Ok(SegmentDeletion::Deleted {
-            csv_members,
-            sql_versions,
-        })
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.finish().await
     }
 }

@@ -4,33 +4,8 @@
 
 use super::*;
 
-/// RFC 3339 text of an optional stored time.
-pub(super) fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(ts)
-}
-
 /// Columns of a worker row (`k`) with its heartbeat (`h`, its own row: migration 0011).
 pub(super) const WORKER_COLS: &str = "k.*, h.heartbeat_at";
-
-pub(super) fn worker_from_row(r: &PgRow) -> Result<WorkerRecord> {
-    Ok(WorkerRecord {
-        id: r.try_get("id")?,
-        execution_id: r.try_get("execution_id")?,
-        status: r.try_get("status")?,
-        exit_message: r.try_get("exit_message")?,
-        host: r.try_get("host")?,
-        pid: r.try_get("pid")?,
-        process: r.try_get("process")?,
-        started_at: ts(r.try_get("started_at")?),
-        heartbeat_at: ts(r.try_get("heartbeat_at")?),
-        ended_at: opt_ts(r.try_get("ended_at")?),
-        read_count: r.try_get("read_count")?,
-        sent: r.try_get("sent")?,
-        failed: r.try_get("failed")?,
-        suppressed: r.try_get("suppressed")?,
-        commits: r.try_get("commits")?,
-    })
-}
 
 pub(super) fn claimed_from_row(r: &PgRow) -> Result<ClaimedMessage> {
     crate::store::sql::run::claimed::<Postgres>(r)

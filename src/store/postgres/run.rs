@@ -7,6 +7,7 @@
 use super::workers::{fence_worker, tally};
 use super::*;
 use crate::store::sql::run as sql;
+use crate::store::sql::workers::{claim_picked, snapshot_in};
 
 impl PgStore {
     pub(super) async fn cancel_campaign(
@@ -46,7 +47,7 @@ impl PgStore {
 
     pub(super) async fn delete(&self, campaign: i64, expected_lease: Option<i64>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let holder = lock_campaign(&mut tx, campaign).await?;
+        let holder = lease_holder(&mut tx, campaign).await?;
         if let Some(h) = holder
             && holder != expected_lease
         {
@@ -151,16 +152,9 @@ impl ChunkStore for PgStore {
     ) -> Result<u64> {
         let campaign = w.campaign;
         let mut tx = self.pool.begin().await?;
-        lock_campaign(&mut tx, campaign).await?;
+        lease_holder(&mut tx, campaign).await?;
         fence_worker(&mut tx, w).await?;
-        let Some((total, suppressed)) =
-            sql::snapshot::<Postgres>(&mut tx, &self.clock, campaign, consent_cutoff).await?
-        else {
-            return Ok(0);
-        };
-        tally(&mut tx, w, Tally::suppressed(suppressed)).await?;
-        tx.commit().await?;
-        Ok(total)
+        snapshot_in(tx, &self.clock, w, consent_cutoff).await
     }
 
     async fn in_doubt(
@@ -178,7 +172,7 @@ impl ChunkStore for PgStore {
         let w = req.worker;
         let mut tx = self.pool.begin().await?;
         fence_worker(&mut tx, &w).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let picked = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH picked AS (SELECT id FROM messages WHERE campaign_id = $1 AND state = 'pending' {} \
                              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              SELECT m.id, m.ref, m.phone, m.vars, m.night_consent, m.attempts, m.gateway, \
@@ -188,15 +182,8 @@ impl ChunkStore for PgStore {
             if req.night_only { "AND night_consent" } else { "" }
         )))
         .bind(w.campaign)
-        .bind(req.limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        let claim = sql::claim::<Postgres>(&mut tx, &req, &rows).await?;
-        let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
-        // Read = made final by this execution; claimed messages count when committed.
-        tally(&mut tx, &w, Tally::suppressed(suppressed)).await?;
-        tx.commit().await?;
-        Ok(claim)
+        .bind(req.limit as i64);
+        claim_picked(tx, &req, picked).await
     }
 
     /// Every outcome of a chunk, its attempts and the counters: a few statements in one

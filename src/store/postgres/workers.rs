@@ -18,6 +18,8 @@
 //! is that of the latest beat of any worker of its execution.
 
 use super::*;
+pub(super) use crate::store::sql::workers::tally;
+use crate::store::sql::workers::worker_from_row;
 
 /// Fails with `LeaseLost` unless worker `w` is STARTED and its execution holds the lease; the
 /// worker row stays locked until the transaction ends (`FOR NO KEY UPDATE`: a worker's own
@@ -43,29 +45,6 @@ pub(super) async fn fence_worker(
             execution: w.execution,
         }),
     }
-}
-
-/// Adds `t` to the counters of the worker and of its execution.
-pub(super) async fn tally(
-    tx: &mut Transaction<'static, Postgres>,
-    w: &WorkerToken,
-    t: Tally,
-) -> Result<()> {
-    for (table, id) in [("workers", w.worker), ("executions", w.execution)] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET read_count = read_count + $1, sent = sent + $2, failed = failed + $3, \
-             suppressed = suppressed + $4, commits = commits + $5 WHERE id = $6"
-        )))
-        .bind(t.read)
-        .bind(t.sent)
-        .bind(t.failed)
-        .bind(t.suppressed)
-        .bind(t.commits)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Fails with a conflict when `execution` has a STARTED worker that is not in `judged`: it
@@ -183,7 +162,7 @@ impl WorkerStore for PgStore {
     /// [`WorkerStore::start_worker`].
     async fn start_worker(&self, campaign: i64, how: &Enlist, me: &Process) -> Result<WorkerToken> {
         let mut tx = self.pool.begin().await?;
-        let holder = lock_campaign(&mut tx, campaign).await?;
+        let holder = lease_holder(&mut tx, campaign).await?;
         let execution = match how {
             Enlist::Join { execution } => {
                 if holder != Some(*execution) {
@@ -341,7 +320,7 @@ impl WorkerStore for PgStore {
         .bind(campaign)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(worker_from_row).collect()
+        rows.iter().map(worker_from_row::<Postgres>).collect()
     }
 
     /// [`WorkerStore::finish_worker`]: the campaign row serializes the last workers of an execution,
@@ -353,7 +332,7 @@ impl WorkerStore for PgStore {
         exit_message: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let holder = lock_campaign(&mut tx, w.campaign).await?;
+        let holder = lease_holder(&mut tx, w.campaign).await?;
         if holder != Some(w.execution) {
             return Err(StoreError::LeaseLost {
                 campaign: w.campaign,

@@ -1,12 +1,235 @@
-//! Campaigns on either database: their rows, counts and executions, the end of an execution,
-//! requeues, the audit's rows and what a purge deletes. Each runs on the connection (or in
-//! the transaction, after the caller's fencing check) the backend gives it.
+//! Campaigns on either database ([`CampaignStore`], written once for both): their rows, counts
+//! and executions, the end of an execution, requeues, the shared rate budget, the audit's rows
+//! and what a purge deletes. Each runs on the connection (or in the transaction, after the
+//! caller's fencing check) the backend gives it.
 
-use super::{Dialect, Stamp, Stmt, query};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Transaction;
+
+use super::{At, Backend, Bucket, Dialect, Stamp, Stmt, query};
 use crate::store::{
-    AuditRow, Campaign, Clock, Counts, Execution, Lease, MessageState, Result, StoreError,
-    WorkerToken, add_delivery_counts,
+    AuditFilter, AuditRow, Campaign, CampaignStore, Clock, Counts, DiskUsage, Execution,
+    ExecutionEnd, Lease, MessageState, NewCampaign, PurgeReport, Result, StoreError, Take,
+    WorkerToken, add_delivery_counts, granted_tokens,
 };
+
+#[async_trait]
+impl<B: Backend> CampaignStore for B {
+    fn clock(&self) -> &Clock {
+        self.time()
+    }
+
+    async fn create_campaign(&self, c: &NewCampaign) -> Result<i64> {
+        super::schedules::create(self, c, None, None).await
+    }
+
+    async fn campaign(&self, id: i64) -> Result<Campaign> {
+        campaign::<B::DB>(&mut *self.read().await?, self.time(), id).await
+    }
+
+    async fn campaigns(&self) -> Result<Vec<Campaign>> {
+        campaigns::<B::DB>(&mut *self.read().await?, self.time()).await
+    }
+
+    async fn counts(&self, campaign: i64) -> Result<Counts> {
+        counts::<B::DB>(&mut *self.read().await?, campaign).await
+    }
+
+    async fn executions(&self, campaign: i64) -> Result<Vec<Execution>> {
+        executions::<B::DB>(&mut *self.read().await?, campaign).await
+    }
+
+    async fn request_stop(&self, campaign: i64) -> Result<()> {
+        request_stop::<B::DB>(&mut *self.read().await?, campaign).await
+    }
+
+    /// In one write transaction: `BEGIN IMMEDIATE` on SQLite, so that every process on the
+    /// file draws from the same budget; on PostgreSQL the refill's upsert locks the bucket's
+    /// row until commit, so concurrent takers (any worker, any campaign) queue on it.
+    async fn take_tokens(&self, gateway: &str, take: Take) -> Result<u32> {
+        let mut tx = self.begin().await?;
+        let bucket = Bucket {
+            gateway,
+            take,
+            clock: self.time(),
+        };
+        let tokens = B::DB::refill_bucket(&mut tx, bucket).await?;
+        let granted = granted_tokens(tokens, take.need, take.want);
+        if granted > 0 {
+            sqlx::query::<B::DB>(
+                "UPDATE gateway_buckets SET tokens = tokens - $1 WHERE gateway = $2",
+            )
+            .arg(f64::from(granted))
+            .arg(gateway)
+            .run(&mut tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(granted)
+    }
+
+    async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {
+        has_pending_without_consent::<B::DB>(&mut *self.read().await?, campaign).await
+    }
+
+    async fn failure_reasons(&self, campaign: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        failure_reasons::<B::DB>(&mut *self.read().await?, campaign, limit).await
+    }
+
+    async fn gateway_messages(&self, campaign: i64) -> Result<Vec<(String, i64)>> {
+        grouped::<B::DB>(
+            &mut *self.read().await?,
+            "SELECT gateway AS k, COUNT(*) AS n FROM messages \
+             WHERE campaign_id = $1 AND gateway IS NOT NULL GROUP BY gateway ORDER BY gateway",
+            campaign,
+        )
+        .await
+    }
+
+    async fn requeue_in_doubt(&self, campaign: i64) -> Result<u64> {
+        requeue(
+            self,
+            campaign,
+            "UPDATE messages SET state = 'pending', reason = NULL, retryable = FALSE \
+             WHERE campaign_id = $1 AND state = 'in_doubt'",
+        )
+        .await
+    }
+
+    async fn requeue_retryable(&self, campaign: i64) -> Result<u64> {
+        requeue(
+            self,
+            campaign,
+            "UPDATE messages SET state = 'pending', retryable = FALSE \
+             WHERE campaign_id = $1 AND state = 'failed' AND retryable = TRUE",
+        )
+        .await
+    }
+
+    /// Tried again while [`Backend::retry_finish`] says so, waiting twice as long each time.
+    async fn finish_execution(&self, w: &WorkerToken, end: &ExecutionEnd<'_>) -> Result<()> {
+        let mut wait = Duration::from_millis(100);
+        let mut tries = 1;
+        loop {
+            let once = async || -> Result<()> {
+                let mut tx = self.begin().await?;
+                fence(&mut tx, w.campaign, w.execution).await?;
+                finish::<B::DB>(&mut tx, self.time(), w, end).await?;
+                end_lease::<B::DB>(&mut tx, w.campaign, end.campaign_status, end.exit_message)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            };
+            match once().await {
+                Err(e) if self.retry_finish(&e, tries).await => {
+                    tracing::warn!(error = %e, "recording the end of the execution failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let rows = self.audit_page(f).await?;
+        rows.iter().map(audit_from_row::<B::DB>).collect()
+    }
+
+    /// Small auto-committed batches: a running campaign's writer waits for one batch at most.
+    async fn purge(&self, before: DateTime<Utc>, batch: i64) -> Result<PurgeReport> {
+        let attempts_deleted = self.purge_attempts(before, batch).await?;
+        let executions_deleted =
+            delete_in_batches(self, &purge_executions(), before, batch).await?;
+        let reports_deleted = delete_in_batches(self, &purge_reports(), before, batch).await?;
+        let usage = self.usage().await?;
+        Ok(PurgeReport {
+            attempts_deleted,
+            executions_deleted,
+            reports_deleted,
+            db_bytes: usage.db_bytes,
+            free_bytes: usage.free_bytes,
+        })
+    }
+
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        self.usage().await
+    }
+}
+
+/// Runs a `DELETE … WHERE id IN (SELECT … < $1 LIMIT $2)` until it deletes nothing, each batch
+/// committed by itself.
+pub(crate) async fn delete_in_batches<B: Backend>(
+    b: &B,
+    sql: &str,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = query::<B::DB>(sql.to_string())
+            .arg(At(before))
+            .arg(batch)
+            .run(&mut *b.read().await?)
+            .await?;
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The execution holding the campaign's lease, if any, with the campaign row locked until the
+/// transaction ends where the database locks rows ([`Dialect::ROW_LOCKS`]); `NotFound` for an
+/// unknown campaign.
+pub(crate) async fn lease_holder<DB: Dialect>(
+    tx: &mut Transaction<'static, DB>,
+    campaign: i64,
+) -> Result<Option<i64>> {
+    let lock = if DB::ROW_LOCKS { " FOR UPDATE" } else { "" };
+    let row = query::<DB>(format!(
+        "SELECT lease_execution FROM campaigns WHERE id = $1{lock}"
+    ))
+    .arg(campaign)
+    .first(&mut **tx)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("no campaign with id {campaign}")))?;
+    DB::col(&row, "lease_execution")
+}
+
+/// Fails with `LeaseLost` unless `execution` holds the campaign's lease (the campaign row
+/// locked first, see [`lease_holder`]).
+pub(crate) async fn fence<DB: Dialect>(
+    tx: &mut Transaction<'static, DB>,
+    campaign: i64,
+    execution: i64,
+) -> Result<()> {
+    match lease_holder(tx, campaign).await {
+        Ok(Some(holder)) if holder == execution => Ok(()),
+        Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::LeaseLost {
+            campaign,
+            execution,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// A requeue: statement `sql` on campaign `$1`, in one write transaction that locks the
+/// campaign row first where rows are locked (the order of every lock taker).
+async fn requeue<B: Backend>(b: &B, campaign: i64, sql: &'static str) -> Result<u64> {
+    let mut tx = b.begin().await?;
+    if B::DB::ROW_LOCKS {
+        lease_holder(&mut tx, campaign).await?;
+    }
+    let n = sqlx::query::<B::DB>(sql).arg(campaign).run(&mut tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
 
 /// A campaign whose logs `purge` may delete (SQL condition on `campaigns c`).
 pub(crate) const FINISHED: &str =
@@ -57,7 +280,7 @@ fn campaign_from_row<DB: Dialect>(r: &DB::Row, clock: &Clock) -> Result<Campaign
     })
 }
 
-/// See [`crate::store::Store::campaign`].
+/// See [`crate::store::CampaignStore::campaign`].
 pub(crate) async fn campaign<DB: Dialect>(
     c: &mut DB::Connection,
     clock: &Clock,
@@ -74,7 +297,7 @@ pub(crate) async fn campaign<DB: Dialect>(
     campaign_from_row::<DB>(&row, clock)
 }
 
-/// See [`crate::store::Store::campaigns`].
+/// See [`crate::store::CampaignStore::campaigns`].
 pub(crate) async fn campaigns<DB: Dialect>(
     c: &mut DB::Connection,
     clock: &Clock,
@@ -102,7 +325,7 @@ async fn grouped<DB: Dialect>(
         .collect()
 }
 
-/// See [`crate::store::Store::counts`].
+/// See [`crate::store::CampaignStore::counts`].
 pub(crate) async fn counts<DB: Dialect>(c: &mut DB::Connection, campaign: i64) -> Result<Counts> {
     let rows = grouped::<DB>(
         &mut *c,
@@ -135,7 +358,7 @@ pub(crate) async fn counts<DB: Dialect>(c: &mut DB::Connection, campaign: i64) -
     Ok(counts)
 }
 
-/// See [`crate::store::Store::executions`].
+/// See [`crate::store::CampaignStore::executions`].
 pub(crate) async fn executions<DB: Dialect>(
     c: &mut DB::Connection,
     campaign: i64,
@@ -166,7 +389,7 @@ pub(crate) async fn executions<DB: Dialect>(
         .collect()
 }
 
-/// See [`crate::store::Store::request_stop`]: one conditional update, so a campaign that
+/// See [`crate::store::CampaignStore::request_stop`]: one conditional update, so a campaign that
 /// starts meanwhile is either asked to stop or not yet running.
 pub(crate) async fn request_stop<DB: Dialect>(c: &mut DB::Connection, campaign: i64) -> Result<()> {
     let found = sqlx::query::<DB>(
@@ -179,7 +402,7 @@ pub(crate) async fn request_stop<DB: Dialect>(c: &mut DB::Connection, campaign: 
     found.map(|_| ()).ok_or_else(|| no_campaign(campaign))
 }
 
-/// See [`crate::store::Store::has_pending_without_consent`].
+/// See [`crate::store::CampaignStore::has_pending_without_consent`].
 pub(crate) async fn has_pending_without_consent<DB: Dialect>(
     c: &mut DB::Connection,
     campaign: i64,
@@ -194,7 +417,7 @@ pub(crate) async fn has_pending_without_consent<DB: Dialect>(
     row.map_or(Ok(false), |r| DB::col(&r, "found"))
 }
 
-/// See [`crate::store::Store::failure_reasons`].
+/// See [`crate::store::CampaignStore::failure_reasons`].
 pub(crate) async fn failure_reasons<DB: Dialect>(
     c: &mut DB::Connection,
     campaign: i64,
@@ -213,65 +436,43 @@ pub(crate) async fn failure_reasons<DB: Dialect>(
         .collect()
 }
 
-/// See [`crate::store::Store::requeue_in_doubt`] (in the caller's transaction).
-pub(crate) async fn requeue_in_doubt<DB: Dialect>(
-    tx: &mut DB::Connection,
-    campaign: i64,
-) -> Result<u64> {
-    Ok(sqlx::query::<DB>(
-        "UPDATE messages SET state = 'pending', reason = NULL, retryable = FALSE \
-         WHERE campaign_id = $1 AND state = 'in_doubt'",
-    )
-    .arg(campaign)
-    .run(tx)
-    .await?)
-}
-
-/// See [`crate::store::Store::requeue_retryable`] (in the caller's transaction).
-pub(crate) async fn requeue_retryable<DB: Dialect>(
-    tx: &mut DB::Connection,
-    campaign: i64,
-) -> Result<u64> {
-    Ok(sqlx::query::<DB>(
-        "UPDATE messages SET state = 'pending', retryable = FALSE \
-         WHERE campaign_id = $1 AND state = 'failed' AND retryable = TRUE",
-    )
-    .arg(campaign)
-    .run(tx)
-    .await?)
-}
-
-/// Records how worker `w`'s execution ended and releases the lease, in the caller's fenced
-/// transaction.
-pub(crate) async fn finish_execution<DB: Dialect>(
+/// Records how worker `w`'s execution ended, in the caller's fenced transaction.
+async fn finish<DB: Dialect>(
     tx: &mut DB::Connection,
     clock: &Clock,
     w: &WorkerToken,
-    status: &str,
-    exit_code: &str,
-    exit_message: &str,
-    campaign_status: &str,
+    end: &ExecutionEnd<'_>,
 ) -> Result<()> {
     query::<DB>(format!(
         "UPDATE executions SET status = $1, exit_code = $2, exit_message = $3, ended_at = {} \
          WHERE id = $4",
         DB::now(5)
     ))
-    .arg(status)
-    .arg(exit_code)
-    .arg(exit_message)
+    .arg(end.status)
+    .arg(end.exit_code)
+    .arg(end.exit_message)
     .arg(w.execution)
     .now(clock)
-    .run(&mut *tx)
+    .run(tx)
     .await?;
+    Ok(())
+}
+
+/// Releases the campaign's lease with its new status, in the caller's fenced transaction.
+async fn end_lease<DB: Dialect>(
+    tx: &mut DB::Connection,
+    campaign: i64,
+    status: &str,
+    exit_message: &str,
+) -> Result<()> {
     sqlx::query::<DB>(
         "UPDATE campaigns SET status = $1, exit_message = $2, lease_execution = NULL, \
          lease_host = NULL, lease_pid = NULL, lease_process = NULL, lease_heartbeat_at = NULL, \
          stop_requested = FALSE WHERE id = $3",
     )
-    .arg(campaign_status)
+    .arg(status)
     .arg(exit_message)
-    .arg(w.campaign)
+    .arg(campaign)
     .run(tx)
     .await?;
     Ok(())

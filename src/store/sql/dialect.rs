@@ -9,8 +9,26 @@ use sqlx::{Database, Decode, Encode, Executor, Postgres, Row, Sqlite, Type, enco
 
 use chrono::{DateTime, Utc};
 
-use super::{At, Dialect, Q, Stamp};
+use super::{At, Bucket, Dialect, Q, Stamp};
 use crate::store::{Clock, Result, ts};
+
+/// [`Dialect::run`], [`Dialect::all`] and [`Dialect::first`]: alike on both databases but for
+/// their types (sqlx's executors are per database).
+macro_rules! executor_methods {
+    ($db:ty, $conn:ty, $row:ty) => {
+        fn run<'c>(q: Q<'c, $db>, c: &'c mut $conn) -> BoxFuture<'c, sqlx::Result<u64>> {
+            Box::pin(async move { Ok(c.execute(q).await?.rows_affected()) })
+        }
+
+        fn all<'c>(q: Q<'c, $db>, c: &'c mut $conn) -> BoxFuture<'c, sqlx::Result<Vec<$row>>> {
+            Box::pin(c.fetch_all(q))
+        }
+
+        fn first<'c>(q: Q<'c, $db>, c: &'c mut $conn) -> BoxFuture<'c, sqlx::Result<Option<$row>>> {
+            Box::pin(c.fetch_optional(q))
+        }
+    };
+}
 
 impl Dialect for Sqlite {
     const ROW_LOCKS: bool = false;
@@ -49,23 +67,35 @@ impl Dialect for Sqlite {
         texts.iter().fold(q, |q, t| q.bind(t.to_string()))
     }
 
-    fn run<'c>(q: Q<'c, Sqlite>, c: &'c mut SqliteConnection) -> BoxFuture<'c, sqlx::Result<u64>> {
-        Box::pin(async move { Ok(c.execute(q).await?.rows_affected()) })
+    fn refill_bucket<'c>(
+        c: &'c mut SqliteConnection,
+        b: Bucket<'c>,
+    ) -> BoxFuture<'c, sqlx::Result<f64>> {
+        // Unix seconds (with milliseconds) of the store's clock (`?4` is its offset in
+        // seconds); stable within one statement.
+        const NOW: &str = "((julianday('now') - 2440587.5) * 86400.0 + ?4)";
+        let offset = b.clock.offset_ms() as f64 / 1000.0;
+        let Bucket { gateway, take, .. } = b;
+        Box::pin(async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) VALUES (?1, ?3, {NOW}) \
+                 ON CONFLICT (gateway) DO UPDATE SET \
+                 tokens = MIN(?3, tokens + MAX(0.0, {NOW} - refilled_at) * ?2), refilled_at = {NOW}"
+            )))
+            .bind(gateway)
+            .bind(f64::from(take.rate))
+            .bind(f64::from(take.capacity))
+            .bind(offset)
+            .execute(&mut *c)
+            .await?;
+            sqlx::query_scalar("SELECT tokens FROM gateway_buckets WHERE gateway = ?")
+                .bind(gateway)
+                .fetch_one(&mut *c)
+                .await
+        })
     }
 
-    fn all<'c>(
-        q: Q<'c, Sqlite>,
-        c: &'c mut SqliteConnection,
-    ) -> BoxFuture<'c, sqlx::Result<Vec<SqliteRow>>> {
-        Box::pin(c.fetch_all(q))
-    }
-
-    fn first<'c>(
-        q: Q<'c, Sqlite>,
-        c: &'c mut SqliteConnection,
-    ) -> BoxFuture<'c, sqlx::Result<Option<SqliteRow>>> {
-        Box::pin(c.fetch_optional(q))
-    }
+    executor_methods!(Sqlite, SqliteConnection, SqliteRow);
 }
 
 impl Dialect for Postgres {
@@ -107,23 +137,28 @@ impl Dialect for Postgres {
         q.bind(texts.iter().map(|t| t.to_string()).collect::<Vec<String>>())
     }
 
-    fn run<'c>(q: Q<'c, Postgres>, c: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<u64>> {
-        Box::pin(async move { Ok(c.execute(q).await?.rows_affected()) })
+    fn refill_bucket<'c>(
+        c: &'c mut PgConnection,
+        b: Bucket<'c>,
+    ) -> BoxFuture<'c, sqlx::Result<f64>> {
+        Box::pin(
+            sqlx::query_scalar(
+                "INSERT INTO gateway_buckets (gateway, tokens, refilled_at) \
+                 VALUES ($1, $3, munja_clock_now()) \
+                 ON CONFLICT (gateway) DO UPDATE SET \
+                 tokens = LEAST($3, gateway_buckets.tokens + GREATEST(0.0, \
+                     EXTRACT(EPOCH FROM munja_clock_now() - gateway_buckets.refilled_at)::float8) * $2), \
+                 refilled_at = munja_clock_now() \
+                 RETURNING tokens",
+            )
+            .bind(b.gateway)
+            .bind(f64::from(b.take.rate))
+            .bind(f64::from(b.take.capacity))
+            .fetch_one(c),
+        )
     }
 
-    fn all<'c>(
-        q: Q<'c, Postgres>,
-        c: &'c mut PgConnection,
-    ) -> BoxFuture<'c, sqlx::Result<Vec<PgRow>>> {
-        Box::pin(c.fetch_all(q))
-    }
-
-    fn first<'c>(
-        q: Q<'c, Postgres>,
-        c: &'c mut PgConnection,
-    ) -> BoxFuture<'c, sqlx::Result<Option<PgRow>>> {
-        Box::pin(c.fetch_optional(q))
-    }
+    executor_methods!(Postgres, PgConnection, PgRow);
 }
 
 // Times: SQLite has no time type; its columns hold the RFC 3339 text `ts` writes.

@@ -1,15 +1,174 @@
-//! Opt-out lists (수신거부) and CSV segments on either database: single-number writes, the
-//! start and end of a segment import, and the reads. The batches of an import stay in each
-//! backend (`UNNEST` arrays on PostgreSQL, multi-row `VALUES` on SQLite).
+//! Opt-out lists (수신거부) and CSV segments on either database ([`ImportStore`], written once
+//! for both): single-number writes, the start and end of a segment import, deleting a segment
+//! and the reads. The batches of an import stay in each backend (`UNNEST` arrays on
+//! PostgreSQL, multi-row `VALUES` on SQLite; [`Backend::import`]).
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Transaction;
 
-use super::{At, Dialect, Stamp, Stmt, query};
+use super::{At, Backend, Dialect, Stamp, Stmt, query};
 use crate::domain::consent::{CONSENT_EXPIRED, CONSENT_MISSING, is_consent_column};
 use crate::domain::phone::Phone;
-use crate::store::{Clock, Result, Segment, StoreError};
+use crate::store::{
+    Clock, Import, ImportStore, Result, Segment, SegmentDeletion, SegmentUser, StoreError,
+};
+
+/// An import in one write transaction, invisible until it commits; each backend writes its
+/// batches (`impl Import for ImportTx<…>` in its `import` module).
+pub(crate) struct ImportTx<DB: Dialect> {
+    pub tx: Transaction<'static, DB>,
+    /// The CSV segment imported; `None` for opt-outs.
+    pub segment_id: Option<i64>,
+    /// The seq of the next member: members are numbered from 1, in file order.
+    pub next_seq: i64,
+    /// Members inserted so far.
+    pub total: i64,
+    pub clock: Clock,
+}
+
+impl<DB: Dialect> ImportTx<DB> {
+    fn open(tx: Transaction<'static, DB>, segment_id: Option<i64>, clock: &Clock) -> Box<Self> {
+        Box::new(ImportTx {
+            tx,
+            segment_id,
+            next_seq: 1,
+            total: 0,
+            clock: clock.clone(),
+        })
+    }
+
+    /// [`Import::commit`]: records a segment's member count, then commits.
+    pub(crate) async fn finish(mut self: Box<Self>) -> Result<()> {
+        if let Some(id) = self.segment_id {
+            end_segment::<DB>(&mut self.tx, id, self.total).await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<B: Backend> ImportStore for B
+where
+    ImportTx<B::DB>: Import,
+{
+    async fn begin_optout_import(&self, _source: &str) -> Result<Box<dyn Import>> {
+        Ok(ImportTx::open(self.begin().await?, None, self.time()))
+    }
+
+    async fn optout_add(&self, phone: &Phone, source: &str) -> Result<bool> {
+        optout_add::<B::DB>(&mut *self.read().await?, self.time(), phone, source).await
+    }
+
+    async fn optout_remove(&self, phone: &Phone) -> Result<bool> {
+        optout_remove::<B::DB>(&mut *self.read().await?, phone).await
+    }
+
+    async fn optout_contains(&self, phone: &Phone) -> Result<bool> {
+        optout_contains::<B::DB>(&mut *self.read().await?, phone).await
+    }
+
+    async fn optout_count(&self) -> Result<i64> {
+        optout_count::<B::DB>(&mut *self.read().await?).await
+    }
+
+    async fn fresh_optouts_in_flight(
+        &self,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        fresh_optouts::<B::DB>(&mut *self.read().await?, campaign, since).await
+    }
+
+    async fn begin_segment_import(
+        &self,
+        name: &str,
+        source: &str,
+        columns: &[String],
+    ) -> Result<Box<dyn Import>> {
+        let mut tx = self.begin().await?;
+        let id = begin_segment::<B::DB>(&mut tx, self.time(), name, source, columns).await?;
+        Ok(ImportTx::open(tx, Some(id), self.time()))
+    }
+
+    async fn segment(&self, name: &str) -> Result<Option<Segment>> {
+        Ok(self.segments().await?.into_iter().find(|s| s.name == name))
+    }
+
+    async fn segments(&self) -> Result<Vec<Segment>> {
+        segments::<B::DB>(&mut *self.read().await?).await
+    }
+
+    async fn segment_consent_counts(
+        &self,
+        segment_id: i64,
+        cutoff: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, u64>> {
+        consent_counts::<B::DB>(&mut *self.read().await?, segment_id, cutoff).await
+    }
+
+    async fn segment_members(
+        &self,
+        segment_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, bool)>> {
+        members::<B::DB>(&mut *self.read().await?, segment_id, after_seq, limit).await
+    }
+
+    async fn delete_segment(&self, name: &str) -> Result<SegmentDeletion> {
+        let mut tx = self.begin().await?;
+        let users = sqlx::query::<B::DB>(
+            "SELECT id, name, status FROM campaigns WHERE segment_name = $1 \
+             AND status NOT IN ('COMPLETED', 'CANCELLED') ORDER BY id",
+        )
+        .arg(name)
+        .all(&mut tx)
+        .await?;
+        if !users.is_empty() {
+            let users = users.iter().map(|r| {
+                Ok(SegmentUser {
+                    id: B::DB::col(r, "id")?,
+                    name: B::DB::col(r, "name")?,
+                    status: B::DB::col(r, "status")?,
+                })
+            });
+            return Ok(SegmentDeletion::InUse(users.collect::<Result<_>>()?));
+        }
+        sqlx::query::<B::DB>(
+            "DELETE FROM segment_members WHERE segment_id IN (SELECT id FROM segments WHERE name = $1)",
+        )
+        .arg(name)
+        .run(&mut tx)
+        .await?;
+        let csv_members =
+            sqlx::query::<B::DB>("DELETE FROM segments WHERE name = $1 RETURNING member_count")
+                .arg(name)
+                .first(&mut tx)
+                .await?
+                .map(|r| B::DB::col::<i64>(&r, "member_count"))
+                .transpose()?;
+        let sql_versions = query::<B::DB>(format!(
+            "UPDATE sql_segments SET deleted_at = {} WHERE name = $1 AND deleted_at IS NULL",
+            B::DB::now(2)
+        ))
+        .arg(name)
+        .now(self.time())
+        .run(&mut tx)
+        .await?;
+        if csv_members.is_none() && sql_versions == 0 {
+            return Ok(SegmentDeletion::NotFound);
+        }
+        tx.commit().await?;
+        Ok(SegmentDeletion::Deleted {
+            csv_members,
+            sql_versions,
+        })
+    }
+}
 
 /// One primary-key probe of the opt-out list.
 pub(crate) const OPTOUT_CONTAINS: &str =

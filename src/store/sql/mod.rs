@@ -25,6 +25,7 @@ pub(crate) mod imports;
 pub(crate) mod run;
 pub(crate) mod schedules;
 pub(crate) mod segments;
+pub(crate) mod workers;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -33,7 +34,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Database, Transaction};
 
-use super::{Clock, Result};
+use super::{AuditFilter, Clock, DiskUsage, Result, Take};
 
 /// A store on one database, as the contract's parts written once for both (the operations of
 /// `delivery` and `schedules`) see it: where its connections come from, and the one such
@@ -41,13 +42,15 @@ use super::{Clock, Result};
 #[async_trait]
 pub(crate) trait Backend: Send + Sync {
     type DB: Dialect;
-    /// The store's clock (see [`crate::store::Store::clock`]).
+    /// The store's clock (see [`crate::store::CampaignStore::clock`]).
     fn time(&self) -> &Clock;
     /// A pooled connection, for reads.
     async fn read(&self) -> Result<PoolConnection<Self::DB>>;
-    /// A pooled connection for a one-statement write (SQLite first checks its file is still
-    /// the one it opened).
-    async fn write(&self) -> Result<PoolConnection<Self::DB>>;
+    /// A pooled connection for a one-statement write: a read's, unless the database has more
+    /// to check first (SQLite, that its file is still the one it opened).
+    async fn write(&self) -> Result<PoolConnection<Self::DB>> {
+        self.read().await
+    }
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite, after the file check; a plain `BEGIN`
     /// on PostgreSQL, whose statements lock the rows they need.
     async fn begin(&self) -> Result<Transaction<'static, Self::DB>>;
@@ -55,6 +58,30 @@ pub(crate) trait Backend: Send + Sync {
     /// which the two databases add differently (an interval on PostgreSQL's clock, RFC 3339
     /// text of this host's on SQLite).
     async fn launch_claim(&self, campaign: i64, status: &str, ttl_ms: i64) -> Result<bool>;
+    /// Whether recording the end of an execution is tried again after `e` on try `tries`: on
+    /// SQLite a full disk (after a WAL checkpoint) or a busy database may pass on a later try,
+    /// and a run that cannot record its end would stay STARTED; PostgreSQL's server-side
+    /// errors are not retried.
+    async fn retry_finish(&self, e: &crate::store::StoreError, tries: u32) -> bool;
+    /// One page of [`crate::store::Store::audit`], as rows for [`campaigns::audit_from_row`]:
+    /// each filter combination walks an index in output order, which each planner is led to
+    /// differently (see each backend's `audit_query`).
+    async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<<Self::DB as Database>::Row>>;
+    /// The attempts part of [`crate::store::Store::purge`]: SQLite walks each finished
+    /// campaign's attempts through its index (a scan per batch would re-read every attempt
+    /// that stays); PostgreSQL deletes batches picked by a join.
+    async fn purge_attempts(&self, before: DateTime<Utc>, batch: i64) -> Result<u64>;
+    /// [`crate::store::Store::disk_usage`]: SQLite counts its pages; PostgreSQL asks the
+    /// server the database's size and cannot tell its free space.
+    async fn usage(&self) -> Result<DiskUsage>;
+}
+
+/// A token bucket to refill ([`Dialect::refill_bucket`]): the gateway's, as `take` sizes it,
+/// by the store's `clock`.
+pub(crate) struct Bucket<'a> {
+    pub gateway: &'a str,
+    pub take: Take,
+    pub clock: &'a Clock,
 }
 
 /// A statement with its arguments, as [`Dialect`] runs it.
@@ -77,6 +104,7 @@ pub(crate) struct Stamp(pub String);
 pub(crate) trait Dialect:
     Database
     + Bind<i64>
+    + Bind<f64>
     + Bind<bool>
     + Bind<String>
     + Bind<Option<i64>>
@@ -137,6 +165,18 @@ pub(crate) trait Dialect:
     fn bind_ids<'q>(q: Q<'q, Self>, ids: &[i64]) -> Q<'q, Self>;
     /// Binds the texts of an [`Dialect::in_list`].
     fn bind_texts<'q>(q: Q<'q, Self>, texts: &[&str]) -> Q<'q, Self>;
+
+    /// Refills the bucket of gateway `b.gateway` in the caller's transaction and returns its
+    /// level: a new bucket starts full (`capacity`), an old one gains `rate` per elapsed second
+    /// of the store's clock, up to `capacity` (a clock that went back adds nothing). The
+    /// clocks differ: SQLite reads this host's (`julianday('now')`) plus the store clock's
+    /// offset, bound; PostgreSQL reads `munja_clock_now()` (the store's clock at the call, see
+    /// migration 0008), so that a taker that waited on the bucket's row lock refills from the
+    /// moment it got the row.
+    fn refill_bucket<'c>(
+        c: &'c mut Self::Connection,
+        b: Bucket<'c>,
+    ) -> BoxFuture<'c, sqlx::Result<f64>>;
 
     /// Runs a statement; returns how many rows it changed.
     fn run<'c>(q: Q<'c, Self>, c: &'c mut Self::Connection) -> BoxFuture<'c, sqlx::Result<u64>>;

@@ -1,12 +1,134 @@
-//! SQL segments on either database: versioned definitions, the campaign's link to the version
-//! it uses, and the statements a snapshot of a campaign's messages shares with the other
-//! backend (opening it, counting and recording it). The batches of a streamed snapshot stay in
-//! each backend (`UNNEST` arrays on PostgreSQL, multi-row `VALUES` on SQLite).
+//! SQL segments on either database ([`SqlSegmentStore`], written once for both): versioned
+//! definitions, the campaign's link to the version it uses, and the statements a snapshot of
+//! a campaign's messages shares with the other backend (opening it, counting and recording
+//! it). The batches of a streamed snapshot stay in each backend ([`SnapshotBatch`]).
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Transaction;
 
-use super::{At, Dialect, Stamp, Stmt, query};
-use crate::store::{CampaignSqlSegment, Clock, NewSqlSegment, Result, SqlSegment, StoreError};
+use super::campaigns::{fence, lease_holder};
+use super::workers::tally;
+use super::{At, Backend, Dialect, Stamp, Stmt, query};
+use crate::store::segdefs::SNAPSHOT_INSERT_BATCH;
+use crate::store::{
+    CampaignSqlSegment, Clock, ImportCounts, MessageSnapshot, NewSqlSegment, Result, SnapshotRow,
+    SnapshotTotals, SqlSegment, SqlSegmentStore, StoreError, Tally, WorkerToken,
+};
+
+/// The streamed snapshot of a campaign's messages from an SQL segment, in one write
+/// transaction fenced by the lease (see [`SqlSegmentStore::begin_message_snapshot`]).
+pub(crate) struct SnapshotTx<DB: Dialect> {
+    pub tx: Transaction<'static, DB>,
+    pub campaign: i64,
+    pub worker: WorkerToken,
+    /// The campaign's uid, which prefixes each message's ref (`uid-seq`).
+    pub uid: String,
+    /// Messages inserted so far.
+    pub total: u64,
+    pub clock: Clock,
+}
+
+/// How a database inserts a batch of a snapshot's messages (each backend's `sql_segments`):
+/// multi-row `VALUES` on SQLite, `UNNEST` arrays on PostgreSQL.
+#[async_trait]
+pub(crate) trait SnapshotBatch: Dialect {
+    /// Inserts `rows` as messages (those with `suppress` as suppressed for that reason),
+    /// skipping seqs already there; returns how many were inserted.
+    async fn insert_batch(s: &mut SnapshotTx<Self>, rows: &[SnapshotRow]) -> Result<u64>;
+}
+
+#[async_trait]
+impl<DB: SnapshotBatch> MessageSnapshot for SnapshotTx<DB> {
+    async fn add(&mut self, rows: &[SnapshotRow]) -> Result<ImportCounts> {
+        let mut counts = ImportCounts::default();
+        for batch in rows.chunks(SNAPSHOT_INSERT_BATCH) {
+            let n = DB::insert_batch(self, batch).await?;
+            counts.inserted += n;
+            counts.already_present += batch.len() as u64 - n;
+        }
+        self.total += counts.inserted;
+        Ok(counts)
+    }
+
+    /// Suppresses the numbers opted out by now, then counts, records what was read and tallies
+    /// the suppressed on the worker and its execution.
+    async fn commit(
+        mut self: Box<Self>,
+        as_of: DateTime<Utc>,
+        rows_read: u64,
+    ) -> Result<SnapshotTotals> {
+        let (campaign, tx) = (self.campaign, &mut self.tx);
+        sqlx::query::<DB>(
+            "UPDATE messages SET state = 'suppressed', reason = 'opted_out' \
+             WHERE campaign_id = $1 AND state = 'pending' AND phone IN (SELECT phone FROM optouts)",
+        )
+        .arg(campaign)
+        .run(tx)
+        .await?;
+        let total = self.total as i64;
+        let suppressed = end_snapshot::<DB>(tx, &self.clock, campaign, total).await?;
+        record_read::<DB>(tx, campaign, as_of, rows_read).await?;
+        tally(tx, &self.worker, Tally::suppressed(suppressed)).await?;
+        self.tx.commit().await?;
+        Ok(SnapshotTotals {
+            messages: self.total,
+            suppressed: suppressed as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl<B: Backend> SqlSegmentStore for B
+where
+    B::DB: SnapshotBatch,
+{
+    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
+        let mut tx = self.begin().await?;
+        let seg = define::<B::DB>(&mut tx, self.time(), def).await?;
+        tx.commit().await?;
+        Ok(seg)
+    }
+
+    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
+        versions::<B::DB>(&mut *self.read().await?, name).await
+    }
+
+    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
+        latest::<B::DB>(&mut *self.read().await?).await
+    }
+
+    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        lease_holder(&mut tx, campaign).await?;
+        link::<B::DB>(&mut tx, campaign, sql_segment_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
+        of_campaign::<B::DB>(&mut *self.read().await?, campaign).await
+    }
+
+    async fn begin_message_snapshot(
+        &self,
+        w: &WorkerToken,
+    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
+        let mut tx = self.begin().await?;
+        fence(&mut tx, w.campaign, w.execution).await?;
+        let Some(uid) = open_snapshot::<B::DB>(&mut tx, w.campaign).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(SnapshotTx {
+            tx,
+            campaign: w.campaign,
+            worker: *w,
+            uid,
+            total: 0,
+            clock: self.time().clone(),
+        })))
+    }
+}
 
 const SEGMENT_COLUMNS: &str = "id, name, version, source, query, phone_column, defined_at";
 

@@ -5,6 +5,7 @@
 use super::workers::tally;
 use super::*;
 use crate::store::sql::run as sql;
+use crate::store::sql::workers::{claim_picked, snapshot_in};
 
 impl SqliteStore {
     pub(super) async fn cancel_campaign(
@@ -99,14 +100,7 @@ impl ChunkStore for SqliteStore {
     ) -> Result<u64> {
         let mut tx = self.write_tx().await?;
         fence(&mut tx, w.campaign, w.execution).await?;
-        let Some((total, suppressed)) =
-            sql::snapshot::<Sqlite>(&mut tx, &self.clock, w.campaign, consent_cutoff).await?
-        else {
-            return Ok(0);
-        };
-        tally(&mut tx, w, Tally::suppressed(suppressed)).await?;
-        tx.commit().await?;
-        Ok(total)
+        snapshot_in(tx, &self.clock, w, consent_cutoff).await
     }
 
     async fn in_doubt(
@@ -149,17 +143,10 @@ impl ChunkStore for SqliteStore {
                 ""
             }
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let picked = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(w.campaign)
-            .bind(req.limit as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-        let claim = sql::claim::<Sqlite>(&mut tx, &req, &rows).await?;
-        let suppressed = (claim.suppressed_opted_out + claim.suppressed_capped) as i64;
-        // Read = made final by this execution; claimed messages count when committed.
-        tally(&mut tx, &w, Tally::suppressed(suppressed)).await?;
-        tx.commit().await?;
-        Ok(claim)
+            .bind(req.limit as i64);
+        claim_picked(tx, &req, picked).await
     }
 
     async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {

@@ -1,122 +1,30 @@
-//! SQLite side of SQL segments: versioned definitions, the campaign's link to the version it
-//! uses, and the streamed snapshot (one `BEGIN IMMEDIATE` transaction, fenced by the lease).
+//! SQLite side of SQL segments: a streamed snapshot's batches as multi-row `VALUES` (the rest
+//! is `store::sql::segments`).
 
 use super::*;
-use crate::store::segdefs::SNAPSHOT_INSERT_BATCH;
-use crate::store::sql::segments as sql;
-
-struct SqliteSnapshot {
-    tx: Transaction<'static, Sqlite>,
-    campaign: i64,
-    worker: WorkerToken,
-    uid: String,
-    total: u64,
-    clock: Clock,
-}
+use crate::store::sql::segments::{SnapshotBatch, SnapshotTx};
 
 #[async_trait]
-impl MessageSnapshot for SqliteSnapshot {
-    async fn add(&mut self, rows: &[SnapshotRow]) -> Result<ImportCounts> {
-        let mut counts = ImportCounts::default();
-        for batch in rows.chunks(SNAPSHOT_INSERT_BATCH) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) ",
-            );
-            qb.push_values(batch, |mut b, r| {
-                b.push_bind(self.campaign)
-                    .push_bind(r.seq)
-                    .push_bind(format!("{}-{}", self.uid, r.seq))
-                    .push_bind(r.member.phone.as_str().to_string())
-                    .push_bind(r.member.vars.clone())
-                    .push_bind(r.member.night_consent)
-                    .push_bind(if r.suppress.is_some() {
-                        "suppressed"
-                    } else {
-                        "pending"
-                    })
-                    .push_bind(r.suppress.clone());
-            });
-            qb.push(" ON CONFLICT DO NOTHING");
-            let n = qb.build().execute(&mut *self.tx).await?.rows_affected();
-            counts.inserted += n;
-            counts.already_present += batch.len() as u64 - n;
-        }
-        self.total += counts.inserted;
-        Ok(counts)
-    }
-
-    async fn commit(
-        mut self: Box<Self>,
-        as_of: DateTime<Utc>,
-        rows_read: u64,
-    ) -> Result<SnapshotTotals> {
-        let tx = &mut self.tx;
-        sqlx::query(
-            "UPDATE messages SET state = 'suppressed', reason = 'opted_out' \
-             WHERE campaign_id = ? AND state = 'pending' AND phone IN (SELECT phone FROM optouts)",
-        )
-        .bind(self.campaign)
-        .execute(&mut **tx)
-        .await?;
-        let total = self.total as i64;
-        let suppressed = sql::end_snapshot::<Sqlite>(tx, &self.clock, self.campaign, total).await?;
-        sql::record_read::<Sqlite>(tx, self.campaign, as_of, rows_read).await?;
-        let counted = Tally::suppressed(suppressed);
-        super::workers::tally(tx, &self.worker, counted).await?;
-        self.tx.commit().await?;
-        Ok(SnapshotTotals {
-            messages: self.total,
-            suppressed: suppressed as u64,
-        })
-    }
-}
-
-#[async_trait]
-impl SqlSegmentStore for SqliteStore {
-    async fn define_sql_segment(&self, def: &NewSqlSegment) -> Result<SqlSegment> {
-        let mut tx = self.write_tx().await?;
-        let seg = sql::define::<Sqlite>(&mut tx, &self.clock, def).await?;
-        tx.commit().await?;
-        Ok(seg)
-    }
-
-    async fn sql_segment_versions(&self, name: &str) -> Result<Vec<SqlSegment>> {
-        sql::versions::<Sqlite>(&mut *self.pool.acquire().await?, name).await
-    }
-
-    async fn sql_segments(&self) -> Result<Vec<SqlSegment>> {
-        sql::latest::<Sqlite>(&mut *self.pool.acquire().await?).await
-    }
-
-    async fn link_sql_segment(&self, campaign: i64, sql_segment_id: i64) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        lease_holder(&mut tx, campaign).await?;
-        sql::link::<Sqlite>(&mut tx, campaign, sql_segment_id).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn campaign_sql_segment(&self, campaign: i64) -> Result<Option<CampaignSqlSegment>> {
-        sql::of_campaign::<Sqlite>(&mut *self.pool.acquire().await?, campaign).await
-    }
-
-    async fn begin_message_snapshot(
-        &self,
-        w: &WorkerToken,
-    ) -> Result<Option<Box<dyn MessageSnapshot>>> {
-        let (campaign, execution) = (w.campaign, w.execution);
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, campaign, execution).await?;
-        let Some(uid) = sql::open_snapshot::<Sqlite>(&mut tx, campaign).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(SqliteSnapshot {
-            tx,
-            campaign,
-            worker: *w,
-            uid,
-            total: 0,
-            clock: self.clock.clone(),
-        })))
+impl SnapshotBatch for Sqlite {
+    async fn insert_batch(s: &mut SnapshotTx<Sqlite>, rows: &[SnapshotRow]) -> Result<u64> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (campaign_id, seq, ref, phone, vars, night_consent, state, reason) ",
+        );
+        qb.push_values(rows, |mut b, r| {
+            b.push_bind(s.campaign)
+                .push_bind(r.seq)
+                .push_bind(format!("{}-{}", s.uid, r.seq))
+                .push_bind(r.member.phone.as_str().to_string())
+                .push_bind(r.member.vars.clone())
+                .push_bind(r.member.night_consent)
+                .push_bind(if r.suppress.is_some() {
+                    "suppressed"
+                } else {
+                    "pending"
+                })
+                .push_bind(r.suppress.clone());
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        Ok(qb.build().execute(&mut *s.tx).await?.rows_affected())
     }
 }

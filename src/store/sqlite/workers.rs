@@ -3,29 +3,8 @@
 //! did, as on PostgreSQL, so that `campaign status` reads the same on both.
 
 use super::*;
-
-/// Adds `t` to the counters of the worker and of its execution.
-pub(super) async fn tally(
-    tx: &mut Transaction<'static, Sqlite>,
-    w: &WorkerToken,
-    t: Tally,
-) -> Result<()> {
-    for (table, id) in [("executions", w.execution), ("workers", w.worker)] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET read_count = read_count + ?, sent = sent + ?, failed = failed + ?, \
-             suppressed = suppressed + ?, commits = commits + ? WHERE id = ?"
-        )))
-        .bind(t.read)
-        .bind(t.sent)
-        .bind(t.failed)
-        .bind(t.suppressed)
-        .bind(t.commits)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
+pub(super) use crate::store::sql::workers::tally;
+use crate::store::sql::workers::worker_from_row;
 
 #[async_trait]
 impl WorkerStore for SqliteStore {
@@ -157,27 +136,7 @@ impl WorkerStore for SqliteStore {
             .bind(campaign)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerRecord {
-                    id: r.try_get("id")?,
-                    execution_id: r.try_get("execution_id")?,
-                    status: r.try_get("status")?,
-                    exit_message: r.try_get("exit_message")?,
-                    host: r.try_get("host")?,
-                    pid: r.try_get("pid")?,
-                    process: r.try_get("process")?,
-                    started_at: r.try_get("started_at")?,
-                    heartbeat_at: r.try_get("heartbeat_at")?,
-                    ended_at: r.try_get("ended_at")?,
-                    read_count: r.try_get("read_count")?,
-                    sent: r.try_get("sent")?,
-                    failed: r.try_get("failed")?,
-                    suppressed: r.try_get("suppressed")?,
-                    commits: r.try_get("commits")?,
-                })
-            })
-            .collect()
+        rows.iter().map(worker_from_row::<Sqlite>).collect()
     }
 
     /// [`WorkerStore::finish_worker`]: the one worker of its execution is always the last.

@@ -131,7 +131,9 @@ impl http_body::Body for BrokenBody {
     }
 }
 
-pub(super) async fn send_one(
+/// `POST /v1/messages` (`BATCH` false) and `POST /v1/messages/batch`: the fixed answer when one
+/// is set, otherwise the answer with the fault drawn for it applied.
+pub(super) async fn send<const BATCH: bool>(
     State(sh): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
@@ -139,15 +141,16 @@ pub(super) async fn send_one(
     if let Some(resp) = fixed(&sh) {
         return resp;
     }
-    let (resp, fault) = single(&sh, &headers, &body);
+    let (resp, fault) = match sh.check_auth(&headers) {
+        Some(resp) => (resp, Fault::None),
+        None if BATCH => batch(&sh, &body),
+        None => single(&sh, &headers, &body),
+    };
     deliver(&sh, resp, fault).await
 }
 
-/// Handles a single send up to the answer, and the fault to apply to that answer.
+/// Handles an authorized single send up to the answer, and the fault to apply to that answer.
 fn single(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, Fault) {
-    if let Some(resp) = sh.check_auth(headers) {
-        return (resp, Fault::None);
-    }
     let invalid = |message: String| {
         bump(&sh.counters.rejected, 1);
         error_response(StatusCode::BAD_REQUEST, "invalid_request", &message)
@@ -208,23 +211,8 @@ fn single(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, Fault) {
     (resp, fault)
 }
 
-pub(super) async fn send_batch(
-    State(sh): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(resp) = fixed(&sh) {
-        return resp;
-    }
-    let (resp, fault) = batch(&sh, &headers, &body);
-    deliver(&sh, resp, fault).await
-}
-
-/// Handles a batch up to the answer, and the fault to apply to that answer.
-fn batch(sh: &Shared, headers: &HeaderMap, body: &[u8]) -> (Response, Fault) {
-    if let Some(resp) = sh.check_auth(headers) {
-        return (resp, Fault::None);
-    }
+/// Handles an authorized batch up to the answer, and the fault to apply to that answer.
+fn batch(sh: &Shared, body: &[u8]) -> (Response, Fault) {
     let invalid = |message: String| {
         bump(&sh.counters.rejected, 1);
         error_response(StatusCode::BAD_REQUEST, "invalid_request", &message)

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::store::{CompactSet, Store};
 use super::*;
-use crate::gateway::client::{HttpJsonGateway, Lookup, OutMessage, Outcome};
+use crate::gateway::client::{Attempt, HttpJsonGateway, Lookup, OutMessage, Outcome};
 
 async fn sim(cfg: SimConfig) -> SimHandle {
     spawn("127.0.0.1:0".parse().unwrap(), cfg).await.unwrap()
@@ -33,6 +33,15 @@ fn msg(r: &str, to: &str) -> OutMessage {
         ad: true,
         campaign: "spring".into(),
     }
+}
+
+/// A simulator with `cfg`, a client of it that gives up after `timeout_ms`, and the attempt of
+/// the client's first send (ref `r1`).
+async fn first_send(cfg: SimConfig, timeout_ms: u64) -> (SimHandle, HttpJsonGateway, Attempt) {
+    let sim = sim(cfg).await;
+    let gw = client(&sim, None, timeout_ms);
+    let a = gw.send(&msg("r1", "01012345678")).await;
+    (sim, gw, a)
 }
 
 fn accepted(o: &Outcome) -> (String, bool) {
@@ -180,13 +189,11 @@ async fn api_key_required_when_configured() {
 
 #[tokio::test]
 async fn outage_then_heal() {
-    let sim = sim(SimConfig {
+    let cfg = SimConfig {
         fail_rate: 1.0,
         ..SimConfig::default()
-    })
-    .await;
-    let gw = client(&sim, None, 5000);
-    let a = gw.send(&msg("r1", "01012345678")).await;
+    };
+    let (sim, gw, a) = first_send(cfg, 5000).await;
     assert_eq!(
         a.outcome,
         Outcome::Transient {
@@ -211,13 +218,11 @@ async fn outage_then_heal() {
 
 #[tokio::test]
 async fn throttling_reports_retry_after() {
-    let sim = sim(SimConfig {
+    let cfg = SimConfig {
         throttle_rate: 1.0,
         ..SimConfig::default()
-    })
-    .await;
-    let gw = client(&sim, None, 5000);
-    let a = gw.send(&msg("r1", "01012345678")).await;
+    };
+    let (sim, gw, a) = first_send(cfg, 5000).await;
     assert_eq!(
         a.outcome,
         Outcome::Throttled {
@@ -232,14 +237,12 @@ async fn throttling_reports_retry_after() {
 
 #[tokio::test]
 async fn timeout_is_in_doubt_but_recorded() {
-    let sim = sim(SimConfig {
+    let cfg = SimConfig {
         timeout_rate: 1.0,
         stall_ms: 1000,
         ..SimConfig::default()
-    })
-    .await;
-    let gw = client(&sim, None, 200);
-    let a = gw.send(&msg("r1", "01012345678")).await;
+    };
+    let (sim, gw, a) = first_send(cfg, 200).await;
     assert_eq!(
         a.outcome,
         Outcome::InDoubt {
