@@ -83,6 +83,9 @@ impl Runner<'_> {
         // When this worker last found the queue empty (cleared when it claims again).
         let mut dry_since: Option<Instant> = None;
         loop {
+            if in_flight.is_empty() {
+                release_freed_memory();
+            }
             if several && last_rescue.elapsed() >= self.rescue_every() {
                 last_rescue = Instant::now();
                 self.rescue().await?;
@@ -362,6 +365,20 @@ impl Runner<'_> {
             p.update(counts);
         }
         Ok(())
+    }
+}
+
+/// Gives the allocator's free pages back to the OS. Called when no chunk is in flight (between
+/// chunks of 4,000 messages or more, which are not pipelined): glibc keeps the pages a chunk's
+/// messages, tasks and statements freed, and the next chunk's allocations do not all fit in
+/// them, so a run's RSS crept up chunk after chunk, well past its heap (see docs/performance.md,
+/// "Memory of a run of single requests").
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator to the OS; it takes the
+    // allocator's locks like any malloc call and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
