@@ -161,10 +161,18 @@ pub(crate) async fn start(
     pid: i64,
     abandon_message: &str,
 ) -> Result<WorkerToken> {
+    // A takeover judges the workers it can see, as `run::dispatch::lease::acquire` does.
+    let judged_workers = s
+        .workers(c)
+        .await?
+        .into_iter()
+        .filter(|w| w.status == "STARTED")
+        .map(|w| w.id)
+        .collect();
     let how = Enlist::New {
         expected,
         abandon_message: abandon_message.into(),
-        judged_workers: Vec::new(),
+        judged_workers,
     };
     s.start_worker(c, &how, &process(host, pid)).await
 }
