@@ -41,11 +41,8 @@ pub(super) async fn http(
     messages: u64,
     own_gateway: bool,
 ) -> anyhow::Result<f64> {
-    let mut gw = Config::load(config)?
-        .gateways
-        .first()
-        .cloned()
-        .context("the bench configuration has no gateway")?;
+    // The first gateway, its secrets read from the environment.
+    let mut gw = Config::load(config)?.gateway(None)?;
     let sim = if own_gateway {
         None
     } else {
