@@ -25,7 +25,7 @@ mod answer;
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// One message as it goes on the wire (`POST /v1/messages`, or one item of a batch).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct OutMessage {
     /// Stable key of this (campaign, recipient) message; the same on every attempt.
     #[serde(rename = "ref")]

@@ -9,7 +9,7 @@ pub fn summary_json(r: &RunReport) -> serde_json::Value {
         "campaign": r.campaign, "execution": r.execution, "status": r.status.as_str(),
         "exit_message": r.exit_message, "elapsed_secs": r.elapsed.as_secs_f64(),
         "sent_this_run": r.sent_now, "counts": r.counts,
-        "failure_reasons": r.failure_reasons,
+        "failure_reasons": r.failure_reasons, "rate_budget": r.rate_budget,
     })
 }
 

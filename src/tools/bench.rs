@@ -17,10 +17,12 @@
 mod ceiling;
 mod child;
 mod inputs;
+mod kannel;
 mod peak;
 mod report;
 mod segment;
 
+pub use kannel::Received;
 pub use peak::{PEAK_RSS_FILE_ENV, PeakReport, PeakWatch, peak_rss_mib};
 pub use report::Report;
 
@@ -56,6 +58,13 @@ pub struct BenchArgs {
     /// Requests in flight.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// The gateway's `rate_per_sec` (the default keeps the rate limit out of the way).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rate_per_sec: u32,
+    /// The gateway's `burst`: with `--rate-per-sec`, how large the slices of the shared rate
+    /// budget a run takes from the database may be (see the report's rate budget line).
+    #[arg(long, default_value_t = 100_000)]
+    pub burst: u32,
     /// Stop the run after this many messages are sent, then measure the resume.
     #[arg(long)]
     pub resume_at: Option<i64>,
@@ -77,6 +86,11 @@ pub struct BenchArgs {
     /// the report gives each one's peak RSS and their combined rate.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Send through a real Kannel the bench starts on loopback (bearerbox, smsbox, and
+    /// kannel-extras' fakesmsc as the SMSC) instead of the simulator: the HTTP ceiling is then a
+    /// bare load loop on its sendsms, and the report counts what reached fakesmsc.
+    #[arg(long)]
+    pub kannel: bool,
     /// Instead: measure an SQL segment of --recipients rows on MariaDB, PostgreSQL or both
     /// (the bench creates and fills the source table itself): campaign create and the first
     /// run's snapshot, rows/s and peak RSS.
@@ -127,11 +141,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         args.workers
     );
     let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;
+    let kannel = if args.kannel {
+        // SAFETY: set before the bench starts any task or process that reads the environment
+        // (its commands inherit it: the configuration names the variable).
+        unsafe { std::env::set_var(kannel::PASSWORD_ENV, kannel::PASSWORD) };
+        Some(kannel::Kannel::start(&root).await?)
+    } else {
+        None
+    };
+    let gateway_url = kannel.as_ref().map_or_else(|| sim.url(), |k| k.url());
     let config = write_config(
         &root,
         "munja.toml",
         &args,
-        &sim.url(),
+        &gateway_url,
         scratch.as_ref().map(|d| d.url.as_str()),
     )?;
     let bench = Bench {
@@ -162,12 +185,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let result = if args.no_ceilings {
         Ok(())
     } else {
-        ceiling::measure(&bench, &args, &sim.url(), &mut report).await
+        ceiling::measure(&bench, &args, &gateway_url, &mut report).await
     };
     let result = match result {
         Ok(()) => phases(&bench, &args, &mut report).await,
         e => e,
     };
+    let result = match (result, &kannel) {
+        (Ok(()), Some(k)) => k.received(args.recipients).await.map(|got| {
+            report.kannel = Some(got);
+        }),
+        (result, _) => result,
+    };
+    drop(kannel);
     let s = sim.stats();
     report.accepted_at_gateway = s.accepted;
     report.numbers_accepted_twice = s.numbers_accepted_twice;
@@ -335,6 +365,7 @@ async fn run_workers(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> a
             .with_context(|| format!("campaign run --json printed {:?}", run.stdout))?;
         let sent_now = summary["sent_this_run"].as_u64().unwrap_or(0);
         sent += sent_now;
+        r.add_rate_budget(&summary, run.secs);
         r.phases.push(with_rows(p, sent_now, run.secs));
     }
     r.set_rate(sent as f64 / wall.max(1e-9));
@@ -355,6 +386,7 @@ async fn finish_run(
     let sent_now = summary["sent_this_run"].as_u64().unwrap_or(0);
     let elapsed = summary["elapsed_secs"].as_f64().unwrap_or(run.secs);
     r.set_rate(sent_now as f64 / elapsed.max(1e-9));
+    r.add_rate_budget(&summary, elapsed);
     r.phases.push(with_rows(p, sent_now, elapsed));
     r.phases.extend(resumed);
     status_phase(b, r, id).await

@@ -1,6 +1,7 @@
 //! `munja bench` works end to end on a small size (CI checks it runs, not how fast): its JSON
 //! report has munja's rate, both ceilings measured in the same run (a bare HTTP load loop, the
-//! store's claims and commits alone) and every message sent once.
+//! store's claims and commits alone), the shared rate budget taken in slices rather than once
+//! per request, and every message sent once.
 
 use crate::common::BIN;
 
@@ -60,4 +61,19 @@ async fn bench_reports_its_rate_and_both_ceilings() {
         .and_then(|p| p.iter().find(|p| p["name"] == "campaign run"))
         .unwrap_or_else(|| panic!("no campaign run phase: {r}"));
     assert!(run["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0), "{r}");
+    // The shared rate budget is taken from the database in slices, not once per request.
+    let requests = r["rate_budget_requests"].as_u64().unwrap_or(0);
+    let takes = r["rate_budget_takes"].as_u64().unwrap_or(0);
+    assert_eq!(
+        requests, 2000,
+        "one request per message asked the budget: {r}"
+    );
+    assert!(
+        (1..=requests / 100).contains(&takes),
+        "{takes} round trips to the database for {requests} requests: {r}"
+    );
+    assert!(
+        r["rate_budget_share"].as_f64().is_some_and(|s| s < 0.5),
+        "{r}"
+    );
 }

@@ -12,7 +12,8 @@ use super::claim::Runner;
 use super::control::StopReason;
 use super::lanes::Lane;
 use super::lookup::look_up_patiently;
-use super::sender::{Item, SendCtx, backoff_policy, update_for};
+use super::sender::{Item, SendCtx, backoff_policy};
+use super::update::update_for;
 use crate::gateway::{Attempt, Lookup, Outcome, Proof};
 use crate::store::{AttemptRecord, ClaimedMessage, MessageState, MessageUpdate, Store};
 

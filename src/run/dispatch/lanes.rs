@@ -227,6 +227,15 @@ impl Lanes {
         })
     }
 
+    /// What the shared rate budgets cost the run so far, over every lane.
+    pub(super) fn budget_used(&self) -> super::BudgetUse {
+        self.lanes
+            .iter()
+            .fold(super::BudgetUse::default(), |sum, l| {
+                sum.add(l.shared.used())
+            })
+    }
+
     /// `--split` carries on from the messages the campaign's earlier runs recorded at each
     /// gateway (`(gateway, messages)`; names no longer among the lanes are left out).
     pub(super) fn seed_shares(&self, recorded: &[(String, i64)]) {

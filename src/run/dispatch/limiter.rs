@@ -13,6 +13,7 @@
 //! the second's refill: at most `burst + rate_per_sec`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -59,6 +60,28 @@ impl Budget {
     }
 }
 
+/// What the shared budget cost a run: the requests that spent its tokens, the round trips to
+/// the database that took them ([`Store::take_tokens`], those that got nothing included), and
+/// the time of those round trips (one sender at a time makes them; the others wait for it).
+/// Waits for an empty bucket to refill are the rate limit at work and are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct BudgetUse {
+    pub requests: u64,
+    pub takes: u64,
+    pub take_secs: f64,
+}
+
+impl BudgetUse {
+    /// The sum of two gateways' uses.
+    pub(super) fn add(self, o: BudgetUse) -> BudgetUse {
+        BudgetUse {
+            requests: self.requests + o.requests,
+            takes: self.takes + o.takes,
+            take_secs: self.take_secs + o.take_secs,
+        }
+    }
+}
+
 /// One run's share of a gateway's budget.
 pub(super) struct SharedLimiter {
     store: Arc<dyn Store>,
@@ -67,6 +90,10 @@ pub(super) struct SharedLimiter {
     /// Tokens of the latest slice not yet spent, and when it was taken. The lock also queues
     /// the run's senders: one at a time asks the database.
     local: Mutex<(u32, Instant)>,
+    /// [`BudgetUse`]: requests, takes, and nanoseconds spent taking.
+    requests: AtomicU64,
+    takes: AtomicU64,
+    take_nanos: AtomicU64,
 }
 
 impl SharedLimiter {
@@ -77,12 +104,24 @@ impl SharedLimiter {
             gateway: g.name.clone(),
             budget: Budget::new(g.rate_per_sec, g.burst, batch),
             local: Mutex::new((0, Instant::now())),
+            requests: AtomicU64::new(0),
+            takes: AtomicU64::new(0),
+            take_nanos: AtomicU64::new(0),
         }
     }
 
     /// The gateway whose budget this is.
     pub(super) fn gateway(&self) -> &str {
         &self.gateway
+    }
+
+    /// What this budget cost the run so far.
+    pub(super) fn used(&self) -> BudgetUse {
+        BudgetUse {
+            requests: self.requests.load(Ordering::Relaxed),
+            takes: self.takes.load(Ordering::Relaxed),
+            take_secs: self.take_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     /// Waits until `n` messages (at most one batch) may be sent, taking them from the budget.
@@ -96,9 +135,11 @@ impl SharedLimiter {
         if local.0 < n || local.1.elapsed() > b.ttl {
             local.0 = 0;
         }
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut errors = 0;
         while local.0 < n {
-            match self
+            let asked = Instant::now();
+            let took = self
                 .store
                 .take_tokens(
                     &self.gateway,
@@ -109,8 +150,11 @@ impl SharedLimiter {
                         capacity: b.capacity,
                     },
                 )
-                .await
-            {
+                .await;
+            self.takes.fetch_add(1, Ordering::Relaxed);
+            let nanos = u64::try_from(asked.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.take_nanos.fetch_add(nanos, Ordering::Relaxed);
+            match took {
                 Ok(0) => {
                     errors = 0;
                     let missing = f64::from(n) / f64::from(b.rate);

@@ -43,10 +43,12 @@ mod lookup;
 mod sender;
 mod split;
 mod unaskable;
+mod update;
 
 use claim::Runner;
 pub use control::{Control, StopReason};
 use lease::{FreshOptouts, acquire, spawn_heartbeat};
+pub use limiter::BudgetUse;
 use sender::{SendCtx, send_ctx};
 use unaskable::{Unaskable, in_doubt_message};
 
@@ -116,6 +118,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Messages this execution moved to `sent`.
     pub sent_now: u64,
+    /// What the rate budget shared with other runs cost this run (every gateway's).
+    pub rate_budget: BudgetUse,
     /// The most frequent reasons of failed messages, most frequent first: (reason, count).
     pub failure_reasons: Vec<(String, i64)>,
 }
@@ -285,7 +289,9 @@ impl LeasedRun<'_> {
         if let (Some(p), Some(counts)) = (runner.progress.as_mut(), &counts) {
             p.finish(counts);
         }
-        self.record_end(outcome, counts, runner.sent_now).await
+        let budget = runner.ctx.lanes.budget_used();
+        self.record_end(outcome, counts, runner.sent_now, budget)
+            .await
     }
 
     /// The claim/commit loop of this execution, with what its sends share.
@@ -335,6 +341,7 @@ impl LeasedRun<'_> {
         outcome: anyhow::Result<Option<StopReason>>,
         counts: Option<Counts>,
         sent_now: u64,
+        rate_budget: BudgetUse,
     ) -> anyhow::Result<RunReport> {
         let (store, id) = (&*self.store, self.campaign.id);
         let report = |status, exit_message, counts, failure_reasons| RunReport {
@@ -345,6 +352,7 @@ impl LeasedRun<'_> {
             counts,
             elapsed: self.started.elapsed(),
             sent_now,
+            rate_budget,
             failure_reasons,
         };
         let lease_lost = match &outcome {

@@ -7,6 +7,7 @@
 //! does not dedupe is never retried blindly: it is looked up, or stays in doubt.
 
 use std::collections::HashMap;
+use std::mem::take;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +22,7 @@ use super::control::{Control, StopReason};
 use super::doubt::{leftover, look_up_exhausted, mark_aborted, note_rejections, settle_now};
 use super::lanes::{Lane, Lanes, Pick, group_items};
 use super::lease::FreshOptouts;
+use super::update::{update_for, update_from};
 use crate::config::{Config, GatewayConfig};
 use crate::domain::message::Composer;
 use crate::domain::model::{AttemptRecord, Campaign, ClaimedMessage, MessageState, MessageUpdate};
@@ -281,26 +283,6 @@ pub(super) fn backoff_policy(max_attempts: u32) -> backon::ExponentialBackoff {
         .build()
 }
 
-pub(super) fn update_for(
-    item: &Item,
-    state: MessageState,
-    reason: Option<String>,
-    retryable: bool,
-    gateway_id: Option<String>,
-) -> MessageUpdate {
-    MessageUpdate {
-        id: item.id,
-        state,
-        reason,
-        retryable,
-        gateway_id,
-        gateway: item.gateway.clone(),
-        kind: Some(item.kind.clone()),
-        bytes: Some(item.bytes),
-        attempts: item.attempts.clone(),
-    }
-}
-
 /// Moves the items matching `aside` out of the request, recording them with `state` and `reason`;
 /// returns the rest.
 fn set_aside(
@@ -386,10 +368,14 @@ async fn send_group(ctx: Arc<SendCtx>, mut items: Vec<Item>) -> Vec<MessageUpdat
             item.gateway = Some(lane.name().to_string());
         }
         let t0 = Instant::now();
-        let outs: Vec<OutMessage> = items.iter().map(|i| i.out.clone()).collect();
+        // The request borrows the messages' wire forms; they go back to their items after it.
+        let outs: Vec<OutMessage> = items.iter_mut().map(|i| take(&mut i.out)).collect();
         let metered = crate::run::metrics::request_started(lane.shared.gateway());
         let sent = ctx.ctl.unless_aborted(lane.gateway.send(&outs)).await;
         drop(metered);
+        for (item, out) in items.iter_mut().zip(outs) {
+            item.out = out;
+        }
         let Some(attempts) = sent else {
             mark_aborted(&mut items, t0);
             items.extend(rest);
@@ -558,23 +544,11 @@ async fn apply_attempt(
     let _g = span.enter();
     match a.outcome {
         Outcome::Accepted { .. } => {
-            done.push(update_for(
-                &item,
-                MessageState::Sent,
-                None,
-                false,
-                gateway_id,
-            ));
+            done.push(update_from(item, MessageState::Sent, None, gateway_id));
         }
         Outcome::Rejected { code, message } => {
             debug!(%code, "rejected: {}", phone::mask_in_text(&message));
-            done.push(update_for(
-                &item,
-                MessageState::Failed,
-                Some(code),
-                false,
-                None,
-            ));
+            done.push(update_from(item, MessageState::Failed, Some(code), None));
         }
         // With other gateways to go to, the lane's breaker is open for the run: try elsewhere.
         Outcome::Halt { .. } if ctx.lanes.lanes.len() > 1 && item.doubt.is_none() => {

@@ -33,14 +33,23 @@ use crate::tools::sim::{self, SimConfig};
 ///
 /// The loop runs on a runtime of its own, as a `campaign run` process has (the simulator stays
 /// on the bench's runtime, as it does during the run).
-pub(super) async fn http(config: &std::path::Path, messages: u64) -> anyhow::Result<f64> {
-    let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;
-    let mut gw = Config::load(config)?
-        .gateways
-        .first()
-        .cloned()
-        .context("the bench configuration has no gateway")?;
-    gw.url = sim.url();
+///
+/// With `own_gateway` (`--kannel`) the loop goes to the gateway the configuration names
+/// instead, with no simulator.
+pub(super) async fn http(
+    config: &std::path::Path,
+    messages: u64,
+    own_gateway: bool,
+) -> anyhow::Result<f64> {
+    // The first gateway, its secrets read from the environment.
+    let mut gw = Config::load(config)?.gateway(None)?;
+    let sim = if own_gateway {
+        None
+    } else {
+        let sim = sim::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), SimConfig::default()).await?;
+        gw.url = sim.url();
+        Some(sim)
+    };
     let gateway = Gateway::from_config(&gw)?;
     let (batch, concurrency) = (gw.batch_size.max(1) as u64, gw.concurrency.max(1));
     let measured = tokio::task::spawn_blocking(move || {
@@ -51,12 +60,14 @@ pub(super) async fn http(config: &std::path::Path, messages: u64) -> anyhow::Res
         rt.block_on(load_loop(gateway, messages, batch, concurrency))
     })
     .await?;
-    sim.shutdown().await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
     let (accepted, secs) = measured?;
     anyhow::ensure!(
         accepted == messages,
         "the HTTP ceiling's load loop had {accepted} of {messages} messages accepted: the \
-         simulator refused some (see its log)"
+         gateway refused some (see its log)"
     );
     Ok(messages as f64 / secs.max(1e-9))
 }
@@ -194,17 +205,22 @@ pub(super) async fn store(
 pub(super) async fn measure(
     b: &Bench,
     args: &BenchArgs,
-    sim_url: &str,
+    gateway_url: &str,
     r: &mut Report,
 ) -> anyhow::Result<()> {
-    eprintln!("bench: HTTP ceiling (a bare load loop against the simulator)");
-    r.http_ceiling_msgs_per_sec = Some(http(&b.config, args.recipients).await?);
+    let against = if args.kannel {
+        "Kannel"
+    } else {
+        "the simulator"
+    };
+    eprintln!("bench: HTTP ceiling (a bare load loop against {against})");
+    r.http_ceiling_msgs_per_sec = Some(http(&b.config, args.recipients, args.kannel).await?);
     let scratch = super::scratch_db(args.database_url.as_deref()).await?;
     let url = scratch
         .as_ref()
         .map_or_else(|| "sqlite://ceiling.db".to_string(), |d| d.url.clone());
     let ceiling = Bench {
-        config: write_config(&b.root, "ceiling.toml", args, sim_url, Some(&url))?,
+        config: write_config(&b.root, "ceiling.toml", args, gateway_url, Some(&url))?,
         ..b.clone()
     };
     let result = store_on(&ceiling, args).await;

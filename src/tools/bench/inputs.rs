@@ -38,8 +38,9 @@ pub(super) fn generate(root: &Path, recipients: u64, optouts: u64) -> anyhow::Re
     Ok(inside)
 }
 
-/// Writes `root/FILE` (`munja.toml`, or the store ceiling's own), pointing at the simulator
-/// `url` and the database `database_url` (default: `munja.db` next to it).
+/// Writes `root/FILE` (`munja.toml`, or the store ceiling's own), pointing at the gateway `url`
+/// (the simulator's, or with `--kannel` smsbox's) and the database `database_url` (default:
+/// `munja.db` next to it).
 pub(super) fn write_config(
     root: &Path,
     file: &str,
@@ -65,11 +66,9 @@ chunk_size = {chunk}
 quiet_hours = "off"
 lease_timeout_secs = 3
 [[gateways]]
-name = "sim"
-kind = "http-json"
-url = "{url}"
-rate_per_sec = 1000000
-burst = 100000
+{gateway}url = "{url}"
+rate_per_sec = {rate}
+burst = {burst}
 concurrency = {conc}
 timeout_ms = 10000
 max_attempts = 5
@@ -81,6 +80,17 @@ batch_size = {batch}
             chunk = args.chunk_size,
             conc = args.concurrency,
             batch = args.batch_size,
+            gateway = if args.kannel {
+                format!(
+                    "name = \"kannel\"\nkind = \"kannel\"\nusername = \"munja\"\n\
+                     password_env = \"{}\"\n",
+                    super::kannel::PASSWORD_ENV
+                )
+            } else {
+                "name = \"sim\"\nkind = \"http-json\"\n".to_string()
+            },
+            rate = args.rate_per_sec,
+            burst = args.burst,
         ),
     )?;
     Ok(path)

@@ -28,6 +28,14 @@ pub struct Report {
     /// `msgs_per_sec` as a share of each ceiling.
     pub http_ceiling_ratio: Option<f64>,
     pub store_ceiling_ratio: Option<f64>,
+    /// The rate budget shared with other runs (every worker's): requests that spent its tokens,
+    /// round trips to the database that took them, and those round trips' seconds.
+    pub rate_budget_requests: u64,
+    pub rate_budget_takes: u64,
+    pub rate_budget_take_secs: f64,
+    /// The run's seconds (the workers' together) and `rate_budget_take_secs`'s share of them.
+    pub rate_budget_run_secs: f64,
+    pub rate_budget_share: f64,
     pub sent: i64,
     pub suppressed: i64,
     pub accepted_at_gateway: u64,
@@ -40,6 +48,8 @@ pub struct Report {
     /// What the run added (message rows, attempt rows, indexes), per million messages.
     pub db_bytes_per_million_messages: f64,
     pub purge_freed_bytes: Option<u64>,
+    /// `--kannel`: what reached fakesmsc of the segment's recipients.
+    pub kannel: Option<super::Received>,
     /// Peak RSS of the bench process itself (the gateway simulator), in MiB.
     pub bench_process_peak_rss_mib: Option<f64>,
 }
@@ -55,6 +65,17 @@ impl Report {
         self.store_ceiling_ratio = self
             .store_ceiling_msgs_per_sec
             .map(|s| msgs_per_sec / s.max(1e-9));
+    }
+
+    /// Adds one `campaign run --json` summary's `rate_budget` to the totals, for a run of
+    /// `secs` seconds (with several workers, the share is over their seconds together).
+    pub(super) fn add_rate_budget(&mut self, summary: &serde_json::Value, secs: f64) {
+        let b = &summary["rate_budget"];
+        self.rate_budget_run_secs += secs;
+        self.rate_budget_requests += b["requests"].as_u64().unwrap_or(0);
+        self.rate_budget_takes += b["takes"].as_u64().unwrap_or(0);
+        self.rate_budget_take_secs += b["take_secs"].as_f64().unwrap_or(0.0);
+        self.rate_budget_share = self.rate_budget_take_secs / self.rate_budget_run_secs.max(1e-9);
     }
 }
 
@@ -95,6 +116,20 @@ pub(super) fn print_report(r: &Report) {
             r.msgs_per_sec,
             100.0 * r.msgs_per_sec / h.max(1e-9),
             100.0 * r.msgs_per_sec / s.max(1e-9)
+        );
+    }
+    println!(
+        "rate budget: {} requests took their tokens in {} round trips to the database, {:.3}s \
+         ({:.3}% of the run)",
+        r.rate_budget_requests,
+        r.rate_budget_takes,
+        r.rate_budget_take_secs,
+        100.0 * r.rate_budget_share
+    );
+    if let Some(k) = &r.kannel {
+        println!(
+            "kannel: fakesmsc got {} recipients once, {} more than once, {} not at all",
+            k.once, k.more_than_once, k.missing
         );
     }
     if let Some(s) = r.resume_first_commit_secs {
