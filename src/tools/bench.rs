@@ -17,7 +17,7 @@
 mod ceiling;
 mod child;
 mod inputs;
-mod kannel;
+pub mod kannel;
 mod peak;
 mod report;
 mod segment;

@@ -15,45 +15,35 @@ pub(super) fn update_for(
     gateway_id: Option<String>,
 ) -> MessageUpdate {
     MessageUpdate {
+        id: item.id,
+        state,
+        reason,
+        retryable,
+        gateway_id,
         gateway: item.gateway.clone(),
         kind: Some(item.kind.clone()),
+        bytes: Some(item.bytes),
         attempts: item.attempts.clone(),
-        ..final_update(item, state, reason, retryable, gateway_id)
     }
 }
 
-/// [`update_for`] of an item that is done: its gateway, kind and attempts move into the update.
+/// [`update_for`] of an item that is done: its gateway, kind and attempts move into the update
+/// (what is left to copy is empty, so nothing is allocated twice).
 pub(super) fn update_from(
     mut item: Item,
     state: MessageState,
     reason: Option<String>,
     gateway_id: Option<String>,
 ) -> MessageUpdate {
+    let (gateway, kind, attempts) = (
+        item.gateway.take(),
+        take(&mut item.kind),
+        take(&mut item.attempts),
+    );
     MessageUpdate {
-        gateway: item.gateway.take(),
-        kind: Some(take(&mut item.kind)),
-        attempts: take(&mut item.attempts),
-        ..final_update(&item, state, reason, false, gateway_id)
-    }
-}
-
-/// The update of `item` without its gateway, kind and attempts.
-fn final_update(
-    item: &Item,
-    state: MessageState,
-    reason: Option<String>,
-    retryable: bool,
-    gateway_id: Option<String>,
-) -> MessageUpdate {
-    MessageUpdate {
-        id: item.id,
-        state,
-        reason,
-        retryable,
-        gateway_id,
-        gateway: None,
-        kind: None,
-        bytes: Some(item.bytes),
-        attempts: Vec::new(),
+        gateway,
+        kind: Some(kind),
+        attempts,
+        ..update_for(&item, state, reason, false, gateway_id)
     }
 }

@@ -33,14 +33,18 @@ pub struct Received {
 
 /// The three Kannel processes of the bench, killed when dropped.
 pub(super) struct Kannel {
-    children: Vec<Child>,
+    children: Children,
     log: PathBuf,
     sendsms_port: u16,
 }
 
-impl Drop for Kannel {
+/// Child processes, killed and reaped when dropped (a Kannel's boxes and fakesmsc).
+#[derive(Debug, Default)]
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -69,6 +73,41 @@ async fn wait_for(what: &str, mut ready: impl AsyncFnMut() -> bool) -> anyhow::R
     Ok(())
 }
 
+/// The ports of a Kannel on loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// bearerbox's admin port.
+    pub admin: u16,
+    /// bearerbox's port for smsboxes.
+    pub boxes: u16,
+    /// The fake SMSC's port (fakesmsc connects to it).
+    pub smsc: u16,
+    /// smsbox's sendsms port.
+    pub sendsms: u16,
+}
+
+/// The `kannel.conf` of a bearerbox with one fake SMSC and an smsbox on loopback, logging into
+/// `dir` at `log_level`, with one sendsms user `munja` whose password is `password`.
+pub fn conf(dir: &Path, p: Ports, log_level: u8, password: &str) -> String {
+    let d = dir.display();
+    let Ports {
+        admin,
+        boxes,
+        smsc,
+        sendsms,
+    } = p;
+    format!(
+        "group = core\nadmin-port = {admin}\nadmin-password = adm\nsmsbox-port = {boxes}\n\
+         log-level = {log_level}\nlog-file = \"{d}/bearerbox.log\"\nbox-allow-ip = \"127.0.0.1\"\n\
+         admin-allow-ip = \"127.0.0.1\"\ndlr-storage = internal\n\n\
+         group = smsc\nsmsc = fake\nsmsc-id = fake1\nport = {smsc}\n\
+         connect-allow-ip = \"127.0.0.1\"\n\n\
+         group = smsbox\nbearerbox-host = 127.0.0.1\nbearerbox-port = {boxes}\n\
+         sendsms-port = {sendsms}\nlog-level = {log_level}\nlog-file = \"{d}/smsbox.log\"\n\n\
+         group = sendsms-user\nusername = munja\npassword = {password}\nmax-messages = 10\n"
+    )
+}
+
 impl Kannel {
     /// Starts bearerbox, smsbox and fakesmsc with their configuration and logs in `dir`, and
     /// waits until the fake SMSC is online.
@@ -79,23 +118,23 @@ impl Kannel {
                 "{bin} is missing: `apt-get install kannel kannel-extras` installs Kannel and fakesmsc"
             );
         }
-        let (admin, boxes, smsc, sendsms) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
-        let d = dir.display();
-        let conf = format!(
-            "group = core\nadmin-port = {admin}\nadmin-password = adm\nsmsbox-port = {boxes}\n\
-             log-level = 2\nlog-file = \"{d}/bearerbox.log\"\nbox-allow-ip = \"127.0.0.1\"\n\
-             admin-allow-ip = \"127.0.0.1\"\ndlr-storage = internal\n\n\
-             group = smsc\nsmsc = fake\nsmsc-id = fake1\nport = {smsc}\n\
-             connect-allow-ip = \"127.0.0.1\"\n\n\
-             group = smsbox\nbearerbox-host = 127.0.0.1\nbearerbox-port = {boxes}\n\
-             sendsms-port = {sendsms}\nlog-level = 2\nlog-file = \"{d}/smsbox.log\"\n\n\
-             group = sendsms-user\nusername = munja\npassword = {PASSWORD}\nmax-messages = 10\n"
-        );
+        let ports = Ports {
+            admin: free_port()?,
+            boxes: free_port()?,
+            smsc: free_port()?,
+            sendsms: free_port()?,
+        };
+        let Ports {
+            admin,
+            boxes,
+            smsc,
+            sendsms,
+        } = ports;
+        let conf = conf(dir, ports, 2, PASSWORD);
         let conf_path = dir.join("kannel.conf");
         std::fs::write(&conf_path, conf).context("writing kannel.conf")?;
         let mut k = Kannel {
-            children: Vec::new(),
+            children: Children::default(),
             log: dir.join("fakesmsc.log"),
             sendsms_port: sendsms,
         };
@@ -128,7 +167,7 @@ impl Kannel {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {bin}"))?;
-        self.children.push(child);
+        self.children.0.push(child);
         Ok(())
     }
 

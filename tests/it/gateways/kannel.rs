@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use munja::tools::bench::kannel::Children;
 use munja::tools::sim::SimConfig;
 
 use super::{add_gateway, create, free_port, run_with, wait_until};
@@ -21,18 +22,10 @@ const PW_VAR: &str = "MUNJA_TEST_KANNEL_PASSWORD";
 
 /// The three Kannel processes of one test, killed when dropped.
 struct Kannel {
+    // Fields drop in order: the processes are killed before their directory goes.
+    children: Children,
     dir: tempfile::TempDir,
-    children: Vec<Child>,
     sendsms_port: u16,
-}
-
-impl Drop for Kannel {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn port_open(port: u16) -> bool {
@@ -49,17 +42,13 @@ impl Kannel {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let (admin, boxes, smsc, sendsms) = (free_port(), free_port(), free_port(), free_port());
-        let d = dir.path().display();
-        let conf = format!(
-            "group = core\nadmin-port = {admin}\nadmin-password = adm\nsmsbox-port = {boxes}\n\
-             log-level = 1\nlog-file = \"{d}/bearerbox.log\"\nbox-allow-ip = \"127.0.0.1\"\n\
-             admin-allow-ip = \"127.0.0.1\"\ndlr-storage = internal\n\n\
-             group = smsc\nsmsc = fake\nsmsc-id = fake1\nport = {smsc}\n\
-             connect-allow-ip = \"127.0.0.1\"\n\n\
-             group = smsbox\nbearerbox-host = 127.0.0.1\nbearerbox-port = {boxes}\n\
-             sendsms-port = {sendsms}\nlog-level = 1\nlog-file = \"{d}/smsbox.log\"\n\n\
-             group = sendsms-user\nusername = munja\npassword = {PASSWORD}\nmax-messages = 10\n"
-        );
+        let ports = munja::tools::bench::kannel::Ports {
+            admin,
+            boxes,
+            smsc,
+            sendsms,
+        };
+        let conf = munja::tools::bench::kannel::conf(dir.path(), ports, 1, PASSWORD);
         let conf_path = dir.path().join("kannel.conf");
         std::fs::write(&conf_path, conf).expect("kannel.conf");
         let quiet = |bin: &str, args: &[&str], err: Stdio| {
@@ -74,16 +63,19 @@ impl Kannel {
         let conf_arg = conf_path.to_str().expect("utf-8 path").to_string();
         let mut k = Kannel {
             dir,
-            children: Vec::new(),
+            children: Children::default(),
             sendsms_port: sendsms,
         };
         k.children
+            .0
             .push(quiet(BEARERBOX, &[&conf_arg], Stdio::null()));
         wait_until("bearerbox", 20, || port_open(boxes) && port_open(smsc)).await;
-        k.children.push(quiet(SMSBOX, &[&conf_arg], Stdio::null()));
+        k.children
+            .0
+            .push(quiet(SMSBOX, &[&conf_arg], Stdio::null()));
         let log = std::fs::File::create(k.fake_log()).expect("fakesmsc log");
         let smsc_port = smsc.to_string();
-        k.children.push(quiet(
+        k.children.0.push(quiet(
             FAKESMSC,
             &["-H", "127.0.0.1", "-r", &smsc_port, "-m", "0", "1 2 text x"],
             Stdio::from(log),
