@@ -216,6 +216,37 @@ async fn in_doubt_messages_are_settled_by_lookup_not_resent() {
     );
 }
 
+/// Stops `child` (SIGSTOP) at a moment it holds no write transaction on the SQLite database. A
+/// process frozen inside one keeps SQLite's only write lock, and no other process can write
+/// (take over included) until it runs again: a limit of SQLite (docs/known-gaps.md), not what
+/// the lease test is about. Each retry lets it run on until its transaction ends.
+async fn freeze_outside_a_write(env: &Env, child: &std::process::Child) {
+    use sqlx::Connection;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(env.path("munja.db"))
+        .busy_timeout(Duration::ZERO);
+    let mut db = sqlx::SqliteConnection::connect_with(&opts)
+        .await
+        .expect("open the database");
+    for attempt in 0.. {
+        signal(child, libc::SIGSTOP);
+        if sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut db)
+            .await
+            .is_ok()
+        {
+            sqlx::query("ROLLBACK")
+                .execute(&mut db)
+                .await
+                .expect("rollback");
+            return;
+        }
+        assert!(attempt < 500, "the holder never left its write transaction");
+        signal(child, libc::SIGCONT);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_timeout() {
     let (env, id) = Setup::new(400).rate(50, 5).on_sqlite().campaign().await;
@@ -226,7 +257,7 @@ async fn one_runner_at_a_time_and_a_hung_holder_is_taken_over_after_the_lease_ti
     assert!(t.elapsed() < Duration::from_secs(3), "fails at once");
 
     // Freeze the holder: its process exists but its heartbeat stops.
-    signal(&first, libc::SIGSTOP);
+    freeze_outside_a_write(&env, &first).await;
     let frozen = Instant::now();
     let o = env.run(&["campaign", "run", &id]).await;
     assert_eq!(o.code, 1, "a fresh heartbeat still holds: {}", o.all());
