@@ -56,7 +56,7 @@ pub trait CampaignStore: Send + Sync {
     /// `take.rate` per second of the database clock; returns how many were granted (0 when
     /// fewer than `need` are there). Refill and take are one atomic write: two callers never get
     /// the same token.
-    async fn take_tokens(&self, gateway: &str, take: Take) -> Result<u32>;
+    async fn take_tokens(&self, gateway: &str, take: Take) -> Result<Granted>;
     /// Whether pending messages without night consent remain.
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool>;
     /// The most frequent reasons of failed messages, most frequent first: (reason, count).
@@ -112,6 +112,16 @@ pub struct Take {
     pub want: u32,
     pub rate: u32,
     pub capacity: u32,
+}
+
+/// What [`CampaignStore::take_tokens`] granted, and when by this process's monotonic clock: a
+/// moment no later than the take itself (taken once a SQLite writer holds the write lock, just
+/// before the statement that reads the bucket), from which a run counts how long it may hold
+/// the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    pub tokens: u32,
+    pub at: std::time::Instant,
 }
 
 /// Opt-out lists (수신거부) and CSV segments: imports and reads.

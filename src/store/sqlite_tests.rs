@@ -219,7 +219,7 @@ async fn two_stores_on_one_file_share_the_bucket() {
         capacity: 10,
     };
     let (x, y) = tokio::join!(a.take_tokens("g", take), b.take_tokens("g", take));
-    let (x, y) = (x.expect("take a"), y.expect("take b"));
+    let (x, y) = (x.expect("take a").tokens, y.expect("take b").tokens);
     // At 1 token a second, a test run cannot add a whole token beyond the burst of 10.
     assert!(x + y <= 11 && x + y >= 10, "granted {x} + {y}");
     assert!(x.min(y) >= 4, "both were served: {x} and {y}");

@@ -19,7 +19,7 @@ async fn take(s: &Arc<dyn Store>, gateway: &str, [need, want, rate, capacity]: [
         rate,
         capacity,
     };
-    s.take_tokens(gateway, take).await.expect("take")
+    s.take_tokens(gateway, take).await.expect("take").tokens
 }
 
 /// At 1 token a second a slow test machine adds at most a few tokens between two calls; the
@@ -63,7 +63,7 @@ async fn concurrent_takers_never_share_a_token(s: Arc<dyn Store>) {
     }
     let mut total = 0;
     while let Some(r) = set.join_next().await {
-        total += r.expect("join").expect("take");
+        total += r.expect("join").expect("take").tokens;
     }
     // 20 in the bucket, 42 asked for: at most what the bucket held (plus a refill of a few
     // seconds at 1 token a second on a slow machine), and all of it handed out.

@@ -12,7 +12,7 @@ use sqlx::Transaction;
 use super::{At, Backend, Bucket, Dialect, Stamp, Stmt, query};
 use crate::store::{
     AuditFilter, AuditRow, Campaign, CampaignStore, Clock, Counts, DiskUsage, Execution,
-    ExecutionEnd, Lease, MessageState, NewCampaign, PurgeReport, Result, StoreError, Take,
+    ExecutionEnd, Granted, Lease, MessageState, NewCampaign, PurgeReport, Result, StoreError, Take,
     WorkerToken, add_delivery_counts, granted_tokens,
 };
 
@@ -49,8 +49,9 @@ impl<B: Backend> CampaignStore for B {
     /// In one write transaction: `BEGIN IMMEDIATE` on SQLite, so that every process on the
     /// file draws from the same budget; on PostgreSQL the refill's upsert locks the bucket's
     /// row until commit, so concurrent takers (any worker, any campaign) queue on it.
-    async fn take_tokens(&self, gateway: &str, take: Take) -> Result<u32> {
+    async fn take_tokens(&self, gateway: &str, take: Take) -> Result<Granted> {
         let mut tx = self.begin().await?;
+        let at = std::time::Instant::now();
         let bucket = Bucket {
             gateway,
             take,
@@ -68,7 +69,10 @@ impl<B: Backend> CampaignStore for B {
             .await?;
         }
         tx.commit().await?;
-        Ok(granted)
+        Ok(Granted {
+            tokens: granted,
+            at,
+        })
     }
 
     async fn has_pending_without_consent(&self, campaign: i64) -> Result<bool> {

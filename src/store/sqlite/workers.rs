@@ -111,7 +111,7 @@ impl WorkerStore for SqliteStore {
         .bind(&at)
         .bind(w.campaign)
         .bind(w.execution)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         let row = row.ok_or(StoreError::LeaseLost {
             campaign: w.campaign,
@@ -120,7 +120,7 @@ impl WorkerStore for SqliteStore {
         sqlx::query("UPDATE workers SET heartbeat_at = ? WHERE id = ?")
             .bind(&at)
             .bind(w.worker)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(row)
     }
