@@ -67,13 +67,15 @@ impl Budget {
 }
 
 /// What the shared budget cost a run: the requests that spent its tokens, the round trips to
-/// the database that took them ([`Store::take_tokens`], those that got nothing included), and
-/// the time of those round trips (one sender at a time makes them; the others wait for it).
+/// the database that took them ([`Store::take_tokens`], those that got nothing included), how
+/// many of those were made ahead of need in the background, and the time of the others, which
+/// the run's senders waited for (one sender at a time makes them; the others wait for it).
 /// Waits for an empty bucket to refill are the rate limit at work and are not counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct BudgetUse {
     pub requests: u64,
     pub takes: u64,
+    pub takes_ahead: u64,
     pub take_secs: f64,
 }
 
@@ -83,6 +85,7 @@ impl BudgetUse {
         BudgetUse {
             requests: self.requests + o.requests,
             takes: self.takes + o.takes,
+            takes_ahead: self.takes_ahead + o.takes_ahead,
             take_secs: self.take_secs + o.take_secs,
         }
     }
@@ -104,9 +107,10 @@ struct Inner {
     /// Queues the takes: one at a time asks the database, the senders that found no tokens
     /// wait here, and a take ahead of need holds it too.
     taking: Mutex<()>,
-    /// [`BudgetUse`]: requests, takes, and nanoseconds spent taking.
+    /// [`BudgetUse`]: requests, takes, takes ahead, and nanoseconds senders waited for takes.
     requests: AtomicU64,
     takes: AtomicU64,
+    takes_ahead: AtomicU64,
     take_nanos: AtomicU64,
 }
 
@@ -152,13 +156,16 @@ impl Held {
 
     /// Whether the next slice should be asked for now, so that it arrives before the held ones
     /// expire or run out: the time they last (at the pace the newest has been spent) is under
-    /// two round trips of a take. Never when a slice would not outlive two round trips: the
-    /// tokens taken ahead would mostly be given up, lost to every run of the gateway.
+    /// two round trips of a take, or a quarter of a slice's life (requests a few milliseconds
+    /// apart would otherwise miss a window of two quick round trips). Never when a slice would
+    /// not outlive two round trips: the tokens taken ahead would mostly be given up, lost to
+    /// every run of the gateway.
     fn wants_ahead(&self, now: Instant, ttl: Duration) -> bool {
-        let lead = self.latency * 2;
-        if self.ahead || self.latency.is_zero() || lead >= ttl {
+        let trips = self.latency * 2;
+        if self.ahead || self.latency.is_zero() || trips >= ttl {
             return false;
         }
+        let lead = trips.max(ttl / 4);
         let Some(newest) = self.slices.back() else {
             return true;
         };
@@ -191,6 +198,7 @@ impl SharedLimiter {
             taking: Mutex::new(()),
             requests: AtomicU64::new(0),
             takes: AtomicU64::new(0),
+            takes_ahead: AtomicU64::new(0),
             take_nanos: AtomicU64::new(0),
         }))
     }
@@ -206,6 +214,7 @@ impl SharedLimiter {
         BudgetUse {
             requests: i.requests.load(Ordering::Relaxed),
             takes: i.takes.load(Ordering::Relaxed),
+            takes_ahead: i.takes_ahead.load(Ordering::Relaxed),
             take_secs: i.take_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
@@ -237,7 +246,7 @@ impl SharedLimiter {
     }
 
     /// One round trip to the bucket for `n` tokens and a slice beyond them, of which the
-    /// caller spends `spend` at once (its own request: those are sent whatever the round trip
+    /// caller spends `spend` at once (none: a take ahead of need) (its own request: those are sent whatever the round trip
     /// took); the rest is held until `ttl` after the take ([`Granted::at`]). Returns how many
     /// were granted.
     async fn take(&self, n: u32, spend: u32) -> Result<u32, StoreError> {
@@ -257,8 +266,12 @@ impl SharedLimiter {
             .await;
         let elapsed = asked.elapsed();
         i.takes.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        i.take_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if spend == 0 {
+            i.takes_ahead.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            i.take_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
         let mut held = self.held();
         held.observe(elapsed);
         let Granted { tokens, at } = took?;
@@ -356,7 +369,8 @@ mod tests {
         let ttl = Duration::from_millis(50);
         let mut h = Held::default();
         h.slices.push_back(slice(3, t0, ttl));
-        h.slices.push_back(slice(5, t0 + Duration::from_millis(30), ttl));
+        h.slices
+            .push_back(slice(5, t0 + Duration::from_millis(30), ttl));
         // 4 tokens: the 3 of the first slice and 1 of the second.
         assert!(h.spend(4, t0 + Duration::from_millis(10)));
         let left: Vec<u32> = h.slices.iter().map(|s| s.tokens).collect();
@@ -365,7 +379,8 @@ mod tests {
         assert!(!h.spend(5, t0 + Duration::from_millis(60)));
         assert!(h.spend(4, t0 + Duration::from_millis(60)));
         // At 80 ms nothing is held any more: what is left is given up.
-        h.slices.push_back(slice(2, t0 + Duration::from_millis(20), ttl));
+        h.slices
+            .push_back(slice(2, t0 + Duration::from_millis(20), ttl));
         assert!(!h.spend(1, t0 + Duration::from_millis(80)));
         assert!(h.slices.is_empty());
     }

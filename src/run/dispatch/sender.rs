@@ -193,29 +193,39 @@ pub(super) async fn send_chunk(
         }
     }
     ctx.lanes.assign(&mut items);
-    // One task per request group, but no more at once than a few times the run's request
-    // slots: a task's future is kilobytes, and a chunk of 10,000 single requests spawned at
-    // once held every one of them (times the chunks in flight) while only `concurrency` could
-    // send. The headroom keeps requests flowing while some tasks wait out a retry's backoff
-    // (which holds no request slot): with exactly one task per slot, a gateway that times out
-    // every request left every task backing off and nothing new sent.
+    // A few senders per request slot, each sending one request group after another: a
+    // group's future is kilobytes, and a chunk of 10,000 single requests spawned as as many
+    // tasks held every one of them (times the chunks in flight) while only `concurrency` could
+    // send; a task per group also cost an allocation of that size and its copy per message. The
+    // headroom over the slots keeps requests flowing while some senders wait out a retry's
+    // backoff (which holds no request slot): with exactly one sender per slot, a gateway that
+    // times out every request left every sender backing off and nothing new sent.
     let limit = ctx
         .lanes
         .slots()
         .saturating_mul(TASKS_PER_SLOT)
         .max(MIN_TASKS);
-    let mut groups = group_items(&ctx, items).into_iter();
+    let groups = group_items(&ctx, items);
+    let senders = limit.min(groups.len());
+    let groups = Arc::new(Mutex::new(groups.into_iter()));
     let mut set = tokio::task::JoinSet::new();
-    loop {
-        while set.len() < limit
-            && let Some(group) = groups.next()
-        {
-            set.spawn(send_group(ctx.clone(), group).instrument(tracing::Span::current()));
-        }
-        match set.join_next().await {
-            None => break,
-            Some(Ok(mut u)) => updates.append(&mut u),
-            Some(Err(e)) => warn!("send task failed: {e}"),
+    for _ in 0..senders {
+        let (ctx, groups) = (ctx.clone(), groups.clone());
+        let sender = async move {
+            let mut done = Vec::new();
+            loop {
+                let next = groups.lock().unwrap_or_else(PoisonError::into_inner).next();
+                let Some(group) = next else { break };
+                done.append(&mut send_group(ctx.clone(), group).await);
+            }
+            done
+        };
+        set.spawn(sender.instrument(tracing::Span::current()));
+    }
+    while let Some(sent) = set.join_next().await {
+        match sent {
+            Ok(mut u) => updates.append(&mut u),
+            Err(e) => warn!("send task failed: {e}"),
         }
     }
     let opted_out = optouts::refused_in(&updates, &phones);
@@ -427,16 +437,20 @@ async fn wait_turn<'c>(ctx: &SendCtx, lane: &'c Lane, items: &[Item]) -> Turn<'c
             }
         }
     }
-    // Both waits end early when the run stops.
-    let slot = tokio::time::timeout(REPICK, lane.in_flight.acquire());
-    let permit = match ctx.ctl.until(slot).await {
-        None | Some(Ok(Err(_))) => return Turn::Stop,
-        Some(Err(_)) if ctx.lanes.lanes.len() > 1 => return Turn::Repick,
-        Some(Err(_)) => match ctx.ctl.until(lane.in_flight.acquire()).await {
+    // Both waits end early when the run stops. With one lane there is nowhere else to go: no
+    // timer to pick again.
+    let permit = if ctx.lanes.lanes.len() > 1 {
+        let slot = tokio::time::timeout(REPICK, lane.in_flight.acquire());
+        match ctx.ctl.until(slot).await {
+            None | Some(Ok(Err(_))) => return Turn::Stop,
+            Some(Err(_)) => return Turn::Repick,
+            Some(Ok(Ok(permit))) => permit,
+        }
+    } else {
+        match ctx.ctl.until(lane.in_flight.acquire()).await {
             Some(Ok(permit)) => permit,
             _ => return Turn::Stop,
-        },
-        Some(Ok(Ok(permit))) => permit,
+        }
     };
     if ctx.lanes.lanes.len() > 1 && lane.opened_since_pick() {
         return Turn::Repick;

@@ -29,9 +29,11 @@ pub struct Report {
     pub http_ceiling_ratio: Option<f64>,
     pub store_ceiling_ratio: Option<f64>,
     /// The rate budget shared with other runs (every worker's): requests that spent its tokens,
-    /// round trips to the database that took them, and those round trips' seconds.
+    /// round trips to the database that took them (of which `takes_ahead` in the background,
+    /// before a sender needed them), and the seconds of the round trips senders waited for.
     pub rate_budget_requests: u64,
     pub rate_budget_takes: u64,
+    pub rate_budget_takes_ahead: u64,
     pub rate_budget_take_secs: f64,
     /// The run's seconds (the workers' together) and `rate_budget_take_secs`'s share of them.
     pub rate_budget_run_secs: f64,
@@ -74,6 +76,7 @@ impl Report {
         self.rate_budget_run_secs += secs;
         self.rate_budget_requests += b["requests"].as_u64().unwrap_or(0);
         self.rate_budget_takes += b["takes"].as_u64().unwrap_or(0);
+        self.rate_budget_takes_ahead += b["takes_ahead"].as_u64().unwrap_or(0);
         self.rate_budget_take_secs += b["take_secs"].as_f64().unwrap_or(0.0);
         self.rate_budget_share = self.rate_budget_take_secs / self.rate_budget_run_secs.max(1e-9);
     }
@@ -119,10 +122,11 @@ pub(super) fn print_report(r: &Report) {
         );
     }
     println!(
-        "rate budget: {} requests took their tokens in {} round trips to the database, {:.3}s \
-         ({:.3}% of the run)",
+        "rate budget: {} requests took their tokens in {} round trips to the database ({} ahead \
+         of need); senders waited {:.3}s for the others ({:.3}% of the run)",
         r.rate_budget_requests,
         r.rate_budget_takes,
+        r.rate_budget_takes_ahead,
         r.rate_budget_take_secs,
         100.0 * r.rate_budget_share
     );
