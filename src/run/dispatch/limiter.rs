@@ -11,9 +11,11 @@
 //!
 //! Why, with slices held by the runs: a slice may hold up to [`Budget::hold`] tokens beyond the
 //! request it was taken for, and tokens a run took are spent within `hold / rate_per_sec`
-//! seconds of the take ([`Budget::ttl`]) or given up. The bucket holds at most `burst - hold`
+//! seconds of the take ([`Budget::ttl`]) or given up (those of the request a take was made for
+//! are spent when it returns, however long it took). The bucket holds at most `burst - hold`
 //! ([`Budget::capacity`]). At any moment the tokens held by all runs were taken within the last
-//! `ttl` (each slice's time counts from when its take was asked, however many a run holds), so they and the bucket's together are at most what the bucket held `ttl` ago plus what
+//! `ttl` (each slice's time counts from its take, [`Granted::at`], however many a run holds),
+//! so they and the bucket's together are at most what the bucket held `ttl` ago plus what
 //! refilled since: `burst - hold + rate * ttl = burst`. A second's sends are those tokens plus
 //! the second's refill: at most `burst + rate_per_sec`.
 
