@@ -196,7 +196,7 @@ pub struct DiskUsage {
 }
 
 /// Counter increments of one write, added to a worker's and its execution's counters.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tally {
     pub read: i64,
     pub sent: i64,

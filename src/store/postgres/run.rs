@@ -4,7 +4,7 @@
 //! claims and commits lock only their worker's row (shared) and their messages, so the workers
 //! of one campaign write side by side.
 
-use super::workers::{fence_worker, tally};
+use super::workers::{explain_lease_lost, fence_worker, tally};
 use super::*;
 use crate::store::sql::run as sql;
 use crate::store::sql::workers::{claim_picked, snapshot_in};
@@ -226,6 +226,7 @@ impl ChunkStore for PgStore {
         .rows_affected();
         if written != updates.len() as u64 {
             // Some message is no longer this worker's: it was rescued. Write nothing.
+            explain_lease_lost(&mut tx, w, &cols.id).await;
             return Err(StoreError::LeaseLost {
                 campaign,
                 execution,

@@ -40,10 +40,55 @@ pub(super) async fn fence_worker(
     .await?;
     match ok {
         Some(true) => Ok(()),
-        _ => Err(StoreError::LeaseLost {
-            campaign: w.campaign,
-            execution: w.execution,
-        }),
+        _ => {
+            explain_lease_lost(tx, w, &[]).await;
+            Err(StoreError::LeaseLost {
+                campaign: w.campaign,
+                execution: w.execution,
+            })
+        }
+    }
+}
+
+/// Logs why worker `w` lost its place: its row (status and exit message, which names the
+/// worker that rescued it), the execution now holding the lease, and, for `ids` of its
+/// claimed messages, those no longer claimed by it (state and claimer). An operator reads it
+/// beside the `LeaseLost` error; a failure to read is only logged.
+pub(super) async fn explain_lease_lost(
+    tx: &mut Transaction<'static, Postgres>,
+    w: &WorkerToken,
+    ids: &[i64],
+) {
+    let why = async {
+        let (status, exit, lease): (Option<String>, Option<String>, Option<i64>) =
+            sqlx::query_as(
+                "SELECT k.status, k.exit_message, c.lease_execution FROM campaigns c                  LEFT JOIN workers k ON k.id = $1 WHERE c.id = $2",
+            )
+            .bind(w.worker)
+            .bind(w.campaign)
+            .fetch_optional(&mut **tx)
+            .await?
+            .unwrap_or_default();
+        let lost: Vec<(i64, String, Option<i64>)> = sqlx::query_as(
+            "SELECT id, state, claimed_by FROM messages WHERE id = ANY($1)              AND claimed_by IS DISTINCT FROM $2 ORDER BY id LIMIT 5",
+        )
+        .bind(ids)
+        .bind(w.worker)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok::<_, sqlx::Error>((status, exit, lease, lost))
+    };
+    match why.await {
+        Ok((status, exit, lease, lost)) => tracing::warn!(
+            worker = w.worker,
+            execution = w.execution,
+            ?status,
+            ?exit,
+            lease_execution = ?lease,
+            ?lost,
+            "this worker lost its place in the run"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not read why this worker lost its place"),
     }
 }
 
@@ -119,6 +164,13 @@ impl PgStore {
 
     /// [`ChunkStore::in_doubt`]: claims the messages this worker must settle by lookup, skipping
     /// those another transaction holds.
+    ///
+    /// Whether a message's claimer is a live worker is a `NOT EXISTS` on its current
+    /// `claimed_by`, not a join: when another worker claims the same message and commits between
+    /// this statement's snapshot and its row lock, PostgreSQL rechecks the new row version
+    /// against the rows it joined before (the dead claimer), so a `LEFT JOIN … IS NULL` found
+    /// no live claimer and took a message the other worker was settling. The subquery is
+    /// evaluated again with the new `claimed_by`.
     pub(super) async fn claim_in_doubt(
         &self,
         w: &WorkerToken,
@@ -129,10 +181,10 @@ impl PgStore {
         fence_worker(&mut tx, w).await?;
         let rows = sqlx::query(
             "UPDATE messages SET claimed_by = $2 WHERE id IN ( \
-                SELECT m.id FROM messages m LEFT JOIN workers k ON k.id = m.claimed_by \
-                WHERE m.campaign_id = $1 AND m.id > $3 AND ( \
-                    (m.state = 'in_doubt' AND (k.id IS NULL OR k.id = $2 OR k.status <> 'STARTED')) \
-                    OR (m.state = 'sending' AND (k.id IS NULL OR k.status <> 'STARTED'))) \
+                SELECT m.id FROM messages m \
+                WHERE m.campaign_id = $1 AND m.id > $3 AND m.state IN ('in_doubt', 'sending') \
+                AND NOT EXISTS (SELECT 1 FROM workers k WHERE k.id = m.claimed_by \
+                                AND k.status = 'STARTED' AND (m.state = 'sending' OR k.id <> $2)) \
                 ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED) \
              RETURNING id, ref, phone, vars, night_consent, attempts, gateway, \
                        CASE WHEN state = 'in_doubt' THEN last_attempt_at END AS in_doubt_at",

@@ -46,11 +46,16 @@ pub(crate) async fn claim_picked<DB: Dialect>(
 
 /// Adds `t` to the counters of worker `w` and of its execution, in the caller's transaction:
 /// the worker's row first, the lock order of every PostgreSQL writer (see `postgres::run`).
+/// Nothing to add writes nothing: a claim that suppressed nothing (the usual one) does not
+/// lock the execution's row, which every worker of the execution shares.
 pub(crate) async fn tally<DB: Dialect>(
     tx: &mut Transaction<'static, DB>,
     w: &WorkerToken,
     t: Tally,
 ) -> Result<()> {
+    if t == Tally::default() {
+        return Ok(());
+    }
     for (table, id) in [("workers", w.worker), ("executions", w.execution)] {
         query::<DB>(format!(
             "UPDATE {table} SET read_count = read_count + $1, sent = sent + $2, failed = failed + $3, \
