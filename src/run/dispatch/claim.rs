@@ -132,7 +132,13 @@ impl Runner<'_> {
                 .await
                 .context("adding numbers the gateway refused as opted out to the opt-out list")?;
             self.commit(&updates, &mut counts).await?;
-            debug!(messages = updates.len(), dry, "chunk committed");
+            debug!(
+                messages = updates.len(),
+                first = updates.first().map(|u| u.id),
+                last = updates.last().map(|u| u.id),
+                dry,
+                "chunk committed"
+            );
         }
     }
 
@@ -300,6 +306,12 @@ impl Runner<'_> {
                 }
                 return Ok(Fill::End(None));
             }
+            debug!(
+                messages = claim.messages.len(),
+                first = claim.messages.first().map(|m| m.id),
+                last = claim.messages.last().map(|m| m.id),
+                "chunk claimed"
+            );
             let ctx = self.ctx.clone();
             let composer = self.composer.clone();
             in_flight.spawn(

@@ -40,6 +40,8 @@ impl Runner<'_> {
             after = last.id;
             info!(
                 messages = batch.len(),
+                first = batch.first().map(|m| m.id),
+                last = after,
                 "settling in-doubt messages by lookup"
             );
             let mut set = tokio::task::JoinSet::new();
