@@ -60,17 +60,18 @@ pub(super) async fn explain_lease_lost(
     ids: &[i64],
 ) {
     let why = async {
-        let (status, exit, lease): (Option<String>, Option<String>, Option<i64>) =
-            sqlx::query_as(
-                "SELECT k.status, k.exit_message, c.lease_execution FROM campaigns c                  LEFT JOIN workers k ON k.id = $1 WHERE c.id = $2",
-            )
-            .bind(w.worker)
-            .bind(w.campaign)
-            .fetch_optional(&mut **tx)
-            .await?
-            .unwrap_or_default();
+        let (status, exit, lease): (Option<String>, Option<String>, Option<i64>) = sqlx::query_as(
+            "SELECT k.status, k.exit_message, c.lease_execution FROM campaigns c \
+                 LEFT JOIN workers k ON k.id = $1 WHERE c.id = $2",
+        )
+        .bind(w.worker)
+        .bind(w.campaign)
+        .fetch_optional(&mut **tx)
+        .await?
+        .unwrap_or_default();
         let lost: Vec<(i64, String, Option<i64>)> = sqlx::query_as(
-            "SELECT id, state, claimed_by FROM messages WHERE id = ANY($1)              AND claimed_by IS DISTINCT FROM $2 ORDER BY id LIMIT 5",
+            "SELECT id, state, claimed_by FROM messages WHERE id = ANY($1) \
+             AND claimed_by IS DISTINCT FROM $2 ORDER BY id LIMIT 5",
         )
         .bind(ids)
         .bind(w.worker)
