@@ -166,43 +166,63 @@ impl PgStore {
     /// [`ChunkStore::in_doubt`]: claims the messages this worker must settle by lookup, skipping
     /// those another transaction holds.
     ///
-    /// Whether a message's claimer is a live worker is a `NOT EXISTS` on its current
-    /// `claimed_by`, not a join: when another worker claims the same message and commits between
-    /// this statement's snapshot and its row lock, PostgreSQL rechecks the new row version
-    /// against the rows it joined before (the dead claimer), so a `LEFT JOIN … IS NULL` found
-    /// no live claimer and took a message the other worker was settling. The subquery is
-    /// evaluated again with the new `claimed_by`.
+    /// Two statements, because PostgreSQL's row-lock recheck cannot judge a claimer. When
+    /// another worker takes a message over and commits between this statement's snapshot and
+    /// its row lock, `FOR UPDATE` rechecks the new row version, but the test "its claimer is not
+    /// a live worker" (an anti-join, whether written `LEFT JOIN … IS NULL` or `NOT EXISTS`) is
+    /// then evaluated without the workers' rows, and passes: a live worker's message was taken
+    /// (reproduced with two sessions; it was the flake of `workers::three_workers_killed_at_random`).
+    /// So the first statement only locks candidates, and the second, whose snapshot is taken
+    /// after the locks, claims those of them that still qualify: no one can change them between.
     pub(super) async fn claim_in_doubt(
         &self,
         w: &WorkerToken,
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
-        let mut tx = self.pool.begin().await?;
-        fence_worker(&mut tx, w).await?;
-        let rows = sqlx::query(
-            "UPDATE messages SET claimed_by = $2 WHERE id IN ( \
-                SELECT m.id FROM messages m \
-                WHERE m.campaign_id = $1 AND m.id > $3 AND m.state IN ('in_doubt', 'sending') \
-                AND NOT EXISTS (SELECT 1 FROM workers k WHERE k.id = m.claimed_by \
-                                AND k.status = 'STARTED' AND (m.state = 'sending' OR k.id <> $2)) \
-                ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED) \
-             RETURNING id, ref, phone, vars, night_consent, attempts, gateway, \
-                       CASE WHEN state = 'in_doubt' THEN last_attempt_at END AS in_doubt_at",
-        )
-        .bind(w.campaign)
-        .bind(w.worker)
-        .bind(after_id)
-        .bind(row_limit(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut claimed = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        claimed.sort_by_key(|m| m.id);
-        Ok(claimed)
+        const QUALIFIES: &str = "m.state IN ('in_doubt', 'sending') \
+            AND NOT EXISTS (SELECT 1 FROM workers k WHERE k.id = m.claimed_by \
+                            AND k.status = 'STARTED' AND (m.state = 'sending' OR k.id <> $2))";
+        let mut after_id = after_id;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            fence_worker(&mut tx, w).await?;
+            let locked: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT m.id FROM messages m WHERE m.campaign_id = $1 AND m.id > $3 AND {QUALIFIES} \
+                 ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED"
+            )))
+            .bind(w.campaign)
+            .bind(w.worker)
+            .bind(after_id)
+            .bind(row_limit(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(&last) = locked.last() else {
+                return Ok(Vec::new());
+            };
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE messages m SET claimed_by = $2 WHERE m.id = ANY($1) AND {QUALIFIES} \
+                 RETURNING id, ref, phone, vars, night_consent, attempts, gateway, \
+                           CASE WHEN state = 'in_doubt' THEN last_attempt_at END AS in_doubt_at"
+            )))
+            .bind(&locked)
+            .bind(w.worker)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            if rows.is_empty() {
+                // Every candidate was another live worker's after all: look further on, since
+                // an empty answer tells the caller there is nothing left to settle.
+                after_id = last;
+                continue;
+            }
+            let mut claimed = rows
+                .iter()
+                .map(claimed_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            claimed.sort_by_key(|m| m.id);
+            return Ok(claimed);
+        }
     }
 }
 
