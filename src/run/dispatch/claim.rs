@@ -27,7 +27,8 @@ pub(super) const PIPELINE: usize = 4;
 /// Messages claimed and not yet sent, at most, whatever the chunk size: a claimed message
 /// holds its row, its rendered text and its result until its chunk commits, so large chunks are
 /// pipelined less deeply (chunks of 1,000: 4 in flight; of 2,000: 2; of 4,000 or more: 1).
-/// One more chunk, sent, may be committing meanwhile (its results only).
+/// One more chunk, sent, may be committing meanwhile (its results only), except with chunks
+/// of 4,000 or more, whose commit the next claim waits for.
 const IN_FLIGHT_MESSAGES: usize = 4_000;
 
 /// How many chunks of `chunk_size` may be in flight at once after the first.
@@ -154,6 +155,12 @@ impl Runner<'_> {
             first_chunk = false;
             self.finish_commit(committing, counts).await?;
             *committing = Some(self.start_commit(sent, dry));
+            if pipeline_depth(self.chunk_size) == 1 {
+                // Chunks so large that one is in flight at a time: the next one's claim waits
+                // for this commit, so that their memory is not held at once (a chunk of 10,000
+                // single requests with 256 in flight peaked 11 MiB higher with the overlap).
+                self.finish_commit(committing, counts).await?;
+            }
         }
     }
 
