@@ -120,8 +120,13 @@ impl Runner<'_> {
                 pipeline_depth(self.chunk_size)
             };
             let dry = match self.fill(&mut in_flight, limit, counts).await? {
-                Fill::End(None) if several => {
+                Fill::End(_) if committing.is_some() => {
+                    // The commit in flight may put messages back in the queue (those quiet
+                    // hours hold, say): the end is judged once it is committed.
                     self.finish_commit(committing, counts).await?;
+                    continue;
+                }
+                Fill::End(None) if several => {
                     if !self
                         .others_still_working(*dry_since.get_or_insert_with(Instant::now))
                         .await?
