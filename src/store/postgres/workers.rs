@@ -4,10 +4,8 @@
 //! on SQLite) or by joining the live one. Every write it makes afterwards is fenced on its own
 //! row: [`fence_worker`] locks it and requires it STARTED and its execution still
 //! holding the lease. A takeover or a rescue changes that row (`UPDATE`), so it waits for a
-//! claim in flight, and every later write of the stale worker fails with `LeaseLost`; a chunk's
-//! commit holds the row more lightly ([`Fence::Commit`]) so that it runs beside its worker's
-//! next claim, and is kept safe by its per-message test of `claimed_by`. Workers never lock
-//! the campaign row to write, so their claims and commits run side by side.
+//! write in flight, and every later write of the stale worker fails with `LeaseLost`. Workers
+//! never lock the campaign row to write, so their claims and commits run side by side.
 //!
 //! A claim expires with its worker: the worker's heartbeat older than the lease timeout on the
 //! database clock (or its process seen gone on this host) lets any surviving worker close it as
@@ -23,39 +21,18 @@ use super::*;
 pub(super) use crate::store::sql::workers::tally;
 use crate::store::sql::workers::worker_from_row;
 
-/// How a write holds its worker's row while it runs ([`fence_worker`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Fence {
-    /// `FOR NO KEY UPDATE`: a takeover or a rescue waits for the write, and the worker's
-    /// other writes of this kind take turns. Claims, snapshots, in-doubt claims and the end.
-    Exclusive,
-    /// `FOR KEY SHARE`, for a chunk's commit: it runs beside the same worker's next claim
-    /// (the claim loop overlaps them), and they meet only at the counters, which the commit
-    /// updates last. A takeover does not wait for it, which is safe because a commit writes a
-    /// message only while the message is still claimed by this worker, under the row's lock:
-    /// a rescue that took the message first makes the whole commit fail with `LeaseLost`, and
-    /// one that comes after finds the message settled. A rescue's own `FOR UPDATE` still
-    /// skips a worker whose commit is in flight.
-    Commit,
-}
-
 /// Fails with `LeaseLost` unless worker `w` is STARTED and its execution holds the lease; the
-/// worker row stays locked, as `fence` says, until the transaction ends (other workers'
-/// writes never wait for it).
+/// worker row stays locked until the transaction ends (`FOR NO KEY UPDATE`: a worker's own
+/// writes take turns, since each updates its counters; other workers' writes do not wait).
 pub(super) async fn fence_worker(
     tx: &mut Transaction<'static, Postgres>,
     w: &WorkerToken,
-    fence: Fence,
 ) -> Result<()> {
-    let lock = match fence {
-        Fence::Exclusive => "FOR NO KEY UPDATE OF k",
-        Fence::Commit => "FOR KEY SHARE OF k",
-    };
-    let ok: Option<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let ok: Option<bool> = sqlx::query_scalar(
         "SELECT k.status = 'STARTED' AND c.lease_execution IS NOT DISTINCT FROM k.execution_id \
          FROM workers k JOIN campaigns c ON c.id = k.campaign_id \
-         WHERE k.id = $1 AND k.campaign_id = $2 AND k.execution_id = $3 {lock}"
-    )))
+         WHERE k.id = $1 AND k.campaign_id = $2 AND k.execution_id = $3 FOR NO KEY UPDATE OF k",
+    )
     .bind(w.worker)
     .bind(w.campaign)
     .bind(w.execution)
@@ -209,7 +186,7 @@ impl PgStore {
         let mut after_id = after_id;
         loop {
             let mut tx = self.pool.begin().await?;
-            fence_worker(&mut tx, w, Fence::Exclusive).await?;
+            fence_worker(&mut tx, w).await?;
             let locked: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT m.id FROM messages m WHERE m.campaign_id = $1 AND m.id > $3 AND {QUALIFIES} \
                  ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED"
@@ -340,7 +317,7 @@ impl WorkerStore for PgStore {
     /// [`WorkerStore::rescue`].
     async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued> {
         let mut tx = self.pool.begin().await?;
-        fence_worker(&mut tx, w, Fence::Exclusive).await?;
+        fence_worker(&mut tx, w).await?;
         // SKIP LOCKED: a worker in the middle of a write, or of a beat, is alive, whatever its
         // heartbeat says.
         let gone: Vec<i64> = sqlx::query_scalar(
