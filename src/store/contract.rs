@@ -284,6 +284,11 @@ pub trait ChunkStore: Send + Sync {
     /// Every outcome of a chunk, its attempts and the counters of the worker and the execution,
     /// in one transaction, fenced on the worker (and, per message, on `claimed_by`).
     async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()>;
+    /// Whether one worker's commit and its next claim can run at once (PostgreSQL: two
+    /// backends, the commit holding the worker row `FOR KEY SHARE`). Where not (SQLite's one
+    /// writer would take them in turn anyway), the claim loop commits each chunk before it
+    /// claims again.
+    fn commit_beside_claim(&self) -> bool;
 }
 
 /// Delivery reports: the report log and each message's delivery state.

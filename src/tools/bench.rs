@@ -341,7 +341,9 @@ async fn run_phases(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> an
 }
 
 /// `--workers N`: N `campaign run` processes at once; the rate is every message sent over the
-/// wall time from the first start to the last exit.
+/// span from the first worker's run start to the last worker's end. As with one worker (whose
+/// rate is over its run's own `elapsed_secs`), each process's start-up before its run began
+/// (the part of its wall time beyond `elapsed_secs`) is left out.
 async fn run_workers(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -350,7 +352,9 @@ async fn run_workers(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> a
         set.spawn(async move {
             let name = format!("campaign run (worker {k})");
             let run_args = ["campaign", "run", id.as_str(), "--json"];
-            b.phase(&name, &run_args, Stdout::Keep, &[0]).await
+            let spawned = started.elapsed().as_secs_f64();
+            let done = b.phase(&name, &run_args, Stdout::Keep, &[0]).await;
+            done.map(|(p, run)| (p, run, spawned))
         });
     }
     let mut runs = Vec::new();
@@ -358,17 +362,19 @@ async fn run_workers(b: &Bench, args: &BenchArgs, r: &mut Report, id: &str) -> a
         runs.push(done??);
     }
     runs.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    let wall = started.elapsed().as_secs_f64();
-    let mut sent = 0;
-    for (p, run) in runs {
+    let (mut sent, mut first_start, mut last_end) = (0, f64::MAX, 0f64);
+    for (p, run, spawned) in runs {
         let summary: serde_json::Value = serde_json::from_str(&run.stdout)
             .with_context(|| format!("campaign run --json printed {:?}", run.stdout))?;
         let sent_now = summary["sent_this_run"].as_u64().unwrap_or(0);
+        let elapsed = summary["elapsed_secs"].as_f64().unwrap_or(run.secs);
+        first_start = first_start.min(spawned + run.secs - elapsed);
+        last_end = last_end.max(spawned + run.secs);
         sent += sent_now;
-        r.add_rate_budget(&summary, run.secs);
-        r.phases.push(with_rows(p, sent_now, run.secs));
+        r.add_rate_budget(&summary, elapsed);
+        r.phases.push(with_rows(p, sent_now, elapsed));
     }
-    r.set_rate(sent as f64 / wall.max(1e-9));
+    r.set_rate(sent as f64 / (last_end - first_start).max(1e-9));
     status_phase(b, r, id).await
 }
 

@@ -1,9 +1,9 @@
 //! The claim loop of one worker: claims chunks of pending messages (up to [`PIPELINE`] in
-//! flight), hands each to the sender, and commits every chunk's outcomes with the running
-//! counts. With several workers on one campaign it also rescues the claims of dead workers
-//! (settling them by lookup before anything is resent), and when the queue runs dry it stays
-//! until the other workers' claims are committed or rescued, so that no claim of a worker that
-//! dies near the end is left behind.
+//! flight), hands each to the sender, and commits every chunk's outcomes, on PostgreSQL each
+//! commit running while the next chunk is claimed. With several workers on one campaign it
+//! also rescues the claims of dead workers (settling them by lookup before anything is
+//! resent), and when the queue runs dry it stays until the other workers' claims are committed
+//! or rescued, so that no claim of a worker that dies near the end is left behind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,14 +24,22 @@ use crate::store::{ClaimRequest, Store};
 /// Chunks in flight at once after the first, at most.
 pub(super) const PIPELINE: usize = 4;
 
-/// Messages claimed and not yet committed, at most, whatever the chunk size: a claimed message
+/// Messages claimed and not yet sent, at most, whatever the chunk size: a claimed message
 /// holds its row, its rendered text and its result until its chunk commits, so large chunks are
 /// pipelined less deeply (chunks of 1,000: 4 in flight; of 2,000: 2; of 4,000 or more: 1).
+/// One more chunk, sent, may be committing meanwhile (its results only), except with chunks
+/// of 4,000 or more, whose commit the next claim waits for.
 const IN_FLIGHT_MESSAGES: usize = 4_000;
 
 /// How many chunks of `chunk_size` may be in flight at once after the first.
 pub(super) fn pipeline_depth(chunk_size: usize) -> usize {
     (IN_FLIGHT_MESSAGES / chunk_size.max(1)).clamp(1, PIPELINE)
+}
+
+/// Whether a chunk's commit runs while the next chunk is claimed: on a store whose commits run
+/// beside claims (PostgreSQL), unless chunks are so large that one is in flight at a time.
+pub fn commit_beside_claim(store: &dyn Store, chunk_size: usize) -> bool {
+    store.commit_beside_claim() && pipeline_depth(chunk_size) > 1
 }
 
 /// The claim/commit loop of one execution and what it shares with the in-doubt settlement.
@@ -60,12 +68,19 @@ enum Fill {
 
 type InFlight = tokio::task::JoinSet<ChunkSent>;
 
+/// A chunk's commit in flight while the claim loop claims the next chunk (one at a time): it
+/// gives back the chunk's outcomes once they are committed.
+type Committing = tokio::task::JoinHandle<anyhow::Result<Vec<MessageUpdate>>>;
+
 impl Runner<'_> {
     /// Returns `None` when the queue ran dry, or why it stopped early.
     ///
     /// Up to [`PIPELINE`] chunks are in flight at once (claimed and committed separately), so one
     /// slow message does not idle the gateway; the first chunk runs alone, so that a template
-    /// that fails every message stops the run before more is claimed.
+    /// that fails every message stops the run before more is claimed. On PostgreSQL a chunk's
+    /// commit runs while the next chunk is claimed (two backends work at once; SQLite's one
+    /// writer would take them in turn, so there each commit ends before the next claim);
+    /// whatever ends the run, the commit in flight ends first.
     pub(super) async fn drive(
         &mut self,
         retry_failed: bool,
@@ -76,6 +91,20 @@ impl Runner<'_> {
             return Ok(Some(StopReason::Cancelled));
         }
         let mut counts = self.prepare(retry_failed).await?;
+        let mut committing = None;
+        let outcome = self.claim_and_send(&mut counts, &mut committing).await;
+        let last = self.finish_commit(&mut committing, &mut counts).await;
+        let why = outcome?;
+        last?;
+        Ok(why)
+    }
+
+    /// The claim loop of [`Runner::drive`]; leaves the last chunk's commit in `committing`.
+    async fn claim_and_send(
+        &mut self,
+        counts: &mut Counts,
+        committing: &mut Option<Committing>,
+    ) -> anyhow::Result<Option<StopReason>> {
         let mut first_chunk = true;
         let mut in_flight = InFlight::new();
         let several = self.store.several_workers();
@@ -88,22 +117,30 @@ impl Runner<'_> {
             }
             if several && last_rescue.elapsed() >= self.rescue_every() {
                 last_rescue = Instant::now();
+                self.finish_commit(committing, counts).await?;
                 self.rescue().await?;
-                counts = self.store.counts(self.campaign.id).await?;
+                self.refresh_counts(counts).await?;
             }
             let limit = if first_chunk {
                 1
             } else {
                 pipeline_depth(self.chunk_size)
             };
-            let dry = match self.fill(&mut in_flight, limit, &mut counts).await? {
-                Fill::End(None)
-                    if several
-                        && self
-                            .others_still_working(*dry_since.get_or_insert_with(Instant::now))
-                            .await? =>
-                {
-                    counts = self.store.counts(self.campaign.id).await?;
+            let dry = match self.fill(&mut in_flight, limit, counts).await? {
+                Fill::End(_) if committing.is_some() => {
+                    // The commit in flight may put messages back in the queue (those quiet
+                    // hours hold, say): the end is judged once it is committed.
+                    self.finish_commit(committing, counts).await?;
+                    continue;
+                }
+                Fill::End(None) if several => {
+                    if !self
+                        .others_still_working(*dry_since.get_or_insert_with(Instant::now))
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                    self.refresh_counts(counts).await?;
                     continue;
                 }
                 Fill::End(why) => return Ok(why),
@@ -119,27 +156,35 @@ impl Runner<'_> {
                 return Ok(self.ctx.ctl.reason());
             };
             let sent = joined.context("a send task panicked")?;
-            let updates = sent.updates;
-            log_refused(&updates);
+            log_refused(&sent.updates);
             if first_chunk
-                && let Some(why) = self.template_failed(&updates, sent.first_error).await?
+                && let Some(why) = self
+                    .template_failed(&sent.updates, sent.first_error.clone())
+                    .await?
             {
                 return Ok(Some(why));
             }
             first_chunk = false;
-            // Before the commit: a number the gateway said opted out is never lost with it.
-            crate::run::delivery::optouts::add_all(&*self.store, &sent.opted_out)
-                .await
-                .context("adding numbers the gateway refused as opted out to the opt-out list")?;
-            self.commit(&updates, &mut counts).await?;
-            debug!(
-                messages = updates.len(),
-                first = updates.first().map(|u| u.id),
-                last = updates.last().map(|u| u.id),
-                dry,
-                "chunk committed"
-            );
+            self.finish_commit(committing, counts).await?;
+            *committing = Some(self.start_commit(sent, dry));
+            if !commit_beside_claim(&*self.store, self.chunk_size) {
+                // The next claim waits for this commit: on SQLite, whose one writer would take
+                // them in turn anyway; and with chunks so large that one is in flight at a
+                // time, so that their memory is not held at once (a chunk of 10,000 single
+                // requests with 256 in flight peaked 11 MiB higher with the overlap).
+                self.finish_commit(committing, counts).await?;
+            }
         }
+    }
+
+    /// With several workers, the counts the progress display shows are read again from the
+    /// database (the other workers' outcomes included); without a display, they are not read
+    /// at all: a campaign's counts are a query over all its messages.
+    async fn refresh_counts(&self, counts: &mut Counts) -> anyhow::Result<()> {
+        if self.progress.is_some() {
+            *counts = self.store.counts(self.campaign.id).await?;
+        }
+        Ok(())
     }
 
     /// How often a worker looks for dead workers to rescue: a third of the lease timeout.
@@ -208,7 +253,7 @@ impl Runner<'_> {
         self.ctx
             .ctl
             .sleep(Duration::from_millis(
-                (self.lease_timeout_secs * 1000 / 6).clamp(200, 1000),
+                (self.lease_timeout_secs * 1000 / 6).clamp(50, 200),
             ))
             .await;
         Ok(true)
@@ -351,13 +396,45 @@ impl Runner<'_> {
         )))
     }
 
-    /// Commits one chunk's outcomes and advances the running counts and the progress display.
-    async fn commit(
+    /// Starts committing a sent chunk: first the numbers the gateway said opted out (so that
+    /// none is lost with the chunk), then its outcomes.
+    fn start_commit(&self, sent: ChunkSent, dry: bool) -> Committing {
+        let store = self.store.clone();
+        let worker = self.worker;
+        tokio::spawn(
+            async move {
+                crate::run::delivery::optouts::add_all(&*store, &sent.opted_out)
+                    .await
+                    .context(
+                        "adding numbers the gateway refused as opted out to the opt-out list",
+                    )?;
+                store.commit_chunk(&worker, &sent.updates).await?;
+                let updates = sent.updates;
+                debug!(
+                    messages = updates.len(),
+                    first = updates.first().map(|u| u.id),
+                    last = updates.last().map(|u| u.id),
+                    dry,
+                    "chunk committed"
+                );
+                Ok(updates)
+            }
+            .instrument(tracing::Span::current()),
+        )
+    }
+
+    /// Waits for the commit in flight, if any, then advances the running counts, the metrics
+    /// and the progress display by its outcomes.
+    async fn finish_commit(
         &mut self,
-        updates: &[MessageUpdate],
+        committing: &mut Option<Committing>,
         counts: &mut Counts,
     ) -> anyhow::Result<()> {
-        for u in updates {
+        let Some(task) = committing.take() else {
+            return Ok(());
+        };
+        let updates = task.await.context("a commit task panicked")??;
+        for u in &updates {
             let slot = match u.state {
                 MessageState::Sent => {
                     self.sent_now += 1;
@@ -371,8 +448,7 @@ impl Runner<'_> {
             *slot += 1;
             counts.pending -= 1;
         }
-        self.store.commit_chunk(&self.worker, updates).await?;
-        crate::run::metrics::record_outcomes(self.campaign.id, &self.campaign.gateway, updates);
+        crate::run::metrics::record_outcomes(self.campaign.id, &self.campaign.gateway, &updates);
         if let Some(p) = self.progress.as_mut() {
             p.update(counts);
         }

@@ -46,6 +46,7 @@ mod unaskable;
 mod update;
 
 use claim::Runner;
+pub use claim::commit_beside_claim;
 pub use control::{Control, StopReason};
 use lease::{FreshOptouts, acquire, spawn_heartbeat};
 pub use limiter::BudgetUse;

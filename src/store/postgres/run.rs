@@ -4,7 +4,7 @@
 //! claims and commits lock only their worker's row (shared) and their messages, so the workers
 //! of one campaign write side by side.
 
-use super::workers::{explain_lease_lost, fence_worker, tally};
+use super::workers::{Fence, explain_lease_lost, fence_worker, tally};
 use super::*;
 use crate::store::sql::run as sql;
 use crate::store::sql::workers::{claim_picked, snapshot_in};
@@ -143,6 +143,11 @@ impl<'a> AttemptColumns<'a> {
 
 #[async_trait]
 impl ChunkStore for PgStore {
+    /// Two backends: the commit holds the worker row `FOR KEY SHARE`, a claim `FOR NO KEY UPDATE`.
+    fn commit_beside_claim(&self) -> bool {
+        true
+    }
+
     /// The campaign row first (it serializes the workers that snapshot at once), then the
     /// worker's fence: the lock order of a takeover.
     async fn snapshot(
@@ -153,7 +158,7 @@ impl ChunkStore for PgStore {
         let campaign = w.campaign;
         let mut tx = self.pool.begin().await?;
         lease_holder(&mut tx, campaign).await?;
-        fence_worker(&mut tx, w).await?;
+        fence_worker(&mut tx, w, Fence::Exclusive).await?;
         snapshot_in(tx, &self.clock, w, consent_cutoff).await
     }
 
@@ -171,7 +176,7 @@ impl ChunkStore for PgStore {
     async fn claim_chunk(&self, req: ClaimRequest) -> Result<Claim> {
         let w = req.worker;
         let mut tx = self.pool.begin().await?;
-        fence_worker(&mut tx, &w).await?;
+        fence_worker(&mut tx, &w, Fence::Exclusive).await?;
         let picked = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH picked AS (SELECT id FROM messages WHERE campaign_id = $1 AND state = 'pending' {} \
                              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
@@ -192,7 +197,7 @@ impl ChunkStore for PgStore {
     async fn commit_chunk(&self, w: &WorkerToken, updates: &[MessageUpdate]) -> Result<()> {
         let (campaign, execution) = (w.campaign, w.execution);
         let mut tx = self.pool.begin().await?;
-        fence_worker(&mut tx, w).await?;
+        fence_worker(&mut tx, w, Fence::Commit).await?;
         let mut cols = UpdateColumns::default();
         for u in updates {
             cols.push(u);

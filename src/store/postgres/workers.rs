@@ -3,9 +3,11 @@
 //! A worker enlists by starting a new execution (compare and swap of the campaign's lease, as
 //! on SQLite) or by joining the live one. Every write it makes afterwards is fenced on its own
 //! row: [`fence_worker`] locks it and requires it STARTED and its execution still
-//! holding the lease. A takeover or a rescue changes that row (`UPDATE`), so it waits for a
-//! write in flight, and every later write of the stale worker fails with `LeaseLost`. Workers
-//! never lock the campaign row to write, so their claims and commits run side by side.
+//! holding the lease. A takeover or a rescue locks that row `FOR UPDATE` before it changes
+//! it, so it waits for a write in flight, and every later write of the stale worker fails
+//! with `LeaseLost`; a chunk's commit holds the row more lightly ([`Fence::Commit`]) so that
+//! it runs beside its worker's next claim. Workers never lock the campaign row to write, so
+//! their claims and commits run side by side.
 //!
 //! A claim expires with its worker: the worker's heartbeat older than the lease timeout on the
 //! database clock (or its process seen gone on this host) lets any surviving worker close it as
@@ -21,18 +23,40 @@ use super::*;
 pub(super) use crate::store::sql::workers::tally;
 use crate::store::sql::workers::worker_from_row;
 
+/// How a write holds its worker's row while it runs ([`fence_worker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fence {
+    /// `FOR NO KEY UPDATE`: a takeover or a rescue waits for the write, and the worker's
+    /// other writes of this kind take turns. Claims, snapshots, in-doubt claims and the end.
+    Exclusive,
+    /// `FOR KEY SHARE`, for a chunk's commit: it runs beside the same worker's next claim
+    /// (the claim loop overlaps them), and they meet only at the counters, which the commit
+    /// updates last. A plain `UPDATE` of the row does not wait for this lock, so whatever
+    /// closes a worker locks its row `FOR UPDATE` first: a rescue (`SKIP LOCKED`: a worker
+    /// whose commit is in flight is alive) and a takeover or a cancel
+    /// ([`crate::store::sql::workers::wait_for_commits`]: the commit ends, committed or rolled
+    /// back, before its messages are judged). Per message, a commit also writes only what
+    /// this worker still has claimed.
+    Commit,
+}
+
 /// Fails with `LeaseLost` unless worker `w` is STARTED and its execution holds the lease; the
-/// worker row stays locked until the transaction ends (`FOR NO KEY UPDATE`: a worker's own
-/// writes take turns, since each updates its counters; other workers' writes do not wait).
+/// worker row stays locked, as `fence` says, until the transaction ends (other workers'
+/// writes never wait for it).
 pub(super) async fn fence_worker(
     tx: &mut Transaction<'static, Postgres>,
     w: &WorkerToken,
+    fence: Fence,
 ) -> Result<()> {
-    let ok: Option<bool> = sqlx::query_scalar(
+    let lock = match fence {
+        Fence::Exclusive => "FOR NO KEY UPDATE OF k",
+        Fence::Commit => "FOR KEY SHARE OF k",
+    };
+    let ok: Option<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT k.status = 'STARTED' AND c.lease_execution IS NOT DISTINCT FROM k.execution_id \
          FROM workers k JOIN campaigns c ON c.id = k.campaign_id \
-         WHERE k.id = $1 AND k.campaign_id = $2 AND k.execution_id = $3 FOR NO KEY UPDATE OF k",
-    )
+         WHERE k.id = $1 AND k.campaign_id = $2 AND k.execution_id = $3 {lock}"
+    )))
     .bind(w.worker)
     .bind(w.campaign)
     .bind(w.execution)
@@ -126,7 +150,9 @@ impl PgStore {
         abandon_message: &str,
     ) -> Result<i64> {
         // Workers first: a commit in flight holds its worker row, then updates the execution's
-        // counters; taking the rows in the other order would deadlock with it.
+        // counters; taking the rows in the other order would deadlock with it. And it waits for
+        // such a commit to end, so that the messages it holds are not skipped by the settlement.
+        crate::store::sql::workers::wait_for_commits::<Postgres>(&mut **tx, campaign).await?;
         for sql in [
             "UPDATE workers SET status = 'ABANDONED', exit_message = $1, \
              ended_at = munja_now() WHERE campaign_id = $2 AND status = 'STARTED'",
@@ -186,7 +212,7 @@ impl PgStore {
         let mut after_id = after_id;
         loop {
             let mut tx = self.pool.begin().await?;
-            fence_worker(&mut tx, w).await?;
+            fence_worker(&mut tx, w, Fence::Exclusive).await?;
             let locked: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT m.id FROM messages m WHERE m.campaign_id = $1 AND m.id > $3 AND {QUALIFIES} \
                  ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED"
@@ -317,7 +343,7 @@ impl WorkerStore for PgStore {
     /// [`WorkerStore::rescue`].
     async fn rescue(&self, w: &WorkerToken, timeout_secs: u64, dead: &[i64]) -> Result<Rescued> {
         let mut tx = self.pool.begin().await?;
-        fence_worker(&mut tx, w).await?;
+        fence_worker(&mut tx, w, Fence::Exclusive).await?;
         // SKIP LOCKED: a worker in the middle of a write, or of a beat, is alive, whatever its
         // heartbeat says.
         let gone: Vec<i64> = sqlx::query_scalar(

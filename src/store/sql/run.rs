@@ -180,6 +180,7 @@ pub(crate) async fn end_cancel<DB: Dialect>(
     live: bool,
 ) -> Result<()> {
     if dead {
+        super::workers::wait_for_commits::<DB>(&mut *tx, campaign).await?;
         let now = clock.now();
         for table in ["workers", "executions"] {
             query::<DB>(format!(

@@ -44,6 +44,31 @@ pub(crate) async fn claim_picked<DB: Dialect>(
     Ok(claim)
 }
 
+/// Waits, in the caller's transaction, for the commits in flight of campaign `campaign`'s
+/// STARTED workers, before the caller closes them (a takeover, or a cancel whose holder is
+/// gone). On PostgreSQL a chunk's commit holds its worker row `FOR KEY SHARE`, so that it runs
+/// beside its worker's next claim; a plain `UPDATE` of the row does not wait for that lock,
+/// `FOR UPDATE` does. Without this wait a takeover could close a killed worker while the
+/// worker's last commit still held its chunk's messages (the server had not yet seen the
+/// client gone): the takeover's settlement by lookup skips locked messages, and once that
+/// commit rolled back they stayed `sending` to the end of the run. SQLite has one writer:
+/// nothing is in flight there.
+pub(crate) async fn wait_for_commits<DB: Dialect>(
+    c: &mut DB::Connection,
+    campaign: i64,
+) -> Result<()> {
+    if DB::ROW_LOCKS {
+        query::<DB>(
+            "SELECT id FROM workers WHERE campaign_id = $1 AND status = 'STARTED' FOR UPDATE"
+                .into(),
+        )
+        .arg(campaign)
+        .all(c)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Adds `t` to the counters of worker `w` and of its execution, in the caller's transaction:
 /// the worker's row first, the lock order of every PostgreSQL writer (see `postgres::run`).
 /// Nothing to add writes nothing: a claim that suppressed nothing (the usual one) does not

@@ -93,6 +93,11 @@ impl SqliteStore {
 
 #[async_trait]
 impl ChunkStore for SqliteStore {
+    /// One writer: a commit and a claim would take turns anyway.
+    fn commit_beside_claim(&self) -> bool {
+        false
+    }
+
     async fn snapshot(
         &self,
         w: &WorkerToken,
