@@ -296,6 +296,10 @@ pub struct Rescued {
     /// lease timeout: a worker whose queue ran dry leaves the end of the execution to the
     /// lowest live one, which waits for the rest to end or be rescued.
     pub lower_alive: i64,
+    /// Milliseconds since the latest heartbeat of a STARTED worker with a lower id than the
+    /// caller (database clock), if there is one: a dry worker leaves once a lower one has beaten
+    /// since it ran dry, so a worker that died before then does not pass for live.
+    pub lower_beat_age_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

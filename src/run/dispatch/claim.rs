@@ -36,6 +36,12 @@ pub(super) fn pipeline_depth(chunk_size: usize) -> usize {
     (IN_FLIGHT_MESSAGES / chunk_size.max(1)).clamp(1, PIPELINE)
 }
 
+/// How often a dry worker looks again whether it may leave: a thirtieth of the lease timeout,
+/// from 50 to 250 ms (one small transaction each time, only while the queue is dry).
+fn dry_poll(lease_timeout_secs: u64) -> Duration {
+    Duration::from_millis((lease_timeout_secs * 1000 / 30).clamp(50, 250))
+}
+
 /// Whether a chunk's commit runs while the next chunk is claimed: on a store whose commits run
 /// beside claims (PostgreSQL), unless chunks are so large that one is in flight at a time.
 pub fn commit_beside_claim(store: &dyn Store, chunk_size: usize) -> bool {
@@ -227,9 +233,11 @@ impl Runner<'_> {
     /// The execution is ended by its last worker, so one worker must outlive the rest, even a
     /// worker that died idle on another host, which only the lease timeout can close: that is
     /// the lowest-numbered live worker. Any other dry worker leaves once it sees a worker with
-    /// a lower id that beat after this one ran dry (`dry_since`: a third of the lease ago at
-    /// least, so a worker that has just died does not pass for live); the lowest one waits
-    /// until every other worker has ended or has been rescued, then ends the execution.
+    /// a lower id that beat after this one ran dry (`dry_since`, against the beat's age on the
+    /// database clock: a worker that died before then does not pass for live); the lowest one
+    /// waits until every other worker has ended or has been rescued, then ends the execution.
+    /// Both look again every [`dry_poll`], so the end of a run costs about one heartbeat
+    /// interval, not a third of the lease.
     async fn others_still_working(&mut self, dry_since: Instant) -> anyhow::Result<bool> {
         let rescued = self.rescue().await?;
         if rescued.workers > 0 {
@@ -239,8 +247,10 @@ impl Runner<'_> {
             return Ok(false);
         }
         if rescued.others_sending == 0 {
-            let lower_proven_alive =
-                rescued.lower_alive > 0 && dry_since.elapsed() >= self.rescue_every();
+            // A lower worker that beat since this one ran dry (within a third of the lease).
+            let dry_ms = i64::try_from(dry_since.elapsed().as_millis()).unwrap_or(i64::MAX);
+            let lower_proven_alive = rescued.lower_alive > 0
+                && rescued.lower_beat_age_ms.is_some_and(|age| age < dry_ms);
             if rescued.others_started == 0 || lower_proven_alive {
                 return Ok(false);
             }
@@ -250,12 +260,7 @@ impl Runner<'_> {
             workers = rescued.others_started,
             "queue dry; waiting for the other workers' claims, or for them to end or be rescued"
         );
-        self.ctx
-            .ctl
-            .sleep(Duration::from_millis(
-                (self.lease_timeout_secs * 1000 / 6).clamp(50, 200),
-            ))
-            .await;
+        self.ctx.ctl.sleep(dry_poll(self.lease_timeout_secs)).await;
         Ok(true)
     }
 

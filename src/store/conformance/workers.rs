@@ -163,6 +163,21 @@ async fn a_dead_worker_is_rescued_and_fenced_off(s: Arc<dyn Store>) {
     // d sees b alive with a lower id: b, not d, is the one to end the execution.
     let r = s.rescue(&d, 30, &[]).await.expect("rescue");
     assert_eq!((r.others_started, r.lower_alive), (1, 1));
+    let age = r.lower_beat_age_ms.expect("b's beat");
+    assert!((0..30_000).contains(&age), "b beat {age} ms ago");
+    s.clock().advance(Duration::from_secs(20));
+    let r = s.rescue(&d, 30, &[]).await.expect("rescue");
+    let age = r.lower_beat_age_ms.expect("b's beat");
+    assert!(age >= 20_000, "b beat {age} ms ago by the store's clock");
+    assert_eq!(
+        s.rescue(&b, 30, &[])
+            .await
+            .expect("rescue")
+            .lower_beat_age_ms,
+        None
+    );
+    s.heartbeat(&b).await.expect("b beats");
+    s.heartbeat(&d).await.expect("d beats");
     s.clock().advance(Duration::from_secs(25));
     let r = s.rescue(&b, 30, &[]).await.expect("rescue");
     let silent_but_within_the_timeout = (0, 0, 1, 1);

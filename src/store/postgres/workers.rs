@@ -388,10 +388,12 @@ impl WorkerStore for PgStore {
             rescued.others_started,
             rescued.others_silent,
             rescued.lower_alive,
+            rescued.lower_beat_age_ms,
         ) = sqlx::query_as(
             "SELECT COUNT(*), \
              COUNT(*) FILTER (WHERE h.heartbeat_at < munja_now() - make_interval(secs => $3)), \
-             COUNT(*) FILTER (WHERE k.id < $2 AND h.heartbeat_at >= munja_now() - make_interval(secs => $3)) \
+             COUNT(*) FILTER (WHERE k.id < $2 AND h.heartbeat_at >= munja_now() - make_interval(secs => $3)), \
+             MIN((EXTRACT(EPOCH FROM munja_now() - h.heartbeat_at) * 1000)::BIGINT) FILTER (WHERE k.id < $2) \
              FROM workers k JOIN worker_heartbeats h ON h.worker_id = k.id \
              WHERE k.campaign_id = $1 AND k.status = 'STARTED' AND k.id <> $2",
         )
