@@ -77,3 +77,41 @@ async fn bench_reports_its_rate_and_both_ceilings() {
         "{r}"
     );
 }
+
+/// `--workers 3`: on PostgreSQL three `campaign run` processes share the campaign, each
+/// message sent once, and the rate is theirs together; on SQLite the bench refuses at once,
+/// saying what it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_three_workers_sends_each_message_once_or_says_it_needs_postgres() {
+    if !crate::common::on_postgres() {
+        let out = std::process::Command::new(BIN)
+            .args(["bench", "--recipients", "2000", "--workers", "3"])
+            .env_remove("MUNJA_CONFIG")
+            .env_remove("MUNJA_DATABASE_URL")
+            .output()
+            .expect("spawn munja bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("--workers 3 needs PostgreSQL"), "{stderr}");
+        return;
+    }
+    let url = munja::store::postgres::scratch::test_server_url();
+    let r = bench(&["--workers", "3", "--no-ceilings", "--database-url", &url]).await;
+    positive(&r, "msgs_per_sec");
+    assert_eq!(r["sent"], 2000, "{r}");
+    assert_eq!(r["accepted_at_gateway"], 2000, "{r}");
+    assert_eq!(r["numbers_accepted_twice"], 0, "{r}");
+    let runs: Vec<&serde_json::Value> = r["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("campaign run (worker"))
+        })
+        .collect();
+    assert_eq!(runs.len(), 3, "{r}");
+    let sent: u64 = runs.iter().map(|p| p["rows"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(sent, 2000, "the workers' own counts add up: {r}");
+}
