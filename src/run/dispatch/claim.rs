@@ -27,8 +27,8 @@ pub(super) const PIPELINE: usize = 4;
 /// Messages claimed and not yet sent, at most, whatever the chunk size: a claimed message
 /// holds its row, its rendered text and its result until its chunk commits, so large chunks are
 /// pipelined less deeply (chunks of 1,000: 4 in flight; of 2,000: 2; of 4,000 or more: 1).
-/// One more chunk, sent, may be committing meanwhile (its results only), except with chunks
-/// of 4,000 or more, whose commit the next claim waits for.
+/// On PostgreSQL one more chunk, sent, may be committing meanwhile (its results only), except
+/// with chunks of 4,000 or more, whose commit the next claim waits for.
 const IN_FLIGHT_MESSAGES: usize = 4_000;
 
 /// How many chunks of `chunk_size` may be in flight at once after the first.
